@@ -1,0 +1,125 @@
+#include "common/files.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+namespace modelcache {
+
+std::string ErrnoMessage(int err) {
+  char buf[256];
+  // GNU strerror_r returns a pointer that may or may not be buf.
+  const char* msg = strerror_r(err, buf, sizeof(buf));
+  return msg;
+}
+
+std::string UniqueSuffix() {
+  static std::atomic<uint64_t> counter{0};
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1)) + "." +
+         std::to_string(rng() % 1000000);
+}
+
+VoidResult SyncDir(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot open directory " + path + ": " + ErrnoMessage(errno));
+  }
+  ::fsync(fd);
+  ::close(fd);
+  return {};
+}
+
+VoidResult MakeDirs(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec && !std::filesystem::is_directory(path)) {
+    return Error(Reason::StorageError, "cannot create directory " + path + ": " + ec.message());
+  }
+  return {};
+}
+
+VoidResult WriteFileAtomic(const std::string& path, std::string_view content) {
+  std::filesystem::path target(path);
+  std::string dir = target.parent_path().empty() ? "." : target.parent_path().string();
+  if (auto r = MakeDirs(dir); !r) {
+    return r.error();
+  }
+  std::string tmp = path + ".tmp." + UniqueSuffix();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot create " + tmp + ": " + ErrnoMessage(errno));
+  }
+  const char* p = content.data();
+  size_t left = content.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      Reason reason = err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError;
+      return Error(reason, "cannot write " + tmp + ": " + ErrnoMessage(err));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return Error(Reason::StorageError, "cannot sync " + tmp + ": " + ErrnoMessage(err));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return Error(Reason::StorageError, "cannot rename " + tmp + " to " + path + ": " +
+                                           ErrnoMessage(err));
+  }
+  return SyncDir(dir);
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
+  }
+  std::string out;
+  char buf[65536];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      int err = errno;
+      ::close(fd);
+      return Error(Reason::StorageError, "cannot read " + path + ": " + ErrnoMessage(err));
+    }
+    if (n == 0) {
+      break;
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+Result<uint64_t> FreeBytes(const std::string& path) {
+  struct statvfs st {};
+  if (::statvfs(path.c_str(), &st) != 0) {
+    return Error(Reason::StorageError, "cannot statvfs " + path + ": " + ErrnoMessage(errno));
+  }
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+}  // namespace modelcache

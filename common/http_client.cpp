@@ -1,0 +1,303 @@
+#include "common/http_client.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include <curl/curl.h>
+
+namespace modelcache {
+namespace {
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+std::string_view Trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' ||
+                        s.back() == '\n')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+struct GlobalInit {
+  GlobalInit() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+// One easy handle per thread: curl keeps the connection cache on the handle, so consecutive
+// requests from one worker reuse their keep-alive connections.
+class ThreadHandle {
+ public:
+  ThreadHandle() {
+    static GlobalInit init;
+    handle_ = curl_easy_init();
+  }
+  ~ThreadHandle() { curl_easy_cleanup(handle_); }
+  ThreadHandle(const ThreadHandle&) = delete;
+  ThreadHandle& operator=(const ThreadHandle&) = delete;
+  CURL* get() { return handle_; }
+
+ private:
+  CURL* handle_;
+};
+
+struct Transfer {
+  HttpResponse* response = nullptr;
+  HttpStreamHandler* handler = nullptr;
+  std::stop_token stop;
+  CURL* curl = nullptr;
+  bool headers_delivered = false;
+  bool aborted_by_handler = false;
+  bool in_headers = true;
+};
+
+size_t OnHeader(char* data, size_t size, size_t nitems, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t n = size * nitems;
+  std::string_view line(data, n);
+  if (line.rfind("HTTP/", 0) == 0) {
+    // A new response (after a redirect or a 100 Continue): forget the previous headers.
+    t->response->headers.clear();
+    t->in_headers = true;
+    return n;
+  }
+  auto colon = line.find(':');
+  if (colon != std::string_view::npos) {
+    t->response->headers.emplace_back(Lower(Trim(line.substr(0, colon))),
+                                      std::string(Trim(line.substr(colon + 1))));
+  }
+  return n;
+}
+
+size_t OnBody(char* data, size_t size, size_t nmemb, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  size_t n = size * nmemb;
+  if (t->handler == nullptr) {
+    t->response->body.append(data, n);
+    return n;
+  }
+  if (!t->headers_delivered) {
+    t->headers_delivered = true;
+    if (t->handler->on_headers) {
+      curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &t->response->status);
+      if (!t->handler->on_headers(*t->response)) {
+        t->aborted_by_handler = true;
+        return 0;
+      }
+    }
+  }
+  if (t->handler->on_data && !t->handler->on_data(std::string_view(data, n))) {
+    t->aborted_by_handler = true;
+    return 0;
+  }
+  return n;
+}
+
+int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  auto* t = static_cast<Transfer*>(user);
+  return t->stop.stop_requested() ? 1 : 0;
+}
+
+Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
+                             std::stop_token stop) {
+  thread_local ThreadHandle thread_handle;
+  CURL* curl = thread_handle.get();
+  curl_easy_reset(curl);
+
+  HttpResponse response;
+  Transfer t;
+  t.response = &response;
+  t.handler = handler;
+  t.stop = stop;
+  t.curl = curl;
+
+  curl_easy_setopt(curl, CURLOPT_URL, req.url.c_str());
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_USERAGENT, "modelcache/0.1");
+  if (req.method == "HEAD") {
+    curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
+  } else if (req.method != "GET") {
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+  }
+  if (!req.body.empty() || req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req.body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+  }
+  curl_slist* headers = nullptr;
+  for (const auto& [name, value] : req.headers) {
+    std::string line = name + ": " + value;
+    headers = curl_slist_append(headers, line.c_str());
+  }
+  // Never let curl add "Expect: 100-continue"; servers we talk to answer directly.
+  headers = curl_slist_append(headers, "Expect:");
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, req.follow_redirects ? 1L : 0L);
+  curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.connect_timeout.count()));
+  if (req.stall_timeout.count() > 0) {
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME,
+                     std::max<long>(1, static_cast<long>(req.stall_timeout.count() / 1000)));
+  }
+  if (req.total_timeout.count() > 0) {
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(req.total_timeout.count()));
+  }
+  if (!req.tls.ca_file.empty()) {
+    curl_easy_setopt(curl, CURLOPT_CAINFO, req.tls.ca_file.c_str());
+  }
+  curl_blob ca_blob{};
+  if (!req.tls.ca_pem.empty()) {
+    ca_blob.data = const_cast<char*>(req.tls.ca_pem.data());
+    ca_blob.len = req.tls.ca_pem.size();
+    ca_blob.flags = CURL_BLOB_COPY;
+    curl_easy_setopt(curl, CURLOPT_CAINFO_BLOB, &ca_blob);
+  }
+  if (!req.tls.client_cert_file.empty()) {
+    curl_easy_setopt(curl, CURLOPT_SSLCERT, req.tls.client_cert_file.c_str());
+  }
+  if (!req.tls.client_key_file.empty()) {
+    curl_easy_setopt(curl, CURLOPT_SSLKEY, req.tls.client_key_file.c_str());
+  }
+  if (req.tls.insecure_skip_verify) {
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, OnHeader);
+  curl_easy_setopt(curl, CURLOPT_HEADERDATA, &t);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, OnBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, OnProgress);
+  curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &t);
+  char errbuf[CURL_ERROR_SIZE] = {0};
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+
+  CURLcode rc = curl_easy_perform(curl);
+  curl_slist_free_all(headers);
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &response.status);
+  char* effective = nullptr;
+  curl_easy_getinfo(curl, CURLINFO_EFFECTIVE_URL, &effective);
+  if (effective != nullptr) {
+    response.effective_url = effective;
+  }
+  // A body-less answer (HEAD, 204, 302) never reaches OnBody: deliver the headers now.
+  if (rc == CURLE_OK && handler != nullptr && !t.headers_delivered && handler->on_headers) {
+    t.headers_delivered = true;
+    if (!handler->on_headers(response)) {
+      return Error(Reason::Cancelled, "transfer of " + req.url + " aborted");
+    }
+  }
+  if (rc == CURLE_OK) {
+    return response;
+  }
+  if (rc == CURLE_ABORTED_BY_CALLBACK || stop.stop_requested()) {
+    return Error(Reason::Cancelled, "transfer of " + req.url + " cancelled");
+  }
+  if (rc == CURLE_WRITE_ERROR && t.aborted_by_handler) {
+    return Error(Reason::Cancelled, "transfer of " + req.url + " aborted");
+  }
+  std::string detail = errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc);
+  return Error(Reason::NetworkError, req.method + " " + req.url + ": " + detail);
+}
+
+}  // namespace
+
+const std::string* HttpResponse::Header(std::string_view name) const {
+  std::string lower = Lower(name);
+  for (const auto& [k, v] : headers) {
+    if (k == lower) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
+Result<HttpResponse> HttpClient::Send(const HttpRequest& request, std::stop_token stop) {
+  return Perform(request, nullptr, stop);
+}
+
+Result<HttpResponse> HttpClient::Stream(const HttpRequest& request, HttpStreamHandler& handler,
+                                        std::stop_token stop) {
+  return Perform(request, &handler, stop);
+}
+
+std::string UrlEncode(std::string_view s, std::string_view keep) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' ||
+        keep.find(static_cast<char>(c)) != std::string_view::npos) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  return out;
+}
+
+std::string UrlDecode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::string LinkNext(const std::string& link_header) {
+  // <url>; rel="next", <url2>; rel="prev"
+  size_t pos = 0;
+  while (pos < link_header.size()) {
+    size_t lt = link_header.find('<', pos);
+    if (lt == std::string::npos) {
+      break;
+    }
+    size_t gt = link_header.find('>', lt);
+    if (gt == std::string::npos) {
+      break;
+    }
+    size_t end = link_header.find(',', gt);
+    std::string params = link_header.substr(gt + 1, end == std::string::npos ? std::string::npos
+                                                                             : end - gt - 1);
+    if (params.find("rel=\"next\"") != std::string::npos ||
+        params.find("rel=next") != std::string::npos) {
+      return link_header.substr(lt + 1, gt - lt - 1);
+    }
+    if (end == std::string::npos) {
+      break;
+    }
+    pos = end + 1;
+  }
+  return "";
+}
+
+std::optional<std::chrono::milliseconds> ParseRetryAfter(const std::string* value) {
+  if (value == nullptr || value->empty()) {
+    return std::nullopt;
+  }
+  char* end = nullptr;
+  long seconds = std::strtol(value->c_str(), &end, 10);
+  if (end == value->c_str() || seconds < 0) {
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(seconds * 1000);
+}
+
+}  // namespace modelcache

@@ -1,0 +1,85 @@
+#pragma once
+
+// HTTP over libcurl's easy interface, for control-plane requests (Hub API, Kubernetes API, S3
+// requests) and simple streamed downloads. An HTTP error status is not an Error here: callers map
+// status codes to reasons, because only they know what a 404 means. Transport failures (connect,
+// reset, timeout, TLS) are NetworkError; a stop request is Cancelled.
+//
+// Thread-safe: each thread keeps its own curl handle, so connections are reused per thread.
+
+#include <chrono>
+#include <functional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/result.h"
+
+namespace modelcache {
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+struct TlsOptions {
+  std::string ca_file;            // PEM bundle; empty: the system store
+  std::string ca_pem;             // PEM data in memory (kubeconfig certificate-authority-data)
+  std::string client_cert_file;   // PEM
+  std::string client_key_file;    // PEM
+  bool insecure_skip_verify = false;
+};
+
+struct HttpRequest {
+  std::string method = "GET";
+  std::string url;
+  HttpHeaders headers;
+  std::string body;
+  // Follow 3xx answers (curl drops a custom Authorization header when the host changes).
+  bool follow_redirects = false;
+  std::chrono::milliseconds connect_timeout{10'000};
+  // Abort when fewer than 1 byte/s arrives for this long (a stalled transfer); 0 = never.
+  std::chrono::milliseconds stall_timeout{30'000};
+  // Whole-request limit; 0 = none.
+  std::chrono::milliseconds total_timeout{0};
+  TlsOptions tls;
+};
+
+struct HttpResponse {
+  long status = 0;
+  // Headers of the final response, names lower-cased, in arrival order.
+  HttpHeaders headers;
+  std::string body;
+  std::string effective_url;
+
+  // The first header with this name (case-insensitive), or nullptr.
+  const std::string* Header(std::string_view name) const;
+};
+
+// Streaming callbacks. on_headers runs once per final response, before any body byte; returning
+// false aborts the transfer (Cancelled). on_data receives body bytes; false aborts likewise.
+struct HttpStreamHandler {
+  std::function<bool(const HttpResponse&)> on_headers;
+  std::function<bool(std::string_view)> on_data;
+};
+
+class HttpClient {
+ public:
+  // Sends the request and buffers the body in the response.
+  static Result<HttpResponse> Send(const HttpRequest& request, std::stop_token stop = {});
+  // Sends the request and hands the body to `handler`; the response's body stays empty.
+  static Result<HttpResponse> Stream(const HttpRequest& request, HttpStreamHandler& handler,
+                                     std::stop_token stop = {});
+};
+
+// RFC 3986 percent-encoding. `keep` lists the characters left as they are besides unreserved
+// ones (A-Z a-z 0-9 - . _ ~): "/" keeps path separators.
+std::string UrlEncode(std::string_view s, std::string_view keep = "");
+std::string UrlDecode(std::string_view s);
+
+// Parses an RFC 8288 Link header and returns the URL with rel="next", or "".
+std::string LinkNext(const std::string& link_header);
+
+// Parses Retry-After given in seconds (HTTP-dates are not supported, as in huggingface_hub).
+std::optional<std::chrono::milliseconds> ParseRetryAfter(const std::string* value);
+
+}  // namespace modelcache

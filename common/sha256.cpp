@@ -1,0 +1,94 @@
+#include "common/sha256.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include "common/files.h"
+#include <vector>
+
+#include <openssl/evp.h>
+
+namespace modelcache {
+
+struct Hasher::Impl {
+  EVP_MD_CTX* ctx = nullptr;
+  ~Impl() { EVP_MD_CTX_free(ctx); }
+};
+
+Hasher::Hasher(Kind kind) : impl_(std::make_unique<Impl>()) {
+  impl_->ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(impl_->ctx, kind == Kind::Sha256 ? EVP_sha256() : EVP_sha1(), nullptr);
+}
+Hasher::~Hasher() = default;
+Hasher::Hasher(Hasher&&) noexcept = default;
+Hasher& Hasher::operator=(Hasher&&) noexcept = default;
+
+void Hasher::Update(std::string_view data) { Update(data.data(), data.size()); }
+
+void Hasher::Update(const void* data, size_t size) {
+  EVP_DigestUpdate(impl_->ctx, data, size);
+}
+
+std::string Hasher::FinalHex() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(impl_->ctx, md, &len);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(static_cast<size_t>(len) * 2, '0');
+  for (unsigned int i = 0; i < len; ++i) {
+    out[2 * i] = kHex[md[i] >> 4];
+    out[2 * i + 1] = kHex[md[i] & 0xf];
+  }
+  return out;
+}
+
+Hasher GitBlobHasher(uint64_t size) {
+  Hasher h(Hasher::Kind::Sha1);
+  std::string prefix = "blob " + std::to_string(size);
+  h.Update(prefix.data(), prefix.size() + 1);  // includes the NUL terminator
+  return h;
+}
+
+std::string Sha256Hex(std::string_view data) {
+  Hasher h(Hasher::Kind::Sha256);
+  h.Update(data);
+  return h.FinalHex();
+}
+
+namespace {
+
+Result<std::string> HashFile(const std::string& path, bool git_blob) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
+  }
+  off_t size = ::lseek(fd, 0, SEEK_END);
+  ::lseek(fd, 0, SEEK_SET);
+  Hasher h = git_blob ? GitBlobHasher(static_cast<uint64_t>(size)) : Hasher(Hasher::Kind::Sha256);
+  std::vector<char> buf(1 << 20);
+  while (true) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      int err = errno;
+      ::close(fd);
+      return Error(Reason::StorageError, "cannot read " + path + ": " + ErrnoMessage(err));
+    }
+    if (n == 0) {
+      break;
+    }
+    h.Update(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return h.FinalHex();
+}
+
+}  // namespace
+
+Result<std::string> Sha256File(const std::string& path) { return HashFile(path, false); }
+Result<std::string> GitBlobSha1File(const std::string& path) { return HashFile(path, true); }
+
+}  // namespace modelcache

@@ -1,0 +1,222 @@
+#pragma once
+
+// The ModelCache API (modelcache.dev/v1alpha1): C++ types for the resource in DESIGN.md, YAML and
+// JSON conversion both ways, defaulting and validation with Kubernetes-style field paths.
+//
+// Field names in JSON/YAML are the camelCase names of DESIGN.md. Optional fields that are absent
+// stay absent when written back (round trip), except where defaulting fills them.
+//
+// Nothing here throws: yaml-cpp and nlohmann exceptions are caught and become InvalidSpec.
+// All functions are thread-safe (no shared state).
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "common/result.h"
+
+namespace modelcache::crds {
+
+inline constexpr std::string_view kGroup = "modelcache.dev";
+inline constexpr std::string_view kVersion = "v1alpha1";
+inline constexpr std::string_view kApiVersion = "modelcache.dev/v1alpha1";
+inline constexpr std::string_view kKind = "ModelCache";
+inline constexpr std::string_view kPlural = "modelcaches";
+inline constexpr std::string_view kDefaultNamespace = "default";
+
+// Phases, in the order a resource moves through them.
+inline constexpr std::string_view kPhasePending = "Pending";
+inline constexpr std::string_view kPhaseResolving = "Resolving";
+inline constexpr std::string_view kPhaseDownloading = "Downloading";
+inline constexpr std::string_view kPhaseSharding = "Sharding";
+inline constexpr std::string_view kPhaseUploading = "Uploading";
+inline constexpr std::string_view kPhaseReady = "Ready";
+inline constexpr std::string_view kPhaseFailed = "Failed";
+
+struct ObjectKey {
+  std::string namespace_;
+  std::string name;
+
+  // "namespace/name"
+  std::string ToString() const { return namespace_ + "/" + name; }
+  auto operator<=>(const ObjectKey&) const = default;
+};
+
+struct SecretKeyRef {
+  std::string name;
+  std::string key;
+  bool operator==(const SecretKeyRef&) const = default;
+};
+
+struct SourceSpec {
+  std::string repo;                       // required: "org/name" or "name"
+  std::string type;                       // "model" | "dataset"; default "model"
+  std::string revision;                   // branch, tag or 40-hex commit; default "main"
+  std::vector<std::string> include;       // fnmatch allow patterns; empty: all files
+  std::vector<std::string> exclude;       // fnmatch ignore patterns
+  std::string endpoint;                   // optional mirror URL
+  std::optional<SecretKeyRef> token_secret_ref;
+  bool operator==(const SourceSpec&) const = default;
+};
+
+struct ShardSpec {
+  std::string engine;                     // "vllm" | "sglang"; default "vllm"
+  int64_t tensor_parallel_size = 0;       // default: accelerator count (or 1)
+  std::string dtype;                      // auto | float16 | bfloat16 | float32; default "auto"
+  std::string max_file_size;              // byte size, e.g. "5GiB"; default "5GiB"
+  bool operator==(const ShardSpec&) const = default;
+};
+
+struct StorageSpec {
+  std::string uri;                        // file:///path, /path or s3://bucket/prefix; default: --store
+  bool operator==(const StorageSpec&) const = default;
+};
+
+struct ModelCacheSpec {
+  SourceSpec source;
+  std::string artifact_name;              // DNS-1123 label; default from the repo name
+  std::string accelerator;                // "<type>:<count>", optional
+  std::optional<ShardSpec> shard;         // absent: cache the repo as-is
+  StorageSpec storage;
+  std::string refresh_interval;           // duration; "" or "0" = never
+  int64_t force = 0;                      // increment to re-fetch and re-verify
+  bool operator==(const ModelCacheSpec&) const = default;
+};
+
+struct ObjectMeta {
+  std::string name;
+  std::string namespace_;
+  std::string uid;
+  std::string resource_version;
+  int64_t generation = 0;
+  std::string creation_timestamp;         // RFC 3339
+  std::optional<std::string> deletion_timestamp;
+  std::map<std::string, std::string> labels;
+  std::map<std::string, std::string> annotations;
+  std::vector<std::string> finalizers;
+};
+
+// metav1.Condition.
+struct Condition {
+  std::string type;                       // "Ready"
+  std::string status;                     // "True" | "False" | "Unknown"
+  std::string reason;                     // CamelCase, never empty
+  std::string message;
+  std::string last_transition_time;       // RFC 3339
+  int64_t observed_generation = 0;
+};
+
+struct ArtifactStatus {
+  std::string name;
+  std::string version;
+  std::string id;                         // "<name>@sha256:<digest>"
+  std::string uri;                        // file:///… or s3://…
+  std::string path;                       // local directory, when the store is local
+  uint64_t size_bytes = 0;
+  int64_t files = 0;
+  bool operator==(const ArtifactStatus&) const = default;
+};
+
+struct ProgressStatus {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  int64_t files_done = 0;
+  int64_t files_total = 0;
+  uint64_t bytes_per_second = 0;
+  bool operator==(const ProgressStatus&) const = default;
+};
+
+struct ModelCacheStatus {
+  int64_t observed_generation = 0;
+  std::string phase;
+  std::string resolved_revision;
+  std::optional<ArtifactStatus> artifact;
+  std::optional<ProgressStatus> progress;
+  std::vector<Condition> conditions;
+};
+
+struct ModelCache {
+  ObjectMeta metadata;
+  ModelCacheSpec spec;
+  ModelCacheStatus status;
+
+  ObjectKey key() const { return {metadata.namespace_, metadata.name}; }
+};
+
+// One validation problem, printed the way Kubernetes prints field errors:
+//   spec.source.repo: Invalid value: "a//b": must be "org/name" or "name"
+//   spec.source.repo: Required value
+//   spec.shard.engine: Unsupported value: "tgi": supported values: "vllm", "sglang"
+struct FieldError {
+  enum class Type { Invalid, Required, Unsupported, Duplicate, Forbidden };
+  Type type = Type::Invalid;
+  std::string field;                      // "spec.shard.dtype"
+  std::string value;                      // the offending value as written, already quoted if a string
+  std::string detail;
+  std::string ToString() const;
+};
+
+// --- conversion -----------------------------------------------------------------------------
+
+// From a JSON object (a Kubernetes API answer, or a status file). Unknown fields are ignored;
+// wrong types are InvalidSpec naming the field ("spec.force: must be an integer").
+Result<ModelCache> FromJson(const nlohmann::json& j);
+nlohmann::json ToJson(const ModelCache& mc);
+nlohmann::json SpecToJson(const ModelCacheSpec& spec);
+nlohmann::json StatusToJson(const ModelCacheStatus& status);
+Result<ModelCacheStatus> StatusFromJson(const nlohmann::json& j);
+
+// YAML text of the full object (apiVersion, kind, metadata, spec, status if any).
+std::string ToYaml(const ModelCache& mc);
+
+// One YAML document of a (possibly multi-document) file.
+struct Document {
+  int line = 0;                           // 1-based line where the document starts
+  std::string api_version;
+  std::string kind;
+  // Set when kind/apiVersion are ModelCache's and the document converted; the object is neither
+  // defaulted nor validated yet.
+  std::optional<ModelCache> object;
+  // Conversion problems (wrong types), each with its 1-based line.
+  std::vector<std::pair<int, FieldError>> errors;
+};
+
+// Parses every document of a YAML file. Documents of other kinds are returned with only
+// api_version/kind set (callers ignore them). A YAML syntax error is InvalidSpec with
+// "<filename>:<line>:<column>: <problem>" and affects the whole file.
+Result<std::vector<Document>> ParseYamlDocuments(std::string_view text, const std::string& filename);
+
+// --- defaulting and validation ----------------------------------------------------------------
+
+// Fills defaults in place: metadata.namespace "default" when empty, source.type "model",
+// source.revision "main", artifactName from the repo name (lower-cased, '.' and '_' -> '-'),
+// shard.engine "vllm", shard.dtype "auto", shard.maxFileSize "5GiB", shard.tensorParallelSize
+// from the accelerator count (1 without one). Idempotent.
+void ApplyDefaults(ModelCache& mc);
+
+// Every problem at once, in field order. Empty means valid. Call after ApplyDefaults.
+std::vector<FieldError> Validate(const ModelCache& mc);
+
+// The same errors joined with "; ", for a condition message.
+std::string JoinErrors(const std::vector<FieldError>& errors);
+
+// The artifact name that defaulting derives from a repo id: "Qwen/Qwen3-0.6B" -> "qwen3-0-6b".
+std::string DefaultArtifactName(std::string_view repo);
+
+// A stable digest (sha256 hex) of the spec's canonical JSON: equal specs give equal hashes.
+std::string SpecHash(const ModelCacheSpec& spec);
+
+// --- conditions (apimachinery's meta.SetStatusCondition) --------------------------------------
+
+// Sets or adds the condition with c.type. lastTransitionTime moves to `now` only when the status
+// changes (or the condition is new). Returns true if anything (status, reason, message,
+// observedGeneration) changed.
+bool SetCondition(std::vector<Condition>& conditions, Condition c, const std::string& now);
+const Condition* FindCondition(const std::vector<Condition>& conditions, std::string_view type);
+
+}  // namespace modelcache::crds
