@@ -1,0 +1,82 @@
+#pragma once
+
+// Fetches Hub files into local storage: each file streams into a stable `.incomplete` path,
+// resumes from what is already there (Range), is verified (size, sha256, git blob sha1), fsynced
+// and only then renamed to its final path, so nothing half-written is ever visible.
+//
+// The protocol follows huggingface_hub's http_get: GET the /resolve URL with the token and without
+// following redirects; a 302/307 to another host (the CDN, a signed URL) is fetched WITHOUT the
+// Authorization header, a relative or same-host one with it. A ranged request answered 200 means
+// the server ignored Range: the partial data is discarded and the file starts over; 416 means the
+// partial data is bogus and is discarded likewise.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "fetch/hub_client.h"
+
+namespace modelcache::fetch {
+
+// One file to fetch into the local store.
+struct FileTask {
+  std::string path;  // path in repo, for messages
+  std::string url;   // the /resolve URL (the auth header is sent to the hub host only)
+  uint64_t size = 0;  // the expected size (the tree's "size"); verified
+  std::optional<std::string> expected_sha256;    // LFS files
+  std::optional<std::string> expected_git_sha1;  // regular files
+  // Where partial data lives between attempts and restarts (a stable name, so a restart resumes).
+  std::string incomplete_path;
+  // Renamed here (after fsync) only once verified; its directory is created if needed.
+  std::string final_path;
+};
+
+struct FileResult {
+  std::string path;
+  std::string sha256;
+  uint64_t size = 0;
+  bool downloaded = false;  // false if final_path already existed
+};
+
+// Shared with the reconciler, which reads it from another thread for status. Run() sets the totals
+// of its batch at the start and updates the rest as bytes arrive.
+struct TransferProgress {
+  // bytes_done counts bytes verified or on disk, including resumed ones; it goes down again when
+  // a partial file is discarded (server ignored Range, checksum mismatch).
+  std::atomic<uint64_t> bytes_total{0}, bytes_done{0};
+  std::atomic<int64_t> files_total{0}, files_done{0};
+  std::atomic<uint64_t> bytes_per_second{0};  // moving average over the last ~5 s
+};
+
+// The fetch layer's seam: issue 6 replaces the implementation with a parallel libcurl-multi
+// TransferEngine.
+class Transfer {
+ public:
+  virtual ~Transfer() = default;
+  // Downloads every task, verifies each file, and renames it into place. Files whose final_path
+  // exists with the expected size are not fetched again (their sha256 is taken from
+  // expected_sha256, or computed if unknown); one with another size is fetched and replaced.
+  // Returns one FileResult per task, in order, or the first permanent error:
+  //   InsufficientStorage  not enough free space for the bytes still needed (checked before
+  //                        writing, per filesystem), or ENOSPC while writing (partial data kept);
+  //   ChecksumMismatch     size or digest still wrong after max_attempts (names both digests);
+  //   RepoNotFound, RevisionNotFound, Unauthorized  the Hub refused (not retried);
+  //   RateLimited, NetworkError  transient failures that outlasted max_attempts;
+  //   StorageError         the local filesystem failed otherwise;
+  //   Cancelled            `stop` was requested (partial data stays in incomplete_path).
+  // Thread-safe; progress may be read concurrently.
+  virtual Result<std::vector<FileResult>> Run(const std::vector<FileTask>& tasks,
+                                              TransferProgress& progress,
+                                              std::stop_token stop) = 0;
+};
+
+// A straightforward implementation: files in parallel on a small thread pool (`parallel_files`,
+// at least 1), each streamed with HttpClient. Retries use options' max_attempts and backoff.
+std::unique_ptr<Transfer> NewSimpleTransfer(HubOptions options, int parallel_files = 4);
+
+}  // namespace modelcache::fetch

@@ -1,0 +1,449 @@
+#include "fetch/hub_client.h"
+
+#include <set>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/fmt/fmt.h>
+#include <spdlog/spdlog.h>
+
+#include "fetch/internal/hub_http.h"
+
+namespace modelcache::fetch {
+namespace {
+
+constexpr int kMaxRedirects = 10;
+// A tree listing of a real repo is a few pages; this only stops a server that links in a loop.
+constexpr int kMaxPages = 100000;
+
+bool IsHex40(const std::string& s) {
+  if (s.size() != 40) {
+    return false;
+  }
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// "models", "datasets", "spaces" for the API; nullopt for an unknown type.
+std::optional<std::string> ApiCollection(const std::string& type) {
+  if (type == "model" || type == "dataset" || type == "space") {
+    return type + "s";
+  }
+  return std::nullopt;
+}
+
+// The prefix /resolve URLs and repo pages carry: "" for models.
+std::string UrlPrefix(const std::string& type) {
+  if (type == "dataset") {
+    return "datasets/";
+  }
+  if (type == "space") {
+    return "spaces/";
+  }
+  return "";
+}
+
+std::string RepoWords(const std::string& type, const std::string& repo) {
+  if (type == "dataset") {
+    return "dataset repository " + repo;
+  }
+  if (type == "space") {
+    return "space repository " + repo;
+  }
+  return "repository " + repo;
+}
+
+std::string TrimEndpoint(std::string endpoint) {
+  while (!endpoint.empty() && endpoint.back() == '/') {
+    endpoint.pop_back();
+  }
+  return endpoint;
+}
+
+std::string ServerSays(const HttpResponse& response) {
+  const std::string* msg = response.Header("x-error-message");
+  if (msg == nullptr || msg->empty()) {
+    return "";
+  }
+  return " (the Hub says: " + *msg + ")";
+}
+
+}  // namespace
+
+HubClient::HubClient(HubOptions options) : options_(std::move(options)) {
+  options_.endpoint = TrimEndpoint(options_.endpoint);
+}
+
+Error HubClient::MapError(const HttpResponse& response, const std::string& what,
+                          const std::string& endpoint, const std::string& repo,
+                          const std::string& type) {
+  const std::string* code_header = response.Header("x-error-code");
+  const std::string* msg_header = response.Header("x-error-message");
+  std::string code = code_header ? *code_header : "";
+  std::string msg = msg_header ? *msg_header : "";
+  long status = response.status;
+  std::string server = ServerSays(response);
+  std::string repo_words = RepoWords(type, repo);
+  std::string status_words = fmt::format("HTTP {}", status);
+
+  // The order follows hf_raise_for_status: specific error codes first, then statuses.
+  if (code == "RevisionNotFound") {
+    return Error(Reason::RevisionNotFound,
+                 fmt::format("{} not found in {} at {}{}", what, repo_words, endpoint, server));
+  }
+  if (code == "EntryNotFound") {
+    return Error(Reason::RevisionNotFound,
+                 fmt::format("{} not found in {} at {}{}", what, repo_words, endpoint, server));
+  }
+  if (code == "GatedRepo") {
+    std::string page = fmt::format("{}/{}{}", endpoint, UrlPrefix(type), repo);
+    if (status == 401) {
+      return Error(Reason::Unauthorized,
+                   fmt::format("{} is gated: request access at {} and set a token ({}: {})",
+                               repo_words, page, status_words, what));
+    }
+    return Error(Reason::Unauthorized,
+                 fmt::format("{} is gated and the token is not on its authorized list: request "
+                             "access at {} with the token's account ({}: {})",
+                             repo_words, page, status_words, what));
+  }
+  if (msg == "Access to this resource is disabled.") {
+    return Error(Reason::RepoNotFound,
+                 fmt::format("{} is disabled at {} ({}: {})", repo_words, endpoint, status_words,
+                             what));
+  }
+  if (status == 401 && msg == "Invalid credentials in Authorization header") {
+    return Error(Reason::Unauthorized,
+                 fmt::format("{} rejected the token: invalid credentials ({}: {})", endpoint,
+                             status_words, what));
+  }
+  // The Hub answers 401 for a missing repo and for a private one alike when no token is sent,
+  // and 404 when the token cannot read it, so "not found" has to mention access.
+  if (code == "RepoNotFound" || status == 401 || (status == 404 && code.empty())) {
+    return Error(Reason::RepoNotFound,
+                 fmt::format("{} not found at {} (if it is private or gated, set a token that "
+                             "can read it) ({}: {})",
+                             repo_words, endpoint, status_words, what));
+  }
+  if (status == 400) {
+    return Error(Reason::InvalidSpec,
+                 fmt::format("bad request for {}{} ({})", what, server, status_words));
+  }
+  if (status == 403) {
+    return Error(Reason::Unauthorized,
+                 fmt::format("access to {} is forbidden{}: make sure the token has the right "
+                             "permissions ({})",
+                             what, server, status_words));
+  }
+  if (status == 429) {
+    return Error(Reason::RateLimited,
+                 fmt::format("rate limited by {} for {}{}", endpoint, what, server),
+                 internal::ServerRetryAfter(response));
+  }
+  if (status == 416) {
+    const std::string* range = response.Header("content-range");
+    return Error(Reason::NetworkError,
+                 fmt::format("range not satisfiable for {} (Content-Range: {})", what,
+                             range ? *range : "none"));
+  }
+  return Error(Reason::NetworkError,
+               fmt::format("unexpected answer {} for {}{}", status_words, what, server),
+               internal::ServerRetryAfter(response));
+}
+
+Result<HttpResponse> HubClient::GetJson(const std::string& start_url, const std::string& what,
+                                        const std::string& type, const std::string& repo,
+                                        std::stop_token stop) {
+  int failures = 0;
+  Error last;
+  while (true) {
+    std::string url = start_url;
+    Result<HttpResponse> answer = Error(Reason::Internal, "no request sent");
+    // Redirects are followed by hand: a renamed repo answers 307 with a relative Location (keep
+    // the token); a redirect to another host must not carry it.
+    for (int hop = 0;; ++hop) {
+      HttpRequest req;
+      req.url = url;
+      req.headers = internal::HubHeaders(options_, url);
+      req.headers.emplace_back("Accept", "application/json");
+      answer = HttpClient::Send(req, stop);
+      if (!answer || answer->status < 300 || answer->status >= 400) {
+        break;
+      }
+      const std::string* location = answer->Header("location");
+      if (location == nullptr || hop >= kMaxRedirects) {
+        break;
+      }
+      url = internal::ResolveLocation(url, *location);
+    }
+    if (answer) {
+      if (answer->status >= 200 && answer->status < 300) {
+        return answer;
+      }
+      Error mapped = MapError(*answer, what, options_.endpoint, repo, type);
+      if (!internal::IsRetryableStatus(answer->status)) {
+        return mapped;
+      }
+      last = std::move(mapped);
+    } else {
+      if (answer.error().reason != Reason::NetworkError) {
+        return answer.error();  // Cancelled
+      }
+      last = Error(Reason::NetworkError, internal::ScrubUrl(answer.error().message, url));
+    }
+    ++failures;
+    if (failures >= options_.max_attempts) {
+      last.message += fmt::format(" (after {} attempts)", failures);
+      return last;
+    }
+    std::chrono::milliseconds wait = internal::BackoffDelay(options_, failures);
+    if (last.retry_after) {
+      if (*last.retry_after > options_.backoff_cap) {
+        return last;  // the caller requeues after retry_after rather than blocking a worker
+      }
+      wait = *last.retry_after;
+    }
+    spdlog::debug("GET {} failed ({}); retrying in {} ms", internal::WithoutQuery(url),
+                  last.ToString(), wait.count());
+    if (!internal::SleepFor(wait, stop)) {
+      return Error(Reason::Cancelled, "request for " + what + " cancelled");
+    }
+  }
+}
+
+Result<std::string> HubClient::ResolveRevision(const std::string& type, const std::string& repo,
+                                               const std::string& revision,
+                                               std::stop_token stop) {
+  auto collection = ApiCollection(type);
+  if (!collection) {
+    return Error(Reason::InvalidSpec,
+                 "repository type '" + type + "' is not one of model, dataset, space");
+  }
+  std::string rev = revision.empty() ? "main" : revision;
+  std::string url = fmt::format("{}/api/{}/{}/revision/{}", options_.endpoint, *collection, repo,
+                                UrlEncode(rev));
+  std::string what = "revision '" + rev + "'";
+  auto answer = GetJson(url, what, type, repo, stop);
+  if (!answer) {
+    return answer.error();
+  }
+  try {
+    auto json = nlohmann::json::parse(answer->body);
+    if (json.is_object() && json.contains("sha") && json["sha"].is_string()) {
+      std::string sha = json["sha"].get<std::string>();
+      if (IsHex40(sha)) {
+        return sha;
+      }
+    }
+  } catch (const nlohmann::json::exception&) {
+    // Reported below like any other malformed answer.
+  }
+  return Error(Reason::NetworkError,
+               "the answer of " + url + " has no 40-hex \"sha\" commit");
+}
+
+Result<std::vector<RepoFile>> HubClient::ListFiles(const std::string& type,
+                                                   const std::string& repo,
+                                                   const std::string& commit,
+                                                   std::stop_token stop) {
+  auto collection = ApiCollection(type);
+  if (!collection) {
+    return Error(Reason::InvalidSpec,
+                 "repository type '" + type + "' is not one of model, dataset, space");
+  }
+  std::string url = fmt::format("{}/api/{}/{}/tree/{}?recursive=true&expand=false",
+                                options_.endpoint, *collection, repo, UrlEncode(commit));
+  std::string what = "revision '" + commit + "'";
+  std::vector<RepoFile> files;
+  std::set<std::string> seen_pages;
+  for (int page = 0; !url.empty(); ++page) {
+    if (page >= kMaxPages || !seen_pages.insert(url).second) {
+      return Error(Reason::NetworkError, "the tree listing of " + repo + " paginates in a loop");
+    }
+    auto answer = GetJson(url, what, type, repo, stop);
+    if (!answer) {
+      return answer.error();
+    }
+    try {
+      auto json = nlohmann::json::parse(answer->body);
+      if (!json.is_array()) {
+        return Error(Reason::NetworkError,
+                     "the tree listing " + internal::WithoutQuery(url) + " is not a JSON array");
+      }
+      for (const auto& entry : json) {
+        if (entry.value("type", "") != "file") {
+          continue;  // "directory" entries: recursive listings name their files too
+        }
+        RepoFile file;
+        file.path = entry.at("path").get<std::string>();
+        file.size = entry.at("size").get<uint64_t>();
+        file.blob_id = entry.at("oid").get<std::string>();
+        if (auto lfs = entry.find("lfs"); lfs != entry.end() && lfs->is_object()) {
+          file.lfs_sha256 = lfs->at("oid").get<std::string>();
+        }
+        files.push_back(std::move(file));
+      }
+    } catch (const nlohmann::json::exception& e) {
+      return Error(Reason::NetworkError, "malformed tree listing " +
+                                             internal::WithoutQuery(url) + ": " + e.what());
+    }
+    const std::string* link = answer->Header("link");
+    std::string next = link ? LinkNext(*link) : "";
+    url = next.empty() ? "" : internal::ResolveLocation(url, next);
+  }
+  return files;
+}
+
+std::string HubClient::ResolveUrl(const std::string& type, const std::string& repo,
+                                  const std::string& commit, const std::string& path) const {
+  return fmt::format("{}/{}{}/resolve/{}/{}", options_.endpoint, UrlPrefix(type), repo,
+                     UrlEncode(commit), UrlEncode(path, "/"));
+}
+
+namespace {
+
+// One element of a pattern as fnmatch.translate reads it: `*`, `?`, a bracket class or a literal.
+struct Token {
+  enum Kind { Star, Any, Class, Literal } kind = Literal;
+  char literal = 0;
+  bool negated = false;
+  std::vector<std::pair<unsigned char, unsigned char>> ranges;  // inclusive
+
+  bool Matches(char c) const {
+    if (kind == Any) {
+      return true;
+    }
+    if (kind == Literal) {
+      return c == literal;
+    }
+    auto u = static_cast<unsigned char>(c);
+    bool in = false;
+    for (const auto& [lo, hi] : ranges) {
+      in = in || (u >= lo && u <= hi);
+    }
+    return in != negated;
+  }
+};
+
+std::vector<Token> Compile(const std::string& pat) {
+  std::vector<Token> tokens;
+  size_t i = 0;
+  size_t n = pat.size();
+  while (i < n) {
+    char c = pat[i++];
+    if (c == '*') {
+      if (tokens.empty() || tokens.back().kind != Token::Star) {
+        tokens.push_back(Token{Token::Star, 0, false, {}});
+      }
+    } else if (c == '?') {
+      tokens.push_back(Token{Token::Any, 0, false, {}});
+    } else if (c == '[') {
+      // The closing bracket is found the way fnmatch does: a leading '!' and then a leading ']'
+      // belong to the set; without a closing bracket the '[' is a literal.
+      size_t j = i;
+      if (j < n && pat[j] == '!') {
+        ++j;
+      }
+      if (j < n && pat[j] == ']') {
+        ++j;
+      }
+      while (j < n && pat[j] != ']') {
+        ++j;
+      }
+      if (j >= n) {
+        tokens.push_back(Token{Token::Literal, '[', false, {}});
+        continue;
+      }
+      Token t{Token::Class, 0, false, {}};
+      size_t k = i;
+      if (pat[k] == '!') {
+        t.negated = true;
+        ++k;
+      }
+      while (k < j) {
+        auto lo = static_cast<unsigned char>(pat[k]);
+        if (k + 2 < j && pat[k + 1] == '-') {
+          auto hi = static_cast<unsigned char>(pat[k + 2]);
+          if (lo <= hi) {  // fnmatch drops reversed ranges
+            t.ranges.emplace_back(lo, hi);
+          }
+          k += 3;
+        } else {
+          t.ranges.emplace_back(lo, lo);
+          ++k;
+        }
+      }
+      tokens.push_back(std::move(t));
+      i = j + 1;
+    } else {
+      tokens.push_back(Token{Token::Literal, c, false, {}});
+    }
+  }
+  return tokens;
+}
+
+// Greedy wildcard matching that backtracks to the last star only: linear for one star,
+// O(n*m) at worst.
+bool GlobMatch(const std::vector<Token>& tokens, const std::string& s) {
+  size_t p = 0;
+  size_t i = 0;
+  size_t star_p = std::string::npos;
+  size_t star_i = 0;
+  while (i < s.size()) {
+    if (p < tokens.size() && tokens[p].kind == Token::Star) {
+      star_p = p++;
+      star_i = i;
+    } else if (p < tokens.size() && tokens[p].Matches(s[i])) {
+      ++p;
+      ++i;
+    } else if (star_p != std::string::npos) {
+      p = star_p + 1;
+      i = ++star_i;
+    } else {
+      return false;
+    }
+  }
+  while (p < tokens.size() && tokens[p].kind == Token::Star) {
+    ++p;
+  }
+  return p == tokens.size();
+}
+
+std::string Normalize(std::string s) {
+  for (char& c : s) {
+    if (c == '\\') {
+      c = '/';
+    }
+  }
+  return s;
+}
+
+bool AnyMatches(const std::string& path, const std::vector<std::string>& patterns) {
+  for (const auto& raw : patterns) {
+    std::string pat = Normalize(raw);
+    if (!pat.empty() && pat.back() == '/') {
+      pat += '*';
+    }
+    if (GlobMatch(Compile(pat), path)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool MatchesPatterns(const std::string& path, const std::vector<std::string>& include,
+                     const std::vector<std::string>& exclude) {
+  std::string p = Normalize(path);
+  if (!include.empty() && !AnyMatches(p, include)) {
+    return false;
+  }
+  return !AnyMatches(p, exclude);
+}
+
+}  // namespace modelcache::fetch

@@ -1,0 +1,107 @@
+#pragma once
+
+// A client of the HuggingFace Hub's HTTP API, speaking the protocol exactly as huggingface_hub
+// does (see /work/shared/reference/hf-hub-protocol.md): it resolves a revision to a commit, lists
+// the files at that commit and builds the /resolve URLs the downloader fetches.
+//
+// Errors are values whose reason is a DESIGN.md word: RepoNotFound, RevisionNotFound,
+// Unauthorized (gated repo, forbidden, rejected token), RateLimited (retry_after set when the Hub
+// said how long to wait), NetworkError (transport failures and 5xx, after retries), Cancelled.
+// The token never appears in an error message or a log line.
+//
+// Thread-safe: a HubClient holds only its options; concurrent calls are fine.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "common/http_client.h"
+#include "common/result.h"
+
+namespace modelcache::fetch {
+
+struct HubOptions {
+  std::string endpoint = "https://huggingface.co";  // no trailing slash
+  // "" = anonymous. Sent as "Authorization: Bearer" to the endpoint's origin only, never to a CDN
+  // host a /resolve answer redirects to. NEVER put it in an Error message or log.
+  std::string token;
+  int max_attempts = 5;  // per request, for transient errors
+  // Waits between attempts: base, 2*base, 4*base, ... capped at backoff_cap, each with jitter
+  // (uniform in [d/2, d]). A Retry-After longer than backoff_cap is not waited for: the request
+  // fails with RateLimited and retry_after set, so the caller can requeue instead of blocking.
+  std::chrono::milliseconds backoff_base{1000};
+  std::chrono::milliseconds backoff_cap{30000};
+};
+
+struct RepoFile {
+  std::string path;
+  uint64_t size = 0;
+  std::string blob_id;                    // git blob sha1 of the file (tree "oid" for non-LFS)
+  std::optional<std::string> lfs_sha256;  // set for LFS files (tree "lfs.oid")
+  // The hub cache blob name: sha256 for LFS files, git blob sha1 for regular ones.
+  const std::string& etag() const { return lfs_sha256 ? *lfs_sha256 : blob_id; }
+};
+
+class HubClient {
+ public:
+  // options.endpoint may carry a trailing slash; it is removed.
+  explicit HubClient(HubOptions options);
+
+  // Resolves a branch, tag, HEAD, short or full commit to the 40-hex commit with
+  // GET {endpoint}/api/{type}s/{repo}/revision/{quote(revision, safe="")}. An empty revision
+  // means "main". `type` is "model", "dataset" or "space" (anything else: InvalidSpec).
+  // Errors: RepoNotFound (missing, or private without a token that can read it; the Hub does not
+  // tell these apart), RevisionNotFound, Unauthorized, RateLimited, NetworkError, Cancelled.
+  Result<std::string> ResolveRevision(const std::string& type, const std::string& repo,
+                                      const std::string& revision, std::stop_token stop = {});
+
+  // Every file at `commit`, in the Hub's order: GET /api/{type}s/{repo}/tree/{commit}
+  // ?recursive=true&expand=false, following Link rel="next" pages. Directories are skipped.
+  // Errors as for ResolveRevision; a malformed answer is NetworkError.
+  Result<std::vector<RepoFile>> ListFiles(const std::string& type, const std::string& repo,
+                                          const std::string& commit, std::stop_token stop = {});
+
+  // {endpoint}/{repo}/resolve/{quote(commit, safe="")}/{quote(path)}; datasets:
+  // {endpoint}/datasets/{repo}/resolve/..., spaces: {endpoint}/spaces/{repo}/resolve/...
+  std::string ResolveUrl(const std::string& type, const std::string& repo,
+                         const std::string& commit, const std::string& path) const;
+
+  // Maps a Hub answer that is not a success (status + X-Error-Code / X-Error-Message, as
+  // huggingface_hub's hf_raise_for_status does) to an Error whose message names `what` (e.g. the
+  // repo, or a URL without its query). `type` only changes the wording and the access URL of a
+  // gated repo ("<endpoint>/datasets/<repo>" for datasets).
+  //   X-Error-Code RevisionNotFound / EntryNotFound          -> RevisionNotFound
+  //   X-Error-Code GatedRepo (401: no token, 403: not granted) -> Unauthorized
+  //   X-Error-Message "Access to this resource is disabled." -> RepoNotFound
+  //   X-Error-Code RepoNotFound, or 401 without a code        -> RepoNotFound
+  //   401 "Invalid credentials in Authorization header", 403  -> Unauthorized
+  //   400 -> InvalidSpec; 404 -> RepoNotFound; 429 -> RateLimited (Retry-After or
+  //   RateLimit "r=0;t=N" sets retry_after); 408, 416, 5xx and anything else -> NetworkError.
+  static Error MapError(const HttpResponse& response, const std::string& what,
+                        const std::string& endpoint, const std::string& repo,
+                        const std::string& type = "model");
+
+  const HubOptions& options() const { return options_; }
+
+ private:
+  // GET with the token (hub origin only), redirects followed by hand (auth kept on the same
+  // origin only) and transient failures retried with backoff. Non-2xx answers become MapError.
+  Result<HttpResponse> GetJson(const std::string& url, const std::string& what,
+                               const std::string& type, const std::string& repo,
+                               std::stop_token stop);
+
+  HubOptions options_;
+};
+
+// huggingface_hub filter_repo_objects semantics: a path is kept when `include` is empty or one of
+// its patterns matches, and none of `exclude` matches. Patterns are fnmatchcase globs: `*` matches
+// any run of characters including "/", `?` one character, `[seq]` / `[!seq]` a class; a pattern
+// ending in "/" matches everything under that directory; "\" is read as "/" in both. Unlike
+// Python, an empty `include` list means "everything" (the spec's default).
+bool MatchesPatterns(const std::string& path, const std::vector<std::string>& include,
+                     const std::vector<std::string>& exclude);
+
+}  // namespace modelcache::fetch

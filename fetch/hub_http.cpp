@@ -1,0 +1,129 @@
+#include "fetch/internal/hub_http.h"
+
+#include <algorithm>
+#include <cctype>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <regex>
+
+namespace modelcache::fetch::internal {
+namespace {
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// Position just after "scheme://", or npos.
+size_t AuthorityStart(std::string_view url) {
+  size_t p = url.find("://");
+  if (p == std::string_view::npos || p == 0) {
+    return std::string_view::npos;
+  }
+  for (size_t i = 0; i < p; ++i) {
+    char c = url[i];
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '-' && c != '.') {
+      return std::string_view::npos;
+    }
+  }
+  return p + 3;
+}
+
+}  // namespace
+
+std::string Origin(std::string_view url) {
+  size_t start = AuthorityStart(url);
+  if (start == std::string_view::npos) {
+    return "";
+  }
+  size_t end = url.find_first_of("/?#", start);
+  std::string_view authority = url.substr(0, end);
+  // Drop "user:pass@" so that it can never make two hosts look alike.
+  size_t at = authority.rfind('@');
+  if (at != std::string_view::npos && at >= start) {
+    return Lower(url.substr(0, start)) + Lower(authority.substr(at + 1));
+  }
+  return Lower(authority);
+}
+
+std::string ResolveLocation(const std::string& base, const std::string& location) {
+  if (AuthorityStart(location) != std::string::npos) {
+    return location;
+  }
+  std::string origin = Origin(base);
+  if (location.rfind("//", 0) == 0) {
+    return base.substr(0, base.find("://") + 1) + location;
+  }
+  if (!location.empty() && location.front() == '/') {
+    return origin + location;
+  }
+  // Relative to the base's directory.
+  std::string path = WithoutQuery(base).substr(origin.size());
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "/" : path.substr(0, slash + 1);
+  return origin + dir + location;
+}
+
+std::string WithoutQuery(std::string_view url) {
+  return std::string(url.substr(0, url.find_first_of("?#")));
+}
+
+bool IsRetryableStatus(long status) { return status == 408 || status == 429 || status >= 500; }
+
+std::optional<std::chrono::milliseconds> ServerRetryAfter(const HttpResponse& response) {
+  // huggingface_hub prefers the RateLimit header when it says the quota is exhausted (r=0).
+  if (const std::string* rl = response.Header("ratelimit"); rl != nullptr) {
+    static const std::regex kRateLimit(R"(r\s*=\s*(\d+)\s*;\s*t\s*=\s*(\d+))");
+    std::smatch m;
+    if (std::regex_search(*rl, m, kRateLimit) && m[1].str() == "0") {
+      return std::chrono::seconds(std::stoll(m[2].str()));
+    }
+  }
+  return ParseRetryAfter(response.Header("retry-after"));
+}
+
+std::chrono::milliseconds BackoffDelay(const HubOptions& options, int failures) {
+  using std::chrono::milliseconds;
+  milliseconds d = std::max(options.backoff_base, milliseconds(1));
+  for (int i = 1; i < failures && d < options.backoff_cap; ++i) {
+    d *= 2;
+  }
+  d = std::min(d, std::max(options.backoff_cap, milliseconds(1)));
+  // Jitter spreads retries of many files and daemons hitting the same failing host.
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_int_distribution<int64_t> dist(d.count() / 2, d.count());
+  return milliseconds(dist(rng));
+}
+
+bool SleepFor(std::chrono::milliseconds d, std::stop_token stop) {
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::unique_lock lock(mu);
+  cv.wait_for(lock, stop, d, [] { return false; });
+  return !stop.stop_requested();
+}
+
+HttpHeaders HubHeaders(const HubOptions& options, const std::string& url) {
+  HttpHeaders headers{{"Accept-Encoding", "identity"}};
+  if (!options.token.empty() && Origin(url) == Origin(options.endpoint)) {
+    headers.emplace_back("Authorization", "Bearer " + options.token);
+  }
+  return headers;
+}
+
+std::string ScrubUrl(std::string message, const std::string& url) {
+  std::string clean = WithoutQuery(url);
+  if (clean == url) {
+    return message;
+  }
+  for (size_t p = message.find(url); p != std::string::npos; p = message.find(url, p)) {
+    message.replace(p, url.size(), clean);
+    p += clean.size();
+  }
+  return message;
+}
+
+}  // namespace modelcache::fetch::internal

@@ -1,0 +1,50 @@
+#pragma once
+
+// Pieces of the Hub protocol shared by the API client and the downloader: origins (who gets the
+// token), redirect targets, which answers are transient, and interruptible backoff.
+
+#include <chrono>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+#include "common/http_client.h"
+#include "fetch/hub_client.h"
+
+namespace modelcache::fetch::internal {
+
+// "scheme://host[:port]" of an absolute URL, lower-cased; "" if `url` is not absolute. Two URLs
+// are the same host for the token's purpose when their origins are equal (huggingface_hub compares
+// netlocs, which include the port).
+std::string Origin(std::string_view url);
+
+// The URL a Location header points to, seen from `base`: absolute as is; "//host/p" takes base's
+// scheme; "/p" replaces base's path and query; "p" is relative to base's directory.
+std::string ResolveLocation(const std::string& base, const std::string& location);
+
+// `url` without "?query" or "#fragment": signed CDN URLs must not end up in messages.
+std::string WithoutQuery(std::string_view url);
+
+// Answers worth another attempt: 408, 429 and 5xx (huggingface_hub retries 408, 429, 500, 502,
+// 503, 504; other 5xx are as transient on a mirror).
+bool IsRetryableStatus(long status);
+
+// How long the server asked us to wait: Retry-After in seconds, else RateLimit "...;r=0;t=N".
+std::optional<std::chrono::milliseconds> ServerRetryAfter(const HttpResponse& response);
+
+// The wait before the next attempt after `failures` consecutive failures (1-based): exponential
+// from options.backoff_base, capped at options.backoff_cap, with jitter in [d/2, d].
+std::chrono::milliseconds BackoffDelay(const HubOptions& options, int failures);
+
+// Sleeps for `d` unless `stop` is requested first; returns false if it was.
+bool SleepFor(std::chrono::milliseconds d, std::stop_token stop);
+
+// Request headers for `url`: Accept-Encoding identity always (a gzip answer would defeat Range
+// and size checks), Authorization only when `url` is on the endpoint's origin.
+HttpHeaders HubHeaders(const HubOptions& options, const std::string& url);
+
+// Replaces every occurrence of `url` in a transport error message by its query-less form.
+std::string ScrubUrl(std::string message, const std::string& url);
+
+}  // namespace modelcache::fetch::internal
