@@ -9,6 +9,7 @@
 // Nothing here throws: yaml-cpp and nlohmann exceptions are caught and become InvalidSpec.
 // All functions are thread-safe (no shared state).
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -29,6 +30,13 @@ inline constexpr std::string_view kKind = "ModelCache";
 inline constexpr std::string_view kPlural = "modelcaches";
 inline constexpr std::string_view kDefaultNamespace = "default";
 
+// The accepted values of the enumerated fields (crds/modelcache.yaml's enums; a test checks that
+// they agree).
+inline constexpr std::array<std::string_view, 2> kSourceTypes = {"model", "dataset"};
+inline constexpr std::array<std::string_view, 2> kEngines = {"vllm", "sglang"};
+inline constexpr std::array<std::string_view, 4> kDtypes = {"auto", "float16", "bfloat16",
+                                                            "float32"};
+
 // Phases, in the order a resource moves through them.
 inline constexpr std::string_view kPhasePending = "Pending";
 inline constexpr std::string_view kPhaseResolving = "Resolving";
@@ -37,6 +45,9 @@ inline constexpr std::string_view kPhaseSharding = "Sharding";
 inline constexpr std::string_view kPhaseUploading = "Uploading";
 inline constexpr std::string_view kPhaseReady = "Ready";
 inline constexpr std::string_view kPhaseFailed = "Failed";
+inline constexpr std::array<std::string_view, 7> kPhases = {
+    kPhasePending, kPhaseResolving, kPhaseDownloading, kPhaseSharding,
+    kPhaseUploading, kPhaseReady, kPhaseFailed};
 
 struct ObjectKey {
   std::string namespace_;
@@ -99,6 +110,7 @@ struct ObjectMeta {
   std::map<std::string, std::string> labels;
   std::map<std::string, std::string> annotations;
   std::vector<std::string> finalizers;
+  bool operator==(const ObjectMeta&) const = default;
 };
 
 // metav1.Condition.
@@ -109,6 +121,7 @@ struct Condition {
   std::string message;
   std::string last_transition_time;       // RFC 3339
   int64_t observed_generation = 0;
+  bool operator==(const Condition&) const = default;
 };
 
 struct ArtifactStatus {
@@ -138,6 +151,7 @@ struct ModelCacheStatus {
   std::optional<ArtifactStatus> artifact;
   std::optional<ProgressStatus> progress;
   std::vector<Condition> conditions;
+  bool operator==(const ModelCacheStatus&) const = default;
 };
 
 struct ModelCache {
@@ -146,19 +160,24 @@ struct ModelCache {
   ModelCacheStatus status;
 
   ObjectKey key() const { return {metadata.namespace_, metadata.name}; }
+  bool operator==(const ModelCache&) const = default;
 };
 
 // One validation problem, printed the way Kubernetes prints field errors:
 //   spec.source.repo: Invalid value: "a//b": must be "org/name" or "name"
 //   spec.source.repo: Required value
-//   spec.shard.engine: Unsupported value: "tgi": supported values: "vllm", "sglang"
+//   spec.shard.engine: Unsupported value: "tgi": supported values: "sglang", "vllm"
+// (supported values are listed sorted, as Kubernetes does).
 struct FieldError {
   enum class Type { Invalid, Required, Unsupported, Duplicate, Forbidden };
   Type type = Type::Invalid;
   std::string field;                      // "spec.shard.dtype"
   std::string value;                      // the offending value as written, already quoted if a string
   std::string detail;
+  // "<field>: <body>".
   std::string ToString() const;
+  // The part after "<field>: ": "Invalid value: \"a//b\": must be ..." or "Required value".
+  std::string ErrorBody() const;
 };
 
 // --- conversion -----------------------------------------------------------------------------
@@ -182,8 +201,20 @@ struct Document {
   // Set when kind/apiVersion are ModelCache's and the document converted; the object is neither
   // defaulted nor validated yet.
   std::optional<ModelCache> object;
-  // Conversion problems (wrong types), each with its 1-based line.
+  // Conversion problems (wrong types, duplicate keys, an unsupported apiVersion/kind of the
+  // modelcache.dev group), each with its 1-based line. When non-empty, `object` is unset.
   std::vector<std::pair<int, FieldError>> errors;
+  // Fields the API does not know (a typo such as spec.shard.tensorParalellSize), as field paths
+  // with their lines. Conversion ignores them, as the API server prunes them; `modelcache
+  // validate` reports them.
+  std::vector<std::pair<int, std::string>> unknown_fields;
+  // 1-based line of every field of a ModelCache document, by field path ("spec.source.repo",
+  // "spec.source.include[0]", "metadata.labels[app]").
+  std::map<std::string, int> field_lines;
+
+  // The line of `field`, or of its nearest ancestor that has one, or of the document: use it to
+  // place a FieldError from Validate in the file.
+  int LineOf(std::string_view field) const;
 };
 
 // Parses every document of a YAML file. Documents of other kinds are returned with only
@@ -213,9 +244,10 @@ std::string SpecHash(const ModelCacheSpec& spec);
 
 // --- conditions (apimachinery's meta.SetStatusCondition) --------------------------------------
 
-// Sets or adds the condition with c.type. lastTransitionTime moves to `now` only when the status
-// changes (or the condition is new). Returns true if anything (status, reason, message,
-// observedGeneration) changed.
+// Sets or adds the condition with c.type. lastTransitionTime moves only when the status changes
+// (or the condition is new): to c.last_transition_time if the caller set it, else to `now`.
+// Reason, message and observedGeneration are always taken from `c`. Returns true if anything
+// (status, reason, message, observedGeneration) changed.
 bool SetCondition(std::vector<Condition>& conditions, Condition c, const std::string& now);
 const Condition* FindCondition(const std::vector<Condition>& conditions, std::string_view type);
 
