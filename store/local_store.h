@@ -1,0 +1,252 @@
+#pragma once
+
+// The local artifact store: a HuggingFace hub cache plus immutable, versioned artifacts.
+//
+//   <root>/hub/                 a valid huggingface_hub cache: HF_HUB_CACHE=<root>/hub works as is
+//     CACHEDIR.TAG
+//     .locks/<repo-folder>/<etag>.lock       per-blob download locks (flock, as huggingface_hub)
+//     models--org--name/                     datasets--org--name/ for datasets
+//       blobs/<etag>                         verified content; <etag>.incomplete while downloading
+//       snapshots/<commit>/<path>            relative symlink to ../../blobs/<etag>
+//       refs/<revision>                      the commit, no trailing newline
+//   <root>/artifacts/<name>/
+//     <version>/                             immutable; published by one rename
+//       modelcache.json                      the ArtifactManifest
+//       <files…>                             hard links of blobs, or sharded outputs
+//     current -> <version>                   relative symlink, switched atomically
+//
+// docs/store-layout.md describes the layout, the manifest and what is safe to read when.
+//
+// Thread-safety: a LocalStore is safe for concurrent use from many threads without external
+// synchronization, and several processes may share one root. Every change becomes visible through
+// one rename (or is a hard link of complete content), so readers never see a half-written blob,
+// link, ref, manifest or artifact. Callers must not download the same blob of the same repo twice
+// at once: hold TryLockBlob/LockBlob around the download (the lock huggingface_hub also takes).
+// Two publishers of the same version both succeed; one rename wins and the other reuses it.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace modelcache::store {
+
+struct RepoRef {
+  std::string type;  // "model" | "dataset"
+  std::string id;    // "org/name" or "name"
+};
+
+// huggingface_hub's repo_folder_name: "models--org--name", "datasets--org--name", "models--gpt2".
+std::string RepoFolderName(const RepoRef& repo);
+
+struct ManifestFile {
+  std::string path;  // relative to the artifact directory, '/'-separated
+  uint64_t size = 0;
+  std::string sha256;  // 64 lower-case hex
+};
+
+// Serialized as <version>/modelcache.json: pretty, sorted keys, deterministic, no timestamps.
+struct ArtifactManifest {
+  std::string name, version, id;  // id = "<name>@sha256:<digest>", version = first 12 hex of digest
+  std::string source_type, source_repo, source_revision, source_commit;  // source.{…}
+  std::vector<ManifestFile> files;  // sorted by path (FinalizeIdentity sorts)
+  nlohmann::json shard;             // null when unsharded; else settings + engine release (opaque)
+  uint64_t size_bytes = 0;
+};
+
+// The artifact digest (64 lower-case hex): SHA-256 of a canonical JSON document holding the source
+// type, repo and commit, every file's (path, size, sha256) sorted by path, and the shard settings.
+// The revision name, the artifact name and timestamps are not covered, so "main" and its commit
+// give the same digest. Same inputs, same digest. Fills nothing.
+std::string ComputeDigest(const ArtifactManifest& manifest);
+
+// Sorts files by path and sets version, id (from ComputeDigest) and size_bytes (sum of sizes).
+void FinalizeIdentity(ArtifactManifest& manifest);
+
+// The modelcache.json document ("formatVersion": 1, camelCase keys). ManifestFromJson returns
+// StorageError naming the field when the document is not a valid manifest; it does not check the
+// id against the digest (ReadVersion does).
+nlohmann::json ManifestToJson(const ArtifactManifest& manifest);
+Result<ArtifactManifest> ManifestFromJson(const nlohmann::json& json);
+
+// What Publish made; maps onto status.artifact.
+struct PublishedArtifact {
+  std::string name, version, id;
+  std::string path;  // <root>/artifacts/<name>/<version>
+  std::string uri;   // file://<path>, percent-encoded
+  uint64_t size_bytes = 0;
+  int64_t files = 0;
+};
+
+enum class PublishMode {
+  // If <version> already exists (same inputs), discard the staging directory and reuse it.
+  ReuseExisting,
+  // Swap the staging directory in place of an existing <version> (atomically where the filesystem
+  // supports RENAME_EXCHANGE), then delete the old one. Used to heal a version that failed
+  // VerifyVersion after its blobs were re-fetched.
+  ReplaceExisting,
+};
+
+// An exclusive flock on <root>/hub/.locks/<repo-folder>/<etag>.lock, the same file and lock kind
+// huggingface_hub's WeakFileLock takes, so a download here excludes one by huggingface_hub on the
+// same cache. Released by the destructor. Move-only.
+class BlobLock {
+ public:
+  BlobLock() = default;
+  ~BlobLock();
+  BlobLock(BlobLock&& other) noexcept;
+  BlobLock& operator=(BlobLock&& other) noexcept;
+  BlobLock(const BlobLock&) = delete;
+  BlobLock& operator=(const BlobLock&) = delete;
+  bool held() const { return fd_ >= 0; }
+
+ private:
+  friend class LocalStore;
+  explicit BlobLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+class LocalStore {
+ public:
+  // Opens the store at `root_or_uri` (a path, relative paths made absolute, or a file:// URI with
+  // percent-escapes), creating <root>/hub, <root>/artifacts and hub/CACHEDIR.TAG (byte-for-byte as
+  // huggingface_hub writes it; an existing one is left alone). InvalidSpec for another URI scheme;
+  // StorageError if the directories cannot be created.
+  static Result<std::unique_ptr<LocalStore>> Open(const std::string& root_or_uri);
+
+  // Discards staging directories this instance created and did not publish.
+  ~LocalStore();
+  LocalStore(const LocalStore&) = delete;
+  LocalStore& operator=(const LocalStore&) = delete;
+
+  const std::string& root() const { return root_; }
+  std::string hub_dir() const;        // <root>/hub
+  std::string artifacts_dir() const;  // <root>/artifacts
+
+  // ---- hub cache ----
+  // Path helpers compute names only; they do not validate (the mutating calls do).
+  std::string RepoDir(const RepoRef& repo) const;  // <root>/hub/models--org--name
+  std::string BlobPath(const RepoRef& repo, const std::string& etag) const;  // …/blobs/<etag>
+  // …/blobs/<etag>.incomplete: stable across restarts so a download can resume with Range.
+  std::string IncompletePath(const RepoRef& repo, const std::string& etag) const;
+  // …/snapshots/<commit>/<path>
+  std::string SnapshotPath(const RepoRef& repo, const std::string& commit,
+                           const std::string& path) const;
+
+  // True iff blobs/<etag> is a regular file of exactly `size` bytes. Blobs only appear through a
+  // rename after verification, so this is "present and verified"; it does not re-hash.
+  bool HasBlob(const RepoRef& repo, const std::string& etag, uint64_t size) const;
+
+  // Re-hashes blobs/<etag> against its name: a 64-hex etag is a SHA-256, a 40-hex one a git blob
+  // SHA-1. ChecksumMismatch if size or digest differ, StorageError if it is missing or unreadable,
+  // InvalidSpec if the etag is neither form.
+  VoidResult VerifyBlob(const RepoRef& repo, const std::string& etag, uint64_t size) const;
+
+  // Removes blobs/<etag> (e.g. after VerifyBlob failed). OK if it is absent. Snapshot links to it
+  // dangle until the blob is downloaded again; artifacts hold their own links and are unaffected.
+  VoidResult RemoveBlob(const RepoRef& repo, const std::string& etag);
+
+  // If blobs/<etag> of `repo` is missing and another repo of this store holds blobs/<etag> with
+  // `size` bytes, hard-links that file (copies it if linking fails) into `repo` and returns true.
+  // Returns true without work if `repo` already has the blob, false if no repo has it. The new
+  // name appears by one rename, so it is never partial. Blobs are content-addressed: this is
+  // dedupe across repos.
+  Result<bool> AdoptBlob(const RepoRef& repo, const std::string& etag, uint64_t size);
+
+  // Non-blocking: the lock, or nullopt if another holder (thread or process) has it.
+  Result<std::optional<BlobLock>> TryLockBlob(const RepoRef& repo, const std::string& etag);
+  // Blocks until the lock is free.
+  Result<BlobLock> LockBlob(const RepoRef& repo, const std::string& etag);
+
+  // Makes snapshots/<commit>/<path> a RELATIVE symlink to the blob ("../../blobs/<etag>", one more
+  // "../" per sub-directory of path), created as a temporary symlink renamed into place: readers
+  // see the old link or the new one. Idempotent; a wrong link or file there is replaced. The blob
+  // need not exist yet. InvalidSpec for an unsafe path (absolute, "..", empty segment).
+  VoidResult LinkSnapshot(const RepoRef& repo, const std::string& commit, const std::string& path,
+                          const std::string& etag);
+
+  // Writes refs/<revision> = commit with no trailing newline (huggingface_hub reads it without
+  // strip), atomically; "refs/pr/1" becomes nested directories. No-op when revision == commit
+  // (huggingface_hub never writes a ref for a commit) or when the ref already holds the commit.
+  VoidResult WriteRef(const RepoRef& repo, const std::string& revision, const std::string& commit);
+
+  // The content of refs/<revision>, or nullopt if there is no such ref.
+  Result<std::optional<std::string>> ReadRef(const RepoRef& repo,
+                                             const std::string& revision) const;
+
+  // ---- artifacts ----
+  // Creates <root>/artifacts/<name>/.staging-<unique>/ and returns its path. The caller fills it
+  // with StageFile (or writes sharded outputs into it), then calls Publish or DiscardStaging.
+  // The directory is flock-ed while this instance owns it, so CleanupStaging in any process
+  // leaves it alone. InvalidSpec if `name` is not a single safe path component.
+  Result<std::string> CreateStaging(const std::string& name);
+
+  // Hard-links `src` (symlinks followed, so a snapshot path works) to <staging>/<relpath>,
+  // creating sub-directories; copies (and fsyncs) when linking fails (another filesystem). An
+  // existing entry at relpath is replaced.
+  VoidResult StageFile(const std::string& staging, const std::string& relpath,
+                       const std::string& src);
+
+  // Publishes a staging directory as <version>:
+  //   1. FinalizeIdentity(manifest); manifest.name must be the staging directory's artifact name;
+  //   2. the staging directory must hold exactly the manifest's files (regular files, sizes
+  //      equal; contents are the caller's to verify) — else InvalidSpec / StorageError;
+  //   3. writes modelcache.json, fsyncs every file and directory in it;
+  //   4. renames it to <version> in one rename. If <version> exists: ReuseExisting discards the
+  //      staging directory and reuses it (its id must match, else StorageError); ReplaceExisting
+  //      swaps it in;
+  //   5. switches <root>/artifacts/<name>/current to "<version>" (temporary symlink + rename).
+  // The staging directory is gone afterwards, whether Publish succeeds or fails (unless it was not
+  // a staging directory of this instance: InvalidSpec, nothing touched). Errors: Internal for
+  // files the manifest does not list, StorageError for missing ones, ChecksumMismatch for a size
+  // that differs, InsufficientStorage/StorageError for I/O.
+  Result<PublishedArtifact> Publish(const std::string& staging, ArtifactManifest manifest,
+                                    PublishMode mode = PublishMode::ReuseExisting);
+
+  // Removes a staging directory this instance created and releases its lock.
+  VoidResult DiscardStaging(const std::string& staging);
+
+  // The manifest of the version `current` points to; nullopt if the artifact has no current.
+  // StorageError if current points at a missing version.
+  Result<std::optional<ArtifactManifest>> ReadCurrent(const std::string& name) const;
+
+  // <version>/modelcache.json parsed; nullopt if the version does not exist. StorageError if the
+  // manifest is unreadable, malformed or its id does not match its digest.
+  Result<std::optional<ArtifactManifest>> ReadVersion(const std::string& name,
+                                                      const std::string& version) const;
+
+  // Published versions of `name` (sorted by name; no staging directories), empty if none.
+  Result<std::vector<std::string>> ListVersions(const std::string& name) const;
+
+  // The PublishedArtifact view of an existing version (what Publish returned for it).
+  PublishedArtifact Describe(const ArtifactManifest& manifest) const;
+
+  // Removes leftovers of a crash: .staging-* directories whose lock nobody holds, .trash-*
+  // directories, and temporary links and files (".modelcache-tmp-" in their name) under
+  // artifacts/ and in the repos' blobs/, snapshots/ and refs/. Never touches .incomplete files
+  // (resume data) or anything published. Safe to run while other processes use the store: their
+  // live staging directories are locked, and their temporary names are retried when removed.
+  VoidResult CleanupStaging();
+
+  // Re-verifies a published version against its manifest: every file present as a regular file
+  // with its size and sha256, and the manifest's id matching its digest. ChecksumMismatch names
+  // the first bad file; StorageError if the version or a file is missing or unreadable.
+  VoidResult VerifyVersion(const std::string& name, const std::string& version) const;
+
+ private:
+  explicit LocalStore(std::string root);
+
+  // Staging directories this instance owns -> the fd holding their flock. Guarded by mu_.
+  std::mutex mu_;
+  std::map<std::string, int> staging_locks_;
+  std::string root_;
+};
+
+}  // namespace modelcache::store
