@@ -1,0 +1,53 @@
+#pragma once
+
+// What an inference engine's `--load-format sharded_state` loader expects, per engine release.
+// This is the ONE place where engine releases differ; everything else in shard/ reads an
+// EngineLayout instead of comparing version strings.
+//
+// Both engines' ShardedStateLoader load `model-rank-{rank}-part-{part}.safetensors` by matching
+// every key of the rank's `model.state_dict()` (after dropping tensors that alias another one's
+// memory, keeping the alphabetically smaller key) against the files' keys, and fail on a missing or
+// an unexpected key. So a layout is the exact set of state-dict keys, shapes and partitioning.
+//
+// Releases verified against the engines' source (docs/sharding.md has the details):
+//   vllm >= 0.14.0: every attention layer registers _k_scale, _v_scale, _q_scale, _prob_scale as
+//                   float32 scalar buffers (vllm-project/vllm PR #31395), so they are in the state
+//                   dict and must be in the files (value 1.0 for unquantized checkpoints).
+//   vllm 0.6.0 – 0.13.x: those scales are plain attributes, not in the state dict.
+//   sglang >= 0.4.0: RadixAttention registers no buffers; same layout as vllm 0.13.
+// Rotary cos_sin_cache buffers are non-persistent in all of them and never saved.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace modelcache::shard {
+
+struct EngineLayout {
+  std::string engine;         // "vllm" | "sglang"
+  std::string release;        // the release the output is produced for, e.g. "0.14.0"
+  std::string compatible;     // the releases that load it, e.g. ">=0.14.0"
+  bool attention_scale_buffers = false;  // attn._k_scale, _v_scale, _q_scale, _prob_scale
+  int64_t vocab_padding = 64;            // DEFAULT_VOCAB_PADDING_SIZE in both engines
+  std::string file_pattern = "model-rank-{rank}-part-{part}.safetensors";
+};
+
+// The release produced when the caller names none.
+inline constexpr std::string_view kDefaultVllmRelease = "0.14.0";
+inline constexpr std::string_view kDefaultSglangRelease = "0.5.3";
+
+// Resolves `engine` ("vllm" | "sglang") and an optional `release` ("" = the pinned default above;
+// otherwise "X.Y" or "X.Y.Z") to a layout. InvalidSpec for an unknown engine or a malformed
+// release; ShardConfigInvalid for a release older than any layout we know.
+Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_view release = "");
+
+// The names of the per-attention-layer scale buffers, in registration order.
+const std::vector<std::string>& AttentionScaleBufferNames();
+
+// "model-rank-3-part-0.safetensors".
+std::string RankFileName(const EngineLayout& layout, int64_t rank, int64_t part);
+
+}  // namespace modelcache::shard

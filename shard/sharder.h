@@ -1,0 +1,83 @@
+#pragma once
+
+// Tensor-parallel sharding on the CPU: turns a HuggingFace safetensors checkpoint into the
+// per-rank `model-rank-{rank}-part-{part}.safetensors` files that
+// `vllm serve DIR --load-format sharded_state --tensor-parallel-size N` (and SGLang's
+// `--load-format sharded_state --tp N`) load directly, plus the checkpoint's non-weight files.
+//
+// Streaming and bounded: sources are mmap'd and released chunk by chunk, destination bytes go out
+// with copy_file_range or pwrite, and no buffer is larger than a few MiB per thread, so a model
+// larger than RAM shards with a small resident set. Deterministic: the same inputs and options
+// give byte-identical files, whatever the thread count.
+
+#include <atomic>
+#include <cstdint>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace modelcache::shard {
+
+struct ShardOptions {
+  // A HF checkpoint directory: config.json + *.safetensors (+ model.safetensors.index.json) +
+  // tokenizer files.
+  std::string src_dir;
+  // Created if missing; stale model-rank-* files in it are removed first. The caller publishes it
+  // atomically.
+  std::string out_dir;
+  int64_t tensor_parallel_size = 1;
+  std::string engine = "vllm";  // vllm | sglang
+  // The engine release to produce the layout for; "" = the pinned default
+  // (engine_layout.h: kDefaultVllmRelease, kDefaultSglangRelease).
+  std::string engine_release;
+  // auto (keep each tensor's dtype) | float16 | bfloat16 | float32. When set, config.json's
+  // torch_dtype in out_dir is rewritten to match, so `--dtype auto` loads without a second rounding.
+  std::string dtype = "auto";
+  // Parts of a rank are cut so that their tensor bytes stay within this, exactly as the engines'
+  // save_model does (a single tensor larger than this gets a part of its own).
+  uint64_t max_file_size = 5ULL << 30;
+  int threads = 2;
+  // fsync every written file before returning.
+  bool fsync = true;
+};
+
+struct ShardProgress {
+  std::atomic<uint64_t> bytes_total{0};
+  std::atomic<uint64_t> bytes_done{0};
+};
+
+struct ShardResult {
+  // Relative paths written into out_dir (rank files and copied non-weight files), sorted.
+  std::vector<std::string> files;
+  // For modelcache.json "shard": engine, engineRelease, engineReleases, loadFormat, filePattern,
+  // tensorParallelSize, dtype, maxFileSize, architecture, modelType, vocabSize, paddedVocabSize,
+  // attentionScaleBuffers, partsPerRank, sharder.
+  nlohmann::json settings;
+};
+
+// Shards options.src_dir into options.out_dir. Errors:
+//   UnsupportedArchitecture naming the architecture (or saying the checkpoint is quantized);
+//   ShardConfigInvalid saying why: tp does not divide the heads / KV heads / intermediate size /
+//     padded vocab, a malformed safetensors file (naming file and tensor), a tensor missing,
+//     unexpected or of the wrong shape for the architecture, a malformed config.json;
+//   InvalidSpec for an unknown engine or dtype or a non-positive tp, max_file_size or threads;
+//   StorageError / InsufficientStorage for I/O;
+//   Cancelled when `stop` is requested (partial outputs may remain in out_dir; discard it).
+// progress.bytes_total is set once the plan is known; bytes_done grows to it. Thread-safe: any
+// number of calls may run at once on different directories.
+Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& progress,
+                                    std::stop_token stop = {});
+
+// True for the top-level checkpoint files a sharded artifact carries besides the weights:
+// config.json, generation_config.json, tokenizer*, special_tokens_map.json, vocab*/merges* files,
+// *.txt, *.model, *.tiktoken, *.jinja and other *.json (chat templates, preprocessor configs).
+// False for weights (*.safetensors, *.bin, *.pt, *.pth, *.gguf, …), index files, hidden files and
+// modelcache.json.
+bool IsNonWeightFile(std::string_view name);
+
+}  // namespace modelcache::shard
