@@ -1,0 +1,83 @@
+#pragma once
+
+// Where the controller keeps each resource's status when there is no API server (directory
+// mode): the full object, metadata + spec + status, so that `modelcache get` can print it and a
+// restarted daemon can carry metadata (generation, uid, creationTimestamp, the spec-hash
+// annotation) and status across restarts.
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "crds/model_cache.h"
+
+namespace modelcache::controller {
+
+class StatusStore {
+ public:
+  virtual ~StatusStore() = default;
+
+  // The stored object for `key`; nullopt if there is none. An error if it exists but cannot be
+  // read or parsed (StorageError naming the file).
+  virtual Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const = 0;
+
+  // Stores `object_with_status` under its key, replacing what was there; readers see either the
+  // old or the new object, never a mix. InvalidSpec if the namespace or name is empty, ".", ".."
+  // or contains '/'; StorageError (InsufficientStorage when the disk is full) if it cannot be
+  // written.
+  virtual VoidResult Write(const crds::ModelCache& object_with_status) = 0;
+
+  // Removes the object for `key`. OK if there was none.
+  virtual VoidResult Remove(const crds::ObjectKey& key) = 0;
+
+  // Every readable stored object, ordered by namespace then name. Unreadable entries are skipped
+  // with a warning in the log.
+  virtual Result<std::vector<crds::ModelCache>> List() const = 0;
+};
+
+// <state-dir>/status/<namespace>/<name>.json, each written atomically (temp file + fsync +
+// rename + fsync of the directory) as crds::ToJson of the full object, pretty-printed.
+//
+// Thread-safe: every write is an atomic rename, so no lock is needed; concurrent Write()s of the
+// same key leave one of them whole.
+class FileStatusStore final : public StatusStore {
+ public:
+  explicit FileStatusStore(std::string state_dir);
+
+  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
+  VoidResult Write(const crds::ModelCache& object_with_status) override;
+  VoidResult Remove(const crds::ObjectKey& key) override;
+  Result<std::vector<crds::ModelCache>> List() const override;
+
+  // "<state-dir>/status/<namespace>/<name>.json" (whether or not it exists).
+  std::string PathFor(const crds::ObjectKey& key) const;
+
+ private:
+  std::string status_dir_;  // <state-dir>/status
+};
+
+// An in-memory StatusStore for tests and for `prefetch`. Thread-safe.
+class MemoryStatusStore final : public StatusStore {
+ public:
+  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
+  VoidResult Write(const crds::ModelCache& object_with_status) override;
+  VoidResult Remove(const crds::ObjectKey& key) override;
+  Result<std::vector<crds::ModelCache>> List() const override;
+
+  // How many Write() calls succeeded, so tests can assert that nothing was written needlessly.
+  int writes() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<crds::ObjectKey, crds::ModelCache> objects_;  // GUARDED_BY(mu_)
+  int writes_ = 0;                                       // GUARDED_BY(mu_)
+};
+
+// InvalidSpec unless `key`'s namespace and name are usable as path components.
+VoidResult CheckKeyIsPathSafe(const crds::ObjectKey& key);
+
+}  // namespace modelcache::controller
