@@ -106,6 +106,27 @@ VoidResult CheckFreeSpace(const std::vector<FileTask>& tasks) {
   return {};
 }
 
+// The repo a /resolve URL built by HubClient::ResolveUrl names, for error messages:
+// {endpoint}/[datasets/|spaces/]{repo}/resolve/... -> {type, repo}. Falls back to the URL's path.
+std::pair<std::string, std::string> RepoOf(const std::string& endpoint, const std::string& url) {
+  std::string rest = internal::WithoutQuery(url);
+  if (rest.rfind(endpoint + "/", 0) == 0) {
+    rest = rest.substr(endpoint.size() + 1);
+  } else {
+    rest = rest.substr(internal::Origin(rest).size());
+  }
+  std::string type = "model";
+  for (const char* prefix : {"datasets/", "spaces/"}) {
+    std::string p = prefix;
+    if (rest.rfind(p, 0) == 0) {
+      type = p.substr(0, p.size() - 2);
+      rest = rest.substr(p.size());
+    }
+  }
+  size_t resolve = rest.find("/resolve/");
+  return {type, UrlDecode(rest.substr(0, resolve))};
+}
+
 // Adds the bytes of one file to the shared counters as they change, so that discarding a partial
 // file takes its bytes back out.
 class ProgressShare {
@@ -162,6 +183,10 @@ class FileFetch {
   // Checks size and digests; on success the digests are returned, else ChecksumMismatch.
   Result<std::string> Verify();
   VoidResult Publish();
+  Error MapError(const HttpResponse& answer, const std::string& what) const {
+    auto [type, repo] = RepoOf(options_.endpoint, task_.url);
+    return HubClient::MapError(answer, what, options_.endpoint, repo, type);
+  }
   Error CancelledError() const {
     return Error(Reason::Cancelled,
                  fmt::format("download of {} cancelled; {} of {} bytes kept in {}", task_.path,
@@ -355,7 +380,7 @@ Attempt FileFetch::TryOnce() {
     };
     auto answer = HttpClient::Stream(req, handler, stop_);
     bool progressed = offset_ > start_offset;
-    std::string what = internal::WithoutQuery(url);
+    std::string what = fmt::format("{} ({})", task_.path, internal::WithoutQuery(url));
 
     if (local_error) {
       return {Attempt::Fail, *local_error, progressed};
@@ -405,10 +430,9 @@ Attempt FileFetch::TryOnce() {
       if (auto r = Discard(); !r) {
         return {Attempt::Fail, r.error(), progressed};
       }
-      return {Attempt::Retry,
-              HubClient::MapError(*answer, what, options_.endpoint, task_.path), false};
+      return {Attempt::Retry, MapError(*answer, what), false};
     }
-    Error mapped = HubClient::MapError(*answer, what, options_.endpoint, task_.path);
+    Error mapped = MapError(*answer, what);
     if (internal::IsRetryableStatus(status)) {
       return {Attempt::Retry, mapped, progressed};
     }

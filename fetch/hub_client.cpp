@@ -140,9 +140,13 @@ Error HubClient::MapError(const HttpResponse& response, const std::string& what,
                              what, server, status_words));
   }
   if (status == 429) {
+    auto after = internal::ServerRetryAfter(response);
+    std::string wait =
+        after ? fmt::format("; retry after {} s",
+                            std::chrono::duration_cast<std::chrono::seconds>(*after).count())
+              : "";
     return Error(Reason::RateLimited,
-                 fmt::format("rate limited by {} for {}{}", endpoint, what, server),
-                 internal::ServerRetryAfter(response));
+                 fmt::format("rate limited by {} for {}{}{}", endpoint, what, server, wait), after);
   }
   if (status == 416) {
     const std::string* range = response.Header("content-range");
