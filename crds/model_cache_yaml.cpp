@@ -24,9 +24,10 @@ using nlohmann::json;
 namespace internal {
 namespace {
 
-// Aliases can make a small file expand enormously ("billion laughs"); manifests are small.
+// Aliases can make a small file expand enormously ("billion laughs"). A ModelCache has about 50
+// nodes; these bounds leave ample room and keep a hostile document to a few milliseconds.
 constexpr int kMaxDepth = 64;
-constexpr size_t kMaxNodes = 1'000'000;
+constexpr size_t kMaxNodes = 10'000;
 
 std::string EscapeToken(std::string_view token) {
   std::string out;
@@ -204,7 +205,8 @@ class YamlReader {
       if (!too_big_) {
         too_big_ = true;
         Error(pointer, FieldError::Type::Forbidden, "",
-              "the document nests deeper than 64 levels or has more than 1000000 nodes");
+              "the document nests deeper than " + std::to_string(kMaxDepth) +
+                  " levels or has more than " + std::to_string(kMaxNodes) + " nodes");
       }
       return nullptr;
     }
@@ -344,6 +346,18 @@ bool ReadYaml(std::string_view text, std::vector<YamlDocument>* docs, YamlSyntax
     doc.source.lines[""] = doc.source.document_line;
     YamlReader reader(&doc);
     try {
+      if (node.IsMap()) {
+        auto scalar = [&](const char* key) {
+          const YAML::Node value = node[key];
+          return value.IsDefined() && value.IsScalar() ? value.Scalar() : std::string();
+        };
+        doc.api_version = scalar("apiVersion");
+        doc.kind = scalar("kind");
+      }
+      if (!BelongsToUs(doc.api_version, doc.kind)) {
+        docs->push_back(std::move(doc));
+        continue;
+      }
       doc.tree = reader.Build(node, "", 0);
     } catch (const std::exception& e) {
       // yaml-cpp or nlohmann threw on something unforeseen: the document is unusable, not the
@@ -366,22 +380,8 @@ Document ToDocument(const YamlDocument& yaml, Conversion* conversion) {
   Document doc;
   doc.line = yaml.source.document_line;
   const json& tree = yaml.tree;
-  auto text_of = [&](const char* key) -> std::string {
-    if (!tree.is_object()) {
-      return "";
-    }
-    auto it = tree.find(key);
-    if (it == tree.end()) {
-      return "";
-    }
-    if (it->is_string()) {
-      return it->get<std::string>();
-    }
-    auto raw = yaml.source.raw_text.find(std::string("/") + key);
-    return raw == yaml.source.raw_text.end() ? "" : raw->second;
-  };
-  doc.api_version = text_of("apiVersion");
-  doc.kind = text_of("kind");
+  doc.api_version = yaml.api_version;
+  doc.kind = yaml.kind;
   if (!BelongsToUs(doc.api_version, doc.kind)) {
     return doc;
   }

@@ -143,6 +143,43 @@ bool IsByteSizeSyntax(std::string_view s) {
   return false;
 }
 
+// "0", or one or more <number><unit> with units ms, s, m, h, d: what ParseDuration means, stated
+// strictly (ParseDuration itself would also take "1..5h").
+bool IsDurationSyntax(std::string_view s) {
+  if (s == "0") {
+    return true;
+  }
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t start = i;
+    while (i < s.size() && IsDigit(s[i])) {
+      ++i;
+    }
+    if (i == start) {
+      return false;
+    }
+    if (i < s.size() && s[i] == '.') {
+      size_t frac = ++i;
+      while (i < s.size() && IsDigit(s[i])) {
+        ++i;
+      }
+      if (i == frac) {
+        return false;
+      }
+    }
+    std::string_view rest = s.substr(i);
+    if (rest.starts_with("ms")) {
+      i += 2;
+    } else if (!rest.empty() &&
+               (rest[0] == 's' || rest[0] == 'm' || rest[0] == 'h' || rest[0] == 'd')) {
+      i += 1;
+    } else {
+      return false;
+    }
+  }
+  return !s.empty();
+}
+
 bool IsIPv4(std::string_view s) {
   std::vector<std::string_view> parts = Split(s, '.');
   if (parts.size() != 4) {
@@ -306,6 +343,10 @@ std::optional<std::string> CheckEndpoint(const std::string& s) {
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? "" : rest.substr(slash);
+  if (authority.find('@') != std::string_view::npos) {
+    // Credentials do not belong in a spec (it is logged and shown); use tokenSecretRef.
+    return std::string("must not contain user information (use tokenSecretRef)");
+  }
   std::string_view host = authority;
   std::string_view port;
   if (authority.starts_with("[")) {
@@ -346,7 +387,6 @@ std::optional<std::string> CheckEndpoint(const std::string& s) {
       return std::string("must have a host");
     }
     for (char c : host) {
-      // Also rejects user info ("user:pass@host"): credentials do not belong in a spec.
       if (!IsAlnum(c) && c != '.' && c != '-') {
         return std::string("must have a valid host (letters, digits, '.' and '-')");
       }
@@ -429,6 +469,13 @@ std::optional<std::string> CheckMaxFileSize(const std::string& s) {
   }
   if (*bytes < kMinMaxFileSize) {
     return std::string("must be at least 1MiB");
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> CheckRefreshInterval(const std::string& s) {
+  if (!IsDurationSyntax(s) || !ParseDuration(s)) {
+    return std::string("must be a duration such as 30m, 1h or 1h30m (0: never)");
   }
   return std::nullopt;
 }

@@ -12,7 +12,6 @@
 #include <string_view>
 #include <vector>
 
-#include "common/units.h"
 #include "crds/internal/convert.h"
 #include "crds/internal/rules.h"
 #include "crds/model_cache.h"
@@ -291,11 +290,7 @@ std::vector<FieldError> Validate(const ModelCache& mc) {
     v.Check("spec.storage.uri", spec.storage.uri, internal::CheckStorageUri);
   }
   if (!spec.refresh_interval.empty()) {
-    v.Check("spec.refreshInterval", spec.refresh_interval, [](const std::string& s) {
-      return ParseDuration(s) ? std::nullopt
-                              : std::optional<std::string>(
-                                    "must be a duration such as 30m, 1h or 1h30m (0: never)");
-    });
+    v.Check("spec.refreshInterval", spec.refresh_interval, internal::CheckRefreshInterval);
   }
   if (spec.force < 0) {
     v.InvalidInt("spec.force", spec.force, "must be greater than or equal to 0");

@@ -67,9 +67,13 @@ std::string DescribeValue(const nlohmann::json& v);
 
 // Result of reading YAML text into JSON trees, one per non-empty document.
 struct YamlDocument {
+  // Read from the YAML directly. Only documents that BelongsToUs() get a tree: other kinds (a
+  // GitOps repo's ConfigMaps and Deployments) are never converted.
+  std::string api_version;
+  std::string kind;
   nlohmann::json tree;
   SourceMap source;
-  std::vector<LocatedError> errors;  // duplicate keys, invalid UTF-8, nesting too deep
+  std::vector<LocatedError> errors;  // duplicate keys, invalid UTF-8, too deep or too large
 };
 struct YamlSyntaxError {
   int line = 0;    // 1-based

@@ -35,6 +35,8 @@ std::optional<std::string> CheckEndpoint(const std::string& s);
 std::optional<std::string> CheckAccelerator(const std::string& s);
 // A byte size (common/units.h) of at least 1MiB.
 std::optional<std::string> CheckMaxFileSize(const std::string& s);
+// A duration (common/units.h): "0" or e.g. "1h30m", "500ms", "1.5h", "2d".
+std::optional<std::string> CheckRefreshInterval(const std::string& s);
 // /abs/path, file:///abs/path or s3://bucket[/prefix].
 std::optional<std::string> CheckStorageUri(const std::string& s);
 // An S3 bucket name: 3-63 of [a-z0-9.-], starting and ending alphanumeric, no "..", not an IP.
