@@ -281,6 +281,23 @@ uint64_t SpecBytes(const TensorSpec& s) {
   return n * DTypeSize(s.dtype);
 }
 
+// Writes a whole small file (a copied config or tokenizer). The caller publishes the directory
+// atomically, so there is no temporary-and-rename here; fsync only when asked.
+VoidResult WriteWholeFile(const std::string& path, std::string_view content, bool sync) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return FromCopy(path, errno);
+  }
+  auto written = PWriteAll(fd, content.data(), content.size(), 0, path);
+  if (written && sync && ::fsync(fd) != 0) {
+    written = FromCopy(path, errno);
+  }
+  if (::close(fd) != 0 && written) {
+    written = FromCopy(path, errno);
+  }
+  return written;
+}
+
 // Removes rank files a previous run left, so that a loader's glob sees only this run's parts.
 VoidResult RemoveStaleRankFiles(const std::string& dir) {
   std::error_code ec;
@@ -530,7 +547,7 @@ Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& 
       }
       *content = out.dump(2) + "\n";
     }
-    if (auto r = WriteFileAtomic(options.out_dir + "/" + name, *content); !r) {
+    if (auto r = WriteWholeFile(options.out_dir + "/" + name, *content, options.fsync); !r) {
       return r.error();
     }
     progress.bytes_done.fetch_add(size);

@@ -1,0 +1,462 @@
+#include "shard/sharder.h"
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/files.h"
+#include "shard/dtype.h"
+#include "shard/safetensors.h"
+#include "tests/fixtures/checkpoint/checkpoint_gen.h"
+
+namespace modelcache::shard {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string Bytes(const SafetensorsFile& f, const TensorInfo& t) {
+  return std::string(reinterpret_cast<const char*>(f.data(t)), t.size());
+}
+
+// Rows [row0, row0 + rows) of a row-major tensor whose rows are `row_bytes` long.
+std::string Rows(const std::string& bytes, int64_t row0, int64_t rows, int64_t row_bytes) {
+  return bytes.substr(static_cast<size_t>(row0 * row_bytes), static_cast<size_t>(rows * row_bytes));
+}
+
+// The tensors of one rank, across all its parts.
+struct Rank {
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, std::string> tensors;  // name -> bytes
+  std::map<std::string, std::vector<int64_t>> shapes;
+};
+
+Rank ReadRank(const std::string& dir, int64_t r) {
+  Rank rank;
+  std::string prefix = "model-rank-" + std::to_string(r) + "-part-";
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) {
+      names.push_back(name);
+    }
+  }
+  std::sort(names.begin(), names.end());
+  for (const auto& name : names) {
+    auto f = SafetensorsFile::Open(dir + "/" + name);
+    EXPECT_TRUE(f) << f.error().ToString();
+    if (!f) continue;
+    for (const auto& t : (*f)->tensors()) {
+      EXPECT_EQ(rank.tensors.count(t.name), 0u) << t.name << " in two parts";
+      rank.tensors[t.name] = Bytes(**f, t);
+      rank.shapes[t.name] = t.shape;
+    }
+    rank.files.push_back(std::move(*f));
+  }
+  return rank;
+}
+
+struct Case {
+  std::string arch;
+  int64_t tp;
+  bool tie;
+  int files;
+  std::string engine;
+};
+
+class SharderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/sharder-" + UniqueSuffix();
+    ASSERT_TRUE(MakeDirs(dir_));
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  json Make(const std::string& name, fixtures::CheckpointSpec spec) {
+    auto config = fixtures::MakeCheckpoint(dir_ + "/" + name, spec);
+    EXPECT_TRUE(config) << config.error().ToString();
+    return config ? *config : json();
+  }
+
+  Result<ShardResult> Shard(const std::string& src, const std::string& out, int64_t tp,
+                            const std::string& engine = "vllm", const std::string& dtype = "auto",
+                            uint64_t max_file_size = 5ULL << 30, int threads = 2) {
+    ShardOptions o;
+    o.src_dir = dir_ + "/" + src;
+    o.out_dir = dir_ + "/" + out;
+    o.tensor_parallel_size = tp;
+    o.engine = engine;
+    o.dtype = dtype;
+    o.max_file_size = max_file_size;
+    o.threads = threads;
+    o.fsync = false;
+    ShardProgress progress;
+    auto r = ShardCheckpoint(o, progress);
+    if (r) {
+      EXPECT_GT(progress.bytes_total.load(), 0u);
+      EXPECT_EQ(progress.bytes_done.load(), progress.bytes_total.load());
+    }
+    return r;
+  }
+
+  // Re-assembles every original tensor from the ranks and compares bytes; checks padding, KV
+  // replicas, replicated norms and scale buffers, and that each rank holds exactly the expected keys.
+  void ExpectReassembles(const std::string& src, const std::string& out, const json& config,
+                         int64_t tp, bool scale_buffers) {
+    auto ckpt_or = Checkpoint::Open(dir_ + "/" + src);
+    ASSERT_TRUE(ckpt_or);
+    const Checkpoint& ckpt = **ckpt_or;
+    auto original = [&](const std::string& name) {
+      const auto* e = ckpt.Find(name);
+      EXPECT_NE(e, nullptr) << name;
+      return e ? Bytes(*e->file, *e->info) : std::string();
+    };
+    const std::string arch = config["architectures"][0];
+    const int64_t H = config["hidden_size"];
+    const int64_t heads = config["num_attention_heads"];
+    const int64_t kv = config["num_key_value_heads"];
+    const int64_t D = config.contains("head_dim") ? config["head_dim"].get<int64_t>() : H / heads;
+    const int64_t I = config["intermediate_size"];
+    const int64_t V = config["vocab_size"];
+    const int64_t L = config["num_hidden_layers"];
+    const bool tie = config["tie_word_embeddings"];
+    const bool bias = arch == "Qwen2ForCausalLM";
+    const bool qk_norm = arch == "Qwen3ForCausalLM";
+    const int64_t es = 2;  // bf16 checkpoints
+    const int64_t q_rows = heads / tp * D;
+    const int64_t kv_rows = std::max<int64_t>(1, kv / tp) * D;
+    const int64_t replicas = tp >= kv ? tp / kv : 1;
+    const int64_t padded = (V + 63) / 64 * 64;
+
+    std::vector<Rank> ranks;
+    for (int64_t r = 0; r < tp; ++r) {
+      ranks.push_back(ReadRank(dir_ + "/" + out, r));
+    }
+    std::set<std::string> expected_keys;
+    expected_keys.insert(tie ? "lm_head.weight" : "model.embed_tokens.weight");
+    if (!tie) expected_keys.insert("lm_head.weight");
+    expected_keys.insert("model.norm.weight");
+
+    // Vocab-parallel: concatenated rows are the original rows, then zeros.
+    auto check_vocab = [&](const std::string& key, const std::string& source) {
+      std::string all;
+      for (auto& rank : ranks) {
+        ASSERT_EQ(rank.shapes[key], (std::vector<int64_t>{padded / tp, H})) << key;
+        all += rank.tensors[key];
+      }
+      EXPECT_EQ(all.substr(0, static_cast<size_t>(V * H * es)), original(source)) << key;
+      EXPECT_EQ(all.substr(static_cast<size_t>(V * H * es)),
+                std::string(static_cast<size_t>((padded - V) * H * es), '\0'))
+          << key;
+    };
+    check_vocab(tie ? "lm_head.weight" : "model.embed_tokens.weight", "model.embed_tokens.weight");
+    if (!tie) check_vocab("lm_head.weight", "lm_head.weight");
+
+    for (int64_t i = 0; i < L; ++i) {
+      const std::string l = "model.layers." + std::to_string(i) + ".";
+      const std::string a = l + "self_attn.";
+      // qkv (and its bias): q heads concatenate; each rank's k/v is its KV group's slice.
+      for (const std::string& suffix : bias ? std::vector<std::string>{"weight", "bias"}
+                                            : std::vector<std::string>{"weight"}) {
+        const std::string key = a + "qkv_proj." + suffix;
+        expected_keys.insert(key);
+        const int64_t width = suffix == "weight" ? H : 1;
+        const int64_t rb = width * es;
+        std::string q, k, v;
+        for (int64_t r = 0; r < tp; ++r) {
+          const std::string& t = ranks[static_cast<size_t>(r)].tensors[key];
+          ASSERT_EQ(t.size(), static_cast<size_t>((q_rows + 2 * kv_rows) * rb)) << key;
+          q += Rows(t, 0, q_rows, rb);
+          std::string k_r = Rows(t, q_rows, kv_rows, rb);
+          std::string v_r = Rows(t, q_rows + kv_rows, kv_rows, rb);
+          const int64_t kv_index = r / replicas;
+          EXPECT_EQ(k_r, Rows(original(a + "k_proj." + suffix), kv_index * kv_rows, kv_rows, rb));
+          EXPECT_EQ(v_r, Rows(original(a + "v_proj." + suffix), kv_index * kv_rows, kv_rows, rb));
+          if (r % replicas == 0) {
+            k += k_r;
+            v += v_r;
+          }
+        }
+        EXPECT_EQ(q, original(a + "q_proj." + suffix)) << key;
+        EXPECT_EQ(k, original(a + "k_proj." + suffix)) << key;
+        EXPECT_EQ(v, original(a + "v_proj." + suffix)) << key;
+      }
+      // Row-parallel: columns concatenate.
+      auto check_columns = [&](const std::string& key, const std::string& source, int64_t in) {
+        expected_keys.insert(key);
+        const std::string whole = original(source);
+        const int64_t w = in / tp;
+        for (int64_t r = 0; r < tp; ++r) {
+          const std::string& t = ranks[static_cast<size_t>(r)].tensors[key];
+          ASSERT_EQ(ranks[static_cast<size_t>(r)].shapes[key], (std::vector<int64_t>{H, w}));
+          for (int64_t row = 0; row < H; ++row) {
+            ASSERT_EQ(t.substr(static_cast<size_t>(row * w * es), static_cast<size_t>(w * es)),
+                      whole.substr(static_cast<size_t>((row * in + r * w) * es),
+                                 static_cast<size_t>(w * es)))
+                << key << " rank " << r << " row " << row;
+          }
+        }
+      };
+      check_columns(a + "o_proj.weight", a + "o_proj.weight", heads * D);
+      check_columns(l + "mlp.down_proj.weight", l + "mlp.down_proj.weight", I);
+      // gate_up: [gate rows of r; up rows of r].
+      {
+        const std::string key = l + "mlp.gate_up_proj.weight";
+        expected_keys.insert(key);
+        std::string gate, up;
+        for (auto& rank : ranks) {
+          gate += Rows(rank.tensors[key], 0, I / tp, H * es);
+          up += Rows(rank.tensors[key], I / tp, I / tp, H * es);
+        }
+        EXPECT_EQ(gate, original(l + "mlp.gate_proj.weight"));
+        EXPECT_EQ(up, original(l + "mlp.up_proj.weight"));
+      }
+      // Replicated.
+      std::vector<std::string> replicated = {l + "input_layernorm.weight",
+                                             l + "post_attention_layernorm.weight"};
+      if (qk_norm) {
+        replicated.push_back(a + "q_norm.weight");
+        replicated.push_back(a + "k_norm.weight");
+      }
+      for (const auto& key : replicated) {
+        expected_keys.insert(key);
+        for (auto& rank : ranks) {
+          EXPECT_EQ(rank.tensors[key], original(key)) << key;
+        }
+      }
+      if (scale_buffers) {
+        for (const char* b : {"_k_scale", "_v_scale", "_q_scale", "_prob_scale"}) {
+          const std::string key = a + "attn." + b;
+          expected_keys.insert(key);
+          for (auto& rank : ranks) {
+            float one = 1.0f;
+            EXPECT_EQ(rank.tensors[key], std::string(reinterpret_cast<const char*>(&one), 4)) << key;
+            EXPECT_TRUE(rank.shapes[key].empty()) << key;
+          }
+        }
+      }
+    }
+    for (auto& rank : ranks) {
+      EXPECT_EQ(rank.tensors["model.norm.weight"], original("model.norm.weight"));
+      std::set<std::string> keys;
+      for (const auto& [name, bytes] : rank.tensors) keys.insert(name);
+      EXPECT_EQ(keys, expected_keys);
+    }
+  }
+
+  std::string dir_;
+};
+
+TEST_F(SharderTest, ReassemblesOriginalsForEveryArchitectureAndTp) {
+  const std::vector<Case> cases = {
+      {"qwen3", 1, false, 1, "vllm"},  {"qwen3", 2, false, 1, "vllm"},
+      {"qwen3", 4, false, 2, "vllm"},  {"qwen3", 8, true, 1, "vllm"},
+      {"llama", 8, true, 3, "vllm"},   {"llama3", 4, false, 1, "sglang"},
+      {"qwen2", 4, false, 2, "sglang"}, {"qwen2.5", 2, true, 1, "vllm"},
+      {"mistral", 2, false, 2, "vllm"},
+  };
+  int n = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.arch + " tp " + std::to_string(c.tp) + " " + c.engine);
+    fixtures::CheckpointSpec spec;
+    spec.arch = c.arch;
+    spec.tie_embeddings = c.tie;
+    spec.files = c.files;
+    spec.seed = static_cast<uint64_t>(n);
+    const std::string src = "src" + std::to_string(n);
+    const std::string out = "out" + std::to_string(n);
+    ++n;
+    json config = Make(src, spec);
+    auto r = Shard(src, out, c.tp, c.engine);
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->settings["tensorParallelSize"], c.tp);
+    EXPECT_EQ(r->settings["engine"], c.engine);
+    ExpectReassembles(src, out, config, c.tp, c.engine == "vllm");
+  }
+}
+
+TEST_F(SharderTest, OutputIsByteIdenticalWhateverTheThreads) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen3";
+  spec.files = 2;
+  Make("src", spec);
+  auto one = Shard("src", "one", 4, "vllm", "auto", 40000, 1);
+  auto two = Shard("src", "two", 4, "vllm", "auto", 40000, 2);
+  ASSERT_TRUE(one && two);
+  ASSERT_EQ(one->files, two->files);
+  for (const auto& f : one->files) {
+    EXPECT_EQ(*ReadFile(dir_ + "/one/" + f), *ReadFile(dir_ + "/two/" + f)) << f;
+  }
+  EXPECT_EQ(one->settings, two->settings);
+}
+
+TEST_F(SharderTest, CopiesNonWeightFilesAndListsEverything) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "llama";
+  spec.files = 2;
+  Make("src", spec);
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/README.md", "# readme"));
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/merges.txt", "a b"));
+  ASSERT_TRUE(MakeDirs(dir_ + "/out"));
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/out/model-rank-7-part-0.safetensors", "stale"));
+  auto r = Shard("src", "out", 2);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->files, (std::vector<std::string>{
+                          "config.json", "generation_config.json", "merges.txt",
+                          "model-rank-0-part-0.safetensors", "model-rank-1-part-0.safetensors",
+                          "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"}));
+  EXPECT_FALSE(fs::exists(dir_ + "/out/model-rank-7-part-0.safetensors"));
+  EXPECT_FALSE(fs::exists(dir_ + "/out/model.safetensors.index.json"));
+  EXPECT_EQ(*ReadFile(dir_ + "/out/config.json"), *ReadFile(dir_ + "/src/config.json"));
+  EXPECT_EQ(*ReadFile(dir_ + "/out/tokenizer.json"), *ReadFile(dir_ + "/src/tokenizer.json"));
+  EXPECT_TRUE(IsNonWeightFile("tokenizer.model"));
+  EXPECT_TRUE(IsNonWeightFile("chat_template.jinja"));
+  EXPECT_FALSE(IsNonWeightFile("pytorch_model.bin"));
+  EXPECT_FALSE(IsNonWeightFile("consolidated.pth"));
+  EXPECT_FALSE(IsNonWeightFile(".gitattributes"));
+  EXPECT_FALSE(IsNonWeightFile("modelcache.json"));
+}
+
+TEST_F(SharderTest, SplitsPartsByMaxFileSizeLikeSaveModel) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen3";
+  json config = Make("src", spec);
+  const uint64_t max = 30000;
+  auto r = Shard("src", "out", 2, "vllm", "auto", max);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_GT(r->settings["partsPerRank"][0].get<int64_t>(), 3);
+  for (const auto& f : r->files) {
+    if (f.rfind("model-rank-", 0) != 0) continue;
+    auto file = SafetensorsFile::Open(dir_ + "/out/" + f);
+    ASSERT_TRUE(file);
+    uint64_t bytes = 0;
+    for (const auto& t : (*file)->tensors()) bytes += t.size();
+    // Only a tensor that is alone in its part may exceed the limit.
+    EXPECT_TRUE(bytes <= max || (*file)->tensors().size() == 1) << f << " " << bytes;
+  }
+  ExpectReassembles("src", "out", config, 2, true);
+}
+
+TEST_F(SharderTest, ConvertsDtypeAndSaysSoInConfig) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen2";
+  spec.dtype = "f32";
+  Make("src", spec);
+  auto r = Shard("src", "out", 2, "vllm", "bfloat16");
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->settings["dtype"], "bfloat16");
+  auto ckpt = Checkpoint::Open(dir_ + "/src");
+  ASSERT_TRUE(ckpt);
+  Rank rank1 = ReadRank(dir_ + "/out", 1);
+  // The norm is replicated: every element is the RNE bf16 of the f32 original.
+  const auto* e = (*ckpt)->Find("model.norm.weight");
+  std::string src = Bytes(*e->file, *e->info);
+  const std::string& got = rank1.tensors["model.norm.weight"];
+  ASSERT_EQ(got.size(), src.size() / 2);
+  for (size_t i = 0; i < got.size() / 2; ++i) {
+    float f;
+    uint16_t b;
+    std::memcpy(&f, src.data() + i * 4, 4);
+    std::memcpy(&b, got.data() + i * 2, 2);
+    ASSERT_EQ(b, FloatToBFloat16(f)) << i;
+  }
+  // A row-parallel slice goes through the same conversion.
+  const auto* o = (*ckpt)->Find("model.layers.1.self_attn.o_proj.weight");
+  std::string o_src = Bytes(*o->file, *o->info);
+  const std::string& o_got = rank1.tensors["model.layers.1.self_attn.o_proj.weight"];
+  float first;
+  std::memcpy(&first, o_src.data() + 32 * 4, 4);  // row 0, column 32 (rank 1's first)
+  uint16_t first_got;
+  std::memcpy(&first_got, o_got.data(), 2);
+  EXPECT_EQ(first_got, FloatToBFloat16(first));
+  json config = json::parse(*ReadFile(dir_ + "/out/config.json"));
+  EXPECT_EQ(config["torch_dtype"], "bfloat16");
+  // The scale buffers stay float32.
+  auto scale = rank1.shapes.find("model.layers.0.self_attn.attn._k_scale");
+  ASSERT_NE(scale, rank1.shapes.end());
+  EXPECT_EQ(rank1.tensors["model.layers.0.self_attn.attn._k_scale"].size(), 4u);
+}
+
+TEST_F(SharderTest, RejectsWhatTheEnginesWouldReject) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "llama";
+  json config = Make("src", spec);
+
+  auto tp3 = Shard("src", "out", 3);
+  ASSERT_FALSE(tp3);
+  EXPECT_EQ(tp3.error().reason, Reason::ShardConfigInvalid);
+
+  auto engine = Shard("src", "out", 2, "tgi");
+  ASSERT_FALSE(engine);
+  EXPECT_EQ(engine.error().reason, Reason::InvalidSpec);
+  auto dtype = Shard("src", "out", 2, "vllm", "fp8");
+  ASSERT_FALSE(dtype);
+  EXPECT_EQ(dtype.error().reason, Reason::InvalidSpec);
+
+  json gpt2 = config;
+  gpt2["architectures"] = {"GPT2LMHeadModel"};
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/config.json", gpt2.dump()));
+  auto arch = Shard("src", "out", 2);
+  ASSERT_FALSE(arch);
+  EXPECT_EQ(arch.error().reason, Reason::UnsupportedArchitecture);
+  EXPECT_NE(arch.error().message.find("GPT2LMHeadModel"), std::string::npos);
+
+  // config.json says three layers, the weights have two.
+  json deeper = config;
+  deeper["num_hidden_layers"] = 3;
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/config.json", deeper.dump()));
+  auto missing = Shard("src", "out", 2);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().reason, Reason::ShardConfigInvalid);
+  EXPECT_NE(missing.error().message.find("model.layers.2."), std::string::npos);
+
+  // config.json says one layer: layer 1's weights have no place.
+  json shallower = config;
+  shallower["num_hidden_layers"] = 1;
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/config.json", shallower.dump()));
+  auto extra = Shard("src", "out", 2);
+  ASSERT_FALSE(extra);
+  EXPECT_NE(extra.error().message.find("model.layers.1."), std::string::npos);
+
+  // Wrong shapes: a different hidden size.
+  json wider = config;
+  wider["intermediate_size"] = 320;
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/config.json", wider.dump()));
+  auto shape = Shard("src", "out", 2);
+  ASSERT_FALSE(shape);
+  EXPECT_NE(shape.error().message.find("shape"), std::string::npos);
+
+  // A truncated weights file is named.
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/config.json", config.dump()));
+  fs::resize_file(dir_ + "/src/model.safetensors", fs::file_size(dir_ + "/src/model.safetensors") - 3);
+  auto truncated = Shard("src", "out", 2);
+  ASSERT_FALSE(truncated);
+  EXPECT_EQ(truncated.error().reason, Reason::ShardConfigInvalid);
+  EXPECT_NE(truncated.error().message.find("model.safetensors"), std::string::npos);
+}
+
+TEST_F(SharderTest, StopsWhenCancelled) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen3";
+  Make("src", spec);
+  ShardOptions o;
+  o.src_dir = dir_ + "/src";
+  o.out_dir = dir_ + "/out";
+  o.tensor_parallel_size = 2;
+  o.fsync = false;
+  std::stop_source stop;
+  stop.request_stop();
+  ShardProgress progress;
+  auto r = ShardCheckpoint(o, progress, stop.get_token());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::Cancelled);
+}
+
+}  // namespace
+}  // namespace modelcache::shard
