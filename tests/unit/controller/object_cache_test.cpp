@@ -1,0 +1,92 @@
+#include "controller/object_cache.h"
+
+#include <gtest/gtest.h>
+
+namespace modelcache::controller {
+namespace {
+
+CachedObject Entry(const std::string& name, const std::string& origin, const std::string& repo) {
+  CachedObject e;
+  e.object.metadata.namespace_ = "default";
+  e.object.metadata.name = name;
+  e.object.metadata.generation = 1;
+  e.object.spec.source.repo = repo;
+  e.origin = origin;
+  return e;
+}
+
+crds::ObjectKey Key(const std::string& name) { return {"default", name}; }
+
+TEST(OriginFileTest, StripsTheLine) {
+  EXPECT_EQ(OriginFile("models/a.yaml:12"), "models/a.yaml");
+  EXPECT_EQ(OriginFile("a.yaml"), "a.yaml");
+  EXPECT_EQ(OriginFile("odd:name.yaml"), "odd:name.yaml");
+  EXPECT_EQ(OriginFile("odd:name.yaml:3"), "odd:name.yaml");
+}
+
+TEST(ObjectCacheTest, UpsertGetDelete) {
+  ObjectCache cache;
+  EXPECT_TRUE(cache.Upsert(Entry("a", "a.yaml:1", "org/a")));
+  EXPECT_FALSE(cache.Upsert(Entry("a", "moved.yaml:7", "org/a")));  // only the origin moved
+  EXPECT_EQ(cache.Get(Key("a"))->origin, "moved.yaml:7");
+  EXPECT_TRUE(cache.Upsert(Entry("a", "moved.yaml:7", "org/b")));   // spec changed
+  auto withErr = Entry("a", "moved.yaml:7", "org/b");
+  withErr.source_error = Error(Reason::InvalidSpec, "declared twice");
+  EXPECT_TRUE(cache.Upsert(withErr));
+  EXPECT_FALSE(cache.Upsert(withErr));
+  EXPECT_EQ(cache.Get(Key("a"))->source_error->reason, Reason::InvalidSpec);
+  EXPECT_EQ(cache.Get(Key("zz")), std::nullopt);
+  EXPECT_TRUE(cache.Delete(Key("a")));
+  EXPECT_FALSE(cache.Delete(Key("a")));
+  EXPECT_EQ(cache.Size(), 0u);
+}
+
+TEST(ObjectCacheTest, ListAndKeysAreOrdered) {
+  ObjectCache cache;
+  (void)cache.Upsert(Entry("c", "x.yaml:1", "org/c"));
+  (void)cache.Upsert(Entry("a", "x.yaml:5", "org/a"));
+  (void)cache.Upsert(Entry("b", "y.yaml:1", "org/b"));
+  std::vector<crds::ObjectKey> keys = {Key("a"), Key("b"), Key("c")};
+  EXPECT_EQ(cache.Keys(), keys);
+  auto list = cache.List();
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].object.metadata.name, "a");
+  EXPECT_EQ(list[2].object.metadata.name, "c");
+}
+
+TEST(ObjectCacheTest, ReplaceOriginTouchesOnlyThatFile) {
+  ObjectCache cache;
+  (void)cache.Upsert(Entry("a", "x.yaml:1", "org/a"));
+  (void)cache.Upsert(Entry("b", "x.yaml:9", "org/b"));
+  (void)cache.Upsert(Entry("c", "y.yaml:1", "org/c"));
+  // x.yaml now declares a (unchanged, other line) and d; b is gone.
+  auto changed =
+      cache.ReplaceOrigin("x.yaml", {Entry("a", "x.yaml:3", "org/a"), Entry("d", "x.yaml:8", "o/d")});
+  std::vector<crds::ObjectKey> want = {Key("b"), Key("d")};
+  EXPECT_EQ(changed, want);
+  std::vector<crds::ObjectKey> keys = {Key("a"), Key("c"), Key("d")};
+  EXPECT_EQ(cache.Keys(), keys);
+  EXPECT_EQ(cache.Get(Key("a"))->origin, "x.yaml:3");
+  // An empty list removes everything from that file.
+  changed = cache.ReplaceOrigin("y.yaml", {});
+  EXPECT_EQ(changed, std::vector<crds::ObjectKey>{Key("c")});
+}
+
+TEST(ObjectCacheTest, ReplaceAllReportsAddedRemovedAndChanged) {
+  ObjectCache cache;
+  (void)cache.ReplaceAll({Entry("a", "x.yaml:1", "org/a"), Entry("b", "x.yaml:9", "org/b"),
+                          Entry("c", "x.yaml:20", "org/c")});
+  auto bumped = Entry("c", "x.yaml:20", "org/c");
+  bumped.object.metadata.generation = 2;
+  auto changed = cache.ReplaceAll({Entry("a", "z.yaml:1", "org/a"), bumped,
+                                   Entry("d", "x.yaml:30", "org/d")});
+  std::vector<crds::ObjectKey> want = {Key("b"), Key("c"), Key("d")};
+  EXPECT_EQ(changed, want);
+  std::vector<crds::ObjectKey> keys = {Key("a"), Key("c"), Key("d")};
+  EXPECT_EQ(cache.Keys(), keys);
+  EXPECT_EQ(cache.Get(Key("a"))->origin, "z.yaml:1");
+  EXPECT_TRUE(cache.ReplaceAll(cache.List()).empty());
+}
+
+}  // namespace
+}  // namespace modelcache::controller
