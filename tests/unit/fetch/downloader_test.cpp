@@ -323,7 +323,7 @@ TEST_F(DownloaderTest, RateLimitBeyondTheCapIsReturnedWithRetryAfter) {
 TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
   FileTask task = Task("model.safetensors");
   testing::Fault slow = MakeFault(testing::Fault::Kind::Slow, "model.safetensors", 1);
-  slow.bytes_per_second = 40'000;  // the whole file would take about 8 s
+  slow.bytes_per_second = 200'000;  // the whole file would take about 1.5 s
   hub_->AddFault(slow);
   TransferProgress progress;
   std::stop_source stop;
@@ -332,7 +332,7 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
     result.emplace(NewSimpleTransfer(Options())->Run({task}, progress, stop.get_token()));
   });
   // Wait (not measure) until some bytes are on disk.
-  for (int i = 0; i < 2000 && progress.bytes_done.load() == 0; ++i) {
+  for (int i = 0; i < 2000 && progress.bytes_done.load() < 60'000; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   stop.request_stop();
@@ -343,7 +343,7 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
   EXPECT_FALSE(Exists(task.final_path));
   ASSERT_TRUE(Exists(task.incomplete_path));
   uint64_t kept = fs::file_size(task.incomplete_path);
-  EXPECT_GT(kept, 0u);
+  EXPECT_GE(kept, 60'000u);
   EXPECT_LT(kept, kWeightsSize);
 
   // A later run resumes from what was kept.
@@ -351,7 +351,11 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
   auto again = Run({task});
   ASSERT_TRUE(again) << again.error().ToString();
   EXPECT_EQ(ReadTestFile(task.final_path), *weights_);
-  EXPECT_EQ(hub_->BodyBytesServed("model.safetensors") - served_before, kWeightsSize - kept);
+  // The fixture may count a slow chunk it wrote into the closed connection after served_before
+  // was read, hence a range rather than equality.
+  uint64_t served = hub_->BodyBytesServed("model.safetensors") - served_before;
+  EXPECT_GE(served, kWeightsSize - kept);
+  EXPECT_LT(served, kWeightsSize);
 }
 
 TEST_F(DownloaderTest, ExistingFinalFilesAreNotDownloadedAgain) {
