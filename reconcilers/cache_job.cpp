@@ -1,0 +1,335 @@
+#include "reconcilers/internal/cache_job.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "common/files.h"
+#include "common/sha256.h"
+#include "common/units.h"
+
+namespace modelcache::reconcilers {
+namespace {
+
+namespace fs = std::filesystem;
+
+// An exclusive flock held for the lifetime of the object. Two jobs (in this process or another
+// modelcache process on the same store, such as `prefetch` next to the daemon) that fetch the
+// same repo would otherwise write the same .incomplete files; the second one waits, then finds
+// the blobs in place.
+class RepoLock {
+ public:
+  static Result<RepoLock> Acquire(const std::string& path, std::stop_token stop) {
+    if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
+      return r.error();
+    }
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return Error(Reason::StorageError, "cannot open lock " + path + ": " + ErrnoMessage(errno));
+    }
+    while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR) {
+        int err = errno;
+        ::close(fd);
+        return Error(Reason::StorageError, "cannot lock " + path + ": " + ErrnoMessage(err));
+      }
+      if (stop.stop_requested()) {
+        ::close(fd);
+        return Error(Reason::Cancelled, "cancelled while waiting for " + path);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return RepoLock(fd);
+  }
+  RepoLock(RepoLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  RepoLock& operator=(RepoLock&&) = delete;
+  RepoLock(const RepoLock&) = delete;
+  RepoLock& operator=(const RepoLock&) = delete;
+  ~RepoLock() {
+    if (fd_ >= 0) {
+      ::close(fd_);  // releases the flock
+    }
+  }
+
+ private:
+  explicit RepoLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+// Re-hashes a blob already in the store; removes it when it does not match what the Hub says.
+Result<bool> VerifyBlob(const std::string& path, const fetch::RepoFile& file) {
+  Result<std::string> digest = file.lfs_sha256 ? Sha256File(path) : GitBlobSha1File(path);
+  if (!digest) {
+    return digest.error();
+  }
+  if (*digest == file.etag()) {
+    return true;
+  }
+  spdlog::warn("blob {} of {} does not match its checksum; fetching it again", path, file.path);
+  std::error_code ec;
+  fs::remove(path, ec);
+  return false;
+}
+
+// A directory of symlinks to exactly the selected files, so that the sharder sees the files this
+// spec selected and not others that the same commit's snapshot holds for another spec.
+Result<std::string> MakeShardSource(const store::LocalStore& store, const store::RepoRef& repo,
+                                    const std::vector<fetch::RepoFile>& files) {
+  std::string dir = store.root() + "/tmp/shard-src-" + UniqueSuffix();
+  for (const auto& f : files) {
+    fs::path link = fs::path(dir) / f.path;
+    std::error_code ec;
+    fs::create_directories(link.parent_path(), ec);
+    fs::create_symlink(store.BlobPath(repo, f.etag()), link, ec);
+    if (ec) {
+      return Error(Reason::StorageError, "cannot link " + link.string() + ": " + ec.message());
+    }
+  }
+  return dir;
+}
+
+}  // namespace
+
+std::string_view JobPhaseName(JobPhase phase) {
+  switch (phase) {
+    case JobPhase::Pending:
+      return crds::kPhasePending;
+    case JobPhase::Resolving:
+      return crds::kPhaseResolving;
+    case JobPhase::Downloading:
+      return crds::kPhaseDownloading;
+    case JobPhase::Sharding:
+      return crds::kPhaseSharding;
+    case JobPhase::Uploading:
+      return crds::kPhaseUploading;
+    case JobPhase::Done:
+      return crds::kPhaseReady;
+  }
+  return crds::kPhasePending;
+}
+
+bool IsCommitId(const std::string& revision) {
+  return revision.size() == 40 &&
+         std::all_of(revision.begin(), revision.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& state,
+                                   std::stop_token stop) {
+  const crds::ModelCacheSpec& spec = in.spec;
+  auto opened = store::LocalStore::Open(in.store_root);
+  if (!opened) {
+    return opened.error();
+  }
+  store::LocalStore& store = **opened;
+  store::RepoRef repo{spec.source.type, spec.source.repo};
+
+  // Resolve.
+  state.phase = JobPhase::Resolving;
+  fetch::HubClient hub(in.hub);
+  auto commit = hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop);
+  if (!commit) {
+    return commit.error();
+  }
+  state.SetCommit(*commit);
+  auto listed = hub.ListFiles(repo.type, repo.id, *commit, stop);
+  if (!listed) {
+    return listed.error();
+  }
+  std::vector<fetch::RepoFile> files;
+  for (auto& f : *listed) {
+    if (fetch::MatchesPatterns(f.path, spec.source.include, spec.source.exclude)) {
+      files.push_back(std::move(f));
+    }
+  }
+  if (files.empty()) {
+    return Error(Reason::InvalidSpec, "spec.source.include/exclude select no file of " + repo.id +
+                                          " at " + *commit);
+  }
+  std::sort(files.begin(), files.end(),
+            [](const auto& a, const auto& b) { return a.path < b.path; });
+
+  // Plan: what the store lacks. Held under the repo lock until the blobs are in place.
+  std::string lock_path =
+      store.root() + "/locks/" + fs::path(store.RepoDir(repo)).filename().string() + ".lock";
+  auto lock = RepoLock::Acquire(lock_path, stop);
+  if (!lock) {
+    return lock.error();
+  }
+  std::vector<fetch::FileTask> tasks;
+  std::vector<size_t> task_file;  // index into files
+  uint64_t bytes_present = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    std::string blob = store.BlobPath(repo, f.etag());
+    bool present = store.HasBlob(repo, f.etag(), f.size);
+    if (!present) {
+      auto adopted = store.AdoptBlob(repo, f.etag(), f.size);
+      if (!adopted) {
+        return adopted.error();
+      }
+      present = *adopted;
+    }
+    if (present && in.verify_existing) {
+      auto ok = VerifyBlob(blob, f);
+      if (!ok) {
+        return ok.error();
+      }
+      present = *ok;
+    }
+    if (present) {
+      bytes_present += f.size;
+      continue;
+    }
+    fetch::FileTask t;
+    t.path = f.path;
+    t.url = hub.ResolveUrl(repo.type, repo.id, *commit, f.path);
+    t.size = f.size;
+    if (f.lfs_sha256) {
+      t.expected_sha256 = f.lfs_sha256;
+    } else {
+      t.expected_git_sha1 = f.blob_id;
+    }
+    t.incomplete_path = store.IncompletePath(repo, f.etag());
+    t.final_path = blob;
+    tasks.push_back(std::move(t));
+    task_file.push_back(i);
+  }
+
+  // Download.
+  state.phase = JobPhase::Downloading;
+  uint64_t total = 0;
+  for (const auto& f : files) {
+    total += f.size;
+  }
+  state.transfer.files_total = static_cast<int64_t>(files.size());
+  state.transfer.files_done = static_cast<int64_t>(files.size() - tasks.size());
+  state.transfer.bytes_total = total;
+  state.transfer.bytes_done = bytes_present;
+  std::vector<std::string> sha256(files.size());
+  if (!tasks.empty()) {
+    spdlog::info("{}: downloading {} of {} files ({}) of {}@{}", in.key.ToString(), tasks.size(),
+                 files.size(), FormatBytes(total - bytes_present), repo.id, commit->substr(0, 12));
+    auto transfer = in.transfer_factory(in.hub);
+    // The transfer counts its own bytes; seed it with what is already in the store.
+    auto results = transfer->Run(tasks, state.transfer, stop);
+    if (!results) {
+      return results.error();
+    }
+    for (size_t k = 0; k < results->size(); ++k) {
+      sha256[task_file[k]] = (*results)[k].sha256;
+    }
+  }
+  state.transfer.bytes_done = total;
+  state.transfer.files_done = static_cast<int64_t>(files.size());
+
+  // Link the snapshot (the HF cache view) and the ref.
+  std::vector<store::ManifestFile> manifest_files;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    if (auto r = store.LinkSnapshot(repo, *commit, f.path, f.etag()); !r) {
+      return r.error();
+    }
+    if (sha256[i].empty()) {
+      if (f.lfs_sha256) {
+        sha256[i] = *f.lfs_sha256;
+      } else {
+        auto h = Sha256File(store.BlobPath(repo, f.etag()));
+        if (!h) {
+          return h.error();
+        }
+        sha256[i] = *h;
+      }
+    }
+    manifest_files.push_back({f.path, f.size, sha256[i]});
+  }
+  if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
+    return r.error();
+  }
+  if (stop.stop_requested()) {
+    return Error(Reason::Cancelled, "cancelled");
+  }
+
+  // Stage the artifact: the files themselves, or the sharded checkpoint.
+  store::ArtifactManifest manifest;
+  manifest.name = spec.artifact_name;
+  manifest.source_type = repo.type;
+  manifest.source_repo = repo.id;
+  manifest.source_revision = spec.source.revision;
+  manifest.source_commit = *commit;
+  auto staging = store.CreateStaging(spec.artifact_name);
+  if (!staging) {
+    return staging.error();
+  }
+  auto discard_staging = [&] {
+    std::error_code ec;
+    fs::remove_all(*staging, ec);
+  };
+  if (spec.shard) {
+    state.phase = JobPhase::Sharding;
+    auto src = MakeShardSource(store, repo, files);
+    if (!src) {
+      discard_staging();
+      return src.error();
+    }
+    auto max_size = ParseByteSize(spec.shard->max_file_size);
+    if (!max_size) {
+      discard_staging();
+      return Error(Reason::InvalidSpec, "spec.shard.maxFileSize: " + max_size.error().message);
+    }
+    shard::ShardOptions opts;
+    opts.src_dir = *src;
+    opts.out_dir = *staging;
+    opts.tensor_parallel_size = spec.shard->tensor_parallel_size;
+    opts.engine = spec.shard->engine;
+    opts.dtype = spec.shard->dtype;
+    opts.max_file_size = *max_size;
+    opts.threads = in.shard_threads;
+    auto sharded = shard::ShardCheckpoint(opts, state.shard, stop);
+    std::error_code ec;
+    fs::remove_all(*src, ec);
+    if (!sharded) {
+      discard_staging();
+      return sharded.error();
+    }
+    for (const auto& rel : sharded->files) {
+      std::string path = *staging + "/" + rel;
+      auto h = Sha256File(path);
+      if (!h) {
+        discard_staging();
+        return h.error();
+      }
+      manifest.files.push_back({rel, static_cast<uint64_t>(fs::file_size(path, ec)), *h});
+    }
+    manifest.shard = sharded->settings;
+  } else {
+    for (size_t i = 0; i < files.size(); ++i) {
+      auto r = store.StageFile(*staging, files[i].path, store.BlobPath(repo, files[i].etag()));
+      if (!r) {
+        discard_staging();
+        return r.error();
+      }
+    }
+    manifest.files = std::move(manifest_files);
+  }
+  if (stop.stop_requested()) {
+    discard_staging();
+    return Error(Reason::Cancelled, "cancelled");
+  }
+  auto published = store.Publish(*staging, std::move(manifest));
+  if (!published) {
+    discard_staging();
+    return published.error();
+  }
+  state.phase = JobPhase::Done;
+  return CacheJobOutput{*commit, *published};
+}
+
+}  // namespace modelcache::reconcilers

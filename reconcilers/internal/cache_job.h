@@ -1,0 +1,71 @@
+#pragma once
+
+// The long step of a ModelCache reconcile, run on a job thread: resolve the revision, download and
+// verify what is missing into the hub cache, shard if asked, and publish the artifact.
+// Private to reconcilers/.
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <string>
+
+#include "common/result.h"
+#include "crds/model_cache.h"
+#include "fetch/downloader.h"
+#include "fetch/hub_client.h"
+#include "shard/sharder.h"
+#include "store/local_store.h"
+
+namespace modelcache::reconcilers {
+
+enum class JobPhase { Pending, Resolving, Downloading, Sharding, Uploading, Done };
+
+std::string_view JobPhaseName(JobPhase phase);
+
+struct CacheJobInputs {
+  crds::ObjectKey key;
+  crds::ModelCacheSpec spec;
+  std::string store_root;
+  fetch::HubOptions hub;
+  // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
+  bool verify_existing = false;
+  int shard_threads = 2;
+  std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+};
+
+// Shared between the job thread (writer) and reconciles (readers).
+struct CacheJobState {
+  std::atomic<JobPhase> phase{JobPhase::Pending};
+  fetch::TransferProgress transfer;
+  shard::ShardProgress shard;
+
+  void SetCommit(std::string commit) {
+    std::lock_guard lock(mu);
+    commit_ = std::move(commit);
+  }
+  std::string commit() const {
+    std::lock_guard lock(mu);
+    return commit_;
+  }
+
+ private:
+  mutable std::mutex mu;
+  std::string commit_;
+};
+
+struct CacheJobOutput {
+  std::string commit;
+  store::PublishedArtifact artifact;
+};
+
+// Runs the whole pipeline. Cancelled when `stop` is requested; partial downloads stay on disk for
+// the next job to resume.
+Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& state,
+                                   std::stop_token stop);
+
+// True for a full 40-hex commit id (which never moves, so it needs no refresh).
+bool IsCommitId(const std::string& revision);
+
+}  // namespace modelcache::reconcilers

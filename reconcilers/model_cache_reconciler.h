@@ -1,0 +1,69 @@
+#pragma once
+
+// The ModelCache reconciler: observe -> plan -> act -> report, one step per call.
+//
+// Each call compares the spec with what the store holds and with the job (if any) working for the
+// key. Long steps (resolve, download, shard, publish) run as a job on a bounded pool; a call
+// starts the job, reports its progress on later calls, and turns its result into status. A spec
+// change cancels the running job and starts a new one once the old one has stopped; a deletion
+// cancels it. Bytes that were verified are never thrown away by a cancel.
+//
+// Thread-safe. Never called concurrently for the same key (the work queue guarantees it).
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "fetch/downloader.h"
+#include "fetch/hub_client.h"
+#include "reconcilers/reconciler.h"
+
+namespace modelcache::reconcilers {
+
+struct ReconcilerOptions {
+  // Store used when spec.storage.uri is empty: a path or file:// URI (--store).
+  std::string default_store;
+  // Hub endpoint used when spec.source.endpoint is empty (--hf-endpoint, else HF_ENDPOINT, else
+  // https://huggingface.co). Resolved by main.
+  std::string hf_endpoint = "https://huggingface.co";
+  // The daemon's own token (HF_TOKEN); used when the spec names no tokenSecretRef. Never logged.
+  std::string hf_token;
+  // Directory-mode secrets: tokenSecretRef {name, key} is read from <secrets_dir>/<name>/<key>.
+  std::string secrets_dir;
+  // Jobs (downloads, shards) that run at once; more wait in phase Pending.
+  int max_concurrent_jobs = 4;
+  // Files downloaded in parallel within one job.
+  int parallel_files = 4;
+  // Threads a shard job uses.
+  int shard_threads = 2;
+  // How often a running job's progress is reported.
+  std::chrono::milliseconds progress_interval{1000};
+  // Retry policy of Hub requests within a job.
+  int max_attempts = 5;
+  std::chrono::milliseconds backoff_base{1000};
+  std::chrono::milliseconds backoff_cap{30000};
+  // Creates the transfer layer for a job: the seam where a parallel transfer engine plugs in.
+  // Default: fetch::NewSimpleTransfer.
+  std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+  // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
+  // the next progress poll.
+  std::function<void(const crds::ObjectKey&)> wake;
+};
+
+class ModelCacheReconciler final : public Reconciler {
+ public:
+  explicit ModelCacheReconciler(ReconcilerOptions options);
+  ~ModelCacheReconciler() override;
+  ModelCacheReconciler(const ModelCacheReconciler&) = delete;
+  ModelCacheReconciler& operator=(const ModelCacheReconciler&) = delete;
+
+  Result<Outcome> Reconcile(const Request& request, std::stop_token stop) override;
+  void Shutdown() override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace modelcache::reconcilers

@@ -1,0 +1,219 @@
+#include "reconcilers/model_cache_reconciler.h"
+
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/files.h"
+#include "common/sha256.h"
+#include "tests/fixtures/hub/fake_hub.h"
+
+namespace modelcache::reconcilers {
+namespace {
+
+namespace fs = std::filesystem;
+using std::chrono::milliseconds;
+using testing::FakeHub;
+using testing::FakeRepoSpec;
+using testing::Fault;
+
+std::string Bytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) {
+    c = static_cast<char>(rng());
+  }
+  return s;
+}
+
+class ReconcilerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = ::testing::TempDir() + "rec-" + UniqueSuffix();
+    WriteRepo("main", 1);
+    FakeRepoSpec spec;
+    spec.id = "org/model";
+    spec.refs["main"] = root_ + "/repo/main";
+    hub_.AddRepo(spec);
+    ASSERT_TRUE(hub_.Start());
+    ReconcilerOptions o;
+    o.default_store = root_ + "/store";
+    o.hf_endpoint = hub_.url();
+    o.backoff_base = milliseconds(5);
+    o.progress_interval = milliseconds(20);
+    o.wake = [this](const crds::ObjectKey&) {
+      std::lock_guard lock(mu_);
+      woken_ = true;
+      cv_.notify_all();
+    };
+    reconciler_ = std::make_unique<ModelCacheReconciler>(o);
+  }
+  void TearDown() override {
+    reconciler_.reset();
+    fs::remove_all(root_);
+  }
+
+  void WriteRepo(const std::string& rev, uint64_t seed) {
+    std::string dir = root_ + "/repo/" + rev;
+    fs::create_directories(dir);
+    std::ofstream(dir + "/config.json") << "{\"seed\": " << seed << "}";
+    std::ofstream(dir + "/model.safetensors", std::ios::binary) << Bytes(300000, seed);
+  }
+
+  crds::ModelCache Object(const std::string& revision = "main") {
+    crds::ModelCache mc;
+    mc.metadata.name = "m";
+    mc.metadata.namespace_ = "default";
+    mc.metadata.generation = 1;
+    mc.spec.source.repo = "org/model";
+    mc.spec.source.revision = revision;
+    crds::ApplyDefaults(mc);
+    return mc;
+  }
+
+  // Reconciles until the status reaches a final phase or an error comes back.
+  Result<Outcome> RunToEnd(Request& request) {
+    for (int i = 0; i < 2000; ++i) {
+      auto r = reconciler_->Reconcile(request, {});
+      if (!r) {
+        return r;
+      }
+      request.status = r->status;
+      request.status.observed_generation = request.object->metadata.generation;
+      if (r->status.phase == crds::kPhaseReady || r->requeue.after.count() == 0) {
+        return r;
+      }
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, r->requeue.after, [this] { return woken_; });
+      woken_ = false;
+    }
+    return Error(Reason::Internal, "did not finish");
+  }
+
+  std::string root_;
+  FakeHub hub_;
+  std::unique_ptr<ModelCacheReconciler> reconciler_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool woken_ = false;
+};
+
+TEST_F(ReconcilerTest, ResolvesDownloadsAndPublishes) {
+  Request request{{"default", "m"}, Object(), std::nullopt, {}};
+  auto first = reconciler_->Reconcile(request, {});
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status.phase, crds::kPhaseResolving);
+  EXPECT_GT(first->requeue.after.count(), 0);
+  auto r = RunToEnd(request);
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->status.phase, crds::kPhaseReady);
+  EXPECT_EQ(r->status.resolved_revision, hub_.CommitOf("model", "org/model", "main"));
+  ASSERT_TRUE(r->status.artifact);
+  EXPECT_EQ(r->status.artifact->files, 2);
+  EXPECT_TRUE(fs::exists(r->status.artifact->path + "/model.safetensors"));
+  EXPECT_TRUE(fs::exists(r->status.artifact->path + "/modelcache.json"));
+
+  // Level-based: the next call with the Ready status takes no step and asks no network.
+  hub_.ResetCounters();
+  auto again = reconciler_->Reconcile(request, {});
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status.phase, crds::kPhaseReady);
+  EXPECT_EQ(again->requeue.after.count(), 0);
+  EXPECT_EQ(hub_.Requests("/api"), 0);
+}
+
+TEST_F(ReconcilerTest, SameInputsGiveTheSameArtifactId) {
+  Request request{{"default", "m"}, Object(), std::nullopt, {}};
+  auto a = RunToEnd(request);
+  ASSERT_TRUE(a);
+  // A different resource, the same inputs: the same id, nothing downloaded again.
+  hub_.ResetCounters();
+  Request other{{"default", "m"}, Object(hub_.CommitOf("model", "org/model", "main")),
+                std::nullopt, {}};
+  other.key.name = "m";
+  auto b = RunToEnd(other);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(a->status.artifact->id, b->status.artifact->id);
+  EXPECT_EQ(hub_.BodyBytesServed("model.safetensors"), 0u);
+}
+
+TEST_F(ReconcilerTest, PermanentErrorsComeBackAsErrors) {
+  crds::ModelCache mc = Object("no-such-branch");
+  Request request{{"default", "m"}, mc, std::nullopt, {}};
+  auto r = RunToEnd(request);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::RevisionNotFound);
+  EXPECT_FALSE(IsTransient(r.error().reason));
+}
+
+TEST_F(ReconcilerTest, SourceErrorIsReportedWithoutAnyStep) {
+  Request request{{"default", "m"}, Object(), Error(Reason::InvalidSpec, "declared twice"), {}};
+  auto r = reconciler_->Reconcile(request, {});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
+  EXPECT_EQ(hub_.Requests("/api"), 0);
+}
+
+TEST_F(ReconcilerTest, SpecChangeCancelsTheRunningJob) {
+  Fault slow;
+  slow.kind = Fault::Kind::Slow;
+  slow.path_glob = "model.safetensors";
+  slow.bytes_per_second = 20000;
+  slow.count = -1;
+  hub_.AddFault(slow);
+  WriteRepo("v2", 2);
+  hub_.SetRef("model", "org/model", "v2", root_ + "/repo/v2");
+  Request request{{"default", "m"}, Object(), std::nullopt, {}};
+  ASSERT_TRUE(reconciler_->Reconcile(request, {}));
+  // Wait until it is downloading.
+  for (int i = 0; i < 500 && hub_.BodyBytesServed("model.safetensors") == 0; ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  ASSERT_GT(hub_.BodyBytesServed("model.safetensors"), 0u);
+  hub_.ClearFaults();
+  request.object = Object("v2");
+  request.object->metadata.generation = 2;
+  auto r = RunToEnd(request);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->status.resolved_revision, hub_.CommitOf("model", "org/model", "v2"));
+}
+
+TEST_F(ReconcilerTest, DeletionCancelsAndReportsNothing) {
+  Fault slow;
+  slow.kind = Fault::Kind::Slow;
+  slow.path_glob = "model.safetensors";
+  slow.bytes_per_second = 20000;
+  slow.count = -1;
+  hub_.AddFault(slow);
+  Request request{{"default", "m"}, Object(), std::nullopt, {}};
+  ASSERT_TRUE(reconciler_->Reconcile(request, {}));
+  for (int i = 0; i < 500 && hub_.BodyBytesServed("model.safetensors") == 0; ++i) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  request.object.reset();
+  auto start = std::chrono::steady_clock::now();
+  auto r = reconciler_->Reconcile(request, {});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->requeue.after.count(), 0);
+  reconciler_->Shutdown();  // waits for the cancelled job
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_LT(hub_.BodyBytesServed("model.safetensors"), 300000u);
+}
+
+TEST_F(ReconcilerTest, MissingTokenSecretIsInvalidSpec) {
+  crds::ModelCache mc = Object();
+  mc.spec.source.token_secret_ref = crds::SecretKeyRef{"hf", "token"};
+  Request request{{"default", "m"}, mc, std::nullopt, {}};
+  auto r = reconciler_->Reconcile(request, {});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
+  EXPECT_NE(r.error().message.find("tokenSecretRef"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace modelcache::reconcilers
