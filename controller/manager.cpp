@@ -1,0 +1,238 @@
+#include "controller/manager.h"
+
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "common/units.h"
+
+namespace modelcache::controller {
+namespace {
+
+std::string ProgressMessage(const crds::ModelCacheStatus& status) {
+  std::string verb = status.phase;
+  for (auto& c : verb) {
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  if (!status.progress || status.progress->bytes_total == 0) {
+    return verb;
+  }
+  const auto& p = *status.progress;
+  int percent = static_cast<int>(100.0 * static_cast<double>(p.bytes_done) /
+                                 static_cast<double>(p.bytes_total));
+  std::string msg = verb + " " + std::to_string(percent) + "% (" + FormatBytes(p.bytes_done) +
+                    " of " + FormatBytes(p.bytes_total);
+  if (p.files_total > 0) {
+    msg += ", " + std::to_string(p.files_done) + "/" + std::to_string(p.files_total) + " files";
+  }
+  if (p.bytes_per_second > 0) {
+    msg += ", " + FormatBytes(p.bytes_per_second) + "/s";
+  }
+  return msg + ")";
+}
+
+}  // namespace
+
+Manager::Manager(ManagerOptions options, Source& source, ObjectCache& cache,
+                 StatusStore& statuses, reconcilers::Reconciler& reconciler, Clock& clock)
+    : options_(options),
+      source_(source),
+      cache_(cache),
+      statuses_(statuses),
+      reconciler_(reconciler),
+      clock_(clock),
+      queue_(clock) {}
+
+Manager::~Manager() = default;
+
+void Manager::Enqueue(const crds::ObjectKey& key) { queue_.Add(key); }
+
+crds::ModelCacheStatus Manager::ComposeStatus(const crds::ModelCacheStatus& previous,
+                                              const Result<reconcilers::Outcome>& result,
+                                              int64_t generation, const std::string& now) {
+  crds::ModelCacheStatus status;
+  crds::Condition ready;
+  ready.type = "Ready";
+  ready.observed_generation = generation;
+  if (result) {
+    status = result->status;
+    status.conditions = previous.conditions;
+    if (status.phase == crds::kPhaseReady) {
+      ready.status = "True";
+      ready.reason = "ArtifactReady";
+      ready.message = status.artifact ? "artifact " + status.artifact->id + " is ready at " +
+                                            (status.artifact->path.empty() ? status.artifact->uri
+                                                                           : status.artifact->path)
+                                      : "ready";
+    } else {
+      ready.status = "False";
+      ready.reason = status.phase.empty() ? std::string(crds::kPhasePending) : status.phase;
+      ready.message = ProgressMessage(status);
+    }
+  } else {
+    const Error& err = result.error();
+    status = previous;
+    ready.status = "False";
+    ready.reason = std::string(ReasonName(err.reason));
+    if (IsTransient(err.reason)) {
+      if (status.phase.empty() || status.phase == crds::kPhaseReady) {
+        status.phase = status.phase.empty() ? std::string(crds::kPhasePending) : status.phase;
+      }
+      ready.message = err.message + " (will retry)";
+    } else {
+      status.phase = std::string(crds::kPhaseFailed);
+      status.progress.reset();
+      ready.message = err.message;
+    }
+  }
+  status.observed_generation = generation;
+  crds::SetCondition(status.conditions, ready, now);
+  return status;
+}
+
+crds::ModelCacheStatus Manager::LastStatus(const crds::ObjectKey& key) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = written_.find(key);
+    if (it != written_.end()) {
+      return it->second;
+    }
+  }
+  auto stored = statuses_.Read(key);
+  crds::ModelCacheStatus status;
+  if (stored && stored->has_value()) {
+    status = (*stored)->status;
+  }
+  std::lock_guard lock(mu_);
+  written_[key] = status;
+  return status;
+}
+
+void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
+  auto cached = cache_.Get(key);
+  reconcilers::Request request;
+  request.key = key;
+  if (cached) {
+    request.object = cached->object;
+    request.source_error = cached->source_error;
+  }
+  request.status = LastStatus(key);
+
+  Result<reconcilers::Outcome> result = Error(Reason::Internal, "reconcile did not run");
+  try {
+    result = reconciler_.Reconcile(request, stop);
+  } catch (const std::exception& e) {
+    // controller-runtime's RecoverPanic: a bug in one reconcile must not take the daemon down.
+    result = Error(Reason::Internal, std::string("reconcile threw: ") + e.what());
+  } catch (...) {
+    result = Error(Reason::Internal, "reconcile threw an unknown exception");
+  }
+
+  if (!request.object) {
+    // Deleted: its status goes too. The artifact stays for store garbage collection.
+    if (auto r = statuses_.Remove(key); !r) {
+      spdlog::warn("{}: cannot remove status: {}", key.ToString(), r.error().message);
+    }
+    {
+      std::lock_guard lock(mu_);
+      written_.erase(key);
+    }
+    spdlog::info("{}: deleted", key.ToString());
+    queue_.Forget(key);
+    stats_.reconciles_ok++;
+    return;
+  }
+
+  const crds::ModelCache& object = *request.object;
+  crds::ModelCacheStatus status = ComposeStatus(request.status, result,
+                                                object.metadata.generation,
+                                                FormatRfc3339(clock_.WallNow()));
+  bool changed = crds::StatusToJson(status) != crds::StatusToJson(request.status);
+  if (changed) {
+    crds::ModelCache out = object;
+    out.status = status;
+    if (auto w = statuses_.Write(out); !w) {
+      spdlog::error("{}: cannot write status: {}", key.ToString(), w.error().message);
+      queue_.AddRateLimited(key);
+      stats_.reconciles_error++;
+      return;
+    }
+    stats_.status_writes++;
+    {
+      std::lock_guard lock(mu_);
+      written_[key] = status;
+    }
+    if (status.phase != request.status.phase) {
+      const crds::Condition* ready = crds::FindCondition(status.conditions, "Ready");
+      spdlog::info("{}: {} -> {}{}{}", key.ToString(),
+                   request.status.phase.empty() ? "New" : request.status.phase, status.phase,
+                   ready && !ready->message.empty() ? ": " : "",
+                   ready ? ready->message : std::string());
+    }
+  }
+
+  if (!result) {
+    const Error& err = result.error();
+    stats_.reconciles_error++;
+    if (err.reason == Reason::Cancelled && stop.stop_requested()) {
+      return;
+    }
+    if (!IsTransient(err.reason)) {
+      queue_.Forget(key);  // waits for the spec to change
+    } else if (err.retry_after) {
+      queue_.Forget(key);
+      queue_.AddAfter(key, *err.retry_after);
+    } else {
+      queue_.AddRateLimited(key);
+    }
+    return;
+  }
+  stats_.reconciles_ok++;
+  queue_.Forget(key);
+  if (result->requeue.after.count() > 0) {
+    stats_.reconciles_requeue++;
+    queue_.AddAfter(key, result->requeue.after);
+  }
+}
+
+void Manager::Worker(std::stop_token stop) {
+  while (true) {
+    std::optional<crds::ObjectKey> key = queue_.Get();
+    if (!key) {
+      return;
+    }
+    ProcessKey(*key, stop);
+    queue_.Done(*key);
+  }
+}
+
+VoidResult Manager::Run(std::stop_token stop, const std::function<void()>& on_synced) {
+  if (auto r = source_.Start(cache_, [this](const crds::ObjectKey& key) { queue_.Add(key); }); !r) {
+    return r.error();
+  }
+  if (on_synced) {
+    on_synced();
+  }
+  std::stop_source workers_stop;
+  std::vector<std::jthread> workers;
+  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+    workers.emplace_back([this, token = workers_stop.get_token()] { Worker(token); });
+  }
+  {
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock(m);
+    cv.wait(lock, stop, [] { return false; });
+  }
+  spdlog::info("shutting down: stopping the source, cancelling jobs");
+  source_.Stop();
+  workers_stop.request_stop();
+  reconciler_.Shutdown();
+  queue_.ShutDown();
+  workers.clear();  // joins: each worker finishes its current key
+  return {};
+}
+
+}  // namespace modelcache::controller
