@@ -1,0 +1,282 @@
+#include "tests/integration/harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+
+extern char** environ;
+
+namespace modelcache::itest {
+namespace fs = std::filesystem;
+
+TempDir::TempDir() {
+  path_ = ::testing::TempDir() + "mc-it-" + UniqueSuffix();
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+std::string RandomBytes(size_t size, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string out(size, '\0');
+  for (size_t i = 0; i < size; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
+  }
+  return out;
+}
+
+void WriteTree(const std::string& dir, const std::map<std::string, std::string>& files) {
+  for (const auto& [path, content] : files) {
+    fs::path p = fs::path(dir) / path;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << content;
+  }
+}
+
+std::map<std::string, std::string> SmallModelFiles(size_t weights_size, uint64_t seed) {
+  return {
+      {"config.json", R"({"architectures":["Qwen3ForCausalLM"],"model_type":"qwen3","seed":)" +
+                          std::to_string(seed) + "}\n"},
+      {"tokenizer.json", R"({"version":"1.0","model":{"type":"BPE"}})"},
+      {"README.md", "# synthetic model " + std::to_string(seed) + "\n"},
+      {"model.safetensors", RandomBytes(weights_size, seed)},
+      {"original/consolidated.pth", RandomBytes(4096, seed + 1)},
+  };
+}
+
+namespace {
+
+std::vector<char*> MakeEnv(const std::map<std::string, std::string>& extra,
+                           std::vector<std::string>& storage) {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv(*e);
+    auto eq = kv.find('=');
+    if (eq != std::string::npos) {
+      env[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+  }
+  // Tests never reach the real Hub, and never pick up a developer's token.
+  env.erase("HF_TOKEN");
+  env.erase("HF_ENDPOINT");
+  for (const auto& [k, v] : extra) {
+    env[k] = v;
+  }
+  for (const auto& [k, v] : env) {
+    storage.push_back(k + "=" + v);
+  }
+  std::vector<char*> out;
+  for (auto& s : storage) {
+    out.push_back(s.data());
+  }
+  out.push_back(nullptr);
+  return out;
+}
+
+pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, std::string>& env,
+            const std::string& out_path, const std::string& err_path) {
+  std::vector<std::string> argv_storage = args;
+  std::vector<char*> argv;
+  for (auto& a : argv_storage) {
+    argv.push_back(a.data());
+  }
+  argv.push_back(nullptr);
+  std::vector<std::string> env_storage;
+  std::vector<char*> envp = MakeEnv(env, env_storage);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    ::dup2(devnull, 0);
+    ::execve(argv[0], argv.data(), envp.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+CommandResult RunModelcache(const std::vector<std::string>& args,
+                            const std::map<std::string, std::string>& env) {
+  std::vector<std::string> full{MC_BINARY};
+  full.insert(full.end(), args.begin(), args.end());
+  std::string base = ::testing::TempDir() + "mc-cmd-" + UniqueSuffix();
+  pid_t pid = Spawn(full, env, base + ".out", base + ".err");
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = Slurp(base + ".out");
+  r.err = Slurp(base + ".err");
+  fs::remove(base + ".out");
+  fs::remove(base + ".err");
+  return r;
+}
+
+Daemon::Daemon(Options options) : options_(std::move(options)) {
+  log_path_ = ::testing::TempDir() + "mc-daemon-" + UniqueSuffix() + ".log";
+}
+
+Daemon::~Daemon() {
+  if (pid_ > 0) {
+    Kill9();
+  }
+  std::error_code ec;
+  fs::remove(log_path_, ec);
+}
+
+void Daemon::Start() {
+  std::vector<std::string> args{MC_BINARY, "run", "--watch-dir", options_.watch_dir,
+                                "--store", options_.store};
+  if (!options_.state_dir.empty()) {
+    args.insert(args.end(), {"--state-dir", options_.state_dir});
+  }
+  if (!options_.hf_endpoint.empty()) {
+    args.insert(args.end(), {"--hf-endpoint", options_.hf_endpoint});
+  }
+  if (!options_.secrets_dir.empty()) {
+    args.insert(args.end(), {"--secrets-dir", options_.secrets_dir});
+  }
+  args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
+  pid_ = Spawn(args, options_.env, "/dev/null", log_path_);
+}
+
+bool Daemon::Running() {
+  if (pid_ <= 0) {
+    return false;
+  }
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+int Daemon::Terminate(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) {
+    return -1;
+  }
+  ::kill(pid_, SIGTERM);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Kill9();
+  return -1;
+}
+
+void Daemon::Kill9() {
+  if (pid_ <= 0) {
+    return;
+  }
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+std::string Daemon::Log() const { return Slurp(log_path_); }
+
+std::optional<crds::ModelCache> ReadStatus(const std::string& state_dir, const std::string& ns,
+                                           const std::string& name) {
+  std::string path = state_dir + "/status/" + ns + "/" + name + ".json";
+  std::ifstream in(path);
+  if (!in) {
+    return std::nullopt;
+  }
+  try {
+    auto j = nlohmann::json::parse(in);
+    auto mc = crds::FromJson(j);
+    if (!mc) {
+      return std::nullopt;
+    }
+    return *mc;
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (condition()) {
+      return true;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::optional<crds::ModelCache> WaitForStatus(
+    const std::string& state_dir, const std::string& name,
+    const std::function<bool(const crds::ModelCache&)>& pred, std::chrono::milliseconds timeout) {
+  std::optional<crds::ModelCache> last;
+  WaitFor(
+      [&] {
+        last = ReadStatus(state_dir, "default", name);
+        return last && pred(*last);
+      },
+      timeout);
+  return last;
+}
+
+std::string ReadyReason(const crds::ModelCache& mc) {
+  const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
+  return c == nullptr ? "" : c->reason;
+}
+
+std::string Manifest(const std::string& name, const std::string& repo,
+                     const std::string& extra_spec) {
+  return "apiVersion: modelcache.dev/v1alpha1\n"
+         "kind: ModelCache\n"
+         "metadata:\n"
+         "  name: " + name + "\n"
+         "spec:\n"
+         "  source:\n"
+         "    repo: " + repo + "\n" + extra_spec;
+}
+
+void WriteFileRenamed(const std::string& path, const std::string& content) {
+  std::string tmp = fs::path(path).parent_path().string() + "/.tmp-" + UniqueSuffix();
+  std::ofstream(tmp) << content;
+  fs::rename(tmp, path);
+}
+
+}  // namespace modelcache::itest
