@@ -71,14 +71,15 @@ uint64_t BytesNeeded(const FileTask& task) {
   return have > task.size ? task.size : task.size - have;
 }
 
-VoidResult CheckFreeSpace(const std::vector<FileTask>& tasks) {
+VoidResult CheckFreeSpace(const std::vector<FileTask>& tasks, const std::vector<size_t>& which) {
   struct Need {
     std::string dir;
     uint64_t bytes = 0;
     int files = 0;
   };
   std::map<dev_t, Need> needs;
-  for (const auto& task : tasks) {
+  for (size_t i : which) {
+    const FileTask& task = tasks[i];
     uint64_t bytes = BytesNeeded(task);
     if (bytes == 0) {
       continue;
@@ -603,16 +604,26 @@ class SimpleTransfer final : public Transfer {
 Result<std::vector<FileResult>> SimpleTransfer::Run(const std::vector<FileTask>& tasks,
                                                     TransferProgress& progress,
                                                     std::stop_token stop) {
+  // Identical files at several paths share one blob (same etag, same final path): each blob is
+  // fetched once, or two workers would write the same .incomplete file.
+  std::vector<size_t> unique;
+  std::vector<size_t> primary(tasks.size());
+  std::map<std::string, size_t> first_of;
   uint64_t total = 0;
-  for (const auto& task : tasks) {
-    total += task.size;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    auto [it, inserted] = first_of.emplace(tasks[i].final_path, i);
+    primary[i] = it->second;
+    if (inserted) {
+      unique.push_back(i);
+      total += tasks[i].size;
+    }
   }
   progress.bytes_total.store(total);
   progress.bytes_done.store(0);
   progress.files_total.store(static_cast<int64_t>(tasks.size()));
   progress.files_done.store(0);
   progress.bytes_per_second.store(0);
-  if (auto r = CheckFreeSpace(tasks); !r) {
+  if (auto r = CheckFreeSpace(tasks, unique); !r) {
     return r.error();
   }
 
@@ -629,13 +640,14 @@ Result<std::vector<FileResult>> SimpleTransfer::Run(const std::vector<FileTask>&
     std::jthread meter(
         [&](std::stop_token meter_stop) { MeasureRate(meter_stop, downloaded, progress); });
     std::vector<std::jthread> workers;
-    size_t n_workers = std::min<size_t>(static_cast<size_t>(parallel_files_), tasks.size());
+    size_t n_workers = std::min<size_t>(static_cast<size_t>(parallel_files_), unique.size());
     for (size_t w = 0; w < n_workers; ++w) {
       workers.emplace_back([&] {
-        for (size_t i = next.fetch_add(1); i < tasks.size(); i = next.fetch_add(1)) {
+        for (size_t u = next.fetch_add(1); u < unique.size(); u = next.fetch_add(1)) {
           if (batch.stop_requested()) {
             return;
           }
+          size_t i = unique[u];
           FileFetch fetch(options_, tasks[i], progress, downloaded, batch.get_token());
           auto result = fetch.Run();
           if (result) {
@@ -664,11 +676,17 @@ Result<std::vector<FileResult>> SimpleTransfer::Run(const std::vector<FileTask>&
   }
   std::vector<FileResult> out;
   out.reserve(tasks.size());
-  for (auto& r : results) {
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const std::optional<FileResult>& r = results[primary[i]];
     if (!r) {
       return Error(Reason::Internal, "a download finished without a result");
     }
-    out.push_back(std::move(*r));
+    out.push_back(*r);
+    if (primary[i] != i) {
+      out.back().path = tasks[i].path;
+      out.back().downloaded = false;  // its blob came with another path
+      progress.files_done.fetch_add(1);
+    }
   }
   return out;
 }

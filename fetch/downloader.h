@@ -61,6 +61,8 @@ class Transfer {
   // Downloads every task, verifies each file, and renames it into place. Files whose final_path
   // exists with the expected size are not fetched again (their sha256 is taken from
   // expected_sha256, or computed if unknown); one with another size is fetched and replaced.
+  // Tasks sharing a final_path (identical files at several paths: one blob) are fetched once;
+  // the later ones report downloaded = false. bytes_total counts each blob once.
   // Returns one FileResult per task, in order, or the first permanent error:
   //   InsufficientStorage  not enough free space for the bytes still needed (checked before
   //                        writing, per filesystem), or ENOSPC while writing (partial data kept);

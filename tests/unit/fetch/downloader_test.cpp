@@ -332,9 +332,12 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
     result.emplace(NewSimpleTransfer(Options())->Run({task}, progress, stop.get_token()));
   });
   // Wait (not measure) until some bytes are on disk.
-  for (int i = 0; i < 2000 && progress.bytes_done.load() < 60'000; ++i) {
+  for (int i = 0; i < 2000 && (progress.bytes_done.load() < 60'000 ||
+                               progress.bytes_per_second.load() == 0);
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  EXPECT_GT(progress.bytes_per_second.load(), 0u);  // published while bytes arrive
   stop.request_stop();
   runner.join();
   ASSERT_TRUE(result.has_value());
@@ -412,6 +415,25 @@ TEST_F(DownloaderTest, FullDiskWhileWritingIsInsufficientStorage) {
   ASSERT_FALSE(results);
   EXPECT_EQ(results.error().reason, Reason::InsufficientStorage) << results.error().ToString();
   EXPECT_FALSE(Exists(task.final_path));
+}
+
+TEST_F(DownloaderTest, TasksSharingABlobFetchItOnce) {
+  FileTask first = Task("sub/dir/tokenizer.json");
+  FileTask second = first;
+  second.path = "copy/tokenizer.json";
+  TransferProgress progress;
+  auto results = Run({first, second, first}, "", &progress);
+  ASSERT_TRUE(results) << results.error().ToString();
+  ASSERT_EQ(results->size(), 3u);
+  EXPECT_EQ((*results)[0].path, "sub/dir/tokenizer.json");
+  EXPECT_TRUE((*results)[0].downloaded);
+  EXPECT_EQ((*results)[1].path, "copy/tokenizer.json");
+  EXPECT_FALSE((*results)[1].downloaded);
+  EXPECT_EQ((*results)[1].sha256, Sha256Hex(*tokenizer_));
+  EXPECT_EQ(hub_->BodyBytesServed("sub/dir/tokenizer.json"), tokenizer_->size());
+  EXPECT_EQ(progress.files_done.load(), 3);
+  EXPECT_EQ(progress.bytes_total.load(), tokenizer_->size());
+  EXPECT_EQ(progress.bytes_done.load(), tokenizer_->size());
 }
 
 TEST_F(DownloaderTest, EmptyTaskListSucceeds) {
