@@ -1,6 +1,7 @@
 // ArtifactManifest: identity (digest, version, id) and the modelcache.json document.
 
 #include <algorithm>
+#include <array>
 #include <string>
 #include <utility>
 
@@ -37,7 +38,7 @@ std::vector<ManifestFile> SortedFiles(const std::vector<ManifestFile>& files) {
 }
 
 Error Malformed(const std::string& field, const std::string& what) {
-  return Error(Reason::StorageError, "modelcache.json: " + field + ": " + what);
+  return {Reason::StorageError, "modelcache.json: " + field + ": " + what};
 }
 
 Result<std::string> GetString(const nlohmann::json& obj, const char* key, const std::string& path) {
@@ -137,12 +138,12 @@ Result<ArtifactManifest> ManifestFromJson(const nlohmann::json& json) {
   if (source == json.end() || !source->is_object()) {
     return Malformed("source", "missing or not an object");
   }
-  std::pair<const char*, std::string*> source_fields[] = {
-      {"type", &m.source_type},
-      {"repo", &m.source_repo},
-      {"revision", &m.source_revision},
-      {"commit", &m.source_commit}};
-  for (auto& [key, dst] : source_fields) {
+  const std::array<std::pair<const char*, std::string*>, 4> source_fields = {
+      {{"type", &m.source_type},
+       {"repo", &m.source_repo},
+       {"revision", &m.source_revision},
+       {"commit", &m.source_commit}}};
+  for (const auto& [key, dst] : source_fields) {
     auto v = GetString(*source, key, "source.");
     if (!v) {
       return v.error();

@@ -42,9 +42,9 @@ constexpr std::string_view kCacheDirTag =
     "#\thttps://bford.info/cachedir/\n";
 
 Error IoError(const std::string& what, const std::string& path, int err) {
-  Reason reason = (err == ENOSPC || err == EDQUOT) ? Reason::InsufficientStorage
-                                                   : Reason::StorageError;
-  return Error(reason, what + " " + path + ": " + ErrnoMessage(err));
+  Reason reason =
+      (err == ENOSPC || err == EDQUOT) ? Reason::InsufficientStorage : Reason::StorageError;
+  return {reason, what + " " + path + ": " + ErrnoMessage(err)};
 }
 
 bool IsSafeComponent(std::string_view s) {
@@ -81,8 +81,8 @@ bool IsHex(std::string_view s) {
 // .incomplete names: letters, digits, '-' and '_' only.
 bool IsSafeEtag(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           c == '-' || c == '_';
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+           c == '_';
   });
 }
 
@@ -98,7 +98,7 @@ VoidResult ValidateRepo(const RepoRef& repo) {
             (slash == std::string::npos || repo.id.find('/', slash + 1) == std::string::npos) &&
             repo.id.find("--") == std::string::npos && repo.id.find("..") == std::string::npos;
   if (!ok) {
-    return Error(Reason::InvalidSpec, "repo id '" + repo.id + "' must be \"org/name\" or \"name\"");
+    return Error(Reason::InvalidSpec, "repo id '" + repo.id + R"(' must be "org/name" or "name")");
   }
   return {};
 }
@@ -166,8 +166,8 @@ VoidResult ReplaceSymlink(const std::string& target, const std::string& link_pat
       return IoError("cannot rename symlink onto", link_path, err);
     }
   }
-  return Error(Reason::StorageError, "cannot replace symlink " + link_path +
-                                         ": temporary name removed repeatedly");
+  return Error(Reason::StorageError,
+               "cannot replace symlink " + link_path + ": temporary name removed repeatedly");
 }
 
 // Writes `fd` fully; errno-style result.
@@ -347,7 +347,7 @@ std::string PercentDecode(std::string_view s, bool* ok) {
 }
 
 std::string PercentEncodePath(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
+  constexpr std::string_view kHex = "0123456789ABCDEF";
   std::string out;
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
@@ -440,8 +440,8 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_
                    "store URI '" + root_or_uri + "' must be file:///absolute/path");
     }
   } else if (Contains(path, "://")) {
-    return Error(Reason::InvalidSpec, "store URI '" + root_or_uri +
-                                          "' is not a local path or file:// URI");
+    return Error(Reason::InvalidSpec,
+                 "store URI '" + root_or_uri + "' is not a local path or file:// URI");
   }
   if (path.empty()) {
     return Error(Reason::InvalidSpec, "store path is empty");
@@ -522,9 +522,8 @@ VoidResult LocalStore::VerifyBlob(const RepoRef& repo, const std::string& etag,
     return IoError("cannot stat blob", path, errno);
   }
   if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != size) {
-    return Error(Reason::ChecksumMismatch, "blob " + path + " has " +
-                                               std::to_string(st.st_size) + " bytes, expected " +
-                                               std::to_string(size));
+    return Error(Reason::ChecksumMismatch, "blob " + path + " has " + std::to_string(st.st_size) +
+                                               " bytes, expected " + std::to_string(size));
   }
   Result<std::string> digest = sha256 ? Sha256File(path) : GitBlobSha1File(path);
   if (!digest) {
@@ -879,8 +878,8 @@ VoidResult CheckAndSyncStaging(const std::string& staging, const ArtifactManifes
       break;
     }
     if (size != want->second) {
-      return Error(Reason::ChecksumMismatch, "staged file " + rel + " has " +
-                                                 std::to_string(size) + " bytes, manifest says " +
+      return Error(Reason::ChecksumMismatch, "staged file " + rel + " has " + std::to_string(size) +
+                                                 " bytes, manifest says " +
                                                  std::to_string(want->second));
     }
     expected.erase(want);
@@ -896,8 +895,9 @@ VoidResult CheckAndSyncStaging(const std::string& staging, const ArtifactManifes
                  "manifest file " + expected.begin()->first + " is missing from " + staging);
   }
   // Children before parents, so each directory entry is durable before its parent's.
-  for (auto d = dirs.rbegin(); d != dirs.rend(); ++d) {
-    if (auto r = FsyncPath(*d, true); !r) {
+  std::reverse(dirs.begin(), dirs.end());
+  for (const std::string& d : dirs) {
+    if (auto r = FsyncPath(d, true); !r) {
       return r;
     }
   }
@@ -926,8 +926,8 @@ VoidResult ValidateManifestForPublish(const ArtifactManifest& m) {
 
 }  // namespace
 
-Result<PublishedArtifact> LocalStore::Publish(const std::string& staging,
-                                              ArtifactManifest manifest, PublishMode mode) {
+Result<PublishedArtifact> LocalStore::Publish(const std::string& staging, ArtifactManifest manifest,
+                                              PublishMode mode) {
   int lock_fd = -1;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -979,8 +979,8 @@ Result<PublishedArtifact> LocalStore::Publish(const std::string& staging,
         return Error(Reason::StorageError,
                      "version " + version_path + " vanished while publishing; retry");
       } else if (*existing && (*existing)->id != manifest.id) {
-        return Error(Reason::StorageError, "version " + version_path + " holds " +
-                                               (*existing)->id + ", not " + manifest.id);
+        return Error(Reason::StorageError, "version " + version_path + " holds " + (*existing)->id +
+                                               ", not " + manifest.id);
       }
       if (mode == PublishMode::ReplaceExisting) {
         // RENAME_EXCHANGE swaps both names in one step, so `version_path` never disappears.
@@ -1154,8 +1154,7 @@ VoidResult LocalStore::VerifyVersion(const std::string& name, const std::string&
     }
     if (static_cast<uint64_t>(st.st_size) != f.size) {
       return Error(Reason::ChecksumMismatch, path + " has " + std::to_string(st.st_size) +
-                                                 " bytes, manifest says " +
-                                                 std::to_string(f.size));
+                                                 " bytes, manifest says " + std::to_string(f.size));
     }
     auto digest = Sha256File(path);
     if (!digest) {
@@ -1203,8 +1202,7 @@ VoidResult LocalStore::CleanupStaging() {
   }
 
   // Hub: temporary names in blobs/ (adoptions), snapshots/ (links) and refs/ (ref writes).
-  for (fs::directory_iterator repos(hub_dir(), ec), end; !ec && repos != end;
-       repos.increment(ec)) {
+  for (fs::directory_iterator repos(hub_dir(), ec), end; !ec && repos != end; repos.increment(ec)) {
     std::string folder = repos->path().filename().string();
     std::error_code rec;
     if (!Contains(folder, "--") || !repos->is_directory(rec) || repos->is_symlink(rec)) {

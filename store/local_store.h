@@ -53,7 +53,8 @@ struct ManifestFile {
 };
 
 // Serialized as <version>/modelcache.json: pretty, sorted keys, deterministic, no timestamps.
-struct ArtifactManifest {
+// (The lint exception: nlohmann::json's special members are not declared noexcept.)
+struct ArtifactManifest {         // NOLINT(bugprone-exception-escape)
   std::string name, version, id;  // id = "<name>@sha256:<digest>", version = first 12 hex of digest
   std::string source_type, source_repo, source_revision, source_commit;  // source.{…}
   std::vector<ManifestFile> files;  // sorted by path (FinalizeIdentity sorts)

@@ -56,8 +56,8 @@ TEST(ComputeDigestTest, SensitiveToEveryInput) {
   EXPECT_NE(base, changed([](ArtifactManifest& m) { m.source_repo = "org/tiny2"; }));
   EXPECT_NE(base, changed([](ArtifactManifest& m) { m.source_type = "dataset"; }));
   EXPECT_NE(base, changed([](ArtifactManifest& m) {
-    m.shard = {{"engine", "vllm"}, {"tensorParallelSize", 2}};
-  }));
+              m.shard = {{"engine", "vllm"}, {"tensorParallelSize", 2}};
+            }));
   ArtifactManifest tp2 = Sample();
   tp2.shard = {{"engine", "vllm"}, {"tensorParallelSize", 2}};
   ArtifactManifest tp4 = Sample();

@@ -190,8 +190,8 @@ TEST_F(ArtifactTest, PublishRejectsAStagingThatDoesNotMatchItsManifest) {
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().reason, Reason::Internal);
   }
-  auto not_staging = store_->Publish(store_->root() + "/artifacts/tiny/.staging-x",
-                                     ManifestFor("tiny", kCommit));
+  auto not_staging =
+      store_->Publish(store_->root() + "/artifacts/tiny/.staging-x", ManifestFor("tiny", kCommit));
   ASSERT_FALSE(not_staging);
   EXPECT_EQ(not_staging.error().reason, Reason::InvalidSpec);
   EXPECT_TRUE(store_->ListVersions("tiny")->empty());
@@ -257,9 +257,8 @@ TEST_F(ArtifactTest, ReplaceExistingHealsACorruptVersion) {
   // The heal: re-fetch the blob (a new inode), restage, replace.
   ASSERT_TRUE(store_->RemoveBlob(kRepo, etag));
   WriteText(store_->BlobPath(kRepo, etag), "0123456789");
-  auto healed =
-      store_->Publish(StageAll("tiny", *store_), ManifestFor("tiny", kCommit),
-                      PublishMode::ReplaceExisting);
+  auto healed = store_->Publish(StageAll("tiny", *store_), ManifestFor("tiny", kCommit),
+                                PublishMode::ReplaceExisting);
   ASSERT_TRUE(healed) << healed.error().ToString();
   EXPECT_EQ(healed->version, v->version);
   EXPECT_TRUE(store_->VerifyVersion("tiny", v->version));
@@ -340,7 +339,8 @@ TEST_F(ArtifactTest, CleanupRemovesCrashLeftoversOnly) {
 
   EXPECT_EQ(Entries("tiny"),
             (std::set<std::string>{v->version, "current", fs::path(*live).filename().string()}));
-  EXPECT_FALSE(fs::exists(fs::symlink_status(snap + "/tokenizer/.vocab.txt.modelcache-tmp-999.0.4")));
+  EXPECT_FALSE(
+      fs::exists(fs::symlink_status(snap + "/tokenizer/.vocab.txt.modelcache-tmp-999.0.4")));
   EXPECT_FALSE(fs::exists(store_->RepoDir(kRepo) + "/refs/.main.modelcache-tmp-999.0.5"));
   EXPECT_FALSE(fs::exists(store_->RepoDir(kRepo) + "/blobs/abc.modelcache-tmp-999.0.6"));
   EXPECT_EQ(ReadText(incomplete), "half a download");

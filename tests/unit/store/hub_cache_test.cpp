@@ -95,8 +95,7 @@ TEST_F(HubCacheTest, PathRules) {
   EXPECT_EQ(store_->RepoDir(kDataset), hub + "/datasets--org--data");
   EXPECT_EQ(store_->RepoDir(kGpt2), hub + "/models--gpt2");
   EXPECT_EQ(store_->BlobPath(kModel, "abc"), hub + "/models--org--name/blobs/abc");
-  EXPECT_EQ(store_->IncompletePath(kModel, "abc"),
-            hub + "/models--org--name/blobs/abc.incomplete");
+  EXPECT_EQ(store_->IncompletePath(kModel, "abc"), hub + "/models--org--name/blobs/abc.incomplete");
   EXPECT_EQ(store_->SnapshotPath(kModel, "c0", "a/b.txt"),
             hub + "/models--org--name/snapshots/c0/a/b.txt");
 }
@@ -161,9 +160,11 @@ TEST_F(HubCacheTest, RejectsUnsafeNames) {
     ASSERT_FALSE(r) << path;
     EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
   }
-  for (const RepoRef& repo : std::initializer_list<RepoRef>{
-           {"model", "../etc"}, {"model", "a/b/c"}, {"model", "a--b"}, {"model", ""},
-           {"space-ship", "a/b"}}) {
+  for (const RepoRef& repo : std::initializer_list<RepoRef>{{"model", "../etc"},
+                                                            {"model", "a/b/c"},
+                                                            {"model", "a--b"},
+                                                            {"model", ""},
+                                                            {"space-ship", "a/b"}}) {
     auto r = store_->WriteRef(repo, "main", commit);
     ASSERT_FALSE(r) << repo.id;
     EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
