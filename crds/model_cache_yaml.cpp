@@ -229,7 +229,9 @@ class YamlReader {
       case YAML::NodeType::Map: {
         json obj = json::object();
         for (auto it = node.begin(); it != node.end(); ++it) {
-          const YAML::Node& key_node = it->first;
+          // yaml-cpp's iterator yields its pairs by value; `it->first` would dangle.
+          const auto entry = *it;
+          const YAML::Node& key_node = entry.first;
           int key_line = key_node.Mark().line + 1;
           if (!key_node.IsScalar()) {
             Error(pointer, FieldError::Type::Invalid, "", "mapping keys must be scalars");
@@ -253,7 +255,7 @@ class YamlReader {
             continue;
           }
           doc_->source.lines[child] = key_line;
-          obj[key] = Build(it->second, child, depth + 1);
+          obj[key] = Build(entry.second, child, depth + 1);
         }
         return obj;
       }

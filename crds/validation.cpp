@@ -69,7 +69,9 @@ std::string JoinErrors(const std::vector<FieldError>& errors) {
 
 std::string DefaultArtifactName(std::string_view repo) {
   std::string_view base = repo;
-  if (auto s3 = internal::ParseS3ArtifactUri(repo)) {
+  // Outlives `base`, which may point into it.
+  std::optional<internal::S3ArtifactUri> s3 = internal::ParseS3ArtifactUri(repo);
+  if (s3) {
     // An artifact pulled from another store keeps its name there.
     base = s3->name;
   } else {
