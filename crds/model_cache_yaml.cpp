@@ -464,9 +464,15 @@ Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
 namespace {
 
 // Strings that a YAML reader would take for something else (null, bool, number; also YAML 1.1's
-// yes/no/on/off, which older readers such as go-yaml v2 still resolve) are written quoted.
+// yes/no/on/off, timestamps, 1_000 and 1:30 sexagesimals, which readers such as go-yaml v2 still
+// resolve) are written quoted. Anything number-like at its start is quoted: cheap and safe.
 bool NeedsQuotes(const std::string& s) {
   if (!internal::ResolvePlain(s).is_string()) {
+    return true;
+  }
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  if (!s.empty() && (digit(s[0]) || ((s[0] == '+' || s[0] == '-' || s[0] == '.') &&
+                                      s.size() > 1 && digit(s[1])))) {
     return true;
   }
   static constexpr std::string_view kYaml11[] = {"y",   "Y",   "yes", "Yes", "YES", "n",  "N",

@@ -350,13 +350,16 @@ TEST(YamlTest, ToYamlRoundTripsAndKeepsTheResourceOrder) {
   EXPECT_THAT(text, HasSubstr("status: \"True\""));
   EXPECT_THAT(text, HasSubstr("tier: \"1\""));
   EXPECT_THAT(text, HasSubstr("note: \"true\""));
+  EXPECT_THAT(text, HasSubstr("creationTimestamp: \"2026-01-02T03:04:05Z\""));
+  EXPECT_THAT(text, HasSubstr("resourceVersion: \"12345\""));
 }
 
 TEST(YamlTest, ToYamlQuotesAmbiguousStrings) {
   ModelCache mc;
   mc.metadata.name = "m";
   mc.spec.source.repo = "gpt2";
-  for (const char* s : {"1.0", "yes", "null", "~", "", "0x10", "on", "1e3", "- x", "a: b", "#c"}) {
+  for (const char* s : {"1.0", "yes", "null", "~", "", "0x10", "on", "1e3", "- x", "a: b", "#c",
+                        "2026-01-02T03:04:05Z", "1:30", "1_000", "-.5", "'q'", "\"dq\""}) {
     mc.metadata.annotations["k"] = s;
     auto docs = Parse(ToYaml(mc));
     ASSERT_EQ(docs.size(), 1u);
