@@ -195,7 +195,7 @@ std::string ToYaml(const ModelCache& mc);
 
 // One YAML document of a (possibly multi-document) file.
 struct Document {
-  int line = 0;                           // 1-based line where the document starts
+  int line = 0;                           // 1-based line of the document's first node
   std::string api_version;
   std::string kind;
   // Set when kind/apiVersion are ModelCache's and the document converted; the object is neither
