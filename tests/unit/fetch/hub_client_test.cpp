@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include "tests/unit/fetch/hub_env.h"
 
@@ -218,6 +221,98 @@ TEST_F(HubClientTest, StopRequestedIsCancelled) {
   auto r = HubClient(Options()).ResolveRevision("model", "org/model", "main", stop.get_token());
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().reason, Reason::Cancelled) << r.error().ToString();
+}
+
+// A plain server for what the FakeHub does not do: a renamed repo (307 with a relative Location)
+// and tree pages linked with relative URLs.
+class HubApiServerTest : public ::testing::Test {
+ protected:
+  static constexpr const char* kCommit = "0123456789abcdef0123456789abcdef01234567";
+
+  void SetUp() override {
+    server_.Get(R"(/api/models/old/name/(revision|tree)/(.*))",
+                [](const httplib::Request& req, httplib::Response& res) {
+                  res.status = 307;
+                  std::string target = req.target;
+                  res.set_header("Location", "/api/models/new/name" + target.substr(std::string("/api/models/old/name").size()));
+                });
+    server_.Get(R"(/api/models/new/name/revision/main)",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  Record(req);
+                  res.set_content(std::string(R"({"id":"new/name","sha":")") + kCommit + "\"}",
+                                  "application/json");
+                });
+    server_.Get(R"(/api/models/new/name/tree/([0-9a-f]+))",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  Record(req);
+                  std::string page = req.has_param("cursor") ? req.get_param_value("cursor") : "";
+                  if (page.empty()) {
+                    res.set_header("Link", std::string("</api/models/new/name/tree/") + kCommit +
+                                               "?recursive=true&expand=false&cursor=2>; "
+                                               "rel=\"next\"");
+                    res.set_content(
+                        R"([{"type":"directory","oid":"aa","size":0,"path":"d"},)"
+                        R"({"type":"file","oid":"bb","size":3,"path":"d/a.txt"}])",
+                        "application/json");
+                  } else {
+                    res.set_content(
+                        R"([{"type":"file","oid":"cc","size":9,"path":"w.bin",)"
+                        R"("lfs":{"oid":"dd","size":9,"pointerSize":130}}])",
+                        "application/json");
+                  }
+                });
+    server_.set_keep_alive_timeout(1);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    while (!server_.is_running()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  void TearDown() override {
+    CloseKeepAlive(Options().endpoint + "/bye");
+    server_.stop();
+    thread_.join();
+  }
+  void Record(const httplib::Request& req) {
+    std::lock_guard lock(mu_);
+    auth_.push_back(req.get_header_value("Authorization"));
+  }
+  HubOptions Options() const {
+    HubOptions o;
+    o.endpoint = "http://127.0.0.1:" + std::to_string(port_);
+    o.token = "hf_secret";
+    o.max_attempts = 2;
+    o.backoff_base = std::chrono::milliseconds(10);
+    return o;
+  }
+
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::string> auth_;
+};
+
+TEST_F(HubApiServerTest, RenamedRepoRedirectIsFollowedWithTheToken) {
+  auto r = HubClient(Options()).ResolveRevision("model", "old/name", "main");
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(*r, kCommit);
+  std::lock_guard lock(mu_);
+  EXPECT_EQ(auth_, std::vector<std::string>{"Bearer hf_secret"});
+}
+
+TEST_F(HubApiServerTest, FollowsRelativeNextLinksAndSkipsDirectories) {
+  auto files = HubClient(Options()).ListFiles("model", "old/name", kCommit);
+  ASSERT_TRUE(files) << files.error().ToString();
+  ASSERT_EQ(files->size(), 2u);
+  EXPECT_EQ((*files)[0].path, "d/a.txt");
+  EXPECT_EQ((*files)[0].blob_id, "bb");
+  EXPECT_FALSE((*files)[0].lfs_sha256.has_value());
+  EXPECT_EQ((*files)[1].path, "w.bin");
+  EXPECT_EQ((*files)[1].size, 9u);
+  EXPECT_EQ((*files)[1].etag(), "dd");
+  std::lock_guard lock(mu_);
+  EXPECT_EQ(auth_.size(), 2u);
 }
 
 }  // namespace

@@ -47,6 +47,15 @@ inline std::string ReadTestFile(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// This thread's curl handle keeps its connection to a test server alive, and stopping the server
+// waits for it (about a second); a last "Connection: close" request to `url` lets it go at once.
+inline void CloseKeepAlive(const std::string& url) {
+  HttpRequest bye;
+  bye.url = url;
+  bye.headers.emplace_back("Connection", "close");
+  (void)HttpClient::Send(bye);
+}
+
 // One hub per test suite: stopping a hub waits for its keep-alive connections (about a second),
 // which per test would make the binary slow. Each test starts with no faults, fresh counters, the
 // default page size and a scratch directory of its own.
@@ -85,12 +94,7 @@ class HubTest : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
-    // This thread's curl handle keeps its connection to the hub alive, and the hub's Stop()
-    // waits for it; a last "Connection: close" request lets it go at once.
-    HttpRequest bye;
-    bye.url = hub_->url() + "/api/whoami-v2";
-    bye.headers.emplace_back("Connection", "close");
-    (void)HttpClient::Send(bye);
+    CloseKeepAlive(hub_->url() + "/api/whoami-v2");
     delete hub_;
     hub_ = nullptr;
     std::error_code ec;
