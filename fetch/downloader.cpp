@@ -295,11 +295,11 @@ VoidResult FileFetch::WriteChunk(std::string_view data) {
     if (n < 0) {
       int err = errno;
       if (err == ENOSPC || err == EDQUOT) {
-        return Error(Reason::InsufficientStorage,
-                     fmt::format("no space left writing {} ({}): {} of {} bytes of {} are kept "
-                                 "for resume",
-                                 task_.incomplete_path, ErrnoMessage(err), offset_, task_.size,
-                                 task_.path));
+        return Error(
+            Reason::InsufficientStorage,
+            fmt::format("no space left writing {} ({}): {} of {} bytes of {} are kept "
+                        "for resume",
+                        task_.incomplete_path, ErrnoMessage(err), offset_, task_.size, task_.path));
       }
       return Error(Reason::StorageError,
                    "cannot write " + task_.incomplete_path + ": " + ErrnoMessage(err));
@@ -396,8 +396,7 @@ Attempt FileFetch::TryOnce() {
       std::string why = overflow ? fmt::format("sent more than the expected {} bytes", task_.size)
                                  : "answered with a Content-Range that does not start at the "
                                    "requested byte";
-      return {Attempt::Retry, Error(Reason::NetworkError, fmt::format("{} {}", what, why)),
-              false};
+      return {Attempt::Retry, Error(Reason::NetworkError, fmt::format("{} {}", what, why)), false};
     }
     if (!answer) {
       // A dropped connection: the next attempt resumes from the last byte written.
@@ -440,9 +439,8 @@ Attempt FileFetch::TryOnce() {
     if (internal::Origin(url) != hub_origin) {
       // A CDN refusing a signed URL (expired signature): the next attempt asks the Hub again.
       return {Attempt::Retry,
-              Error(Reason::NetworkError,
-                    fmt::format("{} answered HTTP {} for {}", internal::Origin(url), status,
-                                task_.path)),
+              Error(Reason::NetworkError, fmt::format("{} answered HTTP {} for {}",
+                                                      internal::Origin(url), status, task_.path)),
               progressed};
     }
     return {Attempt::Fail, mapped, progressed};
@@ -460,16 +458,16 @@ Result<std::string> FileFetch::Verify() {
     sha1 = sha1_->FinalHex();
   }
   if (task_.expected_sha256 && *task_.expected_sha256 != sha256) {
-    return Error(Reason::ChecksumMismatch,
-                 fmt::format("{}: expected sha256 {}, got {} ({} bytes from {})", task_.path,
-                             *task_.expected_sha256, sha256, offset_,
-                             internal::WithoutQuery(task_.url)));
+    return Error(
+        Reason::ChecksumMismatch,
+        fmt::format("{}: expected sha256 {}, got {} ({} bytes from {})", task_.path,
+                    *task_.expected_sha256, sha256, offset_, internal::WithoutQuery(task_.url)));
   }
   if (task_.expected_git_sha1 && sha1 && *task_.expected_git_sha1 != *sha1) {
-    return Error(Reason::ChecksumMismatch,
-                 fmt::format("{}: expected git blob sha1 {}, got {} ({} bytes from {})",
-                             task_.path, *task_.expected_git_sha1, *sha1, offset_,
-                             internal::WithoutQuery(task_.url)));
+    return Error(
+        Reason::ChecksumMismatch,
+        fmt::format("{}: expected git blob sha1 {}, got {} ({} bytes from {})", task_.path,
+                    *task_.expected_git_sha1, *sha1, offset_, internal::WithoutQuery(task_.url)));
   }
   return sha256;
 }
@@ -576,10 +574,8 @@ void MeasureRate(std::stop_token stop, const std::atomic<uint64_t>& downloaded,
     }
     auto span = std::chrono::duration<double>(now - samples.front().first).count();
     if (span > 0) {
-      progress.bytes_per_second.store(
-          static_cast<uint64_t>(static_cast<double>(samples.back().second -
-                                                    samples.front().second) /
-                                span));
+      progress.bytes_per_second.store(static_cast<uint64_t>(
+          static_cast<double>(samples.back().second - samples.front().second) / span));
     }
   }
 }

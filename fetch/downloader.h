@@ -25,8 +25,8 @@ namespace modelcache::fetch {
 
 // One file to fetch into the local store.
 struct FileTask {
-  std::string path;  // path in repo, for messages
-  std::string url;   // the /resolve URL (the auth header is sent to the hub host only)
+  std::string path;   // path in repo, for messages
+  std::string url;    // the /resolve URL (the auth header is sent to the hub host only)
   uint64_t size = 0;  // the expected size (the tree's "size"); verified
   std::optional<std::string> expected_sha256;    // LFS files
   std::optional<std::string> expected_git_sha1;  // regular files
@@ -73,8 +73,7 @@ class Transfer {
   //   Cancelled            `stop` was requested (partial data stays in incomplete_path).
   // Thread-safe; progress may be read concurrently.
   virtual Result<std::vector<FileResult>> Run(const std::vector<FileTask>& tasks,
-                                              TransferProgress& progress,
-                                              std::stop_token stop) = 0;
+                                              TransferProgress& progress, std::stop_token stop) = 0;
 };
 
 // A straightforward implementation: files in parallel on a small thread pool (`parallel_files`,

@@ -112,9 +112,8 @@ Error HubClient::MapError(const HttpResponse& response, const std::string& what,
                              repo_words, page, status_words, what));
   }
   if (msg == "Access to this resource is disabled.") {
-    return Error(Reason::RepoNotFound,
-                 fmt::format("{} is disabled at {} ({}: {})", repo_words, endpoint, status_words,
-                             what));
+    return Error(Reason::RepoNotFound, fmt::format("{} is disabled at {} ({}: {})", repo_words,
+                                                   endpoint, status_words, what));
   }
   if (status == 401 && msg == "Invalid credentials in Authorization header") {
     return Error(Reason::Unauthorized,
@@ -220,16 +219,15 @@ Result<HttpResponse> HubClient::GetJson(const std::string& start_url, const std:
 }
 
 Result<std::string> HubClient::ResolveRevision(const std::string& type, const std::string& repo,
-                                               const std::string& revision,
-                                               std::stop_token stop) {
+                                               const std::string& revision, std::stop_token stop) {
   auto collection = ApiCollection(type);
   if (!collection) {
     return Error(Reason::InvalidSpec,
                  "repository type '" + type + "' is not one of model, dataset, space");
   }
   std::string rev = revision.empty() ? "main" : revision;
-  std::string url = fmt::format("{}/api/{}/{}/revision/{}", options_.endpoint, *collection, repo,
-                                UrlEncode(rev));
+  std::string url =
+      fmt::format("{}/api/{}/{}/revision/{}", options_.endpoint, *collection, repo, UrlEncode(rev));
   std::string what = "revision '" + rev + "'";
   auto answer = GetJson(url, what, type, repo, stop);
   if (!answer) {
@@ -246,12 +244,10 @@ Result<std::string> HubClient::ResolveRevision(const std::string& type, const st
   } catch (const nlohmann::json::exception&) {
     // Reported below like any other malformed answer.
   }
-  return Error(Reason::NetworkError,
-               "the answer of " + url + " has no 40-hex \"sha\" commit");
+  return Error(Reason::NetworkError, "the answer of " + url + " has no 40-hex \"sha\" commit");
 }
 
-Result<std::vector<RepoFile>> HubClient::ListFiles(const std::string& type,
-                                                   const std::string& repo,
+Result<std::vector<RepoFile>> HubClient::ListFiles(const std::string& type, const std::string& repo,
                                                    const std::string& commit,
                                                    std::stop_token stop) {
   auto collection = ApiCollection(type);
@@ -292,8 +288,8 @@ Result<std::vector<RepoFile>> HubClient::ListFiles(const std::string& type,
         files.push_back(std::move(file));
       }
     } catch (const nlohmann::json::exception& e) {
-      return Error(Reason::NetworkError, "malformed tree listing " +
-                                             internal::WithoutQuery(url) + ": " + e.what());
+      return Error(Reason::NetworkError,
+                   "malformed tree listing " + internal::WithoutQuery(url) + ": " + e.what());
     }
     const std::string* link = answer->Header("link");
     std::string next = link ? LinkNext(*link) : "";

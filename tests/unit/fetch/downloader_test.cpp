@@ -145,9 +145,9 @@ TEST_F(DownloaderTest, GatedRepoWithoutAccessIsUnauthorized) {
   auto anonymous = Run({task});
   ASSERT_FALSE(anonymous);
   EXPECT_EQ(anonymous.error().reason, Reason::Unauthorized) << anonymous.error().ToString();
-  EXPECT_NE(anonymous.error().message.find("is gated: request access at " + hub_->url() +
-                                           "/org/gated"),
-            std::string::npos)
+  EXPECT_NE(
+      anonymous.error().message.find("is gated: request access at " + hub_->url() + "/org/gated"),
+      std::string::npos)
       << anonymous.error().message;
 
   auto not_granted = Run({task}, kOtherToken);
@@ -162,9 +162,8 @@ TEST_F(DownloaderTest, GatedRepoWithoutAccessIsUnauthorized) {
 TEST_F(DownloaderTest, MissingEntryIsPermanent) {
   FileTask task = Task("config.json");
   task.path = "nope.json";
-  task.url = HubClient(Options()).ResolveUrl("model", "org/model",
-                                             hub_->CommitOf("model", "org/model", "main"),
-                                             "nope.json");
+  task.url = HubClient(Options()).ResolveUrl(
+      "model", "org/model", hub_->CommitOf("model", "org/model", "main"), "nope.json");
   hub_->ResetCounters();
   auto results = Run({task});
   ASSERT_FALSE(results);
@@ -332,8 +331,8 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
     result.emplace(NewSimpleTransfer(Options())->Run({task}, progress, stop.get_token()));
   });
   // Wait (not measure) until some bytes are on disk.
-  for (int i = 0; i < 2000 && (progress.bytes_done.load() < 60'000 ||
-                               progress.bytes_per_second.load() == 0);
+  for (int i = 0;
+       i < 2000 && (progress.bytes_done.load() < 60'000 || progress.bytes_per_second.load() == 0);
        ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

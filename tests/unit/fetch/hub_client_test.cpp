@@ -159,7 +159,8 @@ TEST_F(HubClientTest, ListsEveryFileAcrossPagesSkippingDirectories) {
 
 TEST_F(HubClientTest, ListsDatasetFiles) {
   HubClient client(Options());
-  auto files = client.ListFiles("dataset", "org/data", hub_->CommitOf("dataset", "org/data", "main"));
+  auto files =
+      client.ListFiles("dataset", "org/data", hub_->CommitOf("dataset", "org/data", "main"));
   ASSERT_TRUE(files) << files.error().ToString();
   EXPECT_EQ(files->size(), 4u);
 }
@@ -230,12 +231,13 @@ class HubApiServerTest : public ::testing::Test {
   static constexpr const char* kCommit = "0123456789abcdef0123456789abcdef01234567";
 
   void SetUp() override {
-    server_.Get(R"(/api/models/old/name/(revision|tree)/(.*))",
-                [](const httplib::Request& req, httplib::Response& res) {
-                  res.status = 307;
-                  std::string target = req.target;
-                  res.set_header("Location", "/api/models/new/name" + target.substr(std::string("/api/models/old/name").size()));
-                });
+    server_.Get(R"(/api/models/old/name/(revision|tree)/(.*))", [](const httplib::Request& req,
+                                                                   httplib::Response& res) {
+      res.status = 307;
+      std::string target = req.target;
+      res.set_header("Location", "/api/models/new/name" +
+                                     target.substr(std::string("/api/models/old/name").size()));
+    });
     server_.Get(R"(/api/models/new/name/revision/main)",
                 [this](const httplib::Request& req, httplib::Response& res) {
                   Record(req);
@@ -250,15 +252,13 @@ class HubApiServerTest : public ::testing::Test {
                     res.set_header("Link", std::string("</api/models/new/name/tree/") + kCommit +
                                                "?recursive=true&expand=false&cursor=2>; "
                                                "rel=\"next\"");
-                    res.set_content(
-                        R"([{"type":"directory","oid":"aa","size":0,"path":"d"},)"
-                        R"({"type":"file","oid":"bb","size":3,"path":"d/a.txt"}])",
-                        "application/json");
+                    res.set_content(R"([{"type":"directory","oid":"aa","size":0,"path":"d"},)"
+                                    R"({"type":"file","oid":"bb","size":3,"path":"d/a.txt"}])",
+                                    "application/json");
                   } else {
-                    res.set_content(
-                        R"([{"type":"file","oid":"cc","size":9,"path":"w.bin",)"
-                        R"("lfs":{"oid":"dd","size":9,"pointerSize":130}}])",
-                        "application/json");
+                    res.set_content(R"([{"type":"file","oid":"cc","size":9,"path":"w.bin",)"
+                                    R"("lfs":{"oid":"dd","size":9,"pointerSize":130}}])",
+                                    "application/json");
                   }
                 });
     server_.set_keep_alive_timeout(1);

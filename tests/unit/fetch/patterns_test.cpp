@@ -31,8 +31,7 @@ INSTANTIATE_TEST_SUITE_P(
     Table, MatchesPatternsTest,
     ::testing::Values(
         // No patterns: everything.
-        PatternCase{"config.json", {}, {}, true},
-        PatternCase{"a/b/c.bin", {}, {}, true},
+        PatternCase{"config.json", {}, {}, true}, PatternCase{"a/b/c.bin", {}, {}, true},
         // "*" crosses "/" (fnmatch, unlike a shell).
         PatternCase{"config.json", {"*.json"}, {}, true},
         PatternCase{"sub/dir/config.json", {"*.json"}, {}, true},
@@ -55,18 +54,15 @@ INSTANTIATE_TEST_SUITE_P(
         PatternCase{"originalx.pth", {"original/"}, {}, false},
         PatternCase{"original", {"original/"}, {}, false},
         // "?" is exactly one character.
-        PatternCase{"a1.bin", {"a?.bin"}, {}, true},
-        PatternCase{"a12.bin", {"a?.bin"}, {}, false},
+        PatternCase{"a1.bin", {"a?.bin"}, {}, true}, PatternCase{"a12.bin", {"a?.bin"}, {}, false},
         PatternCase{"a/.bin", {"a?.bin"}, {}, true},
         // Bracket classes, negation, ranges, literal brackets.
         PatternCase{"model-00001-of-00002.safetensors", {"model-0000[0-9]-*"}, {}, true},
         PatternCase{"model-0000a-of-00002.safetensors", {"model-0000[0-9]-*"}, {}, false},
         PatternCase{"model-0000a", {"model-0000[!0-9]"}, {}, true},
         PatternCase{"model-00001", {"model-0000[!0-9]"}, {}, false},
-        PatternCase{"a?b", {"a[?]b"}, {}, true},
-        PatternCase{"axb", {"a[?]b"}, {}, false},
-        PatternCase{"a*b", {"a[*]b"}, {}, true},
-        PatternCase{"axb", {"a[*]b"}, {}, false},
+        PatternCase{"a?b", {"a[?]b"}, {}, true}, PatternCase{"axb", {"a[?]b"}, {}, false},
+        PatternCase{"a*b", {"a[*]b"}, {}, true}, PatternCase{"axb", {"a[*]b"}, {}, false},
         PatternCase{"[abc", {"[abc"}, {}, true},  // no closing bracket: literal
         PatternCase{"]", {"[]]"}, {}, true},      // a leading "]" is in the set
         PatternCase{"-", {"[a-]"}, {}, true},     // a trailing "-" is literal
@@ -75,8 +71,7 @@ INSTANTIATE_TEST_SUITE_P(
         // Several stars backtrack.
         PatternCase{"a/b/c.safetensors", {"*/*.safetensors"}, {}, true},
         PatternCase{"c.safetensors", {"*/*.safetensors"}, {}, false},
-        PatternCase{"aXbXc", {"*b*c"}, {}, true},
-        PatternCase{"aXbXd", {"*b*c"}, {}, false},
+        PatternCase{"aXbXc", {"*b*c"}, {}, true}, PatternCase{"aXbXd", {"*b*c"}, {}, false},
         // Backslashes are path separators in patterns and paths.
         PatternCase{"dir\\a.json", {"dir/*.json"}, {}, true},
         PatternCase{"dir/a.json", {"dir\\*.json"}, {}, true},
@@ -187,8 +182,7 @@ TEST(MapError, GatedDatasetPointsAtTheDatasetPage) {
   Error e = HubClient::MapError(Answer(401, "GatedRepo", ""), "x", "https://hub.example",
                                 "org/data", "dataset");
   EXPECT_EQ(e.reason, Reason::Unauthorized);
-  EXPECT_NE(e.message.find("dataset repository org/data is gated"), std::string::npos)
-      << e.message;
+  EXPECT_NE(e.message.find("dataset repository org/data is gated"), std::string::npos) << e.message;
   EXPECT_NE(e.message.find("https://hub.example/datasets/org/data"), std::string::npos)
       << e.message;
 }
