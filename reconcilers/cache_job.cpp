@@ -1,10 +1,13 @@
 #include "reconcilers/internal/cache_job.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -81,6 +84,7 @@ Result<bool> VerifyBlob(const std::string& path, const fetch::RepoFile& file) {
 // spec selected and not others that the same commit's snapshot holds for another spec.
 Result<std::string> MakeShardSource(const store::LocalStore& store, const store::RepoRef& repo,
                                     const std::vector<fetch::RepoFile>& files) {
+  // UniqueSuffix starts with our pid: CleanupShardSources removes the ones of dead processes.
   std::string dir = store.root() + "/tmp/shard-src-" + UniqueSuffix();
   for (const auto& f : files) {
     fs::path link = fs::path(dir) / f.path;
@@ -112,6 +116,21 @@ std::string_view JobPhaseName(JobPhase phase) {
       return crds::kPhaseReady;
   }
   return crds::kPhasePending;
+}
+
+void CleanupShardSources(const std::string& store_root) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(store_root + "/tmp", ec)) {
+    std::string name = entry.path().filename().string();
+    constexpr std::string_view kPrefix = "shard-src-";
+    if (name.rfind(kPrefix, 0) != 0) {
+      continue;
+    }
+    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + kPrefix.size()));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
 }
 
 bool IsCommitId(const std::string& revision) {
@@ -268,10 +287,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   if (!staging) {
     return staging.error();
   }
-  auto discard_staging = [&] {
-    std::error_code ec;
-    fs::remove_all(*staging, ec);
-  };
+  auto discard_staging = [&] { (void)store.DiscardStaging(*staging); };
   if (spec.shard) {
     state.phase = JobPhase::Sharding;
     auto src = MakeShardSource(store, repo, files);
@@ -323,7 +339,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     discard_staging();
     return Error(Reason::Cancelled, "cancelled");
   }
-  auto published = store.Publish(*staging, std::move(manifest));
+  // Under force the version may exist with damaged files (artifact files are hard links of the
+  // blobs that were just re-fetched), so it is replaced rather than reused.
+  auto published = store.Publish(*staging, std::move(manifest),
+                                 in.verify_existing ? store::PublishMode::ReplaceExisting
+                                                    : store::PublishMode::ReuseExisting);
   if (!published) {
     discard_staging();
     return published.error();

@@ -62,6 +62,9 @@ struct ModelCacheReconciler::Impl {
         return fetch::NewSimpleTransfer(hub, parallel);
       };
     }
+    if (!options.default_store.empty()) {
+      CleanupShardSources(options.default_store);
+    }
   }
 
   ReconcilerOptions options;
