@@ -614,10 +614,12 @@ Result<std::vector<FileResult>> SimpleTransfer::Run(const std::vector<FileTask>&
       total += tasks[i].size;
     }
   }
-  progress.bytes_total.store(total);
-  progress.bytes_done.store(0);
-  progress.files_total.store(static_cast<int64_t>(tasks.size()));
-  progress.files_done.store(0);
+  // A caller that knows the whole job (files already in the store, which it did not hand over)
+  // sets the totals and seeds the done counters itself; otherwise the batch is the job.
+  if (progress.bytes_total.load() == 0 && progress.files_total.load() == 0) {
+    progress.bytes_total.store(total);
+    progress.files_total.store(static_cast<int64_t>(tasks.size()));
+  }
   progress.bytes_per_second.store(0);
   if (auto r = CheckFreeSpace(tasks, unique); !r) {
     return r.error();

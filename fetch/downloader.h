@@ -43,11 +43,15 @@ struct FileResult {
   bool downloaded = false;  // false if final_path already existed
 };
 
-// Shared with the reconciler, which reads it from another thread for status. Run() sets the totals
-// of its batch at the start and updates the rest as bytes arrive.
+// Shared with the reconciler, which reads it from another thread for status. Run() never resets
+// it: it adds to bytes_done and files_done as bytes arrive and files complete (or are found in
+// place). If bytes_total and files_total are both 0 when Run() starts, it sets them to its batch
+// (each blob counted once); otherwise they are the caller's, who may seed them and the done
+// counters with files it did not hand over (already in the store).
 struct TransferProgress {
   // bytes_done counts bytes verified or on disk, including resumed ones; it goes down again when
-  // a partial file is discarded (server ignored Range, checksum mismatch).
+  // a partial file is discarded (server ignored Range, checksum mismatch). A cancelled Run leaves
+  // its partial bytes counted (they stay on disk), so use a fresh TransferProgress per job.
   std::atomic<uint64_t> bytes_total{0}, bytes_done{0};
   std::atomic<int64_t> files_total{0}, files_done{0};
   std::atomic<uint64_t> bytes_per_second{0};  // moving average over the last ~5 s

@@ -435,6 +435,21 @@ TEST_F(DownloaderTest, TasksSharingABlobFetchItOnce) {
   EXPECT_EQ(progress.bytes_done.load(), tokenizer_->size());
 }
 
+TEST_F(DownloaderTest, ProgressSeededByTheCallerIsAddedTo) {
+  FileTask task = Task("config.json");
+  TransferProgress progress;
+  progress.bytes_total = 1000 + config_->size();  // a file already in the store, plus this one
+  progress.bytes_done = 1000;
+  progress.files_total = 2;
+  progress.files_done = 1;
+  auto results = Run({task}, "", &progress);
+  ASSERT_TRUE(results) << results.error().ToString();
+  EXPECT_EQ(progress.bytes_total.load(), 1000 + config_->size());
+  EXPECT_EQ(progress.bytes_done.load(), 1000 + config_->size());
+  EXPECT_EQ(progress.files_total.load(), 2);
+  EXPECT_EQ(progress.files_done.load(), 2);
+}
+
 TEST_F(DownloaderTest, EmptyTaskListSucceeds) {
   TransferProgress progress;
   auto results = Run({}, "", &progress);
