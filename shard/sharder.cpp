@@ -355,6 +355,13 @@ Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& 
   if (options.threads < 1) {
     return Error(Reason::InvalidSpec, "threads must be at least 1");
   }
+  {
+    std::error_code ec;
+    if (fs::exists(options.out_dir, ec) && fs::equivalent(options.src_dir, options.out_dir, ec)) {
+      return Error(Reason::InvalidSpec, "output directory " + options.out_dir +
+                                            " is the checkpoint directory; shard into another one");
+    }
+  }
   auto target = ParseTargetDType(options.dtype);
   if (!target) {
     return target.error();

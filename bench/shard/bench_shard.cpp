@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
   app.add_flag("--keep", keep, "keep the generated checkpoint");
   CLI11_PARSE(app, argc, argv);
 
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines show up as they happen
   const std::string src = dir + "/src";
   fs::create_directories(dir);
   if (!fs::exists(src + "/config.json")) {
@@ -107,12 +109,13 @@ int main(int argc, char** argv) {
   }
   const uint64_t src_bytes = DirBytes(src, ".safetensors");
 
-  std::vector<Run> runs;
-  {
+  // cp runs first and again last, so that neither side benefits from running on a warmer or
+  // cooler page cache; ratios are against the faster cp.
+  auto run_cp = [&](const std::string& name) {
     const std::string out = dir + "/cp";
     fs::remove_all(out);
     fs::create_directories(out);
-    Run run = Measure("cp", [&] {
+    Run run = Measure(name, [&] {
       std::vector<std::string> args = {"cp"};
       for (const auto& e : fs::directory_iterator(src)) {
         if (e.path().extension() == ".safetensors") args.push_back(e.path().string());
@@ -125,9 +128,11 @@ int main(int argc, char** argv) {
       return 127;
     });
     run.bytes = DirBytes(out, ".safetensors");
-    runs.push_back(run);
     fs::remove_all(out);
-  }
+    return run;
+  };
+  std::vector<Run> runs;
+  runs.push_back(run_cp("cp"));
   std::stringstream ss(tps);
   for (std::string item; std::getline(ss, item, ',');) {
     int64_t tp = std::stoll(item);
@@ -153,7 +158,8 @@ int main(int argc, char** argv) {
     fs::remove_all(out);
   }
 
-  const double cp_seconds = runs.front().seconds;
+  runs.push_back(run_cp("cp (again)"));
+  const double cp_seconds = std::min(runs.front().seconds, runs.back().seconds);
   std::printf("\ncheckpoint: %s %s, %.2f GB of safetensors, %d sharder threads, %ld cores\n",
               arch.c_str(), size.c_str(), static_cast<double>(src_bytes) / 1e9, threads,
               ::sysconf(_SC_NPROCESSORS_ONLN));

@@ -395,6 +395,9 @@ TEST_F(SharderTest, RejectsWhatTheEnginesWouldReject) {
   auto engine = Shard("src", "out", 2, "tgi");
   ASSERT_FALSE(engine);
   EXPECT_EQ(engine.error().reason, Reason::InvalidSpec);
+  auto in_place = Shard("src", "src", 2);
+  ASSERT_FALSE(in_place);
+  EXPECT_EQ(in_place.error().reason, Reason::InvalidSpec);
   auto dtype = Shard("src", "out", 2, "vllm", "fp8");
   ASSERT_FALSE(dtype);
   EXPECT_EQ(dtype.error().reason, Reason::InvalidSpec);
