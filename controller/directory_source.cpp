@@ -181,7 +181,8 @@ void DirectorySource::WatchParent() {
   // Replacing the watched directory itself (git-sync renames a new symlink over it) changes
   // nothing inside the old target, so only the parent sees it happen.
   size_t slash = dir_.rfind('/');
-  std::string parent = slash == std::string::npos ? "." : (slash == 0 ? "/" : dir_.substr(0, slash));
+  std::string parent =
+      slash == std::string::npos ? "." : (slash == 0 ? "/" : dir_.substr(0, slash));
   int wd = ::inotify_add_watch(inotify_fd_, parent.c_str(), kWatchMask);
   if (wd < 0) {
     spdlog::warn("cannot watch {} for replacements of {}: {}", parent, dir_, ErrnoMessage(errno));
@@ -196,13 +197,16 @@ void DirectorySource::Run() {
   if (resync_period_.count() > 0) {
     next_resync = Steady::now() + resync_period_;
   }
-  std::optional<Steady::time_point> first_event;
-  Steady::time_point last_event;
+  // A plain time point and a flag rather than std::optional: GCC 12 at -O2 reports a false
+  // maybe-uninitialized read of an optional time_point here.
+  bool pending = false;
+  Steady::time_point first_event{};
+  Steady::time_point last_event{};
   while (true) {
     std::optional<Steady::time_point> deadline = next_resync;
-    if (first_event) {
+    if (pending) {
       // Debounce: wait for a quiet period, but not forever under a steady stream of events.
-      auto due = std::min(last_event + kDebounce, *first_event + kMaxDebounce);
+      auto due = std::min(last_event + kDebounce, first_event + kMaxDebounce);
       deadline = deadline ? std::min(*deadline, due) : due;
     }
     int timeout_ms = -1;
@@ -225,7 +229,8 @@ void DirectorySource::Run() {
     }
     auto now = Steady::now();
     if ((fds[0].revents & POLLIN) != 0 && DrainEvents()) {
-      if (!first_event) {
+      if (!pending) {
+        pending = true;
         first_event = now;
       }
       last_event = now;
@@ -233,12 +238,12 @@ void DirectorySource::Run() {
     if (next_resync && now >= *next_resync) {
       spdlog::debug("resyncing {}", dir_);
       Scan(/*reread_all=*/true, /*enqueue_all=*/true);
-      first_event.reset();
+      pending = false;
       next_resync = Steady::now() + resync_period_;
       continue;
     }
-    if (first_event && now >= std::min(last_event + kDebounce, *first_event + kMaxDebounce)) {
-      first_event.reset();
+    if (pending && now >= std::min(last_event + kDebounce, first_event + kMaxDebounce)) {
+      pending = false;
       Scan(/*reread_all=*/false, /*enqueue_all=*/false);
     }
   }
@@ -276,6 +281,9 @@ bool DirectorySource::DrainEvents() {
         if (!in_tree) {
           continue;
         }
+      }
+      if ((ev->mask & IN_IGNORED) != 0 && !in_tree) {
+        continue;  // the echo of a watch that Scan() removed itself
       }
       relevant = true;
       auto it = watches_.find(ev->wd);
@@ -331,8 +339,8 @@ void DirectorySource::WalkDir(const std::string& abs, const std::string& rel,
       }
     } else if (S_ISREG(st.st_mode) && IsYamlName(name)) {
       if (seen.insert({st.st_dev, st.st_ino}).second) {
-        walk.files.emplace(child_rel, FileId{st.st_dev, st.st_ino, st.st_size,
-                                             Nanos(st.st_mtim), Nanos(st.st_ctim)});
+        walk.files.emplace(child_rel, FileId{st.st_dev, st.st_ino, st.st_size, Nanos(st.st_mtim),
+                                             Nanos(st.st_ctim)});
       }
     }
   }
@@ -451,16 +459,15 @@ void DirectorySource::FillMetadata(crds::ModelCache& object) {
     if (previous_ != nullptr) {
       auto read = previous_->Read(key);
       if (!read) {
-        spdlog::warn("{}: previous status unreadable, starting at generation 1: {}",
-                     key.ToString(), read.error().message);
+        spdlog::warn("{}: previous status unreadable, starting at generation 1: {}", key.ToString(),
+                     read.error().message);
       } else {
         prev = std::move(*read);
       }
     }
     if (prev && prev->metadata.generation > 0) {
       auto annotation = prev->metadata.annotations.find(std::string(kSpecHashAnnotation));
-      bool same_spec =
-          annotation != prev->metadata.annotations.end() && annotation->second == hash;
+      bool same_spec = annotation != prev->metadata.annotations.end() && annotation->second == hash;
       record.generation = prev->metadata.generation + (same_spec ? 0 : 1);
     } else {
       record.generation = 1;
@@ -527,9 +534,10 @@ void DirectorySource::Scan(bool reread_all, bool enqueue_all) {
   Walk walk;
   if (!WalkTree(walk)) {
     if (!root_missing_logged_) {
-      spdlog::error("watch directory {} is missing or unreadable; keeping the {} resources "
-                    "loaded from it until it returns",
-                    dir_, cache_->Size());
+      spdlog::error(
+          "watch directory {} is missing or unreadable; keeping the {} resources "
+          "loaded from it until it returns",
+          dir_, cache_->Size());
       root_missing_logged_ = true;
     }
     ++scans_;
