@@ -19,8 +19,7 @@ bool SetCondition(std::vector<Condition>& conditions, Condition c, const std::st
     bool changed = false;
     if (existing.status != c.status) {
       existing.status = c.status;
-      existing.last_transition_time = c.last_transition_time.empty() ? now
-                                                                     : c.last_transition_time;
+      existing.last_transition_time = c.last_transition_time.empty() ? now : c.last_transition_time;
       changed = true;
     }
     if (existing.reason != c.reason) {

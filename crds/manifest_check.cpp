@@ -116,8 +116,9 @@ std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
     problems.push_back({path, d.line, e.field, e.ErrorBody()});
   }
 
-  std::stable_sort(problems.begin(), problems.end(),
-                   [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
+  std::stable_sort(
+      problems.begin(), problems.end(),
+      [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
   return problems;
 }
 

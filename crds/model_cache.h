@@ -46,8 +46,8 @@ inline constexpr std::string_view kPhaseUploading = "Uploading";
 inline constexpr std::string_view kPhaseReady = "Ready";
 inline constexpr std::string_view kPhaseFailed = "Failed";
 inline constexpr std::array<std::string_view, 7> kPhases = {
-    kPhasePending, kPhaseResolving, kPhaseDownloading, kPhaseSharding,
-    kPhaseUploading, kPhaseReady, kPhaseFailed};
+    kPhasePending,   kPhaseResolving, kPhaseDownloading, kPhaseSharding,
+    kPhaseUploading, kPhaseReady,     kPhaseFailed};
 
 struct ObjectKey {
   std::string namespace_;
@@ -65,37 +65,37 @@ struct SecretKeyRef {
 };
 
 struct SourceSpec {
-  std::string repo;                       // required: "org/name" or "name"
-  std::string type;                       // "model" | "dataset"; default "model"
-  std::string revision;                   // branch, tag or 40-hex commit; default "main"
-  std::vector<std::string> include;       // fnmatch allow patterns; empty: all files
-  std::vector<std::string> exclude;       // fnmatch ignore patterns
-  std::string endpoint;                   // optional mirror URL
+  std::string repo;                  // required: "org/name" or "name"
+  std::string type;                  // "model" | "dataset"; default "model"
+  std::string revision;              // branch, tag or 40-hex commit; default "main"
+  std::vector<std::string> include;  // fnmatch allow patterns; empty: all files
+  std::vector<std::string> exclude;  // fnmatch ignore patterns
+  std::string endpoint;              // optional mirror URL
   std::optional<SecretKeyRef> token_secret_ref;
   bool operator==(const SourceSpec&) const = default;
 };
 
 struct ShardSpec {
-  std::string engine;                     // "vllm" | "sglang"; default "vllm"
-  int64_t tensor_parallel_size = 0;       // default: accelerator count (or 1)
-  std::string dtype;                      // auto | float16 | bfloat16 | float32; default "auto"
-  std::string max_file_size;              // byte size, e.g. "5GiB"; default "5GiB"
+  std::string engine;                // "vllm" | "sglang"; default "vllm"
+  int64_t tensor_parallel_size = 0;  // default: accelerator count (or 1)
+  std::string dtype;                 // auto | float16 | bfloat16 | float32; default "auto"
+  std::string max_file_size;         // byte size, e.g. "5GiB"; default "5GiB"
   bool operator==(const ShardSpec&) const = default;
 };
 
 struct StorageSpec {
-  std::string uri;                        // file:///path, /path or s3://bucket/prefix; default: --store
+  std::string uri;  // file:///path, /path or s3://bucket/prefix; default: --store
   bool operator==(const StorageSpec&) const = default;
 };
 
 struct ModelCacheSpec {
   SourceSpec source;
-  std::string artifact_name;              // DNS-1123 label; default from the repo name
-  std::string accelerator;                // "<type>:<count>", optional
-  std::optional<ShardSpec> shard;         // absent: cache the repo as-is
+  std::string artifact_name;       // DNS-1123 label; default from the repo name
+  std::string accelerator;         // "<type>:<count>", optional
+  std::optional<ShardSpec> shard;  // absent: cache the repo as-is
   StorageSpec storage;
-  std::string refresh_interval;           // duration; "" or "0" = never
-  int64_t force = 0;                      // increment to re-fetch and re-verify
+  std::string refresh_interval;  // duration; "" or "0" = never
+  int64_t force = 0;             // increment to re-fetch and re-verify
   bool operator==(const ModelCacheSpec&) const = default;
 };
 
@@ -105,7 +105,7 @@ struct ObjectMeta {
   std::string uid;
   std::string resource_version;
   int64_t generation = 0;
-  std::string creation_timestamp;         // RFC 3339
+  std::string creation_timestamp;  // RFC 3339
   std::optional<std::string> deletion_timestamp;
   std::map<std::string, std::string> labels;
   std::map<std::string, std::string> annotations;
@@ -115,11 +115,11 @@ struct ObjectMeta {
 
 // metav1.Condition.
 struct Condition {
-  std::string type;                       // "Ready"
-  std::string status;                     // "True" | "False" | "Unknown"
-  std::string reason;                     // CamelCase, never empty
+  std::string type;    // "Ready"
+  std::string status;  // "True" | "False" | "Unknown"
+  std::string reason;  // CamelCase, never empty
   std::string message;
-  std::string last_transition_time;       // RFC 3339
+  std::string last_transition_time;  // RFC 3339
   int64_t observed_generation = 0;
   bool operator==(const Condition&) const = default;
 };
@@ -127,9 +127,9 @@ struct Condition {
 struct ArtifactStatus {
   std::string name;
   std::string version;
-  std::string id;                         // "<name>@sha256:<digest>"
-  std::string uri;                        // file:///… or s3://…
-  std::string path;                       // local directory, when the store is local
+  std::string id;    // "<name>@sha256:<digest>"
+  std::string uri;   // file:///… or s3://…
+  std::string path;  // local directory, when the store is local
   uint64_t size_bytes = 0;
   int64_t files = 0;
   bool operator==(const ArtifactStatus&) const = default;
@@ -171,8 +171,8 @@ struct ModelCache {
 struct FieldError {
   enum class Type { Invalid, Required, Unsupported, Duplicate, Forbidden };
   Type type = Type::Invalid;
-  std::string field;                      // "spec.shard.dtype"
-  std::string value;                      // the offending value as written, already quoted if a string
+  std::string field;  // "spec.shard.dtype"
+  std::string value;  // the offending value as written, already quoted if a string
   std::string detail;
   // "<field>: <body>".
   std::string ToString() const;
@@ -195,7 +195,7 @@ std::string ToYaml(const ModelCache& mc);
 
 // One YAML document of a (possibly multi-document) file.
 struct Document {
-  int line = 0;                           // 1-based line of the document's first node
+  int line = 0;  // 1-based line of the document's first node
   std::string api_version;
   std::string kind;
   // Set when kind/apiVersion are ModelCache's and the document converted; the object is neither
@@ -220,7 +220,8 @@ struct Document {
 // Parses every document of a YAML file. Documents of other kinds are returned with only
 // api_version/kind set (callers ignore them). A YAML syntax error is InvalidSpec with
 // "<filename>:<line>:<column>: <problem>" and affects the whole file.
-Result<std::vector<Document>> ParseYamlDocuments(std::string_view text, const std::string& filename);
+Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
+                                                 const std::string& filename);
 
 // --- defaulting and validation ----------------------------------------------------------------
 

@@ -64,9 +64,8 @@ class Converter {
       : source_(source), errors_(errors), unknown_(unknown), field_pointers_(field_pointers) {}
 
   void Invalid(const Loc& loc, const json& value, std::string detail) {
-    errors_->push_back(
-        {loc.pointer, FieldError{FieldError::Type::Invalid, loc.path, DescribeValue(value),
-                                 std::move(detail)}});
+    errors_->push_back({loc.pointer, FieldError{FieldError::Type::Invalid, loc.path,
+                                                DescribeValue(value), std::move(detail)}});
   }
 
   // The value of `key` in `obj`, or nullptr when absent or null (null means absent, as in
@@ -94,7 +93,8 @@ class Converter {
     return false;
   }
 
-  void ReportUnknown(const json& obj, const Loc& loc, std::initializer_list<std::string_view> known) {
+  void ReportUnknown(const json& obj, const Loc& loc,
+                     std::initializer_list<std::string_view> known) {
     if (unknown_ == nullptr) {
       return;
     }
@@ -251,11 +251,11 @@ class Converter {
     StringMap(v, "annotations", loc, &m->annotations);
     StringList(v, "finalizers", loc, &m->finalizers);
     // The rest of Kubernetes' ObjectMeta is legitimate but unused here.
-    ReportUnknown(v, loc,
-                  {"name", "generateName", "namespace", "selfLink", "uid", "resourceVersion",
-                   "generation", "creationTimestamp", "deletionTimestamp",
-                   "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences",
-                   "finalizers", "managedFields"});
+    ReportUnknown(
+        v, loc,
+        {"name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+         "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+         "annotations", "ownerReferences", "finalizers", "managedFields"});
   }
 
   void Source(const json& v, const Loc& loc, SourceSpec* s) {
@@ -317,9 +317,9 @@ class Converter {
     }
     String(v, "refreshInterval", loc, &s->refresh_interval);
     Int(v, "force", loc, &s->force);
-    ReportUnknown(v, loc,
-                  {"source", "artifactName", "accelerator", "shard", "storage", "refreshInterval",
-                   "force"});
+    ReportUnknown(
+        v, loc,
+        {"source", "artifactName", "accelerator", "shard", "storage", "refreshInterval", "force"});
   }
 
   void Status(const json& v, const Loc& loc, ModelCacheStatus* s) {
@@ -356,7 +356,7 @@ class Converter {
         Uint(*p, "bytesPerSecond", progress_loc, &pr.bytes_per_second);
         ReportUnknown(*p, progress_loc,
                       {"bytesDone", "bytesTotal", "filesDone", "filesTotal", "bytesPerSecond"});
-        s->progress = std::move(pr);
+        s->progress = pr;
       }
     }
     Loc conditions_loc = loc.Child("conditions");
@@ -380,16 +380,16 @@ class Converter {
           String(cj, "message", c_loc, &c.message);
           String(cj, "lastTransitionTime", c_loc, &c.last_transition_time);
           Int(cj, "observedGeneration", c_loc, &c.observed_generation);
-          ReportUnknown(cj, c_loc,
-                        {"type", "status", "reason", "message", "lastTransitionTime",
-                         "observedGeneration"});
+          ReportUnknown(
+              cj, c_loc,
+              {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"});
           s->conditions.push_back(std::move(c));
         }
       }
     }
-    ReportUnknown(v, loc,
-                  {"observedGeneration", "phase", "resolvedRevision", "artifact", "progress",
-                   "conditions"});
+    ReportUnknown(
+        v, loc,
+        {"observedGeneration", "phase", "resolvedRevision", "artifact", "progress", "conditions"});
   }
 
   void Object(const json& j, ModelCache* mc) {
@@ -428,8 +428,7 @@ class Converter {
     ToString(*v, loc, &got);
     if (errors_->size() == before && got != want) {
       errors_->push_back({loc.pointer, FieldError{FieldError::Type::Unsupported, loc.path,
-                                                  Quote(got),
-                                                  "supported values: " + Quote(want)}});
+                                                  Quote(got), "supported values: " + Quote(want)}});
     }
   }
 
@@ -642,7 +641,7 @@ Error ConversionError(const std::vector<internal::LocatedError>& errors) {
   for (const auto& e : errors) {
     plain.push_back(e.error);
   }
-  return Error(Reason::InvalidSpec, JoinErrors(plain));
+  return {Reason::InvalidSpec, JoinErrors(plain)};
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // "1.0" a string), which is what Kubernetes' sigs.k8s.io/yaml does for JSON-compatible input.
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstdint>
 #include <string>
@@ -104,9 +105,7 @@ bool AllOf(std::string_view s, bool (*pred)(char)) {
 }
 bool IsDec(char c) { return c >= '0' && c <= '9'; }
 bool IsOct(char c) { return c >= '0' && c <= '7'; }
-bool IsHex(char c) {
-  return IsDec(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+bool IsHex(char c) { return IsDec(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
 // Plain-scalar resolution of the YAML 1.2 core schema. Returns a string json when the text is
 // none of null, bool, int or float. .inf and .nan stay strings: JSON has no such numbers.
@@ -142,8 +141,7 @@ json ResolvePlain(const std::string& text) {
   }
   if (base != 0) {
     uint64_t magnitude = 0;
-    auto [end, ec] =
-        std::from_chars(digits.data(), digits.data() + digits.size(), magnitude, base);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), magnitude, base);
     if (ec == std::errc() && end == digits.data() + digits.size()) {
       if (!negative) {
         return magnitude;
@@ -248,10 +246,10 @@ class YamlReader {
             std::string repeat = child + "#" + std::to_string(key_line);
             doc_->source.lines[repeat] = key_line;
             doc_->errors.push_back(
-                {repeat, FieldError{FieldError::Type::Duplicate, Join(PathOf(pointer), key),
-                                    Quote(key),
-                                    "the key is already defined at line " +
-                                        std::to_string(doc_->source.lines[child])}});
+                {repeat,
+                 FieldError{FieldError::Type::Duplicate, Join(PathOf(pointer), key), Quote(key),
+                            "the key is already defined at line " +
+                                std::to_string(doc_->source.lines[child])}});
             continue;
           }
           doc_->source.lines[child] = key_line;
@@ -295,8 +293,8 @@ class YamlReader {
     size_t i = 0;
     while (i < pointer.size()) {
       size_t next = pointer.find('/', i + 1);
-      std::string token = pointer.substr(i + 1, next == std::string::npos ? std::string::npos
-                                                                           : next - i - 1);
+      std::string token =
+          pointer.substr(i + 1, next == std::string::npos ? std::string::npos : next - i - 1);
       std::string unescaped;
       for (size_t k = 0; k < token.size(); ++k) {
         if (token[k] == '~' && k + 1 < token.size()) {
@@ -374,7 +372,8 @@ bool ReadYaml(std::string_view text, std::vector<YamlDocument>* docs, YamlSyntax
 }
 
 bool BelongsToUs(std::string_view api_version, std::string_view kind) {
-  std::string_view group = api_version.substr(0, std::min(api_version.find('/'), api_version.size()));
+  std::string_view group =
+      api_version.substr(0, std::min(api_version.find('/'), api_version.size()));
   return group == kGroup || (api_version.empty() && kind == kKind);
 }
 
@@ -471,13 +470,13 @@ bool NeedsQuotes(const std::string& s) {
     return true;
   }
   auto digit = [](char c) { return c >= '0' && c <= '9'; };
-  if (!s.empty() && (digit(s[0]) || ((s[0] == '+' || s[0] == '-' || s[0] == '.') &&
-                                      s.size() > 1 && digit(s[1])))) {
+  if (!s.empty() && (digit(s[0]) || ((s[0] == '+' || s[0] == '-' || s[0] == '.') && s.size() > 1 &&
+                                     digit(s[1])))) {
     return true;
   }
-  static constexpr std::string_view kYaml11[] = {"y",   "Y",   "yes", "Yes", "YES", "n",  "N",
-                                                 "no",  "No",  "NO",  "on",  "On",  "ON", "off",
-                                                 "Off", "OFF", ".inf", ".nan", "=", "<<"};
+  static constexpr std::array<std::string_view, 20> kYaml11 = {
+      "y",  "Y",  "yes", "Yes", "YES", "n",   "N",    "no",   "No", "NO",
+      "on", "On", "ON",  "off", "Off", "OFF", ".inf", ".nan", "=",  "<<"};
   for (std::string_view w : kYaml11) {
     if (s == w) {
       return true;

@@ -2,13 +2,15 @@
 // and must give one precise detail per problem. crds/modelcache.yaml states the same rules as
 // patterns (tests/unit/crds/schema_test.cpp checks them against each other on a table of values).
 
+#include "crds/internal/rules.h"
+
+#include <array>
 #include <charconv>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/units.h"
-#include "crds/internal/rules.h"
 
 namespace modelcache::crds::internal {
 namespace {
@@ -66,8 +68,7 @@ std::optional<int64_t> ParsePositive(std::string_view digits) {
 // One part of a Hub repo id (huggingface_hub's validate_repo_id, stated positively).
 std::optional<std::string> CheckRepoPart(std::string_view part) {
   if (part.size() > kMaxRepoPartLength) {
-    return "each part must be no more than " + std::to_string(kMaxRepoPartLength) +
-           " characters";
+    return "each part must be no more than " + std::to_string(kMaxRepoPartLength) + " characters";
   }
   if (!IsAlnum(part.front())) {
     return std::string("each part must start with a letter or digit");
@@ -78,7 +79,7 @@ std::optional<std::string> CheckRepoPart(std::string_view part) {
     }
   }
   if (part.find("--") != std::string_view::npos || part.find("..") != std::string_view::npos) {
-    return std::string("must not contain \"--\" or \"..\"");
+    return std::string(R"(must not contain "--" or "..")");
   }
   if (part.back() == '.' || part.back() == '-') {
     return std::string("each part must not end with '.' or '-'");
@@ -132,9 +133,9 @@ bool IsByteSizeSyntax(std::string_view s) {
     }
   }
   std::string_view unit = s.substr(i);
-  static constexpr std::string_view kUnits[] = {
-      "",   "B",   "Ki", "KiB", "Mi", "MiB", "Gi", "GiB", "Ti", "TiB", "Pi", "PiB", "K", "KB",
-      "k",  "kB",  "M",  "MB",  "G",  "GB",  "T",  "TB",  "P",  "PB"};
+  static constexpr std::array<std::string_view, 24> kUnits = {
+      "",  "B",  "Ki", "KiB", "Mi", "MiB", "Gi", "GiB", "Ti", "TiB", "Pi", "PiB",
+      "K", "KB", "k",  "kB",  "M",  "MB",  "G",  "GB",  "T",  "TB",  "P",  "PB"};
   for (std::string_view u : kUnits) {
     if (unit == u) {
       return true;
@@ -301,11 +302,11 @@ std::optional<std::string> CheckRepo(const std::string& s) {
   }
   std::vector<std::string_view> parts = Split(s, '/');
   if (parts.size() > 2) {
-    return std::string("must be \"org/name\" or \"name\"");
+    return std::string(R"(must be "org/name" or "name")");
   }
   for (std::string_view part : parts) {
     if (part.empty()) {
-      return std::string("must be \"org/name\" or \"name\"");
+      return std::string(R"(must be "org/name" or "name")");
     }
   }
   for (std::string_view part : parts) {

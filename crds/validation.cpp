@@ -273,9 +273,9 @@ std::vector<FieldError> Validate(const ModelCache& mc) {
     if (tp < 1) {
       v.InvalidInt("spec.shard.tensorParallelSize", tp, "must be greater than or equal to 1");
     } else if (tp > internal::kMaxTensorParallelSize) {
-      v.InvalidInt("spec.shard.tensorParallelSize", tp,
-                   "must be less than or equal to " +
-                       std::to_string(internal::kMaxTensorParallelSize));
+      v.InvalidInt(
+          "spec.shard.tensorParallelSize", tp,
+          "must be less than or equal to " + std::to_string(internal::kMaxTensorParallelSize));
     } else if (accelerator_count && tp > *accelerator_count) {
       v.InvalidInt("spec.shard.tensorParallelSize", tp,
                    "exceeds the accelerator count " + std::to_string(*accelerator_count));

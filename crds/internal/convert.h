@@ -19,8 +19,8 @@ namespace modelcache::crds::internal {
 // Where the values of a JSON tree came from when it was built from YAML. Keys are JSON pointers
 // ("/spec/source/include/0").
 struct SourceMap {
-  int document_line = 0;                             // 1-based
-  std::unordered_map<std::string, int> lines;        // 1-based line of the key (or item)
+  int document_line = 0;                       // 1-based
+  std::unordered_map<std::string, int> lines;  // 1-based line of the key (or item)
   // The text as written of plain scalars that resolved to a non-string (`revision: 1.10` is the
   // float 1.1 in JSON but the string "1.10" to a string field).
   std::unordered_map<std::string, std::string> raw_text;
@@ -66,6 +66,7 @@ std::string Quote(std::string_view s);
 std::string DescribeValue(const nlohmann::json& v);
 
 // Result of reading YAML text into JSON trees, one per non-empty document.
+// NOLINTNEXTLINE(bugprone-exception-escape): the implicit moves are noexcept in practice.
 struct YamlDocument {
   // Read from the YAML directly. Only documents that BelongsToUs() get a tree: other kinds (a
   // GitOps repo's ConfigMaps and Deployments) are never converted.

@@ -47,7 +47,7 @@ std::optional<int64_t> AcceleratorCount(std::string_view accelerator);
 
 struct S3ArtifactUri {
   std::string bucket;
-  std::string prefix;   // without leading/trailing '/'; may be empty
+  std::string prefix;  // without leading/trailing '/'; may be empty
   std::string name;
   std::string version;  // empty: the current version
 };

@@ -12,16 +12,17 @@ TEST(DefaultArtifactNameTest, DerivesALabelFromTheRepoName) {
   EXPECT_EQ(DefaultArtifactName("meta-llama/Llama-3.1-8B-Instruct"), "llama-3-1-8b-instruct");
   EXPECT_EQ(DefaultArtifactName("gpt2"), "gpt2");
   EXPECT_EQ(DefaultArtifactName("org/My_Model.v2"), "my-model-v2");
-  EXPECT_EQ(DefaultArtifactName("org/_x_"), "x");          // trimmed
-  EXPECT_EQ(DefaultArtifactName("org/a+b"), "ab");         // other characters dropped
-  EXPECT_EQ(DefaultArtifactName("org/___"), "");           // nothing usable left
+  EXPECT_EQ(DefaultArtifactName("org/_x_"), "x");   // trimmed
+  EXPECT_EQ(DefaultArtifactName("org/a+b"), "ab");  // other characters dropped
+  EXPECT_EQ(DefaultArtifactName("org/___"), "");    // nothing usable left
   EXPECT_EQ(DefaultArtifactName(""), "");
   // An artifact of another store keeps its name, not its version.
   EXPECT_EQ(DefaultArtifactName("s3://bucket/p/artifacts/qwen3/v7"), "qwen3");
 }
 
 TEST(DefaultArtifactNameTest, CutsTo63WithoutATrailingDash) {
-  std::string name = DefaultArtifactName("org/" + std::string(62, 'a') + ".b" + std::string(10, 'c'));
+  std::string name =
+      DefaultArtifactName("org/" + std::string(62, 'a') + ".b" + std::string(10, 'c'));
   EXPECT_EQ(name, std::string(62, 'a'));  // the cut at 63 ends in '-', which is trimmed
   EXPECT_EQ(DefaultArtifactName(std::string(100, 'x')).size(), 63u);
 }

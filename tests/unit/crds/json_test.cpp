@@ -1,7 +1,7 @@
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "crds/model_cache.h"
 #include "test_objects.h"
@@ -38,9 +38,11 @@ TEST(JsonTest, UsesTheDesignFieldNames) {
   EXPECT_EQ(j["status"]["observedGeneration"], 3);
   EXPECT_EQ(j["status"]["resolvedRevision"], "0123456789abcdef0123456789abcdef01234567");
   EXPECT_EQ(j["status"]["artifact"]["sizeBytes"], 1'234'567'890'123ULL);
-  EXPECT_EQ(j["status"]["progress"],
-            (json{{"bytesDone", 100}, {"bytesTotal", 200}, {"filesDone", 1}, {"filesTotal", 2},
-                  {"bytesPerSecond", 50}}));
+  EXPECT_EQ(j["status"]["progress"], (json{{"bytesDone", 100},
+                                           {"bytesTotal", 200},
+                                           {"filesDone", 1},
+                                           {"filesTotal", 2},
+                                           {"bytesPerSecond", 50}}));
   EXPECT_EQ(j["status"]["conditions"][0]["lastTransitionTime"], "2026-01-02T03:05:00Z");
   EXPECT_EQ(j["status"]["conditions"][0]["observedGeneration"], 3);
 }
@@ -76,7 +78,8 @@ TEST(JsonTest, NullIsAbsentAndUnknownFieldsAreIgnored) {
 }
 
 TEST(JsonTest, ListItemsWithoutApiVersionAreAccepted) {
-  auto mc = FromJson(json::parse(R"({"metadata": {"name": "m"}, "spec": {"source": {"repo": "x"}}})"));
+  auto mc =
+      FromJson(json::parse(R"({"metadata": {"name": "m"}, "spec": {"source": {"repo": "x"}}})"));
   ASSERT_TRUE(mc);
   EXPECT_EQ(mc->metadata.name, "m");
 }
@@ -152,7 +155,9 @@ TEST(SpecHashTest, StableAndSensitive) {
   EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.force = 3; }));
   EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.source.revision = "v1.1"; }));
   EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.source.include.push_back("x"); }));
-  EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.source.include = {"*.safetensors", "*.json", "tokenizer*"}; }));
+  EXPECT_TRUE(differs([](ModelCacheSpec& s) {
+    s.source.include = {"*.safetensors", "*.json", "tokenizer*"};
+  }));
   EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.shard->tensor_parallel_size = 4; }));
   EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.shard.reset(); }));
   EXPECT_TRUE(differs([](ModelCacheSpec& s) { s.source.token_secret_ref->key = "other"; }));

@@ -1,3 +1,5 @@
+#include "crds/manifest_check.h"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -7,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include "common/files.h"
-#include "crds/manifest_check.h"
 
 namespace modelcache::crds {
 namespace {
@@ -137,8 +138,9 @@ spec: {source: {repo: Qwen/Qwen3-8B}}
 }
 
 TEST_F(ManifestCheckTest, SyntaxErrorIsOneProblemWithItsLine) {
-  std::string path = Write("syntax.yaml", "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\n"
-                                          "spec: {source: [gpt2}\n");
+  std::string path = Write("syntax.yaml",
+                           "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\n"
+                           "spec: {source: [gpt2}\n");
   std::vector<ManifestProblem> problems = CheckManifestFile(path);
   ASSERT_EQ(problems.size(), 1u);
   EXPECT_EQ(problems[0].line, 3);

@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-#include <yaml-cpp/yaml.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
 
 #include "crds/model_cache.h"
 #include "test_objects.h"
@@ -48,7 +48,8 @@ class SchemaTest : public ::testing::Test {
     size_t start = 0;
     while (start <= path.size()) {
       size_t dot = path.find('.', start);
-      std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      std::string key =
+          path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       // reset(), not operator=: assigning a YAML::Node writes through to the node it refers to.
       const YAML::Node& current = node;
       node.reset(current["properties"][key]);
@@ -80,7 +81,8 @@ TEST_F(SchemaTest, DefinitionIdentity) {
   const YAML::Node& crd = *crd_;
   EXPECT_EQ(crd["apiVersion"].as<std::string>(), "apiextensions.k8s.io/v1");
   EXPECT_EQ(crd["kind"].as<std::string>(), "CustomResourceDefinition");
-  EXPECT_EQ(crd["metadata"]["name"].as<std::string>(), std::string(kPlural) + "." + std::string(kGroup));
+  EXPECT_EQ(crd["metadata"]["name"].as<std::string>(),
+            std::string(kPlural) + "." + std::string(kGroup));
   EXPECT_EQ(crd["spec"]["group"].as<std::string>(), kGroup);
   EXPECT_EQ(crd["spec"]["scope"].as<std::string>(), "Namespaced");
   const YAML::Node names = crd["spec"]["names"];
@@ -100,11 +102,12 @@ TEST_F(SchemaTest, DefinitionIdentity) {
       columns.emplace_back(c["name"].as<std::string>(), c["jsonPath"].as<std::string>());
     }
   }
-  EXPECT_THAT(columns, ::testing::ElementsAre(
-                           std::pair<std::string, std::string>{"Phase", ".status.phase"},
-                           std::pair<std::string, std::string>{"Revision", ".status.resolvedRevision"},
-                           std::pair<std::string, std::string>{"Artifact", ".status.artifact.id"},
-                           std::pair<std::string, std::string>{"Age", ".metadata.creationTimestamp"}));
+  EXPECT_THAT(columns,
+              ::testing::ElementsAre(
+                  std::pair<std::string, std::string>{"Phase", ".status.phase"},
+                  std::pair<std::string, std::string>{"Revision", ".status.resolvedRevision"},
+                  std::pair<std::string, std::string>{"Artifact", ".status.artifact.id"},
+                  std::pair<std::string, std::string>{"Age", ".metadata.creationTimestamp"}));
 }
 
 // Every value of the JSON has a schema node of the same type.
@@ -224,7 +227,8 @@ TEST_F(SchemaTest, DefaultsAreTheCppDefaults) {
   EXPECT_EQ(At("spec.source.revision")["default"].as<std::string>(), mc.spec.source.revision);
   EXPECT_EQ(At("spec.shard.engine")["default"].as<std::string>(), mc.spec.shard->engine);
   EXPECT_EQ(At("spec.shard.dtype")["default"].as<std::string>(), mc.spec.shard->dtype);
-  EXPECT_EQ(At("spec.shard.maxFileSize")["default"].as<std::string>(), mc.spec.shard->max_file_size);
+  EXPECT_EQ(At("spec.shard.maxFileSize")["default"].as<std::string>(),
+            mc.spec.shard->max_file_size);
 }
 
 TEST_F(SchemaTest, NumericBoundsMatchTheCpp) {
@@ -251,8 +255,9 @@ TEST_F(SchemaTest, NumericBoundsMatchTheCpp) {
 void CheckStructural(const YAML::Node& node, const std::string& path) {
   EXPECT_TRUE(node["type"]) << path << ": no type";
   if (const YAML::Node preserve = node["x-kubernetes-preserve-unknown-fields"]) {
-    EXPECT_TRUE(preserve.as<bool>()) << path << ": x-kubernetes-preserve-unknown-fields: false "
-                                                "is rejected by the API server";
+    EXPECT_TRUE(preserve.as<bool>()) << path
+                                     << ": x-kubernetes-preserve-unknown-fields: false "
+                                        "is rejected by the API server";
   }
   EXPECT_FALSE(node["properties"] && node["additionalProperties"]) << path;
   if (const YAML::Node keys = node["x-kubernetes-list-map-keys"]) {
@@ -296,7 +301,7 @@ TEST_F(SchemaTest, IsStructural) {
 // --- patterns against the C++ rules ------------------------------------------------------------
 
 struct PatternCase {
-  std::string field;                                   // schema path
+  std::string field;  // schema path
   std::function<void(ModelCache&, const std::string&)> set;
   std::vector<std::string> values;
 };
@@ -338,12 +343,36 @@ TEST_F(SchemaTest, PatternsAgreeWithTheCppRules) {
   // Values on which the two must agree. Rules a pattern cannot state (documented at the top of
   // crds/modelcache.yaml) are deliberately not probed here.
   const std::vector<PatternCase> cases = {
-      {"spec.source.repo", [](ModelCache& m, const std::string& v) { m.spec.source.repo = v; },
-       {"gpt2", "Qwen/Qwen3-0.6B", "a_b/c.d-e", "a-.b", "a.-b", "x_", "a_.b", "9/8", "a//b",
-        "a/b/c", "-a", "a-", "a.", "a--b", "a..b", "a b", "", "_a", "a/.b", "a/b-", "é",
-        "s3://bucket/artifacts/name", "s3://bucket/a/b/artifacts/name/v1.2",
-        "s3://bucket/name", "s3://bucket/artifacts/Name", "s3://B/artifacts/x",
-        "s3://bucket/artifacts/name/v1/extra", "s3://bucket//artifacts/name",
+      {"spec.source.repo",
+       [](ModelCache& m, const std::string& v) { m.spec.source.repo = v; },
+       {"gpt2",
+        "Qwen/Qwen3-0.6B",
+        "a_b/c.d-e",
+        "a-.b",
+        "a.-b",
+        "x_",
+        "a_.b",
+        "9/8",
+        "a//b",
+        "a/b/c",
+        "-a",
+        "a-",
+        "a.",
+        "a--b",
+        "a..b",
+        "a b",
+        "",
+        "_a",
+        "a/.b",
+        "a/b-",
+        "é",
+        "s3://bucket/artifacts/name",
+        "s3://bucket/a/b/artifacts/name/v1.2",
+        "s3://bucket/name",
+        "s3://bucket/artifacts/Name",
+        "s3://B/artifacts/x",
+        "s3://bucket/artifacts/name/v1/extra",
+        "s3://bucket//artifacts/name",
         "s3://bucket/artifacts/name/"}},
       {"spec.source.revision",
        [](ModelCache& m, const std::string& v) { m.spec.source.revision = v; },
@@ -361,28 +390,30 @@ TEST_F(SchemaTest, PatternsAgreeWithTheCppRules) {
        [](ModelCache& m, const std::string& v) { m.spec.source.token_secret_ref->key = v; },
        {"token", ".token", "a.b_c-d", "-", "..", ".", "..x", "a/b", "", "a b",
         std::string(254, 'k')}},
-      {"spec.artifactName", [](ModelCache& m, const std::string& v) { m.spec.artifact_name = v; },
+      {"spec.artifactName",
+       [](ModelCache& m, const std::string& v) { m.spec.artifact_name = v; },
        {"qwen3", "a", "0-0", "Qwen", "-a", "a_b", "a-", std::string(63, 'a'),
         std::string(64, 'a')}},
-      {"spec.accelerator", [](ModelCache& m, const std::string& v) {
+      {"spec.accelerator",
+       [](ModelCache& m, const std::string& v) {
          m.spec.accelerator = v;
          m.spec.shard->tensor_parallel_size = 1;
        },
-       {"", "L40s:4", "nvidia.com/gpu:8", "H100:1024", "a:1", "x:999", "x:1019", "L40s",
-        "L40s:0", "L40s:1025", ":4", "L40s:04", "L 40s:4", "-a:1", "a:b:1", "x:10000"}},
+       {"", "L40s:4", "nvidia.com/gpu:8", "H100:1024", "a:1", "x:999", "x:1019", "L40s", "L40s:0",
+        "L40s:1025", ":4", "L40s:04", "L 40s:4", "-a:1", "a:b:1", "x:10000"}},
       {"spec.shard.maxFileSize",
        [](ModelCache& m, const std::string& v) { m.spec.shard->max_file_size = v; },
        {"5GiB", "500Mi", "2G", "1.5GB", "1048576", "2MB", "1Gi", "3000kB", "1PB", "5.GiB", "big",
         "5XB", "GiB", "5 GiB", "", "1.GB", ".5GiB", "5gib", "5iB"}},
-      {"spec.storage.uri", [](ModelCache& m, const std::string& v) { m.spec.storage.uri = v; },
+      {"spec.storage.uri",
+       [](ModelCache& m, const std::string& v) { m.spec.storage.uri = v; },
        {"", "/var/lib", "/", "file:///x", "file:///", "s3://bucket", "s3://bucket/",
-        "s3://bucket/a/b/", "s3://my.bucket-1/p", "var", "file://host/x", "s3://B",
-        "s3://bucket//", "s3://bucket/a//b", "http://x", "s3://ab", "s3://bucket/a b",
-        "/a\nb"}},
+        "s3://bucket/a/b/", "s3://my.bucket-1/p", "var", "file://host/x", "s3://B", "s3://bucket//",
+        "s3://bucket/a//b", "http://x", "s3://ab", "s3://bucket/a b", "/a\nb"}},
       {"spec.refreshInterval",
        [](ModelCache& m, const std::string& v) { m.spec.refresh_interval = v; },
-       {"", "0", "1h", "1h30m", "500ms", "1.5h", "2d", "0s", "1", "h", "1x", "-1h", "1..h",
-        "soon", "1h 30m", "1.h", "00"}},
+       {"", "0", "1h", "1h30m", "500ms", "1.5h", "2d", "0s", "1", "h", "1x", "-1h", "1..h", "soon",
+        "1h 30m", "1.h", "00"}},
   };
   for (const PatternCase& c : cases) {
     YAML::Node node = At(c.field);

@@ -205,10 +205,12 @@ spec:
   ASSERT_EQ(docs.size(), 2u);
   EXPECT_FALSE(docs[0].object.has_value());
   EXPECT_THAT(ErrorStrings(docs[0]),
-              ElementsAre(Pair(6, "spec.source.repo: Invalid value: [\"not\",\"a\",\"string\"]: "
-                                  "must be a string"),
-                          Pair(8, "spec.shard.tensorParallelSize: Invalid value: \"abc\": must "
-                                  "be an integer"),
+              ElementsAre(Pair(6,
+                               "spec.source.repo: Invalid value: [\"not\",\"a\",\"string\"]: "
+                               "must be a string"),
+                          Pair(8,
+                               "spec.shard.tensorParallelSize: Invalid value: \"abc\": must "
+                               "be an integer"),
                           Pair(9, "spec.force: Invalid value: \"1\": must be an integer")));
   EXPECT_THAT(ErrorStrings(docs[1]),
               ElementsAre(Pair(17, "spec.force: Invalid value: 1.0: must be an integer")));
@@ -237,8 +239,9 @@ spec:
   ASSERT_EQ(docs.size(), 1u);
   EXPECT_FALSE(docs[0].object.has_value());
   EXPECT_THAT(ErrorStrings(docs[0]),
-              ElementsAre(Pair(7, "spec.source.repo: Duplicate value: \"repo\": the key is "
-                                  "already defined at line 6")));
+              ElementsAre(Pair(7,
+                               "spec.source.repo: Duplicate value: \"repo\": the key is "
+                               "already defined at line 6")));
 }
 
 TEST(YamlTest, UnknownFieldsAreListedNotFatal) {
@@ -270,14 +273,16 @@ metadata: {name: m}
 )");
   ASSERT_EQ(docs.size(), 3u);
   EXPECT_THAT(ErrorStrings(docs[0]),
-              ElementsAre(Pair(1, "apiVersion: Unsupported value: \"modelcache.dev/v1beta1\": "
-                                  "supported values: \"modelcache.dev/v1alpha1\"")));
+              ElementsAre(Pair(1,
+                               "apiVersion: Unsupported value: \"modelcache.dev/v1beta1\": "
+                               "supported values: \"modelcache.dev/v1alpha1\"")));
   EXPECT_THAT(ErrorStrings(docs[1]),
-              ElementsAre(Pair(7, "kind: Unsupported value: \"ModelCash\": supported values: "
-                                  "\"ModelCache\"")));
-  EXPECT_THAT(ErrorStrings(docs[2]),
-              ElementsAre(Pair(9, "apiVersion: Required value: must be "
-                                  "\"modelcache.dev/v1alpha1\"")));
+              ElementsAre(Pair(7,
+                               "kind: Unsupported value: \"ModelCash\": supported values: "
+                               "\"ModelCache\"")));
+  EXPECT_THAT(ErrorStrings(docs[2]), ElementsAre(Pair(9,
+                                                      "apiVersion: Required value: must be "
+                                                      "\"modelcache.dev/v1alpha1\"")));
   for (const Document& d : docs) {
     EXPECT_FALSE(d.object.has_value());
   }
@@ -295,8 +300,8 @@ TEST(YamlTest, AliasExpansionIsBounded) {
   // Each level doubles the nodes: 2^40 without a bound.
   std::string bomb = "a0: &a0 [x, x]\n";
   for (int i = 1; i <= 40; ++i) {
-    bomb += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" +
-            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + "]\n";
+    bomb += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" + std::to_string(i - 1) +
+            ", *a" + std::to_string(i - 1) + "]\n";
   }
   bomb += "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\n";
   auto docs = Parse(bomb);
@@ -310,8 +315,8 @@ TEST(YamlTest, OtherKindsAreNotConverted) {
   // The same expansion in somebody else's document costs nothing: it is never walked.
   std::string bomb = "apiVersion: v1\nkind: ConfigMap\na0: &a0 [x, x]\n";
   for (int i = 1; i <= 60; ++i) {
-    bomb += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" +
-            std::to_string(i - 1) + ", *a" + std::to_string(i - 1) + "]\n";
+    bomb += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [*a" + std::to_string(i - 1) +
+            ", *a" + std::to_string(i - 1) + "]\n";
   }
   auto docs = Parse(bomb);
   ASSERT_EQ(docs.size(), 1u);
@@ -320,8 +325,9 @@ TEST(YamlTest, OtherKindsAreNotConverted) {
 }
 
 TEST(YamlTest, InvalidUtf8IsAnError) {
-  auto docs = Parse("apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nmetadata: {name: m}\n"
-                    "spec: {source: {repo: \"gpt\xff\"}}\n");
+  auto docs = Parse(
+      "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nmetadata: {name: m}\n"
+      "spec: {source: {repo: \"gpt\xff\"}}\n");
   ASSERT_EQ(docs.size(), 1u);
   ASSERT_EQ(docs[0].errors.size(), 1u);
   EXPECT_EQ(docs[0].errors[0].first, 4);
@@ -366,7 +372,8 @@ TEST(YamlTest, ToYamlQuotesAmbiguousStrings) {
     ASSERT_TRUE(docs[0].object.has_value()) << s;
     EXPECT_EQ(docs[0].object->metadata.annotations.at("k"), s) << ToYaml(mc);
   }
-  mc.status.conditions = {Condition{"Ready", "False", "NetworkError", "line one\nline two", "t", 0}};
+  mc.status.conditions = {
+      Condition{"Ready", "False", "NetworkError", "line one\nline two", "t", 0}};
   auto docs = Parse(ToYaml(mc));
   ASSERT_TRUE(docs[0].object.has_value());
   EXPECT_EQ(docs[0].object->status.conditions[0].message, "line one\nline two");
