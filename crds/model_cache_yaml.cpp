@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include "crds/internal/convert.h"
@@ -327,6 +328,12 @@ bool ReadYaml(std::string_view text, std::vector<YamlDocument>* docs, YamlSyntax
   std::vector<YAML::Node> nodes;
   try {
     nodes = YAML::LoadAll(std::string(text));
+  } catch (const YAML::DeepRecursion& e) {
+    // yaml-cpp's own guard against stack exhaustion; its message ("bad file") says nothing.
+    syntax->line = e.mark.is_null() ? 0 : e.mark.line + 1;
+    syntax->column = e.mark.is_null() ? 0 : e.mark.column + 1;
+    syntax->message = "nesting is too deep";
+    return false;
   } catch (const YAML::Exception& e) {
     syntax->line = e.mark.is_null() ? 0 : e.mark.line + 1;
     syntax->column = e.mark.is_null() ? 0 : e.mark.column + 1;

@@ -324,6 +324,20 @@ TEST(YamlTest, OtherKindsAreNotConverted) {
   EXPECT_THAT(docs[0].errors, IsEmpty());
 }
 
+TEST(YamlTest, DeepNestingIsRefusedNotACrash) {
+  std::string head = "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nspec: ";
+  auto moderate = Parse(head + std::string(100, '[') + std::string(100, ']') + "\n");
+  ASSERT_EQ(moderate.size(), 1u);
+  ASSERT_FALSE(moderate[0].errors.empty());
+  EXPECT_THAT(moderate[0].errors[0].second.detail, HasSubstr("nests deeper than 64 levels"));
+  // Deep enough for yaml-cpp's own guard, which stops its recursive parser.
+  auto deep =
+      ParseYamlDocuments(head + std::string(100'000, '[') + std::string(100'000, ']'), "deep.yaml");
+  ASSERT_FALSE(deep);
+  EXPECT_THAT(deep.error().message, ::testing::StartsWith("deep.yaml:3:"));
+  EXPECT_THAT(deep.error().message, HasSubstr("nesting is too deep"));
+}
+
 TEST(YamlTest, InvalidUtf8IsAnError) {
   auto docs = Parse(
       "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nmetadata: {name: m}\n"
