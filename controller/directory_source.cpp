@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <string>
 #include <utility>
@@ -63,9 +64,9 @@ std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path
     return {std::nullopt, errno};
   }
   std::string out;
-  char buf[16 * 1024];
+  std::array<char, 16 * 1024> buf;
   while (true) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
+    ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -77,7 +78,7 @@ std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path
     if (n == 0) {
       break;
     }
-    out.append(buf, static_cast<size_t>(n));
+    out.append(buf.data(), static_cast<size_t>(n));
   }
   ::close(fd);
   return {std::move(out), 0};
@@ -214,8 +215,8 @@ void DirectorySource::Run() {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - Steady::now());
       timeout_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
     }
-    pollfd fds[2] = {{inotify_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    int n = ::poll(fds, 2, timeout_ms);
+    std::array<pollfd, 2> fds = {{{inotify_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}}};
+    int n = ::poll(fds.data(), fds.size(), timeout_ms);
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -251,9 +252,9 @@ void DirectorySource::Run() {
 
 bool DirectorySource::DrainEvents() {
   bool relevant = false;
-  alignas(inotify_event) char buf[64 * 1024];
+  alignas(inotify_event) std::array<char, 64 * 1024> buf;
   while (true) {
-    ssize_t n = ::read(inotify_fd_, buf, sizeof(buf));
+    ssize_t n = ::read(inotify_fd_, buf.data(), buf.size());
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -261,7 +262,7 @@ bool DirectorySource::DrainEvents() {
       return relevant;  // EAGAIN: drained
     }
     for (ssize_t off = 0; off < n;) {
-      const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+      const auto* ev = reinterpret_cast<const inotify_event*>(buf.data() + off);
       off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
       if ((ev->mask & IN_Q_OVERFLOW) != 0) {
         spdlog::warn("inotify queue overflowed for {}; rereading every file", dir_);
@@ -314,7 +315,8 @@ void DirectorySource::WalkDir(const std::string& abs, const std::string& rel,
     return;
   }
   std::vector<std::string> names;
-  while (dirent* e = ::readdir(d)) {
+  // readdir is thread-safe on distinct DIR streams (glibc; POSIX.1-2024).
+  while (dirent* e = ::readdir(d)) {  // NOLINT(concurrency-mt-unsafe)
     // Hidden names are skipped: ".git", editors' and sync tools' temporaries, and the
     // "..data"/"..<timestamp>" directories of Kubernetes volumes (read through the visible
     // symlinks that point into them).
@@ -325,7 +327,9 @@ void DirectorySource::WalkDir(const std::string& abs, const std::string& rel,
   ::closedir(d);
   std::sort(names.begin(), names.end());
   for (const auto& name : names) {
-    std::string child_abs = abs + "/" + name;
+    std::string child_abs = abs;
+    child_abs += '/';
+    child_abs += name;
     std::string child_rel = JoinRel(rel, name);
     struct stat st {};
     if (::stat(child_abs.c_str(), &st) != 0) {
@@ -582,8 +586,9 @@ void DirectorySource::Scan(bool reread_all, bool enqueue_all) {
     if (walk.files.count(rel) > 0) {
       continue;
     }
+    const std::string& path = rel;
     bool unreadable = std::any_of(walk.unreadable_dirs.begin(), walk.unreadable_dirs.end(),
-                                  [&](const std::string& dir) { return UnderDir(rel, dir); });
+                                  [&](const std::string& dir) { return UnderDir(path, dir); });
     if (unreadable) {
       next.emplace(rel, std::move(state));
     }

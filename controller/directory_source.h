@@ -126,9 +126,9 @@ class DirectorySource final : public Source {
   };
   // The result of walking the tree.
   struct Walk {
-    std::map<std::string, FileId> files;        // relative path -> identity
-    std::map<int, std::string> watches;          // wd -> relative directory ("" = root)
-    std::vector<std::string> unreadable_dirs;   // relative paths whose listing failed
+    std::map<std::string, FileId> files;       // relative path -> identity
+    std::map<int, std::string> watches;        // wd -> relative directory ("" = root)
+    std::vector<std::string> unreadable_dirs;  // relative paths whose listing failed
   };
 
   void Run();
@@ -167,12 +167,12 @@ class DirectorySource final : public Source {
 
   // Owned by the source's thread (and by Start before the thread exists).
   int parent_wd_ = -1;
-  std::string root_name_;                      // basename of dir_
-  std::map<int, std::string> watches_;         // wd -> relative directory
-  std::map<std::string, FileState> files_;     // relative path -> state
+  std::string root_name_;                   // basename of dir_
+  std::map<int, std::string> watches_;      // wd -> relative directory
+  std::map<std::string, FileState> files_;  // relative path -> state
   std::map<crds::ObjectKey, Record> records_;
-  std::set<std::string> named_;                // paths named by events since the last scan
-  bool reread_all_ = false;                    // IN_Q_OVERFLOW or the root replaced
+  std::set<std::string> named_;  // paths named by events since the last scan
+  bool reread_all_ = false;      // IN_Q_OVERFLOW or the root replaced
   bool root_missing_logged_ = false;
   bool watch_failure_logged_ = false;
 };

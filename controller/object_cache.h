@@ -66,8 +66,8 @@ class ObjectCache {
   std::vector<crds::ObjectKey> ReplaceOrigin(std::string_view file,
                                              std::vector<CachedObject> entries);
   // In one step: the cache afterwards holds exactly `entries` (a full relist). Returns the keys
-  // that were added, removed or changed, ordered. REQUIRES: keys in `entries` are unique (a later
-  // duplicate replaces an earlier one).
+  // that were added, removed or changed, ordered. If `entries` holds a key twice, the later one
+  // wins.
   std::vector<crds::ObjectKey> ReplaceAll(std::vector<CachedObject> entries);
 
  private:

@@ -18,8 +18,8 @@ namespace modelcache::controller {
 namespace {
 
 bool PathSafe(const std::string& part) {
-  return !part.empty() && part != "." && part != ".." &&
-         part.find('/') == std::string::npos && part.find('\0') == std::string::npos;
+  return !part.empty() && part != "." && part != ".." && part.find('/') == std::string::npos &&
+         part.find('\0') == std::string::npos;
 }
 
 // Reads and parses one status file. nullopt if it does not exist.
@@ -56,7 +56,8 @@ Result<std::vector<std::string>> ListDir(const std::string& dir) {
     }
     return Error(Reason::StorageError, "cannot list " + dir + ": " + ErrnoMessage(errno));
   }
-  while (dirent* e = ::readdir(d)) {
+  // readdir is thread-safe on distinct DIR streams (glibc; POSIX.1-2024).
+  while (dirent* e = ::readdir(d)) {  // NOLINT(concurrency-mt-unsafe)
     std::string name = e->d_name;
     if (name != "." && name != "..") {
       names.push_back(std::move(name));
@@ -75,9 +76,9 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 
 VoidResult CheckKeyIsPathSafe(const crds::ObjectKey& key) {
   if (!PathSafe(key.namespace_)) {
-    return Error(Reason::InvalidSpec,
-                 "metadata.namespace: Invalid value: \"" + key.namespace_ + "\": not usable as a "
-                 "file name");
+    return Error(Reason::InvalidSpec, "metadata.namespace: Invalid value: \"" + key.namespace_ +
+                                          "\": not usable as a "
+                                          "file name");
   }
   if (!PathSafe(key.name)) {
     return Error(Reason::InvalidSpec,
@@ -143,7 +144,9 @@ Result<std::vector<crds::ModelCache>> FileStatusStore::List() const {
       if (!EndsWith(file, ".json") || file.front() == '.') {
         continue;
       }
-      std::string path = ns_dir + "/" + file;
+      std::string path = ns_dir;
+      path += '/';
+      path += file;
       auto object = ReadObjectFile(path);
       if (!object) {
         spdlog::warn("skipping status file: {}", object.error().message);
@@ -163,8 +166,7 @@ Result<std::vector<crds::ModelCache>> FileStatusStore::List() const {
   return out;
 }
 
-Result<std::optional<crds::ModelCache>> MemoryStatusStore::Read(
-    const crds::ObjectKey& key) const {
+Result<std::optional<crds::ModelCache>> MemoryStatusStore::Read(const crds::ObjectKey& key) const {
   std::lock_guard lock(mu_);
   auto it = objects_.find(key);
   if (it == objects_.end()) {

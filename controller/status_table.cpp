@@ -53,8 +53,8 @@ std::string Progress(const crds::ModelCacheStatus& status) {
                          ? 100
                          : static_cast<uint64_t>(static_cast<double>(p.bytes_done) * 100.0 /
                                                  static_cast<double>(p.bytes_total));
-  std::string out = fmt::format("{}% {}/{}", percent, FormatBytes(p.bytes_done),
-                                FormatBytes(p.bytes_total));
+  std::string out =
+      fmt::format("{}% {}/{}", percent, FormatBytes(p.bytes_done), FormatBytes(p.bytes_total));
   if (p.bytes_per_second > 0) {
     out += " " + FormatBytes(p.bytes_per_second) + "/s";
   }
@@ -71,8 +71,8 @@ bool NeedsQuotes(const std::string& s) {
   for (char c : s) {
     lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   }
-  for (const char* word : {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~",
-                           ".inf", "-.inf", "+.inf", ".nan"}) {
+  for (const char* word : {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", ".inf",
+                           "-.inf", "+.inf", ".nan"}) {
     if (lower == word) {
       return true;
     }
@@ -150,7 +150,7 @@ std::string FormatAge(std::chrono::system_clock::duration age) {
   if (seconds < 0) {
     return "0s";
   }
-  if (seconds < 60 * 2) {
+  if (seconds < int64_t{60} * 2) {
     return fmt::format("{}s", seconds);
   }
   int64_t minutes = seconds / 60;
@@ -158,7 +158,7 @@ std::string FormatAge(std::chrono::system_clock::duration age) {
     int64_t s = seconds % 60;
     return s == 0 ? fmt::format("{}m", minutes) : fmt::format("{}m{}s", minutes, s);
   }
-  if (minutes < 60 * 3) {
+  if (minutes < int64_t{60} * 3) {
     return fmt::format("{}m", minutes);
   }
   int64_t hours = seconds / 3600;
@@ -169,14 +169,14 @@ std::string FormatAge(std::chrono::system_clock::duration age) {
   if (hours < 48) {
     return fmt::format("{}h", hours);
   }
-  if (hours < 24 * 8) {
+  if (hours < int64_t{24} * 8) {
     int64_t h = hours % 24;
     return h == 0 ? fmt::format("{}d", hours / 24) : fmt::format("{}d{}h", hours / 24, h);
   }
-  if (hours < 24 * 365 * 2) {
+  if (hours < int64_t{24} * 365 * 2) {
     return fmt::format("{}d", hours / 24);
   }
-  if (hours < 24 * 365 * 8) {
+  if (hours < int64_t{24} * 365 * 8) {
     int64_t days = (hours / 24) % 365;
     return days == 0 ? fmt::format("{}y", hours / 24 / 365)
                      : fmt::format("{}y{}d", hours / 24 / 365, days);

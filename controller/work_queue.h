@@ -289,9 +289,9 @@ class WorkQueue {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<T> queue_;        // ready, in order; every element is also in dirty_
-  std::set<T> dirty_;          // needs processing (queued, or added while processing)
-  std::set<T> processing_;     // handed out by Get(), not yet Done()
+  std::deque<T> queue_;     // ready, in order; every element is also in dirty_
+  std::set<T> dirty_;       // needs processing (queued, or added while processing)
+  std::set<T> processing_;  // handed out by Get(), not yet Done()
   // Waiting for a delay: ordered by (ready time, insertion sequence), and indexed by key.
   std::set<std::tuple<TimePoint, uint64_t, T>> waiting_;
   std::map<T, std::pair<TimePoint, uint64_t>> waiting_by_key_;

@@ -29,7 +29,7 @@ TEST(ObjectCacheTest, UpsertGetDelete) {
   EXPECT_TRUE(cache.Upsert(Entry("a", "a.yaml:1", "org/a")));
   EXPECT_FALSE(cache.Upsert(Entry("a", "moved.yaml:7", "org/a")));  // only the origin moved
   EXPECT_EQ(cache.Get(Key("a"))->origin, "moved.yaml:7");
-  EXPECT_TRUE(cache.Upsert(Entry("a", "moved.yaml:7", "org/b")));   // spec changed
+  EXPECT_TRUE(cache.Upsert(Entry("a", "moved.yaml:7", "org/b")));  // spec changed
   auto withErr = Entry("a", "moved.yaml:7", "org/b");
   withErr.source_error = Error(Reason::InvalidSpec, "declared twice");
   EXPECT_TRUE(cache.Upsert(withErr));
@@ -60,8 +60,8 @@ TEST(ObjectCacheTest, ReplaceOriginTouchesOnlyThatFile) {
   (void)cache.Upsert(Entry("b", "x.yaml:9", "org/b"));
   (void)cache.Upsert(Entry("c", "y.yaml:1", "org/c"));
   // x.yaml now declares a (unchanged, other line) and d; b is gone.
-  auto changed =
-      cache.ReplaceOrigin("x.yaml", {Entry("a", "x.yaml:3", "org/a"), Entry("d", "x.yaml:8", "o/d")});
+  auto changed = cache.ReplaceOrigin(
+      "x.yaml", {Entry("a", "x.yaml:3", "org/a"), Entry("d", "x.yaml:8", "o/d")});
   std::vector<crds::ObjectKey> want = {Key("b"), Key("d")};
   EXPECT_EQ(changed, want);
   std::vector<crds::ObjectKey> keys = {Key("a"), Key("c"), Key("d")};
@@ -78,8 +78,8 @@ TEST(ObjectCacheTest, ReplaceAllReportsAddedRemovedAndChanged) {
                           Entry("c", "x.yaml:20", "org/c")});
   auto bumped = Entry("c", "x.yaml:20", "org/c");
   bumped.object.metadata.generation = 2;
-  auto changed = cache.ReplaceAll({Entry("a", "z.yaml:1", "org/a"), bumped,
-                                   Entry("d", "x.yaml:30", "org/d")});
+  auto changed =
+      cache.ReplaceAll({Entry("a", "z.yaml:1", "org/a"), bumped, Entry("d", "x.yaml:30", "org/d")});
   std::vector<crds::ObjectKey> want = {Key("b"), Key("c"), Key("d")};
   EXPECT_EQ(changed, want);
   std::vector<crds::ObjectKey> keys = {Key("a"), Key("c"), Key("d")};

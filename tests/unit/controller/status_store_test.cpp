@@ -127,8 +127,7 @@ TEST(FileStatusStoreTest, ListIsOrderedAndSkipsCorruptAndForeignFiles) {
   testing::WriteFile(dir.path() + "/status/default/half.json.tmp.123", "{");
   // A file whose content names another object is not trusted either.
   auto other = Object("default", "other");
-  testing::WriteFile(dir.path() + "/status/default/mislabeled.json",
-                     crds::ToJson(other).dump());
+  testing::WriteFile(dir.path() + "/status/default/mislabeled.json", crds::ToJson(other).dump());
   auto list = store.List();
   ASSERT_TRUE(list);
   std::vector<std::string> names;

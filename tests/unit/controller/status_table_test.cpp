@@ -26,9 +26,13 @@ std::vector<crds::ModelCache> Objects() {
   ready.status.phase = "Ready";
   ready.status.resolved_revision = "c1899de289a04d12100db370d81485cdf75e47ca";
   ready.status.artifact = crds::ArtifactStatus{
-      "qwen3-0-6b", "v1",
+      "qwen3-0-6b",
+      "v1",
       "qwen3-0-6b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-      "file:///var/lib/modelcache/artifacts/qwen3-0-6b/v1", "", 1000, 3};
+      "file:///var/lib/modelcache/artifacts/qwen3-0-6b/v1",
+      "",
+      1000,
+      3};
   crds::Condition cond;
   cond.type = "Ready";
   cond.status = "True";

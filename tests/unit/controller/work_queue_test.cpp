@@ -273,6 +273,7 @@ TEST(WorkQueueTest, ConcurrentWorkersNeverShareAKey) {
   std::atomic<int> overlaps{0};
   std::map<int, int> processed;
   std::vector<std::thread> workers;
+  workers.reserve(kWorkers);
   for (int w = 0; w < kWorkers; ++w) {
     workers.emplace_back([&] {
       while (auto key = q.Get()) {
@@ -293,6 +294,7 @@ TEST(WorkQueueTest, ConcurrentWorkersNeverShareAKey) {
     });
   }
   std::vector<std::thread> producers;
+  producers.reserve(2);
   for (int p = 0; p < 2; ++p) {
     producers.emplace_back([&] {
       for (int i = 0; i < kAddsPerKey; ++i) {
