@@ -65,7 +65,7 @@ struct SecretKeyRef {
 };
 
 struct SourceSpec {
-  std::string repo;                  // required: "org/name" or "name"
+  std::string repo;                  // required: "org/name", "name" or s3://…/artifacts/name[/v]
   std::string type;                  // "model" | "dataset"; default "model"
   std::string revision;              // branch, tag or 40-hex commit; default "main"
   std::vector<std::string> include;  // fnmatch allow patterns; empty: all files
