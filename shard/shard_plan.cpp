@@ -129,9 +129,10 @@ Result<ModelSpec> ParseModelSpec(const json& config) {
     m.qkv_bias = BoolField(config, "attention_bias");
     m.qk_norm = true;
   } else {
-    // LlamaAttention: bias = attention_bias or bias (internlm), on qkv_proj and o_proj alike.
-    m.qkv_bias = BoolField(config, "attention_bias") || BoolField(config, "bias");
-    m.o_proj_bias = m.qkv_bias;
+    // LlamaDecoderLayer: bias = attention_bias or bias (internlm), on qkv_proj and o_proj alike,
+    // except that a qkv_bias field (internlm3) overrides it for qkv_proj in vllm.
+    m.o_proj_bias = BoolField(config, "attention_bias") || BoolField(config, "bias");
+    m.qkv_bias = config.contains("qkv_bias") ? BoolField(config, "qkv_bias") : m.o_proj_bias;
   }
   return m;
 }

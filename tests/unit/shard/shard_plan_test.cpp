@@ -152,6 +152,11 @@ TEST(ShardPlanTest, LlamaAttentionBiasAppliesToQkvAndOProj) {
   EXPECT_NE(d.find("self_attn.qkv_proj.bias [32]\n"), std::string::npos) << d;
   EXPECT_NE(d.find("self_attn.o_proj.bias [64]\n"), std::string::npos) << d;
   EXPECT_EQ(d.find("_k_scale"), std::string::npos) << d;  // vllm 0.13 had no scale buffers
+  // vllm's Llama lets a qkv_bias field override attention_bias for qkv_proj only.
+  config["qkv_bias"] = false;
+  std::string no_qkv = Describe(Plan(config, 4).ranks[0]);
+  EXPECT_EQ(no_qkv.find("qkv_proj.bias"), std::string::npos) << no_qkv;
+  EXPECT_NE(no_qkv.find("self_attn.o_proj.bias [64]\n"), std::string::npos) << no_qkv;
   // Mistral is Llama-shaped.
   ShardPlan mistral = Plan(TinyConfig("MistralForCausalLM"), 2);
   EXPECT_EQ(mistral.ranks[0].size(), 15u - 2u);  // Qwen3's list without q_norm/k_norm
