@@ -1,11 +1,30 @@
 #include "common/units.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <string>
 
 namespace modelcache {
+namespace {
+
+// Digits with at most one '.', all of `s` consumed ("1.5" yes; "1.2.3", "." no).
+bool ParseDecimal(std::string_view s, double& out) {
+  if (s.empty() || s == "." || std::count(s.begin(), s.end(), '.') > 1) {
+    return false;
+  }
+  std::string text(s);
+  size_t used = 0;
+  try {
+    out = std::stod(text, &used);
+  } catch (...) {
+    return false;
+  }
+  return used == text.size();
+}
+
+}  // namespace
 
 Result<std::chrono::milliseconds> ParseDuration(std::string_view s) {
   auto invalid = [&] {
@@ -29,9 +48,7 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view s) {
       return invalid();
     }
     double value = 0;
-    try {
-      value = std::stod(std::string(s.substr(start, i - start)));
-    } catch (...) {
+    if (!ParseDecimal(s.substr(start, i - start), value)) {
       return invalid();
     }
     size_t unit_start = i;
@@ -101,9 +118,7 @@ Result<uint64_t> ParseByteSize(std::string_view s) {
     return invalid();
   }
   double value = 0;
-  try {
-    value = std::stod(std::string(s.substr(0, i)));
-  } catch (...) {
+  if (!ParseDecimal(s.substr(0, i), value)) {
     return invalid();
   }
   std::string unit(s.substr(i));
@@ -137,7 +152,7 @@ Result<uint64_t> ParseByteSize(std::string_view s) {
     return invalid();
   }
   double bytes = value * scale;
-  if (bytes > 1.8e19) {
+  if (bytes >= 9.2e18) {
     return invalid();
   }
   return static_cast<uint64_t>(std::llround(bytes));

@@ -296,7 +296,7 @@ INSTANTIATE_TEST_SUITE_P(
                                 MakeFault(Fault::Kind::DropAfter, 0, 1 << 20, 2)},
                       FaultCase{"CorruptOnce", MakeFault(Fault::Kind::Corrupt, 0, 12345, 1)},
                       FaultCase{"IgnoresRange", MakeFault(Fault::Kind::IgnoreRange, 0, 0, -1)}),
-    [](const ::testing::TestParamInfo<FaultCase>& info) { return info.param.name; });
+    [](const ::testing::TestParamInfo<FaultCase>& param_info) { return param_info.param.name; });
 
 TEST_F(SpineTest, PersistentCorruptionIsChecksumMismatch) {
   AddRepo("org/corrupt", SmallModelFiles(200000, 12));

@@ -17,7 +17,7 @@ TEST(DurationTest, ParsesGoStyle) {
 }
 
 TEST(DurationTest, RejectsGarbage) {
-  for (const char* bad : {"", "h", "10", "1x", "-1h", "1h-", "one hour"}) {
+  for (const char* bad : {"", "h", "10", "1x", "-1h", "1h-", "one hour", "1..h", "1.2.3s", ".s"}) {
     auto r = ParseDuration(bad);
     ASSERT_FALSE(r) << bad;
     EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
@@ -41,6 +41,9 @@ TEST(ByteSizeTest, ParsesUnits) {
   EXPECT_FALSE(ParseByteSize("GiB"));
   EXPECT_FALSE(ParseByteSize("5XB"));
   EXPECT_FALSE(ParseByteSize(""));
+  EXPECT_FALSE(ParseByteSize("1.2.3GiB"));
+  EXPECT_FALSE(ParseByteSize("100PiB00"));
+  EXPECT_FALSE(ParseByteSize("20000PiB"));
 }
 
 TEST(ByteSizeTest, Formats) {
