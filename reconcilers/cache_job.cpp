@@ -175,13 +175,15 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   std::sort(files.begin(), files.end(),
             [](const auto& a, const auto& b) { return a.path < b.path; });
 
-  // Plan: what the store lacks. Held under the repo lock until the blobs are in place.
+  // Plan: what the store lacks. The repo lock is held until the blobs are in place and linked;
+  // staging and publishing need no lock (the store makes concurrent publishes safe).
   std::string lock_path =
       store.root() + "/locks/" + fs::path(store.RepoDir(repo)).filename().string() + ".lock";
-  auto lock = RepoLock::Acquire(lock_path, stop);
-  if (!lock) {
-    return lock.error();
+  auto acquired = RepoLock::Acquire(lock_path, stop);
+  if (!acquired) {
+    return acquired.error();
   }
+  std::optional<RepoLock> lock(std::move(*acquired));
   std::vector<fetch::FileTask> tasks;
   std::vector<size_t> task_file;  // index into files
   uint64_t bytes_present = 0;
@@ -272,6 +274,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
     return r.error();
   }
+  lock.reset();
   if (stop.stop_requested()) {
     return Error(Reason::Cancelled, "cancelled");
   }

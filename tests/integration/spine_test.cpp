@@ -97,9 +97,10 @@ TEST_F(SpineTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {
   EXPECT_EQ(ready->status, "True");
   ASSERT_TRUE(mc->status.artifact.has_value());
   const auto& art = *mc->status.artifact;
-  EXPECT_EQ(art.name, "tiny");
-  EXPECT_EQ(art.id.rfind("tiny@sha256:", 0), 0u) << art.id;
-  EXPECT_EQ(art.id.size(), std::string("tiny@sha256:").size() + 64);
+  // artifactName defaults to the repo's name, not the resource's.
+  EXPECT_EQ(art.name, "tiny-model");
+  EXPECT_EQ(art.id.rfind("tiny-model@sha256:", 0), 0u) << art.id;
+  EXPECT_EQ(art.id.size(), std::string("tiny-model@sha256:").size() + 64);
   EXPECT_EQ(art.files, 5);
   uint64_t total = 0;
   for (const auto& [p, c] : files) {
@@ -123,7 +124,7 @@ TEST_F(SpineTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {
 
   // The artifact: current -> version, every file, the manifest.
   ASSERT_FALSE(art.path.empty());
-  EXPECT_EQ(fs::canonical(store_dir() + "/artifacts/tiny/current"), fs::canonical(art.path));
+  EXPECT_EQ(fs::canonical(store_dir() + "/artifacts/tiny-model/current"), fs::canonical(art.path));
   for (const auto& [path, content] : files) {
     EXPECT_EQ(Slurp(art.path + "/" + path), content) << path;
   }
@@ -258,6 +259,9 @@ TEST_F(SpineTest, UnknownRepoAndRevisionFailPermanently) {
 struct FaultCase {
   const char* name;
   Fault fault;
+  // Bound on the bytes served for the faulty file, in file sizes: a dropped connection resumes,
+  // a corrupt download has to be fetched whole once more.
+  double max_served = 1.5;
 };
 
 class FaultTest : public SpineTest, public ::testing::WithParamInterface<FaultCase> {};
@@ -272,8 +276,8 @@ TEST_P(FaultTest, RecoversToReady) {
   auto mc = WaitReady("faulty", seconds(60));
   ASSERT_TRUE(mc && IsReady(*mc)) << daemon.Log();
   EXPECT_EQ(Slurp(mc->status.artifact->path + "/model.safetensors"), files["model.safetensors"]);
-  // Resumed rather than restarted from zero where the connection dropped.
-  EXPECT_LT(hub_.BodyBytesServed("model.safetensors"), files["model.safetensors"].size() * 2);
+  EXPECT_LE(static_cast<double>(hub_.BodyBytesServed("model.safetensors")),
+            GetParam().max_served * static_cast<double>(files["model.safetensors"].size()));
 }
 
 Fault MakeFault(Fault::Kind kind, int status, uint64_t bytes, int count) {
@@ -294,8 +298,8 @@ INSTANTIATE_TEST_SUITE_P(
                       FaultCase{"Unavailable", MakeFault(Fault::Kind::Status, 503, 0, 2)},
                       FaultCase{"DroppedMidFile",
                                 MakeFault(Fault::Kind::DropAfter, 0, 1 << 20, 2)},
-                      FaultCase{"CorruptOnce", MakeFault(Fault::Kind::Corrupt, 0, 12345, 1)},
-                      FaultCase{"IgnoresRange", MakeFault(Fault::Kind::IgnoreRange, 0, 0, -1)}),
+                      FaultCase{"CorruptOnce", MakeFault(Fault::Kind::Corrupt, 0, 12345, 1), 2.0},
+                      FaultCase{"IgnoresRange", MakeFault(Fault::Kind::IgnoreRange, 0, 0, -1), 1.0}),
     [](const ::testing::TestParamInfo<FaultCase>& param_info) { return param_info.param.name; });
 
 TEST_F(SpineTest, PersistentCorruptionIsChecksumMismatch) {
