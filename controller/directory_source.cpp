@@ -64,7 +64,7 @@ std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path
     return {std::nullopt, errno};
   }
   std::string out;
-  std::array<char, 16 * 1024> buf;
+  std::array<char, size_t{16} * 1024> buf;
   while (true) {
     ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0) {
@@ -252,7 +252,7 @@ void DirectorySource::Run() {
 
 bool DirectorySource::DrainEvents() {
   bool relevant = false;
-  alignas(inotify_event) std::array<char, 64 * 1024> buf;
+  alignas(inotify_event) std::array<char, size_t{64} * 1024> buf;
   while (true) {
     ssize_t n = ::read(inotify_fd_, buf.data(), buf.size());
     if (n < 0 && errno == EINTR) {

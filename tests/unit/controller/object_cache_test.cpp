@@ -30,10 +30,10 @@ TEST(ObjectCacheTest, UpsertGetDelete) {
   EXPECT_FALSE(cache.Upsert(Entry("a", "moved.yaml:7", "org/a")));  // only the origin moved
   EXPECT_EQ(cache.Get(Key("a"))->origin, "moved.yaml:7");
   EXPECT_TRUE(cache.Upsert(Entry("a", "moved.yaml:7", "org/b")));  // spec changed
-  auto withErr = Entry("a", "moved.yaml:7", "org/b");
-  withErr.source_error = Error(Reason::InvalidSpec, "declared twice");
-  EXPECT_TRUE(cache.Upsert(withErr));
-  EXPECT_FALSE(cache.Upsert(withErr));
+  auto with_err = Entry("a", "moved.yaml:7", "org/b");
+  with_err.source_error = Error(Reason::InvalidSpec, "declared twice");
+  EXPECT_TRUE(cache.Upsert(with_err));
+  EXPECT_FALSE(cache.Upsert(with_err));
   EXPECT_EQ(cache.Get(Key("a"))->source_error->reason, Reason::InvalidSpec);
   EXPECT_EQ(cache.Get(Key("zz")), std::nullopt);
   EXPECT_TRUE(cache.Delete(Key("a")));

@@ -84,6 +84,7 @@ TEST(FileStatusStoreTest, ConcurrentWritersLeaveOneWholeFile) {
   TempDir dir;
   FileStatusStore store(dir.path());
   std::vector<std::thread> threads;
+  threads.reserve(4);
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       auto mc = Object("default", "qwen");
