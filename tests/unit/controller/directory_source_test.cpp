@@ -458,11 +458,10 @@ TEST_F(DirectorySourceTest, StopIsIdempotentAndSafeWithoutStart) {
   StartSource();
   source_->Stop();
   source_->Stop();
-  uint64_t scans = source_->scans();
-  WriteFile(watch_ + "/late.yaml", Manifest("late", "org/late"));
-  // No thread is left to notice; the cache keeps what it had.
-  EXPECT_EQ(source_->scans(), scans);
-  EXPECT_FALSE(Get("late").has_value());
+  // Started once only.
+  auto again = source_->Start(cache_, recorder_.Fn());
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().reason, Reason::Internal);
 }
 
 }  // namespace
