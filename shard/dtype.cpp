@@ -115,8 +115,8 @@ Result<std::optional<DType>> ParseTargetDType(std::string_view spec) {
   if (spec == "float32" || spec == "float" || spec == "f32" || spec == "fp32") {
     return std::optional<DType>(DType::F32);
   }
-  return Error(Reason::InvalidSpec, "dtype '" + std::string(spec) +
-                                        "' is not one of auto, float16, bfloat16, float32");
+  return Error(Reason::InvalidSpec,
+               "dtype '" + std::string(spec) + "' is not one of auto, float16, bfloat16, float32");
 }
 
 std::string_view TargetDTypeName(DType dtype) {
@@ -149,7 +149,7 @@ float BFloat16ToFloat(uint16_t bits) { return FromBits(static_cast<uint32_t>(bit
 
 uint16_t FloatToHalf(float value) {
   uint32_t u = Bits(value);
-  uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  auto sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) {
     // NaN: quiet, keep the top 9 payload bits.
@@ -166,9 +166,9 @@ uint16_t FloatToHalf(float value) {
     if (abs < 0x33000000u) {
       return sign;
     }
-    uint32_t exponent = abs >> 23;                   // 102..112
+    uint32_t exponent = abs >> 23;                      // 102..112
     uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;  // with the implicit bit
-    uint32_t shift = 126 - exponent;                 // 14..24: puts the value in units of 2^-24
+    uint32_t shift = 126 - exponent;                    // 14..24: puts the value in units of 2^-24
     uint32_t half_mantissa = mantissa >> shift;
     uint32_t rest = mantissa & ((1u << shift) - 1u);
     uint32_t halfway = 1u << (shift - 1u);

@@ -18,7 +18,23 @@
 
 namespace modelcache::shard {
 
-enum class DType { Bool, U8, I8, F8E4M3, F8E5M2, I16, U16, F16, BF16, I32, U32, F32, I64, U64, F64 };
+enum class DType {
+  Bool,
+  U8,
+  I8,
+  F8E4M3,
+  F8E5M2,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  I64,
+  U64,
+  F64
+};
 
 // "BF16", "F32", "F8_E4M3", … (the safetensors header spelling).
 std::string_view DTypeName(DType dtype);

@@ -51,8 +51,8 @@ Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_vi
   }
   auto v = ParseVersion(layout.release);
   if (!v) {
-    return Error(Reason::InvalidSpec, "engine release '" + layout.release +
-                                          "' is not a version such as 0.14.0");
+    return Error(Reason::InvalidSpec,
+                 "engine release '" + layout.release + "' is not a version such as 0.14.0");
   }
   if (engine == "vllm") {
     if (*v < Version{0, 6, 0}) {
@@ -65,8 +65,9 @@ Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_vi
     layout.compatible = layout.attention_scale_buffers ? ">=0.14.0" : ">=0.6.0,<0.14.0";
   } else {
     if (*v < Version{0, 4, 0}) {
-      return Error(Reason::ShardConfigInvalid, "sglang " + layout.release +
-                                                   " is older than 0.4.0, the oldest layout we produce");
+      return Error(
+          Reason::ShardConfigInvalid,
+          "sglang " + layout.release + " is older than 0.4.0, the oldest layout we produce");
     }
     layout.attention_scale_buffers = false;
     layout.compatible = ">=0.4.0";
@@ -76,9 +77,8 @@ Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_vi
 
 const std::vector<std::string>& AttentionScaleBufferNames() {
   // Registration order in vllm's set_default_quant_scales(register_buffer=True).
-  static const std::vector<std::string> kNames = {"_k_scale", "_v_scale", "_q_scale",
-                                                  "_prob_scale"};
-  return kNames;
+  static const std::vector<std::string> names = {"_k_scale", "_v_scale", "_q_scale", "_prob_scale"};
+  return names;
 }
 
 std::string RankFileName(const EngineLayout& layout, int64_t rank, int64_t part) {

@@ -27,9 +27,9 @@
 namespace modelcache::shard {
 
 struct EngineLayout {
-  std::string engine;         // "vllm" | "sglang"
-  std::string release;        // the release the output is produced for, e.g. "0.14.0"
-  std::string compatible;     // the releases that load it, e.g. ">=0.14.0"
+  std::string engine;                    // "vllm" | "sglang"
+  std::string release;                   // the release the output is produced for, e.g. "0.14.0"
+  std::string compatible;                // the releases that load it, e.g. ">=0.14.0"
   bool attention_scale_buffers = false;  // attn._k_scale, _v_scale, _q_scale, _prob_scale
   int64_t vocab_padding = 64;            // DEFAULT_VOCAB_PADDING_SIZE in both engines
   std::string file_pattern = "model-rank-{rank}-part-{part}.safetensors";

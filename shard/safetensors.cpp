@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <initializer_list>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -19,18 +20,27 @@ namespace {
 
 using nlohmann::json;
 
+// Joins message pieces without the temporaries that chained operator+ makes.
+std::string Cat(std::initializer_list<std::string_view> parts) {
+  std::string out;
+  for (std::string_view p : parts) {
+    out.append(p);
+  }
+  return out;
+}
+
 Error Invalid(std::string_view file, const std::string& what) {
-  return Error(Reason::ShardConfigInvalid, "safetensors file " + std::string(file) + ": " + what);
+  return {Reason::ShardConfigInvalid, "safetensors file " + std::string(file) + ": " + what};
 }
 
 Error InvalidTensor(std::string_view file, std::string_view tensor, const std::string& what) {
-  return Error(Reason::ShardConfigInvalid, "safetensors file " + std::string(file) + ", tensor '" +
-                                               std::string(tensor) + "': " + what);
+  return {Reason::ShardConfigInvalid, "safetensors file " + std::string(file) + ", tensor '" +
+                                          std::string(tensor) + "': " + what};
 }
 
 Error Io(const std::string& what, const std::string& path, int err) {
   Reason reason = err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError;
-  return Error(reason, what + " " + path + ": " + ErrnoMessage(err));
+  return {reason, what + " " + path + ": " + ErrnoMessage(err)};
 }
 
 uint64_t ReadLe64(const unsigned char* p) {
@@ -131,8 +141,9 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view text, uint64_t
     bool overflow = false;
     for (const auto& d : *shape_it) {
       if (!d.is_number_unsigned()) {
-        return InvalidTensor(file, name, "shape " + shape_it->dump() +
-                                             " has a dimension that is not a non-negative integer");
+        return InvalidTensor(
+            file, name,
+            "shape " + shape_it->dump() + " has a dimension that is not a non-negative integer");
       }
       uint64_t dim = d.get<uint64_t>();
       if (dim > static_cast<uint64_t>(INT64_MAX)) {
@@ -175,7 +186,8 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view text, uint64_t
               return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
             });
   // The ranges must tile the data section: an overlap means two tensors alias each other's bytes,
-  // and a gap or tail means bytes nobody accounts for (a header that lies about what the file holds).
+  // and a gap or tail means bytes nobody accounts for (a header that lies about what the file
+  // holds).
   uint64_t expected = 0;
   for (const auto& t : header.tensors) {
     if (t.begin < expected) {
@@ -197,8 +209,8 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view text, uint64_t
 
 Result<SafetensorsHeader> ParseSafetensors(std::string_view image, std::string_view file) {
   if (image.size() < 8) {
-    return Invalid(file, "shorter than the 8-byte header length (" + std::to_string(image.size()) +
-                             " bytes)");
+    return Invalid(
+        file, "shorter than the 8-byte header length (" + std::to_string(image.size()) + " bytes)");
   }
   uint64_t n = ReadLe64(reinterpret_cast<const unsigned char*>(image.data()));
   if (n > kMaxHeaderSize) {
@@ -225,8 +237,8 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
   }
   f->map_size_ = static_cast<uint64_t>(st.st_size);
   if (f->map_size_ < 8) {
-    return Invalid(path, "shorter than the 8-byte header length (" +
-                             std::to_string(f->map_size_) + " bytes)");
+    return Invalid(
+        path, "shorter than the 8-byte header length (" + std::to_string(f->map_size_) + " bytes)");
   }
   void* map = ::mmap(nullptr, f->map_size_, PROT_READ, MAP_SHARED, f->fd_, 0);
   if (map == MAP_FAILED) {
@@ -262,8 +274,8 @@ const TensorInfo* SafetensorsFile::Find(std::string_view name) const {
 }
 
 void SafetensorsFile::Release(uint64_t begin, uint64_t end) const {
-  static const uint64_t kPage = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  uint64_t first = (data_offset_ + begin) / kPage * kPage;
+  static const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t first = (data_offset_ + begin) / page * page;
   uint64_t last = std::min(map_size_, data_offset_ + end);
   if (last <= first) {
     return;
@@ -295,12 +307,12 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
     for (const auto& [tensor, file] : index["weight_map"].items()) {
       if (!file.is_string()) {
         return Error(Reason::ShardConfigInvalid,
-                     index_path + ": weight_map entry for '" + tensor + "' is not a file name");
+                     Cat({index_path, ": weight_map entry for '", tensor, "' is not a file name"}));
       }
       std::string name = file.get<std::string>();
       if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
-        return Error(Reason::ShardConfigInvalid,
-                     index_path + ": weight_map names '" + name + "', which is not a file here");
+        return Error(Reason::ShardConfigInvalid, Cat({index_path, ": weight_map names '", name,
+                                                      "', which is not a file here"}));
       }
       files.insert(name);
       weight_map[tensor] = name;
@@ -337,9 +349,9 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
   }
   for (const auto& [tensor, file] : weight_map) {
     auto it = ckpt->entries_.find(tensor);
-    if (it == ckpt->entries_.end() || it->second.file->path() != dir + "/" + file) {
-      return Error(Reason::ShardConfigInvalid, index_path + " places tensor '" + tensor + "' in " +
-                                                   file + ", which does not hold it");
+    if (it == ckpt->entries_.end() || it->second.file->path() != Cat({dir, "/", file})) {
+      return Error(Reason::ShardConfigInvalid, Cat({index_path, " places tensor '", tensor, "' in ",
+                                                    file, ", which does not hold it"}));
     }
   }
   return ckpt;
@@ -367,8 +379,8 @@ uint64_t Checkpoint::data_bytes() const {
   return total;
 }
 
-Result<SafetensorsLayout> SafetensorsLayout::Make(std::vector<TensorSpec> tensors,
-                                                  std::map<std::string, std::string> metadata) {
+Result<SafetensorsLayout> SafetensorsLayout::Make(
+    std::vector<TensorSpec> tensors, const std::map<std::string, std::string>& metadata) {
   std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) {
     size_t sa = DTypeSize(a.dtype);
     size_t sb = DTypeSize(b.dtype);
@@ -393,15 +405,15 @@ Result<SafetensorsLayout> SafetensorsLayout::Make(std::vector<TensorSpec> tensor
     t.shape = spec.shape;
     for (int64_t d : t.shape) {
       if (d < 0) {
-        return Error(Reason::ShardConfigInvalid, "tensor '" + spec.name + "' has a negative dimension");
+        return Error(Reason::ShardConfigInvalid,
+                     "tensor '" + spec.name + "' has a negative dimension");
       }
     }
     t.begin = offset;
     t.end = offset + t.num_elements() * DTypeSize(t.dtype);
     offset = t.end;
-    header[spec.name] = {{"dtype", DTypeName(t.dtype)},
-                         {"shape", t.shape},
-                         {"data_offsets", {t.begin, t.end}}};
+    header[spec.name] = {
+        {"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
     layout.tensors_.push_back(std::move(t));
   }
   std::string text = header.dump();
@@ -500,6 +512,7 @@ VoidResult WriteSafetensorsFile(const std::string& path,
                                 const std::vector<std::pair<TensorSpec, std::string>>& tensors,
                                 const std::map<std::string, std::string>& metadata) {
   std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
   for (const auto& [spec, data] : tensors) {
     specs.push_back(spec);
   }

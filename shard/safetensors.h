@@ -133,7 +133,7 @@ class SafetensorsLayout {
  public:
   // ShardConfigInvalid on duplicate or empty names or negative dimensions.
   static Result<SafetensorsLayout> Make(std::vector<TensorSpec> tensors,
-                                        std::map<std::string, std::string> metadata);
+                                        const std::map<std::string, std::string>& metadata);
 
   // Length prefix + JSON + padding; the data section starts right after it.
   const std::string& header() const { return header_; }

@@ -7,7 +7,7 @@ namespace {
 
 using nlohmann::json;
 
-Error Invalid(const std::string& what) { return Error(Reason::ShardConfigInvalid, what); }
+Error Invalid(const std::string& what) { return {Reason::ShardConfigInvalid, what}; }
 
 // A positive integer field of config.json, or `fallback` when absent or null (if one is given).
 Result<int64_t> IntField(const json& config, const char* key, std::optional<int64_t> fallback) {
@@ -52,9 +52,9 @@ Piece Zeros(int64_t rows) {
 }  // namespace
 
 const std::vector<std::string>& SupportedArchitectures() {
-  static const std::vector<std::string> kArchitectures = {
-      "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
-  return kArchitectures;
+  static const std::vector<std::string> architectures = {"LlamaForCausalLM", "MistralForCausalLM",
+                                                         "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
+  return architectures;
 }
 
 Result<ModelSpec> ParseModelSpec(const json& config) {
@@ -63,8 +63,7 @@ Result<ModelSpec> ParseModelSpec(const json& config) {
   }
   ModelSpec m;
   auto archs = config.find("architectures");
-  if (archs == config.end() || !archs->is_array() || archs->empty() ||
-      !(*archs)[0].is_string()) {
+  if (archs == config.end() || !archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
     return Error(Reason::UnsupportedArchitecture, "config.json names no architecture");
   }
   m.architecture = (*archs)[0].get<std::string>();
@@ -90,17 +89,29 @@ Result<ModelSpec> ParseModelSpec(const json& config) {
     m.torch_dtype = d->get<std::string>();
   }
   auto hidden = IntField(config, "hidden_size", std::nullopt);
-  if (!hidden) return hidden.error();
+  if (!hidden) {
+    return hidden.error();
+  }
   auto inter = IntField(config, "intermediate_size", std::nullopt);
-  if (!inter) return inter.error();
+  if (!inter) {
+    return inter.error();
+  }
   auto layers = IntField(config, "num_hidden_layers", std::nullopt);
-  if (!layers) return layers.error();
+  if (!layers) {
+    return layers.error();
+  }
   auto heads = IntField(config, "num_attention_heads", std::nullopt);
-  if (!heads) return heads.error();
+  if (!heads) {
+    return heads.error();
+  }
   auto kv = IntField(config, "num_key_value_heads", *heads);
-  if (!kv) return kv.error();
+  if (!kv) {
+    return kv.error();
+  }
   auto vocab = IntField(config, "vocab_size", std::nullopt);
-  if (!vocab) return vocab.error();
+  if (!vocab) {
+    return vocab.error();
+  }
   m.hidden_size = *hidden;
   m.intermediate_size = *inter;
   m.num_layers = *layers;
@@ -109,14 +120,16 @@ Result<ModelSpec> ParseModelSpec(const json& config) {
   m.vocab_size = *vocab;
   // head_dim: explicit in Qwen3, Mistral-Nemo and Llama 3.x configs; otherwise hidden / heads, as
   // the engines compute it.
-  if (m.hidden_size % m.num_heads != 0 && !(config.contains("head_dim") &&
-                                            !config["head_dim"].is_null())) {
+  if (m.hidden_size % m.num_heads != 0 &&
+      !(config.contains("head_dim") && !config["head_dim"].is_null())) {
     return Invalid("hidden_size " + std::to_string(m.hidden_size) +
                    " is not divisible by num_attention_heads " + std::to_string(m.num_heads) +
                    " and config.json has no head_dim");
   }
   auto head_dim = IntField(config, "head_dim", m.hidden_size / m.num_heads);
-  if (!head_dim) return head_dim.error();
+  if (!head_dim) {
+    return head_dim.error();
+  }
   m.head_dim = *head_dim;
   if (m.num_heads % m.num_kv_heads != 0) {
     return Invalid("num_attention_heads " + std::to_string(m.num_heads) +
@@ -177,50 +190,50 @@ Result<ShardPlan> MakeShardPlan(const ModelSpec& m, const EngineLayout& layout, 
                    " is not divisible by tensorParallelSize " + tps);
   }
 
-  const int64_t H = m.hidden_size;
-  const int64_t D = m.head_dim;
-  const int64_t q_rows = m.num_heads / tp * D;
+  const int64_t hidden = m.hidden_size;
+  const int64_t head_dim = m.head_dim;
+  const int64_t q_rows = m.num_heads / tp * head_dim;
   const int64_t kv_heads = std::max<int64_t>(1, m.num_kv_heads / tp);
-  const int64_t kv_rows = kv_heads * D;
+  const int64_t kv_rows = kv_heads * head_dim;
   const int64_t replicas = tp >= m.num_kv_heads ? tp / m.num_kv_heads : 1;
   const int64_t inter = m.intermediate_size / tp;
   const int64_t vocab_rows = plan.padded_vocab / tp;
-  const int64_t attn_in = m.num_heads * D / tp;
+  const int64_t attn_in = m.num_heads * head_dim / tp;
 
   auto& src = plan.sources;
-  src["model.embed_tokens.weight"] = {m.vocab_size, H};
+  src["model.embed_tokens.weight"] = {m.vocab_size, hidden};
   if (!m.tie_word_embeddings) {
-    src["lm_head.weight"] = {m.vocab_size, H};
+    src["lm_head.weight"] = {m.vocab_size, hidden};
   }
-  src["model.norm.weight"] = {H};
+  src["model.norm.weight"] = {hidden};
   for (int64_t i = 0; i < m.num_layers; ++i) {
     const std::string l = Layer(i);
-    src[l + "self_attn.q_proj.weight"] = {m.num_heads * D, H};
-    src[l + "self_attn.k_proj.weight"] = {m.num_kv_heads * D, H};
-    src[l + "self_attn.v_proj.weight"] = {m.num_kv_heads * D, H};
+    src[l + "self_attn.q_proj.weight"] = {m.num_heads * head_dim, hidden};
+    src[l + "self_attn.k_proj.weight"] = {m.num_kv_heads * head_dim, hidden};
+    src[l + "self_attn.v_proj.weight"] = {m.num_kv_heads * head_dim, hidden};
     if (m.qkv_bias) {
-      src[l + "self_attn.q_proj.bias"] = {m.num_heads * D};
-      src[l + "self_attn.k_proj.bias"] = {m.num_kv_heads * D};
-      src[l + "self_attn.v_proj.bias"] = {m.num_kv_heads * D};
+      src[l + "self_attn.q_proj.bias"] = {m.num_heads * head_dim};
+      src[l + "self_attn.k_proj.bias"] = {m.num_kv_heads * head_dim};
+      src[l + "self_attn.v_proj.bias"] = {m.num_kv_heads * head_dim};
     }
-    src[l + "self_attn.o_proj.weight"] = {H, m.num_heads * D};
+    src[l + "self_attn.o_proj.weight"] = {hidden, m.num_heads * head_dim};
     if (m.o_proj_bias) {
-      src[l + "self_attn.o_proj.bias"] = {H};
+      src[l + "self_attn.o_proj.bias"] = {hidden};
     }
     if (m.qk_norm) {
-      src[l + "self_attn.q_norm.weight"] = {D};
-      src[l + "self_attn.k_norm.weight"] = {D};
+      src[l + "self_attn.q_norm.weight"] = {head_dim};
+      src[l + "self_attn.k_norm.weight"] = {head_dim};
     }
-    src[l + "mlp.gate_proj.weight"] = {m.intermediate_size, H};
-    src[l + "mlp.up_proj.weight"] = {m.intermediate_size, H};
-    src[l + "mlp.down_proj.weight"] = {H, m.intermediate_size};
-    src[l + "input_layernorm.weight"] = {H};
-    src[l + "post_attention_layernorm.weight"] = {H};
+    src[l + "mlp.gate_proj.weight"] = {m.intermediate_size, hidden};
+    src[l + "mlp.up_proj.weight"] = {m.intermediate_size, hidden};
+    src[l + "mlp.down_proj.weight"] = {hidden, m.intermediate_size};
+    src[l + "input_layernorm.weight"] = {hidden};
+    src[l + "post_attention_layernorm.weight"] = {hidden};
   }
 
   // The rows of vocab-parallel rank r: real rows [start, end) of the checkpoint, then zeros.
   auto vocab_tensor = [&](const std::string& name, const std::string& source, int64_t r) {
-    RankTensor t{name, {vocab_rows, H}, std::nullopt, {}};
+    RankTensor t{name, {vocab_rows, hidden}, std::nullopt, {}};
     int64_t start = std::min(r * vocab_rows, m.vocab_size);
     int64_t end = std::min((r + 1) * vocab_rows, m.vocab_size);
     if (end > start) {
@@ -239,12 +252,13 @@ Result<ShardPlan> MakeShardPlan(const ModelSpec& m, const EngineLayout& layout, 
   for (int64_t r = 0; r < tp; ++r) {
     auto& out = plan.ranks[static_cast<size_t>(r)];
     const int64_t kv_index = r / replicas;
-    out.push_back(vocab_tensor(m.tie_word_embeddings ? "lm_head.weight" : "model.embed_tokens.weight",
-                               "model.embed_tokens.weight", r));
+    out.push_back(
+        vocab_tensor(m.tie_word_embeddings ? "lm_head.weight" : "model.embed_tokens.weight",
+                     "model.embed_tokens.weight", r));
     for (int64_t i = 0; i < m.num_layers; ++i) {
       const std::string l = Layer(i);
       const std::string a = l + "self_attn.";
-      RankTensor qkv{a + "qkv_proj.weight", {q_rows + 2 * kv_rows, H}, std::nullopt, {}};
+      RankTensor qkv{a + "qkv_proj.weight", {q_rows + 2 * kv_rows, hidden}, std::nullopt, {}};
       qkv.pieces = {Copy(a + "q_proj.weight", r * q_rows, q_rows),
                     Copy(a + "k_proj.weight", kv_index * kv_rows, kv_rows),
                     Copy(a + "v_proj.weight", kv_index * kv_rows, kv_rows)};
@@ -256,34 +270,40 @@ Result<ShardPlan> MakeShardPlan(const ModelSpec& m, const EngineLayout& layout, 
                        Copy(a + "v_proj.bias", kv_index * kv_rows, kv_rows)};
         out.push_back(std::move(bias));
       }
-      out.push_back(RankTensor{a + "o_proj.weight", {H, attn_in}, std::nullopt,
-                               {Copy(a + "o_proj.weight", 0, H, r * attn_in)}});
+      out.push_back(RankTensor{a + "o_proj.weight",
+                               {hidden, attn_in},
+                               std::nullopt,
+                               {Copy(a + "o_proj.weight", 0, hidden, r * attn_in)}});
       if (m.o_proj_bias) {
-        out.push_back(replicated(a + "o_proj.bias", a + "o_proj.bias", H));
+        out.push_back(replicated(a + "o_proj.bias", a + "o_proj.bias", hidden));
       }
       if (layout.attention_scale_buffers) {
         for (const auto& buffer : AttentionScaleBufferNames()) {
           Piece one;
           one.kind = Piece::Kind::Ones;
           one.rows = 1;
-          out.push_back(RankTensor{a + "attn." + buffer, {}, DType::F32, {one}});
+          std::string name = a;
+          name.append("attn.").append(buffer);
+          out.push_back(RankTensor{std::move(name), {}, DType::F32, {one}});
         }
       }
       if (m.qk_norm) {
-        out.push_back(replicated(a + "q_norm.weight", a + "q_norm.weight", D));
-        out.push_back(replicated(a + "k_norm.weight", a + "k_norm.weight", D));
+        out.push_back(replicated(a + "q_norm.weight", a + "q_norm.weight", head_dim));
+        out.push_back(replicated(a + "k_norm.weight", a + "k_norm.weight", head_dim));
       }
-      RankTensor gate_up{l + "mlp.gate_up_proj.weight", {2 * inter, H}, std::nullopt, {}};
+      RankTensor gate_up{l + "mlp.gate_up_proj.weight", {2 * inter, hidden}, std::nullopt, {}};
       gate_up.pieces = {Copy(l + "mlp.gate_proj.weight", r * inter, inter),
                         Copy(l + "mlp.up_proj.weight", r * inter, inter)};
       out.push_back(std::move(gate_up));
-      out.push_back(RankTensor{l + "mlp.down_proj.weight", {H, inter}, std::nullopt,
-                               {Copy(l + "mlp.down_proj.weight", 0, H, r * inter)}});
-      out.push_back(replicated(l + "input_layernorm.weight", l + "input_layernorm.weight", H));
+      out.push_back(RankTensor{l + "mlp.down_proj.weight",
+                               {hidden, inter},
+                               std::nullopt,
+                               {Copy(l + "mlp.down_proj.weight", 0, hidden, r * inter)}});
+      out.push_back(replicated(l + "input_layernorm.weight", l + "input_layernorm.weight", hidden));
       out.push_back(replicated(l + "post_attention_layernorm.weight",
-                               l + "post_attention_layernorm.weight", H));
+                               l + "post_attention_layernorm.weight", hidden));
     }
-    out.push_back(replicated("model.norm.weight", "model.norm.weight", H));
+    out.push_back(replicated("model.norm.weight", "model.norm.weight", hidden));
     if (!m.tie_word_embeddings) {
       out.push_back(vocab_tensor("lm_head.weight", "lm_head.weight", r));
     }

@@ -73,10 +73,10 @@ struct Piece {
 };
 
 struct RankTensor {
-  std::string name;             // the engine's state-dict key
+  std::string name;  // the engine's state-dict key
   std::vector<int64_t> shape;
-  std::optional<DType> dtype;   // set for tensors whose dtype is fixed (scale buffers: F32)
-  std::vector<Piece> pieces;    // concatenated along dim 0
+  std::optional<DType> dtype;  // set for tensors whose dtype is fixed (scale buffers: F32)
+  std::vector<Piece> pieces;   // concatenated along dim 0
 
   int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
   int64_t row_width() const { return shape.size() >= 2 ? shape[1] : 1; }

@@ -63,8 +63,8 @@ uint64_t OpBytes(const Op& op) {
 }
 
 Error FromCopy(const std::string& path, int err) {
-  return Error(err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError,
-               "cannot write " + path + ": " + ErrnoMessage(err));
+  return {err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError,
+          "cannot write " + path + ": " + ErrnoMessage(err)};
 }
 
 // Copies `len` bytes between files inside the kernel. Returns false (nothing or part copied; the
@@ -73,8 +73,8 @@ Result<bool> CopyRange(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off,
                        const std::string& out_path, uint64_t* copied) {
   *copied = 0;
   while (len > 0) {
-    loff_t in = static_cast<loff_t>(in_off);
-    loff_t out = static_cast<loff_t>(out_off);
+    auto in = static_cast<loff_t>(in_off);
+    auto out = static_cast<loff_t>(out_off);
     ssize_t n = ::copy_file_range(in_fd, &in, out_fd, &out, len, 0);
     if (n < 0) {
       if (errno == EINTR) {
@@ -186,8 +186,8 @@ class Executor {
     const int64_t src_cols = info.shape.size() >= 2 ? info.shape[1] : 1;
     const size_t in_es = DTypeSize(info.dtype);
     const uint64_t row_bytes = static_cast<uint64_t>(src_cols) * in_es;
-    const uint64_t start = static_cast<uint64_t>(op.src_row) * row_bytes +
-                           static_cast<uint64_t>(op.src_col) * in_es;
+    const uint64_t start =
+        static_cast<uint64_t>(op.src_row) * row_bytes + static_cast<uint64_t>(op.src_col) * in_es;
     if (op.width == src_cols && op.dtype == info.dtype) {
       // Whole rows, same dtype: one contiguous range. Let the kernel move it page cache to page
       // cache; fall back to writing from the mapping where the filesystems cannot.
@@ -236,23 +236,22 @@ VoidResult CheckSources(const ShardPlan& plan, const Checkpoint& ckpt) {
                                                    plan.model.architecture + " needs");
     }
     if (e->info->shape != shape) {
-      return Error(Reason::ShardConfigInvalid,
-                   "tensor '" + name + "' in " + e->file->path() + " has shape " +
-                       ShapeString(e->info->shape) + " but config.json implies " +
-                       ShapeString(shape));
+      return Error(Reason::ShardConfigInvalid, "tensor '" + name + "' in " + e->file->path() +
+                                                   " has shape " + ShapeString(e->info->shape) +
+                                                   " but config.json implies " +
+                                                   ShapeString(shape));
     }
     if (!IsConvertibleFloat(e->info->dtype)) {
-      return Error(Reason::ShardConfigInvalid,
-                   "tensor '" + name + "' in " + e->file->path() + " is " +
-                       std::string(DTypeName(e->info->dtype)) +
-                       "; only F32, F16 and BF16 checkpoints shard");
+      return Error(Reason::ShardConfigInvalid, "tensor '" + name + "' in " + e->file->path() +
+                                                   " is " + std::string(DTypeName(e->info->dtype)) +
+                                                   "; only F32, F16 and BF16 checkpoints shard");
     }
   }
   for (const auto& name : ckpt.names()) {
     if (plan.sources.count(name) == 0 && !plan.Ignorable(name)) {
-      return Error(Reason::ShardConfigInvalid,
-                   "checkpoint tensor '" + name + "' has no place in " + plan.model.architecture +
-                       " (config.json and the weights disagree)");
+      return Error(Reason::ShardConfigInvalid, "checkpoint tensor '" + name + "' has no place in " +
+                                                   plan.model.architecture +
+                                                   " (config.json and the weights disagree)");
     }
   }
   return {};
@@ -306,7 +305,8 @@ VoidResult RemoveStaleRankFiles(const std::string& dir) {
     if (name.rfind("model-rank-", 0) == 0 && e.path().extension() == ".safetensors") {
       fs::remove(e.path(), ec);
       if (ec) {
-        return Error(Reason::StorageError, "cannot remove " + e.path().string() + ": " + ec.message());
+        return Error(Reason::StorageError,
+                     "cannot remove " + e.path().string() + ": " + ec.message());
       }
     }
   }
@@ -325,8 +325,8 @@ bool IsNonWeightFile(std::string_view name) {
   auto ends_with = [&](std::string_view s) {
     return name.size() >= s.size() && name.substr(name.size() - s.size()) == s;
   };
-  for (std::string_view weight : {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5",
-                                  ".msgpack", ".gguf", ".onnx", ".npz", ".ot", ".index.json"}) {
+  for (std::string_view weight : {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
+                                  ".gguf", ".onnx", ".npz", ".ot", ".index.json"}) {
     if (ends_with(weight)) {
       return false;
     }
@@ -343,8 +343,10 @@ bool IsNonWeightFile(std::string_view name) {
   return false;
 }
 
-Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& progress,
-                                    std::stop_token stop) {
+// The stop_token is taken by value, as std::jthread passes it; copying one is a refcount bump.
+Result<ShardResult> ShardCheckpoint(
+    const ShardOptions& options, ShardProgress& progress,
+    std::stop_token stop) {  // NOLINT(performance-unnecessary-value-param)
   if (options.tensor_parallel_size < 1) {
     return Error(Reason::InvalidSpec, "tensorParallelSize must be at least 1, not " +
                                           std::to_string(options.tensor_parallel_size));
@@ -429,14 +431,16 @@ Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& 
     for (size_t part = 0; part < parts.size(); ++part) {
       std::vector<TensorSpec> specs;
       for (size_t i : parts[part]) {
-        specs.push_back({tensors[i].name, ResolveDType(tensors[i], *target, ckpt), tensors[i].shape});
+        specs.push_back(
+            {tensors[i].name, ResolveDType(tensors[i], *target, ckpt), tensors[i].shape});
       }
       auto file_layout = SafetensorsLayout::Make(std::move(specs), metadata);
       if (!file_layout) {
         return file_layout.error();
       }
       std::string name = RankFileName(*layout, rank, static_cast<int64_t>(part));
-      auto writer = SafetensorsWriter::Create(options.out_dir + "/" + name, std::move(*file_layout));
+      auto writer =
+          SafetensorsWriter::Create(options.out_dir + "/" + name, std::move(*file_layout));
       if (!writer) {
         return writer.error();
       }
@@ -454,12 +458,15 @@ Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& 
         for (const Piece& p : t.pieces) {
           if (p.kind != Piece::Kind::Copy) {
             // Fills are tiny (vocab padding rows, scalar buffers); split only to bound buffers.
-            int64_t rows_per_job = std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / out_row));
+            int64_t rows_per_job =
+                std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / out_row));
             for (int64_t row = 0; row < p.rows; row += rows_per_job) {
               Job job;
               job.fill = p.kind;
-              Op op{out, base + static_cast<uint64_t>(dst_row + row) * out_row, 0,
-                    std::min(rows_per_job, p.rows - row), 0, t.row_width(), dtype};
+              Op op{out,  base + static_cast<uint64_t>(dst_row + row) * out_row,
+                    0,    std::min(rows_per_job, p.rows - row),
+                    0,    t.row_width(),
+                    dtype};
               job.ops.push_back(op);
               fill_jobs.push_back(std::move(job));
             }
@@ -481,18 +488,23 @@ Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& 
             const int64_t end = std::min(p.src_row + p.rows, (chunk + 1) * rows_per_chunk);
             Job& job = source_jobs[{e->file_index, e->info->begin, static_cast<uint64_t>(chunk)}];
             job.src = e;
-            job.src_begin = e->info->begin + static_cast<uint64_t>(chunk * rows_per_chunk) * row_bytes;
-            job.src_end = std::min(e->info->end, job.src_begin + static_cast<uint64_t>(rows_per_chunk) * row_bytes);
-            Op op{out, base + static_cast<uint64_t>(dst_row + (row - p.src_row)) * out_row, row,
-                  end - row, p.src_col, t.row_width(), dtype};
+            job.src_begin =
+                e->info->begin + static_cast<uint64_t>(chunk * rows_per_chunk) * row_bytes;
+            job.src_end = std::min(
+                e->info->end, job.src_begin + static_cast<uint64_t>(rows_per_chunk) * row_bytes);
+            Op op{out,       base + static_cast<uint64_t>(dst_row + (row - p.src_row)) * out_row,
+                  row,       end - row,
+                  p.src_col, t.row_width(),
+                  dtype};
             job.ops.push_back(op);
             row = end;
           }
           dst_row += p.rows;
         }
         if (dst_row != t.rows()) {
-          return Error(Reason::Internal, "plan for " + t.name + " fills " + std::to_string(dst_row) +
-                                             " of " + std::to_string(t.rows()) + " rows");
+          return Error(Reason::Internal, "plan for " + t.name + " fills " +
+                                             std::to_string(dst_row) + " of " +
+                                             std::to_string(t.rows()) + " rows");
         }
       }
     }

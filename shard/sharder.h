@@ -36,11 +36,13 @@ struct ShardOptions {
   // (engine_layout.h: kDefaultVllmRelease, kDefaultSglangRelease).
   std::string engine_release;
   // auto (keep each tensor's dtype) | float16 | bfloat16 | float32. When set, config.json's
-  // torch_dtype in out_dir is rewritten to match, so `--dtype auto` loads without a second rounding.
+  // torch_dtype in out_dir is rewritten to match, so `--dtype auto` loads without a second
+  // rounding.
   std::string dtype = "auto";
   // Parts of a rank are cut so that their tensor bytes stay within this, exactly as the engines'
   // save_model does (a single tensor larger than this gets a part of its own).
   uint64_t max_file_size = 5ULL << 30;
+  // Worker threads copying tensor bytes (jobs are handed out in source order).
   int threads = 2;
   // fsync every written file before returning.
   bool fsync = true;
@@ -51,7 +53,7 @@ struct ShardProgress {
   std::atomic<uint64_t> bytes_done{0};
 };
 
-struct ShardResult {
+struct ShardResult {  // NOLINT(bugprone-exception-escape): json's defaulted members
   // Relative paths written into out_dir (rank files and copied non-weight files), sorted.
   std::vector<std::string> files;
   // For modelcache.json "shard": engine, engineRelease, engineReleases, loadFormat, filePattern,

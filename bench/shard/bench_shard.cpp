@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <sstream>
 #include <string>
@@ -62,16 +63,15 @@ uint64_t DirBytes(const std::string& dir, const std::string& suffix) {
   uint64_t total = 0;
   for (const auto& e : fs::directory_iterator(dir)) {
     std::string n = e.path().filename().string();
-    if (n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    if (n.size() >= suffix.size() &&
+        n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) {
       total += e.file_size();
     }
   }
   return total;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int BenchMain(int argc, char** argv) {
   CLI::App app{"Shard a synthetic checkpoint to tp 2/4/8 and compare with cp"};
   std::string dir;
   std::string arch = "llama";
@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
   std::string tps = "2,4,8";
   int threads = 2;
   bool keep = false;
-  app.add_option("--dir", dir, "scratch directory (needs ~3x the checkpoint size free)")->required();
+  app.add_option("--dir", dir, "scratch directory (needs ~3x the checkpoint size free)")
+      ->required();
   app.add_option("--arch", arch, "checkpoint architecture (mc-make-checkpoint --arch)");
   app.add_option("--size", size, "tiny | 7b");
   app.add_option("--tp", tps, "comma-separated tensor-parallel sizes");
@@ -91,7 +92,8 @@ int main(int argc, char** argv) {
   const std::string src = dir + "/src";
   fs::create_directories(dir);
   if (!fs::exists(src + "/config.json")) {
-    std::printf("generating %s %s checkpoint into %s ...\n", arch.c_str(), size.c_str(), src.c_str());
+    std::printf("generating %s %s checkpoint into %s ...\n", arch.c_str(), size.c_str(),
+                src.c_str());
     std::fflush(stdout);
     auto t0 = std::chrono::steady_clock::now();
     modelcache::fixtures::CheckpointSpec spec;
@@ -118,11 +120,16 @@ int main(int argc, char** argv) {
     Run run = Measure(name, [&] {
       std::vector<std::string> args = {"cp"};
       for (const auto& e : fs::directory_iterator(src)) {
-        if (e.path().extension() == ".safetensors") args.push_back(e.path().string());
+        if (e.path().extension() == ".safetensors") {
+          args.push_back(e.path().string());
+        }
       }
       args.push_back(out + "/");
       std::vector<char*> argv_c;
-      for (auto& a : args) argv_c.push_back(a.data());
+      argv_c.reserve(args.size() + 1);
+      for (auto& a : args) {
+        argv_c.push_back(a.data());
+      }
       argv_c.push_back(nullptr);
       ::execvp("cp", argv_c.data());
       return 127;
@@ -136,7 +143,8 @@ int main(int argc, char** argv) {
   std::stringstream ss(tps);
   for (std::string item; std::getline(ss, item, ',');) {
     int64_t tp = std::stoll(item);
-    const std::string out = dir + "/tp" + item;
+    std::string out = dir;
+    out.append("/tp").append(item);
     fs::remove_all(out);
     Run run = Measure("shard tp=" + item, [&] {
       modelcache::shard::ShardOptions o;
@@ -181,4 +189,15 @@ int main(int argc, char** argv) {
     fs::remove_all(src);
   }
   return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return BenchMain(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_shard: %s\n", e.what());
+    return 1;
+  }
 }

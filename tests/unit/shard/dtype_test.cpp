@@ -78,8 +78,8 @@ TEST(DTypeTest, HalfRoundTripsEveryPattern) {
       ASSERT_EQ(std::signbit(f), std::signbit(ref)) << h;
       uint16_t back = FloatToHalf(f);
       ASSERT_EQ(back & 0x7c00u, 0x7c00u) << h;
-      ASSERT_NE(back & 0x03ffu, 0u) << h;     // still NaN
-      ASSERT_NE(back & 0x0200u, 0u) << h;     // quiet
+      ASSERT_NE(back & 0x03ffu, 0u) << h;  // still NaN
+      ASSERT_NE(back & 0x0200u, 0u) << h;  // quiet
       ASSERT_EQ(back & 0x8000u, h & 0x8000u) << h;
       continue;
     }
@@ -105,11 +105,10 @@ TEST(DTypeTest, BFloat16RoundTripsEveryPattern) {
 
 TEST(DTypeTest, FloatToHalfMatchesHardwareRounding) {
   std::mt19937 rng(7);
-  std::vector<uint32_t> samples = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u,
-                                   0x477fe000u, 0x477fefffu, 0x477ff000u, 0x477ff001u,
-                                   0x33000000u, 0x33000001u, 0x32ffffffu, 0x33400000u,
-                                   0x38800000u, 0x387fe000u, 0x387ff000u, 0x3f800000u,
-                                   0x3f801000u, 0x3f803000u, 0x7f7fffffu, 0x00000001u};
+  std::vector<uint32_t> samples = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x477fe000u,
+                                   0x477fefffu, 0x477ff000u, 0x477ff001u, 0x33000000u, 0x33000001u,
+                                   0x32ffffffu, 0x33400000u, 0x38800000u, 0x387fe000u, 0x387ff000u,
+                                   0x3f800000u, 0x3f801000u, 0x3f803000u, 0x7f7fffffu, 0x00000001u};
   for (int i = 0; i < 200000; ++i) {
     samples.push_back(rng());
   }
@@ -160,9 +159,9 @@ TEST(DTypeTest, HalfEdgeCases) {
   EXPECT_EQ(FloatToHalf(65519.996f), 0x7bff);
   EXPECT_EQ(FloatToHalf(65520.0f), 0x7c00);  // halfway to 65536 rounds to even: infinity
   EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -24)), 0x0001);
-  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -25)), 0x0000);       // tie to even (zero)
-  EXPECT_EQ(FloatToHalf(std::ldexp(3.0f, -25)), 0x0002);       // tie to even (two)
-  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -14)), 0x0400);       // smallest normal
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -25)), 0x0000);  // tie to even (zero)
+  EXPECT_EQ(FloatToHalf(std::ldexp(3.0f, -25)), 0x0002);  // tie to even (two)
+  EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -14)), 0x0400);  // smallest normal
   EXPECT_EQ(FloatToHalf(-std::numeric_limits<float>::infinity()), 0xfc00);
   EXPECT_EQ(FloatToHalf(-0.0f), 0x8000);
   EXPECT_EQ(HalfToFloat(0x0001), std::ldexp(1.0f, -24));
@@ -171,9 +170,16 @@ TEST(DTypeTest, HalfEdgeCases) {
 }
 
 TEST(DTypeTest, ConvertElementsHandlesUnalignedBuffersAndEveryPair) {
-  std::vector<float> values = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 1e-8f, 3.14159f,
+  std::vector<float> values = {0.0f,
+                               -0.0f,
+                               1.0f,
+                               -2.5f,
+                               65504.0f,
+                               1e-8f,
+                               3.14159f,
                                std::numeric_limits<float>::infinity(),
-                               std::numeric_limits<float>::quiet_NaN(), 1e30f};
+                               std::numeric_limits<float>::quiet_NaN(),
+                               1e30f};
   const size_t n = values.size();
   std::vector<unsigned char> f32(n * 4 + 1), bf16(n * 2 + 1), f16(n * 2 + 1), back(n * 4 + 1);
   std::memcpy(f32.data() + 1, values.data(), n * 4);

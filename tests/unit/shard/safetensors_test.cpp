@@ -119,13 +119,18 @@ TEST_F(SafetensorsTest, RejectsMalformedFilesCleanly) {
       {"header past end", Le64(1000) + "{}", nullptr},
       {"not json", Image("{\"a\":", ""), nullptr},
       {"array", Image("[1,2]", ""), nullptr},
-      {"unknown dtype", Image(h(R"("t":{"dtype":"F7","shape":[1],"data_offsets":[0,4]})"), four), "t"},
-      {"negative dim", Image(h(R"("t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]})"), four), "t"},
-      {"float dim", Image(h(R"("t":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]})"), four), "t"},
+      {"unknown dtype", Image(h(R"("t":{"dtype":"F7","shape":[1],"data_offsets":[0,4]})"), four),
+       "t"},
+      {"negative dim", Image(h(R"("t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]})"), four),
+       "t"},
+      {"float dim", Image(h(R"("t":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]})"), four),
+       "t"},
       {"header lies about size",
        Image(h(R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]})"), four), "t"},
-      {"end before begin", Image(h(R"("t":{"dtype":"F32","shape":[0],"data_offsets":[4,0]})"), four), "t"},
-      {"truncated data", Image(h(R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})"), four), "t"},
+      {"end before begin",
+       Image(h(R"("t":{"dtype":"F32","shape":[0],"data_offsets":[4,0]})"), four), "t"},
+      {"truncated data", Image(h(R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})"), four),
+       "t"},
       {"overlap",
        Image(h(R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                R"("u":{"dtype":"F32","shape":[1],"data_offsets":[4,8]})"),
@@ -136,8 +141,8 @@ TEST_F(SafetensorsTest, RejectsMalformedFilesCleanly) {
                R"("u":{"dtype":"F32","shape":[1],"data_offsets":[8,12]})"),
              std::string(12, '\0')),
        "u"},
-      {"trailing bytes", Image(h(R"("t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})"), four + "xx"),
-       nullptr},
+      {"trailing bytes",
+       Image(h(R"("t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})"), four + "xx"), nullptr},
       {"duplicate name",
        Image(h(R"("t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
                R"("t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]})"),
@@ -146,7 +151,8 @@ TEST_F(SafetensorsTest, RejectsMalformedFilesCleanly) {
       {"metadata not strings", Image(h(R"("__metadata__":{"k":1})"), ""), nullptr},
       {"missing offsets", Image(h(R"("t":{"dtype":"F32","shape":[1]})"), four), "t"},
       {"shape overflow",
-       Image(h(R"("t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]})"), four),
+       Image(h(R"("t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]})"),
+             four),
        "t"},
       {"entry not an object", Image(h(R"("t":3)"), ""), "t"},
   };
@@ -155,7 +161,8 @@ TEST_F(SafetensorsTest, RejectsMalformedFilesCleanly) {
     auto f = SafetensorsFile::Open(path);
     ASSERT_FALSE(f) << c.what;
     EXPECT_EQ(f.error().reason, Reason::ShardConfigInvalid) << c.what;
-    EXPECT_NE(f.error().message.find(path), std::string::npos) << c.what << ": " << f.error().message;
+    EXPECT_NE(f.error().message.find(path), std::string::npos)
+        << c.what << ": " << f.error().message;
     if (c.tensor != nullptr) {
       EXPECT_NE(f.error().message.find("'" + std::string(c.tensor) + "'"), std::string::npos)
           << c.what << ": " << f.error().message;
@@ -239,8 +246,9 @@ TEST_F(SafetensorsTest, CheckpointReadsIndexedFilesAsOne) {
                                    {{{"x", DType::F32, {1}}, std::string(4, '\1')}}, {}));
   ASSERT_TRUE(WriteSafetensorsFile(dir_ + "/m-2.safetensors",
                                    {{{"y", DType::F32, {2}}, std::string(8, '\2')}}, {}));
-  ASSERT_TRUE(WriteFileAtomic(dir_ + "/model.safetensors.index.json",
-                              R"({"metadata":{},"weight_map":{"x":"m-1.safetensors","y":"m-2.safetensors"}})"));
+  ASSERT_TRUE(WriteFileAtomic(
+      dir_ + "/model.safetensors.index.json",
+      R"({"metadata":{},"weight_map":{"x":"m-1.safetensors","y":"m-2.safetensors"}})"));
   auto ckpt = Checkpoint::Open(dir_);
   ASSERT_TRUE(ckpt) << ckpt.error().ToString();
   EXPECT_EQ((*ckpt)->names(), (std::vector<std::string>{"x", "y"}));

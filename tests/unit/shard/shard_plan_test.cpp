@@ -11,14 +11,9 @@ namespace {
 using nlohmann::json;
 
 json TinyConfig(const std::string& arch, int64_t layers = 1) {
-  json c = {{"architectures", {arch}},
-            {"hidden_size", 64},
-            {"intermediate_size", 160},
-            {"num_hidden_layers", layers},
-            {"num_attention_heads", 8},
-            {"num_key_value_heads", 2},
-            {"vocab_size", 1000},
-            {"torch_dtype", "bfloat16"}};
+  json c = {{"architectures", {arch}},     {"hidden_size", 64},        {"intermediate_size", 160},
+            {"num_hidden_layers", layers}, {"num_attention_heads", 8}, {"num_key_value_heads", 2},
+            {"vocab_size", 1000},          {"torch_dtype", "bfloat16"}};
   if (arch == "Qwen3ForCausalLM") {
     c["head_dim"] = 16;
   }
@@ -49,75 +44,81 @@ std::string Describe(const std::vector<RankTensor>& tensors) {
 }
 
 // Golden state dicts of vLLM >= 0.14 Qwen3ForCausalLM, one layer, per rank (all ranks have the
-// same keys and shapes): hidden 64, 8 heads of 16, 2 KV heads, intermediate 160, vocab 1000 -> 1024.
+// same keys and shapes): hidden 64, 8 heads of 16, 2 KV heads, intermediate 160, vocab 1000 ->
+// 1024.
 TEST(ShardPlanTest, GoldenQwen3NamesAndShapesPerTp) {
   const std::vector<std::pair<int64_t, std::string>> golden = {
-      {1, "model.embed_tokens.weight [1024,64]\n"
-          "model.layers.0.self_attn.qkv_proj.weight [192,64]\n"
-          "model.layers.0.self_attn.o_proj.weight [64,128]\n"
-          "model.layers.0.self_attn.attn._k_scale []\n"
-          "model.layers.0.self_attn.attn._v_scale []\n"
-          "model.layers.0.self_attn.attn._q_scale []\n"
-          "model.layers.0.self_attn.attn._prob_scale []\n"
-          "model.layers.0.self_attn.q_norm.weight [16]\n"
-          "model.layers.0.self_attn.k_norm.weight [16]\n"
-          "model.layers.0.mlp.gate_up_proj.weight [320,64]\n"
-          "model.layers.0.mlp.down_proj.weight [64,160]\n"
-          "model.layers.0.input_layernorm.weight [64]\n"
-          "model.layers.0.post_attention_layernorm.weight [64]\n"
-          "model.norm.weight [64]\n"
-          "lm_head.weight [1024,64]\n"},
-      {2, "model.embed_tokens.weight [512,64]\n"
-          "model.layers.0.self_attn.qkv_proj.weight [96,64]\n"
-          "model.layers.0.self_attn.o_proj.weight [64,64]\n"
-          "model.layers.0.self_attn.attn._k_scale []\n"
-          "model.layers.0.self_attn.attn._v_scale []\n"
-          "model.layers.0.self_attn.attn._q_scale []\n"
-          "model.layers.0.self_attn.attn._prob_scale []\n"
-          "model.layers.0.self_attn.q_norm.weight [16]\n"
-          "model.layers.0.self_attn.k_norm.weight [16]\n"
-          "model.layers.0.mlp.gate_up_proj.weight [160,64]\n"
-          "model.layers.0.mlp.down_proj.weight [64,80]\n"
-          "model.layers.0.input_layernorm.weight [64]\n"
-          "model.layers.0.post_attention_layernorm.weight [64]\n"
-          "model.norm.weight [64]\n"
-          "lm_head.weight [512,64]\n"},
-      {4, "model.embed_tokens.weight [256,64]\n"
-          "model.layers.0.self_attn.qkv_proj.weight [64,64]\n"
-          "model.layers.0.self_attn.o_proj.weight [64,32]\n"
-          "model.layers.0.self_attn.attn._k_scale []\n"
-          "model.layers.0.self_attn.attn._v_scale []\n"
-          "model.layers.0.self_attn.attn._q_scale []\n"
-          "model.layers.0.self_attn.attn._prob_scale []\n"
-          "model.layers.0.self_attn.q_norm.weight [16]\n"
-          "model.layers.0.self_attn.k_norm.weight [16]\n"
-          "model.layers.0.mlp.gate_up_proj.weight [80,64]\n"
-          "model.layers.0.mlp.down_proj.weight [64,40]\n"
-          "model.layers.0.input_layernorm.weight [64]\n"
-          "model.layers.0.post_attention_layernorm.weight [64]\n"
-          "model.norm.weight [64]\n"
-          "lm_head.weight [256,64]\n"},
-      {8, "model.embed_tokens.weight [128,64]\n"
-          "model.layers.0.self_attn.qkv_proj.weight [48,64]\n"
-          "model.layers.0.self_attn.o_proj.weight [64,16]\n"
-          "model.layers.0.self_attn.attn._k_scale []\n"
-          "model.layers.0.self_attn.attn._v_scale []\n"
-          "model.layers.0.self_attn.attn._q_scale []\n"
-          "model.layers.0.self_attn.attn._prob_scale []\n"
-          "model.layers.0.self_attn.q_norm.weight [16]\n"
-          "model.layers.0.self_attn.k_norm.weight [16]\n"
-          "model.layers.0.mlp.gate_up_proj.weight [40,64]\n"
-          "model.layers.0.mlp.down_proj.weight [64,20]\n"
-          "model.layers.0.input_layernorm.weight [64]\n"
-          "model.layers.0.post_attention_layernorm.weight [64]\n"
-          "model.norm.weight [64]\n"
-          "lm_head.weight [128,64]\n"},
+      {1,
+       "model.embed_tokens.weight [1024,64]\n"
+       "model.layers.0.self_attn.qkv_proj.weight [192,64]\n"
+       "model.layers.0.self_attn.o_proj.weight [64,128]\n"
+       "model.layers.0.self_attn.attn._k_scale []\n"
+       "model.layers.0.self_attn.attn._v_scale []\n"
+       "model.layers.0.self_attn.attn._q_scale []\n"
+       "model.layers.0.self_attn.attn._prob_scale []\n"
+       "model.layers.0.self_attn.q_norm.weight [16]\n"
+       "model.layers.0.self_attn.k_norm.weight [16]\n"
+       "model.layers.0.mlp.gate_up_proj.weight [320,64]\n"
+       "model.layers.0.mlp.down_proj.weight [64,160]\n"
+       "model.layers.0.input_layernorm.weight [64]\n"
+       "model.layers.0.post_attention_layernorm.weight [64]\n"
+       "model.norm.weight [64]\n"
+       "lm_head.weight [1024,64]\n"},
+      {2,
+       "model.embed_tokens.weight [512,64]\n"
+       "model.layers.0.self_attn.qkv_proj.weight [96,64]\n"
+       "model.layers.0.self_attn.o_proj.weight [64,64]\n"
+       "model.layers.0.self_attn.attn._k_scale []\n"
+       "model.layers.0.self_attn.attn._v_scale []\n"
+       "model.layers.0.self_attn.attn._q_scale []\n"
+       "model.layers.0.self_attn.attn._prob_scale []\n"
+       "model.layers.0.self_attn.q_norm.weight [16]\n"
+       "model.layers.0.self_attn.k_norm.weight [16]\n"
+       "model.layers.0.mlp.gate_up_proj.weight [160,64]\n"
+       "model.layers.0.mlp.down_proj.weight [64,80]\n"
+       "model.layers.0.input_layernorm.weight [64]\n"
+       "model.layers.0.post_attention_layernorm.weight [64]\n"
+       "model.norm.weight [64]\n"
+       "lm_head.weight [512,64]\n"},
+      {4,
+       "model.embed_tokens.weight [256,64]\n"
+       "model.layers.0.self_attn.qkv_proj.weight [64,64]\n"
+       "model.layers.0.self_attn.o_proj.weight [64,32]\n"
+       "model.layers.0.self_attn.attn._k_scale []\n"
+       "model.layers.0.self_attn.attn._v_scale []\n"
+       "model.layers.0.self_attn.attn._q_scale []\n"
+       "model.layers.0.self_attn.attn._prob_scale []\n"
+       "model.layers.0.self_attn.q_norm.weight [16]\n"
+       "model.layers.0.self_attn.k_norm.weight [16]\n"
+       "model.layers.0.mlp.gate_up_proj.weight [80,64]\n"
+       "model.layers.0.mlp.down_proj.weight [64,40]\n"
+       "model.layers.0.input_layernorm.weight [64]\n"
+       "model.layers.0.post_attention_layernorm.weight [64]\n"
+       "model.norm.weight [64]\n"
+       "lm_head.weight [256,64]\n"},
+      {8,
+       "model.embed_tokens.weight [128,64]\n"
+       "model.layers.0.self_attn.qkv_proj.weight [48,64]\n"
+       "model.layers.0.self_attn.o_proj.weight [64,16]\n"
+       "model.layers.0.self_attn.attn._k_scale []\n"
+       "model.layers.0.self_attn.attn._v_scale []\n"
+       "model.layers.0.self_attn.attn._q_scale []\n"
+       "model.layers.0.self_attn.attn._prob_scale []\n"
+       "model.layers.0.self_attn.q_norm.weight [16]\n"
+       "model.layers.0.self_attn.k_norm.weight [16]\n"
+       "model.layers.0.mlp.gate_up_proj.weight [40,64]\n"
+       "model.layers.0.mlp.down_proj.weight [64,20]\n"
+       "model.layers.0.input_layernorm.weight [64]\n"
+       "model.layers.0.post_attention_layernorm.weight [64]\n"
+       "model.norm.weight [64]\n"
+       "lm_head.weight [128,64]\n"},
   };
   for (const auto& [tp, expected] : golden) {
     ShardPlan plan = Plan(TinyConfig("Qwen3ForCausalLM"), tp);
     ASSERT_EQ(plan.ranks.size(), static_cast<size_t>(tp));
     for (int64_t r = 0; r < tp; ++r) {
-      EXPECT_EQ(Describe(plan.ranks[static_cast<size_t>(r)]), expected) << "tp " << tp << " rank " << r;
+      EXPECT_EQ(Describe(plan.ranks[static_cast<size_t>(r)]), expected)
+          << "tp " << tp << " rank " << r;
     }
   }
 }

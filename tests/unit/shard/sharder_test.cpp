@@ -106,7 +106,8 @@ class SharderTest : public ::testing::Test {
   }
 
   // Re-assembles every original tensor from the ranks and compares bytes; checks padding, KV
-  // replicas, replicated norms and scale buffers, and that each rank holds exactly the expected keys.
+  // replicas, replicated norms and scale buffers, and that each rank holds exactly the expected
+  // keys.
   void ExpectReassembles(const std::string& src, const std::string& out, const json& config,
                          int64_t tp, bool scale_buffers) {
     auto ckpt_or = Checkpoint::Open(dir_ + "/" + src);
@@ -162,8 +163,8 @@ class SharderTest : public ::testing::Test {
       const std::string l = "model.layers." + std::to_string(i) + ".";
       const std::string a = l + "self_attn.";
       // qkv (and its bias): q heads concatenate; each rank's k/v is its KV group's slice.
-      for (const std::string& suffix : bias ? std::vector<std::string>{"weight", "bias"}
-                                            : std::vector<std::string>{"weight"}) {
+      for (const std::string& suffix :
+           bias ? std::vector<std::string>{"weight", "bias"} : std::vector<std::string>{"weight"}) {
         const std::string key = a + "qkv_proj." + suffix;
         expected_keys.insert(key);
         const int64_t width = suffix == "weight" ? H : 1;
@@ -198,7 +199,7 @@ class SharderTest : public ::testing::Test {
           for (int64_t row = 0; row < H; ++row) {
             ASSERT_EQ(t.substr(static_cast<size_t>(row * w * es), static_cast<size_t>(w * es)),
                       whole.substr(static_cast<size_t>((row * in + r * w) * es),
-                                 static_cast<size_t>(w * es)))
+                                   static_cast<size_t>(w * es)))
                 << key << " rank " << r << " row " << row;
           }
         }
@@ -236,7 +237,8 @@ class SharderTest : public ::testing::Test {
           expected_keys.insert(key);
           for (auto& rank : ranks) {
             float one = 1.0f;
-            EXPECT_EQ(rank.tensors[key], std::string(reinterpret_cast<const char*>(&one), 4)) << key;
+            EXPECT_EQ(rank.tensors[key], std::string(reinterpret_cast<const char*>(&one), 4))
+                << key;
             EXPECT_TRUE(rank.shapes[key].empty()) << key;
           }
         }
@@ -255,9 +257,9 @@ class SharderTest : public ::testing::Test {
 
 TEST_F(SharderTest, ReassemblesOriginalsForEveryArchitectureAndTp) {
   const std::vector<Case> cases = {
-      {"qwen3", 1, false, 1, "vllm"},  {"qwen3", 2, false, 1, "vllm"},
-      {"qwen3", 4, false, 2, "vllm"},  {"qwen3", 8, true, 1, "vllm"},
-      {"llama", 8, true, 3, "vllm"},   {"llama3", 4, false, 1, "sglang"},
+      {"qwen3", 1, false, 1, "vllm"},   {"qwen3", 2, false, 1, "vllm"},
+      {"qwen3", 4, false, 2, "vllm"},   {"qwen3", 8, true, 1, "vllm"},
+      {"llama", 8, true, 3, "vllm"},    {"llama3", 4, false, 1, "sglang"},
       {"qwen2", 4, false, 2, "sglang"}, {"qwen2.5", 2, true, 1, "vllm"},
       {"mistral", 2, false, 2, "vllm"},
   };
@@ -437,7 +439,8 @@ TEST_F(SharderTest, RejectsWhatTheEnginesWouldReject) {
 
   // A truncated weights file is named.
   ASSERT_TRUE(WriteFileAtomic(dir_ + "/src/config.json", config.dump()));
-  fs::resize_file(dir_ + "/src/model.safetensors", fs::file_size(dir_ + "/src/model.safetensors") - 3);
+  fs::resize_file(dir_ + "/src/model.safetensors",
+                  fs::file_size(dir_ + "/src/model.safetensors") - 3);
   auto truncated = Shard("src", "out", 2);
   ASSERT_FALSE(truncated);
   EXPECT_EQ(truncated.error().reason, Reason::ShardConfigInvalid);
