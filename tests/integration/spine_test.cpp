@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -608,6 +610,117 @@ TEST_F(SpineTest, PrefetchPrintsTheArtifactIdAndIsIdempotent) {
                                 "--hf-endpoint", hub_.url()});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("RepoNotFound"), std::string::npos) << missing.err;
+}
+
+TEST_F(SpineTest, ShardedArtifactForTwoGpus) {
+  std::string dir = repos_dir() + "/org/qwen3-tiny/main";
+  auto gen = std::system((std::string(MC_MAKE_CHECKPOINT) + " " + dir +
+                          " --arch qwen3 --size tiny > /dev/null").c_str());
+  ASSERT_EQ(gen, 0);
+  FakeRepoSpec spec;
+  spec.id = "org/qwen3-tiny";
+  spec.refs["main"] = dir;
+  hub_.AddRepo(spec);
+  WriteManifest("q.yaml", Manifest("qwen-tp2", "org/qwen3-tiny",
+                                   "  accelerator: \"L4:2\"\n  shard:\n    engine: vllm\n"));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  auto mc = WaitReady("qwen-tp2");
+  ASSERT_TRUE(mc && IsReady(*mc)) << daemon.Log();
+  const std::string& art = mc->status.artifact->path;
+  EXPECT_TRUE(fs::exists(art + "/model-rank-0-part-0.safetensors"));
+  EXPECT_TRUE(fs::exists(art + "/model-rank-1-part-0.safetensors"));
+  EXPECT_FALSE(fs::exists(art + "/model-rank-2-part-0.safetensors"));
+  EXPECT_TRUE(fs::exists(art + "/config.json"));
+  EXPECT_FALSE(fs::exists(art + "/model.safetensors"));
+  auto manifest = nlohmann::json::parse(Slurp(art + "/modelcache.json"));
+  EXPECT_EQ(manifest["shard"]["tensorParallelSize"], 2);
+  EXPECT_EQ(manifest["shard"]["engine"], "vllm");
+  // The HF cache holds the original checkpoint, untouched.
+  EXPECT_TRUE(fs::exists(store_dir() + "/hub/models--org--qwen3-tiny/snapshots/" +
+                         mc->status.resolved_revision + "/model.safetensors"));
+
+  // The same repo unsharded is a different artifact id (the id covers the shard settings).
+  WriteManifest("q1.yaml", Manifest("qwen-plain", "org/qwen3-tiny",
+                                    "  artifactName: qwen-plain\n"));
+  auto plain = WaitReady("qwen-plain");
+  ASSERT_TRUE(plain && IsReady(*plain)) << daemon.Log();
+  EXPECT_NE(plain->status.artifact->id.substr(plain->status.artifact->id.find('@')),
+            mc->status.artifact->id.substr(mc->status.artifact->id.find('@')));
+}
+
+TEST_F(SpineTest, ShardingErrorsAreReportedWithTheirReason) {
+  auto files = SmallModelFiles(1000, 28);
+  files["config.json"] = R"({"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"})";
+  AddRepo("org/gpt2ish", files);
+  WriteManifest("g.yaml", Manifest("gpt", "org/gpt2ish", "  shard:\n    tensorParallelSize: 2\n"));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  auto mc = WaitForStatus(state_dir(), "gpt",
+                          [](const auto& m) { return m.status.phase == crds::kPhaseFailed; });
+  ASSERT_TRUE(mc) << daemon.Log();
+  EXPECT_EQ(ReadyReason(*mc), "UnsupportedArchitecture");
+  const crds::Condition* c = crds::FindCondition(mc->status.conditions, "Ready");
+  EXPECT_NE(c->message.find("GPT2LMHeadModel"), std::string::npos) << c->message;
+  // No half-written artifact is left behind.
+  EXPECT_FALSE(fs::exists(store_dir() + "/artifacts/gpt2ish/current"));
+}
+
+TEST_F(SpineTest, JsonLogsAreOneObjectPerLineWithTheKey) {
+  AddRepo("org/logged", SmallModelFiles(1000, 26));
+  WriteManifest("l.yaml", Manifest("logged", "org/logged"));
+  auto options = DaemonOptions();
+  options.extra_args.insert(options.extra_args.end(), {"--log-format", "json"});
+  Daemon daemon(options);
+  daemon.Start();
+  ASSERT_TRUE(WaitReady("logged")) << daemon.Log();
+  EXPECT_EQ(daemon.Terminate(), 0);
+  std::istringstream lines(daemon.Log());
+  std::string line;
+  int transitions = 0;
+  while (std::getline(lines, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object()) << line;
+    ASSERT_TRUE(j.contains("ts") && j.contains("level") && j.contains("msg")) << line;
+    std::string msg = j["msg"];
+    if (msg.rfind("default/logged: ", 0) == 0 && msg.find(" -> ") != std::string::npos) {
+      ++transitions;
+    }
+  }
+  // New -> Resolving, Resolving -> Ready at least.
+  EXPECT_GE(transitions, 2) << daemon.Log();
+}
+
+TEST_F(SpineTest, SigtermMidDownloadExitsCleanlyAndResumes) {
+  auto files = SmallModelFiles(8 << 20, 27);
+  AddRepo("org/term", files);
+  Fault f;
+  f.kind = Fault::Kind::Slow;
+  f.path_glob = "model.safetensors";
+  f.bytes_per_second = 2 << 20;
+  f.count = -1;
+  hub_.AddFault(f);
+  WriteManifest("t.yaml", Manifest("term", "org/term"));
+  auto options = DaemonOptions();
+  {
+    Daemon daemon(options);
+    daemon.Start();
+    ASSERT_TRUE(WaitForStatus(state_dir(), "term", [](const auto& m) {
+      return m.status.progress && m.status.progress->bytes_done > (1u << 20);
+    })) << daemon.Log();
+    auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(daemon.Terminate(seconds(10)), 0) << daemon.Log();
+    std::printf("[ measure ] SIGTERM mid-download -> exit: %lld ms\n",
+                static_cast<long long>(std::chrono::duration_cast<milliseconds>(
+                                           std::chrono::steady_clock::now() - start)
+                                           .count()));
+  }
+  hub_.ClearFaults();
+  Daemon again(options);
+  again.Start();
+  auto mc = WaitReady("term");
+  ASSERT_TRUE(mc && IsReady(*mc)) << again.Log();
+  EXPECT_LT(hub_.BodyBytesServed("model.safetensors"), (8u << 20) + (2u << 20));
 }
 
 TEST_F(SpineTest, ValidateReportsEveryProblemWithFileAndLine) {
