@@ -266,6 +266,8 @@ struct FaultCase {
   double max_served = 1.5;
 };
 
+void PrintTo(const FaultCase& c, std::ostream* os) { *os << c.name; }
+
 class FaultTest : public SpineTest, public ::testing::WithParamInterface<FaultCase> {};
 
 TEST_P(FaultTest, RecoversToReady) {
