@@ -74,17 +74,28 @@ crds::ModelCacheStatus Manager::ComposeStatus(const crds::ModelCacheStatus& prev
   } else {
     const Error& err = result.error();
     status = previous;
-    ready.status = "False";
-    ready.reason = std::string(ReasonName(err.reason));
-    if (IsTransient(err.reason)) {
-      if (status.phase.empty() || status.phase == crds::kPhaseReady) {
-        status.phase = status.phase.empty() ? std::string(crds::kPhasePending) : status.phase;
-      }
-      ready.message = err.message + " (will retry)";
+    const crds::Condition* was = crds::FindCondition(previous.conditions, "Ready");
+    if (IsTransient(err.reason) && status.phase == crds::kPhaseReady && was != nullptr &&
+        was->status == "True") {
+      // A failed refresh of a Ready resource: its artifact is still there and still usable, so
+      // Ready stays True (`kubectl wait` keeps working) and the message says what went wrong.
+      ready = *was;
+      ready.observed_generation = generation;
+      std::string base = ready.message.substr(0, ready.message.find("; refresh failed"));
+      ready.message = base + "; refresh failed: " + err.ToString() + " (will retry)";
     } else {
-      status.phase = std::string(crds::kPhaseFailed);
-      status.progress.reset();
-      ready.message = err.message;
+      ready.status = "False";
+      ready.reason = std::string(ReasonName(err.reason));
+      if (IsTransient(err.reason)) {
+        if (status.phase.empty() || status.phase == crds::kPhaseFailed) {
+          status.phase = std::string(crds::kPhasePending);
+        }
+        ready.message = err.message + " (will retry)";
+      } else {
+        status.phase = std::string(crds::kPhaseFailed);
+        status.progress.reset();
+        ready.message = err.message;
+      }
     }
   }
   status.observed_generation = generation;
