@@ -5,12 +5,13 @@
 # `modelcache get` and the artifacts' files. Nothing leaves this machine.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
+build="${MODELCACHE_BUILD_DIR:-$here/build}"
 "$here/scripts/install-deps.sh"
-echo "== building"
-"$here/scripts/build.sh" "$here/build"
-bin="$here/build/controller/modelcache"
-hubbin="$here/build/tests/fixtures/hub/mc-fake-hub"
-gen="$here/build/tests/fixtures/checkpoint/mc-make-checkpoint"
+echo "== building in $build"
+"$here/scripts/build.sh" "$build"
+bin="$build/controller/modelcache"
+hubbin="$build/tests/fixtures/hub/mc-fake-hub"
+gen="$build/tests/fixtures/checkpoint/mc-make-checkpoint"
 
 work="$(mktemp -d /tmp/modelcache-demo.XXXXXX)"
 pids=()
@@ -49,6 +50,7 @@ metadata:
 spec:
   source:
     repo: demo/Qwen3-Tiny
+  artifactName: qwen3-tiny-tp2   # the default, from the repo name, is taken by the first one
   accelerator: "L4:2"
   shard:
     engine: vllm
