@@ -651,6 +651,44 @@ TEST_F(SpineTest, ShardedArtifactForTwoGpus) {
             mc->status.artifact->id.substr(mc->status.artifact->id.find('@')));
 }
 
+TEST_F(SpineTest, ShardCommandWritesRankFilesAtomically) {
+  std::string src = tmp_ / "llama";
+  ASSERT_EQ(std::system((std::string(MC_MAKE_CHECKPOINT) + " " + src +
+                         " --arch llama3 --size tiny --files 2 > /dev/null")
+                            .c_str()),
+            0);
+  std::string out = tmp_ / "llama-tp4";
+  auto r = RunModelcache({"shard", src, out, "--tp", "4", "--dtype", "float16",
+                          "--max-file-size", "1MiB"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int rank = 0; rank < 4; ++rank) {
+    EXPECT_TRUE(fs::exists(out + "/model-rank-" + std::to_string(rank) + "-part-0.safetensors"))
+        << rank;
+  }
+  EXPECT_TRUE(fs::exists(out + "/config.json"));
+  EXPECT_NE(r.out.find("model-rank-3-part-0.safetensors"), std::string::npos) << r.out;
+  // Nothing partial is left next to the output.
+  for (const auto& e : fs::directory_iterator(tmp_.path())) {
+    EXPECT_EQ(e.path().filename().string().find(".partial-"), std::string::npos) << e.path();
+  }
+  // Same inputs, byte-identical outputs.
+  std::string again = tmp_ / "llama-tp4-again";
+  ASSERT_EQ(RunModelcache({"shard", src, again, "--tp", "4", "--dtype", "float16",
+                           "--max-file-size", "1MiB"})
+                .exit_code,
+            0);
+  for (const auto& e : fs::directory_iterator(out)) {
+    EXPECT_EQ(Slurp(e.path().string()), Slurp(again + "/" + e.path().filename().string()))
+        << e.path();
+  }
+  // A tp that does not divide the heads fails cleanly, leaving nothing behind.
+  std::string bad = tmp_ / "llama-tp3";
+  auto invalid = RunModelcache({"shard", src, bad, "--tp", "3"});
+  EXPECT_EQ(invalid.exit_code, 1);
+  EXPECT_NE(invalid.err.find("ShardConfigInvalid"), std::string::npos) << invalid.err;
+  EXPECT_FALSE(fs::exists(bad));
+}
+
 TEST_F(SpineTest, ShardingErrorsAreReportedWithTheirReason) {
   auto files = SmallModelFiles(1000, 28);
   files["config.json"] = R"({"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"})";
