@@ -34,7 +34,8 @@ Result<IniSections> ReadIni(const std::string& path, bool named, const char* var
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
     if (named) {
-      return Error(Reason::InvalidSpec, fmt::format("{} names {}, which does not exist", variable, path));
+      return Error(Reason::InvalidSpec,
+                   fmt::format("{} names {}, which does not exist", variable, path));
     }
     return IniSections{};
   }

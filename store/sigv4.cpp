@@ -1,12 +1,11 @@
 #include "store/sigv4.h"
 
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-
 #include <algorithm>
 #include <ctime>
 #include <map>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <spdlog/fmt/fmt.h>
 
 #include "common/sha256.h"
@@ -175,17 +174,15 @@ SignedRequest SignRequest(const SigningRequest& request, const AwsCredentials& c
   all.insert(all.end(), out.headers.begin(), out.headers.end());
   Canonical canonical = CanonicalizeHeaders(all);
   out.signed_headers = canonical.signed_headers;
-  out.canonical_request = BuildCanonicalRequest(request.method, request.path,
-                                                EncodeQuery(request.query), canonical,
-                                                request.payload_hash);
+  out.canonical_request = BuildCanonicalRequest(
+      request.method, request.path, EncodeQuery(request.query), canonical, request.payload_hash);
   out.string_to_sign = BuildStringToSign(scope, out.canonical_request);
   out.signature = HexEncode(
       HmacSha256(DeriveSigningKey(credentials.secret_access_key, scope), out.string_to_sign));
   out.headers.emplace_back(
-      "authorization",
-      fmt::format("{} Credential={}/{}, SignedHeaders={}, Signature={}", kAlgorithm,
-                  credentials.access_key_id, scope.CredentialScope(), out.signed_headers,
-                  out.signature));
+      "authorization", fmt::format("{} Credential={}/{}, SignedHeaders={}, Signature={}",
+                                   kAlgorithm, credentials.access_key_id, scope.CredentialScope(),
+                                   out.signed_headers, out.signature));
   return out;
 }
 
@@ -203,9 +200,8 @@ std::string PresignQuery(const SigningRequest& request, const AwsCredentials& cr
   }
   query.emplace_back("X-Amz-SignedHeaders", canonical.signed_headers);
   std::string canonical_query = EncodeQuery(query);
-  std::string canonical_request = BuildCanonicalRequest(request.method, request.path,
-                                                        canonical_query, canonical,
-                                                        kUnsignedPayload);
+  std::string canonical_request = BuildCanonicalRequest(
+      request.method, request.path, canonical_query, canonical, kUnsignedPayload);
   std::string signature =
       HexEncode(HmacSha256(DeriveSigningKey(credentials.secret_access_key, scope),
                            BuildStringToSign(scope, canonical_request)));

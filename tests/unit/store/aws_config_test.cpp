@@ -1,8 +1,8 @@
 #include "store/aws_config.h"
 
-#include <gtest/gtest.h>
-
 #include <string>
+
+#include <gtest/gtest.h>
 
 #include "tests/unit/store/test_util.h"
 
@@ -94,8 +94,9 @@ TEST(AwsConfigTest, ProfilesFromSharedFiles) {
 
 TEST(AwsConfigTest, ExplicitFileLocationsAndKeysInConfigFile) {
   TempDir dir;
-  WriteText(dir.path() + "/cfg", "[profile only-config]\naws_access_key_id = CID\n"
-                                 "aws_secret_access_key = CSEC\ns3 =\n  addressing_style = path\n");
+  WriteText(dir.path() + "/cfg",
+            "[profile only-config]\naws_access_key_id = CID\n"
+            "aws_secret_access_key = CSEC\ns3 =\n  addressing_style = path\n");
   Environment env{{"AWS_CONFIG_FILE", dir.path() + "/cfg"},
                   {"AWS_SHARED_CREDENTIALS_FILE", dir.path() + "/none-but-config-given"},
                   {"AWS_PROFILE", "only-config"}};

@@ -1,0 +1,479 @@
+#include "store/s3_client.h"
+
+#include <algorithm>
+#include <charconv>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <openssl/evp.h>
+#include <spdlog/fmt/fmt.h>
+
+#include "common/sha256.h"
+
+namespace modelcache::store {
+
+struct S3Client::Call {
+  std::string op;  // "PutObject", for messages
+  std::string method;
+  std::string bucket;
+  std::string key;
+  std::vector<std::pair<std::string, std::string>> query;
+  HttpHeaders headers;
+  std::string body;
+};
+
+namespace {
+
+std::string Md5Raw(std::string_view data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), out, &len, EVP_md5(), nullptr);
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+std::string Sha256Raw(std::string_view data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), out, &len, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+std::string Unquote(std::string s) {
+  if (s.size() >= 2 && s.front() == '"' && s.back() == '"') return s.substr(1, s.size() - 2);
+  return s;
+}
+
+uint64_t ParseU64(std::string_view s) {
+  uint64_t v = 0;
+  std::from_chars(s.data(), s.data() + s.size(), v);
+  return v;
+}
+
+void DefaultSleep(std::chrono::milliseconds d, std::stop_token stop) {
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::unique_lock lock(mu);
+  cv.wait_for(lock, stop, d, [] { return false; });
+}
+
+bool IsRetriableCode(std::string_view code) {
+  return code == "SlowDown" || code == "InternalError" || code == "ServiceUnavailable" ||
+         code == "RequestTimeout";
+}
+
+}  // namespace
+
+std::string Base64(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+std::string XmlEscape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+void AppendUtf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x110000) {
+    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+std::string XmlUnescape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '&') {
+      out.push_back(s[i]);
+      continue;
+    }
+    size_t semi = s.find(';', i);
+    if (semi == std::string_view::npos) {
+      out.push_back('&');
+      continue;
+    }
+    std::string_view entity = s.substr(i + 1, semi - i - 1);
+    if (entity == "amp") {
+      out.push_back('&');
+    } else if (entity == "lt") {
+      out.push_back('<');
+    } else if (entity == "gt") {
+      out.push_back('>');
+    } else if (entity == "quot") {
+      out.push_back('"');
+    } else if (entity == "apos") {
+      out.push_back('\'');
+    } else if (entity.size() > 1 && entity[0] == '#') {
+      bool hex = entity[1] == 'x' || entity[1] == 'X';
+      std::string_view digits = entity.substr(hex ? 2 : 1);
+      uint32_t cp = 0;
+      auto [ptr, ec] =
+          std::from_chars(digits.data(), digits.data() + digits.size(), cp, hex ? 16 : 10);
+      if (ec != std::errc() || ptr != digits.data() + digits.size()) {
+        out.push_back('&');
+        continue;
+      }
+      AppendUtf8(out, cp);
+    } else {
+      out.push_back('&');
+      continue;
+    }
+    i = semi;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string> XmlText(std::string_view xml, std::string_view tag, size_t from) {
+  std::string open = fmt::format("<{}>", tag);
+  std::string close = fmt::format("</{}>", tag);
+  size_t b = xml.find(open, from);
+  if (b == std::string_view::npos) {
+    // An empty element written as <Tag/>.
+    if (xml.find(fmt::format("<{}/>", tag), from) != std::string_view::npos) return std::string();
+    return std::nullopt;
+  }
+  b += open.size();
+  size_t e = xml.find(close, b);
+  if (e == std::string_view::npos) return std::nullopt;
+  return XmlUnescape(xml.substr(b, e - b));
+}
+
+std::vector<std::string_view> XmlElements(std::string_view xml, std::string_view tag) {
+  std::vector<std::string_view> out;
+  std::string open = fmt::format("<{}>", tag);
+  std::string close = fmt::format("</{}>", tag);
+  size_t pos = 0;
+  while ((pos = xml.find(open, pos)) != std::string_view::npos) {
+    size_t b = pos + open.size();
+    size_t e = xml.find(close, b);
+    if (e == std::string_view::npos) break;
+    out.push_back(xml.substr(b, e - b));
+    pos = e + close.size();
+  }
+  return out;
+}
+
+S3Client::S3Client(AwsConfig config, S3ClientOptions options)
+    : config_(std::move(config)), options_(std::move(options)) {
+  if (!options_.now) options_.now = [] { return std::chrono::system_clock::now(); };
+  if (!options_.sleep) options_.sleep = DefaultSleep;
+  options_.max_attempts = std::max(1, options_.max_attempts);
+}
+
+Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop) const {
+  // Split the endpoint into scheme and authority; a path after the authority is a prefix.
+  const std::string& endpoint = config_.endpoint_url;
+  size_t scheme_end = endpoint.find("://");
+  std::string scheme = endpoint.substr(0, scheme_end);
+  std::string rest = endpoint.substr(scheme_end + 3);
+  size_t slash = rest.find('/');
+  std::string authority = rest.substr(0, slash);
+  std::string base_path = slash == std::string::npos ? "" : rest.substr(slash);
+
+  std::string host;
+  std::string path;
+  if (config_.UsePathStyle(call.bucket)) {
+    host = authority;
+    path = base_path + "/" + call.bucket;
+    if (!call.key.empty()) path += "/" + call.key;
+  } else {
+    host = call.bucket + "." + authority;
+    path = base_path + "/" + call.key;
+  }
+
+  SigningRequest signing;
+  signing.method = call.method;
+  signing.path = path;
+  signing.query = call.query;
+  signing.headers = call.headers;
+  signing.headers.emplace_back("host", host);
+  signing.payload_hash = Sha256Hex(call.body);
+  signing.headers.emplace_back("x-amz-content-sha256", signing.payload_hash);
+  SignedRequest signed_request =
+      SignRequest(signing, config_.credentials, {config_.region, "s3", options_.now()});
+
+  HttpRequest request;
+  request.method = call.method;
+  request.url = fmt::format("{}://{}{}", scheme, host, EncodePath(path));
+  std::string query = EncodeQuery(call.query);
+  if (!query.empty()) request.url += "?" + query;
+  request.headers = std::move(signing.headers);
+  request.headers.insert(request.headers.end(), signed_request.headers.begin(),
+                         signed_request.headers.end());
+  request.body = call.body;
+  request.tls = options_.tls;
+  return HttpClient::Send(request, stop);
+}
+
+Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop) const {
+  std::string target = call.key.empty() ? fmt::format("s3://{}", call.bucket)
+                                        : fmt::format("s3://{}/{}", call.bucket, call.key);
+  std::chrono::milliseconds backoff = options_.base_backoff;
+  for (int attempt = 1;; ++attempt) {
+    auto response = SendOnce(call, stop);
+    std::optional<Error> failure;
+    bool retriable = false;
+    if (!response) {
+      if (response.error().reason != Reason::NetworkError) return response.error();
+      failure = Error(Reason::NetworkError,
+                      fmt::format("S3 {} {}: {}", call.op, target, response.error().message));
+      retriable = true;
+    } else {
+      const HttpResponse& r = *response;
+      // CompleteMultipartUpload may answer 200 and still fail, with an <Error> body.
+      bool error_body = r.status == 200 && call.op == "CompleteMultipartUpload" &&
+                        r.body.find("<Error>") != std::string::npos;
+      if ((r.status >= 200 && r.status < 300 && !error_body) ||
+          (r.status == 404 && call.method == "HEAD")) {
+        return response;
+      }
+      std::string code = XmlText(r.body, "Code").value_or("");
+      std::string message = XmlText(r.body, "Message").value_or("");
+      if (code.empty()) code = r.status == 404 ? "NotFound" : r.status == 403 ? "Forbidden" : "";
+      std::string detail = code;
+      if (!message.empty()) detail += (detail.empty() ? "" : ": ") + message;
+      failure = Error(Reason::StorageError,
+                      fmt::format("S3 {} {}: HTTP {}{}{}", call.op, target, r.status,
+                                  detail.empty() ? "" : " ", detail),
+                      ParseRetryAfter(r.Header("retry-after")));
+      retriable = r.status == 500 || r.status == 502 || r.status == 503 || r.status == 504 ||
+                  IsRetriableCode(code);
+    }
+    if (!retriable || attempt >= options_.max_attempts) return *failure;
+    if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
+    std::chrono::milliseconds wait = failure->retry_after.value_or(backoff);
+    options_.sleep(std::min(wait, options_.max_backoff), stop);
+    if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+VoidResult S3Client::PutObject(const std::string& bucket, const std::string& key,
+                               std::string_view body, PutChecksum checksum, std::stop_token stop) {
+  Call call{"PutObject", "PUT", bucket, key, {}, {}, std::string(body)};
+  call.headers.emplace_back("content-type", "application/octet-stream");
+  if (checksum == PutChecksum::Sha256) {
+    call.headers.emplace_back("x-amz-checksum-sha256", Base64(Sha256Raw(body)));
+  } else {
+    call.headers.emplace_back("content-md5", Base64(Md5Raw(body)));
+  }
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<std::string> S3Client::GetObject(const std::string& bucket, const std::string& key,
+                                        std::optional<ByteRange> range, std::stop_token stop) {
+  Call call{"GetObject", "GET", bucket, key, {}, {}, {}};
+  if (range) {
+    call.headers.emplace_back("range", range->last
+                                           ? fmt::format("bytes={}-{}", range->first, *range->last)
+                                           : fmt::format("bytes={}-", range->first));
+  }
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  return std::move(r->body);
+}
+
+Result<std::optional<ObjectInfo>> S3Client::HeadObject(const std::string& bucket,
+                                                       const std::string& key,
+                                                       std::stop_token stop) {
+  Call call{"HeadObject", "HEAD", bucket, key, {}, {{"x-amz-checksum-mode", "ENABLED"}}, {}};
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  if (r->status == 404) return std::optional<ObjectInfo>();
+  ObjectInfo info;
+  if (const std::string* v = r->Header("content-length")) info.size = ParseU64(*v);
+  if (const std::string* v = r->Header("etag")) info.etag = Unquote(*v);
+  if (const std::string* v = r->Header("x-amz-checksum-sha256")) info.checksum_sha256 = *v;
+  if (const std::string* v = r->Header("last-modified")) info.last_modified = *v;
+  return std::optional<ObjectInfo>(std::move(info));
+}
+
+VoidResult S3Client::DeleteObject(const std::string& bucket, const std::string& key,
+                                  std::stop_token stop) {
+  auto r = Execute({"DeleteObject", "DELETE", bucket, key, {}, {}, {}}, stop);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::string& prefix,
+                                         const std::string& continuation_token,
+                                         const std::string& delimiter, int max_keys,
+                                         std::stop_token stop) {
+  Call call{"ListObjectsV2", "GET", bucket, "", {}, {}, {}};
+  call.query = {{"list-type", "2"}, {"max-keys", std::to_string(max_keys)}, {"prefix", prefix}};
+  if (!continuation_token.empty())
+    call.query.emplace_back("continuation-token", continuation_token);
+  if (!delimiter.empty()) call.query.emplace_back("delimiter", delimiter);
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  ListPage page;
+  for (std::string_view contents : XmlElements(r->body, "Contents")) {
+    ListedObject object;
+    object.key = XmlText(contents, "Key").value_or("");
+    object.size = ParseU64(XmlText(contents, "Size").value_or("0"));
+    object.etag = Unquote(XmlText(contents, "ETag").value_or(""));
+    page.objects.push_back(std::move(object));
+  }
+  for (std::string_view common : XmlElements(r->body, "CommonPrefixes")) {
+    if (auto p = XmlText(common, "Prefix")) page.common_prefixes.push_back(std::move(*p));
+  }
+  if (XmlText(r->body, "IsTruncated").value_or("false") == "true") {
+    page.next_continuation_token = XmlText(r->body, "NextContinuationToken").value_or("");
+    if (page.next_continuation_token.empty()) {
+      return Error(Reason::StorageError,
+                   fmt::format("S3 ListObjectsV2 s3://{}/{}: truncated answer without "
+                               "NextContinuationToken",
+                               bucket, prefix));
+    }
+  }
+  return page;
+}
+
+Result<std::string> S3Client::CreateMultipartUpload(const std::string& bucket,
+                                                    const std::string& key, std::stop_token stop) {
+  Call call{"CreateMultipartUpload", "POST", bucket, key, {{"uploads", ""}}, {}, {}};
+  call.headers.emplace_back("content-type", "application/octet-stream");
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  std::optional<std::string> id = XmlText(r->body, "UploadId");
+  if (!id || id->empty()) {
+    return Error(
+        Reason::StorageError,
+        fmt::format("S3 CreateMultipartUpload s3://{}/{}: answer has no UploadId", bucket, key));
+  }
+  return std::move(*id);
+}
+
+Result<UploadedPart> S3Client::UploadPart(const std::string& bucket, const std::string& key,
+                                          const std::string& upload_id, int part_number,
+                                          std::string_view body, std::stop_token stop) {
+  Call call{"UploadPart",
+            "PUT",
+            bucket,
+            key,
+            {{"partNumber", std::to_string(part_number)}, {"uploadId", upload_id}},
+            {{"content-type", "application/octet-stream"}, {"content-md5", Base64(Md5Raw(body))}},
+            std::string(body)};
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  UploadedPart part;
+  part.number = part_number;
+  part.size = body.size();
+  if (const std::string* etag = r->Header("etag")) part.etag = Unquote(*etag);
+  if (part.etag.empty()) {
+    return Error(Reason::StorageError,
+                 fmt::format("S3 UploadPart s3://{}/{} part {}: answer has no ETag", bucket, key,
+                             part_number));
+  }
+  return part;
+}
+
+Result<std::vector<UploadedPart>> S3Client::ListParts(const std::string& bucket,
+                                                      const std::string& key,
+                                                      const std::string& upload_id,
+                                                      std::stop_token stop) {
+  std::vector<UploadedPart> parts;
+  std::string marker;
+  for (;;) {
+    Call call{"ListParts", "GET", bucket, key, {{"uploadId", upload_id}}, {}, {}};
+    if (!marker.empty()) call.query.emplace_back("part-number-marker", marker);
+    auto r = Execute(call, stop);
+    if (!r) return r.error();
+    for (std::string_view element : XmlElements(r->body, "Part")) {
+      UploadedPart part;
+      part.number = static_cast<int>(ParseU64(XmlText(element, "PartNumber").value_or("0")));
+      part.etag = Unquote(XmlText(element, "ETag").value_or(""));
+      part.size = ParseU64(XmlText(element, "Size").value_or("0"));
+      parts.push_back(std::move(part));
+    }
+    if (XmlText(r->body, "IsTruncated").value_or("false") != "true") break;
+    std::string next = XmlText(r->body, "NextPartNumberMarker").value_or("");
+    if (next.empty() || next == marker) {
+      return Error(Reason::StorageError,
+                   fmt::format("S3 ListParts s3://{}/{}: truncated answer without a new "
+                               "NextPartNumberMarker",
+                               bucket, key));
+    }
+    marker = next;
+  }
+  std::sort(parts.begin(), parts.end(),
+            [](const UploadedPart& a, const UploadedPart& b) { return a.number < b.number; });
+  return parts;
+}
+
+VoidResult S3Client::CompleteMultipartUpload(const std::string& bucket, const std::string& key,
+                                             const std::string& upload_id,
+                                             const std::vector<UploadedPart>& parts,
+                                             std::stop_token stop) {
+  std::string body = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">";
+  for (const UploadedPart& part : parts) {
+    body += fmt::format("<Part><PartNumber>{}</PartNumber><ETag>&quot;{}&quot;</ETag></Part>",
+                        part.number, XmlEscape(part.etag));
+  }
+  body += "</CompleteMultipartUpload>";
+  Call call{"CompleteMultipartUpload",
+            "POST",
+            bucket,
+            key,
+            {{"uploadId", upload_id}},
+            {{"content-type", "application/xml"}},
+            std::move(body)};
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  return {};
+}
+
+VoidResult S3Client::AbortMultipartUpload(const std::string& bucket, const std::string& key,
+                                          const std::string& upload_id, std::stop_token stop) {
+  auto r = Execute(
+      {"AbortMultipartUpload", "DELETE", bucket, key, {{"uploadId", upload_id}}, {}, {}}, stop);
+  if (!r) return r.error();
+  return {};
+}
+
+}  // namespace modelcache::store

@@ -1,0 +1,151 @@
+#pragma once
+
+// A minimal S3 client over common/http_client.h: the object and multipart-upload calls the
+// artifact store needs, signed with SigV4 (signed payloads: x-amz-content-sha256 is the hex
+// sha256 of the body, which S3 itself checks against the bytes it receives).
+//
+// Errors: every failed call is StorageError, "S3 <OP> s3://bucket/key: HTTP <status> <Code>:
+// <Message>", where Code and Message come from the XML error body (the S3 code, e.g.
+// AccessDenied, NoSuchBucket, SignatureDoesNotMatch, RequestTimeTooSkewed). Transport failures
+// stay NetworkError and a stop request Cancelled. Credentials never appear in errors.
+//
+// Retries: HTTP 500, 503 and the SlowDown code (and NetworkError) are retried up to
+// max_attempts with exponential backoff (base_backoff doubling, capped at max_backoff, or the
+// server's Retry-After). Every call here is idempotent for S3 (a repeated PUT writes the same
+// bytes; Complete of a completed upload answers NoSuchUpload, which is reported).
+//
+// Thread-safe: calls share only immutable configuration, so parts may be uploaded in parallel.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/http_client.h"
+#include "common/result.h"
+#include "store/aws_config.h"
+
+namespace modelcache::store {
+
+struct S3ClientOptions {
+  // Signing time; the wall clock unless a test fixes it.
+  std::function<std::chrono::system_clock::time_point()> now;
+  // Waits between retries; by default sleeps, returning early when `stop` is requested.
+  std::function<void(std::chrono::milliseconds, std::stop_token)> sleep;
+  int max_attempts = 5;
+  std::chrono::milliseconds base_backoff{200};
+  std::chrono::milliseconds max_backoff{10'000};
+  TlsOptions tls;
+};
+
+// How a single PUT proves its content besides the signed payload hash.
+enum class PutChecksum {
+  ContentMd5,  // Content-MD5: every S3 implementation checks it (radosgw 16 included)
+  Sha256,      // x-amz-checksum-sha256 (flexible checksums; AWS, recent radosgw, MinIO)
+};
+
+struct ObjectInfo {
+  uint64_t size = 0;
+  std::string etag;             // as sent, quotes removed
+  std::string checksum_sha256;  // base64, when the object was stored with one
+  std::string last_modified;
+};
+
+struct ListedObject {
+  std::string key;
+  uint64_t size = 0;
+  std::string etag;
+};
+
+struct ListPage {
+  std::vector<ListedObject> objects;
+  std::vector<std::string> common_prefixes;  // with a delimiter only
+  // Pass back to get the next page; empty on the last page.
+  std::string next_continuation_token;
+};
+
+struct UploadedPart {
+  int number = 0;
+  std::string etag;  // quotes removed
+  uint64_t size = 0;
+};
+
+// An inclusive byte range; `last` empty means to the end of the object.
+struct ByteRange {
+  uint64_t first = 0;
+  std::optional<uint64_t> last;
+};
+
+class S3Client {
+ public:
+  explicit S3Client(AwsConfig config, S3ClientOptions options = {});
+
+  VoidResult PutObject(const std::string& bucket, const std::string& key, std::string_view body,
+                       PutChecksum checksum = PutChecksum::ContentMd5, std::stop_token stop = {});
+  // The whole object, or `range` of it (S3 answers 206).
+  Result<std::string> GetObject(const std::string& bucket, const std::string& key,
+                                std::optional<ByteRange> range = std::nullopt,
+                                std::stop_token stop = {});
+  // nullopt when the object does not exist (404).
+  Result<std::optional<ObjectInfo>> HeadObject(const std::string& bucket, const std::string& key,
+                                               std::stop_token stop = {});
+  // Deleting a missing object succeeds, as in S3.
+  VoidResult DeleteObject(const std::string& bucket, const std::string& key,
+                          std::stop_token stop = {});
+  // One page of keys under `prefix`, in key order. `delimiter` "/" groups deeper keys into
+  // common_prefixes.
+  Result<ListPage> ListObjectsV2(const std::string& bucket, const std::string& prefix,
+                                 const std::string& continuation_token = "",
+                                 const std::string& delimiter = "", int max_keys = 1000,
+                                 std::stop_token stop = {});
+
+  // Returns the upload id.
+  Result<std::string> CreateMultipartUpload(const std::string& bucket, const std::string& key,
+                                            std::stop_token stop = {});
+  // Parts are numbered 1..10000; every part but the last must be at least 5 MiB. Sent with
+  // Content-MD5.
+  Result<UploadedPart> UploadPart(const std::string& bucket, const std::string& key,
+                                  const std::string& upload_id, int part_number,
+                                  std::string_view body, std::stop_token stop = {});
+  // Every part uploaded so far (all pages), by part number.
+  Result<std::vector<UploadedPart>> ListParts(const std::string& bucket, const std::string& key,
+                                              const std::string& upload_id,
+                                              std::stop_token stop = {});
+  // `parts` in ascending part number. Do not rely on the answer's ETag (radosgw may send it
+  // empty): confirm the object with HeadObject.
+  VoidResult CompleteMultipartUpload(const std::string& bucket, const std::string& key,
+                                     const std::string& upload_id,
+                                     const std::vector<UploadedPart>& parts,
+                                     std::stop_token stop = {});
+  VoidResult AbortMultipartUpload(const std::string& bucket, const std::string& key,
+                                  const std::string& upload_id, std::stop_token stop = {});
+
+  const AwsConfig& config() const { return config_; }
+
+ private:
+  struct Call;
+  Result<HttpResponse> Execute(const Call& call, std::stop_token stop) const;
+  Result<HttpResponse> SendOnce(const Call& call, std::stop_token stop) const;
+
+  AwsConfig config_;
+  S3ClientOptions options_;
+};
+
+// Minimal XML reading for S3's answers (no XML library is among the project's dependencies):
+// the text of the first <tag>…</tag> at or after `from`, entity-decoded (&amp; &lt; &gt; &quot;
+// &apos; and numeric references). Tags are matched exactly, without attributes or namespaces
+// prefixes, which is all S3 sends. nullopt when absent.
+std::optional<std::string> XmlText(std::string_view xml, std::string_view tag, size_t from = 0);
+// The inner XML of every <tag>…</tag> element, in order (not nested within each other).
+std::vector<std::string_view> XmlElements(std::string_view xml, std::string_view tag);
+// Escapes & < > " ' for element text.
+std::string XmlEscape(std::string_view text);
+
+// Base64 (standard alphabet, padded), for Content-MD5 and x-amz-checksum-sha256.
+std::string Base64(std::string_view bytes);
+
+}  // namespace modelcache::store
