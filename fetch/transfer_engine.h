@@ -1,0 +1,74 @@
+#pragma once
+
+// The parallel downloader (issue 6): one libcurl multi handle driven by one thread, shared by all
+// jobs, fetching many files at once and large files as parallel byte ranges.
+//
+// Each job (one reconcile) gets a fetch::Transfer from NewTransfer(); its Run() keeps up to
+// max_connections_per_job requests in flight, the engine at most max_connections connections in
+// all (keep-alive, reused per host, HTTP/2 multiplexed where the server offers it over TLS).
+//
+// A file of more than one chunk is preallocated as its `.incomplete` file and its chunk map (which
+// byte ranges are on disk, and the ETag they came with) is kept next to it as
+// `<incomplete_path>.chunks`, rewritten atomically about once a second after an fdatasync of the
+// data, so a restart (even after kill -9) fetches exactly the ranges the map does not cover. A
+// one-chunk file is a plain prefix, as with the simple Transfer (whose partial files are resumed
+// likewise). Hashes (sha256, and the git blob sha1 for regular files) advance in file order over
+// the contiguous prefix as it lands, reading it back from the page cache; on resume the data
+// already on disk is re-hashed the same way.
+//
+// The Hub protocol is the simple Transfer's (downloader.h): the /resolve URL is fetched with the
+// token and without following redirects; a redirect to another host (the CDN) is fetched without
+// Authorization, and a 403/410 from that host sends the file back to the Hub for a fresh Location.
+// A 200 to a ranged request (the server ignores Range) switches the file to one stream from byte
+// 0; a Content-Range total other than the expected size, or a data ETag other than the one the
+// ranges on disk came with, discards the file and starts over.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "fetch/downloader.h"
+#include "fetch/hub_client.h"
+
+namespace modelcache::fetch {
+
+struct TransferEngineOptions {
+  int max_connections = 16;          // in all, over every job; at least 1
+  int max_connections_per_job = 8;   // requests in flight per Run; at least 1
+  // Largest byte range per request. A file is split into about max_connections_per_job ranges of
+  // at most chunk_size and at least min_chunk_size bytes.
+  uint64_t chunk_size = 32ULL << 20;
+  uint64_t min_chunk_size = 16ULL << 20;
+  uint64_t max_bytes_per_second = 0;  // over the whole engine; 0 = unlimited
+  // A request that receives no byte for this long is aborted and retried (at least 1 s).
+  std::chrono::milliseconds stall_timeout{30000};
+  std::chrono::milliseconds connect_timeout{10000};
+  // How often a chunk map is persisted while its file downloads.
+  std::chrono::milliseconds persist_interval{1000};
+  // Test seam: replaces pwrite(2) for file data (return -1 and set errno to fail).
+  std::function<ssize_t(int fd, const void* data, size_t size, off_t offset)> pwrite_for_test;
+};
+
+class TransferEngine {
+ public:
+  // Starts the engine thread.
+  explicit TransferEngine(TransferEngineOptions options);
+  // Stops the engine thread. REQUIRES: no Run() of a Transfer from this engine is still running.
+  ~TransferEngine();
+  TransferEngine(const TransferEngine&) = delete;
+  TransferEngine& operator=(const TransferEngine&) = delete;
+
+  // A Transfer for one job, using this engine's connections, with the job's Hub options (endpoint,
+  // token, max_attempts and backoff per request). The Transfer must not outlive the engine.
+  std::unique_ptr<Transfer> NewTransfer(const HubOptions& hub);
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace modelcache::fetch
