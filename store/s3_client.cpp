@@ -207,6 +207,10 @@ Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop) 
   // Split the endpoint into scheme and authority; a path after the authority is a prefix.
   const std::string& endpoint = config_.endpoint_url;
   size_t scheme_end = endpoint.find("://");
+  if (scheme_end == std::string::npos) {
+    return Error(Reason::InvalidSpec,
+                 fmt::format("S3 endpoint {} has no scheme (http:// or https://)", endpoint));
+  }
   std::string scheme = endpoint.substr(0, scheme_end);
   std::string rest = endpoint.substr(scheme_end + 3);
   size_t slash = rest.find('/');

@@ -286,6 +286,16 @@ TEST(S3ClientTest, NetworkErrorsNeverCarryTheSecret) {
   EXPECT_EQ(r.error().message.find("session-secret"), std::string::npos);
 }
 
+TEST(S3ClientTest, EndpointWithoutSchemeIsInvalidSpec) {
+  AwsConfig config;
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, ""};
+  config.region = "us-east-1";
+  config.endpoint_url = "127.0.0.1:1";
+  auto r = S3Client(config).GetObject("bucket", "key");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
+}
+
 TEST(S3ClientTest, SlowDownIsRetriedWithExponentialBackoff) {
   int calls = 0;
   Harness h([&](const Received&) {
