@@ -42,6 +42,17 @@ constexpr auto kRateSample = std::chrono::milliseconds(250);
 constexpr auto kIdleWait = std::chrono::milliseconds(100);
 
 struct JobQueue;
+struct Request;
+
+// The engine's bandwidth limit: a token bucket shared by every request. A write callback that
+// finds it empty pauses its transfer; the engine thread refills it and resumes them.
+struct Bucket {
+  uint64_t rate = 0;  // bytes per second; 0 = unlimited
+  int64_t burst = 0;
+  int64_t tokens = 0;
+  Clock::time_point refilled{};
+  std::vector<Request*> paused;
+};
 
 // One HTTP request for one byte range of one file. The job thread fills the first block and hands
 // it to the engine; the engine thread writes the body to the file and fills the second block;
@@ -60,6 +71,7 @@ struct Request {
   std::atomic<uint64_t>* downloaded = nullptr;
   const std::function<ssize_t(int, const void*, size_t, off_t)>* pwrite_hook = nullptr;
   JobQueue* queue = nullptr;
+  Bucket* bucket = nullptr;
   size_t file = 0;
   size_t chunk = 0;
   std::atomic<bool> abort{false};
@@ -179,6 +191,13 @@ size_t OnData(char* data, size_t size, size_t n, void* user) {
   if (r.abort.load(std::memory_order_relaxed)) {
     return 0;
   }
+  if (r.bucket != nullptr && r.bucket->rate > 0) {
+    if (r.bucket->tokens <= 0) {
+      r.bucket->paused.push_back(&r);
+      return CURL_WRITEFUNC_PAUSE;  // libcurl hands the same bytes again once resumed
+    }
+    r.bucket->tokens -= static_cast<int64_t>(len);
+  }
   if (r.verdict == Request::Verdict::None) {
     Classify(r);
   }
@@ -244,6 +263,10 @@ struct TransferEngine::Impl {
                       static_cast<long>(options.max_connections));
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, static_cast<long>(options.max_connections));
     curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    bucket.rate = options.max_bytes_per_second;
+    bucket.burst = static_cast<int64_t>(std::max<uint64_t>(bucket.rate / 20, 64 << 10));
+    bucket.tokens = bucket.burst;
+    bucket.refilled = Clock::now();
     thread = std::thread([this] { Loop(); });
   }
 
@@ -294,6 +317,8 @@ struct TransferEngine::Impl {
       Classify(*r);  // a bodiless answer: a redirect, an error, or an empty range
     }
     active.erase(std::remove(active.begin(), active.end(), r), active.end());
+    bucket.paused.erase(std::remove(bucket.paused.begin(), bucket.paused.end(), r),
+                        bucket.paused.end());
     Complete(r);
   }
 
@@ -325,16 +350,28 @@ struct TransferEngine::Impl {
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, OnProgress);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, r);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
-    if (options.max_bytes_per_second > 0) {
-      // An even share of the limit for the handles running once this one starts; libcurl cannot
-      // change a running handle's cap, so shares settle as requests turn over.
-      uint64_t share = options.max_bytes_per_second / (active.size() + 1);
-      curl_easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE,
-                       static_cast<curl_off_t>(std::max<uint64_t>(share, 1024)));
-    }
+    r->bucket = &bucket;
     active.push_back(r);
     if (curl_multi_add_handle(multi, e) != CURLM_OK) {
       Finish(r, CURLE_FAILED_INIT, false);
+    }
+  }
+
+  void Refill() {
+    auto now = Clock::now();
+    double seconds = std::chrono::duration<double>(now - bucket.refilled).count();
+    bucket.refilled = now;
+    bucket.tokens = std::min<int64_t>(
+        bucket.burst,
+        bucket.tokens + static_cast<int64_t>(seconds * static_cast<double>(bucket.rate)));
+    if (bucket.tokens <= 0 || bucket.paused.empty()) {
+      return;
+    }
+    std::vector<Request*> resume;
+    resume.swap(bucket.paused);
+    for (Request* r : resume) {
+      // May call the write callback at once, which may pause it again.
+      curl_easy_pause(r->easy, CURLPAUSE_CONT);
     }
   }
 
@@ -381,7 +418,12 @@ struct TransferEngine::Impl {
         CURLcode code = msg->data.result;
         Finish(r, code, false);
       }
-      curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
+      int timeout_ms = 1000;
+      if (bucket.rate > 0) {
+        Refill();
+        timeout_ms = bucket.paused.empty() ? 1000 : 5;
+      }
+      curl_multi_poll(multi, nullptr, 0, timeout_ms, nullptr);
     }
   }
 
@@ -392,6 +434,7 @@ struct TransferEngine::Impl {
   std::vector<JobQueue*> cancels;
   bool stopping = false;
   std::vector<Request*> active;  // engine thread only
+  Bucket bucket;                 // engine thread only
   std::thread thread;
 };
 
@@ -1211,6 +1254,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
     queue_.cv.notify_all();
   });
   bool cancelling = false;
+  bool hash_behind = false;
   while (true) {
     if ((stop_.stop_requested() || error_) && !cancelling) {
       cancelling = true;
@@ -1219,6 +1263,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
     if (!cancelling) {
       Schedule();
       uint64_t budget = kHashBudget;
+      hash_behind = false;
       for (auto& f : files_) {
         if (f.phase != FileState::Phase::Active || f.reset_pending || budget == 0) {
           continue;
@@ -1228,6 +1273,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
           break;
         }
       }
+      hash_behind = budget == 0;
       for (auto& f : files_) {
         if (f.phase == FileState::Phase::Active) {
           PersistMap(f, false);
@@ -1242,7 +1288,8 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
       break;
     }
     // Wait for a completion, a stop, the next retry time or the next bookkeeping turn.
-    auto deadline = Clock::now() + kIdleWait;
+    // While hashing lags behind the data, only completions already queued are taken.
+    auto deadline = Clock::now() + (hash_behind ? std::chrono::milliseconds(0) : kIdleWait);
     for (const auto& f : files_) {
       if (f.phase != FileState::Phase::Active || f.reset_pending) {
         continue;

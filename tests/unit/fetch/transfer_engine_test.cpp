@@ -414,6 +414,26 @@ TEST_F(TransferEngineTest, CancellationStopsWithinASecondAndKeepsData) {
   EXPECT_FALSE(Exists(task.final_path));
 }
 
+TEST_F(TransferEngineTest, BandwidthLimitHoldsTheRate) {
+  FileTask task;
+  for (auto& t : Tasks()) {
+    if (t.path == "tok/vocab.txt") {
+      task = t;
+    }
+  }
+  ASSERT_EQ(task.size, 300u << 10);
+  TransferEngineOptions options = EngineOptions();
+  options.max_bytes_per_second = 1 << 20;  // 300 KiB take at least ~0.25 s after the burst
+  TransferEngine engine(options);
+  auto start = std::chrono::steady_clock::now();
+  auto results = RunWith(engine, {task});
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(results) << results.error().ToString();
+  EXPECT_EQ(ReadTestFile(task.final_path), ReadTestFile(*root_ + "/src/tok/vocab.txt"));
+  // A lower bound only: a loaded machine can be slower, never faster than the limit.
+  EXPECT_GE(elapsed, std::chrono::milliseconds(150));
+}
+
 // Plain servers for what the FakeHub cannot do: a "hub" that redirects /resolve/file to a "cdn"
 // with a fresh signature each time, a cdn that refuses the first signature (expired) and any
 // Authorization header, and a file whose content (and ETag) changes after `switch_after` data
