@@ -1,0 +1,92 @@
+#pragma once
+
+// A small REST client for the ModelCache custom resource (modelcache.dev/v1alpha1, plural
+// modelcaches) and Secrets, over common/http_client.h. It speaks the API server's JSON protocol
+// as client-go's typed clients do: requests carry "Authorization: Bearer <token>" from the
+// config's token provider and "Accept: application/json".
+//
+// HTTP error answers are not Errors here: every call returns the status code and the JSON body
+// (a metav1.Status for errors), because callers decide what a 404, 409 or 410 means.
+// Transport failures are NetworkError and a stop request is Cancelled, as in HttpClient.
+//
+// Thread-safe: a client holds only its configuration.
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "controller/kube_config.h"
+
+namespace modelcache::controller {
+
+struct KubeReply {
+  long status = 0;
+  nlohmann::json body;  // null if the body was not JSON
+  bool ok() const { return status >= 200 && status < 300; }
+  // metav1.Status "reason" of an error answer ("Conflict", "NotFound", …), "" if none.
+  std::string reason() const;
+};
+
+// An error answer as an Error: 401/403 Unauthorized, 429 RateLimited, 5xx and anything else
+// unexpected NetworkError; the message is "<what>: HTTP <code> <reason>: <message>".
+Error ReplyError(const KubeReply& reply, std::string_view what);
+
+struct WatchEvent {
+  std::string type;  // ADDED | MODIFIED | DELETED | BOOKMARK | ERROR
+  nlohmann::json object;
+};
+
+class KubeClient {
+ public:
+  explicit KubeClient(KubeConfig config);
+
+  const KubeConfig& config() const { return config_; }
+
+  // GET the list (namespace "" = all namespaces). The reply body is the ModelCacheList.
+  Result<KubeReply> List(const std::string& ns, std::stop_token stop = {}) const;
+
+  // Watches from `resource_version` (allowWatchBookmarks=true, timeoutSeconds=`timeout`) and
+  // calls `on_event` for each newline-delimited JSON event as it arrives. Returns when the server
+  // ends the stream (OK), `on_event` returns false (OK), the stream breaks (NetworkError), the
+  // server answers with an HTTP error (the error of ReplyError; an HTTP 410 is instead passed to
+  // `on_event` as an ERROR event with its Status, code 410, and the call returns OK), or `stop`
+  // is requested (Cancelled). A line that is not a JSON event is NetworkError.
+  VoidResult Watch(const std::string& ns, const std::string& resource_version,
+                   std::chrono::seconds timeout,
+                   const std::function<bool(const WatchEvent&)>& on_event,
+                   std::stop_token stop = {}) const;
+
+  Result<KubeReply> Get(const std::string& ns, const std::string& name,
+                        std::stop_token stop = {}) const;
+  // PUT of the whole object (metadata.resourceVersion is the precondition): changes metadata
+  // (finalizers, labels) and spec; the server ignores .status.
+  Result<KubeReply> Update(const nlohmann::json& object, std::stop_token stop = {}) const;
+  // PUT .../status: changes only .status.
+  Result<KubeReply> UpdateStatus(const nlohmann::json& object, std::stop_token stop = {}) const;
+
+  // The decoded data of Secret ns/name (base64 of .data, plus .stringData if present).
+  // InvalidSpec if the Secret does not exist, Unauthorized on 401/403.
+  Result<std::map<std::string, std::string>> GetSecretData(const std::string& ns,
+                                                           const std::string& name,
+                                                           std::stop_token stop = {}) const;
+
+  // ".../apis/modelcache.dev/v1alpha1[/namespaces/NS]/modelcaches[/NAME]".
+  std::string ModelCacheUrl(const std::string& ns, const std::string& name = "") const;
+
+ private:
+  HttpRequest Request(std::string method, std::string url) const;
+  Result<KubeReply> Send(HttpRequest request, std::stop_token stop) const;
+
+  KubeConfig config_;
+};
+
+// RFC 4648 base64 decoding (padding optional); nullopt if `s` is not base64.
+std::optional<std::string> DecodeBase64(std::string_view s);
+
+}  // namespace modelcache::controller

@@ -1,0 +1,49 @@
+#pragma once
+
+// Kubernetes mode's StatusStore: status lives on the API server and is written through the
+// /status subresource with optimistic concurrency, as controller-runtime's status writer with
+// retry.RetryOnConflict: PUT .../status with the object's metadata.resourceVersion; on 409
+// Conflict, GET the current object, put the status to write on it, and PUT again (up to
+// max_attempts in all). Only .status changes on the server (the subresource ignores the rest).
+//
+// Thread-safe: holds only the client.
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "common/result.h"
+#include "controller/kube_client.h"
+#include "controller/status_store.h"
+#include "crds/model_cache.h"
+
+namespace modelcache::controller {
+
+class KubeStatusStore final : public StatusStore {
+ public:
+  // `client` must outlive the store.
+  explicit KubeStatusStore(const KubeClient& client, int max_attempts = 5);
+
+  // GET of the object, status included; nullopt on 404.
+  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
+  // Writes object_with_status.status (see above). An empty metadata.resourceVersion reads the
+  // current one first. StorageError if the object no longer exists (404) or the conflicts
+  // outlast max_attempts; ReplyError's error for other answers.
+  VoidResult Write(const crds::ModelCache& object_with_status) override;
+  // Nothing to do: the status goes away with the object on the server. Always OK.
+  VoidResult Remove(const crds::ObjectKey& key) override;
+  // Every object in the client's scope (the list of all namespaces), ordered by namespace then
+  // name; objects that do not convert are skipped with a warning.
+  Result<std::vector<crds::ModelCache>> List() const override;
+
+  // 409 answers received so far (for tests and metrics).
+  uint64_t conflicts() const;
+
+ private:
+  const KubeClient& client_;
+  const int max_attempts_;
+  mutable std::atomic<uint64_t> conflicts_{0};
+};
+
+}  // namespace modelcache::controller
