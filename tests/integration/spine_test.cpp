@@ -29,6 +29,16 @@ using std::chrono::seconds;
 
 bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
 
+// Throttles model.safetensors, so that a test can act while it is downloading.
+Fault SlowWeights(uint64_t bytes_per_second) {
+  Fault f;
+  f.kind = Fault::Kind::Slow;
+  f.path_glob = "model.safetensors";
+  f.bytes_per_second = bytes_per_second;
+  f.count = -1;
+  return f;
+}
+
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -330,12 +340,7 @@ TEST_F(SpineTest, PersistentCorruptionIsChecksumMismatch) {
 TEST_F(SpineTest, SlowDownloadReportsProgress) {
   auto files = SmallModelFiles(4 << 20, 13);
   AddRepo("org/slow", files);
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = 1 << 20;
-  f.count = -1;
-  hub_.AddFault(f);
+  hub_.AddFault(SlowWeights(1 << 20));
   WriteManifest("s.yaml", Manifest("slow", "org/slow"));
   Daemon daemon(DaemonOptions());
   daemon.Start();
@@ -354,12 +359,7 @@ TEST_F(SpineTest, SlowDownloadReportsProgress) {
 TEST_F(SpineTest, KillNineMidDownloadResumesAfterRestart) {
   auto files = SmallModelFiles(16 << 20, 14);
   AddRepo("org/big", files);
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = 4 << 20;
-  f.count = -1;
-  hub_.AddFault(f);
+  hub_.AddFault(SlowWeights(4 << 20));
   WriteManifest("big.yaml", Manifest("big", "org/big"));
   auto options = DaemonOptions();
   {
@@ -392,12 +392,7 @@ TEST_F(SpineTest, RevisionChangeMidDownloadSwitchesToTheNewCommit) {
   auto files2 = SmallModelFiles(100000, 16);
   WriteTree(v2_dir, files2);
   hub_.SetRef("model", "org/moving", "v2", v2_dir);
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = 1 << 20;
-  f.count = -1;
-  hub_.AddFault(f);
+  hub_.AddFault(SlowWeights(1 << 20));
   WriteManifest("m.yaml", Manifest("moving", "org/moving"));
   Daemon daemon(DaemonOptions());
   daemon.Start();
@@ -419,12 +414,7 @@ TEST_F(SpineTest, RevisionChangeMidDownloadSwitchesToTheNewCommit) {
 
 TEST_F(SpineTest, DeletedManifestCancelsWorkAndRemovesStatus) {
   AddRepo("org/deleted", SmallModelFiles(8 << 20, 17));
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = 1 << 20;
-  f.count = -1;
-  hub_.AddFault(f);
+  hub_.AddFault(SlowWeights(1 << 20));
   WriteManifest("d.yaml", Manifest("deleted", "org/deleted"));
   Daemon daemon(DaemonOptions());
   daemon.Start();
@@ -734,12 +724,7 @@ TEST_F(SpineTest, JsonLogsAreOneObjectPerLineWithTheKey) {
 TEST_F(SpineTest, SigtermMidDownloadExitsCleanlyAndResumes) {
   auto files = SmallModelFiles(8 << 20, 27);
   AddRepo("org/term", files);
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = 2 << 20;
-  f.count = -1;
-  hub_.AddFault(f);
+  hub_.AddFault(SlowWeights(2 << 20));
   WriteManifest("t.yaml", Manifest("term", "org/term"));
   auto options = DaemonOptions();
   {
