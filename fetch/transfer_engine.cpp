@@ -551,7 +551,7 @@ struct Chunk {
 struct FileState {
   const FileTask* task = nullptr;
   size_t index = 0;
-  enum class Phase { Waiting, Active, Done } phase = Phase::Waiting;
+  enum class Phase { Waiting, Active, Publishing, Done } phase = Phase::Waiting;
   int fd = -1;
   bool mapped = false;         // several chunks: preallocated, chunk map persisted
   bool single_stream = false;  // the server ignores Range
@@ -635,6 +635,17 @@ class Job {
     }
   }
   void SampleRate();
+
+  struct Publication {
+    size_t file = 0;
+    int fd = -1;
+    std::string sha256;
+    VoidResult result;
+  };
+  static constexpr size_t kPublishers = 8;
+  static VoidResult Publish(const FileTask& t, bool mapped, int fd);
+  void PublishLoop(std::stop_token stop);
+  void Published(Publication& p);
   Error MapError(const HttpResponse& answer, const FileTask& task, const std::string& what) const {
     auto [type, repo] = RepoOf(hub_.endpoint, task.url);
     return HubClient::MapError(answer, what, hub_.endpoint, repo, type);
@@ -658,6 +669,13 @@ class Job {
   std::atomic<uint64_t> downloaded_{0};
   std::deque<std::pair<Clock::time_point, uint64_t>> samples_;
   Clock::time_point next_sample_{};
+  int publishing_ = 0;                   // files handed to publishers, not yet back
+  std::deque<Publication> published_;    // guarded by queue_.mu
+  std::mutex publish_mu_;
+  std::condition_variable_any publish_cv_;
+  std::deque<Publication> to_publish_;   // guarded by publish_mu_
+  // Last member: joined first on destruction, while everything they touch is still alive.
+  std::vector<std::jthread> publishers_;
 };
 
 VoidResult Job::LoadMap(FileState& f, uint64_t chunk_size) {
@@ -1148,12 +1166,33 @@ VoidResult Job::Verify(FileState& f) {
     StartReset(f, false, f.etag);
     return FinishReset(f);
   }
-  if (::fsync(f.fd) != 0) {
-    return Error(Reason::StorageError,
-                 "cannot sync " + t.incomplete_path + ": " + ErrnoMessage(errno));
-  }
-  int fd = f.fd;
+  // fsync, rename and the directory sync run on publisher threads: one file's fsync takes
+  // milliseconds, and many small files would otherwise queue behind each other here.
+  Publication p;
+  p.file = static_cast<size_t>(&f - files_.data());
+  p.fd = f.fd;
+  p.sha256 = std::move(sha256);
   f.fd = -1;
+  f.phase = FileState::Phase::Publishing;
+  publishing_ += 1;
+  {
+    std::lock_guard lock(publish_mu_);
+    to_publish_.push_back(std::move(p));
+    if (publishers_.size() < kPublishers && publishers_.size() < static_cast<size_t>(publishing_)) {
+      publishers_.emplace_back([this](std::stop_token stop) { PublishLoop(stop); });
+    }
+  }
+  publish_cv_.notify_one();
+  return {};
+}
+
+VoidResult Job::Publish(const FileTask& t, bool mapped, int fd) {
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Error(Reason::StorageError, "cannot sync " + t.incomplete_path + ": " +
+                                           ErrnoMessage(err));
+  }
   if (::close(fd) != 0) {
     return Error(Reason::StorageError,
                  "cannot close " + t.incomplete_path + ": " + ErrnoMessage(errno));
@@ -1166,16 +1205,46 @@ VoidResult Job::Verify(FileState& f) {
     return Error(Reason::StorageError, "cannot rename " + t.incomplete_path + " to " +
                                            t.final_path + ": " + ErrnoMessage(errno));
   }
-  if (f.mapped) {
-    ::unlink(f.map_path().c_str());
+  if (mapped) {
+    ::unlink((t.incomplete_path + ".chunks").c_str());
   }
-  if (auto r = SyncDir(dir); !r) {
-    return r.error();
+  return SyncDir(dir);
+}
+
+void Job::PublishLoop(std::stop_token stop) {
+  while (true) {
+    Publication p;
+    {
+      std::unique_lock lock(publish_mu_);
+      publish_cv_.wait(lock, stop, [this] { return !to_publish_.empty(); });
+      if (to_publish_.empty()) {
+        return;  // stop requested and nothing left
+      }
+      p = std::move(to_publish_.front());
+      to_publish_.pop_front();
+    }
+    const FileState& f = files_[p.file];
+    p.result = Publish(*f.task, f.mapped, p.fd);
+    {
+      std::lock_guard lock(queue_.mu);
+      published_.push_back(std::move(p));
+      queue_.wake = true;
+    }
+    queue_.cv.notify_all();
+  }
+}
+
+void Job::Published(Publication& p) {
+  FileState& f = files_[p.file];
+  publishing_ -= 1;
+  if (!p.result) {
+    f.phase = FileState::Phase::Done;
+    Fail(p.result.error());
+    return;
   }
   f.phase = FileState::Phase::Done;
-  results_[f.index] = FileResult{t.path, sha256, t.size, true};
+  results_[f.index] = FileResult{f.task->path, p.sha256, f.task->size, true};
   progress_.files_done.fetch_add(1);
-  return {};
 }
 
 void Job::SampleRate() {
@@ -1284,7 +1353,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
     bool all_done = std::all_of(files_.begin(), files_.end(), [](const FileState& f) {
       return f.phase == FileState::Phase::Done;
     });
-    if (in_flight_.empty() && (all_done || cancelling || error_)) {
+    if (in_flight_.empty() && publishing_ == 0 && (all_done || cancelling || error_)) {
       break;
     }
     // Wait for a completion, a stop, the next retry time or the next bookkeeping turn.
@@ -1301,12 +1370,17 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
       }
     }
     std::deque<Request*> done;
+    std::deque<Publication> published;
     {
       std::unique_lock lock(queue_.mu);
       queue_.cv.wait_until(lock, deadline,
                            [this] { return !queue_.done.empty() || queue_.wake; });
       done.swap(queue_.done);
+      published.swap(published_);
       queue_.wake = false;
+    }
+    for (Publication& p : published) {
+      Published(p);
     }
     for (Request* r : done) {
       Handle(r);
