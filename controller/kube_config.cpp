@@ -107,7 +107,7 @@ Result<std::string> WriteTempFile(TempFiles& files, const std::string& content) 
   return tmpl;
 }
 
-std::string Lookup(const Environment& env, const std::string& name) {
+std::string Lookup(const KubeEnvironment& env, const std::string& name) {
   auto it = env.find(name);
   return it == env.end() ? "" : it->second;
 }
@@ -136,7 +136,7 @@ std::string Str(const YAML::Node& node, const char* field) {
 
 }  // namespace
 
-Result<KubeConfig> InClusterConfig(const Environment& env, const std::string& dir) {
+Result<KubeConfig> InClusterConfig(const KubeEnvironment& env, const std::string& dir) {
   std::string host = Lookup(env, "KUBERNETES_SERVICE_HOST");
   std::string port = Lookup(env, "KUBERNETES_SERVICE_PORT");
   if (host.empty() || port.empty()) {
@@ -162,7 +162,7 @@ Result<KubeConfig> InClusterConfig(const Environment& env, const std::string& di
   return config;
 }
 
-Result<KubeConfig> KubeconfigConfig(const Environment& env, const std::string& kubeconfig_path,
+Result<KubeConfig> KubeconfigConfig(const KubeEnvironment& env, const std::string& kubeconfig_path,
                                     const std::string& context) {
   std::string path = kubeconfig_path;
   if (path.empty()) {
@@ -273,7 +273,7 @@ Result<KubeConfig> KubeconfigConfig(const Environment& env, const std::string& k
   }
 }
 
-Result<KubeConfig> LoadKubeConfig(const Environment& env, const std::string& kubeconfig_path) {
+Result<KubeConfig> LoadKubeConfig(const KubeEnvironment& env, const std::string& kubeconfig_path) {
   if (kubeconfig_path.empty() && Lookup(env, "KUBECONFIG").empty() &&
       !Lookup(env, "KUBERNETES_SERVICE_HOST").empty()) {
     return InClusterConfig(env);

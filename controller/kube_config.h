@@ -17,7 +17,7 @@
 namespace modelcache::controller {
 
 // The process environment, passed in so that the library never calls getenv.
-using Environment = std::map<std::string, std::string>;
+using KubeEnvironment = std::map<std::string, std::string>;
 
 struct KubeConfig {
   std::string server;  // "https://10.96.0.1:443", without a trailing '/'
@@ -37,7 +37,7 @@ struct KubeConfig {
 // unreadable). `dir` is normally /var/run/secrets/kubernetes.io/serviceaccount. InvalidSpec when
 // the variables are unset or the token file cannot be read.
 Result<KubeConfig> InClusterConfig(
-    const Environment& env,
+    const KubeEnvironment& env,
     const std::string& dir = "/var/run/secrets/kubernetes.io/serviceaccount");
 
 // kubeconfig configuration (clientcmd): the file is `kubeconfig_path` if not empty, else the
@@ -47,11 +47,11 @@ Result<KubeConfig> InClusterConfig(
 // client-certificate(-data) and client-key(-data); its namespace. Relative file paths are
 // relative to the kubeconfig's directory. InvalidSpec naming the file and the field when
 // something is missing or malformed.
-Result<KubeConfig> KubeconfigConfig(const Environment& env, const std::string& kubeconfig_path,
+Result<KubeConfig> KubeconfigConfig(const KubeEnvironment& env, const std::string& kubeconfig_path,
                                     const std::string& context = "");
 
 // The configuration client-go's default loading rules pick: `kubeconfig_path` or KUBECONFIG if
 // set; else in-cluster if KUBERNETES_SERVICE_HOST is set; else $HOME/.kube/config.
-Result<KubeConfig> LoadKubeConfig(const Environment& env, const std::string& kubeconfig_path);
+Result<KubeConfig> LoadKubeConfig(const KubeEnvironment& env, const std::string& kubeconfig_path);
 
 }  // namespace modelcache::controller
