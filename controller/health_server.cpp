@@ -15,9 +15,9 @@ namespace modelcache::controller {
 
 Result<ListenAddress> ParseListenAddress(std::string_view text) {
   auto invalid = [&](std::string_view why) {
-    return Error(Reason::InvalidSpec,
-                 fmt::format("--listen \"{}\": {}; expected HOST:PORT, e.g. 127.0.0.1:8081", text,
-                             why));
+    return Error(
+        Reason::InvalidSpec,
+        fmt::format("--listen \"{}\": {}; expected HOST:PORT, e.g. 127.0.0.1:8081", text, why));
   };
   ListenAddress out;
   std::string_view port_text;
@@ -54,8 +54,7 @@ Result<ListenAddress> ParseListenAddress(std::string_view text) {
   }
   int port = 0;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || end != port_text.data() + port_text.size() || port < 0 ||
-      port > 65535) {
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port < 0 || port > 65535) {
     return invalid("the port must be a number from 0 to 65535");
   }
   out.port = port;
@@ -140,8 +139,8 @@ VoidResult HealthServer::Start() {
   if (s.finished) {
     s.thread.join();
     s.started = false;
-    return Error(Reason::NetworkError, fmt::format("--listen: cannot serve on {}:{}", a.host,
-                                                   s.port));
+    return Error(Reason::NetworkError,
+                 fmt::format("--listen: cannot serve on {}:{}", a.host, s.port));
   }
   spdlog::info("serving /healthz, /readyz and /metrics on {}:{}", a.host, s.port);
   return {};

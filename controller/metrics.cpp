@@ -53,8 +53,7 @@ std::string FormatMetricValue(double value) {
   return fmt::format("{}", value);
 }
 
-MetricFamily::MetricFamily(std::string name, std::string help,
-                           std::vector<std::string> label_names)
+MetricFamily::MetricFamily(std::string name, std::string help, std::vector<std::string> label_names)
     : name_(std::move(name)), help_(std::move(help)), label_names_(std::move(label_names)) {}
 
 std::string MetricFamily::LabelText(const LabelValues& values, std::string_view extra) const {
@@ -257,8 +256,8 @@ void MetricsRegistry::Register(std::unique_ptr<MetricFamily> family) {
 CounterFamily& MetricsRegistry::AddCounter(std::string name, std::string help,
                                            std::vector<std::string> label_names) {
   constexpr std::string_view kSuffix = "_total";
-  if (name.size() < kSuffix.size() || name.compare(name.size() - kSuffix.size(), kSuffix.size(),
-                                                   kSuffix) != 0) {
+  if (name.size() < kSuffix.size() ||
+      name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0) {
     name += kSuffix;
   }
   bool plain = label_names.empty();
@@ -334,8 +333,8 @@ ControllerMetrics::ControllerMetrics()
     : reconciles(registry.AddCounter("modelcache_reconciles_total",
                                      "Reconciles by result: success, error or requeue.",
                                      {"result"})),
-      workqueue_depth(registry.AddGauge("modelcache_workqueue_depth",
-                                        "Keys waiting in the work queue.")),
+      workqueue_depth(
+          registry.AddGauge("modelcache_workqueue_depth", "Keys waiting in the work queue.")),
       workqueue_latency_seconds(registry.AddHistogram(
           "modelcache_workqueue_latency_seconds",
           "Time a key waits in the work queue before a worker takes it.", kQueueBuckets)),
@@ -344,20 +343,19 @@ ControllerMetrics::ControllerMetrics()
                                                        kReconcileBuckets)),
       download_bytes(registry.AddCounter("modelcache_download_bytes_total",
                                          "Bytes downloaded into the store.")),
-      download_bytes_per_second(registry.AddGauge(
-          "modelcache_download_bytes_per_second", "Current download rate of all running jobs.")),
-      verification_failures(registry.AddCounter(
-          "modelcache_verification_failures_total",
-          "Files whose size or digest did not match what the Hub announced.")),
-      artifacts(registry.AddGauge("modelcache_artifacts", "ModelCache resources by phase.",
-                                  {"phase"})),
-      store_bytes_used(registry.AddGauge("modelcache_store_bytes_used",
-                                         "Bytes used by the store's files.")),
+      download_bytes_per_second(registry.AddGauge("modelcache_download_bytes_per_second",
+                                                  "Current download rate of all running jobs.")),
+      verification_failures(
+          registry.AddCounter("modelcache_verification_failures_total",
+                              "Files whose size or digest did not match what the Hub announced.")),
+      artifacts(
+          registry.AddGauge("modelcache_artifacts", "ModelCache resources by phase.", {"phase"})),
+      store_bytes_used(
+          registry.AddGauge("modelcache_store_bytes_used", "Bytes used by the store's files.")),
       store_bytes_free(registry.AddGauge("modelcache_store_bytes_free",
                                          "Bytes free on the store's file system.")),
-      shard_duration_seconds(registry.AddHistogram("modelcache_shard_duration_seconds",
-                                                   "Time taken by one sharding job.",
-                                                   kShardBuckets)) {
+      shard_duration_seconds(registry.AddHistogram(
+          "modelcache_shard_duration_seconds", "Time taken by one sharding job.", kShardBuckets)) {
   for (std::string_view result : {kSuccess, kError, kRequeue}) {
     reconciles.Inc({std::string(result)}, 0);
   }

@@ -100,7 +100,7 @@ class HistogramFamily : public MetricFamily {
     double sum = 0;
     uint64_t count = 0;
   };
-  Series& Get(const LabelValues& values);         // requires mu_
+  Series& Get(const LabelValues& values);               // requires mu_
   const Series* Find(const LabelValues& values) const;  // requires mu_
 
   std::vector<double> buckets_;
@@ -135,7 +135,7 @@ class MetricsRegistry {
 
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<MetricFamily>> families_;  // guarded by mu_
-  std::vector<std::function<void()>> collectors_;       // guarded by mu_
+  std::vector<std::function<void()>> collectors_;        // guarded by mu_
 };
 
 // A sample value as Prometheus writes it: integers without a fraction, "+Inf", "-Inf", "NaN",

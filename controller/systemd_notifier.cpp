@@ -44,8 +44,8 @@ void SystemdNotifier::Stopping() { Send("STOPPING=1"); }
 void SystemdNotifier::Reloading() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  uint64_t usec = static_cast<uint64_t>(ts.tv_sec) * 1'000'000 +
-                  static_cast<uint64_t>(ts.tv_nsec) / 1'000;
+  uint64_t usec =
+      static_cast<uint64_t>(ts.tv_sec) * 1'000'000 + static_cast<uint64_t>(ts.tv_nsec) / 1'000;
   Send(fmt::format("RELOADING=1\nMONOTONIC_USEC={}", usec));
 }
 

@@ -126,8 +126,7 @@ std::map<std::string, double> ParseExposition(const std::string& text) {
       EXPECT_EQ(key.back(), '}') << line;
     }
     for (char ch : name) {
-      EXPECT_TRUE(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == ':')
-          << line;
+      EXPECT_TRUE(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == ':') << line;
     }
     const std::string& type = types[current];
     if (type == "histogram") {

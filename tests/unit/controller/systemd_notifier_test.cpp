@@ -258,8 +258,8 @@ TEST(SystemdUnitTest, VerifyPasses) {
   fs::path copy = fs::path(dir.path()) / "modelcache.service";
   testing::WriteFile(copy.string(), content);
   fs::path log = fs::path(dir.path()) / "verify.log";
-  std::string command = "'" + analyze + "' verify '" + copy.string() + "' > '" + log.string() +
-                        "' 2>&1";
+  std::string command =
+      "'" + analyze + "' verify '" + copy.string() + "' > '" + log.string() + "' 2>&1";
   int status = std::system(command.c_str());
   std::ifstream out(log);
   std::stringstream output;
