@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <regex>
 #include <sstream>
 #include <string>
 
@@ -104,8 +103,13 @@ TEST_F(SystemdNotifierTest, SendsEachState) {
   n.Reloading();
   auto reloading = sock_->Receive();
   ASSERT_TRUE(reloading);
-  EXPECT_TRUE(std::regex_match(*reloading, std::regex("RELOADING=1\nMONOTONIC_USEC=[1-9][0-9]*")))
-      << *reloading;
+  // No std::regex: GCC 12 warns (maybe-uninitialized) inside <regex> under the sanitizers.
+  const std::string prefix = "RELOADING=1\nMONOTONIC_USEC=";
+  ASSERT_EQ(reloading->rfind(prefix, 0), 0u) << *reloading;
+  std::string usec = reloading->substr(prefix.size());
+  EXPECT_FALSE(usec.empty());
+  EXPECT_NE(usec.front(), '0') << *reloading;
+  EXPECT_EQ(usec.find_first_not_of("0123456789"), std::string::npos) << *reloading;
   n.Stopping();
   EXPECT_EQ(sock_->Receive(), "STOPPING=1");
   EXPECT_EQ(sock_->Drain(), 0);
