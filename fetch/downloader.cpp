@@ -25,41 +25,14 @@
 namespace modelcache::fetch {
 namespace {
 
+using internal::FileSize;
+using internal::ParentDir;
+using internal::RepoOf;
+
 constexpr size_t kReadChunk = 1 << 20;
 constexpr int kMaxRedirects = 10;
 constexpr auto kRateWindow = std::chrono::seconds(5);
 constexpr auto kRateSample = std::chrono::milliseconds(250);
-
-std::string ParentDir(const std::string& path) {
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  return parent.empty() ? "." : parent.string();
-}
-
-// Size of a regular file, or nullopt if there is none.
-std::optional<uint64_t> FileSize(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    return std::nullopt;
-  }
-  return static_cast<uint64_t>(st.st_size);
-}
-
-// The nearest existing ancestor of `path` (the directory a file will be created in may not exist
-// yet) and its device, so that free space is checked once per filesystem.
-std::pair<std::string, dev_t> ExistingAncestor(const std::string& path) {
-  std::filesystem::path p = std::filesystem::path(path).parent_path();
-  while (true) {
-    struct stat st {};
-    std::string s = p.empty() ? "." : p.string();
-    if (::stat(s.c_str(), &st) == 0) {
-      return {s, st.st_dev};
-    }
-    if (p.empty() || p == p.root_path()) {
-      return {s, 0};
-    }
-    p = p.parent_path();
-  }
-}
 
 // Bytes still to write for `task`: nothing if its final file is in place, else what the partial
 // file lacks (all of it if the partial file is longer than the file, since it gets truncated).
@@ -72,60 +45,11 @@ uint64_t BytesNeeded(const FileTask& task) {
 }
 
 VoidResult CheckFreeSpace(const std::vector<FileTask>& tasks, const std::vector<size_t>& which) {
-  struct Need {
-    std::string dir;
-    uint64_t bytes = 0;
-    int files = 0;
-  };
-  std::map<dev_t, Need> needs;
+  std::vector<internal::SpaceNeed> needs;
   for (size_t i : which) {
-    const FileTask& task = tasks[i];
-    uint64_t bytes = BytesNeeded(task);
-    if (bytes == 0) {
-      continue;
-    }
-    auto [dir, dev] = ExistingAncestor(task.incomplete_path);
-    Need& need = needs[dev];
-    if (need.dir.empty()) {
-      need.dir = dir;
-    }
-    need.bytes += bytes;
-    need.files += 1;
+    needs.push_back({tasks[i].incomplete_path, BytesNeeded(tasks[i])});
   }
-  for (const auto& [dev, need] : needs) {
-    auto free_bytes = FreeBytes(need.dir);
-    if (!free_bytes) {
-      return free_bytes.error();
-    }
-    if (*free_bytes < need.bytes) {
-      return Error(Reason::InsufficientStorage,
-                   fmt::format("{} bytes are needed in {} for {} file(s) but only {} bytes are "
-                               "free",
-                               need.bytes, need.dir, need.files, *free_bytes));
-    }
-  }
-  return {};
-}
-
-// The repo a /resolve URL built by HubClient::ResolveUrl names, for error messages:
-// {endpoint}/[datasets/|spaces/]{repo}/resolve/... -> {type, repo}. Falls back to the URL's path.
-std::pair<std::string, std::string> RepoOf(const std::string& endpoint, const std::string& url) {
-  std::string rest = internal::WithoutQuery(url);
-  if (rest.rfind(endpoint + "/", 0) == 0) {
-    rest = rest.substr(endpoint.size() + 1);
-  } else {
-    rest = rest.substr(internal::Origin(rest).size());
-  }
-  std::string type = "model";
-  for (const char* prefix : {"datasets/", "spaces/"}) {
-    std::string p = prefix;
-    if (rest.rfind(p, 0) == 0) {
-      type = p.substr(0, p.size() - 2);
-      rest = rest.substr(p.size());
-    }
-  }
-  size_t resolve = rest.find("/resolve/");
-  return {type, UrlDecode(rest.substr(0, resolve))};
+  return internal::CheckFreeSpace(needs);
 }
 
 // Adds the bytes of one file to the shared counters as they change, so that discarding a partial

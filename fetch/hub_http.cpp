@@ -1,11 +1,19 @@
 #include "fetch/internal/hub_http.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <condition_variable>
+#include <filesystem>
+#include <map>
 #include <mutex>
 #include <random>
 #include <regex>
+
+#include <fmt/format.h>
+
+#include "common/files.h"
 
 namespace modelcache::fetch::internal {
 namespace {
@@ -124,6 +132,94 @@ std::string ScrubUrl(std::string message, const std::string& url) {
     p += clean.size();
   }
   return message;
+}
+
+namespace {
+
+// The nearest existing ancestor of `path` (the directory a file will be created in may not exist
+// yet) and its device, so that free space is checked once per filesystem.
+std::pair<std::string, dev_t> ExistingAncestor(const std::string& path) {
+  std::filesystem::path p = std::filesystem::path(path).parent_path();
+  while (true) {
+    struct stat st {};
+    std::string s = p.empty() ? "." : p.string();
+    if (::stat(s.c_str(), &st) == 0) {
+      return {s, st.st_dev};
+    }
+    if (p.empty() || p == p.root_path()) {
+      return {s, 0};
+    }
+    p = p.parent_path();
+  }
+}
+
+}  // namespace
+
+std::string ParentDir(const std::string& path) {
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+
+// Size of a regular file, or nullopt if there is none.
+std::optional<uint64_t> FileSize(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return std::nullopt;
+  }
+  return static_cast<uint64_t>(st.st_size);
+}
+
+std::pair<std::string, std::string> RepoOf(const std::string& endpoint, const std::string& url) {
+  std::string rest = WithoutQuery(url);
+  if (rest.rfind(endpoint + "/", 0) == 0) {
+    rest = rest.substr(endpoint.size() + 1);
+  } else {
+    rest = rest.substr(Origin(rest).size());
+  }
+  std::string type = "model";
+  for (const char* prefix : {"datasets/", "spaces/"}) {
+    std::string p = prefix;
+    if (rest.rfind(p, 0) == 0) {
+      type = p.substr(0, p.size() - 2);
+      rest = rest.substr(p.size());
+    }
+  }
+  size_t resolve = rest.find("/resolve/");
+  return {type, UrlDecode(rest.substr(0, resolve))};
+}
+
+VoidResult CheckFreeSpace(const std::vector<SpaceNeed>& needs) {
+  struct Need {
+    std::string dir;
+    uint64_t bytes = 0;
+    int files = 0;
+  };
+  std::map<dev_t, Need> by_device;
+  for (const SpaceNeed& n : needs) {
+    if (n.bytes == 0) {
+      continue;
+    }
+    auto [dir, dev] = ExistingAncestor(n.path);
+    Need& need = by_device[dev];
+    if (need.dir.empty()) {
+      need.dir = dir;
+    }
+    need.bytes += n.bytes;
+    need.files += 1;
+  }
+  for (const auto& [dev, need] : by_device) {
+    auto free_bytes = FreeBytes(need.dir);
+    if (!free_bytes) {
+      return free_bytes.error();
+    }
+    if (*free_bytes < need.bytes) {
+      return Error(Reason::InsufficientStorage,
+                   fmt::format("{} bytes are needed in {} for {} file(s) but only {} bytes are "
+                               "free",
+                               need.bytes, need.dir, need.files, *free_bytes));
+    }
+  }
+  return {};
 }
 
 }  // namespace modelcache::fetch::internal

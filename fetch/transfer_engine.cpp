@@ -30,6 +30,10 @@
 namespace modelcache::fetch {
 namespace {
 
+using internal::FileSize;
+using internal::ParentDir;
+using internal::RepoOf;
+
 using Clock = std::chrono::steady_clock;
 
 constexpr size_t kHashPiece = 1 << 20;
@@ -440,34 +444,6 @@ struct TransferEngine::Impl {
 
 namespace {
 
-std::string ParentDir(const std::string& path) {
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  return parent.empty() ? "." : parent.string();
-}
-
-std::optional<uint64_t> FileSize(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    return std::nullopt;
-  }
-  return static_cast<uint64_t>(st.st_size);
-}
-
-std::pair<std::string, dev_t> ExistingAncestor(const std::string& path) {
-  std::filesystem::path p = std::filesystem::path(path).parent_path();
-  while (true) {
-    struct stat st {};
-    std::string s = p.empty() ? "." : p.string();
-    if (::stat(s.c_str(), &st) == 0) {
-      return {s, st.st_dev};
-    }
-    if (p.empty() || p == p.root_path()) {
-      return {s, 0};
-    }
-    p = p.parent_path();
-  }
-}
-
 // Bytes the disk must still provide for `task`: a preallocated file already holds its blocks.
 uint64_t BytesNeeded(const FileTask& task) {
   if (auto final_size = FileSize(task.final_path); final_size && *final_size == task.size) {
@@ -483,57 +459,11 @@ uint64_t BytesNeeded(const FileTask& task) {
 }
 
 VoidResult CheckFreeSpace(const std::vector<const FileTask*>& tasks) {
-  struct Need {
-    std::string dir;
-    uint64_t bytes = 0;
-    int files = 0;
-  };
-  std::map<dev_t, Need> needs;
+  std::vector<internal::SpaceNeed> needs;
   for (const FileTask* task : tasks) {
-    uint64_t bytes = BytesNeeded(*task);
-    if (bytes == 0) {
-      continue;
-    }
-    auto [dir, dev] = ExistingAncestor(task->incomplete_path);
-    Need& need = needs[dev];
-    if (need.dir.empty()) {
-      need.dir = dir;
-    }
-    need.bytes += bytes;
-    need.files += 1;
+    needs.push_back({task->incomplete_path, BytesNeeded(*task)});
   }
-  for (const auto& [dev, need] : needs) {
-    auto free_bytes = FreeBytes(need.dir);
-    if (!free_bytes) {
-      return free_bytes.error();
-    }
-    if (*free_bytes < need.bytes) {
-      return Error(Reason::InsufficientStorage,
-                   fmt::format("{} bytes are needed in {} for {} file(s) but only {} bytes are "
-                               "free",
-                               need.bytes, need.dir, need.files, *free_bytes));
-    }
-  }
-  return {};
-}
-
-std::pair<std::string, std::string> RepoOf(const std::string& endpoint, const std::string& url) {
-  std::string rest = internal::WithoutQuery(url);
-  if (rest.rfind(endpoint + "/", 0) == 0) {
-    rest = rest.substr(endpoint.size() + 1);
-  } else {
-    rest = rest.substr(internal::Origin(rest).size());
-  }
-  std::string type = "model";
-  for (const char* prefix : {"datasets/", "spaces/"}) {
-    std::string p = prefix;
-    if (rest.rfind(p, 0) == 0) {
-      type = p.substr(0, p.size() - 2);
-      rest = rest.substr(p.size());
-    }
-  }
-  size_t resolve = rest.find("/resolve/");
-  return {type, UrlDecode(rest.substr(0, resolve))};
+  return internal::CheckFreeSpace(needs);
 }
 
 struct Chunk {

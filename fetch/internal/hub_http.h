@@ -8,8 +8,11 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/http_client.h"
+#include "common/result.h"
 #include "fetch/hub_client.h"
 
 namespace modelcache::fetch::internal {
@@ -46,5 +49,25 @@ HttpHeaders HubHeaders(const HubOptions& options, const std::string& url);
 
 // Replaces every occurrence of `url` in a transport error message by its query-less form.
 std::string ScrubUrl(std::string message, const std::string& url);
+
+// The repo a /resolve URL built by HubClient::ResolveUrl names, for error messages:
+// {endpoint}/[datasets/|spaces/]{repo}/resolve/... -> {type, repo}. Falls back to the URL's path.
+std::pair<std::string, std::string> RepoOf(const std::string& endpoint, const std::string& url);
+
+// The directory holding `path` ("." for a bare name).
+std::string ParentDir(const std::string& path);
+
+// Size of a regular file, or nullopt if there is none.
+std::optional<uint64_t> FileSize(const std::string& path);
+
+// A file about to be written and the bytes the disk must still provide for it.
+struct SpaceNeed {
+  std::string path;
+  uint64_t bytes = 0;
+};
+
+// Checks once per filesystem that the free space covers what the files still need;
+// InsufficientStorage naming the directory and both numbers otherwise.
+VoidResult CheckFreeSpace(const std::vector<SpaceNeed>& needs);
 
 }  // namespace modelcache::fetch::internal
