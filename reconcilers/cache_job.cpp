@@ -54,9 +54,12 @@ class RepoLock {
   RepoLock& operator=(RepoLock&&) = delete;
   RepoLock(const RepoLock&) = delete;
   RepoLock& operator=(const RepoLock&) = delete;
-  ~RepoLock() {
+  ~RepoLock() { Release(); }
+
+  void Release() {
     if (fd_ >= 0) {
       ::close(fd_);  // releases the flock
+      fd_ = -1;
     }
   }
 
@@ -179,11 +182,10 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   // staging and publishing need no lock (the store makes concurrent publishes safe).
   std::string lock_path =
       store.root() + "/locks/" + fs::path(store.RepoDir(repo)).filename().string() + ".lock";
-  auto acquired = RepoLock::Acquire(lock_path, stop);
-  if (!acquired) {
-    return acquired.error();
+  auto lock = RepoLock::Acquire(lock_path, stop);
+  if (!lock) {
+    return lock.error();
   }
-  std::optional<RepoLock> lock(std::move(*acquired));
   std::vector<fetch::FileTask> tasks;
   std::vector<size_t> task_file;  // index into files
   uint64_t bytes_present = 0;
@@ -274,7 +276,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
     return r.error();
   }
-  lock.reset();
+  lock->Release();
   if (stop.stop_requested()) {
     return Error(Reason::Cancelled, "cancelled");
   }
