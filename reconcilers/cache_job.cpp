@@ -68,21 +68,6 @@ class RepoLock {
   int fd_;
 };
 
-// Re-hashes a blob already in the store; removes it when it does not match what the Hub says.
-Result<bool> VerifyBlob(const std::string& path, const fetch::RepoFile& file) {
-  Result<std::string> digest = file.lfs_sha256 ? Sha256File(path) : GitBlobSha1File(path);
-  if (!digest) {
-    return digest.error();
-  }
-  if (*digest == file.etag()) {
-    return true;
-  }
-  spdlog::warn("blob {} of {} does not match its checksum; fetching it again", path, file.path);
-  std::error_code ec;
-  fs::remove(path, ec);
-  return false;
-}
-
 // A directory of symlinks to exactly the selected files, so that the sharder sees the files this
 // spec selected and not others that the same commit's snapshot holds for another spec.
 Result<std::string> MakeShardSource(const store::LocalStore& store, const store::RepoRef& repo,
@@ -201,11 +186,17 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       present = *adopted;
     }
     if (present && in.verify_existing) {
-      auto ok = VerifyBlob(blob, f);
-      if (!ok) {
-        return ok.error();
+      if (auto verified = store.VerifyBlob(repo, f.etag(), f.size); !verified) {
+        if (verified.error().reason != Reason::ChecksumMismatch) {
+          return verified.error();
+        }
+        spdlog::warn("{}: {} does not match its checksum; fetching it again", in.key.ToString(),
+                     f.path);
+        if (auto removed = store.RemoveBlob(repo, f.etag()); !removed) {
+          return removed.error();
+        }
+        present = false;
       }
-      present = *ok;
     }
     if (present) {
       bytes_present += f.size;
