@@ -4,6 +4,7 @@
 // function; each returns the process exit code and prints its own errors (one clear line each).
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,15 @@ struct Environment {
   static Environment FromProcess();
 };
 
+// The transfer engine's flags, shared by run and prefetch (docs/transfer-engine.md); main parses
+// --max-bandwidth and --chunk-size with common/units.
+struct TransferFlags {
+  int max_connections = 16;               // over all downloads of the process
+  int max_connections_per_artifact = 8;   // requests one job keeps in flight
+  uint64_t max_bandwidth = 0;             // bytes per second over the process; 0 = unlimited
+  uint64_t chunk_size = 32ULL << 20;      // largest byte range per request
+};
+
 struct RunOptions {
   std::string watch_dir;
   bool kubernetes = false;
@@ -27,7 +37,7 @@ struct RunOptions {
   std::string hf_endpoint;   // default: HF_ENDPOINT, else https://huggingface.co
   int workers = 2;
   int max_concurrent_jobs = 4;
-  int parallel_files = 4;
+  TransferFlags transfer;
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
   // First wait between attempts of a failed Hub request; doubles per attempt up to 30 s.
   std::chrono::milliseconds retry_base_delay{1000};
@@ -49,7 +59,7 @@ struct PrefetchOptions {
   std::string dtype = "auto";
   std::string max_file_size = "5GiB";
   bool force = false;
-  int parallel_files = 4;
+  TransferFlags transfer;
   bool progress = true;      // a progress bar when stderr is a terminal
 };
 int Prefetch(const PrefetchOptions& options, const Environment& env);

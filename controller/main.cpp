@@ -2,6 +2,7 @@
 // flags; each command lives in controller/*_command.cpp.
 
 #include <iostream>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -9,6 +10,58 @@
 #include "controller/commands.h"
 
 namespace mc = modelcache::controller;
+
+namespace {
+
+// --max-connections, --max-connections-per-artifact, --max-bandwidth and --chunk-size, shared by
+// run and prefetch; the two sizes are parsed after CLI11 by ParseTransferFlags.
+struct TransferFlagText {
+  std::string max_bandwidth = "0";
+  std::string chunk_size = "32MiB";
+};
+
+void AddTransferFlags(CLI::App* cmd, mc::TransferFlags& flags, TransferFlagText& text) {
+  cmd->add_option("--max-connections", flags.max_connections,
+                  "HTTP connections over all downloads of this process")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--max-connections-per-artifact", flags.max_connections_per_artifact,
+                  "Requests one artifact's download keeps in flight (files and byte ranges)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--max-bandwidth", text.max_bandwidth,
+                  "Download rate limit over the process, e.g. 100MB/s or 1GiB/s; 0 = unlimited")
+      ->capture_default_str();
+  cmd->add_option("--chunk-size", text.chunk_size,
+                  "Largest byte range per request; large files are split into ranges fetched in "
+                  "parallel (at least 64KiB)")
+      ->capture_default_str();
+}
+
+// Exit code 2 with a message naming the flag on a bad value.
+int ParseTransferFlags(const TransferFlagText& text, mc::TransferFlags& flags) {
+  std::string rate = text.max_bandwidth;
+  if (rate.size() > 2 && rate.compare(rate.size() - 2, 2, "/s") == 0) {
+    rate.resize(rate.size() - 2);
+  }
+  auto bandwidth = modelcache::ParseByteSize(rate);
+  if (!bandwidth) {
+    std::cerr << "modelcache: --max-bandwidth: " << bandwidth.error().message
+              << " (expected a rate like 100MB/s, or 0)\n";
+    return 2;
+  }
+  flags.max_bandwidth = *bandwidth;
+  auto chunk = modelcache::ParseByteSize(text.chunk_size);
+  if (!chunk || *chunk < (64U << 10)) {
+    std::cerr << "modelcache: --chunk-size: "
+              << (chunk ? std::string("must be at least 64KiB") : chunk.error().message) << "\n";
+    return 2;
+  }
+  flags.chunk_size = *chunk;
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"modelcache: declarative, verified, versioned caching of HuggingFace models"};
@@ -40,10 +93,8 @@ int main(int argc, char** argv) {
                       "Downloads/shards that run at once; others wait as Pending")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  run_cmd->add_option("--parallel-files", run.parallel_files,
-                      "Files downloaded in parallel within one job")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+  TransferFlagText run_transfer;
+  AddTransferFlags(run_cmd, run.transfer, run_transfer);
   run_cmd->add_option("--resync-period", resync,
                       "Re-read every manifest this often (a missed event never sticks)")
       ->capture_default_str();
@@ -79,8 +130,8 @@ int main(int argc, char** argv) {
   prefetch_cmd->add_option("--max-file-size", prefetch.max_file_size, "Largest shard part")
       ->capture_default_str();
   prefetch_cmd->add_flag("--force", prefetch.force, "Re-verify local files and re-fetch bad ones");
-  prefetch_cmd->add_option("--parallel-files", prefetch.parallel_files, "Files in parallel")
-      ->capture_default_str();
+  TransferFlagText prefetch_transfer;
+  AddTransferFlags(prefetch_cmd, prefetch.transfer, prefetch_transfer);
   bool no_progress = false;
   prefetch_cmd->add_flag("--no-progress", no_progress, "No progress bar");
 
@@ -137,10 +188,16 @@ int main(int argc, char** argv) {
       return 2;
     }
     run.retry_base_delay = *retry;
+    if (int code = ParseTransferFlags(run_transfer, run.transfer); code != 0) {
+      return code;
+    }
     return mc::RunDaemon(run, env);
   }
   if (prefetch_cmd->parsed()) {
     prefetch.progress = !no_progress;
+    if (int code = ParseTransferFlags(prefetch_transfer, prefetch.transfer); code != 0) {
+      return code;
+    }
     return mc::Prefetch(prefetch, env);
   }
   if (shard_cmd->parsed()) {

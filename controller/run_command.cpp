@@ -118,7 +118,10 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.hf_token = env.hf_token;
   ro.secrets_dir = options.secrets_dir;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
-  ro.parallel_files = options.parallel_files;
+  ro.transfer.max_connections = options.transfer.max_connections;
+  ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
+  ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
+  ro.transfer.chunk_size = options.transfer.chunk_size;
   ro.backoff_base = options.retry_base_delay;
   ro.wake = [&manager_ptr](const crds::ObjectKey& key) {
     if (manager_ptr != nullptr) {

@@ -25,6 +25,7 @@
 #include "common/files.h"
 #include "common/http_client.h"
 #include "common/sha256.h"
+#include "fetch/internal/blob_batch.h"
 #include "fetch/internal/hub_http.h"
 
 namespace modelcache::fetch {
@@ -650,11 +651,11 @@ VoidResult Job::LoadMap(FileState& f, uint64_t chunk_size) {
       have = 0;  // a map without its preallocated file: the data is not what it describes
     }
   }
-  // No map: the file is a plain prefix (a one-chunk file, or the simple Transfer's partial file).
+  // No map: the file is a plain prefix of the blob (a one-chunk file).
   if (have > t.size) {
     have = 0;
   }
-  if (have == 0 && ::ftruncate(f.fd, 0) != 0) {
+  if (have == 0 && st.st_size != 0 && ::ftruncate(f.fd, 0) != 0) {
     return Error(Reason::StorageError, "cannot truncate " + t.incomplete_path + ": " +
                                            ErrnoMessage(errno));
   }
@@ -1195,20 +1196,15 @@ void Job::SampleRate() {
 }
 
 Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
-  std::vector<size_t> primary(tasks.size());
-  std::map<std::string, size_t> first_of;
+  internal::BlobBatch batch = internal::GroupByBlob(tasks);
   std::vector<const FileTask*> unique;
-  uint64_t total = 0;
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    auto [it, inserted] = first_of.emplace(tasks[i].final_path, i);
-    primary[i] = it->second;
-    if (inserted) {
-      unique.push_back(&tasks[i]);
-      total += tasks[i].size;
-    }
+  for (size_t i : batch.unique) {
+    unique.push_back(&tasks[i]);
   }
+  // A caller that knows the whole job (files already in the store, which it did not hand over)
+  // sets the totals and seeds the done counters itself; otherwise the batch is the job.
   if (progress_.bytes_total.load() == 0 && progress_.files_total.load() == 0) {
-    progress_.bytes_total.store(total);
+    progress_.bytes_total.store(batch.bytes);
     progress_.files_total.store(static_cast<int64_t>(tasks.size()));
   }
   progress_.bytes_per_second.store(0);
@@ -1329,21 +1325,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
   if (stop_.stop_requested()) {
     return Error(Reason::Cancelled, "download cancelled; partial files are kept for resume");
   }
-  std::vector<FileResult> out;
-  out.reserve(tasks.size());
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    const std::optional<FileResult>& r = results_[primary[i]];
-    if (!r) {
-      return Error(Reason::Internal, "a download finished without a result");
-    }
-    out.push_back(*r);
-    if (primary[i] != i) {
-      out.back().path = tasks[i].path;
-      out.back().downloaded = false;  // its blob came with another path
-      progress_.files_done.fetch_add(1);
-    }
-  }
-  return out;
+  return internal::FanOut(batch, tasks, results_, progress_);
 }
 
 Result<std::vector<FileResult>> EngineTransfer::Run(const std::vector<FileTask>& tasks,

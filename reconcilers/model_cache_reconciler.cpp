@@ -57,9 +57,10 @@ std::string TrimRight(std::string s) {
 struct ModelCacheReconciler::Impl {
   explicit Impl(ReconcilerOptions o) : options(std::move(o)), pool(options.max_concurrent_jobs) {
     if (!options.transfer_factory) {
-      int parallel = options.parallel_files;
-      options.transfer_factory = [parallel](const fetch::HubOptions& hub) {
-        return fetch::NewSimpleTransfer(hub, parallel);
+      // Each Transfer keeps the engine alive while it runs, so the engine outlives every job.
+      auto engine = std::make_shared<fetch::TransferEngine>(options.transfer);
+      options.transfer_factory = [engine](const fetch::HubOptions& hub) {
+        return engine->NewTransfer(hub);
       };
     }
     if (!options.default_store.empty()) {

@@ -17,6 +17,7 @@
 
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
+#include "fetch/transfer_engine.h"
 #include "reconcilers/reconciler.h"
 
 namespace modelcache::reconcilers {
@@ -33,8 +34,9 @@ struct ReconcilerOptions {
   std::string secrets_dir;
   // Jobs (downloads, shards) that run at once; more wait in phase Pending.
   int max_concurrent_jobs = 4;
-  // Files downloaded in parallel within one job.
-  int parallel_files = 4;
+  // The transfer engine's settings (connections, per-artifact connections, chunk size, bandwidth
+  // limit); used when transfer_factory is not set.
+  fetch::TransferEngineOptions transfer;
   // Threads a shard job uses.
   int shard_threads = 2;
   // How often a running job's progress is reported.
@@ -43,8 +45,8 @@ struct ReconcilerOptions {
   int max_attempts = 5;
   std::chrono::milliseconds backoff_base{1000};
   std::chrono::milliseconds backoff_cap{30000};
-  // Creates the transfer layer for a job: the seam where a parallel transfer engine plugs in.
-  // Default: fetch::NewSimpleTransfer.
+  // Creates the transfer layer for a job. Default: Transfers of one fetch::TransferEngine, built
+  // from `transfer` and shared by every job of this reconciler (one per process).
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
   // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
   // the next progress poll.
