@@ -497,7 +497,8 @@ struct FileState {
   std::optional<Hasher> sha1;
   int verify_failures = 0;
   int changes = 0;
-  bool dirty = false;
+  bool dirty = false;        // the map changed other than by bytes arriving (etag, reset)
+  uint64_t persisted = 0;    // data bytes the map on disk claims
   Clock::time_point last_persist{};
 
   std::string map_path() const { return task->incomplete_path + ".chunks"; }
@@ -718,14 +719,20 @@ void Job::PersistMap(FileState& f, bool force) {
     return;
   }
   auto now = Clock::now();
-  if (!force && (!f.dirty || now - f.last_persist < opts_.persist_interval)) {
+  // Ranges that are still being received count too: a long range would otherwise be recorded only
+  // once it completes, and a kill before that would lose all of it.
+  uint64_t on_disk = f.on_disk();
+  if (!force && ((!f.dirty && on_disk == f.persisted) ||
+                 now - f.last_persist < opts_.persist_interval)) {
     return;
   }
   // Claims are read before the data is synced, so the map never names bytes that are not durable.
   nlohmann::json chunks = nlohmann::json::array();
+  uint64_t claimed = 0;
   for (const auto& c : f.chunks) {
-    chunks.push_back({c->start, c->end, std::min(c->done.load(std::memory_order_acquire),
-                                                 c->len())});
+    uint64_t d = std::min(c->done.load(std::memory_order_acquire), c->len());
+    claimed += d;
+    chunks.push_back({c->start, c->end, d});
   }
   nlohmann::json doc = {{"size", f.task->size}, {"etag", f.etag}, {"chunks", chunks}};
   if (::fdatasync(f.fd) != 0) {
@@ -737,6 +744,7 @@ void Job::PersistMap(FileState& f, bool force) {
     return;
   }
   f.dirty = false;
+  f.persisted = claimed;
   f.last_persist = now;
 }
 
