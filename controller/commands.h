@@ -5,8 +5,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
+
+#include "common/result.h"
 
 namespace modelcache::controller {
 
@@ -28,6 +32,10 @@ struct TransferFlags {
   uint64_t chunk_size = 32ULL << 20;      // largest byte range per request
 };
 
+// Every option of a command by long name (without "--") with its value as text
+// (controller/run_config.h): what SIGHUP compares to see which settings changed.
+using ConfigValues = std::map<std::string, std::string>;
+
 struct RunOptions {
   std::string watch_dir;
   bool kubernetes = false;
@@ -43,6 +51,16 @@ struct RunOptions {
   std::chrono::milliseconds retry_base_delay{1000};
   std::string log_format = "text";
   std::string log_level = "info";
+  // The HTTP endpoint (/healthz, /readyz, /metrics): HOST:PORT; "" or "off": none.
+  std::string listen = "127.0.0.1:8081";
+  // How long a graceful shutdown may take before the daemon logs what is still running and exits
+  // non-zero.
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
+  // --config FILE ("" when none), every option's value as parsed, and how to parse them again
+  // (SIGHUP). Without reread_config, SIGHUP only re-sends the systemd notifications.
+  std::string config_file;
+  ConfigValues config_values;
+  std::function<Result<ConfigValues>()> reread_config;
 };
 int RunDaemon(const RunOptions& options, const Environment& env);
 

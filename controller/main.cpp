@@ -8,6 +8,7 @@
 
 #include "common/units.h"
 #include "controller/commands.h"
+#include "controller/run_config.h"
 
 namespace mc = modelcache::controller;
 
@@ -74,16 +75,16 @@ int main(int argc, char** argv) {
   std::string retry_base = "1s";
   auto* run_cmd = app.add_subcommand("run", "Run the controller daemon");
   auto* watch = run_cmd->add_option("--watch-dir", run.watch_dir,
-                                    "Directory of ModelCache YAML to watch (directory mode)");
+                                    "Directory of ModelCache YAML to watch (directory mode; this or --kubernetes)");
   auto* kube = run_cmd->add_flag("--kubernetes", run.kubernetes,
-                                 "Watch ModelCache resources on the Kubernetes API server");
+                                 "Watch ModelCache resources on the Kubernetes API server (default: off)");
   watch->excludes(kube);
   run_cmd->add_option("--store", run.store, "Store: a path or file:// URI")
       ->capture_default_str();
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
-                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key>");
+                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key> (default: none)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
@@ -106,6 +107,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--log-level", run.log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
+  run_cmd->add_option("--listen", run.listen,
+                      "HOST:PORT of /healthz, /readyz and /metrics ([::1]:PORT for IPv6); \"\" or "
+                      "off: none")
+      ->capture_default_str();
+  std::string shutdown_timeout = "30s";
+  run_cmd->add_option("--shutdown-timeout", shutdown_timeout,
+                      "On SIGTERM/SIGINT, exit non-zero (naming what still runs) if shutdown takes "
+                      "longer")
+      ->capture_default_str();
+  mc::AddConfigFileOption(run_cmd)->type_name("FILE");
 
   // prefetch
   mc::PrefetchOptions prefetch;
@@ -191,7 +202,22 @@ int main(int argc, char** argv) {
     if (int code = ParseTransferFlags(run_transfer, run.transfer); code != 0) {
       return code;
     }
-    return mc::RunDaemon(run, env);
+    auto stop_timeout = modelcache::ParseDuration(shutdown_timeout);
+    if (!stop_timeout) {
+      std::cerr << "modelcache: --shutdown-timeout: " << stop_timeout.error().message << "\n";
+      return 2;
+    }
+    run.shutdown_timeout = *stop_timeout;
+    if (const CLI::Option* config = run_cmd->get_config_ptr(); config->count() > 0) {
+      run.config_file = config->results().front();
+    }
+    run.config_values = mc::OptionValues(*run_cmd);
+    // SIGHUP parses the same command line again, so the file is re-read and flags still win.
+    // Re-parsing writes the variables bound above, which RunDaemon's copy no longer reads.
+    run.reread_config = [&app, run_cmd, argc, argv] {
+      return mc::Reparse(app, *run_cmd, argc, argv);
+    };
+    return mc::RunDaemon(mc::RunOptions(run), env);
   }
   if (prefetch_cmd->parsed()) {
     prefetch.progress = !no_progress;

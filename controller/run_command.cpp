@@ -5,17 +5,20 @@
 #include <csignal>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include <spdlog/spdlog.h>
-#include <systemd/sd-daemon.h>
 
 #include "common/clock.h"
 #include "common/log.h"
 #include "controller/commands.h"
+#include "controller/daemon_services.h"
 #include "controller/directory_source.h"
+#include "controller/job_metrics.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
+#include "controller/shutdown_deadline.h"
 #include "controller/status_store.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
@@ -23,14 +26,16 @@
 namespace modelcache::controller {
 namespace {
 
-// Blocks the shutdown signals in every thread (call before starting any) and turns them into a
-// stop request, handled on a thread of its own with sigwait. A second signal exits at once.
+// Blocks the shutdown and reload signals in every thread (call before starting any) and handles
+// them on a thread of its own with sigwait: SIGTERM/SIGINT become a stop request (a second one
+// exits at once), SIGHUP calls the reload function.
 class SignalWatcher {
  public:
   SignalWatcher() {
     sigemptyset(&set_);
     sigaddset(&set_, SIGTERM);
     sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGHUP);
     sigaddset(&set_, SIGUSR2);  // the destructor's wake-up
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
     thread_ = std::jthread([this] {
@@ -39,6 +44,17 @@ class SignalWatcher {
       while (sigwait(&set_, &received) == 0) {
         if (received == SIGUSR2) {
           return;
+        }
+        if (received == SIGHUP) {
+          std::lock_guard lock(reload_mu_);
+          if (count > 0) {
+            spdlog::info("SIGHUP ignored: shutting down");
+          } else if (!reload_) {
+            spdlog::info("SIGHUP ignored: still starting");
+          } else {
+            reload_();
+          }
+          continue;
         }
         if (++count > 1) {
           spdlog::warn("second signal: exiting now");
@@ -57,8 +73,17 @@ class SignalWatcher {
 
   std::stop_token token() const { return stop_.get_token(); }
 
+  // What SIGHUP does (nullptr: nothing). Waits for a reload in progress, so that after
+  // OnReload(nullptr) the previous function is no longer running.
+  void OnReload(std::function<void()> reload) {
+    std::lock_guard lock(reload_mu_);
+    reload_ = std::move(reload);
+  }
+
  private:
   sigset_t set_{};
+  std::mutex reload_mu_;
+  std::function<void()> reload_;  // guarded by reload_mu_
   std::stop_source stop_;
   std::jthread thread_;
 };
@@ -87,6 +112,10 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
     return 2;
   }
+  if (auto listen = ParseListenOption(options.listen); !listen) {
+    std::cerr << "modelcache: " << listen.error().message << " (or \"off\")\n";
+    return 2;
+  }
   if (options.store.rfind("s3://", 0) == 0) {
     std::cerr << "modelcache: --store: S3 stores are not available in this build yet (issue #8)\n";
     return 2;
@@ -104,6 +133,20 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   // Signals must be blocked before any other thread starts, so that only the watcher sees them.
   SignalWatcher signals;
+
+  // Declared before the reconciler so that they outlive it: its destructor joins the job threads,
+  // which the shutdown deadline bounds.
+  ShutdownDeadline deadline;
+  ControllerMetrics metrics;
+  JobMetrics jobs(metrics);
+  DaemonServicesOptions so;
+  so.listen = options.listen;
+  so.shutdown_timeout = options.shutdown_timeout;
+  so.store_root = (*store)->root();
+  so.config_file = options.config_file;
+  so.config_values = options.config_values;
+  so.reread_config = options.reread_config;
+  DaemonServices services(std::move(so), metrics);
 
   FileStatusStore statuses(state_dir);
   ObjectCache cache;
@@ -123,6 +166,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
   ro.transfer.chunk_size = options.transfer.chunk_size;
   ro.backoff_base = options.retry_base_delay;
+  ro.observer = &jobs;
   ro.wake = [&manager_ptr](const crds::ObjectKey& key) {
     if (manager_ptr != nullptr) {
       manager_ptr->Enqueue(key);
@@ -131,16 +175,47 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   reconcilers::ModelCacheReconciler reconciler(ro);
   ManagerOptions mo;
   mo.workers = options.workers;
+  mo.metrics = &metrics;
+  mo.on_status_change = [&services] { services.StatusChanged(); };
   Manager manager(mo, source, cache, statuses, reconciler, RealClock::Get());
   manager_ptr = &manager;
+  if (auto r = services.Attach(manager); !r) {
+    std::cerr << "modelcache: " << r.error().message << "\n";
+    return 1;
+  }
+  deadline.SetDescriber([&jobs, &manager] {
+    auto running = jobs.RunningJobs();
+    for (auto& key : running) {
+      key += " (job)";
+    }
+    for (auto& busy : manager.BusyWorkers()) {
+      running.push_back(busy);
+    }
+    return running;
+  });
+  signals.OnReload([&services] { services.Reload(); });
+  std::stop_callback on_stop(signals.token(), [&services, &deadline] {
+    services.Stopping();
+    deadline.Arm(services.shutdown_timeout());
+  });
 
   spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
                options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
-    sd_notify(0, "READY=1");
+    services.Ready();
   });
-  sd_notify(0, "STOPPING=1");
+  signals.OnReload(nullptr);
+  // The workers are joined; what can still hold up the exit are the job threads, which the
+  // reconciler's destructor joins below.
+  deadline.SetDescriber([&jobs] {
+    auto running = jobs.RunningJobs();
+    for (auto& key : running) {
+      key += " (job)";
+    }
+    return running;
+  });
+  services.Detach();
   manager_ptr = nullptr;
   if (!result) {
     spdlog::error("{}", result.error().message);

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -84,6 +85,32 @@ Result<std::string> MakeShardSource(const store::LocalStore& store, const store:
     }
   }
   return dir;
+}
+
+// Tells the observer what a transfer placed in the store. Counted from the files now in place
+// rather than from the transfer's results, so that a cancelled or failed run still counts the
+// files it completed (they stay, verified); a blob shared by several tasks counts once.
+void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
+                      const Result<std::vector<fetch::FileResult>>& results,
+                      const CacheJobInputs& in) {
+  uint64_t bytes = 0;
+  std::set<std::string> seen;
+  for (const auto& t : tasks) {
+    if (!seen.insert(t.final_path).second) {
+      continue;
+    }
+    std::error_code ec;
+    auto size = fs::file_size(t.final_path, ec);
+    if (!ec && size == t.size) {
+      bytes += t.size;
+    }
+  }
+  if (bytes > 0) {
+    in.observer->BytesDownloaded(bytes);
+  }
+  if (!results && results.error().reason == Reason::ChecksumMismatch) {
+    in.observer->VerificationFailed(in.key, results.error().message);
+  }
 }
 
 }  // namespace
@@ -192,6 +219,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
         }
         spdlog::warn("{}: {} does not match its checksum; fetching it again", in.key.ToString(),
                      f.path);
+        if (in.observer != nullptr) {
+          in.observer->VerificationFailed(in.key, f.path);
+        }
         if (auto removed = store.RemoveBlob(repo, f.etag()); !removed) {
           return removed.error();
         }
@@ -234,6 +264,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     auto transfer = in.transfer_factory(in.hub);
     // The transfer counts its own bytes; seed it with what is already in the store.
     auto results = transfer->Run(tasks, state.transfer, stop);
+    if (in.observer != nullptr) {
+      ReportDownloaded(tasks, results, in);
+    }
     if (!results) {
       return results.error();
     }
@@ -304,7 +337,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     opts.dtype = spec.shard->dtype;
     opts.max_file_size = *max_size;
     opts.threads = in.shard_threads;
+    auto shard_start = std::chrono::steady_clock::now();
     auto sharded = shard::ShardCheckpoint(opts, state.shard, stop);
+    if (sharded && in.observer != nullptr) {
+      in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
+    }
     std::error_code ec;
     fs::remove_all(*src, ec);
     if (!sharded) {

@@ -184,9 +184,13 @@ struct ModelCacheReconciler::Impl {
     in.verify_existing = verify_existing;
     in.shard_threads = options.shard_threads;
     in.transfer_factory = options.transfer_factory;
+    in.observer = options.observer;
     {
       std::lock_guard lock(mu);
       jobs[key] = job;
+    }
+    if (options.observer != nullptr) {
+      options.observer->JobStarted(key);
     }
     pool.Submit([this, job, in = std::move(in)] {
       std::stop_token stop = job->stop.get_token();
@@ -196,6 +200,9 @@ struct ModelCacheReconciler::Impl {
         job->result = RunCacheJob(in, job->state, stop);
       }
       job->finished = true;
+      if (options.observer != nullptr) {
+        options.observer->JobFinished(in.key);
+      }
       if (options.wake) {
         options.wake(in.key);
       }

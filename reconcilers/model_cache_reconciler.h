@@ -18,6 +18,7 @@
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
 #include "fetch/transfer_engine.h"
+#include "reconcilers/observer.h"
 #include "reconcilers/reconciler.h"
 
 namespace modelcache::reconcilers {
@@ -51,6 +52,9 @@ struct ReconcilerOptions {
   // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
   // the next progress poll.
   std::function<void(const crds::ObjectKey&)> wake;
+  // Told about jobs, downloaded bytes, verification failures and shard durations (metrics).
+  // Not owned; must outlive the reconciler. nullptr: nobody is told.
+  ReconcileObserver* observer = nullptr;
 };
 
 class ModelCacheReconciler final : public Reconciler {

@@ -15,6 +15,7 @@
 #include "crds/model_cache.h"
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
+#include "reconcilers/observer.h"
 #include "shard/sharder.h"
 #include "store/local_store.h"
 
@@ -33,6 +34,7 @@ struct CacheJobInputs {
   bool verify_existing = false;
   int shard_threads = 2;
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+  ReconcileObserver* observer = nullptr;  // may be null
 };
 
 // Shared between the job thread (writer) and reconciles (readers).
