@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <csignal>
 #include <iostream>
 #include <memory>
@@ -12,11 +13,13 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "controller/commands.h"
 #include "controller/directory_source.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
 #include "controller/status_store.h"
+#include "controller/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
 
@@ -125,6 +128,44 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
       manager_ptr->Enqueue(key);
     }
   };
+  // Store retention: references are what the daemon knows, each resource with its status.
+  StoreCollector::Options gco;
+  gco.store_root = (*store)->root();
+  gco.gc.keep_versions = options.keep_versions;
+  gco.gc.max_bytes = options.store_max_bytes;
+  gco.gc.min_free = options.min_free;
+  gco.interval = options.gc_interval;
+  StoreCollector collector(
+      gco,
+      [&cache, &statuses, root = (*store)->root()]() -> Result<store::GcReferences> {
+        std::vector<crds::ModelCache> known;
+        for (const auto& entry : cache.List()) {
+          crds::ModelCache o = entry.object;
+          auto stored = statuses.Read(o.key());
+          if (!stored) {
+            return stored.error();
+          }
+          if (*stored) {
+            o.status = (*stored)->status;
+          }
+          known.push_back(std::move(o));
+        }
+        return ReferencesOf(known, root);
+      },
+      [&cache, &manager_ptr](const std::vector<std::string>& names, bool all) {
+        for (const auto& entry : cache.List()) {
+          const std::string& name = entry.object.spec.artifact_name;
+          if (manager_ptr != nullptr &&
+              (all || std::find(names.begin(), names.end(), name) != names.end())) {
+            manager_ptr->Enqueue(entry.object.key());
+          }
+        }
+      });
+  ro.verify_interval = options.verify_interval;
+  ro.published = [&collector] { collector.Trigger(); };
+  ro.retention = [&collector](const crds::ModelCache& obj) {
+    return collector.ConditionFor(obj.spec.artifact_name);
+  };
   reconcilers::ModelCacheReconciler reconciler(ro);
   ManagerOptions mo;
   mo.workers = options.workers;
@@ -133,9 +174,16 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
                options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
+  if (collector.enabled()) {
+    spdlog::info("store limits: {} max, {} min free, keeping {} versions; gc every {}",
+                 options.store_max_bytes > 0 ? FormatBytes(options.store_max_bytes) : "no",
+                 options.min_free > 0 ? FormatBytes(options.min_free) : "no",
+                 options.keep_versions, FormatDuration(options.gc_interval));
+  }
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     sd_notify(0, "READY=1");
+    collector.Start();
   });
   sd_notify(0, "STOPPING=1");
   manager_ptr = nullptr;

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "fetch/downloader.h"
@@ -49,6 +50,15 @@ struct ReconcilerOptions {
   // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
   // the next progress poll.
   std::function<void(const crds::ObjectKey&)> wake;
+  // Drift healing: a Ready artifact is re-verified this often (its files and its snapshot's
+  // blobs re-hashed, one artifact at a time on the job pool) and what changed on disk is
+  // re-fetched and re-published; the Verified condition says what was healed. 0 = never.
+  std::chrono::milliseconds verify_interval{0};
+  // Called after a reconcile saw a job publish (the store grew: garbage collection may have work).
+  std::function<void()> published;
+  // A condition the store's garbage collector reports for this resource (Retained), added to
+  // the status of Ready resources; may return nullopt.
+  std::function<std::optional<crds::Condition>(const crds::ModelCache&)> retention;
 };
 
 class ModelCacheReconciler final : public Reconciler {
