@@ -77,7 +77,8 @@ Result<std::string> FindDrift(const std::string& store_root, const crds::ModelCa
       if (!it->is_symlink(sec)) {
         continue;
       }
-      std::string rel = fs::relative(it->path(), snapshot, sec).string();
+      // By name: fs::relative would follow the link.
+      std::string rel = it->path().string().substr(snapshot.size() + 1);
       if (!fetch::MatchesPatterns(rel, spec.source.include, spec.source.exclude)) {
         continue;  // selected by another resource of the same commit
       }
