@@ -61,6 +61,13 @@ struct RunOptions {
   std::string config_file;
   ConfigValues config_values;
   std::function<Result<ConfigValues>()> reread_config;
+  // Store retention (docs/store-layout.md): GC runs only when a limit is set (0 = none).
+  int keep_versions = 2;
+  uint64_t store_max_bytes = 0;
+  uint64_t min_free = 0;
+  std::chrono::milliseconds gc_interval{std::chrono::minutes(10)};
+  // Re-verify Ready artifacts this often and heal what changed on disk; 0 = never.
+  std::chrono::milliseconds verify_interval{std::chrono::hours(24)};
 };
 int RunDaemon(const RunOptions& options, const Environment& env);
 
@@ -92,6 +99,16 @@ struct GetOptions {
 int Get(const GetOptions& options);
 
 int Validate(const std::vector<std::string>& files);
+
+struct GcCommandOptions {
+  std::string store = "/var/lib/modelcache";
+  std::string state_dir;  // default: <store>/state
+  bool dry_run = false;
+  int keep_versions = 2;
+  std::string store_max_bytes = "0";  // 0: no limit: remove everything unreferenced
+  std::string min_free = "0";
+};
+int CollectGarbage(const GcCommandOptions& options);
 
 struct ShardCommandOptions {
   std::string src_dir;

@@ -117,6 +117,29 @@ int main(int argc, char** argv) {
                       "longer")
       ->capture_default_str();
   mc::AddConfigFileOption(run_cmd)->type_name("FILE");
+  std::string run_max_bytes = "0";
+  std::string run_min_free = "0";
+  std::string gc_interval = "10m";
+  std::string verify_interval = "24h";
+  run_cmd->add_option("--keep-versions", run.keep_versions,
+                      "GC keeps this many newest versions of each referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  run_cmd->add_option("--store-max-bytes", run_max_bytes,
+                      "GC removes unreferenced data, oldest first, while the store is larger "
+                      "(e.g. 500GiB; 0 = no limit)")
+      ->capture_default_str();
+  run_cmd->add_option("--min-free", run_min_free,
+                      "GC removes unreferenced data, oldest first, while the store's disk has "
+                      "less free (e.g. 20GiB; 0 = no floor)")
+      ->capture_default_str();
+  run_cmd->add_option("--gc-interval", gc_interval,
+                      "How often GC checks the limits (also after each publish)")
+      ->capture_default_str();
+  run_cmd->add_option("--verify-interval", verify_interval,
+                      "Re-hash each Ready artifact this often and re-fetch what changed on disk "
+                      "(0 = never)")
+      ->capture_default_str();
 
   // prefetch
   mc::PrefetchOptions prefetch;
@@ -179,6 +202,25 @@ int main(int argc, char** argv) {
   auto* validate_cmd = app.add_subcommand("validate", "Validate ModelCache manifests offline");
   validate_cmd->add_option("files", files, "YAML files")->required();
 
+  // gc
+  mc::GcCommandOptions gc;
+  auto* gc_cmd = app.add_subcommand(
+      "gc", "Remove store data no ModelCache references (docs/store-layout.md, Retention)");
+  gc_cmd->add_flag("--dry-run", gc.dry_run, "Print what would be removed; remove nothing");
+  gc_cmd->add_option("--store", gc.store, "Store path or file:// URI")->capture_default_str();
+  gc_cmd->add_option("--state-dir", gc.state_dir,
+                     "The daemon's status records: the references (default: <store>/state)");
+  gc_cmd->add_option("--keep-versions", gc.keep_versions,
+                     "Newest versions kept per referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  gc_cmd->add_option("--store-max-bytes", gc.store_max_bytes,
+                     "Remove only until the store is this small (0 = remove all unreferenced)")
+      ->capture_default_str();
+  gc_cmd->add_option("--min-free", gc.min_free,
+                     "Remove only until the disk has this much free (0 = no floor)")
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -202,6 +244,30 @@ int main(int argc, char** argv) {
     if (int code = ParseTransferFlags(run_transfer, run.transfer); code != 0) {
       return code;
     }
+    auto max_bytes = modelcache::ParseByteSize(run_max_bytes);
+    if (!max_bytes) {
+      std::cerr << "modelcache: --store-max-bytes: " << max_bytes.error().message << "\n";
+      return 2;
+    }
+    run.store_max_bytes = *max_bytes;
+    auto min_free = modelcache::ParseByteSize(run_min_free);
+    if (!min_free) {
+      std::cerr << "modelcache: --min-free: " << min_free.error().message << "\n";
+      return 2;
+    }
+    run.min_free = *min_free;
+    auto gc_every = modelcache::ParseDuration(gc_interval);
+    if (!gc_every || gc_every->count() <= 0) {
+      std::cerr << "modelcache: --gc-interval: must be a positive duration like 10m\n";
+      return 2;
+    }
+    run.gc_interval = *gc_every;
+    auto verify_every = modelcache::ParseDuration(verify_interval);
+    if (!verify_every) {
+      std::cerr << "modelcache: --verify-interval: " << verify_every.error().message << "\n";
+      return 2;
+    }
+    run.verify_interval = *verify_every;
     auto stop_timeout = modelcache::ParseDuration(shutdown_timeout);
     if (!stop_timeout) {
       std::cerr << "modelcache: --shutdown-timeout: " << stop_timeout.error().message << "\n";
@@ -231,6 +297,9 @@ int main(int argc, char** argv) {
   }
   if (get_cmd->parsed()) {
     return mc::Get(get);
+  }
+  if (gc_cmd->parsed()) {
+    return mc::CollectGarbage(gc);
   }
   if (validate_cmd->parsed()) {
     return mc::Validate(files);

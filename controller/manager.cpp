@@ -68,6 +68,12 @@ crds::ModelCacheStatus Manager::ComposeStatus(const crds::ModelCacheStatus& prev
   if (result) {
     status = result->status;
     status.conditions = previous.conditions;
+    // Conditions other than Ready are the reconciler's to say (Verified, Retained).
+    for (const auto& c : result->status.conditions) {
+      if (c.type != "Ready") {
+        crds::SetCondition(status.conditions, c, now);
+      }
+    }
     if (status.phase == crds::kPhaseReady) {
       ready.status = "True";
       ready.reason = "ArtifactReady";

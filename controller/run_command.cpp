@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <csignal>
 #include <iostream>
 #include <memory>
@@ -12,6 +13,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "controller/commands.h"
 #include "controller/daemon_services.h"
 #include "controller/directory_source.h"
@@ -20,6 +22,7 @@
 #include "controller/object_cache.h"
 #include "controller/shutdown_deadline.h"
 #include "controller/status_store.h"
+#include "controller/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
 
@@ -172,6 +175,44 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
       manager_ptr->Enqueue(key);
     }
   };
+  // Store retention: references are what the daemon knows, each resource with its status.
+  StoreCollector::Options gco;
+  gco.store_root = (*store)->root();
+  gco.gc.keep_versions = options.keep_versions;
+  gco.gc.max_bytes = options.store_max_bytes;
+  gco.gc.min_free = options.min_free;
+  gco.interval = options.gc_interval;
+  StoreCollector collector(
+      gco,
+      [&cache, &statuses, root = (*store)->root()]() -> Result<store::GcReferences> {
+        std::vector<crds::ModelCache> known;
+        for (const auto& entry : cache.List()) {
+          crds::ModelCache o = entry.object;
+          auto stored = statuses.Read(o.key());
+          if (!stored) {
+            return stored.error();
+          }
+          if (*stored) {
+            o.status = (*stored)->status;
+          }
+          known.push_back(std::move(o));
+        }
+        return ReferencesOf(known, root);
+      },
+      [&cache, &manager_ptr](const std::vector<std::string>& names, bool all) {
+        for (const auto& entry : cache.List()) {
+          const std::string& name = entry.object.spec.artifact_name;
+          if (manager_ptr != nullptr &&
+              (all || std::find(names.begin(), names.end(), name) != names.end())) {
+            manager_ptr->Enqueue(entry.object.key());
+          }
+        }
+      });
+  ro.verify_interval = options.verify_interval;
+  ro.published = [&collector] { collector.Trigger(); };
+  ro.retention = [&collector](const crds::ModelCache& obj) {
+    return collector.ConditionFor(obj.spec.artifact_name);
+  };
   reconcilers::ModelCacheReconciler reconciler(ro);
   ManagerOptions mo;
   mo.workers = options.workers;
@@ -201,9 +242,16 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
                options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
+  if (collector.enabled()) {
+    spdlog::info("store limits: {} max, {} min free, keeping {} versions; gc every {}",
+                 options.store_max_bytes > 0 ? FormatBytes(options.store_max_bytes) : "no",
+                 options.min_free > 0 ? FormatBytes(options.min_free) : "no",
+                 options.keep_versions, FormatDuration(options.gc_interval));
+  }
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     services.Ready();
+    collector.Start();
   });
   signals.OnReload(nullptr);
   // The workers are joined; what can still hold up the exit are the job threads, which the

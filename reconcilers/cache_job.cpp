@@ -17,6 +17,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "store/gc.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -165,10 +166,22 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   store::LocalStore& store = **opened;
   store::RepoRef repo{spec.source.type, spec.source.repo};
 
+  // Garbage collection leaves the repo and the artifact name alone while we use them.
+  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoFolderName(repo), stop);
+  if (!repo_in_use) {
+    return repo_in_use.error();
+  }
+  auto name_in_use = store::LockInUse(store.root(), "artifact", spec.artifact_name, stop);
+  if (!name_in_use) {
+    return name_in_use.error();
+  }
+
   // Resolve.
   state.phase = JobPhase::Resolving;
   fetch::HubClient hub(in.hub);
-  auto commit = hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop);
+  auto commit = in.pinned_commit.empty()
+                    ? hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop)
+                    : Result<std::string>(in.pinned_commit);
   if (!commit) {
     return commit.error();
   }
@@ -297,8 +310,10 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     }
     manifest_files.push_back({f.path, f.size, sha256[i]});
   }
-  if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
-    return r.error();
+  if (in.pinned_commit.empty()) {
+    if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
+      return r.error();
+    }
   }
   lock->Release();
   if (stop.stop_requested()) {
@@ -382,7 +397,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     return published.error();
   }
   state.phase = JobPhase::Done;
-  return CacheJobOutput{*commit, *published};
+  CacheJobOutput output{*commit, *published, {}};
+  for (const auto& t : tasks) {
+    output.fetched.push_back(t.path);
+  }
+  return output;
 }
 
 }  // namespace modelcache::reconcilers

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "fetch/downloader.h"
@@ -55,6 +56,15 @@ struct ReconcilerOptions {
   // Told about jobs, downloaded bytes, verification failures and shard durations (metrics).
   // Not owned; must outlive the reconciler. nullptr: nobody is told.
   ReconcileObserver* observer = nullptr;
+  // Drift healing: a Ready artifact is re-verified this often (its files and its snapshot's
+  // blobs re-hashed, one artifact at a time on the job pool) and what changed on disk is
+  // re-fetched and re-published; the Verified condition says what was healed. 0 = never.
+  std::chrono::milliseconds verify_interval{0};
+  // Called after a reconcile saw a job publish (the store grew: garbage collection may have work).
+  std::function<void()> published;
+  // A condition the store's garbage collector reports for this resource (Retained), added to
+  // the status of Ready resources; may return nullopt.
+  std::function<std::optional<crds::Condition>(const crds::ModelCache&)> retention;
 };
 
 class ModelCacheReconciler final : public Reconciler {

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "crds/model_cache.h"
@@ -32,6 +33,9 @@ struct CacheJobInputs {
   fetch::HubOptions hub;
   // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
   bool verify_existing = false;
+  // Non-empty: use this commit instead of resolving spec.source.revision, and leave the refs
+  // alone (healing re-publishes exactly what the status reports).
+  std::string pinned_commit;
   int shard_threads = 2;
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
   ReconcileObserver* observer = nullptr;  // may be null
@@ -60,6 +64,7 @@ struct CacheJobState {
 struct CacheJobOutput {
   std::string commit;
   store::PublishedArtifact artifact;
+  std::vector<std::string> fetched;  // paths of the files that had to be downloaded
 };
 
 // Runs the whole pipeline. Cancelled when `stop` is requested; partial downloads stay on disk for
