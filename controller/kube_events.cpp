@@ -96,9 +96,6 @@ json MakeEvent(const crds::ModelCache& object, std::string_view type, std::strin
   std::string text(message.substr(0, kMaxMessageBytes));
   std::string at = FormatRfc3339(now);
   json source = {{"component", component}};
-  if (!host.empty()) {
-    source["host"] = host;
-  }
   json involved = {{"apiVersion", crds::kApiVersion},
                    {"kind", crds::kKind},
                    {"namespace", object.metadata.namespace_},
@@ -109,7 +106,7 @@ json MakeEvent(const crds::ModelCache& object, std::string_view type, std::strin
   if (!object.metadata.resource_version.empty()) {
     involved["resourceVersion"] = object.metadata.resource_version;
   }
-  return {{"apiVersion", "v1"},
+  json event = {{"apiVersion", "v1"},
           {"kind", "Event"},
           {"metadata",
            {{"name", EventName(object.metadata.name, now)},
@@ -120,10 +117,14 @@ json MakeEvent(const crds::ModelCache& object, std::string_view type, std::strin
           {"message", text},
           {"source", source},
           {"reportingComponent", component},
-          {"reportingInstance", host},
           {"firstTimestamp", at},
           {"lastTimestamp", at},
           {"count", 1}};
+  if (!host.empty()) {
+    event["source"]["host"] = host;
+    event["reportingInstance"] = host;
+  }
+  return event;
 }
 
 // --- correlator ------------------------------------------------------------------------------
