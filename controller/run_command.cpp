@@ -15,13 +15,12 @@
 #include "common/log.h"
 #include "common/units.h"
 #include "controller/commands.h"
+#include "controller/daemon_mode.h"
 #include "controller/daemon_services.h"
-#include "controller/directory_source.h"
 #include "controller/job_metrics.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
 #include "controller/shutdown_deadline.h"
-#include "controller/status_store.h"
 #include "controller/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
@@ -106,12 +105,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: --log-level: " << r.error().message << "\n";
     return 2;
   }
-  if (options.kubernetes) {
-    std::cerr << "modelcache: Kubernetes mode is not available in this build yet (issue #5); use "
-                 "--watch-dir\n";
-    return 2;
-  }
-  if (options.watch_dir.empty()) {
+  if (!options.kubernetes && options.watch_dir.empty()) {
     std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
     return 2;
   }
@@ -151,9 +145,25 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   so.reread_config = options.reread_config;
   DaemonServices services(std::move(so), metrics);
 
-  FileStatusStore statuses(state_dir);
+  // The mode decides where desired state comes from and where status goes; the Manager and the
+  // reconciler below are the same for both.
+  std::unique_ptr<DaemonMode> mode;
+  if (options.kubernetes) {
+    KubernetesModeOptions ko;
+    ko.kubeconfig = options.kubeconfig;
+    ko.ns = options.namespace_;
+    ko.node_name = options.node_name;
+    ko.resync_period = options.resync_period;
+    auto kube = NewKubernetesMode(ko, env.kube);
+    if (!kube) {
+      std::cerr << "modelcache: --kubernetes: " << kube.error().message << "\n";
+      return 1;
+    }
+    mode = std::move(*kube);
+  } else {
+    mode = NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  }
   ObjectCache cache;
-  DirectorySource source(options.watch_dir, options.resync_period, &statuses);
 
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro;
@@ -184,11 +194,11 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   gco.interval = options.gc_interval;
   StoreCollector collector(
       gco,
-      [&cache, &statuses, root = (*store)->root()]() -> Result<store::GcReferences> {
+      [&cache, &mode, root = (*store)->root()]() -> Result<store::GcReferences> {
         std::vector<crds::ModelCache> known;
         for (const auto& entry : cache.List()) {
           crds::ModelCache o = entry.object;
-          auto stored = statuses.Read(o.key());
+          auto stored = mode->statuses().Read(o.key());
           if (!stored) {
             return stored.error();
           }
@@ -213,12 +223,13 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.retention = [&collector](const crds::ModelCache& obj) {
     return collector.ConditionFor(obj.spec.artifact_name);
   };
-  reconcilers::ModelCacheReconciler reconciler(ro);
   ManagerOptions mo;
   mo.workers = options.workers;
   mo.metrics = &metrics;
   mo.on_status_change = [&services] { services.StatusChanged(); };
-  Manager manager(mo, source, cache, statuses, reconciler, RealClock::Get());
+  mode->Configure(mo, ro);
+  reconcilers::ModelCacheReconciler reconciler(ro);
+  Manager manager(mo, mode->source(), cache, mode->statuses(), reconciler, RealClock::Get());
   manager_ptr = &manager;
   if (auto r = services.Attach(manager); !r) {
     std::cerr << "modelcache: " << r.error().message << "\n";
@@ -240,8 +251,8 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     deadline.Arm(services.shutdown_timeout());
   });
 
-  spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
-               options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
+  spdlog::info("modelcache {} (store {}, state {}, hub {}, {} workers)", mode->Describe(),
+               (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
   if (collector.enabled()) {
     spdlog::info("store limits: {} max, {} min free, keeping {} versions; gc every {}",
                  options.store_max_bytes > 0 ? FormatBytes(options.store_max_bytes) : "no",
@@ -265,6 +276,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   });
   services.Detach();
   manager_ptr = nullptr;
+  mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);
     return 1;
