@@ -50,6 +50,12 @@ Environment Environment::FromProcess() {
     env.hf_home = (xdg.empty() ? home + "/.cache" : xdg) + "/huggingface";
   }
   env.hf_hub_cache = Env("HF_HUB_CACHE");
+  for (const char* name : {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
+                           "HOME", "NODE_NAME"}) {
+    if (std::string value = Env(name); !value.empty()) {
+      env.kube[name] = value;
+    }
+  }
   // huggingface_hub: HF_TOKEN, else the file HF_TOKEN_PATH (default $HF_HOME/token).
   env.hf_token = Env("HF_TOKEN");
   if (env.hf_token.empty()) {

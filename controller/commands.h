@@ -4,6 +4,7 @@
 // function; each returns the process exit code and prints its own errors (one clear line each).
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,12 +16,17 @@ struct Environment {
   std::string hf_token;      // HF_TOKEN, else the token file under HF_HOME
   std::string hf_home;       // HF_HOME, default ~/.cache/huggingface
   std::string hf_hub_cache;  // HF_HUB_CACHE
+  // What Kubernetes mode reads (KUBECONFIG, KUBERNETES_SERVICE_HOST/PORT, HOME, NODE_NAME).
+  std::map<std::string, std::string> kube;
   static Environment FromProcess();
 };
 
 struct RunOptions {
   std::string watch_dir;
   bool kubernetes = false;
+  std::string kubeconfig;    // default: KUBECONFIG, else in-cluster, else ~/.kube/config
+  std::string namespace_;    // Kubernetes mode: "" = all namespaces
+  std::string node_name;     // Kubernetes mode: only what spec.nodeSelector gives this node
   std::string store = "/var/lib/modelcache";
   std::string state_dir;     // default: <store>/state
   std::string secrets_dir;

@@ -25,6 +25,15 @@ int main(int argc, char** argv) {
   auto* kube = run_cmd->add_flag("--kubernetes", run.kubernetes,
                                  "Watch ModelCache resources on the Kubernetes API server");
   watch->excludes(kube);
+  run_cmd->add_option("--kubeconfig", run.kubeconfig,
+                      "Kubernetes mode: kubeconfig file (default: KUBECONFIG, else in-cluster, "
+                      "else ~/.kube/config)");
+  run_cmd->add_option("--namespace", run.namespace_,
+                      "Kubernetes mode: watch only this namespace (default: all namespaces)");
+  run_cmd->add_option("--node-name", run.node_name,
+                      "Kubernetes mode, one daemon per node: cache only resources whose "
+                      "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
+                      "no node filter)");
   run_cmd->add_option("--store", run.store, "Store: a path or file:// URI")
       ->capture_default_str();
   run_cmd->add_option("--state-dir", run.state_dir,
@@ -137,6 +146,9 @@ int main(int argc, char** argv) {
       return 2;
     }
     run.retry_base_delay = *retry;
+    if (run.node_name.empty() && run.kubernetes && env.kube.count("NODE_NAME") != 0) {
+      run.node_name = env.kube["NODE_NAME"];
+    }
     return mc::RunDaemon(run, env);
   }
   if (prefetch_cmd->parsed()) {

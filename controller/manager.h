@@ -26,6 +26,21 @@ namespace modelcache::controller {
 
 struct ManagerOptions {
   int workers = 2;
+
+  // Mode-specific steps around a reconcile (Kubernetes mode: the finalizer and Events). Each may
+  // be empty; each is called from a worker, never concurrently for the same key.
+  //
+  // Before reconciling a live, valid object (e.g. adding a finalizer). An error skips the
+  // reconcile and requeues the key with rate limiting.
+  std::function<VoidResult(const crds::ModelCache& object)> before_reconcile;
+  // For an object whose metadata.deletionTimestamp is set, after the reconciler has handled it as
+  // deleted (work cancelled, reference dropped): e.g. removing the finalizer. An error requeues
+  // the key with rate limiting.
+  std::function<VoidResult(const crds::ModelCache& object)> finalize;
+  // After each status write: `object` carries the new status, `before` the previous one
+  // (e.g. recording an Event when the phase or the Ready condition moved).
+  std::function<void(const crds::ModelCache& object, const crds::ModelCacheStatus& before)>
+      status_written;
 };
 
 // Counts a health or metrics endpoint can read. All relaxed atomics.

@@ -13,10 +13,9 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "controller/commands.h"
-#include "controller/directory_source.h"
+#include "controller/daemon_mode.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
-#include "controller/status_store.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
 
@@ -78,12 +77,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: --log-level: " << r.error().message << "\n";
     return 2;
   }
-  if (options.kubernetes) {
-    std::cerr << "modelcache: Kubernetes mode is not available in this build yet (issue #5); use "
-                 "--watch-dir\n";
-    return 2;
-  }
-  if (options.watch_dir.empty()) {
+  if (!options.kubernetes && options.watch_dir.empty()) {
     std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
     return 2;
   }
@@ -105,9 +99,25 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   // Signals must be blocked before any other thread starts, so that only the watcher sees them.
   SignalWatcher signals;
 
-  FileStatusStore statuses(state_dir);
+  // The mode decides where desired state comes from and where status goes; the Manager and the
+  // reconciler below are the same for both.
+  std::unique_ptr<DaemonMode> mode;
+  if (options.kubernetes) {
+    KubernetesModeOptions ko;
+    ko.kubeconfig = options.kubeconfig;
+    ko.ns = options.namespace_;
+    ko.node_name = options.node_name;
+    ko.resync_period = options.resync_period;
+    auto kube = NewKubernetesMode(ko, env.kube);
+    if (!kube) {
+      std::cerr << "modelcache: --kubernetes: " << kube.error().message << "\n";
+      return 1;
+    }
+    mode = std::move(*kube);
+  } else {
+    mode = NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  }
   ObjectCache cache;
-  DirectorySource source(options.watch_dir, options.resync_period, &statuses);
 
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro;
@@ -125,20 +135,22 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
       manager_ptr->Enqueue(key);
     }
   };
-  reconcilers::ModelCacheReconciler reconciler(ro);
   ManagerOptions mo;
   mo.workers = options.workers;
-  Manager manager(mo, source, cache, statuses, reconciler, RealClock::Get());
+  mode->Configure(mo, ro);
+  reconcilers::ModelCacheReconciler reconciler(ro);
+  Manager manager(mo, mode->source(), cache, mode->statuses(), reconciler, RealClock::Get());
   manager_ptr = &manager;
 
-  spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
-               options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
+  spdlog::info("modelcache {} (store {}, state {}, hub {}, {} workers)", mode->Describe(),
+               (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     sd_notify(0, "READY=1");
   });
   sd_notify(0, "STOPPING=1");
   manager_ptr = nullptr;
+  mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);
     return 1;

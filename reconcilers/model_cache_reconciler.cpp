@@ -98,6 +98,13 @@ struct ModelCacheReconciler::Impl {
     if (!ref) {
       return options.hf_token;
     }
+    if (options.secret_lookup) {
+      auto token = options.secret_lookup(obj.key(), *ref);
+      if (!token) {
+        return token.error();
+      }
+      return TrimRight(*token);
+    }
     if (options.secrets_dir.empty()) {
       return Error(Reason::InvalidSpec,
                    "spec.source.tokenSecretRef: the daemon has no --secrets-dir to read secret \"" +

@@ -31,6 +31,11 @@ struct ReconcilerOptions {
   std::string hf_token;
   // Directory-mode secrets: tokenSecretRef {name, key} is read from <secrets_dir>/<name>/<key>.
   std::string secrets_dir;
+  // When set, resolves tokenSecretRef instead of secrets_dir (Kubernetes mode: a Secret in the
+  // resource's namespace). Returns the token, or an Error whose message names the Secret and key
+  // but never a value. Called from reconcile workers; must be thread-safe.
+  std::function<Result<std::string>(const crds::ObjectKey& owner, const crds::SecretKeyRef& ref)>
+      secret_lookup;
   // Jobs (downloads, shards) that run at once; more wait in phase Pending.
   int max_concurrent_jobs = 4;
   // Files downloaded in parallel within one job.
