@@ -10,9 +10,10 @@
 //     number instead. Up to parallel_parts parts are in flight; a file part is read straight
 //     from the file (pread) while it is sent, a stream part is buffered, so memory stays under
 //     parallel_parts x part_size whatever the object size.
-//   - every part carries Content-MD5 (or x-amz-checksum-sha256, see UploadChecksum), which S3
-//     checks against the bytes it received; failed parts are retried by S3Client (500, 503
-//     SlowDown, network errors) with exponential backoff and jitter.
+//   - every part carries Content-MD5, which S3 (radosgw 16 included) checks against the bytes it
+//     received; with sign_payload the part's sha256 is signed as well (x-amz-content-sha256,
+//     also checked). Failed parts are retried by S3Client (500, 503 SlowDown, network errors)
+//     with exponential backoff and jitter, re-reading the part from the file or its buffer.
 //   - the whole object's sha256 is computed as the bytes pass and compared with the expected
 //     one; a mismatch aborts the multipart upload and fails with ChecksumMismatch. It is stored
 //     as user metadata (x-amz-meta-sha256, see kSha256MetaKey), so readers and dedup can
@@ -59,11 +60,6 @@ inline constexpr std::string_view kSha256MetaKey = "sha256";
 // Stream length not known in advance.
 inline constexpr uint64_t kUnknownSize = std::numeric_limits<uint64_t>::max();
 
-enum class UploadChecksum {
-  ContentMd5,  // Content-MD5 per part: every S3 implementation checks it (radosgw 16 included)
-  Sha256,      // x-amz-checksum-sha256 per part (AWS, recent radosgw, MinIO; not radosgw 16)
-};
-
 struct UploadOptions {
   // Parts in flight at once (threads per upload).
   int parallel_parts = 8;
@@ -71,9 +67,9 @@ struct UploadOptions {
   uint64_t min_part_size = 8ull << 20;
   // Objects up to this size go in one PUT.
   uint64_t single_put_threshold = 16ull << 20;
-  UploadChecksum checksum = UploadChecksum::ContentMd5;
-  // Sign the part payloads (x-amz-content-sha256 = sha256 of the part, checked by S3) rather
-  // than UNSIGNED-PAYLOAD. Costs one sha256 pass per part; Content-MD5 is checked either way.
+  // Sign the payloads of parts and file PUTs (x-amz-content-sha256 = their sha256, checked by
+  // S3) rather than UNSIGNED-PAYLOAD. Costs a sha256 pass per part; Content-MD5 is sent either
+  // way. Stream PUTs are always signed, aws-chunked.
   bool sign_payload = false;
   // Look for an unfinished multipart upload of the same key and continue it.
   bool resume = true;
@@ -99,8 +95,9 @@ struct UploadResult {
 // May fill less than asked before the end. Called from one thread at a time.
 using UploadReadFn = std::function<Result<size_t>(char* buffer, size_t size)>;
 
-// Progress: called with the number of bytes just sent (a part's retry may count again).
-// Calls are serialised by the uploader, possibly from its worker threads.
+// Progress: called with the number of bytes just sent (a part's retry may count again), and with
+// the size of each part found already uploaded by an earlier run. Calls are serialised by the
+// uploader, possibly from its worker threads.
 using UploadProgressFn = std::function<void(uint64_t bytes)>;
 
 class S3Uploader {
@@ -114,7 +111,8 @@ class S3Uploader {
                                   const std::string& path, const std::string& expected_sha256_hex,
                                   const UploadProgressFn& on_bytes = {}, std::stop_token stop = {});
 
-  // Uploads the bytes `read` yields. `size` is the exact length when known (a different length
+  // Uploads the bytes `read` yields. A known size up to single_put_threshold, or a stream ending
+  // within its first part, goes in one aws-chunked PUT; anything longer is multipart. `size` is the exact length when known (a different length
   // fails with ChecksumMismatch and nothing is published) or kUnknownSize. Without an
   // expected sha256 the object gets no x-amz-meta-sha256 when it goes multipart (metadata is
   // fixed when the upload starts); UploadResult::sha256_hex still reports it.
