@@ -163,6 +163,7 @@ struct Harness {
     options.now = [] { return kNow; };
     options.sleep = [this](std::chrono::milliseconds d, std::stop_token) { sleeps.push_back(d); };
     options.max_attempts = max_attempts;
+    options.jitter = 0;  // the exact backoff sequence
     return S3Client(config, options);
   }
   ScriptedServer server;
