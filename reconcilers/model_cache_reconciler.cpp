@@ -232,7 +232,8 @@ struct ModelCacheReconciler::Impl {
   }
 
   void StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
-                fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws) {
+                fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws,
+                std::optional<store::AwsConfig> source_aws) {
     auto job = std::make_shared<JobEntry>();
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
@@ -243,6 +244,9 @@ struct ModelCacheReconciler::Impl {
     if (aws) {
       in.s3_uri = StorageUri(obj.spec);
       in.aws = std::move(*aws);
+    }
+    if (source_aws) {
+      in.source_aws = std::move(*source_aws);
     }
     in.hub = std::move(hub);
     in.verify_existing = verify_existing;
@@ -389,6 +393,14 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     }
     aws = std::move(*config);
   }
+  std::optional<store::AwsConfig> source_aws;
+  if (StartsWith(obj.spec.source.repo, "s3://")) {
+    auto config = impl.AwsConfigFor(obj.spec.source.repo);
+    if (!config) {
+      return config.error();
+    }
+    source_aws = std::move(*config);
+  }
   auto token = impl.Token(obj);
   if (!token) {
     return token.error();
@@ -415,7 +427,8 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  impl.StartJob(key, obj, spec_hash, std::move(hub), verify_existing, std::move(aws));
+  impl.StartJob(key, obj, spec_hash, std::move(hub), verify_existing, std::move(aws),
+                std::move(source_aws));
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);
   status.progress.reset();

@@ -287,6 +287,22 @@ TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
   EXPECT_NE(refused.err.find("not empty"), std::string::npos) << refused.err;
   EXPECT_EQ(Slurp(other + "/keep.txt"), "mine");
 
+  // A resource whose source is the S3 artifact fills the local store from the bucket: same
+  // digest, files verified, no Hub involved.
+  WriteFileRenamed(watch_dir() + "/node.yaml",
+                   Manifest("node-copy", store_uri() + "/artifacts/s3-daemon",
+                            "  artifactName: node-copy\n"));
+  auto copy = WaitStatus("node-copy", IsReady, daemon);
+  ASSERT_TRUE(IsReady(copy));
+  const auto& local = *copy.status.artifact;
+  EXPECT_EQ(local.id.substr(local.id.find('@')), art.id.substr(art.id.find('@')));
+  EXPECT_EQ(local.version, art.version);
+  EXPECT_EQ(local.path, cache_dir() + "/artifacts/node-copy/" + art.version);
+  EXPECT_EQ(copy.status.resolved_revision, mc.status.resolved_revision);
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(Slurp(local.path + "/" + path), content) << path;
+  }
+
   // After a restart the Ready resource is confirmed from the bucket, without a new version.
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
   Daemon restarted(DaemonOptions());
