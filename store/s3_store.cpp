@@ -274,8 +274,7 @@ Result<std::unique_ptr<S3ArtifactStore>> S3ArtifactStore::Open(std::string_view 
       std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)));
 }
 
-std::string S3ArtifactStore::VersionKey(const std::string& name,
-                                        const std::string& version) const {
+std::string S3ArtifactStore::VersionKey(const std::string& name, const std::string& version) const {
   return location_.Key("artifacts/" + name + "/" + version);
 }
 
@@ -358,8 +357,8 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutFile(
     }
   }
   uint64_t before = bytes_done.load();
-  if (auto r = UploadFile(*client_, location_.bucket, key, local_path, file.sha256, bytes_done,
-                          stop);
+  if (auto r =
+          UploadFile(*client_, location_.bucket, key, local_path, file.sha256, bytes_done, stop);
       !r) {
     bytes_done = before;
     return r.error();
@@ -442,7 +441,8 @@ Result<PublishedArtifact> S3ArtifactStore::Commit(const ArtifactManifest& manife
                              (*existing)->id, manifest.id));
   }
   if (!*existing) {
-    std::string key = VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
+    std::string key =
+        VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
     if (auto r = client_->PutObject(location_.bucket, key, ManifestDocument(manifest),
                                     PutChecksum::ContentMd5, stop);
         !r) {
@@ -509,8 +509,8 @@ Result<std::optional<ArtifactManifest>> S3ArtifactStore::ReadVersion(const std::
   if (!body) {
     return body.error();
   }
-  auto manifest = ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name,
-                                version);
+  auto manifest =
+      ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name, version);
   if (!manifest) {
     return manifest.error();
   }
@@ -637,8 +637,8 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
                              location_.Uri("artifacts/" + name + "/" + wanted)));
   }
   const ArtifactManifest& m = **manifest;
-  PulledArtifact out{m.name, m.version, m.id, dir, m.size_bytes,
-                     static_cast<int64_t>(m.files.size()), false};
+  PulledArtifact out{
+      m.name, m.version, m.id, dir, m.size_bytes, static_cast<int64_t>(m.files.size()), false};
   progress.files_total = static_cast<int64_t>(m.files.size());
   progress.bytes_total = m.size_bytes;
 
@@ -699,11 +699,11 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
         return fail(chunk.error());
       }
       if (chunk->empty() || chunk->size() > last - written + 1) {
-        return fail(Error(Reason::ChecksumMismatch,
-                          fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                                      "file",
-                                      location_.bucket, key, chunk->size(), written, last,
-                                      f.size)));
+        return fail(
+            Error(Reason::ChecksumMismatch,
+                  fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
+                              "file",
+                              location_.bucket, key, chunk->size(), written, last, f.size)));
       }
       hasher.Update(*chunk);
       if (auto r = WriteAll(fd.get(), path, *chunk); !r) {

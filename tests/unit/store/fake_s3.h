@@ -169,8 +169,8 @@ class FakeS3 {
       res.set_header("ETag", "\"part" + req.get_param_value("partNumber") + "\"");
     } else if (req.method == "PUT" && req.has_header("x-amz-copy-source")) {
       record.op = "CopyObject";
-      std::string source = httplib::detail::decode_url(req.get_header_value("x-amz-copy-source"),
-                                                       false);
+      std::string source =
+          httplib::detail::decode_url(req.get_header_value("x-amz-copy-source"), false);
       std::string source_key = source.substr(bucket.size() + 2);  // "/bucket/key"
       auto o = objects.find(source_key);
       if (o == objects.end()) {
@@ -203,9 +203,10 @@ class FakeS3 {
         objects[u->second.key] = std::move(o);
         uploads_.erase(u);
         // Like radosgw 16: an empty ETag in the answer.
-        res.set_content("<CompleteMultipartUploadResult><ETag></ETag>"
-                        "</CompleteMultipartUploadResult>",
-                        "application/xml");
+        res.set_content(
+            "<CompleteMultipartUploadResult><ETag></ETag>"
+            "</CompleteMultipartUploadResult>",
+            "application/xml");
       }
     } else if (req.method == "DELETE" && req.has_param("uploadId")) {
       record.op = "AbortMultipartUpload";

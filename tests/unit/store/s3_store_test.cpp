@@ -109,8 +109,8 @@ TEST(S3UriTest, ArtifactUris) {
   EXPECT_EQ(b->store.prefix, "");
   EXPECT_EQ(b->name, "qwen");
   EXPECT_EQ(b->version, "");
-  for (const char* bad : {"s3://bucket/qwen", "s3://bucket/artifacts", "s3://bucket/p/x/y/z",
-                          "s3://bucket"}) {
+  for (const char* bad :
+       {"s3://bucket/qwen", "s3://bucket/artifacts", "s3://bucket/p/x/y/z", "s3://bucket"}) {
     auto r = ParseS3ArtifactUri(bad);
     EXPECT_FALSE(r) << bad;
     if (!r) {
@@ -120,9 +120,8 @@ TEST(S3UriTest, ArtifactUris) {
 }
 
 TEST_F(S3StoreTest, PublishLaysOutFilesThenTheMarkerThenCurrent) {
-  std::map<std::string, std::string> files{{"config.json", "{}"},
-                                           {"sub/dir/weights.bin", Bytes(70000, 1)},
-                                           {"empty.txt", ""}};
+  std::map<std::string, std::string> files{
+      {"config.json", "{}"}, {"sub/dir/weights.bin", Bytes(70000, 1)}, {"empty.txt", ""}};
   ArtifactManifest m = LocalVersion("qwen", files);
   auto store = Store();
   S3TransferProgress progress;
