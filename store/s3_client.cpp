@@ -458,8 +458,11 @@ Result<std::optional<ObjectInfo>> S3Client::HeadObject(const std::string& bucket
   if (const std::string* v = r->Header("etag")) info.etag = Unquote(*v);
   if (const std::string* v = r->Header("x-amz-checksum-sha256")) info.checksum_sha256 = *v;
   if (const std::string* v = r->Header("last-modified")) info.last_modified = *v;
+  constexpr std::string_view kMeta = "x-amz-meta-";
   for (const auto& [name, value] : r->headers) {
-    if (name.rfind("x-amz-meta-", 0) == 0) info.metadata.emplace_back(name.substr(11), value);
+    if (name.size() > kMeta.size() && name.compare(0, kMeta.size(), kMeta) == 0) {
+      info.metadata[name.substr(kMeta.size())] = value;
+    }
   }
   return std::optional<ObjectInfo>(std::move(info));
 }
@@ -657,10 +660,8 @@ Result<HttpResponse> S3Client::Send(const S3Request& request, std::stop_token st
 }
 
 std::string ObjectInfo::Meta(std::string_view name) const {
-  for (const auto& [k, v] : metadata) {
-    if (k == name) return v;
-  }
-  return "";
+  auto it = metadata.find(std::string(name));
+  return it == metadata.end() ? "" : it->second;
 }
 
 VoidResult S3Client::AbortMultipartUpload(const std::string& bucket, const std::string& key,

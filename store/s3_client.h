@@ -63,8 +63,7 @@ struct ObjectInfo {
   std::string etag;             // as sent, quotes removed
   std::string checksum_sha256;  // base64, when the object was stored with one
   std::string last_modified;
-  // User metadata (x-amz-meta-NAME headers): NAME lower-cased, without the prefix.
-  std::vector<std::pair<std::string, std::string>> metadata;
+  ObjectMetadata metadata;
 
   // The value of user metadata `name` (lower-case), or "".
   std::string Meta(std::string_view name) const;
