@@ -101,7 +101,8 @@ int main(int argc, char** argv) {
                       "AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN] (default: AWS environment and "
                       "profiles)");
   run_cmd->add_option("--state-dir", run.state_dir,
-                      "Where status lives in directory mode (default: <store>/state)");
+                      "Where status lives in directory mode (default: <store>/state; "
+                      "<cache-dir>/state for an s3:// store)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
                       "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key> (default: none)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,

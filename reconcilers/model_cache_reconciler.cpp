@@ -320,6 +320,19 @@ struct ModelCacheReconciler::Impl {
     return aws;
   }
 
+  // The AWS configuration to read a source that is an S3 artifact with; nullopt for a Hub repo.
+  Result<std::optional<store::AwsConfig>> SourceConfigFor(const crds::ModelCacheSpec& spec) const {
+    std::optional<store::AwsConfig> aws;
+    if (StartsWith(spec.source.repo, "s3://")) {
+      auto config = AwsConfigFor(spec.source.repo);
+      if (!config) {
+        return config.error();
+      }
+      aws = std::move(*config);
+    }
+    return aws;
+  }
+
   bool ArtifactPresent(const crds::ModelCacheSpec& spec, const crds::ArtifactStatus& artifact) {
     std::string uri = StorageUri(spec);
     if (StartsWith(uri, "s3://")) {
@@ -371,7 +384,8 @@ struct ModelCacheReconciler::Impl {
 
   void StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
                 fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws,
-                std::string pinned_commit = {}, std::string heal = {}) {
+                std::string pinned_commit = {}, std::string heal = {},
+                std::optional<store::AwsConfig> source_aws = {}) {
     auto job = std::make_shared<JobEntry>();
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
@@ -383,6 +397,9 @@ struct ModelCacheReconciler::Impl {
     if (aws) {
       in.s3_uri = StorageUri(obj.spec);
       in.aws = std::move(*aws);
+    }
+    if (source_aws) {
+      in.source_aws = std::move(*source_aws);
     }
     in.hub = std::move(hub);
     in.verify_existing = verify_existing;
@@ -511,8 +528,12 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       if (!aws) {
         return aws.error();
       }
+      auto source_aws = impl.SourceConfigFor(obj.spec);
+      if (!source_aws) {
+        return source_aws.error();
+      }
       impl.StartJob(key, obj, spec_hash, std::move(*hub), /*verify_existing=*/true,
-                    std::move(*aws), status.resolved_revision, *drift);
+                    std::move(*aws), status.resolved_revision, *drift, std::move(*source_aws));
       status.phase = std::string(crds::kPhaseResolving);
       status.progress.reset();
       PutCondition(status.conditions,
@@ -597,6 +618,10 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
   if (!aws) {
     return aws.error();
   }
+  auto source_aws = impl.SourceConfigFor(obj.spec);
+  if (!source_aws) {
+    return source_aws.error();
+  }
   auto hub = impl.HubFor(obj);
   if (!hub) {
     return hub.error();
@@ -613,7 +638,8 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  impl.StartJob(key, obj, spec_hash, std::move(*hub), verify_existing, std::move(*aws), {}, heal);
+  impl.StartJob(key, obj, spec_hash, std::move(*hub), verify_existing, std::move(*aws), {}, heal,
+                std::move(*source_aws));
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);
   status.progress.reset();

@@ -15,6 +15,7 @@
 
 #include "common/files.h"
 #include "common/sha256.h"
+#include "store/s3_uploader.h"
 
 namespace modelcache::store {
 namespace {
@@ -23,10 +24,6 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kManifestName = "modelcache.json";
 constexpr std::string_view kCurrentName = "current";
-// Files up to this size go in one PUT; larger ones as a multipart upload.
-constexpr uint64_t kSinglePutMax = 16ULL << 20;
-constexpr uint64_t kMinPartSize = 8ULL << 20;
-constexpr uint64_t kMaxParts = 10'000;
 // S3's limit for one CopyObject; larger objects are uploaded instead.
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
 // Ranged GETs of this size keep Pull's memory bounded.
@@ -132,24 +129,6 @@ Error IoError(const std::string& what, const std::string& path, int err) {
           what + " " + path + ": " + ErrnoMessage(err)};
 }
 
-// Reads exactly `size` bytes at `offset`.
-VoidResult ReadAt(int fd, const std::string& path, uint64_t offset, std::string& buffer) {
-  size_t done = 0;
-  while (done < buffer.size()) {
-    ssize_t n = ::pread(fd, buffer.data() + done, buffer.size() - done,
-                        static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      return n == 0 ? Error(Reason::StorageError, path + " is shorter than expected")
-                    : IoError("cannot read", path, errno);
-    }
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
-
 VoidResult WriteAll(int fd, const std::string& path, std::string_view data) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
@@ -180,53 +159,18 @@ class Fd {
   int fd_;
 };
 
-// Puts one local file at `key` with its sha256 as metadata: one PUT up to kSinglePutMax, else a
-// sequential multipart upload aborted on failure.
-// TODO(#8): replace with store/s3_uploader.h (parallel parts, resume after a restart) once it
-// lands on main; this is the only place that uploads file bytes.
+// Puts one local file at `key` with its sha256 as metadata, through the parallel, resumable
+// uploader (which also checks the bytes it read against `sha256` and confirms the object).
 VoidResult UploadFile(S3Client& client, const std::string& bucket, const std::string& key,
-                      const std::string& path, uint64_t size, const std::string& sha256,
+                      const std::string& path, const std::string& sha256,
                       std::atomic<uint64_t>& bytes_done, std::stop_token stop) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return IoError("cannot open", path, errno);
-  }
-  ObjectMetadata metadata{{std::string(kSha256MetadataName), sha256}};
-  if (size <= kSinglePutMax) {
-    std::string body(size, '\0');
-    if (auto r = ReadAt(fd.get(), path, 0, body); !r) {
-      return r.error();
-    }
-    if (auto r = client.PutObject(bucket, key, body, PutChecksum::ContentMd5, stop, metadata); !r) {
-      return r.error();
-    }
-    bytes_done += size;
-    return {};
-  }
-  uint64_t part_size = std::max(kMinPartSize, (size + kMaxParts - 1) / kMaxParts);
-  auto upload_id = client.CreateMultipartUpload(bucket, key, stop, metadata);
-  if (!upload_id) {
-    return upload_id.error();
-  }
-  std::vector<UploadedPart> parts;
-  std::string buffer;
-  for (uint64_t offset = 0; offset < size; offset += part_size) {
-    buffer.resize(static_cast<size_t>(std::min(part_size, size - offset)));
-    auto read = ReadAt(fd.get(), path, offset, buffer);
-    Result<UploadedPart> part = read ? client.UploadPart(bucket, key, *upload_id,
-                                                         static_cast<int>(parts.size() + 1),
-                                                         buffer, stop)
-                                     : Result<UploadedPart>(read.error());
-    if (!part) {
-      (void)client.AbortMultipartUpload(bucket, key, *upload_id);
-      return part.error();
-    }
-    parts.push_back(*part);
-    bytes_done += buffer.size();
-  }
-  if (auto r = client.CompleteMultipartUpload(bucket, key, *upload_id, parts, stop); !r) {
-    (void)client.AbortMultipartUpload(bucket, key, *upload_id);
-    return r.error();
+  UploadOptions options;
+  options.skip_existing = false;  // PutFile has already looked
+  S3Uploader uploader(client, options);
+  auto result = uploader.UploadFile(
+      bucket, key, path, sha256, [&](uint64_t bytes) { bytes_done += bytes; }, stop);
+  if (!result) {
+    return result.error();
   }
   return {};
 }
@@ -330,8 +274,7 @@ Result<std::unique_ptr<S3ArtifactStore>> S3ArtifactStore::Open(std::string_view 
       std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)));
 }
 
-std::string S3ArtifactStore::VersionKey(const std::string& name,
-                                        const std::string& version) const {
+std::string S3ArtifactStore::VersionKey(const std::string& name, const std::string& version) const {
   return location_.Key("artifacts/" + name + "/" + version);
 }
 
@@ -353,8 +296,7 @@ Result<bool> S3ArtifactStore::HasObject(const std::string& key, uint64_t size,
   if (!*info || (*info)->size != size) {
     return false;
   }
-  auto it = (*info)->metadata.find(std::string(kSha256MetadataName));
-  return it != (*info)->metadata.end() && it->second == sha256;
+  return (*info)->Meta(kSha256MetaKey) == sha256;
 }
 
 Result<std::map<std::string, std::string>> S3ArtifactStore::CopySources(const std::string& name,
@@ -415,8 +357,8 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutFile(
     }
   }
   uint64_t before = bytes_done.load();
-  if (auto r = UploadFile(*client_, location_.bucket, key, local_path, file.size, file.sha256,
-                          bytes_done, stop);
+  if (auto r =
+          UploadFile(*client_, location_.bucket, key, local_path, file.sha256, bytes_done, stop);
       !r) {
     bytes_done = before;
     return r.error();
@@ -499,7 +441,8 @@ Result<PublishedArtifact> S3ArtifactStore::Commit(const ArtifactManifest& manife
                              (*existing)->id, manifest.id));
   }
   if (!*existing) {
-    std::string key = VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
+    std::string key =
+        VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
     if (auto r = client_->PutObject(location_.bucket, key, ManifestDocument(manifest),
                                     PutChecksum::ContentMd5, stop);
         !r) {
@@ -566,8 +509,8 @@ Result<std::optional<ArtifactManifest>> S3ArtifactStore::ReadVersion(const std::
   if (!body) {
     return body.error();
   }
-  auto manifest = ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name,
-                                version);
+  auto manifest =
+      ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name, version);
   if (!manifest) {
     return manifest.error();
   }
@@ -694,8 +637,8 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
                              location_.Uri("artifacts/" + name + "/" + wanted)));
   }
   const ArtifactManifest& m = **manifest;
-  PulledArtifact out{m.name, m.version, m.id, dir, m.size_bytes,
-                     static_cast<int64_t>(m.files.size()), false};
+  PulledArtifact out{
+      m.name, m.version, m.id, dir, m.size_bytes, static_cast<int64_t>(m.files.size()), false};
   progress.files_total = static_cast<int64_t>(m.files.size());
   progress.bytes_total = m.size_bytes;
 
@@ -756,11 +699,11 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
         return fail(chunk.error());
       }
       if (chunk->empty() || chunk->size() > last - written + 1) {
-        return fail(Error(Reason::ChecksumMismatch,
-                          fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                                      "file",
-                                      location_.bucket, key, chunk->size(), written, last,
-                                      f.size)));
+        return fail(
+            Error(Reason::ChecksumMismatch,
+                  fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
+                              "file",
+                              location_.bucket, key, chunk->size(), written, last, f.size)));
       }
       hasher.Update(*chunk);
       if (auto r = WriteAll(fd.get(), path, *chunk); !r) {

@@ -36,6 +36,9 @@ struct CacheJobInputs {
   // Non-empty: publish to this s3://bucket/prefix store (after the local publish), with `aws`.
   std::string s3_uri;
   store::AwsConfig aws;
+  // For a source that is an artifact of an S3 store (spec.source.repo s3://…/artifacts/NAME[/V]):
+  // the configuration to read it with.
+  store::AwsConfig source_aws;
   fetch::HubOptions hub;
   // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
   bool verify_existing = false;

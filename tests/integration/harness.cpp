@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -177,6 +178,11 @@ void Daemon::Start() {
     args.insert(args.end(), {"--secrets-dir", options_.secrets_dir});
   }
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
+  // The default --listen (127.0.0.1:8081) would collide between daemons of tests run in
+  // parallel: no health server unless a test asks for one.
+  if (std::find(args.begin(), args.end(), "--listen") == args.end()) {
+    args.insert(args.end(), {"--listen", "off"});
+  }
   pid_ = Spawn(args, options_.env, "/dev/null", log_path_);
 }
 
