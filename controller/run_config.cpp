@@ -60,19 +60,18 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
     } else if (value.IsSequence()) {
       for (const auto& element : value) {
         if (!element.IsScalar()) {
-          throw CLI::ConfigError(fmt::format("{}: line {}: \"{}\": a list may hold only plain values",
-                                             file, line, key));
+          throw CLI::ConfigError(fmt::format(
+              "{}: line {}: \"{}\": a list may hold only plain values", file, line, key));
         }
         item.inputs.push_back(element.Scalar());
       }
     } else if (value.IsNull()) {
-      throw CLI::ConfigError(fmt::format(
-          "{}: line {}: \"{}\" has no value (write \"{}: \\\"\\\"\" for an empty one)", file,
-          line, key, key));
-    } else {
       throw CLI::ConfigError(
-          fmt::format("{}: line {}: \"{}\": expected a value or a list, not a mapping", file, line,
-                      key));
+          fmt::format("{}: line {}: \"{}\" has no value (write \"{}: \\\"\\\"\" for an empty one)",
+                      file, line, key, key));
+    } else {
+      throw CLI::ConfigError(fmt::format(
+          "{}: line {}: \"{}\": expected a value or a list, not a mapping", file, line, key));
     }
     out.push_back(std::move(item));
   }
@@ -128,8 +127,8 @@ void ApplyConfigFile(CLI::App* command, const YamlConfig& reader) {
     }
     if (option->get_expected_min() == 0) {
       if (item.inputs.size() != 1) {
-        throw CLI::ConfigError(fmt::format("{}: \"{}\" is a flag: write true or false", file,
-                                           item.name));
+        throw CLI::ConfigError(
+            fmt::format("{}: \"{}\" is a flag: write true or false", file, item.name));
       }
       std::string value = item.inputs.front();
       for (char& c : value) {
@@ -172,8 +171,8 @@ ConfigValues OptionValues(const CLI::App& command) {
     if (name.empty() || option == command.get_help_ptr() || option == command.get_config_ptr()) {
       continue;
     }
-    values[name] = option->count() > 0 ? CLI::detail::join(option->results(), ",")
-                                       : option->get_default_str();
+    values[name] =
+        option->count() > 0 ? CLI::detail::join(option->results(), ",") : option->get_default_str();
   }
   return values;
 }

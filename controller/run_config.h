@@ -12,8 +12,8 @@
 // looked up in the command's own option list (CLI11's Config interface parses the file; the
 // values are applied once the command line is parsed, since CLI11 2.1 reads configuration files
 // for the top-level app only). A flag given on the command line wins over the file, and the
-// options' own validators check the file's values. An unknown key, a nested mapping, a key without a value or
-// malformed YAML fails the parse with one line naming the file (and the key or line).
+// options' own validators check the file's values. An unknown key, a nested mapping, a key without
+// a value or malformed YAML fails the parse with one line naming the file (and the key or line).
 //
 // Also the option snapshot that SIGHUP compares: every option's value as text.
 

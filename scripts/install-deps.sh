@@ -9,6 +9,7 @@ packages=(
   libspdlog-dev libfmt-dev libsystemd-dev libcpp-httplib-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nginx-light
+  systemd  # systemd-analyze verifies manifests/systemd/modelcache.service in a unit test
 )
 
 missing=()

@@ -124,8 +124,8 @@ class NotifySocket {
   std::string path_;
   int fd_ = -1;
   bool bound_ = false;
-  std::list<std::string> received_;          // stable addresses for consumed_
-  std::set<const std::string*> consumed_;    // each datagram matches one WaitFor at most
+  std::list<std::string> received_;        // stable addresses for consumed_
+  std::set<const std::string*> consumed_;  // each datagram matches one WaitFor at most
 };
 
 struct HttpResult {
@@ -176,8 +176,7 @@ MetricsPage ParseMetrics(const std::string& text) {
       std::string type;
       words >> name >> type;
       page.types[name] = type;
-      if (type == "counter" && name.size() > 6 &&
-          name.compare(name.size() - 6, 6, "_total") != 0) {
+      if (type == "counter" && name.size() > 6 && name.compare(name.size() - 6, 6, "_total") != 0) {
         page.problems.push_back("counter without _total: " + name);
       }
       continue;
@@ -205,8 +204,7 @@ MetricsPage ParseMetrics(const std::string& text) {
     if (page.types.count(family) == 0) {
       page.problems.push_back("sample before its # TYPE: " + line);
     }
-    if (family != name && page.types[family] == "histogram" &&
-        name == family + "_bucket") {
+    if (family != name && page.types[family] == "histogram" && name == family + "_bucket") {
       // le is the last label: "name{a=\"x\",le=\"0.5\"}" -> series "name{a=\"x\"}".
       size_t le = key.find("le=\"");
       std::string series = key.substr(0, le);
@@ -502,8 +500,8 @@ TEST_F(NodeTest, ListenOffServesNothingAndABadListenIsRefused) {
   EXPECT_EQ(daemon.Log().find("/metrics on"), std::string::npos);
   EXPECT_EQ(daemon.Terminate(), 0);
 
-  auto bad = RunModelcache({"run", "--watch-dir", watch_dir(), "--store", store_dir(), "--listen",
-                            "http://0.0.0.0:80"});
+  auto bad = RunModelcache(
+      {"run", "--watch-dir", watch_dir(), "--store", store_dir(), "--listen", "http://0.0.0.0:80"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--listen \"http://0.0.0.0:80\""), std::string::npos) << bad.err;
 }
@@ -544,8 +542,8 @@ TEST_F(NodeTest, ConfigFileSetsOptionsAndCommandLineFlagsWin) {
 TEST_F(NodeTest, BadConfigFilesFailWithTheFileAndTheKey) {
   std::string config = tmp_ / "bad.yaml";
   std::ofstream(config) << "workers: 2\nwokers: 3\n";
-  auto r = RunModelcache({"run", "--watch-dir", watch_dir(), "--store", store_dir(), "--config",
-                          config});
+  auto r = RunModelcache(
+      {"run", "--watch-dir", watch_dir(), "--store", store_dir(), "--config", config});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find(config + ": line 2: unknown key \"wokers\""), std::string::npos) << r.err;
 
@@ -599,6 +597,33 @@ TEST_F(NodeTest, SighupAppliesLogSettingsAndNamesThoseThatNeedARestart) {
   EXPECT_TRUE(WaitFor([&] {
     return daemon.Log().find(R"("level":"debug","msg":"scanned )") != std::string::npos;
   })) << daemon.Log();
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
+// The source tree, from the CMake cache of the build that holds the binary.
+std::string SourceDir() {
+  fs::path build = fs::path(MC_BINARY).parent_path().parent_path();
+  std::ifstream cache(build / "CMakeCache.txt");
+  std::string line;
+  const std::string key = "CMAKE_HOME_DIRECTORY:INTERNAL=";
+  while (std::getline(cache, line)) {
+    if (line.rfind(key, 0) == 0) {
+      return line.substr(key.size());
+    }
+  }
+  return "";
+}
+
+TEST_F(NodeTest, TheShippedConfigFileIsAccepted) {
+  std::string config = SourceDir() + "/manifests/systemd/config.yaml";
+  ASSERT_TRUE(fs::exists(config)) << config;
+  auto options = DaemonOptions();
+  options.extra_args = {"--config", config};  // the harness's --listen 127.0.0.1:0 wins
+  Daemon daemon(options);
+  daemon.Start();
+  ASSERT_TRUE(WaitFor([&] { return daemon.Log().find("initial sync done") != std::string::npos; }))
+      << daemon.Log();
+  EXPECT_EQ(daemon.Log().rfind("{\"ts\":", 0), 0u) << daemon.Log();  // its log-format: json
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 

@@ -204,8 +204,7 @@ TEST(NodeManagerTest, CountsResultsTimesReconcilesAndReportsStatuses) {
   const crds::Condition* c = crds::FindCondition(s.conditions, "Ready");
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->reason, "Pending");
-  EXPECT_NE(c->message.find("interrupted by shutdown while downloading at 25%"),
-            std::string::npos)
+  EXPECT_NE(c->message.find("interrupted by shutdown while downloading at 25%"), std::string::npos)
       << c->message;
   ASSERT_TRUE(s.progress);
   EXPECT_EQ(s.progress->bytes_done, 250u);  // what is on disk stays reported

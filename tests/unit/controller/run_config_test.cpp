@@ -25,8 +25,9 @@ struct Command {
   Command() {
     app.require_subcommand(1);
     run = app.add_subcommand("run", "run");
-    run->add_option("--workers", workers, "Workers")->capture_default_str()->check(
-        CLI::Range(1, 8));
+    run->add_option("--workers", workers, "Workers")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 8));
     run->add_option("--log-level", level, "Level")->capture_default_str();
     auto* d = run->add_option("--watch-dir", dir, "Dir");
     auto* k = run->add_flag("--kubernetes", kube, "Kube");
