@@ -68,6 +68,12 @@ crds::ModelCacheStatus Manager::ComposeStatus(const crds::ModelCacheStatus& prev
   if (result) {
     status = result->status;
     status.conditions = previous.conditions;
+    // Conditions other than Ready are the reconciler's to say (Verified, Retained).
+    for (const auto& c : result->status.conditions) {
+      if (c.type != "Ready") {
+        crds::SetCondition(status.conditions, c, now);
+      }
+    }
     if (status.phase == crds::kPhaseReady) {
       ready.status = "True";
       ready.reason = "ArtifactReady";
@@ -140,11 +146,24 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
   auto cached = cache_.Get(key);
   reconcilers::Request request;
   request.key = key;
-  if (cached) {
+  // An object with a deletionTimestamp is reconciled as deleted, then finalized.
+  std::optional<crds::ModelCache> deleting;
+  if (cached && cached->object.metadata.deletion_timestamp) {
+    deleting = cached->object;
+  } else if (cached) {
     request.object = cached->object;
     request.source_error = cached->source_error;
   }
   request.status = LastStatus(key);
+  if (request.object && !request.source_error && options_.before_reconcile) {
+    if (auto r = options_.before_reconcile(*request.object); !r) {
+      spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
+      queue_.AddRateLimited(key);
+      stats_.reconciles_error++;
+      CountResult(ControllerMetrics::kError);
+      return;
+    }
+  }
 
   Result<reconcilers::Outcome> result = Error(Reason::Internal, "reconcile did not run");
   try {
@@ -164,6 +183,15 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     {
       std::lock_guard lock(mu_);
       written_.erase(key);
+    }
+    if (deleting && options_.finalize) {
+      if (auto r = options_.finalize(*deleting); !r) {
+        spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
+        queue_.AddRateLimited(key);
+        stats_.reconciles_error++;
+        CountResult(ControllerMetrics::kError);
+        return;
+      }
     }
     spdlog::info("{}: deleted", key.ToString());
     queue_.Forget(key);
@@ -198,6 +226,9 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     if (options_.on_status_change) {
       options_.on_status_change();
     }
+    if (options_.status_written) {
+      options_.status_written(out, request.status);
+    }
     if (status.phase != request.status.phase) {
       const crds::Condition* ready = crds::FindCondition(status.conditions, "Ready");
       spdlog::info("{}: {} -> {}{}{}", key.ToString(),
@@ -216,6 +247,10 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     }
     if (!IsTransient(err.reason)) {
       queue_.Forget(key);  // waits for the spec to change
+      if (err.retry_after) {
+        // Something outside the spec (a Secret) may still appear: look again later.
+        queue_.AddAfter(key, *err.retry_after);
+      }
     } else if (err.retry_after) {
       queue_.Forget(key);
       queue_.AddAfter(key, *err.retry_after);

@@ -40,6 +40,21 @@ struct ManagerOptions {
   // Called (on a worker thread) after a status was written or removed, so that a STATUS= line
   // can follow the phases. Must be thread-safe and quick.
   std::function<void()> on_status_change;
+
+  // Mode-specific steps around a reconcile (Kubernetes mode: the finalizer and Events). Each may
+  // be empty; each is called from a worker, never concurrently for the same key.
+  //
+  // Before reconciling a live, valid object (e.g. adding a finalizer). An error skips the
+  // reconcile and requeues the key with rate limiting.
+  std::function<VoidResult(const crds::ModelCache& object)> before_reconcile;
+  // For an object whose metadata.deletionTimestamp is set, after the reconciler has handled it as
+  // deleted (work cancelled, reference dropped): e.g. removing the finalizer. An error requeues
+  // the key with rate limiting.
+  std::function<VoidResult(const crds::ModelCache& object)> finalize;
+  // After each status write: `object` carries the new status, `before` the previous one
+  // (e.g. recording an Event when the phase or the Ready condition moved).
+  std::function<void(const crds::ModelCache& object, const crds::ModelCacheStatus& before)>
+      status_written;
 };
 
 // Counts a health or metrics endpoint can read. All relaxed atomics.

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <csignal>
 #include <iostream>
 #include <memory>
@@ -12,16 +13,18 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "controller/commands.h"
+#include "controller/daemon_mode.h"
 #include "controller/daemon_services.h"
-#include "controller/directory_source.h"
 #include "controller/job_metrics.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
 #include "controller/shutdown_deadline.h"
-#include "controller/status_store.h"
+#include "controller/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
+#include "store/s3_store.h"
 
 namespace modelcache::controller {
 namespace {
@@ -103,12 +106,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: --log-level: " << r.error().message << "\n";
     return 2;
   }
-  if (options.kubernetes) {
-    std::cerr << "modelcache: Kubernetes mode is not available in this build yet (issue #5); use "
-                 "--watch-dir\n";
-    return 2;
-  }
-  if (options.watch_dir.empty()) {
+  if (!options.kubernetes && options.watch_dir.empty()) {
     std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
     return 2;
   }
@@ -116,14 +114,33 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: " << listen.error().message << " (or \"off\")\n";
     return 2;
   }
-  if (options.store.rfind("s3://", 0) == 0) {
-    std::cerr << "modelcache: --store: S3 stores are not available in this build yet (issue #8)\n";
-    return 2;
+  // An s3:// store keeps a local cache for downloads and shards (--cache-dir); a local store is
+  // its own cache.
+  bool s3_store = options.store.rfind("s3://", 0) == 0;
+  if (s3_store) {
+    if (auto loc = store::ParseS3StoreUri(options.store); !loc) {
+      std::cerr << "modelcache: --store: " << loc.error().message << "\n";
+      return 2;
+    }
   }
-  auto store = store::LocalStore::Open(options.store);
+  std::string local_root = !s3_store                   ? options.store
+                           : !options.cache_dir.empty() ? options.cache_dir
+                                                        : "/var/lib/modelcache";
+  auto store = store::LocalStore::Open(local_root);
   if (!store) {
-    std::cerr << "modelcache: --store: " << store.error().message << "\n";
+    std::cerr << "modelcache: " << (s3_store ? "--cache-dir: " : "--store: ")
+              << store.error().message << "\n";
     return 1;
+  }
+  std::string cache_root = (*store)->root();
+  if (!s3_store && !options.cache_dir.empty()) {
+    // Specs whose storage.uri is s3:// stage in --cache-dir rather than in the local --store.
+    auto cache = store::LocalStore::Open(options.cache_dir);
+    if (!cache) {
+      std::cerr << "modelcache: --cache-dir: " << cache.error().message << "\n";
+      return 1;
+    }
+    cache_root = (*cache)->root();
   }
   if (auto r = (*store)->CleanupStaging(); !r) {
     spdlog::warn("store cleanup: {}", r.error().message);
@@ -148,20 +165,43 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   so.reread_config = options.reread_config;
   DaemonServices services(std::move(so), metrics);
 
-  FileStatusStore statuses(state_dir);
+  // The mode decides where desired state comes from and where status goes; the Manager and the
+  // reconciler below are the same for both.
+  std::unique_ptr<DaemonMode> mode;
+  if (options.kubernetes) {
+    KubernetesModeOptions ko;
+    ko.kubeconfig = options.kubeconfig;
+    ko.ns = options.namespace_;
+    ko.node_name = options.node_name;
+    ko.resync_period = options.resync_period;
+    auto kube = NewKubernetesMode(ko, env.kube);
+    if (!kube) {
+      std::cerr << "modelcache: --kubernetes: " << kube.error().message << "\n";
+      return 1;
+    }
+    mode = std::move(*kube);
+  } else {
+    mode = NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  }
   ObjectCache cache;
-  DirectorySource source(options.watch_dir, options.resync_period, &statuses);
 
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro;
-  ro.default_store = (*store)->root();
+  ro.default_store = s3_store ? options.store : (*store)->root();
+  ro.local_cache = cache_root;
+  ro.aws_env = env.aws;
+  ro.aws_overrides.endpoint_url = options.s3_endpoint;
+  ro.s3_secret = options.s3_secret;
   ro.hf_endpoint = !options.hf_endpoint.empty() ? options.hf_endpoint
                    : !env.hf_endpoint.empty()   ? env.hf_endpoint
                                                 : "https://huggingface.co";
   ro.hf_token = env.hf_token;
   ro.secrets_dir = options.secrets_dir;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
-  ro.parallel_files = options.parallel_files;
+  ro.transfer.max_connections = options.transfer.max_connections;
+  ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
+  ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
+  ro.transfer.chunk_size = options.transfer.chunk_size;
   ro.backoff_base = options.retry_base_delay;
   ro.observer = &jobs;
   ro.wake = [&manager_ptr](const crds::ObjectKey& key) {
@@ -169,12 +209,51 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
       manager_ptr->Enqueue(key);
     }
   };
-  reconcilers::ModelCacheReconciler reconciler(ro);
+  // Store retention: references are what the daemon knows, each resource with its status.
+  StoreCollector::Options gco;
+  gco.store_root = (*store)->root();
+  gco.gc.keep_versions = options.keep_versions;
+  gco.gc.max_bytes = options.store_max_bytes;
+  gco.gc.min_free = options.min_free;
+  gco.interval = options.gc_interval;
+  StoreCollector collector(
+      gco,
+      [&cache, &mode, root = (*store)->root()]() -> Result<store::GcReferences> {
+        std::vector<crds::ModelCache> known;
+        for (const auto& entry : cache.List()) {
+          crds::ModelCache o = entry.object;
+          auto stored = mode->statuses().Read(o.key());
+          if (!stored) {
+            return stored.error();
+          }
+          if (*stored) {
+            o.status = (*stored)->status;
+          }
+          known.push_back(std::move(o));
+        }
+        return ReferencesOf(known, root);
+      },
+      [&cache, &manager_ptr](const std::vector<std::string>& names, bool all) {
+        for (const auto& entry : cache.List()) {
+          const std::string& name = entry.object.spec.artifact_name;
+          if (manager_ptr != nullptr &&
+              (all || std::find(names.begin(), names.end(), name) != names.end())) {
+            manager_ptr->Enqueue(entry.object.key());
+          }
+        }
+      });
+  ro.verify_interval = options.verify_interval;
+  ro.published = [&collector] { collector.Trigger(); };
+  ro.retention = [&collector](const crds::ModelCache& obj) {
+    return collector.ConditionFor(obj.spec.artifact_name);
+  };
   ManagerOptions mo;
   mo.workers = options.workers;
   mo.metrics = &metrics;
   mo.on_status_change = [&services] { services.StatusChanged(); };
-  Manager manager(mo, source, cache, statuses, reconciler, RealClock::Get());
+  mode->Configure(mo, ro);
+  reconcilers::ModelCacheReconciler reconciler(ro);
+  Manager manager(mo, mode->source(), cache, mode->statuses(), reconciler, RealClock::Get());
   manager_ptr = &manager;
   if (auto r = services.Attach(manager); !r) {
     std::cerr << "modelcache: " << r.error().message << "\n";
@@ -196,11 +275,19 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     deadline.Arm(services.shutdown_timeout());
   });
 
-  spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
-               options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
+  spdlog::info("modelcache {} (store {}, state {}, hub {}, {} workers)", mode->Describe(),
+               s3_store ? options.store + ", cache " + cache_root : (*store)->root(), state_dir,
+               ro.hf_endpoint, options.workers);
+  if (collector.enabled()) {
+    spdlog::info("store limits: {} max, {} min free, keeping {} versions; gc every {}",
+                 options.store_max_bytes > 0 ? FormatBytes(options.store_max_bytes) : "no",
+                 options.min_free > 0 ? FormatBytes(options.min_free) : "no",
+                 options.keep_versions, FormatDuration(options.gc_interval));
+  }
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     services.Ready();
+    collector.Start();
   });
   signals.OnReload(nullptr);
   // The workers are joined; what can still hold up the exit are the job threads, which the
@@ -214,6 +301,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   });
   services.Detach();
   manager_ptr = nullptr;
+  mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);
     return 1;
