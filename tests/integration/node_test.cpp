@@ -492,6 +492,37 @@ TEST_F(NodeTest, VerificationFailuresAreCounted) {
   EXPECT_EQ(m.Get("modelcache_download_bytes_total"), 0);
 }
 
+TEST_F(NodeTest, DriftFoundByThePeriodicVerificationIsAVerificationFailure) {
+  auto files = DistinctModelFiles(100000, 61);
+  AddRepo("org/drift", files);
+  WriteManifest("d.yaml", Manifest("drift", "org/drift"));
+  auto options = DaemonOptions();
+  options.extra_args.insert(options.extra_args.end(), {"--verify-interval", "300ms"});
+  Daemon daemon(options);
+  daemon.Start();
+  int port = daemon.HttpPort();
+  ASSERT_GT(port, 0) << daemon.Log();
+  auto mc = WaitReady("drift");
+  ASSERT_TRUE(mc) << daemon.Log();
+  EXPECT_EQ(
+      ParseMetrics(HttpGet(port, "/metrics").body).Get("modelcache_verification_failures_total"),
+      0);
+  {
+    // One byte changed on disk (the artifact file is a hard link of the blob).
+    std::fstream io(mc->status.artifact->path + "/model.safetensors",
+                    std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(4321);
+    io.put(static_cast<char>(files["model.safetensors"][4321] ^ 0x01));
+  }
+  ASSERT_TRUE(WaitForStatus(state_dir(), "drift", [](const crds::ModelCache& m) {
+    const crds::Condition* c = crds::FindCondition(m.status.conditions, "Verified");
+    return IsReady(m) && c != nullptr && c->reason == "Healed";
+  })) << daemon.Log();
+  MetricsPage m = ParseMetrics(HttpGet(port, "/metrics").body);
+  EXPECT_GE(m.Get("modelcache_verification_failures_total"), 1);
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
 TEST_F(NodeTest, ListenOffServesNothingAndABadListenIsRefused) {
   auto options = DaemonOptions();
   options.extra_args.insert(options.extra_args.end(), {"--listen", "off"});
