@@ -278,9 +278,10 @@ void DaemonServices::Reload() {
         }
         if (!IsReloadable(key)) {
           // The value itself is not logged: an option added later may hold something private.
-          spdlog::warn("reload: --{} changed but takes effect only when the daemon restarts; "
-                       "the running value stays",
-                       key);
+          spdlog::warn(
+              "reload: --{} changed but takes effect only when the daemon restarts; "
+              "the running value stays",
+              key);
           continue;
         }
         if (ApplyChange(key, after)) {

@@ -31,9 +31,9 @@ namespace modelcache::controller {
 struct DaemonServicesOptions {
   std::string listen = "127.0.0.1:8081";  // HOST:PORT; "" or "off": no HTTP endpoint
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
-  std::string store_root;                 // measured for the store gauges ("" : not measured)
-  std::string config_file;                // for log lines only
-  ConfigValues config_values;             // the running configuration
+  std::string store_root;      // measured for the store gauges ("" : not measured)
+  std::string config_file;     // for log lines only
+  ConfigValues config_values;  // the running configuration
   std::function<Result<ConfigValues>()> reread_config;
 };
 
@@ -87,12 +87,12 @@ class DaemonServices {
   SystemdNotifier notifier_;
 
   mutable std::mutex mu_;
-  Manager* manager_ = nullptr;                        // guarded by mu_
-  std::unique_ptr<HealthServer> health_;              // guarded by mu_
-  std::string last_status_;                           // guarded by mu_
-  std::chrono::steady_clock::time_point measured_at_; // guarded by mu_
-  bool measured_ = false;                             // guarded by mu_
-  std::mutex reload_mu_;                              // one reload at a time
+  Manager* manager_ = nullptr;                         // guarded by mu_
+  std::unique_ptr<HealthServer> health_;               // guarded by mu_
+  std::string last_status_;                            // guarded by mu_
+  std::chrono::steady_clock::time_point measured_at_;  // guarded by mu_
+  bool measured_ = false;                              // guarded by mu_
+  std::mutex reload_mu_;                               // one reload at a time
 };
 
 }  // namespace modelcache::controller

@@ -75,7 +75,8 @@ int main(int argc, char** argv) {
   std::string retry_base = "1s";
   auto* run_cmd = app.add_subcommand("run", "Run the controller daemon");
   auto* watch = run_cmd->add_option("--watch-dir", run.watch_dir,
-                                    "Directory of ModelCache YAML to watch (directory mode; this or --kubernetes)");
+                                    "Directory of ModelCache YAML to watch (directory mode; default: none, give this or "
+                                    "--kubernetes)");
   auto* kube = run_cmd->add_flag("--kubernetes", run.kubernetes,
                                  "Watch ModelCache resources on the Kubernetes API server (default: off)");
   watch->excludes(kube);

@@ -160,6 +160,7 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
       spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
       queue_.AddRateLimited(key);
       stats_.reconciles_error++;
+      CountResult(ControllerMetrics::kError);
       return;
     }
   }
@@ -188,6 +189,7 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
         spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
         queue_.AddRateLimited(key);
         stats_.reconciles_error++;
+        CountResult(ControllerMetrics::kError);
         return;
       }
     }

@@ -1,5 +1,8 @@
 #include "controller/run_config.h"
 
+#include <cctype>
+#include <fstream>
+
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
@@ -57,19 +60,18 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
     } else if (value.IsSequence()) {
       for (const auto& element : value) {
         if (!element.IsScalar()) {
-          throw CLI::ConfigError(fmt::format("{}: line {}: \"{}\": a list may hold only plain values",
-                                             file, line, key));
+          throw CLI::ConfigError(fmt::format(
+              "{}: line {}: \"{}\": a list may hold only plain values", file, line, key));
         }
         item.inputs.push_back(element.Scalar());
       }
     } else if (value.IsNull()) {
-      throw CLI::ConfigError(fmt::format(
-          "{}: line {}: \"{}\" has no value (write \"{}: \\\"\\\"\" for an empty one)", file,
-          line, key, key));
-    } else {
       throw CLI::ConfigError(
-          fmt::format("{}: line {}: \"{}\": expected a value or a list, not a mapping", file, line,
-                      key));
+          fmt::format("{}: line {}: \"{}\" has no value (write \"{}: \\\"\\\"\" for an empty one)",
+                      file, line, key, key));
+    } else {
+      throw CLI::ConfigError(fmt::format(
+          "{}: line {}: \"{}\": expected a value or a list, not a mapping", file, line, key));
     }
     out.push_back(std::move(item));
   }
@@ -102,8 +104,59 @@ std::string YamlConfig::to_config(const CLI::App* app, bool default_also, bool w
   return std::string(out.c_str()) + "\n";
 }
 
+namespace {
+
+// CLI11 2.1 reads a configuration file only for the top-level app, so a subcommand's --config
+// is applied here, once the subcommand's own arguments are parsed and bound: each key fills an
+// option the command line left unset, exactly as CLI11 does for the top level (and runs the
+// option's validators, whose errors name the flag).
+void ApplyConfigFile(CLI::App* command, const YamlConfig& reader) {
+  const CLI::Option* config = command->get_config_ptr();
+  if (config == nullptr || config->count() == 0 || config->results().front().empty()) {
+    return;
+  }
+  std::string file = config->results().front();
+  std::ifstream in(file);
+  if (!in) {
+    throw CLI::FileError(file + ": cannot read the --config file");
+  }
+  for (const CLI::ConfigItem& item : reader.from_config(in)) {
+    CLI::Option* option = command->get_option_no_throw("--" + item.name);
+    if (option == nullptr || option->count() > 0) {
+      continue;  // given on the command line, which wins
+    }
+    if (option->get_expected_min() == 0) {
+      if (item.inputs.size() != 1) {
+        throw CLI::ConfigError(
+            fmt::format("{}: \"{}\" is a flag: write true or false", file, item.name));
+      }
+      std::string value = item.inputs.front();
+      for (char& c : value) {
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      }
+      if (value == "false" || value == "no" || value == "off" || value == "0") {
+        // Leaving a flag out is what "false" means; adding it as a result would count as given
+        // (and trip exclusions such as --watch-dir vs --kubernetes).
+        continue;
+      }
+      option->add_result(option->get_flag_value(item.name, item.inputs.front()));
+    } else {
+      option->add_result(item.inputs);
+    }
+    try {
+      option->run_callback();
+    } catch (const CLI::ParseError& e) {
+      throw CLI::ConfigError(fmt::format("{}: \"{}\": {}", file, item.name, e.what()));
+    }
+  }
+}
+
+}  // namespace
+
 CLI::Option* AddConfigFileOption(CLI::App* command) {
-  command->config_formatter(std::make_shared<YamlConfig>(command));
+  auto reader = std::make_shared<YamlConfig>(command);
+  command->config_formatter(reader);
+  command->parse_complete_callback([command, reader] { ApplyConfigFile(command, *reader); });
   CLI::Option* option = command->set_config(
       "--config", "",
       "YAML file of options: keys are the long option names without \"--\" (workers: 4); flags "
@@ -118,8 +171,8 @@ ConfigValues OptionValues(const CLI::App& command) {
     if (name.empty() || option == command.get_help_ptr() || option == command.get_config_ptr()) {
       continue;
     }
-    values[name] = option->count() > 0 ? CLI::detail::join(option->results(), ",")
-                                       : option->get_default_str();
+    values[name] =
+        option->count() > 0 ? CLI::detail::join(option->results(), ",") : option->get_default_str();
   }
   return values;
 }

@@ -6,12 +6,14 @@
 //   watch-dir: /etc/modelcache/models
 //   workers: 4
 //   listen: 127.0.0.1:8081
-//   kubernetes: false        # flags take true/false
+//   kubernetes: false        # flags take true/false (false = leaving the flag out)
 //
 // Every option of the command is accepted, including ones added later, because the keys are
-// looked up in the command's own option list (CLI11's Config interface). A flag given on the
-// command line wins over the file. An unknown key, a nested mapping, a key without a value or
-// malformed YAML fails the parse with one line naming the file (and the key or line).
+// looked up in the command's own option list (CLI11's Config interface parses the file; the
+// values are applied once the command line is parsed, since CLI11 2.1 reads configuration files
+// for the top-level app only). A flag given on the command line wins over the file, and the
+// options' own validators check the file's values. An unknown key, a nested mapping, a key without
+// a value or malformed YAML fails the parse with one line naming the file (and the key or line).
 //
 // Also the option snapshot that SIGHUP compares: every option's value as text.
 

@@ -55,9 +55,10 @@ void ShutdownDeadline::Expire(std::chrono::milliseconds timeout) {
   for (size_t i = 1; i < running.size(); ++i) {
     what += ", " + running[i];
   }
-  spdlog::error("shutdown did not finish within --shutdown-timeout {}; still running: {}; exiting "
-                "with status {} (downloaded data stays on disk and resumes at the next start)",
-                FormatDuration(timeout), what, kExitCode);
+  spdlog::error(
+      "shutdown did not finish within --shutdown-timeout {}; still running: {}; exiting "
+      "with status {} (downloaded data stays on disk and resumes at the next start)",
+      FormatDuration(timeout), what, kExitCode);
   spdlog::default_logger()->flush();
   // The threads that did not stop hold locks and resources that destructors would wait for;
   // _Exit skips them. Nothing half-written is at risk: every store and status write is a rename.

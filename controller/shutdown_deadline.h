@@ -43,8 +43,8 @@ class ShutdownDeadline {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  bool armed_ = false;     // guarded by mu_
-  bool disarmed_ = false;  // guarded by mu_
+  bool armed_ = false;                                  // guarded by mu_
+  bool disarmed_ = false;                               // guarded by mu_
   std::function<std::vector<std::string>()> describe_;  // guarded by mu_
   std::thread thread_;
 };

@@ -17,8 +17,7 @@ Result<StoreUsage> MeasureStoreUsage(const std::string& root) {
   StoreUsage usage;
   struct statvfs vfs {};
   if (::statvfs(root.c_str(), &vfs) != 0) {
-    return Error(Reason::StorageError,
-                 "cannot statvfs store " + root + ": " + ErrnoMessage(errno));
+    return Error(Reason::StorageError, "cannot statvfs store " + root + ": " + ErrnoMessage(errno));
   }
   usage.free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
 

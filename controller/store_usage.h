@@ -19,7 +19,8 @@ struct StoreUsage {
 };
 
 // Walks `root`. Files that vanish during the walk (a concurrent publish or cleanup) are skipped;
-// a directory that vanishes ends the walk early (the figure is then an underestimate). Fails (StorageError naming the path) only when `root` itself cannot be read.
+// a directory that vanishes ends the walk early (the figure is then an underestimate). Fails
+// (StorageError naming the path) only when `root` itself cannot be read.
 Result<StoreUsage> MeasureStoreUsage(const std::string& root);
 
 }  // namespace modelcache::controller

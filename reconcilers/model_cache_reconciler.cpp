@@ -283,6 +283,9 @@ struct ModelCacheReconciler::Impl {
       std::lock_guard lock(mu);
       jobs[key] = job;
     }
+    if (options.observer != nullptr) {
+      options.observer->JobStarted(key);
+    }
     pool.Submit([this, job, key, spec = obj.spec, root = StoreRoot(obj.spec),
                  artifact = *status.artifact, commit = status.resolved_revision] {
       std::stop_token stop = job->stop.get_token();
@@ -291,8 +294,20 @@ struct ModelCacheReconciler::Impl {
       } else {
         job->drift = FindDrift(root, spec, artifact, commit, stop);
       }
+      if (options.observer != nullptr && job->drift && *job->drift && !(*job->drift)->empty()) {
+        // FindDrift joins one problem per file with "; ".
+        std::string_view rest = **job->drift;
+        while (!rest.empty()) {
+          size_t end = rest.find("; ");
+          options.observer->VerificationFailed(key, std::string(rest.substr(0, end)));
+          rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 2);
+        }
+      }
       verifying = false;
       job->finished = true;
+      if (options.observer != nullptr) {
+        options.observer->JobFinished(key);
+      }
       if (options.wake) {
         options.wake(key);
       }

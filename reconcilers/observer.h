@@ -21,7 +21,7 @@ class ReconcileObserver {
  public:
   virtual ~ReconcileObserver() = default;
 
-  // A job (resolve, download, shard, publish) for `key` was queued on the job pool. Every
+  // A job (resolve, download, shard, publish, or a periodic verification) for `key` was queued on the job pool. Every
   // JobStarted is followed by exactly one JobFinished for the same key, also when the job is
   // cancelled before it runs.
   virtual void JobStarted(const crds::ObjectKey& /*key*/) {}
@@ -33,7 +33,8 @@ class ReconcileObserver {
   virtual void BytesDownloaded(uint64_t /*bytes*/) {}
 
   // A file's size or digest did not match: a blob found damaged when re-verifying (spec.force),
-  // or a download that still failed verification after its retries. `what` is the file's path
+  // a file the periodic verification (--verify-interval) found changed or missing, or a download
+  // that still failed verification after its retries. `what` is the file's path
   // in the repo, or the transfer's error message when it does not say which file.
   virtual void VerificationFailed(const crds::ObjectKey& /*key*/, const std::string& /*what*/) {}
 

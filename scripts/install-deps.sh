@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nginx-light
   radosgw ceph-mon ceph-osd ceph-common uuid-runtime curl python3-boto3
+  systemd  # systemd-analyze verifies manifests/systemd/modelcache.service in a unit test
 )
 
 missing=()

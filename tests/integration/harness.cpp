@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -178,10 +179,9 @@ void Daemon::Start() {
     args.insert(args.end(), {"--secrets-dir", options_.secrets_dir});
   }
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
-  // The default --listen (127.0.0.1:8081) would collide between daemons of tests run in
-  // parallel: no health server unless a test asks for one.
-  if (std::find(args.begin(), args.end(), "--listen") == args.end()) {
-    args.insert(args.end(), {"--listen", "off"});
+  if (std::find(options_.extra_args.begin(), options_.extra_args.end(), "--listen") ==
+      options_.extra_args.end()) {
+    args.insert(args.end(), {"--listen", "127.0.0.1:0"});
   }
   pid_ = Spawn(args, options_.env, "/dev/null", log_path_);
 }
@@ -204,6 +204,13 @@ int Daemon::Terminate(std::chrono::milliseconds timeout) {
     return -1;
   }
   ::kill(pid_, SIGTERM);
+  return WaitExit(timeout);
+}
+
+int Daemon::WaitExit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) {
+    return -1;
+  }
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
@@ -229,6 +236,31 @@ void Daemon::Kill9() {
 }
 
 std::string Daemon::Log() const { return Slurp(log_path_); }
+
+void Daemon::Signal(int signal) {
+  if (pid_ > 0) {
+    ::kill(pid_, signal);
+  }
+}
+
+int Daemon::HttpPort(std::chrono::milliseconds timeout) const {
+  int port = 0;
+  WaitFor(
+      [&] {
+        std::string log = Log();
+        size_t at = log.find("/metrics on ");
+        if (at == std::string::npos) {
+          return false;
+        }
+        size_t end = log.find_first_of("\n\"", at);
+        std::string address = log.substr(at + 12, end == std::string::npos ? end : end - at - 12);
+        size_t colon = address.rfind(':');
+        port = colon == std::string::npos ? 0 : std::atoi(address.c_str() + colon + 1);
+        return port > 0;
+      },
+      timeout);
+  return port;
+}
 
 std::optional<crds::ModelCache> ReadStatus(const std::string& state_dir, const std::string& ns,
                                            const std::string& name) {

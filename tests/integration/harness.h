@@ -69,13 +69,24 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
+  // Adds `--listen 127.0.0.1:0` unless extra_args has a --listen, so that daemons of tests
+  // running at the same time never compete for a port.
   void Start();
   // SIGTERM, then wait up to `timeout`; returns the exit status (-1 on timeout, then SIGKILL).
   int Terminate(std::chrono::milliseconds timeout = std::chrono::seconds(20));
   void Kill9();
+  // Waits up to `timeout` for the daemon to exit on its own; returns the exit status (-1 on
+  // timeout, then SIGKILL).
+  int WaitExit(std::chrono::milliseconds timeout);
   bool Running();
   std::string Log() const;
   const Options& options() const { return options_; }
+  pid_t pid() const { return pid_; }
+  // Sends `signal` (e.g. SIGHUP) to the daemon, if it runs.
+  void Signal(int signal);
+  // The port of the daemon's HTTP endpoint, read from its log ("serving ... on HOST:PORT");
+  // waits up to `timeout` for the line, 0 if it does not come.
+  int HttpPort(std::chrono::milliseconds timeout = std::chrono::seconds(20)) const;
 
  private:
   Options options_;

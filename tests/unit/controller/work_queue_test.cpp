@@ -332,3 +332,43 @@ TEST(WorkQueueTest, ConcurrentWorkersNeverShareAKey) {
 
 }  // namespace
 }  // namespace modelcache::controller
+
+namespace modelcache::controller {
+namespace {
+
+TEST(WorkQueueLatencyTest, MeasuresFromTheAddThatMadeTheKeyDirtyToItsHandOut) {
+  FakeClock clock;
+  WorkQueue<std::string> q(clock);
+  std::vector<std::chrono::nanoseconds> seen;
+  q.SetLatencyObserver([&](std::chrono::nanoseconds d) { seen.push_back(d); });
+
+  q.Add("a");
+  clock.Advance(std::chrono::milliseconds(30));
+  q.Add("a");  // already queued: the first add's time stands
+  clock.Advance(std::chrono::milliseconds(20));
+  ASSERT_EQ(q.TryGet(), "a");
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], std::chrono::milliseconds(50));
+
+  // Added while being processed: waits from that add, through Done, to the next hand-out.
+  q.Add("a");
+  clock.Advance(std::chrono::milliseconds(7));
+  q.Done("a");
+  clock.Advance(std::chrono::milliseconds(3));
+  ASSERT_EQ(q.TryGet(), "a");
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1], std::chrono::milliseconds(10));
+  q.Done("a");
+
+  // A delayed add counts from when its delay passed, not from the call.
+  q.AddAfter("b", std::chrono::seconds(10));
+  clock.Advance(std::chrono::seconds(10));
+  q.Tick();
+  clock.Advance(std::chrono::milliseconds(4));
+  ASSERT_EQ(q.TryGet(), "b");
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[2], std::chrono::milliseconds(4));
+}
+
+}  // namespace
+}  // namespace modelcache::controller
