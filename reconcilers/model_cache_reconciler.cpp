@@ -199,6 +199,13 @@ struct ModelCacheReconciler::Impl {
       if (auto c = options.retention(obj)) {
         c->observed_generation = obj.metadata.generation;
         PutCondition(status.conditions, *c);
+      } else if (const crds::Condition* was = crds::FindCondition(status.conditions, "Retained");
+                 was != nullptr && was->reason == "Kept") {
+        crds::Condition within = *was;
+        within.reason = "WithinLimits";
+        within.message = "the store is within its limits again";
+        within.observed_generation = obj.metadata.generation;
+        PutCondition(status.conditions, within);
       }
     }
     return status;
