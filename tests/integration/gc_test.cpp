@@ -99,8 +99,8 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
   // Room for two and a half revisions: publishing the third must evict the first, the fourth
   // the second; the third (no longer referenced) fits and stays.
   uint64_t limit = TotalSize(files_[1]) * 5 / 2;
-  Daemon daemon(DaemonOptions({"--store-max-bytes", std::to_string(limit), "--keep-versions",
-                               "1", "--gc-interval", "1h"}));
+  Daemon daemon(DaemonOptions(
+      {"--store-max-bytes", std::to_string(limit), "--keep-versions", "1", "--gc-interval", "1h"}));
   daemon.Start();
   std::vector<crds::ModelCache> ready;
   for (int i = 1; i <= 3; ++i) {
@@ -109,9 +109,8 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
     ready.push_back(*mc);
   }
   ASSERT_TRUE(WaitFor([&] {
-    return !Exists(VersionDir(ready[0])) &&
-           !Exists(store_dir() + "/hub/models--org--gc/blobs/" +
-                   Sha256Hex(files_[1]["model.safetensors"]));
+    return !Exists(VersionDir(ready[0])) && !Exists(store_dir() + "/hub/models--org--gc/blobs/" +
+                                                    Sha256Hex(files_[1]["model.safetensors"]));
   })) << daemon.Log();
   EXPECT_TRUE(Exists(VersionDir(ready[1])));
   auto fourth = CacheRevision("gc", "org/gc", 4);
@@ -147,8 +146,7 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
     return c != nullptr && c->reason == "Evicted" && c->message.find(v2) != std::string::npos;
   });
   ASSERT_TRUE(mc) << daemon.Log();
-  EXPECT_NE(ConditionText(*mc, "Retained").find("evicted 1 older version of gc"),
-            std::string::npos)
+  EXPECT_NE(ConditionText(*mc, "Retained").find("evicted 1 older version of gc"), std::string::npos)
       << ConditionText(*mc, "Retained");
   EXPECT_TRUE(IsReady(*mc));
 }
@@ -178,8 +176,8 @@ TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   EXPECT_EQ(daemon.Terminate(), 0);
   ASSERT_TRUE(Exists(VersionDir(*dropped)));
 
-  std::vector<std::string> args = {"gc", "--store", store_dir(), "--state-dir", state_dir(),
-                                   "--keep-versions", "0"};
+  std::vector<std::string> args = {"gc",        "--store",         store_dir(), "--state-dir",
+                                   state_dir(), "--keep-versions", "0"};
   std::vector<std::string> dry = args;
   dry.push_back("--dry-run");
   auto plan = RunModelcache(dry);

@@ -34,10 +34,11 @@ TEST(ReferencesOfTest, NameReportedVersionAndResolvedSnapshot) {
   crds::ModelCache here = Resource("d", "art-d", "file:///stores/main/");
   auto refs = ReferencesOf({ready, fresh, elsewhere, here}, "/stores/main");
   EXPECT_EQ(refs.names, (std::set<std::string>{"art-a", "art-b", "art-d", "art-old"}));
-  EXPECT_EQ(refs.versions, (std::set<std::pair<std::string, std::string>>{
-                               {"art-old", "0123456789ab"}}));
-  EXPECT_EQ(refs.snapshots, (std::set<std::pair<std::string, std::string>>{
-                                {"models--org--a", std::string(40, 'c')}}));
+  EXPECT_EQ(refs.versions,
+            (std::set<std::pair<std::string, std::string>>{{"art-old", "0123456789ab"}}));
+  EXPECT_EQ(
+      refs.snapshots,
+      (std::set<std::pair<std::string, std::string>>{{"models--org--a", std::string(40, 'c')}}));
 }
 
 class StoreCollectorTest : public ::testing::Test {
@@ -74,8 +75,8 @@ class StoreCollectorTest : public ::testing::Test {
 TEST_F(StoreCollectorTest, DisabledWithoutLimits) {
   StoreCollector::Options options;
   options.store_root = store_->root();
-  StoreCollector collector(
-      options, [] { return Result<store::GcReferences>(store::GcReferences{}); }, {});
+  StoreCollector collector(options,
+                           [] { return Result<store::GcReferences>(store::GcReferences{}); }, {});
   EXPECT_FALSE(collector.enabled());
 }
 
@@ -112,16 +113,15 @@ TEST_F(StoreCollectorTest, EvictedThenKeptWhenOnlyReferencedDataRemains) {
 
   // Room again: the Kept state clears, and the Evicted record of "m" remains.
   options.gc.max_bytes = 1 << 30;
-  StoreCollector roomy(
-      options, [&] { return Result<store::GcReferences>(refs); }, {});
+  StoreCollector roomy(options, [&] { return Result<store::GcReferences>(refs); }, {});
   roomy.RunOnce();
   EXPECT_FALSE(roomy.ConditionFor("m"));  // a new collector remembers nothing
 
   // A run that cannot gather references removes nothing.
   Publish("m", std::string(5000, '3'));
   StoreCollector blind(
-      options, [] { return Result<store::GcReferences>(Error(Reason::StorageError, "unreadable")); },
-      {});
+      options,
+      [] { return Result<store::GcReferences>(Error(Reason::StorageError, "unreadable")); }, {});
   blind.RunOnce();
   EXPECT_TRUE(std::filesystem::exists(store_->artifacts_dir() + "/m/" + v2));
 }
@@ -135,8 +135,7 @@ TEST_F(StoreCollectorTest, EvictionMessageNamesTheVersions) {
   options.gc.max_bytes = 6000;
   store::GcReferences refs;
   refs.names.insert("m");
-  StoreCollector collector(
-      options, [&] { return Result<store::GcReferences>(refs); }, {});
+  StoreCollector collector(options, [&] { return Result<store::GcReferences>(refs); }, {});
   collector.RunOnce();
   auto c = collector.ConditionFor("m");
   ASSERT_TRUE(c);

@@ -137,7 +137,8 @@ TEST_F(GcTest, ReferencedVersionsAndCurrentAreNeverRemoved) {
   // v1's snapshot is kept because v1 is kept (it was built from it).
   EXPECT_TRUE(Exists(store_->RepoDir(kRepo) + "/snapshots/" + Commit('1')));
   // Nothing references v3's or v1's files, yet the artifacts still read.
-  EXPECT_EQ(testing::ReadText(VersionPath("m", v1) + "/model.safetensors"), Rev(1)["model.safetensors"]);
+  EXPECT_EQ(testing::ReadText(VersionPath("m", v1) + "/model.safetensors"),
+            Rev(1)["model.safetensors"]);
 }
 
 TEST_F(GcTest, KeepVersionsKeepsTheNewestAndRemovesTheOldestFirst) {
