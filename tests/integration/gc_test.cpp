@@ -151,6 +151,26 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
   EXPECT_TRUE(IsReady(*mc));
 }
 
+TEST_F(GcTest, OverTheLimitWithOnlyReferencedDataKeepsItAndSaysSo) {
+  AddRepo("org/big", 1);
+  Daemon daemon(DaemonOptions({"--store-max-bytes", "1KiB", "--gc-interval", "1h"}));
+  daemon.Start();
+  auto mc = CacheRevision("big", "org/big", 1);
+  ASSERT_TRUE(mc) << daemon.Log();
+  auto kept = WaitForStatus(state_dir(), "big", [](const crds::ModelCache& m) {
+    const crds::Condition* c = crds::FindCondition(m.status.conditions, "Retained");
+    return c != nullptr && c->reason == "Kept";
+  });
+  ASSERT_TRUE(kept) << daemon.Log();
+  EXPECT_TRUE(IsReady(*kept));
+  EXPECT_NE(ConditionText(*kept, "Retained").find("over its limits"), std::string::npos)
+      << ConditionText(*kept, "Retained");
+  EXPECT_TRUE(Exists(VersionDir(*mc) + "/model.safetensors"));
+  EXPECT_TRUE(Exists(store_dir() + "/hub/models--org--big/snapshots/" +
+                     mc->status.resolved_revision + "/model.safetensors"));
+  EXPECT_NE(daemon.Log().find("still over the limits"), std::string::npos) << daemon.Log();
+}
+
 TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   AddRepo("org/kept", 2);
   FakeRepoSpec other;
