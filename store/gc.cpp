@@ -595,7 +595,7 @@ VoidResult RemoveVersionDir(const LocalStore& store, const GcItem& item) {
     return Error(Reason::StorageError,
                  "cannot move " + item.path + " aside: " + ErrnoMessage(errno));
   }
-  (void)SyncDir(dir);
+  // No fsync: after a crash the version is back or is trash, and either is removed next time.
   std::error_code ec;
   fs::remove_all(trash, ec);
   if (item.removes_current) {
