@@ -301,5 +301,42 @@ TEST_F(GcTest, VerifyIntervalHealsACorruptedAndADeletedBlob) {
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(linked), {}), files_[1]["config.json"]);
 }
 
+TEST_F(GcTest, AHealThatFailsPartWayResumesAsAHeal) {
+  AddRepo("org/retry", 1);
+  Daemon daemon(DaemonOptions({"--verify-interval", "300ms"}));
+  daemon.Start();
+  auto mc = CacheRevision("retry", "org/retry", 1);
+  ASSERT_TRUE(mc) << daemon.Log();
+  const std::string weights = files_[1]["model.safetensors"];
+  std::string blob = store_dir() + "/hub/models--org--retry/blobs/" + Sha256Hex(weights);
+  // The Hub fails every request for the weights while the heal runs.
+  modelcache::testing::Fault down;
+  down.kind = modelcache::testing::Fault::Kind::Status;
+  down.status = 503;
+  down.path_glob = "model.safetensors";
+  down.count = -1;
+  hub_.AddFault(down);
+  {
+    std::fstream io(blob, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(777);
+    io.put(static_cast<char>(weights[777] ^ 0x01));
+  }
+  auto failing = WaitForStatus(state_dir(), "retry", [](const crds::ModelCache& m) {
+    const crds::Condition* v = crds::FindCondition(m.status.conditions, "Verified");
+    const crds::Condition* r = crds::FindCondition(m.status.conditions, "Ready");
+    return v != nullptr && v->reason == "Healing" && r != nullptr && r->status == "False" &&
+           r->message.find("will retry") != std::string::npos;
+  });
+  ASSERT_TRUE(failing) << daemon.Log();
+  hub_.ClearFaults();
+  auto healed = WaitForStatus(state_dir(), "retry", [](const crds::ModelCache& m) {
+    const crds::Condition* c = crds::FindCondition(m.status.conditions, "Verified");
+    return IsReady(m) && c != nullptr && c->reason == "Healed";
+  });
+  ASSERT_TRUE(healed) << daemon.Log();
+  EXPECT_EQ(*Sha256File(blob), Sha256Hex(weights));
+  EXPECT_EQ(*Sha256File(VersionDir(*healed) + "/model.safetensors"), Sha256Hex(weights));
+}
+
 }  // namespace
 }  // namespace modelcache::itest
