@@ -5,9 +5,10 @@
 //
 // The rules (docs/store-layout.md, "Retention"):
 //   * a version that `current` points to is never removed while an artifact name is referenced;
-//     a name nobody references loses its `current` link first, then its versions;
-//   * per referenced name, the `keep_versions` newest versions are kept besides the referenced
-//   ones;
+//     a name nobody references loses all its versions, oldest first, the `current` link just
+//     before the version it points to;
+//   * per referenced name, the `keep_versions` newest versions (counting `current`) are kept, and
+//     referenced versions in any case;
 //   * a snapshot is kept while a resource reports it (resolvedRevision) or a kept version was built
 //     from it; a blob is kept while any remaining snapshot links it;
 //   * order: the oldest removable version, together with the snapshot it was built from (when
@@ -125,7 +126,8 @@ struct GcReferences {
 // ---- plan and run ----
 
 struct GcOptions {
-  // Per referenced artifact name, versions kept besides the referenced ones (newest first).
+  // Per referenced artifact name, the N newest versions (counting `current`) are kept; referenced
+  // versions are kept in any case.
   int keep_versions = 2;
   uint64_t max_bytes = 0;  // store size limit; 0 = none
   uint64_t min_free = 0;   // free-space floor on the store's filesystem; 0 = none
