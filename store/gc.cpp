@@ -189,7 +189,8 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
       continue;
     }
     if (auto content = ReadFile(it->path().string())) {
-      inv.refs[folder][fs::relative(it->path(), refs, sec).string()] = *content;
+      // By name (fs::relative would resolve symlinks in the store's path).
+      inv.refs[folder][it->path().string().substr(refs.string().size() + 1)] = *content;
     }
   }
 }
