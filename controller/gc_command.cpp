@@ -84,11 +84,11 @@ int CollectGarbage(const GcCommandOptions& options) {
   for (const auto& busy : report->busy) {
     std::cout << "kept\tbusy\t" << busy << "\tin use by a running job\n";
   }
-  std::cout << fmt::format(
-      "total: {} {} item{}, {} ({} bytes) of {} used; {} free{}\n", verb,
-      report->items.size(), report->items.size() == 1 ? "" : "s",
-      FormatBytes(report->freed_bytes), report->freed_bytes, FormatBytes(report->used_bytes),
-      FormatBytes(report->free_bytes), options.dry_run ? "; dry run: nothing was removed" : "");
+  std::cout << fmt::format("total: {} {} item{}, {} ({} bytes) of {} used; {} free{}\n", verb,
+                           report->items.size(), report->items.size() == 1 ? "" : "s",
+                           FormatBytes(report->freed_bytes), report->freed_bytes,
+                           FormatBytes(report->used_bytes), FormatBytes(report->free_bytes),
+                           options.dry_run ? "; dry run: nothing was removed" : "");
   if (report->over_limits) {
     std::cout << fmt::format(
         "still over the limits by {}: everything left is referenced or kept by --keep-versions\n",

@@ -156,8 +156,8 @@ void StoreCollector::RunOnce() {
         list += (list.empty() ? "" : ", ") + v;
       }
       evicted_[name] = "store garbage collection evicted " + std::to_string(versions.size()) +
-                       " older version" + (versions.size() == 1 ? "" : "s") + " of " + name +
-                       " (" + list + "); the version in use is kept";
+                       " older version" + (versions.size() == 1 ? "" : "s") + " of " + name + " (" +
+                       list + "); the version in use is kept";
       names.push_back(name);
     }
     was_over = !over_limits_.empty();

@@ -67,9 +67,9 @@ class StoreCollector {
   std::function<void(const std::vector<std::string>&, bool)> affected_;
   mutable std::mutex mu_;
   std::condition_variable_any cv_;
-  bool triggered_ = false;                        // guarded by mu_
-  std::map<std::string, std::string> evicted_;    // name -> message, guarded by mu_
-  std::string over_limits_;                       // message when over the limits, guarded by mu_
+  bool triggered_ = false;                      // guarded by mu_
+  std::map<std::string, std::string> evicted_;  // name -> message, guarded by mu_
+  std::string over_limits_;                     // message when over the limits, guarded by mu_
   std::jthread thread_;
 };
 

@@ -251,6 +251,13 @@ struct ModelCacheReconciler::Impl {
       if (auto c = options.retention(obj)) {
         c->observed_generation = obj.metadata.generation;
         PutCondition(status.conditions, *c);
+      } else if (const crds::Condition* was = crds::FindCondition(status.conditions, "Retained");
+                 was != nullptr && was->reason == "Kept") {
+        crds::Condition within = *was;
+        within.reason = "WithinLimits";
+        within.message = "the store is within its limits again";
+        within.observed_generation = obj.metadata.generation;
+        PutCondition(status.conditions, within);
       }
     }
     return status;
@@ -647,14 +654,24 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     auto it = impl.applied_force.find(key);
     verify_existing = it == impl.applied_force.end() || it->second != obj.spec.force;
   }
+  // A heal that failed part-way (network, disk) resumes as a heal: blobs re-hashed, not merely
+  // found present, or a same-size corrupted blob would be published again.
+  std::string pinned;
+  const crds::Condition* healing = crds::FindCondition(prev.conditions, "Verified");
+  if (heal.empty() && healing != nullptr && healing->status == "False" &&
+      healing->observed_generation == obj.metadata.generation) {
+    heal = healing->message;
+    verify_existing = true;
+    pinned = prev.resolved_revision;
+  }
   {
     std::lock_guard lock(impl.mu);
     if (impl.shut_down) {
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  impl.StartJob(key, obj, spec_hash, std::move(*hub), verify_existing, std::move(*aws), {}, heal,
-                std::move(*source_aws));
+  impl.StartJob(key, obj, spec_hash, std::move(*hub), verify_existing, std::move(*aws),
+                std::move(pinned), heal, std::move(*source_aws));
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);
   status.progress.reset();

@@ -78,8 +78,8 @@ void ScanVersion(StoreInventory& inv, VersionInfo& v) {
       continue;
     }
     AddInode(inv, st);
-    v.files.emplace_back(full.substr(v.path.size() + 1),
-                         InodeId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)});
+    v.files.emplace_back(full.substr(v.path.size() + 1), InodeId{static_cast<uint64_t>(st.st_dev),
+                                                                 static_cast<uint64_t>(st.st_ino)});
   }
   auto text = ReadFile(v.path + "/modelcache.json");
   if (!text) {
@@ -136,12 +136,11 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
   std::string folder = repo.filename().string();
   std::error_code ec;
   // snapshots/<commit>/...: links to ../../blobs/<etag>
-  for (fs::directory_iterator it(repo / "snapshots", ec), end; !ec && it != end;
-       it.increment(ec)) {
+  for (fs::directory_iterator it(repo / "snapshots", ec), end; !ec && it != end; it.increment(ec)) {
     std::string commit = it->path().filename().string();
     struct stat st {};
-    if (commit.find(kTmpMarker) != std::string::npos ||
-        ::lstat(it->path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    if (commit.find(kTmpMarker) != std::string::npos || ::lstat(it->path().c_str(), &st) != 0 ||
+        !S_ISDIR(st.st_mode)) {
       continue;
     }
     SnapshotInfo s;
@@ -190,7 +189,8 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
       continue;
     }
     if (auto content = ReadFile(it->path().string())) {
-      inv.refs[folder][fs::relative(it->path(), refs, sec).string()] = *content;
+      // By name (fs::relative would resolve symlinks in the store's path).
+      inv.refs[folder][it->path().string().substr(refs.string().size() + 1)] = *content;
     }
   }
 }
@@ -496,16 +496,17 @@ GcReport PlanGc(const StoreInventory& inv, const GcReferences& refs, const GcOpt
     bool referenced = referenced_names.count(v->name) > 0;
     auto cur = inv.current.find(v->name);
     bool is_current = cur != inv.current.end() && cur->second == v->version;
-    std::string why = referenced ? "not referenced, older than the " +
-                                       std::to_string(options.keep_versions) + " newest of " +
-                                       v->name
-                                 : "no resource references artifact " + v->name;
+    std::string why = referenced
+                          ? "not referenced, older than the " +
+                                std::to_string(options.keep_versions) + " newest of " + v->name
+                          : "no resource references artifact " + v->name;
     if (is_current) {
       why += " (removes its current link)";
     }
     sim.RemoveVersion(*v, is_current, why);
     for (const SnapshotInfo* s : snapshots) {
-      if (s->folder == v->source_folder && s->commit == v->source_commit && !sim.SnapshotRemoved(*s)) {
+      if (s->folder == v->source_folder && s->commit == v->source_commit &&
+          !sim.SnapshotRemoved(*s)) {
         sim.RemoveSnapshot(*s, "built the removed version " + v->name + "/" + v->version +
                                    "; no resource uses this commit");
       }
@@ -592,9 +593,10 @@ VoidResult RemoveVersionDir(const LocalStore& store, const GcItem& item) {
   // CleanupStaging if we crash in between).
   std::string trash = dir + "/.trash-" + UniqueSuffix();
   if (::rename(item.path.c_str(), trash.c_str()) != 0) {
-    return Error(Reason::StorageError, "cannot move " + item.path + " aside: " + ErrnoMessage(errno));
+    return Error(Reason::StorageError,
+                 "cannot move " + item.path + " aside: " + ErrnoMessage(errno));
   }
-  (void)SyncDir(dir);
+  // No fsync: after a crash the version is back or is trash, and either is removed next time.
   std::error_code ec;
   fs::remove_all(trash, ec);
   if (item.removes_current) {

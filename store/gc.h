@@ -5,8 +5,10 @@
 //
 // The rules (docs/store-layout.md, "Retention"):
 //   * a version that `current` points to is never removed while an artifact name is referenced;
-//     a name nobody references loses its `current` link first, then its versions;
-//   * per referenced name, the `keep_versions` newest versions are kept besides the referenced ones;
+//     a name nobody references loses all its versions, oldest first, the `current` link just
+//     before the version it points to;
+//   * per referenced name, the `keep_versions` newest versions (counting `current`) are kept, and
+//     referenced versions in any case;
 //   * a snapshot is kept while a resource reports it (resolvedRevision) or a kept version was built
 //     from it; a blob is kept while any remaining snapshot links it;
 //   * order: the oldest removable version, together with the snapshot it was built from (when
@@ -81,15 +83,15 @@ using InodeId = std::pair<uint64_t, uint64_t>;  // (st_dev, st_ino)
 
 struct VersionInfo {
   std::string name, version, path;
-  int64_t mtime_ns = 0;                  // when it was published
-  std::string source_folder, source_commit;  // from modelcache.json; empty if unreadable
+  int64_t mtime_ns = 0;                                // when it was published
+  std::string source_folder, source_commit;            // from modelcache.json; empty if unreadable
   std::vector<std::pair<std::string, InodeId>> files;  // every regular file, manifest included
 };
 
 struct SnapshotInfo {
   std::string folder, commit, path;  // folder: "models--org--name"
   int64_t mtime_ns = 0;
-  std::set<std::string> etags;       // blobs its links point to
+  std::set<std::string> etags;  // blobs its links point to
 };
 
 struct BlobInfo {
@@ -116,15 +118,16 @@ Result<StoreInventory> ScanStore(const LocalStore& store);
 // ---- references ----
 
 struct GcReferences {
-  std::set<std::string> names;                               // artifact names a resource uses
-  std::set<std::pair<std::string, std::string>> versions;    // (name, version) a resource reports
-  std::set<std::pair<std::string, std::string>> snapshots;   // (repo folder, commit)
+  std::set<std::string> names;                              // artifact names a resource uses
+  std::set<std::pair<std::string, std::string>> versions;   // (name, version) a resource reports
+  std::set<std::pair<std::string, std::string>> snapshots;  // (repo folder, commit)
 };
 
 // ---- plan and run ----
 
 struct GcOptions {
-  // Per referenced artifact name, versions kept besides the referenced ones (newest first).
+  // Per referenced artifact name, the N newest versions (counting `current`) are kept; referenced
+  // versions are kept in any case.
   int keep_versions = 2;
   uint64_t max_bytes = 0;  // store size limit; 0 = none
   uint64_t min_free = 0;   // free-space floor on the store's filesystem; 0 = none
@@ -141,19 +144,19 @@ std::string_view GcKindName(GcKind kind);  // "version", "snapshot", "blob"
 struct GcItem {
   GcKind kind = GcKind::Version;
   std::string path;
-  std::string name, version;      // Version: the artifact name and version
-  std::string folder, id;         // Snapshot: repo folder and commit; Blob: folder and etag
-  bool removes_current = false;   // Version: `current` points here (the name is unreferenced)
-  uint64_t freed_bytes = 0;       // bytes this removal frees, after the items before it
+  std::string name, version;     // Version: the artifact name and version
+  std::string folder, id;        // Snapshot: repo folder and commit; Blob: folder and etag
+  bool removes_current = false;  // Version: `current` points here (the name is unreferenced)
+  uint64_t freed_bytes = 0;      // bytes this removal frees, after the items before it
   std::string why;
 };
 
 struct GcReport {
-  std::vector<GcItem> items;      // in order; without dry_run, the ones actually removed
-  uint64_t used_bytes = 0;        // before
-  uint64_t free_bytes = 0;        // before
-  uint64_t freed_bytes = 0;       // sum of the items' freed_bytes
-  uint64_t needed_bytes = 0;      // what the limits asked for (0 without limits or when met)
+  std::vector<GcItem> items;  // in order; without dry_run, the ones actually removed
+  uint64_t used_bytes = 0;    // before
+  uint64_t free_bytes = 0;    // before
+  uint64_t freed_bytes = 0;   // sum of the items' freed_bytes
+  uint64_t needed_bytes = 0;  // what the limits asked for (0 without limits or when met)
   // The limits are still not met once everything removable was removed: the rest is referenced
   // (or kept by keep_versions, or busy).
   bool over_limits = false;
@@ -164,8 +167,8 @@ struct GcReport {
 // Pure: which items a GC removes from `inventory`, in order, given the references, options and
 // the filesystem's free bytes. Never lists a referenced version, `current` of a referenced name,
 // a kept snapshot or a linked blob.
-GcReport PlanGc(const StoreInventory& inventory, const GcReferences& refs,
-                const GcOptions& options, uint64_t free_bytes);
+GcReport PlanGc(const StoreInventory& inventory, const GcReferences& refs, const GcOptions& options,
+                uint64_t free_bytes);
 
 // Scans, plans and (unless dry_run) removes, taking the in-use locks exclusively: an item whose
 // repo or artifact name is busy is skipped and named in `busy`. A version is moved to .trash-*

@@ -99,8 +99,8 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
   // Room for two and a half revisions: publishing the third must evict the first, the fourth
   // the second; the third (no longer referenced) fits and stays.
   uint64_t limit = TotalSize(files_[1]) * 5 / 2;
-  Daemon daemon(DaemonOptions({"--store-max-bytes", std::to_string(limit), "--keep-versions",
-                               "1", "--gc-interval", "1h"}));
+  Daemon daemon(DaemonOptions(
+      {"--store-max-bytes", std::to_string(limit), "--keep-versions", "1", "--gc-interval", "1h"}));
   daemon.Start();
   std::vector<crds::ModelCache> ready;
   for (int i = 1; i <= 3; ++i) {
@@ -109,9 +109,8 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
     ready.push_back(*mc);
   }
   ASSERT_TRUE(WaitFor([&] {
-    return !Exists(VersionDir(ready[0])) &&
-           !Exists(store_dir() + "/hub/models--org--gc/blobs/" +
-                   Sha256Hex(files_[1]["model.safetensors"]));
+    return !Exists(VersionDir(ready[0])) && !Exists(store_dir() + "/hub/models--org--gc/blobs/" +
+                                                    Sha256Hex(files_[1]["model.safetensors"]));
   })) << daemon.Log();
   EXPECT_TRUE(Exists(VersionDir(ready[1])));
   auto fourth = CacheRevision("gc", "org/gc", 4);
@@ -147,10 +146,29 @@ TEST_F(GcTest, QuotaKeepsReferencedVersionsAndRemovesTheOldestUnreferenced) {
     return c != nullptr && c->reason == "Evicted" && c->message.find(v2) != std::string::npos;
   });
   ASSERT_TRUE(mc) << daemon.Log();
-  EXPECT_NE(ConditionText(*mc, "Retained").find("evicted 1 older version of gc"),
-            std::string::npos)
+  EXPECT_NE(ConditionText(*mc, "Retained").find("evicted 1 older version of gc"), std::string::npos)
       << ConditionText(*mc, "Retained");
   EXPECT_TRUE(IsReady(*mc));
+}
+
+TEST_F(GcTest, OverTheLimitWithOnlyReferencedDataKeepsItAndSaysSo) {
+  AddRepo("org/big", 1);
+  Daemon daemon(DaemonOptions({"--store-max-bytes", "1KiB", "--gc-interval", "1h"}));
+  daemon.Start();
+  auto mc = CacheRevision("big", "org/big", 1);
+  ASSERT_TRUE(mc) << daemon.Log();
+  auto kept = WaitForStatus(state_dir(), "big", [](const crds::ModelCache& m) {
+    const crds::Condition* c = crds::FindCondition(m.status.conditions, "Retained");
+    return c != nullptr && c->reason == "Kept";
+  });
+  ASSERT_TRUE(kept) << daemon.Log();
+  EXPECT_TRUE(IsReady(*kept));
+  EXPECT_NE(ConditionText(*kept, "Retained").find("over its limits"), std::string::npos)
+      << ConditionText(*kept, "Retained");
+  EXPECT_TRUE(Exists(VersionDir(*mc) + "/model.safetensors"));
+  EXPECT_TRUE(Exists(store_dir() + "/hub/models--org--big/snapshots/" +
+                     mc->status.resolved_revision + "/model.safetensors"));
+  EXPECT_NE(daemon.Log().find("still over the limits"), std::string::npos) << daemon.Log();
 }
 
 TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
@@ -178,8 +196,8 @@ TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   EXPECT_EQ(daemon.Terminate(), 0);
   ASSERT_TRUE(Exists(VersionDir(*dropped)));
 
-  std::vector<std::string> args = {"gc", "--store", store_dir(), "--state-dir", state_dir(),
-                                   "--keep-versions", "0"};
+  std::vector<std::string> args = {"gc",        "--store",         store_dir(), "--state-dir",
+                                   state_dir(), "--keep-versions", "0"};
   std::vector<std::string> dry = args;
   dry.push_back("--dry-run");
   auto plan = RunModelcache(dry);
@@ -281,6 +299,43 @@ TEST_F(GcTest, VerifyIntervalHealsACorruptedAndADeletedBlob) {
   std::ifstream linked(store_dir() + "/hub/models--org--heal/snapshots/" +
                        mc->status.resolved_revision + "/config.json");
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(linked), {}), files_[1]["config.json"]);
+}
+
+TEST_F(GcTest, AHealThatFailsPartWayResumesAsAHeal) {
+  AddRepo("org/retry", 1);
+  Daemon daemon(DaemonOptions({"--verify-interval", "300ms"}));
+  daemon.Start();
+  auto mc = CacheRevision("retry", "org/retry", 1);
+  ASSERT_TRUE(mc) << daemon.Log();
+  const std::string weights = files_[1]["model.safetensors"];
+  std::string blob = store_dir() + "/hub/models--org--retry/blobs/" + Sha256Hex(weights);
+  // The Hub fails every request for the weights while the heal runs.
+  modelcache::testing::Fault down;
+  down.kind = modelcache::testing::Fault::Kind::Status;
+  down.status = 503;
+  down.path_glob = "model.safetensors";
+  down.count = -1;
+  hub_.AddFault(down);
+  {
+    std::fstream io(blob, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(777);
+    io.put(static_cast<char>(weights[777] ^ 0x01));
+  }
+  auto failing = WaitForStatus(state_dir(), "retry", [](const crds::ModelCache& m) {
+    const crds::Condition* v = crds::FindCondition(m.status.conditions, "Verified");
+    const crds::Condition* r = crds::FindCondition(m.status.conditions, "Ready");
+    return v != nullptr && v->reason == "Healing" && r != nullptr && r->status == "False" &&
+           r->message.find("will retry") != std::string::npos;
+  });
+  ASSERT_TRUE(failing) << daemon.Log();
+  hub_.ClearFaults();
+  auto healed = WaitForStatus(state_dir(), "retry", [](const crds::ModelCache& m) {
+    const crds::Condition* c = crds::FindCondition(m.status.conditions, "Verified");
+    return IsReady(m) && c != nullptr && c->reason == "Healed";
+  });
+  ASSERT_TRUE(healed) << daemon.Log();
+  EXPECT_EQ(*Sha256File(blob), Sha256Hex(weights));
+  EXPECT_EQ(*Sha256File(VersionDir(*healed) + "/model.safetensors"), Sha256Hex(weights));
 }
 
 }  // namespace

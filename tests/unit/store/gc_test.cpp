@@ -137,7 +137,8 @@ TEST_F(GcTest, ReferencedVersionsAndCurrentAreNeverRemoved) {
   // v1's snapshot is kept because v1 is kept (it was built from it).
   EXPECT_TRUE(Exists(store_->RepoDir(kRepo) + "/snapshots/" + Commit('1')));
   // Nothing references v3's or v1's files, yet the artifacts still read.
-  EXPECT_EQ(testing::ReadText(VersionPath("m", v1) + "/model.safetensors"), Rev(1)["model.safetensors"]);
+  EXPECT_EQ(testing::ReadText(VersionPath("m", v1) + "/model.safetensors"),
+            Rev(1)["model.safetensors"]);
 }
 
 TEST_F(GcTest, KeepVersionsKeepsTheNewestAndRemovesTheOldestFirst) {
@@ -239,6 +240,7 @@ TEST_F(GcTest, SharedBlobsStayWhileAnySnapshotLinksThem) {
   AddSnapshot(kRepo, Commit('1'), Rev(1), 1000);
   AddSnapshot(kRepo, Commit('2'), Rev(2), 2000);
   ASSERT_TRUE(store_->WriteRef(kRepo, "old", Commit('1')));
+  ASSERT_TRUE(store_->WriteRef(kRepo, "refs/pr/1", Commit('1')));
   ASSERT_TRUE(store_->WriteRef(kRepo, "main", Commit('2')));
   GcReferences refs;
   refs.snapshots.insert({kFolder, Commit('2')});
@@ -253,6 +255,7 @@ TEST_F(GcTest, SharedBlobsStayWhileAnySnapshotLinksThem) {
             Rev(2)["config.json"]);
   // The ref to the removed commit went with it; the other stays.
   EXPECT_FALSE(Exists(store_->RepoDir(kRepo) + "/refs/old"));
+  EXPECT_FALSE(Exists(store_->RepoDir(kRepo) + "/refs/refs/pr/1"));
   EXPECT_EQ(testing::ReadText(store_->RepoDir(kRepo) + "/refs/main"), Commit('2'));
 }
 
