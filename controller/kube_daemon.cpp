@@ -132,7 +132,8 @@ class KubernetesMode final : public DaemonMode {
       : options_(options),
         client_(std::move(config)),
         source_(client_, std::move(source_options)),
-        statuses_(client_),
+        statuses_(client_, /*max_attempts=*/5,
+                  [this](const crds::ObjectKey& key) { return source_.Cached(key); }),
         events_(client_, RecorderOptions(options), RealClock::Get()) {}
 
   Source& source() override { return source_; }

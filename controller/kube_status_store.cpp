@@ -10,12 +10,17 @@ namespace modelcache::controller {
 
 using nlohmann::json;
 
-KubeStatusStore::KubeStatusStore(const KubeClient& client, int max_attempts)
-    : client_(client), max_attempts_(std::max(1, max_attempts)) {}
+KubeStatusStore::KubeStatusStore(const KubeClient& client, int max_attempts, CachedLookup cached)
+    : client_(client), max_attempts_(std::max(1, max_attempts)), cached_(std::move(cached)) {}
 
 uint64_t KubeStatusStore::conflicts() const { return conflicts_.load(); }
 
 Result<std::optional<crds::ModelCache>> KubeStatusStore::Read(const crds::ObjectKey& key) const {
+  if (cached_) {
+    if (std::optional<crds::ModelCache> object = cached_(key)) {
+      return object;
+    }
+  }
   auto reply = client_.Get(key.namespace_, key.name);
   if (!reply) {
     return reply.error();

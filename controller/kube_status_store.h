@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -22,10 +23,16 @@ namespace modelcache::controller {
 
 class KubeStatusStore final : public StatusStore {
  public:
-  // `client` must outlive the store.
-  explicit KubeStatusStore(const KubeClient& client, int max_attempts = 5);
+  // What the reflector already holds for a key (object and status), so that a first Read needs
+  // no request; nullopt when it holds nothing.
+  using CachedLookup = std::function<std::optional<crds::ModelCache>(const crds::ObjectKey&)>;
 
-  // GET of the object, status included; nullopt on 404.
+  // `client` must outlive the store.
+  explicit KubeStatusStore(const KubeClient& client, int max_attempts = 5,
+                           CachedLookup cached = {});
+
+  // The cached object if `cached` has it, else a GET of the object, status included; nullopt
+  // on 404.
   Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
   // Writes object_with_status.status (see above). An empty metadata.resourceVersion reads the
   // current one first. StorageError if the object no longer exists (404) or the conflicts
@@ -43,6 +50,7 @@ class KubeStatusStore final : public StatusStore {
  private:
   const KubeClient& client_;
   const int max_attempts_;
+  const CachedLookup cached_;
   mutable std::atomic<uint64_t> conflicts_{0};
 };
 

@@ -414,6 +414,27 @@ TEST_F(KubeTest, NodeNameFilterCachesOnlyWhatTheNodeSelectorGivesThisNode) {
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 
+TEST_F(KubeTest, RestartTrustsTheStatusOnTheServerAndWritesNothingNew) {
+  AddRepo("org/model", SmallModelFiles(20000, 10));
+  Create(ModelCacheObject("old", "org/model"));
+  {
+    Daemon daemon(DaemonOptions());
+    daemon.Start();
+    ASSERT_TRUE(IsReadyForGeneration(WaitReady("old"))) << daemon.Log();
+    EXPECT_EQ(daemon.Terminate(), 0);
+  }
+  std::string rv = Get("old")["metadata"]["resourceVersion"];
+  uint64_t status_updates = api_.stats().status_updates;
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  // A new object going Ready shows the restarted daemon has been through the old one.
+  Create(ModelCacheObject("new", "org/model", {{"artifactName", "new"}}));
+  ASSERT_TRUE(IsReadyForGeneration(WaitReady("new"))) << daemon.Log();
+  EXPECT_EQ(Get("old")["metadata"]["resourceVersion"], rv);
+  EXPECT_GT(api_.stats().status_updates, status_updates);  // the new one's
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
 TEST_F(KubeTest, BadCredentialsFailAtStartWithUnauthorized) {
   std::ofstream(tmp_ / "bad-kubeconfig")
       << "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"" << api_.url()
