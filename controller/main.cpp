@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
-                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key>");
+                      "Directory mode: tokenSecretRef {name,key} is read from "
+                      "<secrets-dir>/<name>/<key> (Kubernetes mode reads the Secret)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
