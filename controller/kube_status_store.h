@@ -11,6 +11,10 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
 #include <optional>
 #include <vector>
 
@@ -47,11 +51,28 @@ class KubeStatusStore final : public StatusStore {
   // 409 answers received so far (for tests and metrics).
   uint64_t conflicts() const;
 
+  // Tells the store that this process moved `key` from resourceVersion `from` to `to` (Write
+  // does this itself; the finalizer edit calls it). A later Write based on `from` — the
+  // reflector's cache may not have seen `to` yet — is then sent with `to` instead of drawing a
+  // 409 and a re-read. If someone else changed the object meanwhile, the 409 path still applies.
+  // resourceVersions are only compared for equality, as clients must.
+  void NoteUpdate(const crds::ObjectKey& key, const std::string& from, const std::string& to);
+
  private:
   const KubeClient& client_;
   const int max_attempts_;
   const CachedLookup cached_;
   mutable std::atomic<uint64_t> conflicts_{0};
+
+  // Per key: resourceVersions this process has moved past, and where they lead.
+  struct Moved {
+    std::set<std::string> from;
+    std::string to;
+  };
+  // The resourceVersion to send for a write based on `rv`.
+  std::string Current(const crds::ObjectKey& key, const std::string& rv) const;
+  mutable std::mutex moved_mu_;
+  std::map<crds::ObjectKey, Moved> moved_;  // GUARDED_BY(moved_mu_)
 };
 
 }  // namespace modelcache::controller

@@ -212,6 +212,9 @@ TEST_F(KubeTest, CreatedObjectBecomesReadyWithStatusFinalizerAndEvents) {
   EXPECT_TRUE(fs::exists(artifact["path"].get<std::string>() + "/config.json"));
   // The status subresource was used: the spec is untouched.
   EXPECT_EQ(ready["spec"], ModelCacheObject("model", "org/model")["spec"]);
+  // Nobody else wrote: the daemon's own finalizer and status writes never conflicted with each
+  // other, even where the watch had not caught up yet.
+  EXPECT_EQ(api_.stats().conflicts, 0u);
 
   // Events: a Normal event on each phase transition, Ready last.
   ASSERT_TRUE(WaitFor([&] { return !EventsFor("model", "Ready").empty(); }, seconds(10)));
