@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "controller/commands.h"
 #include "controller/directory_source.h"
 
 namespace modelcache::controller {
@@ -12,6 +13,7 @@ class DirectoryMode final : public DaemonMode {
   DirectoryMode(std::string watch_dir, const std::string& state_dir,
                 std::chrono::milliseconds resync_period)
       : watch_dir_(std::move(watch_dir)),
+        state_dir_(state_dir),
         statuses_(state_dir),
         source_(watch_dir_, resync_period, &statuses_) {}
 
@@ -19,11 +21,14 @@ class DirectoryMode final : public DaemonMode {
   StatusStore& statuses() override { return statuses_; }
   void Configure(ManagerOptions& /*manager*/,
                  reconcilers::ReconcilerOptions& /*reconciler*/) override {}
-  std::string Describe() const override { return "watching " + watch_dir_; }
+  std::string Describe() const override {
+    return "watching " + watch_dir_ + " (status in " + state_dir_ + ")";
+  }
   void Shutdown() override {}
 
  private:
   std::string watch_dir_;
+  std::string state_dir_;
   FileStatusStore statuses_;
   DirectorySource source_;  // after statuses_: it reads them
 };
@@ -34,6 +39,24 @@ std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,
                                              const std::string& state_dir,
                                              std::chrono::milliseconds resync_period) {
   return std::make_unique<DirectoryMode>(watch_dir, state_dir, resync_period);
+}
+
+Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
+                                                  const Environment& env,
+                                                  const std::string& state_dir) {
+  if (!options.kubernetes) {
+    return NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  }
+  KubernetesModeOptions ko;
+  ko.kubeconfig = options.kubeconfig;
+  ko.ns = options.namespace_;
+  ko.node_name = options.node_name;
+  ko.resync_period = options.resync_period;
+  auto mode = NewKubernetesMode(ko, env.kube);
+  if (!mode) {
+    return Error(mode.error().reason, "--kubernetes: " + mode.error().message);
+  }
+  return std::move(*mode);
 }
 
 }  // namespace modelcache::controller
