@@ -13,7 +13,6 @@ class DirectoryMode final : public DaemonMode {
   DirectoryMode(std::string watch_dir, const std::string& state_dir,
                 std::chrono::milliseconds resync_period)
       : watch_dir_(std::move(watch_dir)),
-        state_dir_(state_dir),
         statuses_(state_dir),
         source_(watch_dir_, resync_period, &statuses_) {}
 
@@ -21,14 +20,11 @@ class DirectoryMode final : public DaemonMode {
   StatusStore& statuses() override { return statuses_; }
   void Configure(ManagerOptions& /*manager*/,
                  reconcilers::ReconcilerOptions& /*reconciler*/) override {}
-  std::string Describe() const override {
-    return "watching " + watch_dir_ + " (status in " + state_dir_ + ")";
-  }
+  std::string Describe() const override { return "watching " + watch_dir_; }
   void Shutdown() override {}
 
  private:
   std::string watch_dir_;
-  std::string state_dir_;
   FileStatusStore statuses_;
   DirectorySource source_;  // after statuses_: it reads them
 };

@@ -101,11 +101,12 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   // The mode decides where desired state comes from and where status goes; the Manager and the
   // reconciler below are the same for both.
-  auto mode = NewDaemonMode(options, env, state_dir);
-  if (!mode) {
-    std::cerr << "modelcache: " << mode.error().message << "\n";
+  auto made = NewDaemonMode(options, env, state_dir);
+  if (!made) {
+    std::cerr << "modelcache: " << made.error().message << "\n";
     return 1;
   }
+  std::unique_ptr<DaemonMode> mode = std::move(*made);
   ObjectCache cache;
 
   Manager* manager_ptr = nullptr;
@@ -126,21 +127,20 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   };
   ManagerOptions mo;
   mo.workers = options.workers;
-  (*mode)->Configure(mo, ro);
+  mode->Configure(mo, ro);
   reconcilers::ModelCacheReconciler reconciler(ro);
-  Manager manager(mo, (*mode)->source(), cache, (*mode)->statuses(), reconciler,
-                  RealClock::Get());
+  Manager manager(mo, mode->source(), cache, mode->statuses(), reconciler, RealClock::Get());
   manager_ptr = &manager;
 
-  spdlog::info("modelcache {} (store {}, hub {}, {} workers)", (*mode)->Describe(),
-               (*store)->root(), ro.hf_endpoint, options.workers);
+  spdlog::info("modelcache {} (store {}, state {}, hub {}, {} workers)", mode->Describe(),
+               (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     sd_notify(0, "READY=1");
   });
   sd_notify(0, "STOPPING=1");
   manager_ptr = nullptr;
-  (*mode)->Shutdown();
+  mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);
     return 1;
