@@ -27,13 +27,16 @@ int main(int argc, char** argv) {
   watch->excludes(kube);
   run_cmd->add_option("--kubeconfig", run.kubeconfig,
                       "Kubernetes mode: kubeconfig file (default: KUBECONFIG, else in-cluster, "
-                      "else ~/.kube/config)");
+                      "else ~/.kube/config)")
+      ->needs(kube);
   run_cmd->add_option("--namespace", run.namespace_,
-                      "Kubernetes mode: watch only this namespace (default: all namespaces)");
+                      "Kubernetes mode: watch only this namespace (default: all namespaces)")
+      ->needs(kube);
   run_cmd->add_option("--node-name", run.node_name,
                       "Kubernetes mode, one daemon per node: cache only resources whose "
                       "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
-                      "no node filter)");
+                      "no node filter)")
+      ->needs(kube);
   run_cmd->add_option("--store", run.store, "Store: a path or file:// URI")
       ->capture_default_str();
   run_cmd->add_option("--state-dir", run.state_dir,
