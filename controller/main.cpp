@@ -27,16 +27,13 @@ int main(int argc, char** argv) {
   watch->excludes(kube);
   run_cmd->add_option("--kubeconfig", run.kubeconfig,
                       "Kubernetes mode: kubeconfig file (default: KUBECONFIG, else in-cluster, "
-                      "else ~/.kube/config)")
-      ->needs(kube);
+                      "else ~/.kube/config)");
   run_cmd->add_option("--namespace", run.namespace_,
-                      "Kubernetes mode: watch only this namespace (default: all namespaces)")
-      ->needs(kube);
+                      "Kubernetes mode: watch only this namespace (default: all namespaces)");
   run_cmd->add_option("--node-name", run.node_name,
                       "Kubernetes mode, one daemon per node: cache only resources whose "
                       "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
-                      "no node filter)")
-      ->needs(kube);
+                      "no node filter)");
   run_cmd->add_option("--store", run.store, "Store: a path or file:// URI")
       ->capture_default_str();
   run_cmd->add_option("--state-dir", run.state_dir,
@@ -68,6 +65,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--log-level", run.log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
+
+  for (const char* flag : {"--kubeconfig", "--namespace", "--node-name"}) {
+    run_cmd->get_option(flag)->needs(kube);
+  }
 
   // prefetch
   mc::PrefetchOptions prefetch;
