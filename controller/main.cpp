@@ -105,7 +105,8 @@ int main(int argc, char** argv) {
                       "Where status lives in directory mode (default: <store>/state; "
                       "<cache-dir>/state for an s3:// store)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
-                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key> (default: none)");
+                      "Directory mode: tokenSecretRef {name,key} is read from "
+                      "<secrets-dir>/<name>/<key> (Kubernetes mode reads the Secret; default: none)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
@@ -161,6 +162,10 @@ int main(int argc, char** argv) {
                       "Re-hash each Ready artifact this often and re-fetch what changed on disk "
                       "(0 = never)")
       ->capture_default_str();
+
+  for (const char* flag : {"--kubeconfig", "--namespace", "--node-name"}) {
+    run_cmd->get_option(flag)->needs(kube);
+  }
 
   // prefetch
   mc::PrefetchOptions prefetch;
