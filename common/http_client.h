@@ -8,6 +8,7 @@
 // Thread-safe: each thread keeps its own curl handle, so connections are reused per thread.
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <stop_token>
 #include <string>
@@ -29,11 +30,23 @@ struct TlsOptions {
   bool insecure_skip_verify = false;
 };
 
+// A request body produced while it is sent, instead of HttpRequest::body: exactly `size` bytes
+// (sent as Content-Length), pulled in order by `read(offset, buffer, n)`, which fills up to `n`
+// bytes of the body starting at `offset` and returns how many (at least 1 while offset < size).
+// Reads are positional so that curl can rewind (a re-sent request starts again at offset 0).
+// An error from `read` aborts the request and is returned as it is.
+struct HttpBodySource {
+  uint64_t size = 0;
+  std::function<Result<size_t>(uint64_t offset, char* buffer, size_t n)> read;
+};
+
 struct HttpRequest {
   std::string method = "GET";
   std::string url;
   HttpHeaders headers;
   std::string body;
+  // When set, the body comes from here (and `body` is ignored). Must outlive the call.
+  const HttpBodySource* body_source = nullptr;
   // Follow 3xx answers (curl drops a custom Authorization header when the host changes).
   bool follow_redirects = false;
   std::chrono::milliseconds connect_timeout{10'000};

@@ -5,8 +5,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
+
+#include "common/result.h"
 
 namespace modelcache::controller {
 
@@ -16,6 +20,10 @@ struct Environment {
   std::string hf_token;      // HF_TOKEN, else the token file under HF_HOME
   std::string hf_home;       // HF_HOME, default ~/.cache/huggingface
   std::string hf_hub_cache;  // HF_HUB_CACHE
+  // What Kubernetes mode reads (KUBECONFIG, KUBERNETES_SERVICE_HOST/PORT, HOME, NODE_NAME).
+  std::map<std::string, std::string> kube;
+  // AWS_* variables and HOME: the environment store::LoadAwsConfig resolves S3 settings from.
+  std::map<std::string, std::string> aws;
   static Environment FromProcess();
 };
 
@@ -28,12 +36,24 @@ struct TransferFlags {
   uint64_t chunk_size = 32ULL << 20;      // largest byte range per request
 };
 
+// Every option of a command by long name (without "--") with its value as text
+// (controller/run_config.h): what SIGHUP compares to see which settings changed.
+using ConfigValues = std::map<std::string, std::string>;
+
 struct RunOptions {
   std::string watch_dir;
   bool kubernetes = false;
+  std::string kubeconfig;    // default: KUBECONFIG, else in-cluster, else ~/.kube/config
+  std::string namespace_;    // Kubernetes mode: "" = all namespaces
+  std::string node_name;     // Kubernetes mode: only what spec.nodeSelector gives this node
   std::string store = "/var/lib/modelcache";
-  std::string state_dir;     // default: <store>/state
+  std::string state_dir;     // default: <store>/state (<cache-dir>/state for an s3:// store)
   std::string secrets_dir;
+  // For an s3:// store (or specs with an s3:// storage.uri): the local store that stages downloads
+  // and shards before the upload. Default: --store when local, else /var/lib/modelcache.
+  std::string cache_dir;
+  std::string s3_endpoint;   // --s3-endpoint: wins over AWS_ENDPOINT_URL and the profile
+  std::string s3_secret;     // --s3-secret: <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, …
   std::string hf_endpoint;   // default: HF_ENDPOINT, else https://huggingface.co
   int workers = 2;
   int max_concurrent_jobs = 4;
@@ -43,6 +63,23 @@ struct RunOptions {
   std::chrono::milliseconds retry_base_delay{1000};
   std::string log_format = "text";
   std::string log_level = "info";
+  // The HTTP endpoint (/healthz, /readyz, /metrics): HOST:PORT; "" or "off": none.
+  std::string listen = "127.0.0.1:8081";
+  // How long a graceful shutdown may take before the daemon logs what is still running and exits
+  // non-zero.
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
+  // --config FILE ("" when none), every option's value as parsed, and how to parse them again
+  // (SIGHUP). Without reread_config, SIGHUP only re-sends the systemd notifications.
+  std::string config_file;
+  ConfigValues config_values;
+  std::function<Result<ConfigValues>()> reread_config;
+  // Store retention (docs/store-layout.md): GC runs only when a limit is set (0 = none).
+  int keep_versions = 2;
+  uint64_t store_max_bytes = 0;
+  uint64_t min_free = 0;
+  std::chrono::milliseconds gc_interval{std::chrono::minutes(10)};
+  // Re-verify Ready artifacts this often and heal what changed on disk; 0 = never.
+  std::chrono::milliseconds verify_interval{std::chrono::hours(24)};
 };
 int RunDaemon(const RunOptions& options, const Environment& env);
 
@@ -51,6 +88,8 @@ struct PrefetchOptions {
   std::string type = "model";
   std::string store;         // default: HF_HOME (so that <store>/hub is huggingface_hub's cache)
   std::string hf_endpoint;
+  std::string cache_dir;     // for an s3:// store: the local staging store; default as `store`
+  std::string s3_endpoint;
   std::string name;          // artifact name; default from the repo
   std::vector<std::string> include;
   std::vector<std::string> exclude;
@@ -64,6 +103,13 @@ struct PrefetchOptions {
 };
 int Prefetch(const PrefetchOptions& options, const Environment& env);
 
+struct PullOptions {
+  std::string uri;           // s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION]
+  std::string dir;
+  std::string s3_endpoint;
+};
+int Pull(const PullOptions& options, const Environment& env);
+
 struct GetOptions {
   std::string name;
   std::string namespace_ = "default";
@@ -74,6 +120,16 @@ struct GetOptions {
 int Get(const GetOptions& options);
 
 int Validate(const std::vector<std::string>& files);
+
+struct GcCommandOptions {
+  std::string store = "/var/lib/modelcache";
+  std::string state_dir;  // default: <store>/state
+  bool dry_run = false;
+  int keep_versions = 2;
+  std::string store_max_bytes = "0";  // 0: no limit: remove everything unreferenced
+  std::string min_free = "0";
+};
+int CollectGarbage(const GcCommandOptions& options);
 
 struct ShardCommandOptions {
   std::string src_dir;

@@ -8,6 +8,7 @@
 
 #include "common/units.h"
 #include "controller/commands.h"
+#include "controller/run_config.h"
 
 namespace mc = modelcache::controller;
 
@@ -74,16 +75,35 @@ int main(int argc, char** argv) {
   std::string retry_base = "1s";
   auto* run_cmd = app.add_subcommand("run", "Run the controller daemon");
   auto* watch = run_cmd->add_option("--watch-dir", run.watch_dir,
-                                    "Directory of ModelCache YAML to watch (directory mode)");
+                                    "Directory of ModelCache YAML to watch (directory mode; this or --kubernetes)");
   auto* kube = run_cmd->add_flag("--kubernetes", run.kubernetes,
-                                 "Watch ModelCache resources on the Kubernetes API server");
+                                 "Watch ModelCache resources on the Kubernetes API server (default: off)");
   watch->excludes(kube);
-  run_cmd->add_option("--store", run.store, "Store: a path or file:// URI")
+  run_cmd->add_option("--kubeconfig", run.kubeconfig,
+                      "Kubernetes mode: kubeconfig file (default: KUBECONFIG, else in-cluster, "
+                      "else ~/.kube/config)");
+  run_cmd->add_option("--namespace", run.namespace_,
+                      "Kubernetes mode: watch only this namespace (default: all namespaces)");
+  run_cmd->add_option("--node-name", run.node_name,
+                      "Kubernetes mode, one daemon per node: cache only resources whose "
+                      "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
+                      "no node filter)");
+  run_cmd->add_option("--store", run.store, "Store: a path, file:// URI or s3://BUCKET[/PREFIX]")
       ->capture_default_str();
+  run_cmd->add_option("--cache-dir", run.cache_dir,
+                      "Local store where downloads and shards are staged before an S3 upload "
+                      "(default: --store when local, else /var/lib/modelcache)");
+  run_cmd->add_option("--s3-endpoint", run.s3_endpoint,
+                      "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                      "profile's, else AWS)");
+  run_cmd->add_option("--s3-secret", run.s3_secret,
+                      "S3 credentials from <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, "
+                      "AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN] (default: AWS environment and "
+                      "profiles)");
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
-                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key>");
+                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key> (default: none)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
@@ -106,6 +126,39 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--log-level", run.log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
+  run_cmd->add_option("--listen", run.listen,
+                      "HOST:PORT of /healthz, /readyz and /metrics ([::1]:PORT for IPv6); \"\" or "
+                      "off: none")
+      ->capture_default_str();
+  std::string shutdown_timeout = "30s";
+  run_cmd->add_option("--shutdown-timeout", shutdown_timeout,
+                      "On SIGTERM/SIGINT, exit non-zero (naming what still runs) if shutdown takes "
+                      "longer")
+      ->capture_default_str();
+  mc::AddConfigFileOption(run_cmd)->type_name("FILE");
+  std::string run_max_bytes = "0";
+  std::string run_min_free = "0";
+  std::string gc_interval = "10m";
+  std::string verify_interval = "24h";
+  run_cmd->add_option("--keep-versions", run.keep_versions,
+                      "GC keeps this many newest versions of each referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  run_cmd->add_option("--store-max-bytes", run_max_bytes,
+                      "GC removes unreferenced data, oldest first, while the store is larger "
+                      "(e.g. 500GiB; 0 = no limit)")
+      ->capture_default_str();
+  run_cmd->add_option("--min-free", run_min_free,
+                      "GC removes unreferenced data, oldest first, while the store's disk has "
+                      "less free (e.g. 20GiB; 0 = no floor)")
+      ->capture_default_str();
+  run_cmd->add_option("--gc-interval", gc_interval,
+                      "How often GC checks the limits (also after each publish)")
+      ->capture_default_str();
+  run_cmd->add_option("--verify-interval", verify_interval,
+                      "Re-hash each Ready artifact this often and re-fetch what changed on disk "
+                      "(0 = never)")
+      ->capture_default_str();
 
   // prefetch
   mc::PrefetchOptions prefetch;
@@ -117,8 +170,14 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"model", "dataset"}));
   prefetch_cmd->add_option("--store", prefetch.store,
-                           "Store path or file:// URI (default: HF_HOME, so <store>/hub is the "
-                           "huggingface_hub cache)");
+                           "Store path, file:// URI or s3://BUCKET[/PREFIX] (default: HF_HOME, so "
+                           "<store>/hub is the huggingface_hub cache)");
+  prefetch_cmd->add_option("--cache-dir", prefetch.cache_dir,
+                           "For an s3:// store: the local store that stages downloads and shards "
+                           "(default: HF_HOME)");
+  prefetch_cmd->add_option("--s3-endpoint", prefetch.s3_endpoint,
+                           "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                           "profile's, else AWS)");
   prefetch_cmd->add_option("--hf-endpoint", prefetch.hf_endpoint, "Hub endpoint");
   prefetch_cmd->add_option("--name", prefetch.name, "Artifact name (default: from the repo)");
   prefetch_cmd->add_option("--include", prefetch.include, "fnmatch patterns of files to fetch");
@@ -163,10 +222,42 @@ int main(int argc, char** argv) {
   get_cmd->add_option("--state-dir", get.state_dir, "The daemon's --state-dir")
       ->capture_default_str();
 
+  // pull
+  mc::PullOptions pull;
+  auto* pull_cmd = app.add_subcommand(
+      "pull", "Download a published artifact version from S3 into DIR, verified, atomically");
+  pull_cmd->add_option("uri", pull.uri, "s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION] "
+                                        "(no VERSION: the current one)")
+      ->required();
+  pull_cmd->add_option("dir", pull.dir, "Target directory (replaced atomically by the new version)")
+      ->required();
+  pull_cmd->add_option("--s3-endpoint", pull.s3_endpoint,
+                       "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                       "profile's, else AWS)");
+
   // validate
   std::vector<std::string> files;
   auto* validate_cmd = app.add_subcommand("validate", "Validate ModelCache manifests offline");
   validate_cmd->add_option("files", files, "YAML files")->required();
+
+  // gc
+  mc::GcCommandOptions gc;
+  auto* gc_cmd = app.add_subcommand(
+      "gc", "Remove store data no ModelCache references (docs/store-layout.md, Retention)");
+  gc_cmd->add_flag("--dry-run", gc.dry_run, "Print what would be removed; remove nothing");
+  gc_cmd->add_option("--store", gc.store, "Store path or file:// URI")->capture_default_str();
+  gc_cmd->add_option("--state-dir", gc.state_dir,
+                     "The daemon's status records: the references (default: <store>/state)");
+  gc_cmd->add_option("--keep-versions", gc.keep_versions,
+                     "Newest versions kept per referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  gc_cmd->add_option("--store-max-bytes", gc.store_max_bytes,
+                     "Remove only until the store is this small (0 = remove all unreferenced)")
+      ->capture_default_str();
+  gc_cmd->add_option("--min-free", gc.min_free,
+                     "Remove only until the disk has this much free (0 = no floor)")
+      ->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -191,7 +282,49 @@ int main(int argc, char** argv) {
     if (int code = ParseTransferFlags(run_transfer, run.transfer); code != 0) {
       return code;
     }
-    return mc::RunDaemon(run, env);
+    auto max_bytes = modelcache::ParseByteSize(run_max_bytes);
+    if (!max_bytes) {
+      std::cerr << "modelcache: --store-max-bytes: " << max_bytes.error().message << "\n";
+      return 2;
+    }
+    run.store_max_bytes = *max_bytes;
+    auto min_free = modelcache::ParseByteSize(run_min_free);
+    if (!min_free) {
+      std::cerr << "modelcache: --min-free: " << min_free.error().message << "\n";
+      return 2;
+    }
+    run.min_free = *min_free;
+    auto gc_every = modelcache::ParseDuration(gc_interval);
+    if (!gc_every || gc_every->count() <= 0) {
+      std::cerr << "modelcache: --gc-interval: must be a positive duration like 10m\n";
+      return 2;
+    }
+    run.gc_interval = *gc_every;
+    auto verify_every = modelcache::ParseDuration(verify_interval);
+    if (!verify_every) {
+      std::cerr << "modelcache: --verify-interval: " << verify_every.error().message << "\n";
+      return 2;
+    }
+    run.verify_interval = *verify_every;
+    auto stop_timeout = modelcache::ParseDuration(shutdown_timeout);
+    if (!stop_timeout) {
+      std::cerr << "modelcache: --shutdown-timeout: " << stop_timeout.error().message << "\n";
+      return 2;
+    }
+    run.shutdown_timeout = *stop_timeout;
+    if (const CLI::Option* config = run_cmd->get_config_ptr(); config->count() > 0) {
+      run.config_file = config->results().front();
+    }
+    run.config_values = mc::OptionValues(*run_cmd);
+    // SIGHUP parses the same command line again, so the file is re-read and flags still win.
+    // Re-parsing writes the variables bound above, which RunDaemon's copy no longer reads.
+    run.reread_config = [&app, run_cmd, argc, argv] {
+      return mc::Reparse(app, *run_cmd, argc, argv);
+    };
+    if (run.node_name.empty() && run.kubernetes && env.kube.count("NODE_NAME") != 0) {
+      run.node_name = env.kube["NODE_NAME"];
+    }
+    return mc::RunDaemon(mc::RunOptions(run), env);
   }
   if (prefetch_cmd->parsed()) {
     prefetch.progress = !no_progress;
@@ -203,8 +336,14 @@ int main(int argc, char** argv) {
   if (shard_cmd->parsed()) {
     return mc::Shard(shard);
   }
+  if (pull_cmd->parsed()) {
+    return mc::Pull(pull, env);
+  }
   if (get_cmd->parsed()) {
     return mc::Get(get);
+  }
+  if (gc_cmd->parsed()) {
+    return mc::CollectGarbage(gc);
   }
   if (validate_cmd->parsed()) {
     return mc::Validate(files);

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -16,6 +17,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "store/gc.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -86,6 +88,59 @@ Result<std::string> MakeShardSource(const store::LocalStore& store, const store:
   return dir;
 }
 
+// Tells the observer what a transfer placed in the store. Counted from the files now in place
+// rather than from the transfer's results, so that a cancelled or failed run still counts the
+// files it completed (they stay, verified); a blob shared by several tasks counts once.
+void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
+                      const Result<std::vector<fetch::FileResult>>& results,
+                      const CacheJobInputs& in) {
+  uint64_t bytes = 0;
+  std::set<std::string> seen;
+  for (const auto& t : tasks) {
+    if (!seen.insert(t.final_path).second) {
+      continue;
+    }
+    std::error_code ec;
+    auto size = fs::file_size(t.final_path, ec);
+    if (!ec && size == t.size) {
+      bytes += t.size;
+    }
+  }
+  if (bytes > 0) {
+    in.observer->BytesDownloaded(bytes);
+  }
+  if (!results && results.error().reason == Reason::ChecksumMismatch) {
+    in.observer->VerificationFailed(in.key, results.error().message);
+  }
+}
+
+// Uploads a locally published version to the S3 store and commits it there.
+// TODO(#8): an unsharded artifact could stream from the Hub to the bucket without the local copy;
+// S3ArtifactStore::PutFile + Commit are the seam for that.
+Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::LocalStore& local,
+                                             const store::PublishedArtifact& published,
+                                             CacheJobState& state, std::stop_token stop) {
+  auto manifest = local.ReadVersion(published.name, published.version);
+  if (!manifest) {
+    return manifest.error();
+  }
+  if (!*manifest) {
+    return Error(Reason::StorageError, "the local version " + published.path + " disappeared");
+  }
+  auto s3 = store::S3ArtifactStore::Open(in.s3_uri, in.aws);
+  if (!s3) {
+    return s3.error();
+  }
+  spdlog::info("{}: uploading {} ({} files, {}) to {}", in.key.ToString(), published.id,
+               published.files, FormatBytes(published.size_bytes), (*s3)->Describe(**manifest).uri);
+  auto uploaded = (*s3)->Publish(published.path, **manifest, state.upload, stop);
+  if (uploaded) {
+    spdlog::info("{}: {} of {} files were already in the bucket or copied there", in.key.ToString(),
+                 state.upload.files_deduplicated.load(), published.files);
+  }
+  return uploaded;
+}
+
 }  // namespace
 
 std::string_view JobPhaseName(JobPhase phase) {
@@ -138,10 +193,22 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   store::LocalStore& store = **opened;
   store::RepoRef repo{spec.source.type, spec.source.repo};
 
+  // Garbage collection leaves the repo and the artifact name alone while we use them.
+  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoFolderName(repo), stop);
+  if (!repo_in_use) {
+    return repo_in_use.error();
+  }
+  auto name_in_use = store::LockInUse(store.root(), "artifact", spec.artifact_name, stop);
+  if (!name_in_use) {
+    return name_in_use.error();
+  }
+
   // Resolve.
   state.phase = JobPhase::Resolving;
   fetch::HubClient hub(in.hub);
-  auto commit = hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop);
+  auto commit = in.pinned_commit.empty()
+                    ? hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop)
+                    : Result<std::string>(in.pinned_commit);
   if (!commit) {
     return commit.error();
   }
@@ -192,6 +259,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
         }
         spdlog::warn("{}: {} does not match its checksum; fetching it again", in.key.ToString(),
                      f.path);
+        if (in.observer != nullptr) {
+          in.observer->VerificationFailed(in.key, f.path);
+        }
         if (auto removed = store.RemoveBlob(repo, f.etag()); !removed) {
           return removed.error();
         }
@@ -234,6 +304,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     auto transfer = in.transfer_factory(in.hub);
     // The transfer counts its own bytes; seed it with what is already in the store.
     auto results = transfer->Run(tasks, state.transfer, stop);
+    if (in.observer != nullptr) {
+      ReportDownloaded(tasks, results, in);
+    }
     if (!results) {
       return results.error();
     }
@@ -264,8 +337,10 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     }
     manifest_files.push_back({f.path, f.size, sha256[i]});
   }
-  if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
-    return r.error();
+  if (in.pinned_commit.empty()) {
+    if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
+      return r.error();
+    }
   }
   lock->Release();
   if (stop.stop_requested()) {
@@ -304,7 +379,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     opts.dtype = spec.shard->dtype;
     opts.max_file_size = *max_size;
     opts.threads = in.shard_threads;
+    auto shard_start = std::chrono::steady_clock::now();
     auto sharded = shard::ShardCheckpoint(opts, state.shard, stop);
+    if (sharded && in.observer != nullptr) {
+      in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
+    }
     std::error_code ec;
     fs::remove_all(*src, ec);
     if (!sharded) {
@@ -344,8 +423,21 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     discard_staging();
     return published.error();
   }
+  if (!in.s3_uri.empty()) {
+    // The local version is the staging area of the upload; the bucket is the artifact's home.
+    state.phase = JobPhase::Uploading;
+    auto uploaded = PublishToS3(in, store, *published, state, stop);
+    if (!uploaded) {
+      return uploaded.error();
+    }
+    published = std::move(uploaded);
+  }
   state.phase = JobPhase::Done;
-  return CacheJobOutput{*commit, *published};
+  CacheJobOutput output{*commit, *published, {}};
+  for (const auto& t : tasks) {
+    output.fetched.push_back(t.path);
+  }
+  return output;
 }
 
 }  // namespace modelcache::reconcilers

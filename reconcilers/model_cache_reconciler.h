@@ -13,18 +13,32 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
 #include "fetch/transfer_engine.h"
+#include "reconcilers/observer.h"
 #include "reconcilers/reconciler.h"
+#include "store/aws_config.h"
 
 namespace modelcache::reconcilers {
 
 struct ReconcilerOptions {
-  // Store used when spec.storage.uri is empty: a path or file:// URI (--store).
+  // Store used when spec.storage.uri is empty: a path, file:// URI or s3://bucket/prefix (--store).
   std::string default_store;
+  // For s3:// stores: the local store where downloads land and shards are written before the
+  // upload (--cache-dir). Default: default_store when that is local. Must be local.
+  std::string local_cache;
+  // For s3:// stores: AWS_* variables and HOME (store::LoadAwsConfig's environment), read by main;
+  // `aws_overrides.endpoint_url` is --s3-endpoint.
+  store::Environment aws_env;
+  store::AwsOverrides aws_overrides;
+  // Directory mode: a <secrets_dir>/<s3_secret>/ entry whose files AWS_ACCESS_KEY_ID,
+  // AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL override
+  // the environment (--s3-secret). Re-read for every job, so a rotated secret is picked up.
+  std::string s3_secret;
   // Hub endpoint used when spec.source.endpoint is empty (--hf-endpoint, else HF_ENDPOINT, else
   // https://huggingface.co). Resolved by main.
   std::string hf_endpoint = "https://huggingface.co";
@@ -32,6 +46,11 @@ struct ReconcilerOptions {
   std::string hf_token;
   // Directory-mode secrets: tokenSecretRef {name, key} is read from <secrets_dir>/<name>/<key>.
   std::string secrets_dir;
+  // When set, resolves tokenSecretRef instead of secrets_dir (Kubernetes mode: a Secret in the
+  // resource's namespace). Returns the token, or an Error whose message names the Secret and key
+  // but never a value. Called from reconcile workers; must be thread-safe.
+  std::function<Result<std::string>(const crds::ObjectKey& owner, const crds::SecretKeyRef& ref)>
+      secret_lookup;
   // Jobs (downloads, shards) that run at once; more wait in phase Pending.
   int max_concurrent_jobs = 4;
   // The transfer engine's settings (connections, per-artifact connections, chunk size, bandwidth
@@ -51,6 +70,18 @@ struct ReconcilerOptions {
   // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
   // the next progress poll.
   std::function<void(const crds::ObjectKey&)> wake;
+  // Told about jobs, downloaded bytes, verification failures and shard durations (metrics).
+  // Not owned; must outlive the reconciler. nullptr: nobody is told.
+  ReconcileObserver* observer = nullptr;
+  // Drift healing: a Ready artifact is re-verified this often (its files and its snapshot's
+  // blobs re-hashed, one artifact at a time on the job pool) and what changed on disk is
+  // re-fetched and re-published; the Verified condition says what was healed. 0 = never.
+  std::chrono::milliseconds verify_interval{0};
+  // Called after a reconcile saw a job publish (the store grew: garbage collection may have work).
+  std::function<void()> published;
+  // A condition the store's garbage collector reports for this resource (Retained), added to
+  // the status of Ready resources; may return nullopt.
+  std::function<std::optional<crds::Condition>(const crds::ModelCache&)> retention;
 };
 
 class ModelCacheReconciler final : public Reconciler {

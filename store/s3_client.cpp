@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <charconv>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
+#include <random>
 #include <thread>
+#include <tuple>
 
 #include <openssl/evp.h>
 #include <spdlog/fmt/fmt.h>
@@ -56,6 +59,89 @@ void DefaultSleep(std::chrono::milliseconds d, std::stop_token stop) {
   std::unique_lock lock(mu);
   cv.wait_for(lock, stop, d, [] { return false; });
 }
+
+void AddMetadata(HttpHeaders& headers, const ObjectMetadata& metadata) {
+  for (const auto& [name, value] : metadata) {
+    headers.emplace_back("x-amz-meta-" + name, value);
+  }
+}
+
+std::chrono::milliseconds Jittered(std::chrono::milliseconds d, double jitter) {
+  if (jitter <= 0) return d;
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  double low = std::max(0.0, 1.0 - std::min(jitter, 1.0));
+  std::uniform_real_distribution<double> dist(low, 1.0);
+  return std::chrono::milliseconds(static_cast<int64_t>(static_cast<double>(d.count()) * dist(rng)));
+}
+
+// The body of an aws-chunked request: the payload of `body` cut into chunk_size chunks, each
+// framed and signed by `signer` as curl pulls it. Only sequential reads (and a rewind to 0,
+// which restarts the signature chain from the seed) are possible.
+class ChunkedEncoder {
+ public:
+  ChunkedEncoder(const S3Body& body, ChunkSigner signer)
+      : body_(body), seed_(signer), signer_(std::move(signer)) {}
+
+  uint64_t EncodedSize() const {
+    return ChunkSigner::EncodedLength(body_.source.size, body_.chunk_size);
+  }
+
+  Result<size_t> Read(uint64_t offset, char* out, size_t n) {
+    if (offset == 0 && encoded_offset_ != 0) {
+      signer_ = seed_;
+      encoded_offset_ = payload_offset_ = 0;
+      chunk_.clear();
+      chunk_pos_ = 0;
+      finished_ = false;
+    }
+    if (offset != encoded_offset_) {
+      return Error(Reason::Internal, "aws-chunked body read out of order");
+    }
+    size_t done = 0;
+    while (done < n) {
+      if (chunk_pos_ == chunk_.size()) {
+        if (finished_) break;
+        auto next = NextChunk();
+        if (!next) return next.error();
+      }
+      size_t take = std::min(n - done, chunk_.size() - chunk_pos_);
+      std::memcpy(out + done, chunk_.data() + chunk_pos_, take);
+      chunk_pos_ += take;
+      done += take;
+    }
+    encoded_offset_ += done;
+    return done;
+  }
+
+ private:
+  VoidResult NextChunk() {
+    uint64_t left = body_.source.size - payload_offset_;
+    size_t want = static_cast<size_t>(std::min<uint64_t>(left, body_.chunk_size));
+    data_.resize(want);
+    size_t got = 0;
+    while (got < want) {
+      auto r = body_.source.read(payload_offset_ + got, data_.data() + got, want - got);
+      if (!r) return r.error();
+      if (*r == 0) return Error(Reason::Internal, "aws-chunked payload ended early");
+      got += *r;
+    }
+    payload_offset_ += want;
+    chunk_ = signer_.EncodeChunk(data_);
+    chunk_pos_ = 0;
+    if (want == 0) finished_ = true;  // the final, empty chunk
+    return {};
+  }
+
+  const S3Body& body_;
+  const ChunkSigner seed_;
+  ChunkSigner signer_;
+  uint64_t encoded_offset_ = 0;
+  uint64_t payload_offset_ = 0;
+  std::string data_;
+  std::string chunk_;
+  size_t chunk_pos_ = 0;
+  bool finished_ = false;
+};
 
 bool IsRetriableCode(std::string_view code) {
   return code == "SlowDown" || code == "InternalError" || code == "ServiceUnavailable" ||
@@ -203,7 +289,8 @@ S3Client::S3Client(AwsConfig config, S3ClientOptions options)
   options_.max_attempts = std::max(1, options_.max_attempts);
 }
 
-Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop) const {
+Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
+                                        const S3Body* streamed) const {
   // Split the endpoint into scheme and authority; a path after the authority is a prefix.
   const std::string& endpoint = config_.endpoint_url;
   size_t scheme_end = endpoint.find("://");
@@ -234,10 +321,20 @@ Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop) 
   signing.query = call.query;
   signing.headers = call.headers;
   signing.headers.emplace_back("host", host);
-  signing.payload_hash = Sha256Hex(call.body);
+  const bool chunked = streamed != nullptr && streamed->chunk_size > 0;
+  if (chunked) {
+    signing.payload_hash = std::string(kStreamingPayload);
+    signing.headers.emplace_back("content-encoding", "aws-chunked");
+    signing.headers.emplace_back("x-amz-decoded-content-length",
+                                 std::to_string(streamed->source.size));
+  } else if (streamed != nullptr) {
+    signing.payload_hash = streamed->payload_hash;
+  } else {
+    signing.payload_hash = Sha256Hex(call.body);
+  }
   signing.headers.emplace_back("x-amz-content-sha256", signing.payload_hash);
-  SignedRequest signed_request =
-      SignRequest(signing, config_.credentials, {config_.region, "s3", options_.now()});
+  SigningScope scope{config_.region, "s3", options_.now()};
+  SignedRequest signed_request = SignRequest(signing, config_.credentials, scope);
 
   HttpRequest request;
   request.method = call.method;
@@ -247,17 +344,32 @@ Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop) 
   request.headers = std::move(signing.headers);
   request.headers.insert(request.headers.end(), signed_request.headers.begin(),
                          signed_request.headers.end());
-  request.body = call.body;
   request.tls = options_.tls;
+  if (chunked) {
+    ChunkedEncoder encoder(*streamed,
+                           ChunkSigner(config_.credentials, scope, signed_request.signature));
+    HttpBodySource source{encoder.EncodedSize(),
+                          [&encoder](uint64_t offset, char* out, size_t n) {
+                            return encoder.Read(offset, out, n);
+                          }};
+    request.body_source = &source;
+    return HttpClient::Send(request, stop);
+  }
+  if (streamed != nullptr) {
+    request.body_source = &streamed->source;
+  } else {
+    request.body = call.body;
+  }
   return HttpClient::Send(request, stop);
 }
 
-Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop) const {
+Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
+                                       const S3Body* streamed) const {
   std::string target = call.key.empty() ? fmt::format("s3://{}", call.bucket)
                                         : fmt::format("s3://{}/{}", call.bucket, call.key);
   std::chrono::milliseconds backoff = options_.base_backoff;
   for (int attempt = 1;; ++attempt) {
-    auto response = SendOnce(call, stop);
+    auto response = SendOnce(call, stop, streamed);
     std::optional<Error> failure;
     bool retriable = false;
     if (!response) {
@@ -268,7 +380,8 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop) c
     } else {
       const HttpResponse& r = *response;
       // CompleteMultipartUpload may answer 200 and still fail, with an <Error> body.
-      bool error_body = r.status == 200 && call.op == "CompleteMultipartUpload" &&
+      bool error_body = r.status == 200 &&
+                        (call.op == "CompleteMultipartUpload" || call.op == "CopyObject") &&
                         r.body.find("<Error>") != std::string::npos;
       if ((r.status >= 200 && r.status < 300 && !error_body) ||
           (r.status == 404 && call.method == "HEAD")) {
@@ -288,7 +401,8 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop) c
     }
     if (!retriable || attempt >= options_.max_attempts) return *failure;
     if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
-    std::chrono::milliseconds wait = failure->retry_after.value_or(backoff);
+    std::chrono::milliseconds wait =
+        failure->retry_after ? *failure->retry_after : Jittered(backoff, options_.jitter);
     options_.sleep(std::min(wait, options_.max_backoff), stop);
     if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
     backoff = std::min(backoff * 2, options_.max_backoff);
@@ -296,9 +410,11 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop) c
 }
 
 VoidResult S3Client::PutObject(const std::string& bucket, const std::string& key,
-                               std::string_view body, PutChecksum checksum, std::stop_token stop) {
+                               std::string_view body, PutChecksum checksum, std::stop_token stop,
+                               const ObjectMetadata& metadata) {
   Call call{"PutObject", "PUT", bucket, key, {}, {}, std::string(body)};
   call.headers.emplace_back("content-type", "application/octet-stream");
+  AddMetadata(call.headers, metadata);
   if (checksum == PutChecksum::Sha256) {
     call.headers.emplace_back("x-amz-checksum-sha256", Base64(Sha256Raw(body)));
   } else {
@@ -327,13 +443,27 @@ Result<std::optional<ObjectInfo>> S3Client::HeadObject(const std::string& bucket
                                                        std::stop_token stop) {
   Call call{"HeadObject", "HEAD", bucket, key, {}, {{"x-amz-checksum-mode", "ENABLED"}}, {}};
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    // A HEAD answer has no body, so its error has no S3 code ("HTTP 403 Forbidden"); the same
+    // request as a one-byte GET answers with the code (SignatureDoesNotMatch, NoSuchBucket, …).
+    if (r.error().reason == Reason::StorageError) {
+      auto get = GetObject(bucket, key, ByteRange{0, 0}, stop);
+      if (!get && get.error().reason == Reason::StorageError) return get.error();
+    }
+    return r.error();
+  }
   if (r->status == 404) return std::optional<ObjectInfo>();
   ObjectInfo info;
   if (const std::string* v = r->Header("content-length")) info.size = ParseU64(*v);
   if (const std::string* v = r->Header("etag")) info.etag = Unquote(*v);
   if (const std::string* v = r->Header("x-amz-checksum-sha256")) info.checksum_sha256 = *v;
   if (const std::string* v = r->Header("last-modified")) info.last_modified = *v;
+  constexpr std::string_view kMeta = "x-amz-meta-";
+  for (const auto& [name, value] : r->headers) {
+    if (name.size() > kMeta.size() && name.compare(0, kMeta.size(), kMeta) == 0) {
+      info.metadata[name.substr(kMeta.size())] = value;
+    }
+  }
   return std::optional<ObjectInfo>(std::move(info));
 }
 
@@ -378,10 +508,23 @@ Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::s
   return page;
 }
 
+VoidResult S3Client::CopyObject(const std::string& bucket, const std::string& source_key,
+                                const std::string& key, std::stop_token stop) {
+  Call call{"CopyObject", "PUT", bucket, key, {}, {}, {}};
+  // The copy source is "/bucket/key", URL-encoded like a path.
+  call.headers.emplace_back("x-amz-copy-source", EncodePath("/" + bucket + "/" + source_key));
+  call.headers.emplace_back("x-amz-metadata-directive", "COPY");
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  return {};
+}
+
 Result<std::string> S3Client::CreateMultipartUpload(const std::string& bucket,
-                                                    const std::string& key, std::stop_token stop) {
+                                                    const std::string& key, std::stop_token stop,
+                                                    const ObjectMetadata& metadata) {
   Call call{"CreateMultipartUpload", "POST", bucket, key, {{"uploads", ""}}, {}, {}};
   call.headers.emplace_back("content-type", "application/octet-stream");
+  AddMetadata(call.headers, metadata);
   auto r = Execute(call, stop);
   if (!r) return r.error();
   std::optional<std::string> id = XmlText(r->body, "UploadId");
@@ -470,6 +613,55 @@ VoidResult S3Client::CompleteMultipartUpload(const std::string& bucket, const st
   auto r = Execute(call, stop);
   if (!r) return r.error();
   return {};
+}
+
+Result<std::vector<MultipartUploadInfo>> S3Client::ListMultipartUploads(
+    const std::string& bucket, const std::string& prefix, std::stop_token stop) {
+  std::vector<MultipartUploadInfo> uploads;
+  std::string key_marker;
+  std::string id_marker;
+  for (;;) {
+    Call call{"ListMultipartUploads", "GET", bucket, "", {{"uploads", ""}, {"prefix", prefix}},
+              {}, {}};
+    if (!key_marker.empty()) call.query.emplace_back("key-marker", key_marker);
+    if (!id_marker.empty()) call.query.emplace_back("upload-id-marker", id_marker);
+    auto r = Execute(call, stop);
+    if (!r) return r.error();
+    for (std::string_view element : XmlElements(r->body, "Upload")) {
+      MultipartUploadInfo upload;
+      upload.key = XmlText(element, "Key").value_or("");
+      upload.upload_id = XmlText(element, "UploadId").value_or("");
+      upload.initiated = XmlText(element, "Initiated").value_or("");
+      uploads.push_back(std::move(upload));
+    }
+    if (XmlText(r->body, "IsTruncated").value_or("false") != "true") break;
+    std::string next_key = XmlText(r->body, "NextKeyMarker").value_or("");
+    std::string next_id = XmlText(r->body, "NextUploadIdMarker").value_or("");
+    if (next_key.empty() || (next_key == key_marker && next_id == id_marker)) {
+      return Error(Reason::StorageError,
+                   fmt::format("S3 ListMultipartUploads s3://{}/{}: truncated answer without a "
+                               "new NextKeyMarker",
+                               bucket, prefix));
+    }
+    key_marker = std::move(next_key);
+    id_marker = std::move(next_id);
+  }
+  std::stable_sort(uploads.begin(), uploads.end(),
+                   [](const MultipartUploadInfo& a, const MultipartUploadInfo& b) {
+                     return std::tie(a.key, a.initiated) < std::tie(b.key, b.initiated);
+                   });
+  return uploads;
+}
+
+Result<HttpResponse> S3Client::Send(const S3Request& request, std::stop_token stop) const {
+  Call call{request.op,    request.method,  request.bucket, request.key,
+            request.query, request.headers, request.body};
+  return Execute(call, stop, request.streamed);
+}
+
+std::string ObjectInfo::Meta(std::string_view name) const {
+  auto it = metadata.find(std::string(name));
+  return it == metadata.end() ? "" : it->second;
 }
 
 VoidResult S3Client::AbortMultipartUpload(const std::string& bucket, const std::string& key,

@@ -19,15 +19,18 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/http_client.h"
 #include "common/result.h"
 #include "store/aws_config.h"
+#include "store/sigv4.h"
 
 namespace modelcache::store {
 
@@ -39,6 +42,9 @@ struct S3ClientOptions {
   int max_attempts = 5;
   std::chrono::milliseconds base_backoff{200};
   std::chrono::milliseconds max_backoff{10'000};
+  // Each backoff wait is drawn uniformly from [(1 - jitter) * d, d], so parallel parts refused
+  // together (SlowDown) do not come back together. A server's Retry-After is waited as given.
+  double jitter = 0.5;
   TlsOptions tls;
 };
 
@@ -48,11 +54,49 @@ enum class PutChecksum {
   Sha256,      // x-amz-checksum-sha256 (flexible checksums; AWS, recent radosgw, MinIO)
 };
 
+// User metadata (x-amz-meta-<name>): names lower-case, without the prefix, values ASCII.
+using ObjectMetadata = std::map<std::string, std::string>;
+
 struct ObjectInfo {
   uint64_t size = 0;
   std::string etag;             // as sent, quotes removed
   std::string checksum_sha256;  // base64, when the object was stored with one
   std::string last_modified;
+  ObjectMetadata metadata;
+
+  // The value of user metadata `name` (lower-case), or "".
+  std::string Meta(std::string_view name) const;
+};
+
+// An unfinished multipart upload (ListMultipartUploads).
+struct MultipartUploadInfo {
+  std::string key;
+  std::string upload_id;
+  std::string initiated;  // ISO 8601, as S3 sends it (sorts by time)
+};
+
+// A request body read while it is sent, for large parts and streams (see HttpBodySource).
+struct S3Body {
+  HttpBodySource source;
+  // x-amz-content-sha256: the hex sha256 of the body (S3 checks it) or kUnsignedPayload.
+  std::string payload_hash = std::string(kUnsignedPayload);
+  // > 0: sent aws-chunked (x-amz-content-sha256 STREAMING-AWS4-HMAC-SHA256-PAYLOAD) in chunks of
+  // this many bytes, each signed and checked by S3; payload_hash is then not used. The request
+  // gets content-encoding aws-chunked and x-amz-decoded-content-length.
+  size_t chunk_size = 0;
+};
+
+// A request the typed calls do not cover (the uploader builds its own): sent signed, retried and
+// mapped to errors exactly like them.
+struct S3Request {
+  std::string op;  // the S3 operation name, for messages ("UploadPart")
+  std::string method;
+  std::string bucket;
+  std::string key;
+  std::vector<std::pair<std::string, std::string>> query;
+  HttpHeaders headers;  // lower-case names; host and the signature headers are added
+  std::string body;     // a signed payload, unless `streamed` is set
+  const S3Body* streamed = nullptr;
 };
 
 struct ListedObject {
@@ -85,7 +129,8 @@ class S3Client {
   explicit S3Client(AwsConfig config, S3ClientOptions options = {});
 
   VoidResult PutObject(const std::string& bucket, const std::string& key, std::string_view body,
-                       PutChecksum checksum = PutChecksum::ContentMd5, std::stop_token stop = {});
+                       PutChecksum checksum = PutChecksum::ContentMd5, std::stop_token stop = {},
+                       const ObjectMetadata& metadata = {});
   // The whole object, or `range` of it (S3 answers 206).
   Result<std::string> GetObject(const std::string& bucket, const std::string& key,
                                 std::optional<ByteRange> range = std::nullopt,
@@ -103,9 +148,15 @@ class S3Client {
                                  const std::string& delimiter = "", int max_keys = 1000,
                                  std::stop_token stop = {});
 
-  // Returns the upload id.
+  // Server-side copy of a whole object (at most 5 GiB, S3's limit for one CopyObject) with its
+  // metadata; no data passes through the client. A 200 answer with an <Error> body is a failure.
+  VoidResult CopyObject(const std::string& bucket, const std::string& source_key,
+                        const std::string& key, std::stop_token stop = {});
+
+  // Returns the upload id. `metadata` is stored with the completed object.
   Result<std::string> CreateMultipartUpload(const std::string& bucket, const std::string& key,
-                                            std::stop_token stop = {});
+                                            std::stop_token stop = {},
+                                            const ObjectMetadata& metadata = {});
   // Parts are numbered 1..10000; every part but the last must be at least 5 MiB. Sent with
   // Content-MD5.
   Result<UploadedPart> UploadPart(const std::string& bucket, const std::string& key,
@@ -124,12 +175,24 @@ class S3Client {
   VoidResult AbortMultipartUpload(const std::string& bucket, const std::string& key,
                                   const std::string& upload_id, std::stop_token stop = {});
 
+  // Unfinished multipart uploads of keys starting with `prefix` (all pages), in key order and,
+  // per key, by initiation time.
+  Result<std::vector<MultipartUploadInfo>> ListMultipartUploads(const std::string& bucket,
+                                                                const std::string& prefix,
+                                                                std::stop_token stop = {});
+
+  // Sends `request`: a 2xx answer (or 404 to a HEAD) is returned, anything else is an error as
+  // described at the top; retried likewise (a streamed body is read again from offset 0).
+  Result<HttpResponse> Send(const S3Request& request, std::stop_token stop = {}) const;
+
   const AwsConfig& config() const { return config_; }
 
  private:
   struct Call;
-  Result<HttpResponse> Execute(const Call& call, std::stop_token stop) const;
-  Result<HttpResponse> SendOnce(const Call& call, std::stop_token stop) const;
+  Result<HttpResponse> Execute(const Call& call, std::stop_token stop,
+                               const S3Body* streamed = nullptr) const;
+  Result<HttpResponse> SendOnce(const Call& call, std::stop_token stop,
+                                const S3Body* streamed) const;
 
   AwsConfig config_;
   S3ClientOptions options_;

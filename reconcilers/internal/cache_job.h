@@ -10,13 +10,16 @@
 #include <mutex>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "crds/model_cache.h"
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
+#include "reconcilers/observer.h"
 #include "shard/sharder.h"
 #include "store/local_store.h"
+#include "store/s3_store.h"
 
 namespace modelcache::reconcilers {
 
@@ -27,12 +30,21 @@ std::string_view JobPhaseName(JobPhase phase);
 struct CacheJobInputs {
   crds::ObjectKey key;
   crds::ModelCacheSpec spec;
+  // The local store: the artifact's home, or for an S3 store the local cache that stages
+  // downloads and shards before they are uploaded.
   std::string store_root;
+  // Non-empty: publish to this s3://bucket/prefix store (after the local publish), with `aws`.
+  std::string s3_uri;
+  store::AwsConfig aws;
   fetch::HubOptions hub;
   // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
   bool verify_existing = false;
+  // Non-empty: use this commit instead of resolving spec.source.revision, and leave the refs
+  // alone (healing re-publishes exactly what the status reports).
+  std::string pinned_commit;
   int shard_threads = 2;
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+  ReconcileObserver* observer = nullptr;  // may be null
 };
 
 // Shared between the job thread (writer) and reconciles (readers).
@@ -40,6 +52,7 @@ struct CacheJobState {
   std::atomic<JobPhase> phase{JobPhase::Pending};
   fetch::TransferProgress transfer;
   shard::ShardProgress shard;
+  store::S3TransferProgress upload;
 
   void SetCommit(std::string commit) {
     std::lock_guard lock(mu);
@@ -57,7 +70,9 @@ struct CacheJobState {
 
 struct CacheJobOutput {
   std::string commit;
+  // Where the artifact was published: the local store, or the S3 store (uri s3://…, no path).
   store::PublishedArtifact artifact;
+  std::vector<std::string> fetched;  // paths of the files that had to be downloaded
 };
 
 // Runs the whole pipeline. Cancelled when `stop` is requested; partial downloads stay on disk for
