@@ -552,7 +552,11 @@ class Job {
  private:
   VoidResult Activate(FileState& f);
   VoidResult LoadMap(FileState& f, uint64_t chunk_size);
+  // Records f's chunk map (after an fdatasync of its data) on the persister thread, at most once per
+  // persist_interval unless `force`.
   void PersistMap(FileState& f, bool force);
+  // Waits until every map handed to the persister is written.
+  void DrainPersists();
   void Submit(FileState& f, size_t ci);
   void Schedule();
   void Handle(Request* r);
@@ -574,6 +578,12 @@ class Job {
     std::string sha256;
     VoidResult result;
   };
+  struct MapWrite {
+    int fd = -1;  // a dup of the data file's descriptor, closed by the persister
+    std::string map_path;
+    std::string text;
+  };
+  void PersistLoop(std::stop_token stop);
   static constexpr size_t kPublishers = 8;
   static VoidResult Publish(const FileTask& t, bool mapped, int fd);
   void PublishLoop(std::stop_token stop);
@@ -606,7 +616,12 @@ class Job {
   std::mutex publish_mu_;
   std::condition_variable_any publish_cv_;
   std::deque<Publication> to_publish_;   // guarded by publish_mu_
-  // Last member: joined first on destruction, while everything they touch is still alive.
+  std::mutex persist_mu_;
+  std::condition_variable_any persist_cv_;
+  std::deque<MapWrite> to_persist_;  // guarded by persist_mu_
+  int persists_pending_ = 0;         // queued or being written; guarded by persist_mu_
+  // Last members: joined first on destruction, while everything they touch is still alive.
+  std::jthread persister_;
   std::vector<std::jthread> publishers_;
 };
 
@@ -735,17 +750,68 @@ void Job::PersistMap(FileState& f, bool force) {
     chunks.push_back({c->start, c->end, d});
   }
   nlohmann::json doc = {{"size", f.task->size}, {"etag", f.etag}, {"chunks", chunks}};
-  if (::fdatasync(f.fd) != 0) {
-    spdlog::warn("cannot sync {}: {}", f.task->incomplete_path, ErrnoMessage(errno));
+  // The fdatasync (which writes back everything the file has in the page cache) and the map write
+  // run on the persister thread: done here they stall scheduling and completions for as long as
+  // the disk takes, leaving connections idle. The persister works in order, so the last map wins.
+  int fd = ::dup(f.fd);
+  if (fd < 0) {
+    spdlog::warn("cannot dup {}: {}", f.task->incomplete_path, ErrnoMessage(errno));
     return;
   }
-  if (auto r = WriteFileAtomic(f.map_path(), doc.dump()); !r) {
-    spdlog::warn("{}", r.error().ToString());
-    return;
+  {
+    std::lock_guard lock(persist_mu_);
+    std::string path = f.map_path();
+    // A newer snapshot replaces one still waiting for the same file (its claims are newer and are
+    // read before its own sync, so they stay safe to record).
+    auto waiting = std::find_if(to_persist_.begin(), to_persist_.end(),
+                                [&](const MapWrite& w) { return w.map_path == path; });
+    if (waiting != to_persist_.end()) {
+      ::close(waiting->fd);
+      waiting->fd = fd;
+      waiting->text = doc.dump();
+    } else {
+      to_persist_.push_back(MapWrite{fd, std::move(path), doc.dump()});
+      persists_pending_ += 1;
+    }
+    if (!persister_.joinable()) {
+      persister_ = std::jthread([this](std::stop_token stop) { PersistLoop(stop); });
+    }
   }
+  persist_cv_.notify_one();
   f.dirty = false;
   f.persisted = claimed;
   f.last_persist = now;
+}
+
+void Job::PersistLoop(std::stop_token stop) {
+  while (true) {
+    MapWrite w;
+    {
+      std::unique_lock lock(persist_mu_);
+      persist_cv_.wait(lock, stop, [this] { return !to_persist_.empty(); });
+      if (to_persist_.empty()) {
+        return;  // stop requested and nothing left
+      }
+      w = std::move(to_persist_.front());
+      to_persist_.pop_front();
+    }
+    if (::fdatasync(w.fd) != 0) {
+      spdlog::warn("cannot sync the data of {}: {}", w.map_path, ErrnoMessage(errno));
+    } else if (auto r = WriteFileAtomic(w.map_path, w.text); !r) {
+      spdlog::warn("{}", r.error().ToString());
+    }
+    ::close(w.fd);
+    {
+      std::lock_guard lock(persist_mu_);
+      persists_pending_ -= 1;
+    }
+    persist_cv_.notify_all();
+  }
+}
+
+void Job::DrainPersists() {
+  std::unique_lock lock(persist_mu_);
+  persist_cv_.wait(lock, [this] { return persists_pending_ == 0; });
 }
 
 void Job::Submit(FileState& f, size_t ci) {
@@ -1094,6 +1160,7 @@ VoidResult Job::Verify(FileState& f) {
     if (f.verify_failures >= hub_.max_attempts) {
       // Nothing half-verified stays behind to be resumed from.
       progress_.bytes_done.fetch_sub(f.on_disk());
+      DrainPersists();  // or a queued map would reappear after the unlink
       ::close(f.fd);
       f.fd = -1;
       ::unlink(t.incomplete_path.c_str());
@@ -1104,6 +1171,9 @@ VoidResult Job::Verify(FileState& f) {
     }
     StartReset(f, false, f.etag);
     return FinishReset(f);
+  }
+  if (f.mapped) {
+    DrainPersists();  // the publisher removes the map; none may be written after that
   }
   // fsync, rename and the directory sync run on publisher threads: one file's fsync takes
   // milliseconds, and many small files would otherwise queue behind each other here.
@@ -1326,6 +1396,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
       PersistMap(f, true);
     }
   }
+  DrainPersists();
   progress_.bytes_per_second.store(0);
   if (error_) {
     return *error_;

@@ -1,85 +1,125 @@
 #!/usr/bin/env bash
-# Benchmark of issue 6: downloads a repo of large files (default 2 x 2 GiB of random bytes) and a
-# repo of many small ones (default 2000 x 64 KiB) from the Hub imitation (mc-fake-hub, which
-# redirects LFS files to its own CDN port) with modelcache's TransferEngine (mc-transfer-bench),
-# `aria2c -x16 -s16` and `curl` one file at a time, and prints a table: tool, median wall time of
-# RUNS runs, MB/s, ratio to modelcache, peak RSS. It also measures the machine: `dd` with fsync of
-# the large repo's size, and a loopback read of one large file from nginx (nginx-light, run
-# unprivileged on 127.0.0.1) into /dev/null.
+# Benchmark of issue 6. Serves a repo of large files (default 2 x 2 GiB of random bytes) and a repo
+# of many small ones (default 2000 x 64 KiB) from the Hub imitation (mc-fake-hub), which redirects
+# the LFS files (*.safetensors) to nginx on 127.0.0.1 as the real Hub redirects to its CDN, and
+# downloads each repo, in the same run, with:
+#   modelcache   `modelcache prefetch` (the TransferEngine; verifies, fsyncs, publishes)
+#   aria2c       `aria2c -x16 -s16 -j16` over the /resolve URLs (follows the redirects)
+#   aria2c+sync  the same followed by `sync`, i.e. until its bytes are on disk as modelcache's are
+#   curl         one file at a time, `curl -L`
+#   hf-hub-js    @huggingface/hub's snapshotDownload (npm, installed into bench/transfer/node)
+# and measures the machine in the same run: `dd` write with fsync of the large repo's size, and an
+# in-memory loopback read (curl from nginx to /dev/null, file in the page cache).
+# Prints per repo: tool, median wall time of RUNS runs, MB/s, ratio (tool time / modelcache time,
+# > 1 = slower than modelcache), peak RSS; then modelcache's share of the dd+fsync rate.
 #
-# The fixture's CDN cannot be pointed at nginx, so every tool downloads from the fixture itself
-# (same server for all); nginx only gives the loopback reference.
-#
-# Usage: bench/transfer/run.sh BUILD_DIR   (env: BIG_MIB=2048 BIG_FILES=2 SMALL_FILES=2000
-#                                           SMALL_KIB=64 RUNS=3 WORK=/tmp/...)
+# Usage: bench/transfer/run.sh BUILD_DIR
+#   env: BIG_MIB=2048 BIG_FILES=2 SMALL_FILES=2000 SMALL_KIB=64 RUNS=3 WORK=/tmp/...
+#        TOOLS="modelcache aria2c aria2c+sync curl hf-hub-js"  MC_FLAGS="" (extra prefetch flags)
 set -euo pipefail
 
-BUILD=${1:?usage: run.sh BUILD_DIR}
+HERE=$(cd "$(dirname "$0")" && pwd)
+BUILD=$(cd "${1:?usage: run.sh BUILD_DIR}" && pwd)
 BIG_MIB=${BIG_MIB:-2048}
 BIG_FILES=${BIG_FILES:-2}
 SMALL_FILES=${SMALL_FILES:-2000}
 SMALL_KIB=${SMALL_KIB:-64}
 RUNS=${RUNS:-3}
+TOOLS=${TOOLS:-modelcache aria2c aria2c+sync curl hf-hub-js}
+MC_FLAGS=${MC_FLAGS:-}
 WORK=${WORK:-$(mktemp -d /tmp/mc-transfer-bench.XXXXXX)}
 HUB_BIN=$BUILD/tests/fixtures/hub/mc-fake-hub
-ENGINE_BIN=$BUILD/bench/transfer/mc-transfer-bench
+MC_BIN=$BUILD/controller/modelcache
 
+# The bench installs its own tools.
 if ! command -v aria2c >/dev/null; then
-  apt-get install -y aria2 >/dev/null || echo "aria2c unavailable; skipping it" >&2
+  apt-get install -y aria2 >/dev/null 2>&1 || echo "aria2c unavailable; skipping it" >&2
+fi
+if ! command -v nginx >/dev/null; then
+  apt-get install -y nginx-light >/dev/null 2>&1 || { echo "nginx is required" >&2; exit 1; }
+fi
+if [[ " $TOOLS " == *" hf-hub-js "* && ! -d $HERE/node/node_modules/@huggingface/hub ]]; then
+  if command -v npm >/dev/null; then
+    npm install --no-audit --no-fund --prefix "$HERE/node" @huggingface/hub >/dev/null 2>&1 ||
+      echo "npm install @huggingface/hub failed; skipping hf-hub-js" >&2
+  else
+    echo "npm unavailable; skipping hf-hub-js" >&2
+  fi
 fi
 
 mkdir -p "$WORK/src/large" "$WORK/src/small" "$WORK/out"
-chmod 755 "$WORK"  # nginx's worker (nobody, when run as root) reads $WORK/src
+chmod 755 "$WORK"
 for i in $(seq 0 $((BIG_FILES - 1))); do
   f=$WORK/src/large/model-$i.safetensors
-  [ -s "$f" ] || head -c $((BIG_MIB << 20)) /dev/urandom >"$f"
+  [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = $((BIG_MIB << 20)) ] ||
+    head -c $((BIG_MIB << 20)) /dev/urandom >"$f"
 done
 if [ ! -s "$WORK/src/small/f$((SMALL_FILES - 1)).txt" ]; then
   for i in $(seq 0 $((SMALL_FILES - 1))); do
     head -c $((SMALL_KIB << 10)) /dev/urandom >"$WORK/src/small/f$i.txt"
   done
 fi
+
+# nginx: the CDN. It cannot listen on port 0 and say which port it got, so python picks one.
+NGINX_PID=""
+HUB_PID=""
+cleanup() {
+  if [ -n "$HUB_PID" ]; then kill "$HUB_PID" 2>/dev/null || true; fi
+  if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+$( [ "$(id -u)" = 0 ] && echo "user root;" )
+daemon off; worker_processes 2; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
+events { worker_connections 1024; }
+http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  default_type application/octet-stream;
+  client_body_temp_path $WORK/nginx/tmp; proxy_temp_path $WORK/nginx/tmp;
+  fastcgi_temp_path $WORK/nginx/tmp; uwsgi_temp_path $WORK/nginx/tmp; scgi_temp_path $WORK/nginx/tmp;
+  server { listen 127.0.0.1:$port; root $WORK/src; } }
+CONF
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+NGINX_PID=$!
+NGINX=http://127.0.0.1:$port
+
 cat >"$WORK/hub.json" <<JSON
 {"repos": [
   {"type": "model", "id": "bench/large", "refs": {"main": "$WORK/src/large"}},
   {"type": "model", "id": "bench/small", "refs": {"main": "$WORK/src/small"}}
-], "tree_page_size": 1000}
+], "tree_page_size": 1000, "external_cdn": {"url": "$NGINX", "root": "$WORK/src"}}
 JSON
-
 "$HUB_BIN" --config "$WORK/hub.json" >"$WORK/hub.out" 2>"$WORK/hub.err" &
 HUB_PID=$!
-NGINX_PID=""
-cleanup() {
-  kill "$HUB_PID" 2>/dev/null || true
-  if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
 for _ in $(seq 1 600); do grep -q '^hub=' "$WORK/hub.out" 2>/dev/null && break; sleep 0.1; done
 HUB=$(sed -n 's/^hub=\([^ ]*\) .*/\1/p' "$WORK/hub.out")
 [ -n "$HUB" ] || { echo "mc-fake-hub did not start" >&2; cat "$WORK/hub.err" >&2; exit 1; }
 
 # "path<TAB>url" for every file of a repo, from the tree API.
 urls() {
-  local repo=$1
-  local commit
+  local repo=$1 commit
   commit=$(curl -sf "$HUB/api/models/$repo/revision/main" | python3 -c 'import json,sys; print(json.load(sys.stdin)["sha"])')
   curl -sf "$HUB/api/models/$repo/tree/$commit?recursive=true" |
     python3 -c 'import json,sys; [print(e["path"]+"\t'"$HUB/$repo/resolve/$commit/"'"+e["path"]) for e in json.load(sys.stdin) if e["type"]=="file"]'
 }
 
-run_tool() {  # tool repo -> "<seconds> <rss>" of one run
+run_tool() {  # tool repo -> "<seconds> <peak rss KiB>" of one run
   local tool=$1 repo=$2
   rm -rf "$WORK/out" && mkdir -p "$WORK/out"
   sync
   case $tool in
     modelcache)
-      /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$ENGINE_BIN" --endpoint "$HUB" \
-        --repo "$repo" --out "$WORK/out" >/dev/null
+      # shellcheck disable=SC2086
+      /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$MC_BIN" prefetch "$repo" --store "$WORK/out" \
+        --hf-endpoint "$HUB" --no-progress $MC_FLAGS >/dev/null 2>"$WORK/modelcache.err"
       ;;
-    aria2c)
+    aria2c | aria2c+sync)
       urls "$repo" | awk -F'\t' '{print $2"\n  out="$1}' >"$WORK/aria2.list"
-      /usr/bin/time -f '%e %M' -o "$WORK/time.txt" aria2c -q -x16 -s16 -j16 \
-        --file-allocation=falloc -d "$WORK/out" -i "$WORK/aria2.list"
+      local then=""
+      [ "$tool" = aria2c+sync ] && then="sync"
+      /usr/bin/time -f '%e %M' -o "$WORK/time.txt" bash -c 'aria2c -q -x16 -s16 -j16 \
+        --file-allocation=falloc -d "$0" -i "$1" && $2' "$WORK/out" "$WORK/aria2.list" "${then:-true}"
       ;;
     curl)
       urls "$repo" >"$WORK/curl.list"
@@ -88,61 +128,72 @@ run_tool() {  # tool repo -> "<seconds> <rss>" of one run
           mkdir -p "$(dirname "$0/$path")"; curl -sfL -o "$0/$path" "$url" || exit 1
         done <"$1"' "$WORK/out" "$WORK/curl.list"
       ;;
+    hf-hub-js)
+      # An ES module resolves packages from its own directory, hence the copy next to node_modules.
+      cp "$HERE/hf_hub_download.mjs" "$HERE/node/"
+      /usr/bin/time -f '%e %M' -o "$WORK/time.txt" \
+        node "$HERE/node/hf_hub_download.mjs" "$HUB" "$repo" "$WORK/out" >/dev/null
+      ;;
   esac
   sync
   cat "$WORK/time.txt"
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+available() {
+  case $1 in
+    modelcache) true ;;
+    aria2c | aria2c+sync) command -v aria2c >/dev/null ;;
+    curl) command -v curl >/dev/null ;;
+    hf-hub-js) [ -d "$HERE/node/node_modules/@huggingface/hub" ] && command -v node >/dev/null ;;
+  esac
+}
+
+# Machine limits first (the same disk and loopback the tools use).
+large_bytes=$(du -sb "$WORK/src/large" | cut -f1)
+sync
+dd_s=$( { /usr/bin/time -f '%e' dd if=/dev/zero of="$WORK/out/dd.bin" bs=4M \
+  count=$((large_bytes >> 22)) conv=fsync status=none; } 2>&1 | tail -1)
+rm -f "$WORK/out/dd.bin"
+DD_MBPS=$(awk -v b="$large_bytes" -v s="$dd_s" 'BEGIN{printf "%.1f", b/1e6/s}')
+first=$(ls "$WORK/src/large" | head -1)
+curl -s -o /dev/null "$NGINX/large/$first"  # into the page cache
+LOOP_MBPS=$(curl -sf -o /dev/null -w '%{speed_download}\n' "$NGINX/large/$first" | awk '{printf "%.1f", $1/1e6}')
+
+echo "machine: $(nproc) cpus ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), \
+$(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "dd write+fsync ($large_bytes bytes): $DD_MBPS MB/s; nginx loopback read to /dev/null: $LOOP_MBPS MB/s"
 
 declare -A SECONDS_OF RSS_OF
 for repo in bench/large bench/small; do
   bytes=$(du -sb "$WORK/src/${repo#bench/}" | cut -f1)
-  for tool in modelcache aria2c curl; do
-    command -v "$tool" >/dev/null || [ "$tool" = modelcache ] || continue
+  for tool in $TOOLS; do
+    available "$tool" || continue
     : >"$WORK/runs.txt"
     rss=0
     for _ in $(seq 1 "$RUNS"); do
-      read -r s r < <(run_tool "$tool" "$repo")
+      if ! read -r s r < <(run_tool "$tool" "$repo"); then
+        echo "$tool failed on $repo" >&2
+        continue 2
+      fi
       echo "$s" >>"$WORK/runs.txt"
       [ "$r" -gt "$rss" ] && rss=$r
     done
     SECONDS_OF[$repo/$tool]=$(median <"$WORK/runs.txt")
     RSS_OF[$repo/$tool]=$rss
+    echo "  $repo $tool: $(tr '\n' ' ' <"$WORK/runs.txt")s" >&2
   done
-  printf '\n%s (%s bytes)\n' "$repo" "$bytes"
-  printf '%-12s %10s %10s %8s %12s\n' tool seconds MB/s ratio peak_RSS_MiB
+  printf '\n%s (%s bytes, median of %s runs)\n' "$repo" "$bytes" "$RUNS"
+  printf '| %-12s | %8s | %8s | %13s | %12s |\n' tool seconds MB/s "x modelcache" "peak RSS MiB"
+  printf '|---|---:|---:|---:|---:|\n'
   base=${SECONDS_OF[$repo/modelcache]}
-  for tool in modelcache aria2c curl; do
+  for tool in $TOOLS; do
     s=${SECONDS_OF[$repo/$tool]:-}
     [ -n "$s" ] || continue
     awk -v t="$tool" -v s="$s" -v b="$bytes" -v base="$base" -v rss="${RSS_OF[$repo/$tool]}" \
-      'BEGIN {printf "%-12s %10.2f %10.1f %8.2f %12.1f\n", t, s, b/1e6/s, s/base, rss/1024}'
+      'BEGIN {printf "| %-12s | %8.2f | %8.1f | %13.2f | %12.1f |\n", t, s, b/1e6/s, s/base, rss/1024}'
   done
+  if [ "$repo" = bench/large ]; then
+    awk -v b="$bytes" -v s="$base" -v dd="$DD_MBPS" \
+      'BEGIN {printf "modelcache: %.1f MB/s = %.0f%% of the dd+fsync rate\n", b/1e6/s, 100*b/1e6/s/dd}'
+  fi
 done
-
-# Machine limits: fsync'd write of the large repo's size, loopback read from nginx.
-large_bytes=$(du -sb "$WORK/src/large" | cut -f1)
-dd_s=$( { /usr/bin/time -f '%e' dd if=/dev/zero of="$WORK/out/dd.bin" bs=4M \
-  count=$((large_bytes >> 22)) conv=fsync status=none; } 2>&1 | tail -1)
-rm -f "$WORK/out/dd.bin"
-printf '\ndd write+fsync: %.1f MB/s\n' "$(awk -v b="$large_bytes" -v s="$dd_s" 'BEGIN{print b/1e6/s}')"
-if command -v nginx >/dev/null; then
-  mkdir -p "$WORK/nginx/logs"
-  cat >"$WORK/nginx/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
-events {}
-http { access_log off; sendfile on; client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  server { listen 127.0.0.1:0; root $WORK/src; } }
-CONF
-  # nginx cannot listen on port 0; pick a free port with python.
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  sed -i "s/127.0.0.1:0/127.0.0.1:$port/" "$WORK/nginx/nginx.conf"
-  nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
-  NGINX_PID=$!
-  sleep 0.5
-  first=$(ls "$WORK/src/large" | head -1)
-  curl -s -o /dev/null "http://127.0.0.1:$port/large/$first"  # into the page cache
-  read -r rate < <(curl -sf -o /dev/null -w '%{speed_download}\n' "http://127.0.0.1:$port/large/$first")
-  printf 'nginx loopback read (curl to /dev/null): %.1f MB/s\n' "$(awk -v r="$rate" 'BEGIN{print r/1e6}')"
-fi

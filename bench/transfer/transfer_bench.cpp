@@ -30,8 +30,11 @@ int main(int argc, char** argv) {
   app.add_option("--connections", options.max_connections, "connections in all");
   app.add_option("--per-job", options.max_connections_per_job, "connections per job");
   app.add_option("--chunk-mib", chunk_mib, "largest range per request, MiB");
+  int64_t persist_ms = options.persist_interval.count();
+  app.add_option("--persist-ms", persist_ms, "how often chunk maps are persisted");
   CLI11_PARSE(app, argc, argv);
   options.chunk_size = chunk_mib << 20;
+  options.persist_interval = std::chrono::milliseconds(persist_ms);
   options.min_chunk_size = std::min<uint64_t>(options.min_chunk_size, options.chunk_size);
 
   fetch::HubOptions hub;
