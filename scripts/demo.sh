@@ -59,9 +59,11 @@ echo "== manifests"
 cat "$work/manifests/qwen3-tiny.yaml"
 "$bin" validate "$work/manifests/qwen3-tiny.yaml"
 
-echo "== starting: modelcache run --watch-dir $work/manifests --store $work/store"
+# /healthz, /readyz and /metrics on a free loopback port (the default 127.0.0.1:8081 may be taken).
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+echo "== starting: modelcache run --watch-dir $work/manifests --store $work/store --listen 127.0.0.1:$port"
 "$bin" run --watch-dir "$work/manifests" --store "$work/store" --hf-endpoint "$hub_url" \
-  2> "$work/daemon.log" &
+  --listen "127.0.0.1:$port" 2> "$work/daemon.log" &
 pids+=($!)
 
 ready=0
@@ -84,6 +86,10 @@ for name in qwen3-tiny qwen3-tiny-tp2; do
 done
 echo "== the HuggingFace cache view (HF_HUB_CACHE=$work/store/hub HF_HUB_OFFLINE=1)"
 find "$work/store/hub" -maxdepth 4 | sed "s|$work/store/||" | sort | head -20
+echo "== http://127.0.0.1:$port/readyz and a few lines of /metrics"
+curl -fsS "http://127.0.0.1:$port/readyz"; echo
+curl -fsS "http://127.0.0.1:$port/metrics" |
+  grep -E '^modelcache_(reconciles_total|download_bytes_total|artifacts|store_used_bytes)' || true
 echo "== daemon log"
 cat "$work/daemon.log"
 echo "demo done; everything is under $work"

@@ -40,7 +40,7 @@ done
 
 start=$(now_ms)
 "$bin" run --watch-dir "$work/manifests" --store "$work/store" --hf-endpoint "$hub_url" \
-  --workers 4 2> "$work/daemon.log" &
+  --workers 4 --listen off 2> "$work/daemon.log" &
 daemon=$!
 pids+=($daemon)
 until [ "$(ready_count)" -ge "$n" ]; do sleep 0.2; done
