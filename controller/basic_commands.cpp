@@ -18,6 +18,8 @@
 #include "crds/manifest_check.h"
 #include "shard/sharder.h"
 
+extern char** environ;
+
 namespace modelcache::controller {
 namespace {
 
@@ -50,6 +52,13 @@ Environment Environment::FromProcess() {
     env.hf_home = (xdg.empty() ? home + "/.cache" : xdg) + "/huggingface";
   }
   env.hf_hub_cache = Env("HF_HUB_CACHE");
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string_view kv(*e);
+    size_t eq = kv.find('=');
+    if (eq != std::string_view::npos && (kv.substr(0, 4) == "AWS_" || kv.substr(0, eq) == "HOME")) {
+      env.aws[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
+    }
+  }
   // huggingface_hub: HF_TOKEN, else the file HF_TOKEN_PATH (default $HF_HOME/token).
   env.hf_token = Env("HF_TOKEN");
   if (env.hf_token.empty()) {

@@ -4,6 +4,7 @@
 // function; each returns the process exit code and prints its own errors (one clear line each).
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,8 @@ struct Environment {
   std::string hf_token;      // HF_TOKEN, else the token file under HF_HOME
   std::string hf_home;       // HF_HOME, default ~/.cache/huggingface
   std::string hf_hub_cache;  // HF_HUB_CACHE
+  // AWS_* variables and HOME: the environment store::LoadAwsConfig resolves S3 settings from.
+  std::map<std::string, std::string> aws;
   static Environment FromProcess();
 };
 
@@ -22,8 +25,13 @@ struct RunOptions {
   std::string watch_dir;
   bool kubernetes = false;
   std::string store = "/var/lib/modelcache";
-  std::string state_dir;     // default: <store>/state
+  std::string state_dir;     // default: <store>/state (<cache-dir>/state for an s3:// store)
   std::string secrets_dir;
+  // For an s3:// store (or specs with an s3:// storage.uri): the local store that stages downloads
+  // and shards before the upload. Default: --store when local, else /var/lib/modelcache.
+  std::string cache_dir;
+  std::string s3_endpoint;   // --s3-endpoint: wins over AWS_ENDPOINT_URL and the profile
+  std::string s3_secret;     // --s3-secret: <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, …
   std::string hf_endpoint;   // default: HF_ENDPOINT, else https://huggingface.co
   int workers = 2;
   int max_concurrent_jobs = 4;
@@ -41,6 +49,8 @@ struct PrefetchOptions {
   std::string type = "model";
   std::string store;         // default: HF_HOME (so that <store>/hub is huggingface_hub's cache)
   std::string hf_endpoint;
+  std::string cache_dir;     // for an s3:// store: the local staging store; default as `store`
+  std::string s3_endpoint;
   std::string name;          // artifact name; default from the repo
   std::vector<std::string> include;
   std::vector<std::string> exclude;
@@ -53,6 +63,13 @@ struct PrefetchOptions {
   bool progress = true;      // a progress bar when stderr is a terminal
 };
 int Prefetch(const PrefetchOptions& options, const Environment& env);
+
+struct PullOptions {
+  std::string uri;           // s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION]
+  std::string dir;
+  std::string s3_endpoint;
+};
+int Pull(const PullOptions& options, const Environment& env);
 
 struct GetOptions {
   std::string name;

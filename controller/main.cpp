@@ -25,8 +25,18 @@ int main(int argc, char** argv) {
   auto* kube = run_cmd->add_flag("--kubernetes", run.kubernetes,
                                  "Watch ModelCache resources on the Kubernetes API server");
   watch->excludes(kube);
-  run_cmd->add_option("--store", run.store, "Store: a path or file:// URI")
+  run_cmd->add_option("--store", run.store, "Store: a path, file:// URI or s3://BUCKET[/PREFIX]")
       ->capture_default_str();
+  run_cmd->add_option("--cache-dir", run.cache_dir,
+                      "Local store where downloads and shards are staged before an S3 upload "
+                      "(default: --store when local, else /var/lib/modelcache)");
+  run_cmd->add_option("--s3-endpoint", run.s3_endpoint,
+                      "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                      "profile's, else AWS)");
+  run_cmd->add_option("--s3-secret", run.s3_secret,
+                      "S3 credentials from <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, "
+                      "AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN] (default: AWS environment and "
+                      "profiles)");
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
@@ -66,8 +76,14 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"model", "dataset"}));
   prefetch_cmd->add_option("--store", prefetch.store,
-                           "Store path or file:// URI (default: HF_HOME, so <store>/hub is the "
-                           "huggingface_hub cache)");
+                           "Store path, file:// URI or s3://BUCKET[/PREFIX] (default: HF_HOME, so "
+                           "<store>/hub is the huggingface_hub cache)");
+  prefetch_cmd->add_option("--cache-dir", prefetch.cache_dir,
+                           "For an s3:// store: the local store that stages downloads and shards "
+                           "(default: HF_HOME)");
+  prefetch_cmd->add_option("--s3-endpoint", prefetch.s3_endpoint,
+                           "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                           "profile's, else AWS)");
   prefetch_cmd->add_option("--hf-endpoint", prefetch.hf_endpoint, "Hub endpoint");
   prefetch_cmd->add_option("--name", prefetch.name, "Artifact name (default: from the repo)");
   prefetch_cmd->add_option("--include", prefetch.include, "fnmatch patterns of files to fetch");
@@ -112,6 +128,19 @@ int main(int argc, char** argv) {
   get_cmd->add_option("--state-dir", get.state_dir, "The daemon's --state-dir")
       ->capture_default_str();
 
+  // pull
+  mc::PullOptions pull;
+  auto* pull_cmd = app.add_subcommand(
+      "pull", "Download a published artifact version from S3 into DIR, verified, atomically");
+  pull_cmd->add_option("uri", pull.uri, "s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION] "
+                                        "(no VERSION: the current one)")
+      ->required();
+  pull_cmd->add_option("dir", pull.dir, "Target directory (replaced atomically by the new version)")
+      ->required();
+  pull_cmd->add_option("--s3-endpoint", pull.s3_endpoint,
+                       "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                       "profile's, else AWS)");
+
   // validate
   std::vector<std::string> files;
   auto* validate_cmd = app.add_subcommand("validate", "Validate ModelCache manifests offline");
@@ -145,6 +174,9 @@ int main(int argc, char** argv) {
   }
   if (shard_cmd->parsed()) {
     return mc::Shard(shard);
+  }
+  if (pull_cmd->parsed()) {
+    return mc::Pull(pull, env);
   }
   if (get_cmd->parsed()) {
     return mc::Get(get);

@@ -84,6 +84,13 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   bool woken = false;
   reconcilers::ReconcilerOptions ro;
   ro.default_store = obj.spec.storage.uri;
+  if (obj.spec.storage.uri.rfind("s3://", 0) == 0) {
+    // Downloads and shards are staged in a local store first: by default the same one a local
+    // prefetch would use, so the huggingface_hub cache is filled too.
+    ro.local_cache = options.cache_dir.empty() ? DefaultPrefetchStore(env) : options.cache_dir;
+  }
+  ro.aws_env = env.aws;
+  ro.aws_overrides.endpoint_url = options.s3_endpoint;
   ro.hf_endpoint = !options.hf_endpoint.empty() ? options.hf_endpoint
                    : !env.hf_endpoint.empty()   ? env.hf_endpoint
                                                 : "https://huggingface.co";
@@ -123,7 +130,8 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
     if (status.phase == crds::kPhaseReady && status.artifact) {
       bar.Clear();
       std::cerr << "cached " << obj.spec.source.repo << "@" << status.resolved_revision << " in "
-                << status.artifact->path << " (" << status.artifact->files << " files, "
+                << (status.artifact->path.empty() ? status.artifact->uri : status.artifact->path)
+                << " (" << status.artifact->files << " files, "
                 << FormatBytes(status.artifact->size_bytes) << ")\n";
       std::cout << status.artifact->id << "\n";
       return 0;

@@ -19,6 +19,7 @@
 #include "controller/status_store.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
+#include "store/s3_store.h"
 
 namespace modelcache::controller {
 namespace {
@@ -87,14 +88,33 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
     return 2;
   }
-  if (options.store.rfind("s3://", 0) == 0) {
-    std::cerr << "modelcache: --store: S3 stores are not available in this build yet (issue #8)\n";
-    return 2;
+  // An s3:// store keeps a local cache for downloads and shards (--cache-dir); a local store is
+  // its own cache.
+  bool s3_store = options.store.rfind("s3://", 0) == 0;
+  if (s3_store) {
+    if (auto loc = store::ParseS3StoreUri(options.store); !loc) {
+      std::cerr << "modelcache: --store: " << loc.error().message << "\n";
+      return 2;
+    }
   }
-  auto store = store::LocalStore::Open(options.store);
+  std::string local_root = !s3_store                   ? options.store
+                           : !options.cache_dir.empty() ? options.cache_dir
+                                                        : "/var/lib/modelcache";
+  auto store = store::LocalStore::Open(local_root);
   if (!store) {
-    std::cerr << "modelcache: --store: " << store.error().message << "\n";
+    std::cerr << "modelcache: " << (s3_store ? "--cache-dir: " : "--store: ")
+              << store.error().message << "\n";
     return 1;
+  }
+  std::string cache_root = (*store)->root();
+  if (!s3_store && !options.cache_dir.empty()) {
+    // Specs whose storage.uri is s3:// stage in --cache-dir rather than in the local --store.
+    auto cache = store::LocalStore::Open(options.cache_dir);
+    if (!cache) {
+      std::cerr << "modelcache: --cache-dir: " << cache.error().message << "\n";
+      return 1;
+    }
+    cache_root = (*cache)->root();
   }
   if (auto r = (*store)->CleanupStaging(); !r) {
     spdlog::warn("store cleanup: {}", r.error().message);
@@ -111,7 +131,11 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro;
-  ro.default_store = (*store)->root();
+  ro.default_store = s3_store ? options.store : (*store)->root();
+  ro.local_cache = cache_root;
+  ro.aws_env = env.aws;
+  ro.aws_overrides.endpoint_url = options.s3_endpoint;
+  ro.s3_secret = options.s3_secret;
   ro.hf_endpoint = !options.hf_endpoint.empty() ? options.hf_endpoint
                    : !env.hf_endpoint.empty()   ? env.hf_endpoint
                                                 : "https://huggingface.co";
@@ -132,7 +156,9 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   manager_ptr = &manager;
 
   spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
-               options.watch_dir, (*store)->root(), state_dir, ro.hf_endpoint, options.workers);
+               options.watch_dir, s3_store ? options.store + ", cache " + cache_root
+                                           : (*store)->root(),
+               state_dir, ro.hf_endpoint, options.workers);
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     sd_notify(0, "READY=1");

@@ -86,6 +86,33 @@ Result<std::string> MakeShardSource(const store::LocalStore& store, const store:
   return dir;
 }
 
+// Uploads a locally published version to the S3 store and commits it there.
+// TODO(#8): an unsharded artifact could stream from the Hub to the bucket without the local copy;
+// S3ArtifactStore::PutFile + Commit are the seam for that.
+Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::LocalStore& local,
+                                             const store::PublishedArtifact& published,
+                                             CacheJobState& state, std::stop_token stop) {
+  auto manifest = local.ReadVersion(published.name, published.version);
+  if (!manifest) {
+    return manifest.error();
+  }
+  if (!*manifest) {
+    return Error(Reason::StorageError, "the local version " + published.path + " disappeared");
+  }
+  auto s3 = store::S3ArtifactStore::Open(in.s3_uri, in.aws);
+  if (!s3) {
+    return s3.error();
+  }
+  spdlog::info("{}: uploading {} ({} files, {}) to {}", in.key.ToString(), published.id,
+               published.files, FormatBytes(published.size_bytes), (*s3)->Describe(**manifest).uri);
+  auto uploaded = (*s3)->Publish(published.path, **manifest, state.upload, stop);
+  if (uploaded) {
+    spdlog::info("{}: {} of {} files were already in the bucket or copied there", in.key.ToString(),
+                 state.upload.files_deduplicated.load(), published.files);
+  }
+  return uploaded;
+}
+
 }  // namespace
 
 std::string_view JobPhaseName(JobPhase phase) {
@@ -343,6 +370,15 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   if (!published) {
     discard_staging();
     return published.error();
+  }
+  if (!in.s3_uri.empty()) {
+    // The local version is the staging area of the upload; the bucket is the artifact's home.
+    state.phase = JobPhase::Uploading;
+    auto uploaded = PublishToS3(in, store, *published, state, stop);
+    if (!uploaded) {
+      return uploaded.error();
+    }
+    published = std::move(uploaded);
   }
   state.phase = JobPhase::Done;
   return CacheJobOutput{*commit, *published};

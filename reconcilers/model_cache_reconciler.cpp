@@ -11,6 +11,7 @@
 #include "reconcilers/internal/cache_job.h"
 #include "reconcilers/internal/job_pool.h"
 #include "store/local_store.h"
+#include "store/s3_store.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -62,8 +63,11 @@ struct ModelCacheReconciler::Impl {
         return fetch::NewSimpleTransfer(hub, parallel);
       };
     }
-    if (!options.default_store.empty()) {
-      CleanupShardSources(options.default_store);
+    if (options.local_cache.empty() && !StartsWith(options.default_store, "s3://")) {
+      options.local_cache = options.default_store;
+    }
+    if (!options.local_cache.empty()) {
+      CleanupShardSources(options.local_cache);
     }
   }
 
@@ -89,8 +93,48 @@ struct ModelCacheReconciler::Impl {
     }
   }
 
-  std::string StoreRoot(const crds::ModelCacheSpec& spec) const {
+  std::string StorageUri(const crds::ModelCacheSpec& spec) const {
     return spec.storage.uri.empty() ? options.default_store : spec.storage.uri;
+  }
+
+  // The local store of a spec: its storage, or the local cache that stages an S3 store's uploads.
+  std::string StoreRoot(const crds::ModelCacheSpec& spec) const {
+    std::string uri = StorageUri(spec);
+    return StartsWith(uri, "s3://") ? options.local_cache : uri;
+  }
+
+  // The AWS configuration for an S3 store: the environment, overridden by the --s3-secret entry.
+  // Errors name variables, files and the secret's path, never a value.
+  Result<store::AwsConfig> AwsConfigFor(const std::string& uri) const {
+    store::Environment env = options.aws_env;
+    if (!options.s3_secret.empty()) {
+      if (options.secrets_dir.empty()) {
+        return Error(Reason::InvalidSpec, "--s3-secret " + options.s3_secret +
+                                              ": the daemon has no --secrets-dir to read it from");
+      }
+      std::string dir = options.secrets_dir + "/" + options.s3_secret;
+      if (!std::filesystem::is_directory(dir)) {
+        return Error(Reason::InvalidSpec,
+                     "S3 credentials for " + uri + ": secret directory " + dir + " not found");
+      }
+      if (std::filesystem::exists(dir + "/AWS_ACCESS_KEY_ID")) {
+        // A key pair from the secret replaces the environment's, session token included.
+        env.erase("AWS_SESSION_TOKEN");
+      }
+      for (const char* key : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                              "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_PROFILE"}) {
+        auto value = ReadFile(dir + "/" + key);
+        if (value) {
+          env[key] = TrimRight(*value);
+        }
+      }
+    }
+    auto config = store::LoadAwsConfig(env, options.aws_overrides);
+    if (!config) {
+      return Error(config.error().reason,
+                   "S3 credentials for " + uri + ": " + config.error().message);
+    }
+    return config;
   }
 
   Result<std::string> Token(const crds::ModelCache& obj) const {
@@ -139,6 +183,20 @@ struct ModelCacheReconciler::Impl {
   }
 
   bool ArtifactPresent(const crds::ModelCacheSpec& spec, const crds::ArtifactStatus& artifact) {
+    std::string uri = StorageUri(spec);
+    if (StartsWith(uri, "s3://")) {
+      // Committed in the bucket (modelcache.json present and matching its id) is present; any
+      // error re-runs the job, which finds the local copy and the objects and only re-checks.
+      auto config = AwsConfigFor(uri);
+      auto s3 = config ? store::S3ArtifactStore::Open(uri, *config)
+                       : Result<std::unique_ptr<store::S3ArtifactStore>>(config.error());
+      if (!s3 || artifact.uri != (*s3)->location().Uri("artifacts/" + artifact.name + "/" +
+                                                      artifact.version)) {
+        return false;
+      }
+      auto version = (*s3)->ReadVersion(artifact.name, artifact.version);
+      return version && version->has_value() && (*version)->id == artifact.id;
+    }
     auto store = store::LocalStore::Open(StoreRoot(spec));
     if (!store) {
       return false;
@@ -159,6 +217,9 @@ struct ModelCacheReconciler::Impl {
     if (phase == JobPhase::Sharding) {
       p.bytes_total = job.state.shard.bytes_total;
       p.bytes_done = job.state.shard.bytes_done;
+    } else if (phase == JobPhase::Uploading) {
+      p.bytes_total = job.state.upload.bytes_total;
+      p.bytes_done = job.state.upload.bytes_done;
     } else {
       p.bytes_total = job.state.transfer.bytes_total;
       p.bytes_done = job.state.transfer.bytes_done;
@@ -171,7 +232,7 @@ struct ModelCacheReconciler::Impl {
   }
 
   void StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
-                fetch::HubOptions hub, bool verify_existing) {
+                fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws) {
     auto job = std::make_shared<JobEntry>();
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
@@ -179,6 +240,10 @@ struct ModelCacheReconciler::Impl {
     in.key = key;
     in.spec = obj.spec;
     in.store_root = StoreRoot(obj.spec);
+    if (aws) {
+      in.s3_uri = StorageUri(obj.spec);
+      in.aws = std::move(*aws);
+    }
     in.hub = std::move(hub);
     in.verify_existing = verify_existing;
     in.shard_threads = options.shard_threads;
@@ -289,7 +354,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     status.progress = done;
     if (changed) {
       spdlog::info("{}: artifact {} published at {}", key.ToString(), result->artifact.id,
-                   result->artifact.path);
+                   result->artifact.path.empty() ? result->artifact.uri : result->artifact.path);
     }
     return Outcome{status, impl.RefreshRequeue(key, obj.spec)};
   }
@@ -308,10 +373,21 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     spdlog::info("{}: refreshing revision {}", key.ToString(), obj.spec.source.revision);
   }
 
-  if (StartsWith(obj.spec.storage.uri, "s3://") ||
-      (obj.spec.storage.uri.empty() && StartsWith(impl.options.default_store, "s3://"))) {
-    return Error(Reason::InvalidSpec,
-                 "spec.storage.uri: S3 stores are not available in this build yet (issue #8)");
+  std::optional<store::AwsConfig> aws;
+  if (std::string uri = impl.StorageUri(obj.spec); StartsWith(uri, "s3://")) {
+    if (auto loc = store::ParseS3StoreUri(uri); !loc) {
+      return Error(Reason::InvalidSpec, "spec.storage.uri: " + loc.error().message);
+    }
+    if (impl.options.local_cache.empty()) {
+      return Error(Reason::InvalidSpec, "spec.storage.uri: " + uri +
+                                            " needs a local cache directory to stage downloads "
+                                            "(the daemon's --cache-dir)");
+    }
+    auto config = impl.AwsConfigFor(uri);
+    if (!config) {
+      return config.error();
+    }
+    aws = std::move(*config);
   }
   auto token = impl.Token(obj);
   if (!token) {
@@ -339,7 +415,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  impl.StartJob(key, obj, spec_hash, std::move(hub), verify_existing);
+  impl.StartJob(key, obj, spec_hash, std::move(hub), verify_existing, std::move(aws));
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);
   status.progress.reset();

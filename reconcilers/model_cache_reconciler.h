@@ -18,12 +18,24 @@
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
 #include "reconcilers/reconciler.h"
+#include "store/aws_config.h"
 
 namespace modelcache::reconcilers {
 
 struct ReconcilerOptions {
-  // Store used when spec.storage.uri is empty: a path or file:// URI (--store).
+  // Store used when spec.storage.uri is empty: a path, file:// URI or s3://bucket/prefix (--store).
   std::string default_store;
+  // For s3:// stores: the local store where downloads land and shards are written before the
+  // upload (--cache-dir). Default: default_store when that is local. Must be local.
+  std::string local_cache;
+  // For s3:// stores: AWS_* variables and HOME (store::LoadAwsConfig's environment), read by main;
+  // `aws_overrides.endpoint_url` is --s3-endpoint.
+  store::Environment aws_env;
+  store::AwsOverrides aws_overrides;
+  // Directory mode: a <secrets_dir>/<s3_secret>/ entry whose files AWS_ACCESS_KEY_ID,
+  // AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL override
+  // the environment (--s3-secret). Re-read for every job, so a rotated secret is picked up.
+  std::string s3_secret;
   // Hub endpoint used when spec.source.endpoint is empty (--hf-endpoint, else HF_ENDPOINT, else
   // https://huggingface.co). Resolved by main.
   std::string hf_endpoint = "https://huggingface.co";

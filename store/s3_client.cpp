@@ -137,6 +137,12 @@ class ChunkedEncoder {
   bool finished_ = false;
 };
 
+void AddMetadata(HttpHeaders& headers, const ObjectMetadata& metadata) {
+  for (const auto& [name, value] : metadata) {
+    headers.emplace_back("x-amz-meta-" + name, value);
+  }
+}
+
 bool IsRetriableCode(std::string_view code) {
   return code == "SlowDown" || code == "InternalError" || code == "ServiceUnavailable" ||
          code == "RequestTimeout";
@@ -374,7 +380,8 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
     } else {
       const HttpResponse& r = *response;
       // CompleteMultipartUpload may answer 200 and still fail, with an <Error> body.
-      bool error_body = r.status == 200 && call.op == "CompleteMultipartUpload" &&
+      bool error_body = r.status == 200 &&
+                        (call.op == "CompleteMultipartUpload" || call.op == "CopyObject") &&
                         r.body.find("<Error>") != std::string::npos;
       if ((r.status >= 200 && r.status < 300 && !error_body) ||
           (r.status == 404 && call.method == "HEAD")) {
@@ -403,9 +410,11 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
 }
 
 VoidResult S3Client::PutObject(const std::string& bucket, const std::string& key,
-                               std::string_view body, PutChecksum checksum, std::stop_token stop) {
+                               std::string_view body, PutChecksum checksum, std::stop_token stop,
+                               const ObjectMetadata& metadata) {
   Call call{"PutObject", "PUT", bucket, key, {}, {}, std::string(body)};
   call.headers.emplace_back("content-type", "application/octet-stream");
+  AddMetadata(call.headers, metadata);
   if (checksum == PutChecksum::Sha256) {
     call.headers.emplace_back("x-amz-checksum-sha256", Base64(Sha256Raw(body)));
   } else {
@@ -434,15 +443,26 @@ Result<std::optional<ObjectInfo>> S3Client::HeadObject(const std::string& bucket
                                                        std::stop_token stop) {
   Call call{"HeadObject", "HEAD", bucket, key, {}, {{"x-amz-checksum-mode", "ENABLED"}}, {}};
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    // A HEAD answer has no body, so its error has no S3 code ("HTTP 403 Forbidden"); the same
+    // request as a one-byte GET answers with the code (SignatureDoesNotMatch, NoSuchBucket, …).
+    if (r.error().reason == Reason::StorageError) {
+      auto get = GetObject(bucket, key, ByteRange{0, 0}, stop);
+      if (!get && get.error().reason == Reason::StorageError) return get.error();
+    }
+    return r.error();
+  }
   if (r->status == 404) return std::optional<ObjectInfo>();
   ObjectInfo info;
   if (const std::string* v = r->Header("content-length")) info.size = ParseU64(*v);
   if (const std::string* v = r->Header("etag")) info.etag = Unquote(*v);
   if (const std::string* v = r->Header("x-amz-checksum-sha256")) info.checksum_sha256 = *v;
   if (const std::string* v = r->Header("last-modified")) info.last_modified = *v;
+  constexpr std::string_view kMeta = "x-amz-meta-";
   for (const auto& [name, value] : r->headers) {
-    if (name.rfind("x-amz-meta-", 0) == 0) info.metadata.emplace_back(name.substr(11), value);
+    if (name.size() > kMeta.size() && name.compare(0, kMeta.size(), kMeta) == 0) {
+      info.metadata[name.substr(kMeta.size())] = value;
+    }
   }
   return std::optional<ObjectInfo>(std::move(info));
 }
@@ -488,10 +508,23 @@ Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::s
   return page;
 }
 
+VoidResult S3Client::CopyObject(const std::string& bucket, const std::string& source_key,
+                                const std::string& key, std::stop_token stop) {
+  Call call{"CopyObject", "PUT", bucket, key, {}, {}, {}};
+  // The copy source is "/bucket/key", URL-encoded like a path.
+  call.headers.emplace_back("x-amz-copy-source", EncodePath("/" + bucket + "/" + source_key));
+  call.headers.emplace_back("x-amz-metadata-directive", "COPY");
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  return {};
+}
+
 Result<std::string> S3Client::CreateMultipartUpload(const std::string& bucket,
-                                                    const std::string& key, std::stop_token stop) {
+                                                    const std::string& key, std::stop_token stop,
+                                                    const ObjectMetadata& metadata) {
   Call call{"CreateMultipartUpload", "POST", bucket, key, {{"uploads", ""}}, {}, {}};
   call.headers.emplace_back("content-type", "application/octet-stream");
+  AddMetadata(call.headers, metadata);
   auto r = Execute(call, stop);
   if (!r) return r.error();
   std::optional<std::string> id = XmlText(r->body, "UploadId");
@@ -627,10 +660,8 @@ Result<HttpResponse> S3Client::Send(const S3Request& request, std::stop_token st
 }
 
 std::string ObjectInfo::Meta(std::string_view name) const {
-  for (const auto& [k, v] : metadata) {
-    if (k == name) return v;
-  }
-  return "";
+  auto it = metadata.find(std::string(name));
+  return it == metadata.end() ? "" : it->second;
 }
 
 VoidResult S3Client::AbortMultipartUpload(const std::string& bucket, const std::string& key,

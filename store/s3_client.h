@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -53,14 +54,15 @@ enum class PutChecksum {
   Sha256,      // x-amz-checksum-sha256 (flexible checksums; AWS, recent radosgw, MinIO)
 };
 
+// User metadata (x-amz-meta-<name>): names lower-case, without the prefix, values ASCII.
+using ObjectMetadata = std::map<std::string, std::string>;
+
 struct ObjectInfo {
   uint64_t size = 0;
   std::string etag;             // as sent, quotes removed
   std::string checksum_sha256;  // base64, when the object was stored with one
   std::string last_modified;
-  // User metadata (x-amz-meta-NAME headers): NAME lower-cased, without the prefix.
-  std::vector<std::pair<std::string, std::string>> metadata;
-
+  ObjectMetadata metadata;
   // The value of user metadata `name` (lower-case), or "".
   std::string Meta(std::string_view name) const;
 };
@@ -126,7 +128,8 @@ class S3Client {
   explicit S3Client(AwsConfig config, S3ClientOptions options = {});
 
   VoidResult PutObject(const std::string& bucket, const std::string& key, std::string_view body,
-                       PutChecksum checksum = PutChecksum::ContentMd5, std::stop_token stop = {});
+                       PutChecksum checksum = PutChecksum::ContentMd5, std::stop_token stop = {},
+                       const ObjectMetadata& metadata = {});
   // The whole object, or `range` of it (S3 answers 206).
   Result<std::string> GetObject(const std::string& bucket, const std::string& key,
                                 std::optional<ByteRange> range = std::nullopt,
@@ -144,9 +147,15 @@ class S3Client {
                                  const std::string& delimiter = "", int max_keys = 1000,
                                  std::stop_token stop = {});
 
-  // Returns the upload id.
+  // Server-side copy of a whole object (at most 5 GiB, S3's limit for one CopyObject) with its
+  // metadata; no data passes through the client. A 200 answer with an <Error> body is a failure.
+  VoidResult CopyObject(const std::string& bucket, const std::string& source_key,
+                        const std::string& key, std::stop_token stop = {});
+
+  // Returns the upload id. `metadata` is stored with the completed object.
   Result<std::string> CreateMultipartUpload(const std::string& bucket, const std::string& key,
-                                            std::stop_token stop = {});
+                                            std::stop_token stop = {},
+                                            const ObjectMetadata& metadata = {});
   // Parts are numbered 1..10000; every part but the last must be at least 5 MiB. Sent with
   // Content-MD5.
   Result<UploadedPart> UploadPart(const std::string& bucket, const std::string& key,

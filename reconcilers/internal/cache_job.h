@@ -17,6 +17,7 @@
 #include "fetch/hub_client.h"
 #include "shard/sharder.h"
 #include "store/local_store.h"
+#include "store/s3_store.h"
 
 namespace modelcache::reconcilers {
 
@@ -27,7 +28,12 @@ std::string_view JobPhaseName(JobPhase phase);
 struct CacheJobInputs {
   crds::ObjectKey key;
   crds::ModelCacheSpec spec;
+  // The local store: the artifact's home, or for an S3 store the local cache that stages
+  // downloads and shards before they are uploaded.
   std::string store_root;
+  // Non-empty: publish to this s3://bucket/prefix store (after the local publish), with `aws`.
+  std::string s3_uri;
+  store::AwsConfig aws;
   fetch::HubOptions hub;
   // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
   bool verify_existing = false;
@@ -40,6 +46,7 @@ struct CacheJobState {
   std::atomic<JobPhase> phase{JobPhase::Pending};
   fetch::TransferProgress transfer;
   shard::ShardProgress shard;
+  store::S3TransferProgress upload;
 
   void SetCommit(std::string commit) {
     std::lock_guard lock(mu);
@@ -57,6 +64,7 @@ struct CacheJobState {
 
 struct CacheJobOutput {
   std::string commit;
+  // Where the artifact was published: the local store, or the S3 store (uri s3://…, no path).
   store::PublishedArtifact artifact;
 };
 

@@ -127,6 +127,11 @@ CommandResult RunModelcache(const std::vector<std::string>& args,
                             const std::map<std::string, std::string>& env) {
   std::vector<std::string> full{MC_BINARY};
   full.insert(full.end(), args.begin(), args.end());
+  return RunProgram(full, env);
+}
+
+CommandResult RunProgram(const std::vector<std::string>& full,
+                         const std::map<std::string, std::string>& env) {
   std::string base = ::testing::TempDir() + "mc-cmd-" + UniqueSuffix();
   pid_t pid = Spawn(full, env, base + ".out", base + ".err");
   int status = 0;

@@ -48,6 +48,9 @@ struct CommandResult {
 };
 CommandResult RunModelcache(const std::vector<std::string>& args,
                             const std::map<std::string, std::string>& env = {});
+// Runs any program (args[0] is its path) to completion, capturing stdout and stderr.
+CommandResult RunProgram(const std::vector<std::string>& args,
+                         const std::map<std::string, std::string>& env = {});
 
 // The daemon as a child process: `modelcache run --watch-dir …`, stderr to a log file.
 class Daemon {

@@ -366,6 +366,64 @@ TEST(S3ClientTest, GetObjectRangeAndHeadObject) {
   EXPECT_EQ(requests[3].headers.at("x-amz-checksum-mode"), "ENABLED");
 }
 
+TEST(S3ClientTest, HeadObjectErrorCarriesTheS3CodeLearntFromAOneByteGet) {
+  Harness h([](const Received& r) {
+    if (r.method == "HEAD") return Reply{403, "", {}};
+    return Reply{403, ErrorXml("SignatureDoesNotMatch", "The request signature we calculated"), {}};
+  });
+  S3Client client = h.Client(1);
+  auto r = client.HeadObject("bucket", "key");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::StorageError);
+  EXPECT_NE(r.error().message.find("HTTP 403 SignatureDoesNotMatch"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(r.error().message.find(kSecret), std::string::npos);
+  auto requests = h.server.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[1].method, "GET");
+  EXPECT_EQ(requests[1].headers.at("range"), "bytes=0-0");
+}
+
+TEST(S3ClientTest, MetadataIsSentSignedAndReadBackAndCopyObjectNamesItsSource) {
+  Harness h([](const Received& r) {
+    if (r.method == "HEAD") {
+      return Reply{200, "", {{"Content-Length", "3"}, {"x-amz-meta-sha256", "abc"}}};
+    }
+    if (r.method == "POST") {
+      return Reply{200, "<InitiateMultipartUploadResult><UploadId>u1</UploadId>"
+                        "</InitiateMultipartUploadResult>", {}};
+    }
+    return Reply{200, "<CopyObjectResult><ETag>\"e\"</ETag></CopyObjectResult>", {}};
+  });
+  S3Client client = h.Client();
+  ASSERT_TRUE(client.PutObject("bucket", "k", "abc", PutChecksum::ContentMd5, {},
+                               {{"sha256", "abc"}}));
+  ASSERT_TRUE(client.CreateMultipartUpload("bucket", "big", {}, {{"sha256", "def"}}));
+  auto info = client.HeadObject("bucket", "k");
+  ASSERT_TRUE(info && info->has_value());
+  EXPECT_EQ((*info)->metadata.at("sha256"), "abc");
+  ASSERT_TRUE(client.CopyObject("bucket", "a/b c", "d"));
+  auto requests = h.server.requests();
+  ASSERT_EQ(requests.size(), 4u);
+  EXPECT_EQ(requests[0].headers.at("x-amz-meta-sha256"), "abc");
+  EXPECT_NE(requests[0].headers.at("authorization").find("x-amz-meta-sha256"), std::string::npos);
+  EXPECT_EQ(requests[1].headers.at("x-amz-meta-sha256"), "def");
+  EXPECT_EQ(requests[3].method, "PUT");
+  EXPECT_EQ(requests[3].target, "/bucket/d");
+  EXPECT_EQ(requests[3].headers.at("x-amz-copy-source"), "/bucket/a/b%20c");
+  EXPECT_EQ(requests[3].headers.at("x-amz-metadata-directive"), "COPY");
+}
+
+TEST(S3ClientTest, CopyObjectErrorInA200AnswerIsAFailure) {
+  Harness h([](const Received&) {
+    return Reply{200, ErrorXml("InternalError", "copy failed"), {}};
+  });
+  S3Client client = h.Client(1);
+  auto r = client.CopyObject("bucket", "a", "b");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("InternalError"), std::string::npos) << r.error().message;
+}
+
 TEST(S3ClientTest, ListObjectsV2FollowsContinuation) {
   Harness h([](const Received& r) {
     if (r.target.find("continuation-token=") == std::string::npos) {

@@ -1,0 +1,825 @@
+#include "store/s3_store.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <map>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/fmt/fmt.h>
+
+#include "common/files.h"
+#include "common/sha256.h"
+
+namespace modelcache::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::string_view kManifestName = "modelcache.json";
+constexpr std::string_view kCurrentName = "current";
+// Files up to this size go in one PUT; larger ones as a multipart upload.
+constexpr uint64_t kSinglePutMax = 16ULL << 20;
+constexpr uint64_t kMinPartSize = 8ULL << 20;
+constexpr uint64_t kMaxParts = 10'000;
+// S3's limit for one CopyObject; larger objects are uploaded instead.
+constexpr uint64_t kMaxCopySize = 5ULL << 30;
+// Ranged GETs of this size keep Pull's memory bounded.
+constexpr uint64_t kPullRangeSize = 16ULL << 20;
+
+std::vector<std::string_view> Split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  for (;;) {
+    size_t pos = s.find(sep, start);
+    out.push_back(s.substr(start, pos == std::string_view::npos ? s.npos : pos - start));
+    if (pos == std::string_view::npos) {
+      return out;
+    }
+    start = pos + 1;
+  }
+}
+
+bool ValidBucket(std::string_view b) {
+  if (b.size() < 3 || b.size() > 63) {
+    return false;
+  }
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!alnum(b.front()) || !alnum(b.back()) || b.find("..") != std::string_view::npos) {
+    return false;
+  }
+  return std::all_of(b.begin(), b.end(), [&](char c) { return alnum(c) || c == '.' || c == '-'; });
+}
+
+bool ValidSegment(std::string_view seg) {
+  if (seg.empty() || seg == "." || seg == "..") {
+    return false;
+  }
+  return std::none_of(seg.begin(), seg.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f || c == ' ' || c == '\\';
+  });
+}
+
+// A manifest path that stays inside the artifact directory: relative, no "." or ".." segments,
+// no empty segment, not the marker itself.
+bool SafeRelPath(std::string_view path) {
+  if (path.empty() || path.front() == '/' || path == kManifestName) {
+    return false;
+  }
+  for (std::string_view seg : Split(path, '/')) {
+    if (!ValidSegment(seg)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A single path component: artifact names and versions.
+bool SafeComponent(std::string_view s) {
+  return ValidSegment(s) && s.find('/') == std::string_view::npos;
+}
+
+VoidResult CheckNameVersion(const std::string& name, const std::string& version) {
+  if (!SafeComponent(name)) {
+    return Error(Reason::InvalidSpec, "artifact name \"" + name + "\" is not a path component");
+  }
+  if (!version.empty() && !SafeComponent(version)) {
+    return Error(Reason::InvalidSpec,
+                 "artifact version \"" + version + "\" is not a path component");
+  }
+  return {};
+}
+
+std::string ManifestDocument(const ArtifactManifest& manifest) {
+  // The same bytes as the local store's modelcache.json, so a pulled directory equals a local one.
+  return ManifestToJson(manifest).dump(2) + "\n";
+}
+
+Result<ArtifactManifest> ParseManifest(const std::string& text, const std::string& where,
+                                       const std::string& name, const std::string& version) {
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return Error(Reason::StorageError, where + " is not valid JSON");
+  }
+  auto manifest = ManifestFromJson(doc);
+  if (!manifest) {
+    return Error(Reason::StorageError, where + ": " + manifest.error().message);
+  }
+  ArtifactManifest check = *manifest;
+  FinalizeIdentity(check);
+  if (check.id != manifest->id || check.version != manifest->version ||
+      manifest->version != version || manifest->name != name ||
+      check.size_bytes != manifest->size_bytes) {
+    return Error(Reason::StorageError, where + " does not match its id " + manifest->id +
+                                           " (recomputed " + check.id + ")");
+  }
+  for (const ManifestFile& f : manifest->files) {
+    if (!SafeRelPath(f.path)) {
+      return Error(Reason::StorageError, where + ": file path \"" + f.path + "\" is not safe");
+    }
+  }
+  return manifest;
+}
+
+Error IoError(const std::string& what, const std::string& path, int err) {
+  return {err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError,
+          what + " " + path + ": " + ErrnoMessage(err)};
+}
+
+// Reads exactly `size` bytes at `offset`.
+VoidResult ReadAt(int fd, const std::string& path, uint64_t offset, std::string& buffer) {
+  size_t done = 0;
+  while (done < buffer.size()) {
+    ssize_t n = ::pread(fd, buffer.data() + done, buffer.size() - done,
+                        static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return n == 0 ? Error(Reason::StorageError, path + " is shorter than expected")
+                    : IoError("cannot read", path, errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+VoidResult WriteAll(int fd, const std::string& path, std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      return IoError("cannot write", path, errno);
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+    }
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// Puts one local file at `key` with its sha256 as metadata: one PUT up to kSinglePutMax, else a
+// sequential multipart upload aborted on failure.
+// TODO(#8): replace with store/s3_uploader.h (parallel parts, resume after a restart) once it
+// lands on main; this is the only place that uploads file bytes.
+VoidResult UploadFile(S3Client& client, const std::string& bucket, const std::string& key,
+                      const std::string& path, uint64_t size, const std::string& sha256,
+                      std::atomic<uint64_t>& bytes_done, std::stop_token stop) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return IoError("cannot open", path, errno);
+  }
+  ObjectMetadata metadata{{std::string(kSha256MetadataName), sha256}};
+  if (size <= kSinglePutMax) {
+    std::string body(size, '\0');
+    if (auto r = ReadAt(fd.get(), path, 0, body); !r) {
+      return r.error();
+    }
+    if (auto r = client.PutObject(bucket, key, body, PutChecksum::ContentMd5, stop, metadata); !r) {
+      return r.error();
+    }
+    bytes_done += size;
+    return {};
+  }
+  uint64_t part_size = std::max(kMinPartSize, (size + kMaxParts - 1) / kMaxParts);
+  auto upload_id = client.CreateMultipartUpload(bucket, key, stop, metadata);
+  if (!upload_id) {
+    return upload_id.error();
+  }
+  std::vector<UploadedPart> parts;
+  std::string buffer;
+  for (uint64_t offset = 0; offset < size; offset += part_size) {
+    buffer.resize(static_cast<size_t>(std::min(part_size, size - offset)));
+    auto read = ReadAt(fd.get(), path, offset, buffer);
+    Result<UploadedPart> part = read ? client.UploadPart(bucket, key, *upload_id,
+                                                         static_cast<int>(parts.size() + 1),
+                                                         buffer, stop)
+                                     : Result<UploadedPart>(read.error());
+    if (!part) {
+      (void)client.AbortMultipartUpload(bucket, key, *upload_id);
+      return part.error();
+    }
+    parts.push_back(*part);
+    bytes_done += buffer.size();
+  }
+  if (auto r = client.CompleteMultipartUpload(bucket, key, *upload_id, parts, stop); !r) {
+    (void)client.AbortMultipartUpload(bucket, key, *upload_id);
+    return r.error();
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string S3Location::Key(std::string_view rel) const {
+  if (prefix.empty()) {
+    return std::string(rel);
+  }
+  return rel.empty() ? prefix : prefix + "/" + std::string(rel);
+}
+
+std::string S3Location::Uri(std::string_view rel) const {
+  std::string key = Key(rel);
+  return key.empty() ? "s3://" + bucket : "s3://" + bucket + "/" + key;
+}
+
+Result<S3Location> ParseS3StoreUri(std::string_view uri) {
+  constexpr std::string_view kScheme = "s3://";
+  if (uri.substr(0, kScheme.size()) != kScheme) {
+    return Error(Reason::InvalidSpec, fmt::format("{}: not an s3:// URI", uri));
+  }
+  std::string_view rest = uri.substr(kScheme.size());
+  size_t slash = rest.find('/');
+  S3Location loc;
+  loc.bucket = std::string(rest.substr(0, slash));
+  if (!ValidBucket(loc.bucket)) {
+    return Error(Reason::InvalidSpec,
+                 fmt::format("{}: \"{}\" is not a valid S3 bucket name (3-63 of a-z 0-9 . -)", uri,
+                             loc.bucket));
+  }
+  if (slash != std::string_view::npos) {
+    std::string_view prefix = rest.substr(slash + 1);
+    if (!prefix.empty() && prefix.back() == '/') {
+      prefix.remove_suffix(1);
+    }
+    if (!prefix.empty()) {
+      for (std::string_view seg : Split(prefix, '/')) {
+        if (!ValidSegment(seg)) {
+          return Error(Reason::InvalidSpec,
+                       fmt::format("{}: the prefix must not contain empty, \".\" or \"..\" "
+                                   "segments, whitespace or control characters",
+                                   uri));
+        }
+      }
+    }
+    loc.prefix = std::string(prefix);
+  }
+  return loc;
+}
+
+Result<S3ArtifactRef> ParseS3ArtifactUri(std::string_view uri) {
+  auto invalid = [&] {
+    return Error(Reason::InvalidSpec,
+                 fmt::format("{}: must be s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION]", uri));
+  };
+  std::string_view trimmed = uri;
+  if (!trimmed.empty() && trimmed.back() == '/') {
+    trimmed.remove_suffix(1);
+  }
+  auto loc = ParseS3StoreUri(trimmed);
+  if (!loc) {
+    return loc.error();
+  }
+  if (loc->prefix.empty()) {
+    return invalid();
+  }
+  std::vector<std::string_view> segs = Split(loc->prefix, '/');
+  size_t n = segs.size();
+  S3ArtifactRef ref;
+  size_t artifacts = 0;
+  if (n >= 2 && segs[n - 2] == "artifacts") {
+    artifacts = n - 2;
+    ref.name = std::string(segs[n - 1]);
+  } else if (n >= 3 && segs[n - 3] == "artifacts") {
+    artifacts = n - 3;
+    ref.name = std::string(segs[n - 2]);
+    ref.version = std::string(segs[n - 1]);
+  } else {
+    return invalid();
+  }
+  ref.store.bucket = loc->bucket;
+  for (size_t i = 0; i < artifacts; ++i) {
+    ref.store.prefix += (ref.store.prefix.empty() ? "" : "/") + std::string(segs[i]);
+  }
+  return ref;
+}
+
+S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client)
+    : location_(std::move(location)), client_(std::move(client)) {}
+
+Result<std::unique_ptr<S3ArtifactStore>> S3ArtifactStore::Open(std::string_view uri,
+                                                               AwsConfig config,
+                                                               S3ClientOptions options) {
+  auto loc = ParseS3StoreUri(uri);
+  if (!loc) {
+    return loc.error();
+  }
+  return std::make_unique<S3ArtifactStore>(
+      std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)));
+}
+
+std::string S3ArtifactStore::VersionKey(const std::string& name,
+                                        const std::string& version) const {
+  return location_.Key("artifacts/" + name + "/" + version);
+}
+
+std::string S3ArtifactStore::FileKey(const std::string& name, const std::string& version,
+                                     const std::string& path) const {
+  return VersionKey(name, version) + "/" + path;
+}
+
+std::string S3ArtifactStore::CurrentKey(const std::string& name) const {
+  return location_.Key("artifacts/" + name + "/" + std::string(kCurrentName));
+}
+
+Result<bool> S3ArtifactStore::HasObject(const std::string& key, uint64_t size,
+                                        const std::string& sha256, std::stop_token stop) {
+  auto info = client_->HeadObject(location_.bucket, key, stop);
+  if (!info) {
+    return info.error();
+  }
+  if (!*info || (*info)->size != size) {
+    return false;
+  }
+  auto it = (*info)->metadata.find(std::string(kSha256MetadataName));
+  return it != (*info)->metadata.end() && it->second == sha256;
+}
+
+Result<std::map<std::string, std::string>> S3ArtifactStore::CopySources(const std::string& name,
+                                                                        std::stop_token stop) {
+  std::map<std::string, std::string> sources;
+  auto current = ReadCurrent(name, stop);
+  if (!current) {
+    // A damaged current only costs the copies: the files are uploaded instead.
+    if (current.error().reason == Reason::StorageError) {
+      return sources;
+    }
+    return current.error();
+  }
+  if (*current) {
+    for (const ManifestFile& f : (*current)->files) {
+      sources.emplace(f.sha256, FileKey(name, (*current)->version, f.path));
+    }
+  }
+  return sources;
+}
+
+Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutFile(
+    const ArtifactManifest& manifest, const ManifestFile& file, const std::string& local_path,
+    const std::map<std::string, std::string>& copy_sources, std::atomic<uint64_t>& bytes_done,
+    std::stop_token stop) {
+  if (!SafeRelPath(file.path)) {
+    return Error(Reason::InvalidSpec, "artifact file path \"" + file.path + "\" is not safe");
+  }
+  std::string key = FileKey(manifest.name, manifest.version, file.path);
+  auto present = HasObject(key, file.size, file.sha256, stop);
+  if (!present) {
+    return present.error();
+  }
+  if (*present) {
+    bytes_done += file.size;
+    return PutOutcome::AlreadyPresent;
+  }
+  auto source = copy_sources.find(file.sha256);
+  if (source != copy_sources.end() && source->second != key && file.size <= kMaxCopySize) {
+    // The source must still hold these bytes (it may have been deleted or overwritten since its
+    // manifest was read); otherwise fall through to an upload.
+    auto source_ok = HasObject(source->second, file.size, file.sha256, stop);
+    if (!source_ok) {
+      return source_ok.error();
+    }
+    if (*source_ok) {
+      if (auto r = client_->CopyObject(location_.bucket, source->second, key, stop); !r) {
+        return r.error();
+      }
+      auto copied = HasObject(key, file.size, file.sha256, stop);
+      if (!copied) {
+        return copied.error();
+      }
+      if (*copied) {
+        bytes_done += file.size;
+        return PutOutcome::Copied;
+      }
+    }
+  }
+  uint64_t before = bytes_done.load();
+  if (auto r = UploadFile(*client_, location_.bucket, key, local_path, file.size, file.sha256,
+                          bytes_done, stop);
+      !r) {
+    bytes_done = before;
+    return r.error();
+  }
+  // Never trust the upload's answer alone (radosgw may answer a completed multipart upload with
+  // an empty ETag): the object must now be there with the right size and sha256.
+  auto confirmed = HasObject(key, file.size, file.sha256, stop);
+  if (!confirmed) {
+    return confirmed.error();
+  }
+  if (!*confirmed) {
+    return Error(Reason::StorageError,
+                 fmt::format("s3://{}/{}: after the upload the object does not have {} bytes and "
+                             "sha256 {}",
+                             location_.bucket, key, file.size, file.sha256));
+  }
+  return PutOutcome::Uploaded;
+}
+
+Result<PublishedArtifact> S3ArtifactStore::Publish(const std::string& local_dir,
+                                                   const ArtifactManifest& manifest,
+                                                   S3TransferProgress& progress,
+                                                   std::stop_token stop) {
+  if (auto r = CheckNameVersion(manifest.name, manifest.version); !r) {
+    return r.error();
+  }
+  progress.files_total = static_cast<int64_t>(manifest.files.size());
+  progress.bytes_total = manifest.size_bytes;
+  auto sources = CopySources(manifest.name, stop);
+  if (!sources) {
+    return sources.error();
+  }
+  for (const ManifestFile& f : manifest.files) {
+    if (stop.stop_requested()) {
+      return Error(Reason::Cancelled, "upload cancelled");
+    }
+    auto outcome =
+        PutFile(manifest, f, local_dir + "/" + f.path, *sources, progress.bytes_done, stop);
+    if (!outcome) {
+      return outcome.error();
+    }
+    if (*outcome != PutOutcome::Uploaded) {
+      ++progress.files_deduplicated;
+    }
+    ++progress.files_done;
+  }
+  return Commit(manifest, stop);
+}
+
+Result<PublishedArtifact> S3ArtifactStore::Commit(const ArtifactManifest& manifest,
+                                                  std::stop_token stop) {
+  if (auto r = CheckNameVersion(manifest.name, manifest.version); !r) {
+    return r.error();
+  }
+  if (manifest.version.empty()) {
+    return Error(Reason::Internal, "Commit of a manifest without its identity");
+  }
+  // The marker is only written over files that are all there: a committed version is complete.
+  for (const ManifestFile& f : manifest.files) {
+    std::string key = FileKey(manifest.name, manifest.version, f.path);
+    auto present = HasObject(key, f.size, f.sha256, stop);
+    if (!present) {
+      return present.error();
+    }
+    if (!*present) {
+      return Error(Reason::StorageError,
+                   fmt::format("cannot commit {}: s3://{}/{} is missing or differs from the "
+                               "manifest ({} bytes, sha256 {})",
+                               manifest.id, location_.bucket, key, f.size, f.sha256));
+    }
+  }
+  auto existing = ReadVersion(manifest.name, manifest.version, stop);
+  if (!existing) {
+    return existing.error();
+  }
+  if (*existing && (*existing)->id != manifest.id) {
+    return Error(Reason::StorageError,
+                 fmt::format("version {} holds {}, not {}",
+                             location_.Uri("artifacts/" + manifest.name + "/" + manifest.version),
+                             (*existing)->id, manifest.id));
+  }
+  if (!*existing) {
+    std::string key = VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
+    if (auto r = client_->PutObject(location_.bucket, key, ManifestDocument(manifest),
+                                    PutChecksum::ContentMd5, stop);
+        !r) {
+      return r.error();
+    }
+  }
+  auto current = ReadCurrentVersion(manifest.name, stop);
+  if (!current) {
+    return current.error();
+  }
+  if (!*current || **current != manifest.version) {
+    if (auto r = client_->PutObject(location_.bucket, CurrentKey(manifest.name), manifest.version,
+                                    PutChecksum::ContentMd5, stop);
+        !r) {
+      return r.error();
+    }
+  }
+  return Describe(manifest);
+}
+
+Result<std::optional<std::string>> S3ArtifactStore::ReadCurrentVersion(const std::string& name,
+                                                                       std::stop_token stop) {
+  if (auto r = CheckNameVersion(name, ""); !r) {
+    return r.error();
+  }
+  std::string key = CurrentKey(name);
+  auto info = client_->HeadObject(location_.bucket, key, stop);
+  if (!info) {
+    return info.error();
+  }
+  if (!*info) {
+    return std::optional<std::string>();
+  }
+  auto body = client_->GetObject(location_.bucket, key, std::nullopt, stop);
+  if (!body) {
+    return body.error();
+  }
+  std::string version = *body;
+  while (!version.empty() && (version.back() == '\n' || version.back() == '\r')) {
+    version.pop_back();
+  }
+  if (!SafeComponent(version)) {
+    return Error(Reason::StorageError,
+                 fmt::format("s3://{}/{} does not hold a version name", location_.bucket, key));
+  }
+  return std::optional<std::string>(std::move(version));
+}
+
+Result<std::optional<ArtifactManifest>> S3ArtifactStore::ReadVersion(const std::string& name,
+                                                                     const std::string& version,
+                                                                     std::stop_token stop) {
+  if (auto r = CheckNameVersion(name, version); !r) {
+    return r.error();
+  }
+  std::string key = VersionKey(name, version) + "/" + std::string(kManifestName);
+  auto info = client_->HeadObject(location_.bucket, key, stop);
+  if (!info) {
+    return info.error();
+  }
+  if (!*info) {
+    return std::optional<ArtifactManifest>();
+  }
+  auto body = client_->GetObject(location_.bucket, key, std::nullopt, stop);
+  if (!body) {
+    return body.error();
+  }
+  auto manifest = ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name,
+                                version);
+  if (!manifest) {
+    return manifest.error();
+  }
+  return std::optional<ArtifactManifest>(std::move(*manifest));
+}
+
+Result<std::optional<ArtifactManifest>> S3ArtifactStore::ReadCurrent(const std::string& name,
+                                                                     std::stop_token stop) {
+  auto version = ReadCurrentVersion(name, stop);
+  if (!version) {
+    return version.error();
+  }
+  if (!*version) {
+    return std::optional<ArtifactManifest>();
+  }
+  auto manifest = ReadVersion(name, **version, stop);
+  if (!manifest) {
+    return manifest.error();
+  }
+  if (!*manifest) {
+    return Error(Reason::StorageError,
+                 fmt::format("{} names version {}, which has no modelcache.json",
+                             location_.Uri("artifacts/" + name + "/current"), **version));
+  }
+  return manifest;
+}
+
+Result<std::vector<std::string>> S3ArtifactStore::ListVersions(const std::string& name,
+                                                               std::stop_token stop) {
+  if (auto r = CheckNameVersion(name, ""); !r) {
+    return r.error();
+  }
+  std::string prefix = location_.Key("artifacts/" + name + "/");
+  std::string suffix = "/" + std::string(kManifestName);
+  std::vector<std::string> versions;
+  std::string token;
+  do {
+    auto page = client_->ListObjectsV2(location_.bucket, prefix, token, "", 1000, stop);
+    if (!page) {
+      return page.error();
+    }
+    for (const ListedObject& o : page->objects) {
+      std::string_view rel = std::string_view(o.key).substr(prefix.size());
+      if (rel.size() > suffix.size() && rel.substr(rel.size() - suffix.size()) == suffix) {
+        std::string_view version = rel.substr(0, rel.size() - suffix.size());
+        if (SafeComponent(version)) {
+          versions.emplace_back(version);
+        }
+      }
+    }
+    token = page->next_continuation_token;
+  } while (!token.empty());
+  std::sort(versions.begin(), versions.end());
+  return versions;
+}
+
+PublishedArtifact S3ArtifactStore::Describe(const ArtifactManifest& manifest) const {
+  PublishedArtifact a;
+  a.name = manifest.name;
+  a.version = manifest.version;
+  a.id = manifest.id;
+  a.uri = location_.Uri("artifacts/" + manifest.name + "/" + manifest.version);
+  a.size_bytes = manifest.size_bytes;
+  a.files = static_cast<int64_t>(manifest.files.size());
+  return a;
+}
+
+namespace {
+
+// True iff `dir` holds exactly `manifest` already: its modelcache.json has the same id and every
+// file has its size and sha256.
+bool AlreadyPulled(const std::string& dir, const ArtifactManifest& manifest) {
+  auto text = ReadFile(dir + "/" + std::string(kManifestName));
+  if (!text) {
+    return false;
+  }
+  auto local = ParseManifest(*text, dir, manifest.name, manifest.version);
+  if (!local || local->id != manifest.id) {
+    return false;
+  }
+  for (const ManifestFile& f : manifest.files) {
+    std::string path = dir + "/" + f.path;
+    std::error_code ec;
+    if (!fs::is_regular_file(fs::symlink_status(path, ec)) || fs::file_size(path, ec) != f.size) {
+      return false;
+    }
+    auto sha = Sha256File(path);
+    if (!sha || *sha != f.sha256) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std::string& version,
+                                             const std::string& dir, S3TransferProgress& progress,
+                                             std::stop_token stop) {
+  if (auto r = CheckNameVersion(name, version); !r) {
+    return r.error();
+  }
+  std::string wanted = version;
+  if (wanted.empty()) {
+    auto current = ReadCurrentVersion(name, stop);
+    if (!current) {
+      return current.error();
+    }
+    if (!*current) {
+      return Error(Reason::StorageError, fmt::format("{} has no current version (nothing was "
+                                                     "published under this name)",
+                                                     location_.Uri("artifacts/" + name)));
+    }
+    wanted = **current;
+  }
+  auto manifest = ReadVersion(name, wanted, stop);
+  if (!manifest) {
+    return manifest.error();
+  }
+  if (!*manifest) {
+    return Error(Reason::StorageError,
+                 fmt::format("{} has no modelcache.json: it is not a published version (an upload "
+                             "that never committed, or one still in progress)",
+                             location_.Uri("artifacts/" + name + "/" + wanted)));
+  }
+  const ArtifactManifest& m = **manifest;
+  PulledArtifact out{m.name, m.version, m.id, dir, m.size_bytes,
+                     static_cast<int64_t>(m.files.size()), false};
+  progress.files_total = static_cast<int64_t>(m.files.size());
+  progress.bytes_total = m.size_bytes;
+
+  fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
+  if (!target.has_filename()) {
+    target = target.parent_path();
+  }
+  std::error_code ec;
+  bool exists = fs::exists(fs::symlink_status(target, ec));
+  if (exists) {
+    if (!fs::is_directory(fs::symlink_status(target, ec))) {
+      return Error(Reason::InvalidSpec, target.string() + " exists and is not a directory");
+    }
+    bool is_pull = fs::exists(target / kManifestName, ec);
+    if (!is_pull && !fs::is_empty(target, ec)) {
+      return Error(Reason::InvalidSpec, target.string() +
+                                            " exists, is not empty and holds no modelcache.json: "
+                                            "pull never overwrites other files");
+    }
+    if (is_pull && AlreadyPulled(target.string(), m)) {
+      progress.bytes_done = m.size_bytes;
+      progress.files_done = progress.files_total.load();
+      out.dir = target.string();
+      out.already_present = true;
+      return out;
+    }
+  }
+
+  // Stage next to the target (same filesystem, so the final rename is atomic).
+  std::string staging = target.string() + ".partial-" + UniqueSuffix();
+  auto fail = [&](Error e) -> Result<PulledArtifact> {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    return e;
+  };
+  if (auto r = MakeDirs(staging); !r) {
+    return r.error();
+  }
+  for (const ManifestFile& f : m.files) {
+    if (stop.stop_requested()) {
+      return fail(Error(Reason::Cancelled, "pull cancelled"));
+    }
+    std::string path = staging + "/" + f.path;
+    if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
+      return fail(r.error());
+    }
+    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd.get() < 0) {
+      return fail(IoError("cannot create", path, errno));
+    }
+    std::string key = FileKey(name, m.version, f.path);
+    Hasher hasher(Hasher::Kind::Sha256);
+    uint64_t written = 0;
+    while (written < f.size) {
+      uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
+      auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
+      if (!chunk) {
+        return fail(chunk.error());
+      }
+      if (chunk->empty() || chunk->size() > last - written + 1) {
+        return fail(Error(Reason::ChecksumMismatch,
+                          fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
+                                      "file",
+                                      location_.bucket, key, chunk->size(), written, last,
+                                      f.size)));
+      }
+      hasher.Update(*chunk);
+      if (auto r = WriteAll(fd.get(), path, *chunk); !r) {
+        return fail(r.error());
+      }
+      written += chunk->size();
+      progress.bytes_done += chunk->size();
+    }
+    std::string sha = hasher.FinalHex();
+    if (sha != f.sha256) {
+      return fail(Error(Reason::ChecksumMismatch,
+                        fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
+                                    location_.bucket, key, sha, f.sha256)));
+    }
+    if (::fsync(fd.get()) != 0) {
+      return fail(IoError("cannot fsync", path, errno));
+    }
+    ++progress.files_done;
+  }
+  // A zero-length object is one GET of nothing; the size check above covers the rest. The
+  // manifest goes in last, like in the bucket.
+  if (auto r = WriteFileAtomic(staging + "/" + std::string(kManifestName), ManifestDocument(m));
+      !r) {
+    return fail(r.error());
+  }
+  for (auto it = fs::recursive_directory_iterator(staging, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_directory(ec)) {
+      (void)SyncDir(it->path().string());
+    }
+  }
+  (void)SyncDir(staging);
+
+  if (exists) {
+    // Swap the new tree in place of the old one in one step, then remove the old one.
+    if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
+      int err = errno;
+      if (err != EINVAL && err != ENOSYS) {
+        return fail(IoError("cannot exchange " + staging + " with", target.string(), err));
+      }
+      // No exchange on this filesystem: move the old tree aside, then rename.
+      std::string aside = target.string() + ".old-" + UniqueSuffix();
+      if (::rename(target.c_str(), aside.c_str()) != 0) {
+        return fail(IoError("cannot move aside", target.string(), errno));
+      }
+      if (::rename(staging.c_str(), target.c_str()) != 0) {
+        int rename_err = errno;
+        (void)::rename(aside.c_str(), target.c_str());
+        return fail(IoError("cannot rename " + staging + " to", target.string(), rename_err));
+      }
+      staging = aside;
+    }
+    fs::remove_all(staging, ec);  // the old tree
+  } else if (::rename(staging.c_str(), target.c_str()) != 0) {
+    return fail(IoError("cannot rename " + staging + " to", target.string(), errno));
+  }
+  (void)SyncDir(target.parent_path().string());
+  out.dir = target.string();
+  return out;
+}
+
+}  // namespace modelcache::store

@@ -1,0 +1,465 @@
+// S3 artifact stores end to end: the real binary (daemon, prefetch, pull) against Ceph's radosgw,
+// started once for all these tests by the ctest fixture in tests/fixtures/radosgw (which these
+// tests require: FIXTURES_REQUIRED radosgw). boto3 reads back what modelcache wrote, as a client
+// that shares no code with it. Each test works under its own key prefix of the shared bucket.
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "common/sha256.h"
+#include "tests/fixtures/hub/fake_hub.h"
+#include "tests/integration/harness.h"
+
+namespace modelcache::itest {
+namespace {
+
+namespace fs = std::filesystem;
+using modelcache::testing::FakeHub;
+using modelcache::testing::FakeRepoSpec;
+using std::chrono::seconds;
+
+// Debian's python3-boto3 lives with /usr/bin/python3; a python3 earlier on PATH may lack it.
+constexpr const char* kPython = "/usr/bin/python3";
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+struct RadosGw {
+  std::string endpoint, access_key, secret_key, region, bucket;
+};
+
+// The environment file the fixture wrote (MC_RADOSGW_ENV, else this build tree's).
+std::optional<RadosGw> LoadRadosGw() {
+  const char* override_path = std::getenv("MC_RADOSGW_ENV");  // NOLINT(concurrency-mt-unsafe)
+  std::string path = override_path != nullptr ? override_path : MC_RADOSGW_ENV;
+  std::ifstream in(path);
+  if (!in) {
+    return std::nullopt;
+  }
+  std::map<std::string, std::string> kv;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t eq = line.find('=');
+    if (eq != std::string::npos && line[0] != '#') {
+      kv[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+  }
+  RadosGw gw{kv["S3_ENDPOINT"], kv["AWS_ACCESS_KEY_ID"], kv["AWS_SECRET_ACCESS_KEY"],
+             kv["AWS_REGION"], kv["S3_BUCKET"]};
+  if (gw.endpoint.empty() || gw.bucket.empty()) {
+    return std::nullopt;
+  }
+  return gw;
+}
+
+bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
+
+std::string ReadyMessage(const crds::ModelCache& mc) {
+  const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
+  return c == nullptr ? "" : c->message;
+}
+
+class S3Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto gw = LoadRadosGw();
+    ASSERT_TRUE(gw) << "no radosgw: run through ctest (fixture radosgw_start), or set "
+                       "MC_RADOSGW_ENV to the file tests/fixtures/radosgw/ctest-fixture.sh wrote";
+    gw_ = *gw;
+    // Every test has its own prefix in the shared bucket.
+    prefix_ = "it-" + UniqueSuffix();
+    for (char& c : prefix_) {
+      if (c == '.') {
+        c = '-';
+      }
+    }
+    fs::create_directories(watch_dir());
+    ASSERT_TRUE(hub_.Start());
+  }
+
+  std::string watch_dir() const { return tmp_ / "manifests"; }
+  std::string cache_dir() const { return tmp_ / "cache"; }
+  std::string state_dir() const { return tmp_ / "state"; }
+  std::string store_uri() const { return "s3://" + gw_.bucket + "/" + prefix_; }
+
+  std::map<std::string, std::string> AwsEnv() const {
+    return {{"AWS_ACCESS_KEY_ID", gw_.access_key},
+            {"AWS_SECRET_ACCESS_KEY", gw_.secret_key},
+            {"AWS_REGION", gw_.region},
+            {"AWS_ENDPOINT_URL", gw_.endpoint},
+            {"AWS_CONFIG_FILE", "/dev/null"},
+            {"AWS_SHARED_CREDENTIALS_FILE", "/dev/null"},
+            {"AWS_EC2_METADATA_DISABLED", "true"}};
+  }
+
+  std::string AddRepo(const std::string& id, const std::map<std::string, std::string>& files) {
+    std::string dir = tmp_ / ("repos/" + id + "/main");
+    WriteTree(dir, files);
+    FakeRepoSpec spec;
+    spec.id = id;
+    spec.refs["main"] = dir;
+    hub_.AddRepo(spec);
+    return dir;
+  }
+
+  Daemon::Options DaemonOptions() const {
+    Daemon::Options o;
+    o.watch_dir = watch_dir();
+    o.store = cache_dir();
+    o.state_dir = state_dir();
+    o.hf_endpoint = hub_.url();
+    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "30s"};
+    o.env = AwsEnv();
+    return o;
+  }
+
+  // Runs a Python script with boto3 against radosgw: argv[1] endpoint, argv[2] bucket, then
+  // `args`. Returns stdout, which the scripts make JSON.
+  nlohmann::json Boto3(const std::string& script, const std::vector<std::string>& args) {
+    std::string path = tmp_ / ("script-" + UniqueSuffix() + ".py");
+    std::ofstream(path) << "import sys, json, hashlib, boto3\n"
+                           "s3 = boto3.client('s3', endpoint_url=sys.argv[1])\n"
+                           "bucket = sys.argv[2]\n"
+                        << script;
+    std::vector<std::string> argv{kPython, path, gw_.endpoint, gw_.bucket};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = RunProgram(argv, AwsEnv());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    auto json = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_FALSE(json.is_discarded()) << r.out << r.err;
+    return json;
+  }
+
+  // Every key under `prefix` (boto3's paginator), sorted.
+  std::vector<std::string> ListKeys(const std::string& prefix) {
+    auto json = Boto3(R"(
+keys = []
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=sys.argv[3]):
+    keys += [o['Key'] for o in page.get('Contents', [])]
+print(json.dumps(sorted(keys)))
+)",
+                      {prefix});
+    return json.is_array() ? json.get<std::vector<std::string>>() : std::vector<std::string>();
+  }
+
+  crds::ModelCache WaitStatus(const std::string& name,
+                              const std::function<bool(const crds::ModelCache&)>& pred,
+                              const Daemon& daemon, seconds timeout = seconds(60)) {
+    auto mc = WaitForStatus(state_dir(), name, pred, timeout);
+    EXPECT_TRUE(mc && pred(*mc)) << (mc ? crds::ToJson(*mc).dump(2) : "no status") << "\n"
+                                 << daemon.Log();
+    return mc ? *mc : crds::ModelCache{};
+  }
+
+  TempDir tmp_;
+  FakeHub hub_;
+  RadosGw gw_;
+  std::string prefix_;
+};
+
+// Reads the artifact back with boto3: current, the manifest, and every file's bytes, hashed on
+// the Python side.
+constexpr const char* kReadBack = R"(
+base = sys.argv[3].rstrip('/') + '/artifacts/' + sys.argv[4]
+current = s3.get_object(Bucket=bucket, Key=base + '/current')['Body'].read().decode()
+manifest = json.loads(s3.get_object(Bucket=bucket, Key=base + '/' + current + '/modelcache.json')['Body'].read())
+files = {}
+for f in manifest['files']:
+    obj = s3.get_object(Bucket=bucket, Key=base + '/' + current + '/' + f['path'])
+    body = obj['Body'].read()
+    files[f['path']] = {'sha256': hashlib.sha256(body).hexdigest(), 'size': len(body),
+                        'meta': obj.get('Metadata', {}).get('sha256', '')}
+print(json.dumps({'current': current, 'manifest': manifest, 'files': files}))
+)";
+
+TEST_F(S3Test, PrefetchToS3IsReadBackByteForByteWithBoto3) {
+  auto files = SmallModelFiles(20 << 20, 81);  // the weights go up as a multipart upload
+  AddRepo("org/s3-model", files);
+  std::vector<std::string> args{"prefetch",    "org/s3-model:main", "--store",
+                                store_uri(),   "--cache-dir",       cache_dir(),
+                                "--hf-endpoint", hub_.url(),        "--no-progress"};
+  auto first = RunModelcache(args, AwsEnv());
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  ASSERT_EQ(first.out.rfind("s3-model@sha256:", 0), 0u) << first.out;
+  std::string id = first.out.substr(0, first.out.size() - 1);
+  EXPECT_NE(first.err.find(store_uri() + "/artifacts/s3-model/"), std::string::npos) << first.err;
+
+  auto back = Boto3(kReadBack, {prefix_, "s3-model"});
+  EXPECT_EQ(back["manifest"]["id"], id);
+  EXPECT_EQ(back["current"], back["manifest"]["version"]);
+  ASSERT_EQ(back["files"].size(), files.size());
+  for (const auto& [path, content] : files) {
+    const auto& f = back["files"][path];
+    EXPECT_EQ(f["size"], content.size()) << path;
+    // Hashed by Python over the bytes it read, compared with the bytes the Hub served.
+    EXPECT_EQ(f["sha256"], Sha256Hex(content)) << path;
+    EXPECT_EQ(f["meta"], Sha256Hex(content)) << path;
+  }
+  // The bucket holds the version's files, its marker and current, nothing else.
+  auto keys = ListKeys(prefix_ + "/");
+  EXPECT_EQ(keys.size(), files.size() + 2);
+  std::string version = back["current"];
+  for (const auto& key : keys) {
+    EXPECT_TRUE(key == prefix_ + "/artifacts/s3-model/current" ||
+                key.rfind(prefix_ + "/artifacts/s3-model/" + version + "/", 0) == 0)
+        << key;
+  }
+
+  // Again: same id, nothing uploaded again (the objects keep their ETags and dates).
+  auto etags = Boto3(R"(
+print(json.dumps({o['Key']: [o['ETag'], str(o['LastModified'])]
+                  for o in s3.list_objects_v2(Bucket=bucket, Prefix=sys.argv[3])['Contents']}))
+)",
+                     {prefix_ + "/artifacts/s3-model/" + version + "/"});
+  auto second = RunModelcache(args, AwsEnv());
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_EQ(second.out, first.out);
+  auto etags_after = Boto3(R"(
+print(json.dumps({o['Key']: [o['ETag'], str(o['LastModified'])]
+                  for o in s3.list_objects_v2(Bucket=bucket, Prefix=sys.argv[3])['Contents']}))
+)",
+                           {prefix_ + "/artifacts/s3-model/" + version + "/"});
+  EXPECT_EQ(etags, etags_after);
+}
+
+TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
+  auto files = SmallModelFiles(3 << 20, 82);
+  AddRepo("org/s3-daemon", files);
+  WriteFileRenamed(watch_dir() + "/m.yaml",
+                   Manifest("s3-daemon", "org/s3-daemon",
+                            "  storage:\n    uri: " + store_uri() + "\n"));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  auto mc = WaitStatus("s3-daemon", IsReady, daemon);
+  ASSERT_TRUE(IsReady(mc));
+  ASSERT_TRUE(mc.status.artifact);
+  const auto& art = *mc.status.artifact;
+  EXPECT_EQ(art.uri, store_uri() + "/artifacts/s3-daemon/" + art.version);
+  EXPECT_EQ(art.path, "");
+  EXPECT_EQ(art.files, static_cast<int64_t>(files.size()));
+
+  // `get` shows the S3 URI.
+  auto json = RunModelcache({"get", "-o", "json", "--state-dir", state_dir()});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(nlohmann::json::parse(json.out)["items"][0]["status"]["artifact"]["uri"], art.uri);
+
+  // pull: the version named, then current; byte for byte; idempotent.
+  std::string dir = tmp_ / "pulled/model";
+  auto pulled = RunModelcache({"pull", art.uri, dir}, AwsEnv());
+  ASSERT_EQ(pulled.exit_code, 0) << pulled.err;
+  EXPECT_EQ(pulled.out, art.id + "\n");
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(Slurp(dir + "/" + path), content) << path;
+  }
+  auto manifest = nlohmann::json::parse(Slurp(dir + "/modelcache.json"));
+  EXPECT_EQ(manifest["id"], art.id);
+  size_t entries = 0;
+  for (const auto& e : fs::recursive_directory_iterator(tmp_ / "pulled")) {
+    entries += e.is_regular_file() ? 1 : 0;
+  }
+  EXPECT_EQ(entries, files.size() + 1) << "no staging directory or stray file left";
+
+  auto again = RunModelcache({"pull", store_uri() + "/artifacts/s3-daemon", dir}, AwsEnv());
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("up to date"), std::string::npos) << again.err;
+
+  // A damaged local copy is replaced by a verified one.
+  std::ofstream(dir + "/config.json", std::ios::trunc) << "{}";
+  auto repaired = RunModelcache({"pull", art.uri, dir}, AwsEnv());
+  ASSERT_EQ(repaired.exit_code, 0) << repaired.err;
+  EXPECT_EQ(Slurp(dir + "/config.json"), files["config.json"]);
+
+  // A directory holding other files is never overwritten.
+  std::string other = tmp_ / "other";
+  WriteTree(other, {{"keep.txt", "mine"}});
+  auto refused = RunModelcache({"pull", art.uri, other}, AwsEnv());
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("not empty"), std::string::npos) << refused.err;
+  EXPECT_EQ(Slurp(other + "/keep.txt"), "mine");
+
+  // After a restart the Ready resource is confirmed from the bucket, without a new version.
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+  Daemon restarted(DaemonOptions());
+  restarted.Start();
+  auto again_ready = WaitStatus("s3-daemon", IsReady, restarted);
+  EXPECT_EQ(again_ready.status.artifact->id, art.id);
+}
+
+TEST_F(S3Test, ShardedArtifactToAnS3DefaultStore) {
+  std::string dir = tmp_ / "repos/org/qwen3-s3/main";
+  auto gen = std::system((std::string(MC_MAKE_CHECKPOINT) + " " + dir +
+                          " --arch qwen3 --size tiny > /dev/null").c_str());
+  ASSERT_EQ(gen, 0);
+  FakeRepoSpec spec;
+  spec.id = "org/qwen3-s3";
+  spec.refs["main"] = dir;
+  hub_.AddRepo(spec);
+  WriteFileRenamed(watch_dir() + "/q.yaml",
+                   Manifest("qwen-s3", "org/qwen3-s3",
+                            "  accelerator: \"L4:2\"\n  shard:\n    engine: vllm\n"));
+  // The daemon's default store is the bucket; downloads and shards are staged in --cache-dir.
+  Daemon::Options o = DaemonOptions();
+  o.store = store_uri();
+  o.extra_args.insert(o.extra_args.end(), {"--cache-dir", cache_dir()});
+  o.env.erase("AWS_ENDPOINT_URL");
+  o.extra_args.insert(o.extra_args.end(), {"--s3-endpoint", gw_.endpoint});
+  Daemon daemon(o);
+  daemon.Start();
+  auto mc = WaitStatus("qwen-s3", IsReady, daemon);
+  ASSERT_TRUE(IsReady(mc));
+  const auto& art = *mc.status.artifact;
+  EXPECT_EQ(art.uri.rfind(store_uri() + "/artifacts/qwen3-s3/", 0), 0u) << art.uri;
+
+  std::string pulled = tmp_ / "pulled";
+  auto r = RunModelcache({"pull", art.uri, pulled, "--s3-endpoint", gw_.endpoint}, AwsEnv());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Exactly the files the local staging copy holds, byte for byte.
+  std::string staged = cache_dir() + "/artifacts/qwen3-s3/" + art.version;
+  size_t compared = 0;
+  for (const auto& e : fs::recursive_directory_iterator(staged)) {
+    if (!e.is_regular_file()) {
+      continue;
+    }
+    std::string rel = fs::relative(e.path(), staged).string();
+    EXPECT_EQ(Slurp(pulled + "/" + rel), Slurp(e.path().string())) << rel;
+    ++compared;
+  }
+  EXPECT_TRUE(fs::exists(pulled + "/model-rank-0-part-0.safetensors"));
+  EXPECT_TRUE(fs::exists(pulled + "/model-rank-1-part-0.safetensors"));
+  EXPECT_GE(compared, 4u);
+  auto manifest = nlohmann::json::parse(Slurp(pulled + "/modelcache.json"));
+  EXPECT_EQ(manifest["shard"]["tensorParallelSize"], 2);
+  EXPECT_EQ(ListKeys(prefix_ + "/artifacts/qwen3-s3/" + art.version + "/").size(),
+            compared);  // the files and modelcache.json
+}
+
+TEST_F(S3Test, WrongCredentialsAreStorageErrorsNamingTheS3CodeNeverTheSecret) {
+  AddRepo("org/s3-creds", SmallModelFiles(100000, 83));
+  // Directory mode: the credentials come from a secrets-directory entry (--s3-secret).
+  std::string secrets = tmp_ / "secrets";
+  const std::string wrong_secret = "WRONGsecretWRONGsecretWRONGsecret0000000";
+  WriteTree(secrets, {{"s3/AWS_ACCESS_KEY_ID", gw_.access_key + "\n"},
+                      {"s3/AWS_SECRET_ACCESS_KEY", wrong_secret + "\n"}});
+  WriteFileRenamed(watch_dir() + "/c.yaml",
+                   Manifest("s3-creds", "org/s3-creds",
+                            "  storage:\n    uri: " + store_uri() + "\n"));
+  Daemon::Options o = DaemonOptions();
+  o.env.erase("AWS_ACCESS_KEY_ID");
+  o.env.erase("AWS_SECRET_ACCESS_KEY");
+  o.secrets_dir = secrets;
+  o.extra_args.insert(o.extra_args.end(), {"--s3-secret", "s3"});
+  Daemon daemon(o);
+  daemon.Start();
+  auto failed = WaitStatus(
+      "s3-creds",
+      [](const crds::ModelCache& mc) {
+        return ReadyReason(mc) == "StorageError" &&
+               ReadyMessage(mc).find("SignatureDoesNotMatch") != std::string::npos;
+      },
+      daemon);
+  EXPECT_FALSE(IsReady(failed));
+  std::string status_file = Slurp(state_dir() + "/status/default/s3-creds.json");
+  ASSERT_NE(status_file.find("SignatureDoesNotMatch"), std::string::npos) << status_file;
+  EXPECT_EQ(status_file.find(wrong_secret), std::string::npos);
+  EXPECT_EQ(status_file.find(gw_.secret_key), std::string::npos);
+  EXPECT_EQ(daemon.Log().find(wrong_secret), std::string::npos);
+
+  // The secret is rotated: the next retry reads it and succeeds.
+  WriteFileRenamed(secrets + "/s3/AWS_SECRET_ACCESS_KEY", gw_.secret_key);
+  auto ready = WaitStatus("s3-creds", IsReady, daemon);
+  EXPECT_TRUE(IsReady(ready));
+
+  // A bucket that does not exist.
+  WriteFileRenamed(watch_dir() + "/b.yaml",
+                   Manifest("s3-nobucket", "org/s3-creds",
+                            "  artifactName: nobucket\n  storage:\n    uri: s3://mc-no-such-" +
+                                prefix_ + "/p\n"));
+  auto missing = WaitStatus(
+      "s3-nobucket",
+      [](const crds::ModelCache& mc) {
+        return ReadyReason(mc) == "StorageError" &&
+               ReadyMessage(mc).find("NoSuchBucket") != std::string::npos;
+      },
+      daemon);
+  EXPECT_EQ(daemon.Log().find(gw_.secret_key), std::string::npos);
+}
+
+TEST_F(S3Test, VersionWithoutModelcacheJsonIsNeverReadyNorPulled) {
+  // A bucket of this test's own, whose policy refuses the commit marker under the prefix: every
+  // file can be uploaded, modelcache.json cannot.
+  std::string bucket = "mc-deny-" + prefix_.substr(3);
+  std::replace(bucket.begin(), bucket.end(), '.', '-');
+  auto made = Boto3(R"(
+import sys
+b = sys.argv[3]
+s3.create_bucket(Bucket=b)
+s3.put_bucket_policy(Bucket=b, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+    "Resource": "arn:aws:s3:::" + b + "/p/artifacts/*/*/modelcache.json"}]}))
+print(json.dumps("ok"))
+)",
+                    {bucket});
+  ASSERT_EQ(made, "ok");
+  auto files = SmallModelFiles(200000, 84);
+  AddRepo("org/s3-marker", files);
+  std::string uri = "s3://" + bucket + "/p";
+  WriteFileRenamed(watch_dir() + "/m.yaml",
+                   Manifest("s3-marker", "org/s3-marker", "  storage:\n    uri: " + uri + "\n"));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  auto failed = WaitStatus(
+      "s3-marker",
+      [](const crds::ModelCache& mc) {
+        return ReadyReason(mc) == "StorageError" &&
+               ReadyMessage(mc).find("AccessDenied") != std::string::npos;
+      },
+      daemon);
+  EXPECT_NE(failed.status.phase, crds::kPhaseReady);
+  EXPECT_FALSE(failed.status.artifact.has_value() && !failed.status.artifact->uri.empty() &&
+               failed.status.artifact->uri.rfind("s3://", 0) == 0);
+
+  // Every file is in the bucket; the marker and current are not.
+  auto listed = Boto3(R"(
+b = sys.argv[3]
+print(json.dumps(sorted(o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='p/').get('Contents', []))))
+)",
+                      {bucket});
+  ASSERT_EQ(listed.size(), files.size()) << listed.dump();
+  std::string first = listed[0];
+  std::string version = first.substr(std::string("p/artifacts/s3-marker/").size());
+  version = version.substr(0, version.find('/'));
+  for (const auto& key : listed) {
+    EXPECT_EQ(key.get<std::string>().find("modelcache.json"), std::string::npos);
+  }
+  auto by_version = RunModelcache({"pull", uri + "/artifacts/s3-marker/" + version,
+                                   tmp_ / "pulled"},
+                                  AwsEnv());
+  EXPECT_EQ(by_version.exit_code, 1);
+  EXPECT_NE(by_version.err.find("has no modelcache.json"), std::string::npos) << by_version.err;
+  EXPECT_FALSE(fs::exists(tmp_ / "pulled"));
+  auto by_current = RunModelcache({"pull", uri + "/artifacts/s3-marker", tmp_ / "pulled"},
+                                  AwsEnv());
+  EXPECT_EQ(by_current.exit_code, 1);
+  EXPECT_NE(by_current.err.find("no current version"), std::string::npos) << by_current.err;
+
+  // The policy goes: the retry finds the files in place, commits, and only then is Ready.
+  Boto3("s3.delete_bucket_policy(Bucket=sys.argv[3])\nprint(json.dumps('ok'))\n", {bucket});
+  auto ready = WaitStatus("s3-marker", IsReady, daemon);
+  ASSERT_TRUE(ready.status.artifact);
+  EXPECT_EQ(ready.status.artifact->uri, uri + "/artifacts/s3-marker/" + version);
+  auto pulled = RunModelcache({"pull", ready.status.artifact->uri, tmp_ / "pulled"}, AwsEnv());
+  EXPECT_EQ(pulled.exit_code, 0) << pulled.err;
+}
+
+}  // namespace
+}  // namespace modelcache::itest
