@@ -15,6 +15,7 @@
 
 #include "common/files.h"
 #include "common/sha256.h"
+#include "store/s3_uploader.h"
 
 namespace modelcache::store {
 namespace {
@@ -26,7 +27,6 @@ constexpr std::string_view kCurrentName = "current";
 // Files up to this size go in one PUT; larger ones as a multipart upload.
 constexpr uint64_t kSinglePutMax = 16ULL << 20;
 constexpr uint64_t kMinPartSize = 8ULL << 20;
-constexpr uint64_t kMaxParts = 10'000;
 // S3's limit for one CopyObject; larger objects are uploaded instead.
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
 // Ranged GETs of this size keep Pull's memory bounded.
@@ -132,24 +132,6 @@ Error IoError(const std::string& what, const std::string& path, int err) {
           what + " " + path + ": " + ErrnoMessage(err)};
 }
 
-// Reads exactly `size` bytes at `offset`.
-VoidResult ReadAt(int fd, const std::string& path, uint64_t offset, std::string& buffer) {
-  size_t done = 0;
-  while (done < buffer.size()) {
-    ssize_t n = ::pread(fd, buffer.data() + done, buffer.size() - done,
-                        static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      return n == 0 ? Error(Reason::StorageError, path + " is shorter than expected")
-                    : IoError("cannot read", path, errno);
-    }
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
-
 VoidResult WriteAll(int fd, const std::string& path, std::string_view data) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
@@ -180,53 +162,27 @@ class Fd {
   int fd_;
 };
 
-// Puts one local file at `key` with its sha256 as metadata: one PUT up to kSinglePutMax, else a
-// sequential multipart upload aborted on failure.
-// TODO(#8): replace with store/s3_uploader.h (parallel parts, resume after a restart) once it
-// lands on main; this is the only place that uploads file bytes.
+// Puts one local file at `key` with its sha256 as metadata (x-amz-meta-sha256), through
+// store/s3_uploader.h: one PUT for small files, else parallel verified parts. A multipart upload
+// interrupted by a stop or a crash is left in place and resumed by the next attempt (only the
+// missing parts are sent); one whose bytes do not hash to `sha256` is aborted.
 VoidResult UploadFile(S3Client& client, const std::string& bucket, const std::string& key,
                       const std::string& path, uint64_t size, const std::string& sha256,
                       std::atomic<uint64_t>& bytes_done, std::stop_token stop) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return IoError("cannot open", path, errno);
-  }
-  ObjectMetadata metadata{{std::string(kSha256MetadataName), sha256}};
-  if (size <= kSinglePutMax) {
-    std::string body(size, '\0');
-    if (auto r = ReadAt(fd.get(), path, 0, body); !r) {
-      return r.error();
-    }
-    if (auto r = client.PutObject(bucket, key, body, PutChecksum::ContentMd5, stop, metadata); !r) {
-      return r.error();
-    }
-    bytes_done += size;
-    return {};
-  }
-  uint64_t part_size = std::max(kMinPartSize, (size + kMaxParts - 1) / kMaxParts);
-  auto upload_id = client.CreateMultipartUpload(bucket, key, stop, metadata);
-  if (!upload_id) {
-    return upload_id.error();
-  }
-  std::vector<UploadedPart> parts;
-  std::string buffer;
-  for (uint64_t offset = 0; offset < size; offset += part_size) {
-    buffer.resize(static_cast<size_t>(std::min(part_size, size - offset)));
-    auto read = ReadAt(fd.get(), path, offset, buffer);
-    Result<UploadedPart> part = read ? client.UploadPart(bucket, key, *upload_id,
-                                                         static_cast<int>(parts.size() + 1),
-                                                         buffer, stop)
-                                     : Result<UploadedPart>(read.error());
-    if (!part) {
-      (void)client.AbortMultipartUpload(bucket, key, *upload_id);
-      return part.error();
-    }
-    parts.push_back(*part);
-    bytes_done += buffer.size();
-  }
-  if (auto r = client.CompleteMultipartUpload(bucket, key, *upload_id, parts, stop); !r) {
-    (void)client.AbortMultipartUpload(bucket, key, *upload_id);
+  UploadOptions options;
+  options.single_put_threshold = kSinglePutMax;
+  options.min_part_size = kMinPartSize;
+  options.skip_existing = false;   // the caller has looked already
+  options.abort_on_stop = false;   // a daemon stopping mid-upload resumes it after the restart
+  S3Uploader uploader(client, options);
+  auto r = uploader.UploadFile(bucket, key, path, sha256,
+                               [&bytes_done](uint64_t n) { bytes_done += n; }, stop);
+  if (!r) {
     return r.error();
+  }
+  if (r->size != size) {
+    return Error(Reason::StorageError,
+                 fmt::format("{}: uploaded {} bytes, expected {}", path, r->size, size));
   }
   return {};
 }
