@@ -266,12 +266,17 @@ class MultipartRun {
   }
 
   VoidResult UploadOne(const PartJob& job) {
-    // The part's digests: MD5 for Content-MD5 and resume, sha256 when the payload is signed.
-    Md5 md5;
+    // The part's digests: the sha256 when the payload is signed (S3 checks it), else the MD5
+    // for Content-MD5 (S3 checks that). The MD5 is also what a part uploaded by an earlier run
+    // is recognised by (its ETag), so it is computed for those too.
+    auto listed = existing_.find(job.number);
+    const bool reusable = listed != existing_.end() && listed->second.size == job.size;
+    std::optional<Md5> md5;
+    if (!options_.sign_payload || reusable) md5.emplace();
     std::optional<Hasher> sha256;
     if (options_.sign_payload) sha256.emplace(Hasher::Kind::Sha256);
     if (job.buffer) {
-      md5.Update(job.buffer->data(), job.buffer->size());
+      if (md5) md5->Update(job.buffer->data(), job.buffer->size());
       if (sha256) sha256->Update(*job.buffer);
     } else {
       std::string block(static_cast<size_t>(std::min<uint64_t>(kHashBlock, job.size)), '\0');
@@ -284,20 +289,18 @@ class MultipartRun {
           return Error(Reason::StorageError,
                        fmt::format("{}: source ended inside part {}", Target(), job.number));
         }
-        md5.Update(block.data(), want);
+        if (md5) md5->Update(block.data(), want);
         if (sha256) sha256->Update(block.data(), want);
         off += want;
       }
     }
-    std::string md5_raw = md5.FinalRaw();
-    std::string md5_hex = HexEncode(md5_raw);
+    std::string md5_raw = md5 ? md5->FinalRaw() : std::string();
 
-    if (auto it = existing_.find(job.number);
-        it != existing_.end() && it->second.size == job.size && it->second.etag == md5_hex) {
+    if (reusable && listed->second.etag == HexEncode(md5_raw)) {
       parts_reused_.fetch_add(1);
       Progress(job.size);
       std::lock_guard lock(mu_);
-      done_[job.number] = it->second;
+      done_[job.number] = listed->second;
       return {};
     }
 
@@ -314,10 +317,10 @@ class MultipartRun {
                       bucket_,
                       key_,
                       {{"partNumber", std::to_string(job.number)}, {"uploadId", upload_id_}},
-                      {{"content-type", "application/octet-stream"},
-                       {"content-md5", Base64(md5_raw)}},
+                      {{"content-type", "application/octet-stream"}},
                       "",
                       &body};
+    if (!options_.sign_payload) request.headers.emplace_back("content-md5", Base64(md5_raw));
     auto r = client_.Send(request, stop());
     if (!r) return r.error();
     UploadedPart part{job.number, "", job.size};

@@ -10,9 +10,10 @@
 //     number instead. Up to parallel_parts parts are in flight; a file part is read straight
 //     from the file (pread) while it is sent, a stream part is buffered, so memory stays under
 //     parallel_parts x part_size whatever the object size.
-//   - every part carries Content-MD5, which S3 (radosgw 16 included) checks against the bytes it
-//     received; with sign_payload the part's sha256 is signed as well (x-amz-content-sha256,
-//     also checked). Failed parts are retried by S3Client (500, 503 SlowDown, network errors)
+//   - every part is checked by S3 against the bytes it received: by default its sha256 is
+//     signed (x-amz-content-sha256; S3 answers XAmzContentSHA256Mismatch otherwise), or, without
+//     sign_payload, it carries Content-MD5 (UNSIGNED-PAYLOAD). radosgw 16 checks both; sha256
+//     is the cheaper here (SHA extensions: ~1.7 GB/s against MD5's ~0.5 GB/s per core). Failed parts are retried by S3Client (500, 503 SlowDown, network errors)
 //     with exponential backoff and jitter, re-reading the part from the file or its buffer.
 //   - the whole object's sha256 is computed as the bytes pass and compared with the expected
 //     one; a mismatch aborts the multipart upload and fails with ChecksumMismatch. It is stored
@@ -68,9 +69,9 @@ struct UploadOptions {
   // Objects up to this size go in one PUT.
   uint64_t single_put_threshold = 16ull << 20;
   // Sign the payloads of parts and file PUTs (x-amz-content-sha256 = their sha256, checked by
-  // S3) rather than UNSIGNED-PAYLOAD. Costs a sha256 pass per part; Content-MD5 is sent either
-  // way. Stream PUTs are always signed, aws-chunked.
-  bool sign_payload = false;
+  // S3); false: UNSIGNED-PAYLOAD with Content-MD5 (checked by S3 as well). Small file PUTs carry
+  // Content-MD5 either way; stream PUTs are always signed, aws-chunked.
+  bool sign_payload = true;
   // Look for an unfinished multipart upload of the same key and continue it.
   bool resume = true;
   // Abort the multipart upload when `stop` is requested (false: leave it to be resumed).

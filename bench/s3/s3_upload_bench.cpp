@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   std::string endpoint, bucket, region = "us-east-1";
   int parallel = 8;
   uint64_t part_mib = 8;
-  bool sign_payload = false;
+  bool content_md5 = false;
   bool known_sha256 = true;
   std::vector<std::string> files;
   app.add_option("--endpoint", endpoint, "S3 endpoint URL")->required();
@@ -33,9 +33,11 @@ int main(int argc, char** argv) {
   app.add_option("--region", region, "region (default us-east-1)");
   app.add_option("--parallel", parallel, "parts in flight per file (default 8)");
   app.add_option("--part-mib", part_mib, "minimum part size in MiB (default 8)");
-  app.add_flag("--sign-payload", sign_payload, "sign part payloads (default: UNSIGNED-PAYLOAD)");
+  app.add_flag("--content-md5", content_md5,
+               "UNSIGNED-PAYLOAD parts with Content-MD5 (default: signed sha256 payloads)");
   app.add_option("--known-sha256", known_sha256,
-                 "hash each file before timing, as the store knows it (default true)");
+                 "hash each file before the timed upload, as the store knows its sha256 "
+                 "(default true)");
   app.add_option("files", files, "files to upload")->required();
   CLI11_PARSE(app, argc, argv);
 
@@ -55,7 +57,7 @@ int main(int argc, char** argv) {
   UploadOptions options;
   options.parallel_parts = parallel;
   options.min_part_size = part_mib << 20;
-  options.sign_payload = sign_payload;
+  options.sign_payload = !content_md5;
   options.skip_existing = false;
   options.resume = false;
   S3Uploader uploader(client, options);
