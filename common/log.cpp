@@ -29,8 +29,13 @@ VoidResult SetupLogging(LogFormat format, const std::string& level) {
   if (lvl == spdlog::level::off && level != "off") {
     return Error(Reason::InvalidSpec, "unknown log level '" + level + "'");
   }
-  spdlog::drop("modelcache");
-  auto logger = spdlog::stderr_logger_mt("modelcache");
+  // A second call (a reload) reconfigures the logger in place: other threads may be logging
+  // through spdlog's default-logger pointer, which dropping and replacing the logger would free.
+  auto logger = spdlog::get("modelcache");
+  bool fresh = logger == nullptr;
+  if (fresh) {
+    logger = spdlog::stderr_logger_mt("modelcache");
+  }
   if (format == LogFormat::Json) {
     auto formatter = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
     formatter->add_flag<JsonMessageFlag>('*').set_pattern(
@@ -41,7 +46,9 @@ VoidResult SetupLogging(LogFormat format, const std::string& level) {
   }
   logger->set_level(lvl);
   logger->flush_on(spdlog::level::info);
-  spdlog::set_default_logger(logger);
+  if (fresh) {
+    spdlog::set_default_logger(logger);
+  }
   return {};
 }
 

@@ -13,6 +13,7 @@ namespace modelcache {
 enum class LogFormat { Text, Json };
 
 // Configures the default spdlog logger to write to stderr. `level` is trace|debug|info|warn|error.
+// May be called again (SIGHUP) while other threads log: the logger is changed in place.
 VoidResult SetupLogging(LogFormat format, const std::string& level = "info");
 
 // Escapes a string for inclusion in a JSON log line.

@@ -52,6 +52,12 @@ Environment Environment::FromProcess() {
     env.hf_home = (xdg.empty() ? home + "/.cache" : xdg) + "/huggingface";
   }
   env.hf_hub_cache = Env("HF_HUB_CACHE");
+  for (const char* name : {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
+                           "HOME", "NODE_NAME"}) {
+    if (std::string value = Env(name); !value.empty()) {
+      env.kube[name] = value;
+    }
+  }
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view kv(*e);
     size_t eq = kv.find('=');

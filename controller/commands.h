@@ -4,9 +4,13 @@
 // function; each returns the process exit code and prints its own errors (one clear line each).
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
+
+#include "common/result.h"
 
 namespace modelcache::controller {
 
@@ -16,14 +20,32 @@ struct Environment {
   std::string hf_token;      // HF_TOKEN, else the token file under HF_HOME
   std::string hf_home;       // HF_HOME, default ~/.cache/huggingface
   std::string hf_hub_cache;  // HF_HUB_CACHE
+  // What Kubernetes mode reads (KUBECONFIG, KUBERNETES_SERVICE_HOST/PORT, HOME, NODE_NAME).
+  std::map<std::string, std::string> kube;
   // AWS_* variables and HOME: the environment store::LoadAwsConfig resolves S3 settings from.
   std::map<std::string, std::string> aws;
   static Environment FromProcess();
 };
 
+// The transfer engine's flags, shared by run and prefetch (docs/transfer-engine.md); main parses
+// --max-bandwidth and --chunk-size with common/units.
+struct TransferFlags {
+  int max_connections = 16;               // over all downloads of the process
+  int max_connections_per_artifact = 8;   // requests one job keeps in flight
+  uint64_t max_bandwidth = 0;             // bytes per second over the process; 0 = unlimited
+  uint64_t chunk_size = 32ULL << 20;      // largest byte range per request
+};
+
+// Every option of a command by long name (without "--") with its value as text
+// (controller/run_config.h): what SIGHUP compares to see which settings changed.
+using ConfigValues = std::map<std::string, std::string>;
+
 struct RunOptions {
   std::string watch_dir;
   bool kubernetes = false;
+  std::string kubeconfig;    // default: KUBECONFIG, else in-cluster, else ~/.kube/config
+  std::string namespace_;    // Kubernetes mode: "" = all namespaces
+  std::string node_name;     // Kubernetes mode: only what spec.nodeSelector gives this node
   std::string store = "/var/lib/modelcache";
   std::string state_dir;     // default: <store>/state (<cache-dir>/state for an s3:// store)
   std::string secrets_dir;
@@ -35,12 +57,29 @@ struct RunOptions {
   std::string hf_endpoint;   // default: HF_ENDPOINT, else https://huggingface.co
   int workers = 2;
   int max_concurrent_jobs = 4;
-  int parallel_files = 4;
+  TransferFlags transfer;
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
   // First wait between attempts of a failed Hub request; doubles per attempt up to 30 s.
   std::chrono::milliseconds retry_base_delay{1000};
   std::string log_format = "text";
   std::string log_level = "info";
+  // The HTTP endpoint (/healthz, /readyz, /metrics): HOST:PORT; "" or "off": none.
+  std::string listen = "127.0.0.1:8081";
+  // How long a graceful shutdown may take before the daemon logs what is still running and exits
+  // non-zero.
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
+  // --config FILE ("" when none), every option's value as parsed, and how to parse them again
+  // (SIGHUP). Without reread_config, SIGHUP only re-sends the systemd notifications.
+  std::string config_file;
+  ConfigValues config_values;
+  std::function<Result<ConfigValues>()> reread_config;
+  // Store retention (docs/store-layout.md): GC runs only when a limit is set (0 = none).
+  int keep_versions = 2;
+  uint64_t store_max_bytes = 0;
+  uint64_t min_free = 0;
+  std::chrono::milliseconds gc_interval{std::chrono::minutes(10)};
+  // Re-verify Ready artifacts this often and heal what changed on disk; 0 = never.
+  std::chrono::milliseconds verify_interval{std::chrono::hours(24)};
 };
 int RunDaemon(const RunOptions& options, const Environment& env);
 
@@ -59,7 +98,7 @@ struct PrefetchOptions {
   std::string dtype = "auto";
   std::string max_file_size = "5GiB";
   bool force = false;
-  int parallel_files = 4;
+  TransferFlags transfer;
   bool progress = true;      // a progress bar when stderr is a terminal
 };
 int Prefetch(const PrefetchOptions& options, const Environment& env);
@@ -81,6 +120,16 @@ struct GetOptions {
 int Get(const GetOptions& options);
 
 int Validate(const std::vector<std::string>& files);
+
+struct GcCommandOptions {
+  std::string store = "/var/lib/modelcache";
+  std::string state_dir;  // default: <store>/state
+  bool dry_run = false;
+  int keep_versions = 2;
+  std::string store_max_bytes = "0";  // 0: no limit: remove everything unreferenced
+  std::string min_free = "0";
+};
+int CollectGarbage(const GcCommandOptions& options);
 
 struct ShardCommandOptions {
   std::string src_dir;

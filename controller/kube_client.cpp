@@ -116,6 +116,16 @@ Result<KubeReply> KubeClient::Send(HttpRequest request, std::stop_token stop) co
   return reply;
 }
 
+Result<KubeReply> KubeClient::Call(std::string method, const std::string& path, const json& body,
+                                   std::string content_type, std::stop_token stop) const {
+  HttpRequest req = Request(std::move(method), config_.server + path);
+  if (!body.is_null()) {
+    req.headers.emplace_back("Content-Type", std::move(content_type));
+    req.body = body.dump();
+  }
+  return Send(std::move(req), stop);
+}
+
 Result<KubeReply> KubeClient::List(const std::string& ns, std::stop_token stop) const {
   return Send(Request("GET", ModelCacheUrl(ns)), stop);
 }

@@ -79,6 +79,14 @@ class KubeClient {
   // ".../apis/modelcache.dev/v1alpha1[/namespaces/NS]/modelcaches[/NAME]".
   std::string ModelCacheUrl(const std::string& ns, const std::string& name = "") const;
 
+  // Any other request: `method` on server + `path` ("/api/v1/nodes/n1"), with `body` as JSON
+  // (sent unless null) of `content_type` (e.g. "application/strategic-merge-patch+json" for a
+  // PATCH). The reply as for the calls above.
+  Result<KubeReply> Call(std::string method, const std::string& path,
+                         const nlohmann::json& body = nullptr,
+                         std::string content_type = "application/json",
+                         std::stop_token stop = {}) const;
+
  private:
   HttpRequest Request(std::string method, std::string url) const;
   Result<KubeReply> Send(HttpRequest request, std::stop_token stop) const;

@@ -81,7 +81,10 @@ VoidResult KubernetesSource::ListOnce(bool enqueue_all, std::stop_token stop) {
   std::vector<CachedObject> entries;
   entries.reserve(body["items"].size());
   for (const json& item : body["items"]) {
-    entries.push_back(CachedObjectFromJson(item));
+    CachedObject entry = CachedObjectFromJson(item);
+    if (!options_.filter || options_.filter(entry.object)) {
+      entries.push_back(std::move(entry));
+    }
   }
   std::vector<crds::ObjectKey> changed = cache_->ReplaceAll(std::move(entries));
   {
@@ -165,6 +168,7 @@ void KubernetesSource::Run(std::stop_token stop) {
       need_list = false;
     }
     bool gone = false;
+    bool failed = false;
     bool delivered = false;
     std::string from = resource_version();
     ++watches_;
@@ -175,6 +179,7 @@ void KubernetesSource::Run(std::stop_token stop) {
           gone = true;
         } else {
           spdlog::warn("kubernetes: watch error event: {}", event.object.dump());
+          failed = true;
         }
         return false;
       }
@@ -182,7 +187,11 @@ void KubernetesSource::Run(std::stop_token stop) {
       if (event.type == "ADDED" || event.type == "MODIFIED") {
         CachedObject entry = CachedObjectFromJson(event.object);
         crds::ObjectKey key = entry.object.key();
-        if (cache_->Upsert(std::move(entry))) {
+        if (options_.filter && !options_.filter(entry.object)) {
+          if (cache_->Delete(key)) {
+            enqueue_(key);  // no longer ours: cancel its work
+          }
+        } else if (cache_->Upsert(std::move(entry))) {
           enqueue_(key);
         }
       } else if (event.type == "DELETED") {
@@ -208,6 +217,12 @@ void KubernetesSource::Run(std::stop_token stop) {
     if (gone) {
       spdlog::info("kubernetes: resourceVersion {} expired; relisting", from);
       need_list = true;
+      continue;
+    }
+    if (r && failed) {
+      if (!back_off()) {
+        return;
+      }
       continue;
     }
     if (r) {

@@ -30,6 +30,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -52,6 +53,9 @@ struct KubernetesSourceOptions {
   std::chrono::milliseconds max_backoff{30'000};
   // timeoutSeconds of each watch (client-go picks 5-10 min).
   std::chrono::seconds watch_timeout{300};
+  // When set, only objects it accepts are cached; one that stops being accepted is removed from
+  // the cache (and its key enqueued) as if deleted. The DaemonSet mode's node filter.
+  std::function<bool(const crds::ModelCache&)> filter;
 };
 
 // The cache entry for one API object (see the header comment).

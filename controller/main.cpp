@@ -2,13 +2,67 @@
 // flags; each command lives in controller/*_command.cpp.
 
 #include <iostream>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
 #include "common/units.h"
 #include "controller/commands.h"
+#include "controller/run_config.h"
 
 namespace mc = modelcache::controller;
+
+namespace {
+
+// --max-connections, --max-connections-per-artifact, --max-bandwidth and --chunk-size, shared by
+// run and prefetch; the two sizes are parsed after CLI11 by ParseTransferFlags.
+struct TransferFlagText {
+  std::string max_bandwidth = "0";
+  std::string chunk_size = "32MiB";
+};
+
+void AddTransferFlags(CLI::App* cmd, mc::TransferFlags& flags, TransferFlagText& text) {
+  cmd->add_option("--max-connections", flags.max_connections,
+                  "HTTP connections over all downloads of this process")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--max-connections-per-artifact", flags.max_connections_per_artifact,
+                  "Requests one artifact's download keeps in flight (files and byte ranges)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--max-bandwidth", text.max_bandwidth,
+                  "Download rate limit over the process, e.g. 100MB/s or 1GiB/s; 0 = unlimited")
+      ->capture_default_str();
+  cmd->add_option("--chunk-size", text.chunk_size,
+                  "Largest byte range per request; large files are split into ranges fetched in "
+                  "parallel (at least 64KiB)")
+      ->capture_default_str();
+}
+
+// Exit code 2 with a message naming the flag on a bad value.
+int ParseTransferFlags(const TransferFlagText& text, mc::TransferFlags& flags) {
+  std::string rate = text.max_bandwidth;
+  if (rate.size() > 2 && rate.compare(rate.size() - 2, 2, "/s") == 0) {
+    rate.resize(rate.size() - 2);
+  }
+  auto bandwidth = modelcache::ParseByteSize(rate);
+  if (!bandwidth) {
+    std::cerr << "modelcache: --max-bandwidth: " << bandwidth.error().message
+              << " (expected a rate like 100MB/s, or 0)\n";
+    return 2;
+  }
+  flags.max_bandwidth = *bandwidth;
+  auto chunk = modelcache::ParseByteSize(text.chunk_size);
+  if (!chunk || *chunk < (64U << 10)) {
+    std::cerr << "modelcache: --chunk-size: "
+              << (chunk ? std::string("must be at least 64KiB") : chunk.error().message) << "\n";
+    return 2;
+  }
+  flags.chunk_size = *chunk;
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"modelcache: declarative, verified, versioned caching of HuggingFace models"};
@@ -21,10 +75,19 @@ int main(int argc, char** argv) {
   std::string retry_base = "1s";
   auto* run_cmd = app.add_subcommand("run", "Run the controller daemon");
   auto* watch = run_cmd->add_option("--watch-dir", run.watch_dir,
-                                    "Directory of ModelCache YAML to watch (directory mode)");
+                                    "Directory of ModelCache YAML to watch (directory mode; this or --kubernetes)");
   auto* kube = run_cmd->add_flag("--kubernetes", run.kubernetes,
-                                 "Watch ModelCache resources on the Kubernetes API server");
+                                 "Watch ModelCache resources on the Kubernetes API server (default: off)");
   watch->excludes(kube);
+  run_cmd->add_option("--kubeconfig", run.kubeconfig,
+                      "Kubernetes mode: kubeconfig file (default: KUBECONFIG, else in-cluster, "
+                      "else ~/.kube/config)");
+  run_cmd->add_option("--namespace", run.namespace_,
+                      "Kubernetes mode: watch only this namespace (default: all namespaces)");
+  run_cmd->add_option("--node-name", run.node_name,
+                      "Kubernetes mode, one daemon per node: cache only resources whose "
+                      "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
+                      "no node filter)");
   run_cmd->add_option("--store", run.store, "Store: a path, file:// URI or s3://BUCKET[/PREFIX]")
       ->capture_default_str();
   run_cmd->add_option("--cache-dir", run.cache_dir,
@@ -38,9 +101,10 @@ int main(int argc, char** argv) {
                       "AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN] (default: AWS environment and "
                       "profiles)");
   run_cmd->add_option("--state-dir", run.state_dir,
-                      "Where status lives in directory mode (default: <store>/state)");
+                      "Where status lives in directory mode (default: <store>/state; "
+                      "<cache-dir>/state for an s3:// store)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
-                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key>");
+                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key> (default: none)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
@@ -50,10 +114,8 @@ int main(int argc, char** argv) {
                       "Downloads/shards that run at once; others wait as Pending")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  run_cmd->add_option("--parallel-files", run.parallel_files,
-                      "Files downloaded in parallel within one job")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 64));
+  TransferFlagText run_transfer;
+  AddTransferFlags(run_cmd, run.transfer, run_transfer);
   run_cmd->add_option("--resync-period", resync,
                       "Re-read every manifest this often (a missed event never sticks)")
       ->capture_default_str();
@@ -64,6 +126,39 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--log-level", run.log_level, "trace, debug, info, warn or error")
+      ->capture_default_str();
+  run_cmd->add_option("--listen", run.listen,
+                      "HOST:PORT of /healthz, /readyz and /metrics ([::1]:PORT for IPv6); \"\" or "
+                      "off: none")
+      ->capture_default_str();
+  std::string shutdown_timeout = "30s";
+  run_cmd->add_option("--shutdown-timeout", shutdown_timeout,
+                      "On SIGTERM/SIGINT, exit non-zero (naming what still runs) if shutdown takes "
+                      "longer")
+      ->capture_default_str();
+  mc::AddConfigFileOption(run_cmd)->type_name("FILE");
+  std::string run_max_bytes = "0";
+  std::string run_min_free = "0";
+  std::string gc_interval = "10m";
+  std::string verify_interval = "24h";
+  run_cmd->add_option("--keep-versions", run.keep_versions,
+                      "GC keeps this many newest versions of each referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  run_cmd->add_option("--store-max-bytes", run_max_bytes,
+                      "GC removes unreferenced data, oldest first, while the store is larger "
+                      "(e.g. 500GiB; 0 = no limit)")
+      ->capture_default_str();
+  run_cmd->add_option("--min-free", run_min_free,
+                      "GC removes unreferenced data, oldest first, while the store's disk has "
+                      "less free (e.g. 20GiB; 0 = no floor)")
+      ->capture_default_str();
+  run_cmd->add_option("--gc-interval", gc_interval,
+                      "How often GC checks the limits (also after each publish)")
+      ->capture_default_str();
+  run_cmd->add_option("--verify-interval", verify_interval,
+                      "Re-hash each Ready artifact this often and re-fetch what changed on disk "
+                      "(0 = never)")
       ->capture_default_str();
 
   // prefetch
@@ -95,8 +190,8 @@ int main(int argc, char** argv) {
   prefetch_cmd->add_option("--max-file-size", prefetch.max_file_size, "Largest shard part")
       ->capture_default_str();
   prefetch_cmd->add_flag("--force", prefetch.force, "Re-verify local files and re-fetch bad ones");
-  prefetch_cmd->add_option("--parallel-files", prefetch.parallel_files, "Files in parallel")
-      ->capture_default_str();
+  TransferFlagText prefetch_transfer;
+  AddTransferFlags(prefetch_cmd, prefetch.transfer, prefetch_transfer);
   bool no_progress = false;
   prefetch_cmd->add_flag("--no-progress", no_progress, "No progress bar");
 
@@ -146,6 +241,25 @@ int main(int argc, char** argv) {
   auto* validate_cmd = app.add_subcommand("validate", "Validate ModelCache manifests offline");
   validate_cmd->add_option("files", files, "YAML files")->required();
 
+  // gc
+  mc::GcCommandOptions gc;
+  auto* gc_cmd = app.add_subcommand(
+      "gc", "Remove store data no ModelCache references (docs/store-layout.md, Retention)");
+  gc_cmd->add_flag("--dry-run", gc.dry_run, "Print what would be removed; remove nothing");
+  gc_cmd->add_option("--store", gc.store, "Store path or file:// URI")->capture_default_str();
+  gc_cmd->add_option("--state-dir", gc.state_dir,
+                     "The daemon's status records: the references (default: <store>/state)");
+  gc_cmd->add_option("--keep-versions", gc.keep_versions,
+                     "Newest versions kept per referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  gc_cmd->add_option("--store-max-bytes", gc.store_max_bytes,
+                     "Remove only until the store is this small (0 = remove all unreferenced)")
+      ->capture_default_str();
+  gc_cmd->add_option("--min-free", gc.min_free,
+                     "Remove only until the disk has this much free (0 = no floor)")
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -166,10 +280,58 @@ int main(int argc, char** argv) {
       return 2;
     }
     run.retry_base_delay = *retry;
-    return mc::RunDaemon(run, env);
+    if (int code = ParseTransferFlags(run_transfer, run.transfer); code != 0) {
+      return code;
+    }
+    auto max_bytes = modelcache::ParseByteSize(run_max_bytes);
+    if (!max_bytes) {
+      std::cerr << "modelcache: --store-max-bytes: " << max_bytes.error().message << "\n";
+      return 2;
+    }
+    run.store_max_bytes = *max_bytes;
+    auto min_free = modelcache::ParseByteSize(run_min_free);
+    if (!min_free) {
+      std::cerr << "modelcache: --min-free: " << min_free.error().message << "\n";
+      return 2;
+    }
+    run.min_free = *min_free;
+    auto gc_every = modelcache::ParseDuration(gc_interval);
+    if (!gc_every || gc_every->count() <= 0) {
+      std::cerr << "modelcache: --gc-interval: must be a positive duration like 10m\n";
+      return 2;
+    }
+    run.gc_interval = *gc_every;
+    auto verify_every = modelcache::ParseDuration(verify_interval);
+    if (!verify_every) {
+      std::cerr << "modelcache: --verify-interval: " << verify_every.error().message << "\n";
+      return 2;
+    }
+    run.verify_interval = *verify_every;
+    auto stop_timeout = modelcache::ParseDuration(shutdown_timeout);
+    if (!stop_timeout) {
+      std::cerr << "modelcache: --shutdown-timeout: " << stop_timeout.error().message << "\n";
+      return 2;
+    }
+    run.shutdown_timeout = *stop_timeout;
+    if (const CLI::Option* config = run_cmd->get_config_ptr(); config->count() > 0) {
+      run.config_file = config->results().front();
+    }
+    run.config_values = mc::OptionValues(*run_cmd);
+    // SIGHUP parses the same command line again, so the file is re-read and flags still win.
+    // Re-parsing writes the variables bound above, which RunDaemon's copy no longer reads.
+    run.reread_config = [&app, run_cmd, argc, argv] {
+      return mc::Reparse(app, *run_cmd, argc, argv);
+    };
+    if (run.node_name.empty() && run.kubernetes && env.kube.count("NODE_NAME") != 0) {
+      run.node_name = env.kube["NODE_NAME"];
+    }
+    return mc::RunDaemon(mc::RunOptions(run), env);
   }
   if (prefetch_cmd->parsed()) {
     prefetch.progress = !no_progress;
+    if (int code = ParseTransferFlags(prefetch_transfer, prefetch.transfer); code != 0) {
+      return code;
+    }
     return mc::Prefetch(prefetch, env);
   }
   if (shard_cmd->parsed()) {
@@ -180,6 +342,9 @@ int main(int argc, char** argv) {
   }
   if (get_cmd->parsed()) {
     return mc::Get(get);
+  }
+  if (gc_cmd->parsed()) {
+    return mc::CollectGarbage(gc);
   }
   if (validate_cmd->parsed()) {
     return mc::Validate(files);

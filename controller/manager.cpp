@@ -3,10 +3,12 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "common/units.h"
+#include "controller/metrics.h"
 
 namespace modelcache::controller {
 namespace {
@@ -43,7 +45,14 @@ Manager::Manager(ManagerOptions options, Source& source, ObjectCache& cache,
       statuses_(statuses),
       reconciler_(reconciler),
       clock_(clock),
-      queue_(clock) {}
+      queue_(clock) {
+  if (options_.metrics != nullptr) {
+    HistogramFamily* latency = &options_.metrics->workqueue_latency_seconds;
+    queue_.SetLatencyObserver([latency](WorkQueue<crds::ObjectKey>::Duration waited) {
+      latency->Observe(std::chrono::duration<double>(waited).count());
+    });
+  }
+}
 
 Manager::~Manager() = default;
 
@@ -59,6 +68,12 @@ crds::ModelCacheStatus Manager::ComposeStatus(const crds::ModelCacheStatus& prev
   if (result) {
     status = result->status;
     status.conditions = previous.conditions;
+    // Conditions other than Ready are the reconciler's to say (Verified, Retained).
+    for (const auto& c : result->status.conditions) {
+      if (c.type != "Ready") {
+        crds::SetCondition(status.conditions, c, now);
+      }
+    }
     if (status.phase == crds::kPhaseReady) {
       ready.status = "True";
       ready.reason = "ArtifactReady";
@@ -103,6 +118,12 @@ crds::ModelCacheStatus Manager::ComposeStatus(const crds::ModelCacheStatus& prev
   return status;
 }
 
+void Manager::CountResult(std::string_view result) {
+  if (options_.metrics != nullptr) {
+    options_.metrics->reconciles.Inc({std::string(result)});
+  }
+}
+
 crds::ModelCacheStatus Manager::LastStatus(const crds::ObjectKey& key) {
   {
     std::lock_guard lock(mu_);
@@ -125,11 +146,23 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
   auto cached = cache_.Get(key);
   reconcilers::Request request;
   request.key = key;
-  if (cached) {
+  // An object with a deletionTimestamp is reconciled as deleted, then finalized.
+  std::optional<crds::ModelCache> deleting;
+  if (cached && cached->object.metadata.deletion_timestamp) {
+    deleting = cached->object;
+  } else if (cached) {
     request.object = cached->object;
     request.source_error = cached->source_error;
   }
   request.status = LastStatus(key);
+  if (request.object && !request.source_error && options_.before_reconcile) {
+    if (auto r = options_.before_reconcile(*request.object); !r) {
+      spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
+      queue_.AddRateLimited(key);
+      stats_.reconciles_error++;
+      return;
+    }
+  }
 
   Result<reconcilers::Outcome> result = Error(Reason::Internal, "reconcile did not run");
   try {
@@ -150,9 +183,21 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
       std::lock_guard lock(mu_);
       written_.erase(key);
     }
+    if (deleting && options_.finalize) {
+      if (auto r = options_.finalize(*deleting); !r) {
+        spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
+        queue_.AddRateLimited(key);
+        stats_.reconciles_error++;
+        return;
+      }
+    }
     spdlog::info("{}: deleted", key.ToString());
     queue_.Forget(key);
     stats_.reconciles_ok++;
+    CountResult(ControllerMetrics::kSuccess);
+    if (options_.on_status_change) {
+      options_.on_status_change();
+    }
     return;
   }
 
@@ -168,12 +213,19 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
       spdlog::error("{}: cannot write status: {}", key.ToString(), w.error().message);
       queue_.AddRateLimited(key);
       stats_.reconciles_error++;
+      CountResult(ControllerMetrics::kError);
       return;
     }
     stats_.status_writes++;
     {
       std::lock_guard lock(mu_);
       written_[key] = status;
+    }
+    if (options_.on_status_change) {
+      options_.on_status_change();
+    }
+    if (options_.status_written) {
+      options_.status_written(out, request.status);
     }
     if (status.phase != request.status.phase) {
       const crds::Condition* ready = crds::FindCondition(status.conditions, "Ready");
@@ -187,11 +239,16 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
   if (!result) {
     const Error& err = result.error();
     stats_.reconciles_error++;
+    CountResult(ControllerMetrics::kError);
     if (err.reason == Reason::Cancelled && stop.stop_requested()) {
       return;
     }
     if (!IsTransient(err.reason)) {
       queue_.Forget(key);  // waits for the spec to change
+      if (err.retry_after) {
+        // Something outside the spec (a Secret) may still appear: look again later.
+        queue_.AddAfter(key, *err.retry_after);
+      }
     } else if (err.retry_after) {
       queue_.Forget(key);
       queue_.AddAfter(key, *err.retry_after);
@@ -202,20 +259,115 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
   }
   stats_.reconciles_ok++;
   queue_.Forget(key);
+  // The metric's results are exclusive, as controller-runtime's: a success that asks to be
+  // requeued counts as "requeue" only.
+  CountResult(result->requeue.after.count() > 0 ? ControllerMetrics::kRequeue
+                                                : ControllerMetrics::kSuccess);
   if (result->requeue.after.count() > 0) {
     stats_.reconciles_requeue++;
     queue_.AddAfter(key, result->requeue.after);
   }
 }
 
-void Manager::Worker(std::stop_token stop) {
+void Manager::Worker(int slot, std::stop_token stop) {
   while (true) {
     std::optional<crds::ObjectKey> key = queue_.Get();
     if (!key) {
       return;
     }
+    auto start = clock_.Now();
+    {
+      std::lock_guard lock(mu_);
+      busy_[slot] = Busy{*key, start};
+    }
     ProcessKey(*key, stop);
+    {
+      std::lock_guard lock(mu_);
+      busy_.erase(slot);
+    }
+    if (options_.metrics != nullptr) {
+      options_.metrics->reconcile_duration_seconds.Observe(
+          std::chrono::duration<double>(clock_.Now() - start).count());
+    }
     queue_.Done(*key);
+  }
+}
+
+bool Manager::Healthy() const {
+  auto now = clock_.Now();
+  std::lock_guard lock(mu_);
+  for (const auto& [slot, busy] : busy_) {
+    if (now - busy.since > options_.stuck_after) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<crds::ModelCacheStatus> Manager::Statuses() const {
+  std::vector<crds::ObjectKey> keys = cache_.Keys();
+  std::vector<crds::ModelCacheStatus> out;
+  out.reserve(keys.size());
+  std::lock_guard lock(mu_);
+  for (const auto& key : keys) {
+    auto it = written_.find(key);
+    out.push_back(it != written_.end() ? it->second : crds::ModelCacheStatus{});
+  }
+  return out;
+}
+
+std::vector<std::string> Manager::BusyWorkers() const {
+  auto now = clock_.Now();
+  std::vector<std::string> out;
+  std::lock_guard lock(mu_);
+  for (const auto& [slot, busy] : busy_) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - busy.since);
+    out.push_back(fmt::format("{} (reconciling for {})", busy.key.ToString(), FormatDuration(ms)));
+  }
+  return out;
+}
+
+void Manager::FlushInterrupted() {
+  std::vector<std::pair<crds::ObjectKey, crds::ModelCacheStatus>> interrupted;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [key, status] : written_) {
+      if (status.phase == crds::kPhaseResolving || status.phase == crds::kPhaseDownloading ||
+          status.phase == crds::kPhaseSharding || status.phase == crds::kPhaseUploading) {
+        interrupted.emplace_back(key, status);
+      }
+    }
+  }
+  for (auto& [key, status] : interrupted) {
+    auto cached = cache_.Get(key);
+    if (!cached || cached->source_error) {
+      continue;
+    }
+    std::string was = status.phase;
+    for (auto& c : was) {
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    if (status.progress && status.progress->bytes_total > 0) {
+      was += fmt::format(" at {}%", status.progress->bytes_done * 100 /
+                                        std::max<uint64_t>(status.progress->bytes_total, 1));
+    }
+    status.phase = std::string(crds::kPhasePending);
+    crds::Condition ready;
+    ready.type = "Ready";
+    ready.status = "False";
+    ready.reason = std::string(crds::kPhasePending);
+    ready.observed_generation = cached->object.metadata.generation;
+    ready.message = "interrupted by shutdown while " + was +
+                    "; data already on disk is kept and the work resumes when the daemon starts";
+    crds::SetCondition(status.conditions, ready, FormatRfc3339(clock_.WallNow()));
+    crds::ModelCache out = cached->object;
+    out.status = status;
+    if (auto w = statuses_.Write(out); !w) {
+      spdlog::error("{}: cannot write status: {}", key.ToString(), w.error().message);
+      continue;
+    }
+    std::lock_guard lock(mu_);
+    written_[key] = status;
   }
 }
 
@@ -223,13 +375,14 @@ VoidResult Manager::Run(std::stop_token stop, const std::function<void()>& on_sy
   if (auto r = source_.Start(cache_, [this](const crds::ObjectKey& key) { queue_.Add(key); }); !r) {
     return r.error();
   }
+  synced_ = true;
   if (on_synced) {
     on_synced();
   }
   std::stop_source workers_stop;
   std::vector<std::jthread> workers;
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
-    workers.emplace_back([this, token = workers_stop.get_token()] { Worker(token); });
+    workers.emplace_back([this, i, token = workers_stop.get_token()] { Worker(i, token); });
   }
   {
     std::mutex m;
@@ -237,12 +390,14 @@ VoidResult Manager::Run(std::stop_token stop, const std::function<void()>& on_sy
     std::unique_lock lock(m);
     cv.wait(lock, stop, [] { return false; });
   }
+  stopping_ = true;
   spdlog::info("shutting down: stopping the source, cancelling jobs");
   source_.Stop();
   workers_stop.request_stop();
   reconciler_.Shutdown();
   queue_.ShutDown();
   workers.clear();  // joins: each worker finishes its current key
+  FlushInterrupted();
   return {};
 }
 

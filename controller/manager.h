@@ -8,11 +8,14 @@
 // It is written only when something changed.
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <stop_token>
+#include <string>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/result.h"
@@ -24,8 +27,34 @@
 
 namespace modelcache::controller {
 
+class ControllerMetrics;
+
 struct ManagerOptions {
   int workers = 2;
+  // A worker that has spent longer than this on one key makes Healthy() false (which stops the
+  // systemd watchdog pings and fails /healthz). Reconciles only start and poll jobs, so a minute
+  // is far beyond a healthy one.
+  std::chrono::nanoseconds stuck_after = std::chrono::seconds(60);
+  // Reconciles by result, reconcile duration, queue latency. Not owned; nullptr: not counted.
+  ControllerMetrics* metrics = nullptr;
+  // Called (on a worker thread) after a status was written or removed, so that a STATUS= line
+  // can follow the phases. Must be thread-safe and quick.
+  std::function<void()> on_status_change;
+
+  // Mode-specific steps around a reconcile (Kubernetes mode: the finalizer and Events). Each may
+  // be empty; each is called from a worker, never concurrently for the same key.
+  //
+  // Before reconciling a live, valid object (e.g. adding a finalizer). An error skips the
+  // reconcile and requeues the key with rate limiting.
+  std::function<VoidResult(const crds::ModelCache& object)> before_reconcile;
+  // For an object whose metadata.deletionTimestamp is set, after the reconciler has handled it as
+  // deleted (work cancelled, reference dropped): e.g. removing the finalizer. An error requeues
+  // the key with rate limiting.
+  std::function<VoidResult(const crds::ModelCache& object)> finalize;
+  // After each status write: `object` carries the new status, `before` the previous one
+  // (e.g. recording an Event when the phase or the Ready condition moved).
+  std::function<void(const crds::ModelCache& object, const crds::ModelCacheStatus& before)>
+      status_written;
 };
 
 // Counts a health or metrics endpoint can read. All relaxed atomics.
@@ -55,15 +84,32 @@ class Manager {
 
   const ManagerStats& stats() const { return stats_; }
 
+  // False once a worker has been inside one reconcile for longer than options.stuck_after (a
+  // stuck worker loop), true otherwise, also before Run() and while the source syncs.
+  bool Healthy() const;
+  // True from the end of the source's first full list until shutdown begins.
+  bool Ready() const { return synced_.load() && !stopping_.load(); }
+  // Keys ready in the work queue (not those waiting for a delay or being processed).
+  size_t QueueDepth() { return queue_.Len(); }
+  // The last status of every resource in the source cache; one not reconciled yet since start
+  // has an empty status (phase "": pending).
+  std::vector<crds::ModelCacheStatus> Statuses() const;
+  // The keys workers are reconciling right now, with how long each has taken (for the log when
+  // shutdown runs out of time).
+  std::vector<std::string> BusyWorkers() const;
+
   // The status the manager composes from a reconcile result (exposed for tests).
   static crds::ModelCacheStatus ComposeStatus(const crds::ModelCacheStatus& previous,
                                               const Result<reconcilers::Outcome>& result,
                                               int64_t generation, const std::string& now);
 
  private:
-  void Worker(std::stop_token stop);
+  void Worker(int slot, std::stop_token stop);
+  // Writes, for every resource whose job the shutdown interrupted, a status that says so.
+  void FlushInterrupted();
   void ProcessKey(const crds::ObjectKey& key, std::stop_token stop);
   crds::ModelCacheStatus LastStatus(const crds::ObjectKey& key);
+  void CountResult(std::string_view result);
 
   ManagerOptions options_;
   Source& source_;
@@ -74,8 +120,16 @@ class Manager {
   WorkQueue<crds::ObjectKey> queue_;
   ManagerStats stats_;
 
-  std::mutex mu_;
+  std::atomic<bool> synced_{false};
+  std::atomic<bool> stopping_{false};
+
+  struct Busy {
+    crds::ObjectKey key;
+    Clock::TimePoint since;
+  };
+  mutable std::mutex mu_;
   std::map<crds::ObjectKey, crds::ModelCacheStatus> written_;  // guarded by mu_
+  std::map<int, Busy> busy_;                                   // by worker slot; guarded by mu_
 };
 
 }  // namespace modelcache::controller

@@ -215,6 +215,11 @@ void HistogramFamily::Observe(double value, const LabelValues& values) {
   ++s.count;
 }
 
+void HistogramFamily::Touch(const LabelValues& values) {
+  std::lock_guard lock(mu_);
+  Get(values);
+}
+
 uint64_t HistogramFamily::Count(const LabelValues& values) const {
   std::lock_guard lock(mu_);
   const Series* s = Find(values);
@@ -287,10 +292,14 @@ GaugeFamily& MetricsRegistry::AddGauge(std::string name, std::string help,
 HistogramFamily& MetricsRegistry::AddHistogram(std::string name, std::string help,
                                                std::vector<double> buckets,
                                                std::vector<std::string> label_names) {
+  bool plain = label_names.empty();
   auto family = std::make_unique<HistogramFamily>(std::move(name), std::move(help),
                                                   std::move(label_names), std::move(buckets));
   HistogramFamily& ref = *family;
   Register(std::move(family));
+  if (plain) {
+    ref.Touch();
+  }
   return ref;
 }
 
@@ -350,9 +359,9 @@ ControllerMetrics::ControllerMetrics()
                               "Files whose size or digest did not match what the Hub announced.")),
       artifacts(
           registry.AddGauge("modelcache_artifacts", "ModelCache resources by phase.", {"phase"})),
-      store_bytes_used(
-          registry.AddGauge("modelcache_store_bytes_used", "Bytes used by the store's files.")),
-      store_bytes_free(registry.AddGauge("modelcache_store_bytes_free",
+      store_used_bytes(
+          registry.AddGauge("modelcache_store_used_bytes", "Bytes used by the store's files.")),
+      store_free_bytes(registry.AddGauge("modelcache_store_free_bytes",
                                          "Bytes free on the store's file system.")),
       shard_duration_seconds(registry.AddHistogram(
           "modelcache_shard_duration_seconds", "Time taken by one sharding job.", kShardBuckets)) {

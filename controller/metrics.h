@@ -89,6 +89,9 @@ class HistogramFamily : public MetricFamily {
                   std::vector<double> buckets);
 
   void Observe(double value, const LabelValues& values = {});
+  // Creates the series with zero counts if it does not exist, so that it is rendered before the
+  // first observation.
+  void Touch(const LabelValues& values = {});
   uint64_t Count(const LabelValues& values = {}) const;
   double Sum(const LabelValues& values = {}) const;
   void Render(std::string& out) const override;
@@ -114,8 +117,8 @@ class MetricsRegistry {
   MetricsRegistry& operator=(const MetricsRegistry&) = delete;
 
   // Each Add* registers a family and returns it; the reference stays valid as long as the
-  // registry. A family without labels starts with its one series at 0 so that it is rendered
-  // before anything happens. Names must be unique (aborts otherwise: a programming error).
+  // registry. A family without labels (histograms included) starts with its one series at 0 so
+  // that it is rendered before anything happens. Names must be unique (aborts otherwise: a programming error).
   CounterFamily& AddCounter(std::string name, std::string help,
                             std::vector<std::string> label_names = {});
   GaugeFamily& AddGauge(std::string name, std::string help,
@@ -168,9 +171,9 @@ struct ControllerMetrics {
   CounterFamily& verification_failures;
   // modelcache_artifacts{phase=...}: resources per phase; every phase in crds::kPhases starts at 0.
   GaugeFamily& artifacts;
-  // modelcache_store_bytes_used / modelcache_store_bytes_free.
-  GaugeFamily& store_bytes_used;
-  GaugeFamily& store_bytes_free;
+  // modelcache_store_used_bytes / modelcache_store_free_bytes.
+  GaugeFamily& store_used_bytes;
+  GaugeFamily& store_free_bytes;
   // modelcache_shard_duration_seconds: one sharding job.
   HistogramFamily& shard_duration_seconds;
 

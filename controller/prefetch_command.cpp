@@ -96,7 +96,10 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
                                                 : "https://huggingface.co";
   ro.hf_token = env.hf_token;
   ro.max_concurrent_jobs = 1;
-  ro.parallel_files = options.parallel_files;
+  ro.transfer.max_connections = options.transfer.max_connections;
+  ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
+  ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
+  ro.transfer.chunk_size = options.transfer.chunk_size;
   ro.progress_interval = std::chrono::milliseconds(200);
   ro.wake = [&](const crds::ObjectKey&) {
     std::lock_guard lock(mu);

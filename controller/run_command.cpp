@@ -2,21 +2,26 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <csignal>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include <spdlog/spdlog.h>
-#include <systemd/sd-daemon.h>
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "controller/commands.h"
-#include "controller/directory_source.h"
+#include "controller/daemon_mode.h"
+#include "controller/daemon_services.h"
+#include "controller/job_metrics.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
-#include "controller/status_store.h"
+#include "controller/shutdown_deadline.h"
+#include "controller/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
 #include "store/s3_store.h"
@@ -24,14 +29,16 @@
 namespace modelcache::controller {
 namespace {
 
-// Blocks the shutdown signals in every thread (call before starting any) and turns them into a
-// stop request, handled on a thread of its own with sigwait. A second signal exits at once.
+// Blocks the shutdown and reload signals in every thread (call before starting any) and handles
+// them on a thread of its own with sigwait: SIGTERM/SIGINT become a stop request (a second one
+// exits at once), SIGHUP calls the reload function.
 class SignalWatcher {
  public:
   SignalWatcher() {
     sigemptyset(&set_);
     sigaddset(&set_, SIGTERM);
     sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGHUP);
     sigaddset(&set_, SIGUSR2);  // the destructor's wake-up
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
     thread_ = std::jthread([this] {
@@ -40,6 +47,17 @@ class SignalWatcher {
       while (sigwait(&set_, &received) == 0) {
         if (received == SIGUSR2) {
           return;
+        }
+        if (received == SIGHUP) {
+          std::lock_guard lock(reload_mu_);
+          if (count > 0) {
+            spdlog::info("SIGHUP ignored: shutting down");
+          } else if (!reload_) {
+            spdlog::info("SIGHUP ignored: still starting");
+          } else {
+            reload_();
+          }
+          continue;
         }
         if (++count > 1) {
           spdlog::warn("second signal: exiting now");
@@ -58,8 +76,17 @@ class SignalWatcher {
 
   std::stop_token token() const { return stop_.get_token(); }
 
+  // What SIGHUP does (nullptr: nothing). Waits for a reload in progress, so that after
+  // OnReload(nullptr) the previous function is no longer running.
+  void OnReload(std::function<void()> reload) {
+    std::lock_guard lock(reload_mu_);
+    reload_ = std::move(reload);
+  }
+
  private:
   sigset_t set_{};
+  std::mutex reload_mu_;
+  std::function<void()> reload_;  // guarded by reload_mu_
   std::stop_source stop_;
   std::jthread thread_;
 };
@@ -79,13 +106,12 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     std::cerr << "modelcache: --log-level: " << r.error().message << "\n";
     return 2;
   }
-  if (options.kubernetes) {
-    std::cerr << "modelcache: Kubernetes mode is not available in this build yet (issue #5); use "
-                 "--watch-dir\n";
+  if (!options.kubernetes && options.watch_dir.empty()) {
+    std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
     return 2;
   }
-  if (options.watch_dir.empty()) {
-    std::cerr << "modelcache: one of --watch-dir DIR or --kubernetes is required\n";
+  if (auto listen = ParseListenOption(options.listen); !listen) {
+    std::cerr << "modelcache: " << listen.error().message << " (or \"off\")\n";
     return 2;
   }
   // An s3:// store keeps a local cache for downloads and shards (--cache-dir); a local store is
@@ -125,9 +151,39 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   // Signals must be blocked before any other thread starts, so that only the watcher sees them.
   SignalWatcher signals;
 
-  FileStatusStore statuses(state_dir);
+  // Declared before the reconciler so that they outlive it: its destructor joins the job threads,
+  // which the shutdown deadline bounds.
+  ShutdownDeadline deadline;
+  ControllerMetrics metrics;
+  JobMetrics jobs(metrics);
+  DaemonServicesOptions so;
+  so.listen = options.listen;
+  so.shutdown_timeout = options.shutdown_timeout;
+  so.store_root = (*store)->root();
+  so.config_file = options.config_file;
+  so.config_values = options.config_values;
+  so.reread_config = options.reread_config;
+  DaemonServices services(std::move(so), metrics);
+
+  // The mode decides where desired state comes from and where status goes; the Manager and the
+  // reconciler below are the same for both.
+  std::unique_ptr<DaemonMode> mode;
+  if (options.kubernetes) {
+    KubernetesModeOptions ko;
+    ko.kubeconfig = options.kubeconfig;
+    ko.ns = options.namespace_;
+    ko.node_name = options.node_name;
+    ko.resync_period = options.resync_period;
+    auto kube = NewKubernetesMode(ko, env.kube);
+    if (!kube) {
+      std::cerr << "modelcache: --kubernetes: " << kube.error().message << "\n";
+      return 1;
+    }
+    mode = std::move(*kube);
+  } else {
+    mode = NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  }
   ObjectCache cache;
-  DirectorySource source(options.watch_dir, options.resync_period, &statuses);
 
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro;
@@ -142,29 +198,110 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.hf_token = env.hf_token;
   ro.secrets_dir = options.secrets_dir;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
-  ro.parallel_files = options.parallel_files;
+  ro.transfer.max_connections = options.transfer.max_connections;
+  ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
+  ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
+  ro.transfer.chunk_size = options.transfer.chunk_size;
   ro.backoff_base = options.retry_base_delay;
+  ro.observer = &jobs;
   ro.wake = [&manager_ptr](const crds::ObjectKey& key) {
     if (manager_ptr != nullptr) {
       manager_ptr->Enqueue(key);
     }
   };
-  reconcilers::ModelCacheReconciler reconciler(ro);
+  // Store retention: references are what the daemon knows, each resource with its status.
+  StoreCollector::Options gco;
+  gco.store_root = (*store)->root();
+  gco.gc.keep_versions = options.keep_versions;
+  gco.gc.max_bytes = options.store_max_bytes;
+  gco.gc.min_free = options.min_free;
+  gco.interval = options.gc_interval;
+  StoreCollector collector(
+      gco,
+      [&cache, &mode, root = (*store)->root()]() -> Result<store::GcReferences> {
+        std::vector<crds::ModelCache> known;
+        for (const auto& entry : cache.List()) {
+          crds::ModelCache o = entry.object;
+          auto stored = mode->statuses().Read(o.key());
+          if (!stored) {
+            return stored.error();
+          }
+          if (*stored) {
+            o.status = (*stored)->status;
+          }
+          known.push_back(std::move(o));
+        }
+        return ReferencesOf(known, root);
+      },
+      [&cache, &manager_ptr](const std::vector<std::string>& names, bool all) {
+        for (const auto& entry : cache.List()) {
+          const std::string& name = entry.object.spec.artifact_name;
+          if (manager_ptr != nullptr &&
+              (all || std::find(names.begin(), names.end(), name) != names.end())) {
+            manager_ptr->Enqueue(entry.object.key());
+          }
+        }
+      });
+  ro.verify_interval = options.verify_interval;
+  ro.published = [&collector] { collector.Trigger(); };
+  ro.retention = [&collector](const crds::ModelCache& obj) {
+    return collector.ConditionFor(obj.spec.artifact_name);
+  };
   ManagerOptions mo;
   mo.workers = options.workers;
-  Manager manager(mo, source, cache, statuses, reconciler, RealClock::Get());
+  mo.metrics = &metrics;
+  mo.on_status_change = [&services] { services.StatusChanged(); };
+  mode->Configure(mo, ro);
+  reconcilers::ModelCacheReconciler reconciler(ro);
+  Manager manager(mo, mode->source(), cache, mode->statuses(), reconciler, RealClock::Get());
   manager_ptr = &manager;
+  if (auto r = services.Attach(manager); !r) {
+    std::cerr << "modelcache: " << r.error().message << "\n";
+    return 1;
+  }
+  deadline.SetDescriber([&jobs, &manager] {
+    auto running = jobs.RunningJobs();
+    for (auto& key : running) {
+      key += " (job)";
+    }
+    for (auto& busy : manager.BusyWorkers()) {
+      running.push_back(busy);
+    }
+    return running;
+  });
+  signals.OnReload([&services] { services.Reload(); });
+  std::stop_callback on_stop(signals.token(), [&services, &deadline] {
+    services.Stopping();
+    deadline.Arm(services.shutdown_timeout());
+  });
 
-  spdlog::info("modelcache watching {} (store {}, state {}, hub {}, {} workers)",
-               options.watch_dir, s3_store ? options.store + ", cache " + cache_root
-                                           : (*store)->root(),
-               state_dir, ro.hf_endpoint, options.workers);
+  spdlog::info("modelcache {} (store {}, state {}, hub {}, {} workers)", mode->Describe(),
+               s3_store ? options.store + ", cache " + cache_root : (*store)->root(), state_dir,
+               ro.hf_endpoint, options.workers);
+  if (collector.enabled()) {
+    spdlog::info("store limits: {} max, {} min free, keeping {} versions; gc every {}",
+                 options.store_max_bytes > 0 ? FormatBytes(options.store_max_bytes) : "no",
+                 options.min_free > 0 ? FormatBytes(options.min_free) : "no",
+                 options.keep_versions, FormatDuration(options.gc_interval));
+  }
   auto result = manager.Run(signals.token(), [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
-    sd_notify(0, "READY=1");
+    services.Ready();
+    collector.Start();
   });
-  sd_notify(0, "STOPPING=1");
+  signals.OnReload(nullptr);
+  // The workers are joined; what can still hold up the exit are the job threads, which the
+  // reconciler's destructor joins below.
+  deadline.SetDescriber([&jobs] {
+    auto running = jobs.RunningJobs();
+    for (auto& key : running) {
+      key += " (job)";
+    }
+    return running;
+  });
+  services.Detach();
   manager_ptr = nullptr;
+  mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);
     return 1;

@@ -29,6 +29,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -93,6 +94,15 @@ class WorkQueue {
   Duration When(const T& key) {
     std::lock_guard lock(mu_);
     return WhenLocked(key);
+  }
+
+  // Sets a function told, for every key Get() or TryGet() hands out, how long the key waited:
+  // from the Add that made it need processing (for AddAfter, from the moment its delay passed) to
+  // the hand-out; client-go's queue_duration. It runs under the queue's lock, so it must be quick
+  // and must not call the queue. Call before the queue is used.
+  void SetLatencyObserver(std::function<void(Duration)> observer) {
+    std::lock_guard lock(mu_);
+    latency_observer_ = std::move(observer);
   }
 
   // Resets the failure count of `key` (call it when the key was processed successfully). Does
@@ -196,6 +206,7 @@ class WorkQueue {
       return;
     }
     dirty_.insert(key);
+    added_at_.emplace(key, clock_.Now());
     if (processing_.count(key) > 0) {
       return;
     }
@@ -249,6 +260,13 @@ class WorkQueue {
     queue_.pop_front();
     processing_.insert(key);
     dirty_.erase(key);
+    auto added = added_at_.find(key);
+    if (added != added_at_.end()) {
+      if (latency_observer_) {
+        latency_observer_(clock_.Now() - added->second);
+      }
+      added_at_.erase(added);
+    }
     return key;
   }
 
@@ -292,6 +310,8 @@ class WorkQueue {
   std::deque<T> queue_;     // ready, in order; every element is also in dirty_
   std::set<T> dirty_;       // needs processing (queued, or added while processing)
   std::set<T> processing_;  // handed out by Get(), not yet Done()
+  std::map<T, TimePoint> added_at_;  // when each key in dirty_ was added
+  std::function<void(Duration)> latency_observer_;
   // Waiting for a delay: ordered by (ready time, insertion sequence), and indexed by key.
   std::set<std::tuple<TimePoint, uint64_t, T>> waiting_;
   std::map<T, std::pair<TimePoint, uint64_t>> waiting_by_key_;

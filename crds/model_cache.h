@@ -96,6 +96,9 @@ struct ModelCacheSpec {
   StorageSpec storage;
   std::string refresh_interval;  // duration; "" or "0" = never
   int64_t force = 0;             // increment to re-fetch and re-verify
+  // Node label key -> value; in the node (DaemonSet) mode only nodes whose labels hold all of
+  // them cache this resource. Empty: every node.
+  std::map<std::string, std::string> node_selector;
   bool operator==(const ModelCacheSpec&) const = default;
 };
 

@@ -317,9 +317,10 @@ class Converter {
     }
     String(v, "refreshInterval", loc, &s->refresh_interval);
     Int(v, "force", loc, &s->force);
-    ReportUnknown(
-        v, loc,
-        {"source", "artifactName", "accelerator", "shard", "storage", "refreshInterval", "force"});
+    StringMap(v, "nodeSelector", loc, &s->node_selector);
+    ReportUnknown(v, loc,
+                  {"source", "artifactName", "accelerator", "shard", "storage", "refreshInterval",
+                   "force", "nodeSelector"});
   }
 
   void Status(const json& v, const Loc& loc, ModelCacheStatus* s) {
@@ -516,6 +517,13 @@ J SpecJson(const ModelCacheSpec& spec) {
   PutString(j, "refreshInterval", spec.refresh_interval);
   if (spec.force != 0) {
     j["force"] = spec.force;
+  }
+  if (!spec.node_selector.empty()) {
+    J selector = J::object();
+    for (const auto& [k, v] : spec.node_selector) {
+      selector[k] = v;
+    }
+    j["nodeSelector"] = std::move(selector);
   }
   return j;
 }

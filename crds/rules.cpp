@@ -4,6 +4,7 @@
 
 #include "crds/internal/rules.h"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <string>
@@ -249,6 +250,57 @@ std::optional<std::string> CheckSecretKey(const std::string& s) {
   }
   if (s.starts_with("..")) {
     return std::string("must not start with '..'");
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// The shape Kubernetes requires of a label value and of a label key's name part.
+bool IsQualifiedNamePart(std::string_view s) {
+  if (s.empty() || !IsAlnum(s.front()) || !IsAlnum(s.back())) {
+    return false;
+  }
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return IsAlnum(c) || c == '-' || c == '_' || c == '.'; });
+}
+
+constexpr char kQualifiedNameShape[] =
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character";
+
+}  // namespace
+
+std::optional<std::string> CheckLabelValue(const std::string& s) {
+  if (s.size() > kMaxLabelLength) {
+    return "must be no more than " + std::to_string(kMaxLabelLength) + " characters";
+  }
+  if (!s.empty() && !IsQualifiedNamePart(s)) {
+    return std::string("a valid label ") + kQualifiedNameShape;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> CheckLabelKey(const std::string& s) {
+  std::string_view name = s;
+  if (size_t slash = s.find('/'); slash != std::string::npos) {
+    std::string prefix = s.substr(0, slash);
+    if (prefix.empty()) {
+      return std::string("prefix part must be non-empty");
+    }
+    if (auto problem = CheckDns1123Subdomain(prefix)) {
+      return "prefix part " + *problem;
+    }
+    name = std::string_view(s).substr(slash + 1);
+  }
+  if (name.empty()) {
+    return std::string("name part must be non-empty");
+  }
+  if (name.size() > kMaxLabelLength) {
+    return "name part must be no more than " + std::to_string(kMaxLabelLength) + " characters";
+  }
+  if (!IsQualifiedNamePart(name)) {
+    return std::string("name part ") + kQualifiedNameShape;
   }
   return std::nullopt;
 }

@@ -297,6 +297,10 @@ std::vector<FieldError> Validate(const ModelCache& mc) {
   if (spec.force < 0) {
     v.InvalidInt("spec.force", spec.force, "must be greater than or equal to 0");
   }
+  for (const auto& [key, value] : spec.node_selector) {
+    v.Check("spec.nodeSelector", key, internal::CheckLabelKey);
+    v.Check("spec.nodeSelector[" + key + "]", value, internal::CheckLabelValue);
+  }
   return errors;
 }
 

@@ -1,8 +1,10 @@
 #pragma once
 
-// Fetches Hub files into local storage: each file streams into a stable `.incomplete` path,
-// resumes from what is already there (Range), is verified (size, sha256, git blob sha1), fsynced
-// and only then renamed to its final path, so nothing half-written is ever visible.
+// The fetch layer's seam: a Transfer fetches Hub files into local storage. Each file lands in a
+// stable `.incomplete` path, resumes from what is already there (Range), is verified (size,
+// sha256, git blob sha1), fsynced and only then renamed to its final path, so nothing
+// half-written is ever visible. The implementation is fetch::TransferEngine
+// (fetch/transfer_engine.h); tests may plug in their own.
 //
 // The protocol follows huggingface_hub's http_get: GET the /resolve URL with the token and without
 // following redirects; a 302/307 to another host (the CDN, a signed URL) is fetched WITHOUT the
@@ -57,8 +59,6 @@ struct TransferProgress {
   std::atomic<uint64_t> bytes_per_second{0};  // moving average over the last ~5 s
 };
 
-// The fetch layer's seam: issue 6 replaces the implementation with a parallel libcurl-multi
-// TransferEngine.
 class Transfer {
  public:
   virtual ~Transfer() = default;
@@ -79,9 +79,5 @@ class Transfer {
   virtual Result<std::vector<FileResult>> Run(const std::vector<FileTask>& tasks,
                                               TransferProgress& progress, std::stop_token stop) = 0;
 };
-
-// A straightforward implementation: files in parallel on a small thread pool (`parallel_files`,
-// at least 1), each streamed with HttpClient. Retries use options' max_attempts and backoff.
-std::unique_ptr<Transfer> NewSimpleTransfer(HubOptions options, int parallel_files = 4);
 
 }  // namespace modelcache::fetch

@@ -25,6 +25,7 @@
 #include "common/files.h"
 #include "common/http_client.h"
 #include "common/sha256.h"
+#include "fetch/internal/blob_batch.h"
 #include "fetch/internal/hub_http.h"
 
 namespace modelcache::fetch {
@@ -496,7 +497,8 @@ struct FileState {
   std::optional<Hasher> sha1;
   int verify_failures = 0;
   int changes = 0;
-  bool dirty = false;
+  bool dirty = false;        // the map changed other than by bytes arriving (etag, reset)
+  uint64_t persisted = 0;    // data bytes the map on disk claims
   Clock::time_point last_persist{};
 
   std::string map_path() const { return task->incomplete_path + ".chunks"; }
@@ -650,11 +652,11 @@ VoidResult Job::LoadMap(FileState& f, uint64_t chunk_size) {
       have = 0;  // a map without its preallocated file: the data is not what it describes
     }
   }
-  // No map: the file is a plain prefix (a one-chunk file, or the simple Transfer's partial file).
+  // No map: the file is a plain prefix of the blob (a one-chunk file).
   if (have > t.size) {
     have = 0;
   }
-  if (have == 0 && ::ftruncate(f.fd, 0) != 0) {
+  if (have == 0 && st.st_size != 0 && ::ftruncate(f.fd, 0) != 0) {
     return Error(Reason::StorageError, "cannot truncate " + t.incomplete_path + ": " +
                                            ErrnoMessage(errno));
   }
@@ -717,14 +719,20 @@ void Job::PersistMap(FileState& f, bool force) {
     return;
   }
   auto now = Clock::now();
-  if (!force && (!f.dirty || now - f.last_persist < opts_.persist_interval)) {
+  // Ranges that are still being received count too: a long range would otherwise be recorded only
+  // once it completes, and a kill before that would lose all of it.
+  uint64_t on_disk = f.on_disk();
+  if (!force && ((!f.dirty && on_disk == f.persisted) ||
+                 now - f.last_persist < opts_.persist_interval)) {
     return;
   }
   // Claims are read before the data is synced, so the map never names bytes that are not durable.
   nlohmann::json chunks = nlohmann::json::array();
+  uint64_t claimed = 0;
   for (const auto& c : f.chunks) {
-    chunks.push_back({c->start, c->end, std::min(c->done.load(std::memory_order_acquire),
-                                                 c->len())});
+    uint64_t d = std::min(c->done.load(std::memory_order_acquire), c->len());
+    claimed += d;
+    chunks.push_back({c->start, c->end, d});
   }
   nlohmann::json doc = {{"size", f.task->size}, {"etag", f.etag}, {"chunks", chunks}};
   if (::fdatasync(f.fd) != 0) {
@@ -736,6 +744,7 @@ void Job::PersistMap(FileState& f, bool force) {
     return;
   }
   f.dirty = false;
+  f.persisted = claimed;
   f.last_persist = now;
 }
 
@@ -1195,20 +1204,15 @@ void Job::SampleRate() {
 }
 
 Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
-  std::vector<size_t> primary(tasks.size());
-  std::map<std::string, size_t> first_of;
+  internal::BlobBatch batch = internal::GroupByBlob(tasks);
   std::vector<const FileTask*> unique;
-  uint64_t total = 0;
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    auto [it, inserted] = first_of.emplace(tasks[i].final_path, i);
-    primary[i] = it->second;
-    if (inserted) {
-      unique.push_back(&tasks[i]);
-      total += tasks[i].size;
-    }
+  for (size_t i : batch.unique) {
+    unique.push_back(&tasks[i]);
   }
+  // A caller that knows the whole job (files already in the store, which it did not hand over)
+  // sets the totals and seeds the done counters itself; otherwise the batch is the job.
   if (progress_.bytes_total.load() == 0 && progress_.files_total.load() == 0) {
-    progress_.bytes_total.store(total);
+    progress_.bytes_total.store(batch.bytes);
     progress_.files_total.store(static_cast<int64_t>(tasks.size()));
   }
   progress_.bytes_per_second.store(0);
@@ -1329,21 +1333,7 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
   if (stop_.stop_requested()) {
     return Error(Reason::Cancelled, "download cancelled; partial files are kept for resume");
   }
-  std::vector<FileResult> out;
-  out.reserve(tasks.size());
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    const std::optional<FileResult>& r = results_[primary[i]];
-    if (!r) {
-      return Error(Reason::Internal, "a download finished without a result");
-    }
-    out.push_back(*r);
-    if (primary[i] != i) {
-      out.back().path = tasks[i].path;
-      out.back().downloaded = false;  // its blob came with another path
-      progress_.files_done.fetch_add(1);
-    }
-  }
-  return out;
+  return internal::FanOut(batch, tasks, results_, progress_);
 }
 
 Result<std::vector<FileResult>> EngineTransfer::Run(const std::vector<FileTask>& tasks,

@@ -1,7 +1,8 @@
 #pragma once
 
-// The parallel downloader (issue 6): one libcurl multi handle driven by one thread, shared by all
-// jobs, fetching many files at once and large files as parallel byte ranges.
+// The downloader: one libcurl multi handle driven by one thread, shared by all jobs of a process
+// (the reconciler builds one from the run/prefetch flags), fetching many files at once and large
+// files as parallel byte ranges.
 //
 // Each job (one reconcile) gets a fetch::Transfer from NewTransfer(); its Run() keeps up to
 // max_connections_per_job requests in flight, the engine at most max_connections connections in
@@ -11,13 +12,12 @@
 // byte ranges are on disk, and the ETag they came with) is kept next to it as
 // `<incomplete_path>.chunks`, rewritten atomically about once a second after an fdatasync of the
 // data, so a restart (even after kill -9) fetches exactly the ranges the map does not cover. A
-// one-chunk file is a plain prefix, as with the simple Transfer (whose partial files are resumed
-// likewise). Hashes (sha256, and the git blob sha1 for regular files) advance in file order over
+// one-chunk file is a plain prefix of the blob, resumed with one Range request from its end. Hashes (sha256, and the git blob sha1 for regular files) advance in file order over
 // the contiguous prefix as it lands, reading it back from the page cache; on resume the data
 // already on disk is re-hashed the same way.
 //
-// The Hub protocol is the simple Transfer's (downloader.h): the /resolve URL is fetched with the
-// token and without following redirects; a redirect to another host (the CDN) is fetched without
+// The Hub protocol follows huggingface_hub's http_get: the /resolve URL is fetched with the token
+// and without following redirects; a redirect to another host (the CDN) is fetched without
 // Authorization, and a 403/410 from that host sends the file back to the Hub for a fresh Location.
 // A 200 to a ranged request (the server ignores Range) switches the file to one stream from byte
 // 0; a Content-Range total other than the expected size, or a data ETag other than the one the
@@ -56,13 +56,14 @@ class TransferEngine {
  public:
   // Starts the engine thread.
   explicit TransferEngine(TransferEngineOptions options);
-  // Stops the engine thread. REQUIRES: no Run() of a Transfer from this engine is still running.
+  // The engine thread stops once the engine and every Transfer it handed out are destroyed (a
+  // Transfer shares ownership of it).
   ~TransferEngine();
   TransferEngine(const TransferEngine&) = delete;
   TransferEngine& operator=(const TransferEngine&) = delete;
 
   // A Transfer for one job, using this engine's connections, with the job's Hub options (endpoint,
-  // token, max_attempts and backoff per request). The Transfer must not outlive the engine.
+  // token, max_attempts and backoff per request).
   std::unique_ptr<Transfer> NewTransfer(const HubOptions& hub);
 
   struct Impl;

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -16,6 +17,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "store/gc.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -86,6 +88,32 @@ Result<std::string> MakeShardSource(const store::LocalStore& store, const store:
   return dir;
 }
 
+// Tells the observer what a transfer placed in the store. Counted from the files now in place
+// rather than from the transfer's results, so that a cancelled or failed run still counts the
+// files it completed (they stay, verified); a blob shared by several tasks counts once.
+void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
+                      const Result<std::vector<fetch::FileResult>>& results,
+                      const CacheJobInputs& in) {
+  uint64_t bytes = 0;
+  std::set<std::string> seen;
+  for (const auto& t : tasks) {
+    if (!seen.insert(t.final_path).second) {
+      continue;
+    }
+    std::error_code ec;
+    auto size = fs::file_size(t.final_path, ec);
+    if (!ec && size == t.size) {
+      bytes += t.size;
+    }
+  }
+  if (bytes > 0) {
+    in.observer->BytesDownloaded(bytes);
+  }
+  if (!results && results.error().reason == Reason::ChecksumMismatch) {
+    in.observer->VerificationFailed(in.key, results.error().message);
+  }
+}
+
 // Uploads a locally published version to the S3 store and commits it there.
 // TODO(#8): an unsharded artifact could stream from the Hub to the bucket without the local copy;
 // S3ArtifactStore::PutFile + Commit are the seam for that.
@@ -113,6 +141,108 @@ Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::Lo
   return uploaded;
 }
 
+// A source that is an artifact of an S3 store: read its committed manifest, download and verify
+// its files (S3ArtifactStore::Pull), and publish them as a local version with the same digest.
+Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStore& local,
+                                      CacheJobState& state, std::stop_token stop) {
+  const crds::ModelCacheSpec& spec = in.spec;
+  if (spec.shard) {
+    return Error(Reason::InvalidSpec,
+                 "spec.shard: an s3:// source is an artifact already; it is used as it is");
+  }
+  auto ref = store::ParseS3ArtifactUri(spec.source.repo);
+  if (!ref) {
+    return Error(Reason::InvalidSpec, "spec.source.repo: " + ref.error().message);
+  }
+  state.phase = JobPhase::Resolving;
+  store::S3ArtifactStore source(ref->store, std::make_shared<store::S3Client>(in.source_aws));
+  std::string version = ref->version;
+  if (version.empty()) {
+    auto current = source.ReadCurrentVersion(ref->name, stop);
+    if (!current) {
+      return current.error();
+    }
+    if (!*current) {
+      // Transient: the publishing cluster may not have published it yet.
+      return Error(Reason::StorageError, "spec.source.repo: " + spec.source.repo +
+                                             " has no current version yet");
+    }
+    version = **current;
+  }
+  auto manifest = source.ReadVersion(ref->name, version, stop);
+  if (!manifest) {
+    return manifest.error();
+  }
+  if (!*manifest) {
+    return Error(Reason::StorageError, "spec.source.repo: version " + version + " of " +
+                                           spec.source.repo +
+                                           " has no modelcache.json (not a published version)");
+  }
+  store::ArtifactManifest m = std::move(**manifest);
+  state.SetCommit(m.source_commit);
+  state.transfer.files_total = static_cast<int64_t>(m.files.size());
+  state.transfer.bytes_total = m.size_bytes;
+  m.name = spec.artifact_name;  // the digest does not cover the name: same version, same digest
+  store::FinalizeIdentity(m);
+
+  std::vector<std::string> fetched;  // the files downloaded from the bucket
+  auto existing = local.ReadVersion(m.name, m.version);
+  if (existing && *existing && (*existing)->id == m.id && !in.verify_existing) {
+    state.transfer.bytes_done = m.size_bytes;
+    state.transfer.files_done = static_cast<int64_t>(m.files.size());
+  } else {
+    state.phase = JobPhase::Downloading;
+    // UniqueSuffix starts with our pid: CleanupShardSources removes the ones of dead processes.
+    std::string pulled = local.root() + "/tmp/s3-pull-" + UniqueSuffix();
+    store::S3TransferProgress progress;
+    auto got = source.Pull(ref->name, version, pulled, progress, stop);
+    auto remove_pulled = [&] {
+      std::error_code ec;
+      fs::remove_all(pulled, ec);
+    };
+    if (!got) {
+      remove_pulled();
+      return got.error();
+    }
+    state.transfer.bytes_done = m.size_bytes;
+    state.transfer.files_done = static_cast<int64_t>(m.files.size());
+    for (const auto& f : m.files) {
+      fetched.push_back(f.path);
+    }
+    auto staging = local.CreateStaging(m.name);
+    if (!staging) {
+      remove_pulled();
+      return staging.error();
+    }
+    for (const auto& f : m.files) {
+      if (auto r = local.StageFile(*staging, f.path, pulled + "/" + f.path); !r) {
+        (void)local.DiscardStaging(*staging);
+        remove_pulled();
+        return r.error();
+      }
+    }
+    auto published = local.Publish(*staging, m,
+                                   in.verify_existing ? store::PublishMode::ReplaceExisting
+                                                      : store::PublishMode::ReuseExisting);
+    remove_pulled();
+    if (!published) {
+      (void)local.DiscardStaging(*staging);
+      return published.error();
+    }
+  }
+  store::PublishedArtifact artifact = local.Describe(m);
+  if (!in.s3_uri.empty()) {
+    state.phase = JobPhase::Uploading;
+    auto uploaded = PublishToS3(in, local, artifact, state, stop);
+    if (!uploaded) {
+      return uploaded.error();
+    }
+    artifact = std::move(*uploaded);
+  }
+  state.phase = JobPhase::Done;
+  return CacheJobOutput{m.source_commit, artifact, std::move(fetched)};
+}
+
 }  // namespace
 
 std::string_view JobPhaseName(JobPhase phase) {
@@ -137,11 +267,16 @@ void CleanupShardSources(const std::string& store_root) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(store_root + "/tmp", ec)) {
     std::string name = entry.path().filename().string();
-    constexpr std::string_view kPrefix = "shard-src-";
-    if (name.rfind(kPrefix, 0) != 0) {
+    std::string_view prefix;
+    for (std::string_view p : {std::string_view("shard-src-"), std::string_view("s3-pull-")}) {
+      if (name.rfind(p, 0) == 0) {
+        prefix = p;
+      }
+    }
+    if (prefix.empty()) {
       continue;
     }
-    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + kPrefix.size()));
+    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + prefix.size()));
     if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
       fs::remove_all(entry.path(), ec);
     }
@@ -163,12 +298,27 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     return opened.error();
   }
   store::LocalStore& store = **opened;
+  if (spec.source.repo.rfind("s3://", 0) == 0) {
+    return RunS3SourceJob(in, store, state, stop);
+  }
   store::RepoRef repo{spec.source.type, spec.source.repo};
+
+  // Garbage collection leaves the repo and the artifact name alone while we use them.
+  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoFolderName(repo), stop);
+  if (!repo_in_use) {
+    return repo_in_use.error();
+  }
+  auto name_in_use = store::LockInUse(store.root(), "artifact", spec.artifact_name, stop);
+  if (!name_in_use) {
+    return name_in_use.error();
+  }
 
   // Resolve.
   state.phase = JobPhase::Resolving;
   fetch::HubClient hub(in.hub);
-  auto commit = hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop);
+  auto commit = in.pinned_commit.empty()
+                    ? hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop)
+                    : Result<std::string>(in.pinned_commit);
   if (!commit) {
     return commit.error();
   }
@@ -219,6 +369,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
         }
         spdlog::warn("{}: {} does not match its checksum; fetching it again", in.key.ToString(),
                      f.path);
+        if (in.observer != nullptr) {
+          in.observer->VerificationFailed(in.key, f.path);
+        }
         if (auto removed = store.RemoveBlob(repo, f.etag()); !removed) {
           return removed.error();
         }
@@ -261,6 +414,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     auto transfer = in.transfer_factory(in.hub);
     // The transfer counts its own bytes; seed it with what is already in the store.
     auto results = transfer->Run(tasks, state.transfer, stop);
+    if (in.observer != nullptr) {
+      ReportDownloaded(tasks, results, in);
+    }
     if (!results) {
       return results.error();
     }
@@ -291,8 +447,10 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     }
     manifest_files.push_back({f.path, f.size, sha256[i]});
   }
-  if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
-    return r.error();
+  if (in.pinned_commit.empty()) {
+    if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
+      return r.error();
+    }
   }
   lock->Release();
   if (stop.stop_requested()) {
@@ -331,7 +489,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     opts.dtype = spec.shard->dtype;
     opts.max_file_size = *max_size;
     opts.threads = in.shard_threads;
+    auto shard_start = std::chrono::steady_clock::now();
     auto sharded = shard::ShardCheckpoint(opts, state.shard, stop);
+    if (sharded && in.observer != nullptr) {
+      in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
+    }
     std::error_code ec;
     fs::remove_all(*src, ec);
     if (!sharded) {
@@ -381,7 +543,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     published = std::move(uploaded);
   }
   state.phase = JobPhase::Done;
-  return CacheJobOutput{*commit, *published};
+  CacheJobOutput output{*commit, *published, {}};
+  for (const auto& t : tasks) {
+    output.fetched.push_back(t.path);
+  }
+  return output;
 }
 
 }  // namespace modelcache::reconcilers

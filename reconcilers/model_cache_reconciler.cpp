@@ -10,6 +10,7 @@
 #include "common/units.h"
 #include "reconcilers/internal/cache_job.h"
 #include "reconcilers/internal/job_pool.h"
+#include "reconcilers/internal/verify_job.h"
 #include "store/local_store.h"
 #include "store/s3_store.h"
 
@@ -27,7 +28,38 @@ struct JobEntry {
   std::atomic<bool> finished{false};
   // Written by the job thread before `finished` is set; read by reconciles after.
   std::optional<Result<CacheJobOutput>> result;
+  // A drift check (--verify-interval) rather than a cache job: its finding ("" = intact).
+  bool verify_only = false;
+  std::optional<Result<std::string>> drift;
+  // Non-empty: this cache job heals what a drift check (or a missing version) found.
+  std::string heal;
 };
+
+// Sets condition `c` (by type) in `conditions` without a transition time: the manager merges it
+// into the written status and stamps the time when its status changes.
+void PutCondition(std::vector<crds::Condition>& conditions, crds::Condition c) {
+  c.last_transition_time.clear();
+  for (auto& existing : conditions) {
+    if (existing.type == c.type) {
+      if (existing.status == c.status) {
+        c.last_transition_time = existing.last_transition_time;
+      }
+      existing = std::move(c);
+      return;
+    }
+  }
+  conditions.push_back(std::move(c));
+}
+
+crds::Condition Verified(bool ok, std::string reason, std::string message, int64_t generation) {
+  crds::Condition c;
+  c.type = "Verified";
+  c.status = ok ? "True" : "False";
+  c.reason = std::move(reason);
+  c.message = std::move(message);
+  c.observed_generation = generation;
+  return c;
+}
 
 crds::ArtifactStatus ToArtifactStatus(const store::PublishedArtifact& a) {
   crds::ArtifactStatus s;
@@ -58,9 +90,10 @@ std::string TrimRight(std::string s) {
 struct ModelCacheReconciler::Impl {
   explicit Impl(ReconcilerOptions o) : options(std::move(o)), pool(options.max_concurrent_jobs) {
     if (!options.transfer_factory) {
-      int parallel = options.parallel_files;
-      options.transfer_factory = [parallel](const fetch::HubOptions& hub) {
-        return fetch::NewSimpleTransfer(hub, parallel);
+      // Each Transfer keeps the engine alive while it runs, so the engine outlives every job.
+      auto engine = std::make_shared<fetch::TransferEngine>(options.transfer);
+      options.transfer_factory = [engine](const fetch::HubOptions& hub) {
+        return engine->NewTransfer(hub);
       };
     }
     if (options.local_cache.empty() && !StartsWith(options.default_store, "s3://")) {
@@ -77,6 +110,9 @@ struct ModelCacheReconciler::Impl {
   std::map<crds::ObjectKey, std::shared_ptr<JobEntry>> jobs;         // guarded by mu
   std::map<crds::ObjectKey, Clock::time_point> last_resolved;        // guarded by mu
   std::map<crds::ObjectKey, int64_t> applied_force;                  // guarded by mu
+  std::map<crds::ObjectKey, Clock::time_point> last_verified;        // guarded by mu
+  // One drift check at a time, so verification never takes more than one pool thread.
+  std::atomic<bool> verifying{false};
   bool shut_down = false;                                            // guarded by mu
 
   std::shared_ptr<JobEntry> FindJob(const crds::ObjectKey& key) {
@@ -142,6 +178,13 @@ struct ModelCacheReconciler::Impl {
     if (!ref) {
       return options.hf_token;
     }
+    if (options.secret_lookup) {
+      auto token = options.secret_lookup(obj.key(), *ref);
+      if (!token) {
+        return token.error();
+      }
+      return TrimRight(*token);
+    }
     if (options.secrets_dir.empty()) {
       return Error(Reason::InvalidSpec,
                    "spec.source.tokenSecretRef: the daemon has no --secrets-dir to read secret \"" +
@@ -174,12 +217,120 @@ struct ModelCacheReconciler::Impl {
     return std::chrono::duration_cast<milliseconds>(it->second + *interval - Clock::now());
   }
 
-  Requeue RefreshRequeue(const crds::ObjectKey& key, const crds::ModelCacheSpec& spec) {
-    auto in = RefreshIn(key, spec);
-    if (!in) {
+  // Time until a Ready resource's artifact should be re-verified: nullopt when never.
+  std::optional<milliseconds> VerifyIn(const crds::ObjectKey& key) {
+    if (options.verify_interval.count() <= 0) {
+      return std::nullopt;
+    }
+    std::lock_guard lock(mu);
+    // First sight: the clock starts now, so a restart does not re-hash everything at once.
+    auto [it, inserted] = last_verified.try_emplace(key, Clock::now());
+    return std::chrono::duration_cast<milliseconds>(it->second + options.verify_interval -
+                                                    Clock::now());
+  }
+
+  void MarkVerified(const crds::ObjectKey& key) {
+    std::lock_guard lock(mu);
+    last_verified[key] = Clock::now();
+  }
+
+  // The next time a Ready resource needs a look: its refresh or its verification.
+  Requeue NextCheck(const crds::ObjectKey& key, const crds::ModelCacheSpec& spec) {
+    auto refresh = RefreshIn(key, spec);
+    auto verify = VerifyIn(key);
+    if (!refresh && !verify) {
       return Requeue::Done();
     }
-    return Requeue::After(std::max(*in, milliseconds(1)));
+    milliseconds in = refresh && verify ? std::min(*refresh, *verify) : refresh ? *refresh : *verify;
+    return Requeue::After(std::max(in, milliseconds(1)));
+  }
+
+  // A Ready status with what the store's garbage collector has to say about it.
+  crds::ModelCacheStatus WithRetention(crds::ModelCacheStatus status, const crds::ModelCache& obj) {
+    if (options.retention) {
+      if (auto c = options.retention(obj)) {
+        c->observed_generation = obj.metadata.generation;
+        PutCondition(status.conditions, *c);
+      }
+    }
+    return status;
+  }
+
+  Result<fetch::HubOptions> HubFor(const crds::ModelCache& obj) {
+    auto token = Token(obj);
+    if (!token) {
+      return token.error();
+    }
+    fetch::HubOptions hub;
+    hub.endpoint = obj.spec.source.endpoint.empty() ? options.hf_endpoint : obj.spec.source.endpoint;
+    while (!hub.endpoint.empty() && hub.endpoint.back() == '/') {
+      hub.endpoint.pop_back();
+    }
+    hub.token = *token;
+    hub.max_attempts = options.max_attempts;
+    hub.backoff_base = options.backoff_base;
+    hub.backoff_cap = options.backoff_cap;
+    return hub;
+  }
+
+  void StartVerify(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
+                   const crds::ModelCacheStatus& status) {
+    auto job = std::make_shared<JobEntry>();
+    job->spec_hash = std::move(spec_hash);
+    job->force = obj.spec.force;
+    job->verify_only = true;
+    {
+      std::lock_guard lock(mu);
+      jobs[key] = job;
+    }
+    pool.Submit([this, job, key, spec = obj.spec, root = StoreRoot(obj.spec),
+                 artifact = *status.artifact, commit = status.resolved_revision] {
+      std::stop_token stop = job->stop.get_token();
+      if (stop.stop_requested()) {
+        job->drift = Error(Reason::Cancelled, "cancelled before it started");
+      } else {
+        job->drift = FindDrift(root, spec, artifact, commit, stop);
+      }
+      verifying = false;
+      job->finished = true;
+      if (options.wake) {
+        options.wake(key);
+      }
+    });
+  }
+
+  // The S3 settings of a spec whose storage is an s3:// URI; nullopt for a local store.
+  Result<std::optional<store::AwsConfig>> S3ConfigFor(const crds::ModelCacheSpec& spec) const {
+    std::optional<store::AwsConfig> aws;
+    if (std::string uri = StorageUri(spec); StartsWith(uri, "s3://")) {
+      if (auto loc = store::ParseS3StoreUri(uri); !loc) {
+        return Error(Reason::InvalidSpec, "spec.storage.uri: " + loc.error().message);
+      }
+      if (options.local_cache.empty()) {
+        return Error(Reason::InvalidSpec, "spec.storage.uri: " + uri +
+                                              " needs a local cache directory to stage downloads "
+                                              "(the daemon's --cache-dir)");
+      }
+      auto config = AwsConfigFor(uri);
+      if (!config) {
+        return config.error();
+      }
+      aws = std::move(*config);
+    }
+    return aws;
+  }
+
+  // The AWS configuration to read a source that is an S3 artifact with; nullopt for a Hub repo.
+  Result<std::optional<store::AwsConfig>> SourceConfigFor(const crds::ModelCacheSpec& spec) const {
+    std::optional<store::AwsConfig> aws;
+    if (StartsWith(spec.source.repo, "s3://")) {
+      auto config = AwsConfigFor(spec.source.repo);
+      if (!config) {
+        return config.error();
+      }
+      aws = std::move(*config);
+    }
+    return aws;
   }
 
   bool ArtifactPresent(const crds::ModelCacheSpec& spec, const crds::ArtifactStatus& artifact) {
@@ -232,10 +383,13 @@ struct ModelCacheReconciler::Impl {
   }
 
   void StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
-                fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws) {
+                fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws,
+                std::string pinned_commit = {}, std::string heal = {},
+                std::optional<store::AwsConfig> source_aws = {}) {
     auto job = std::make_shared<JobEntry>();
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
+    job->heal = std::move(heal);
     CacheJobInputs in;
     in.key = key;
     in.spec = obj.spec;
@@ -244,13 +398,21 @@ struct ModelCacheReconciler::Impl {
       in.s3_uri = StorageUri(obj.spec);
       in.aws = std::move(*aws);
     }
+    if (source_aws) {
+      in.source_aws = std::move(*source_aws);
+    }
     in.hub = std::move(hub);
     in.verify_existing = verify_existing;
+    in.pinned_commit = std::move(pinned_commit);
     in.shard_threads = options.shard_threads;
     in.transfer_factory = options.transfer_factory;
+    in.observer = options.observer;
     {
       std::lock_guard lock(mu);
       jobs[key] = job;
+    }
+    if (options.observer != nullptr) {
+      options.observer->JobStarted(key);
     }
     pool.Submit([this, job, in = std::move(in)] {
       std::stop_token stop = job->stop.get_token();
@@ -260,6 +422,9 @@ struct ModelCacheReconciler::Impl {
         job->result = RunCacheJob(in, job->state, stop);
       }
       job->finished = true;
+      if (options.observer != nullptr) {
+        options.observer->JobFinished(in.key);
+      }
       if (options.wake) {
         options.wake(in.key);
       }
@@ -308,6 +473,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     std::lock_guard lock(impl.mu);
     impl.last_resolved.erase(key);
     impl.applied_force.erase(key);
+    impl.last_verified.erase(key);
     return Outcome{{}, Requeue::Done()};
   }
 
@@ -330,10 +496,50 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
 
   if (job) {
     if (!job->finished) {
+      if (job->verify_only) {
+        return Outcome{impl.WithRetention(request.status, obj),
+                       Requeue::After(impl.options.progress_interval)};
+      }
       return Outcome{impl.RunningStatus(request.status, *job),
                      Requeue::After(impl.options.progress_interval)};
     }
     impl.EraseJob(key, job);
+    if (job->verify_only) {
+      Result<std::string>& drift = *job->drift;
+      if (!drift) {
+        return drift.error();
+      }
+      crds::ModelCacheStatus status = request.status;
+      if (drift->empty()) {
+        impl.MarkVerified(key);
+        PutCondition(status.conditions,
+                     Verified(true, "Verified",
+                              "every file of " + status.artifact->id +
+                                  " and its blobs match their checksums",
+                              obj.metadata.generation));
+        return Outcome{impl.WithRetention(status, obj), impl.NextCheck(key, obj.spec)};
+      }
+      spdlog::warn("{}: drift found: {}; healing", key.ToString(), *drift);
+      auto hub = impl.HubFor(obj);
+      if (!hub) {
+        return hub.error();
+      }
+      auto aws = impl.S3ConfigFor(obj.spec);
+      if (!aws) {
+        return aws.error();
+      }
+      auto source_aws = impl.SourceConfigFor(obj.spec);
+      if (!source_aws) {
+        return source_aws.error();
+      }
+      impl.StartJob(key, obj, spec_hash, std::move(*hub), /*verify_existing=*/true,
+                    std::move(*aws), status.resolved_revision, *drift, std::move(*source_aws));
+      status.phase = std::string(crds::kPhaseResolving);
+      status.progress.reset();
+      PutCondition(status.conditions,
+                   Verified(false, "Healing", *drift, obj.metadata.generation));
+      return Outcome{status, Requeue::After(impl.options.progress_interval)};
+    }
     Result<CacheJobOutput>& result = *job->result;
     if (!result) {
       return result.error();
@@ -356,53 +562,70 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       spdlog::info("{}: artifact {} published at {}", key.ToString(), result->artifact.id,
                    result->artifact.path.empty() ? result->artifact.uri : result->artifact.path);
     }
-    return Outcome{status, impl.RefreshRequeue(key, obj.spec)};
+    // A heal that ended here (or a plain job after a heal that failed part-way) says so.
+    std::string healed = job->heal;
+    const crds::Condition* verified = crds::FindCondition(status.conditions, "Verified");
+    if (healed.empty() && verified != nullptr && verified->status == "False") {
+      healed = verified->message;
+    }
+    if (!healed.empty()) {
+      std::string fetched;
+      for (const auto& path : result->fetched) {
+        fetched += (fetched.empty() ? "" : ", ") + path;
+      }
+      std::string message = "healed: " + healed + "; " +
+                            (fetched.empty() ? "re-published from the verified blobs"
+                                             : "re-fetched " + fetched);
+      spdlog::info("{}: {}", key.ToString(), message);
+      impl.MarkVerified(key);
+      PutCondition(status.conditions, Verified(true, "Healed", message, obj.metadata.generation));
+    }
+    if (impl.options.published) {
+      impl.options.published();
+    }
+    return Outcome{impl.WithRetention(status, obj), impl.NextCheck(key, obj.spec)};
   }
 
   // No job. Already in the desired state? (A restart lands here for every Ready resource.)
   const crds::ModelCacheStatus& prev = request.status;
+  std::string heal;
   if (prev.phase == crds::kPhaseReady && prev.observed_generation == obj.metadata.generation &&
-      prev.artifact && impl.ArtifactPresent(obj.spec, *prev.artifact)) {
-    auto refresh_in = impl.RefreshIn(key, obj.spec);
-    if (!refresh_in) {
-      return Outcome{prev, Requeue::Done()};
+      prev.artifact) {
+    if (impl.ArtifactPresent(obj.spec, *prev.artifact)) {
+      auto refresh_in = impl.RefreshIn(key, obj.spec);
+      if (!refresh_in || refresh_in->count() > 0) {
+        auto verify_in = impl.VerifyIn(key);
+        if (verify_in && verify_in->count() <= 0 && !prev.resolved_revision.empty()) {
+          if (impl.verifying.exchange(true)) {
+            // Another artifact is being verified: wait for our turn.
+            return Outcome{impl.WithRetention(prev, obj), Requeue::After(milliseconds(1000))};
+          }
+          impl.StartVerify(key, obj, spec_hash, prev);
+          return Outcome{impl.WithRetention(prev, obj),
+                         Requeue::After(impl.options.progress_interval)};
+        }
+        return Outcome{impl.WithRetention(prev, obj), impl.NextCheck(key, obj.spec)};
+      }
+      spdlog::info("{}: refreshing revision {}", key.ToString(), obj.spec.source.revision);
+    } else {
+      heal = "artifact version " + prev.artifact->name + "/" + prev.artifact->version +
+             " is missing from the store";
+      spdlog::warn("{}: {}; caching it again", key.ToString(), heal);
     }
-    if (refresh_in->count() > 0) {
-      return Outcome{prev, Requeue::After(*refresh_in)};
-    }
-    spdlog::info("{}: refreshing revision {}", key.ToString(), obj.spec.source.revision);
   }
 
-  std::optional<store::AwsConfig> aws;
-  if (std::string uri = impl.StorageUri(obj.spec); StartsWith(uri, "s3://")) {
-    if (auto loc = store::ParseS3StoreUri(uri); !loc) {
-      return Error(Reason::InvalidSpec, "spec.storage.uri: " + loc.error().message);
-    }
-    if (impl.options.local_cache.empty()) {
-      return Error(Reason::InvalidSpec, "spec.storage.uri: " + uri +
-                                            " needs a local cache directory to stage downloads "
-                                            "(the daemon's --cache-dir)");
-    }
-    auto config = impl.AwsConfigFor(uri);
-    if (!config) {
-      return config.error();
-    }
-    aws = std::move(*config);
+  auto aws = impl.S3ConfigFor(obj.spec);
+  if (!aws) {
+    return aws.error();
   }
-  auto token = impl.Token(obj);
-  if (!token) {
-    return token.error();
+  auto source_aws = impl.SourceConfigFor(obj.spec);
+  if (!source_aws) {
+    return source_aws.error();
   }
-  fetch::HubOptions hub;
-  hub.endpoint = obj.spec.source.endpoint.empty() ? impl.options.hf_endpoint
-                                                   : obj.spec.source.endpoint;
-  while (!hub.endpoint.empty() && hub.endpoint.back() == '/') {
-    hub.endpoint.pop_back();
+  auto hub = impl.HubFor(obj);
+  if (!hub) {
+    return hub.error();
   }
-  hub.token = *token;
-  hub.max_attempts = impl.options.max_attempts;
-  hub.backoff_base = impl.options.backoff_base;
-  hub.backoff_cap = impl.options.backoff_cap;
   bool verify_existing = false;
   if (obj.spec.force > 0) {
     std::lock_guard lock(impl.mu);
@@ -415,10 +638,14 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  impl.StartJob(key, obj, spec_hash, std::move(hub), verify_existing, std::move(aws));
+  impl.StartJob(key, obj, spec_hash, std::move(*hub), verify_existing, std::move(*aws), {}, heal,
+                std::move(*source_aws));
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);
   status.progress.reset();
+  if (!heal.empty()) {
+    PutCondition(status.conditions, Verified(false, "Healing", heal, obj.metadata.generation));
+  }
   return Outcome{status, Requeue::After(impl.options.progress_interval)};
 }
 

@@ -13,10 +13,13 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
+#include "fetch/transfer_engine.h"
+#include "reconcilers/observer.h"
 #include "reconcilers/reconciler.h"
 #include "store/aws_config.h"
 
@@ -43,10 +46,16 @@ struct ReconcilerOptions {
   std::string hf_token;
   // Directory-mode secrets: tokenSecretRef {name, key} is read from <secrets_dir>/<name>/<key>.
   std::string secrets_dir;
+  // When set, resolves tokenSecretRef instead of secrets_dir (Kubernetes mode: a Secret in the
+  // resource's namespace). Returns the token, or an Error whose message names the Secret and key
+  // but never a value. Called from reconcile workers; must be thread-safe.
+  std::function<Result<std::string>(const crds::ObjectKey& owner, const crds::SecretKeyRef& ref)>
+      secret_lookup;
   // Jobs (downloads, shards) that run at once; more wait in phase Pending.
   int max_concurrent_jobs = 4;
-  // Files downloaded in parallel within one job.
-  int parallel_files = 4;
+  // The transfer engine's settings (connections, per-artifact connections, chunk size, bandwidth
+  // limit); used when transfer_factory is not set.
+  fetch::TransferEngineOptions transfer;
   // Threads a shard job uses.
   int shard_threads = 2;
   // How often a running job's progress is reported.
@@ -55,12 +64,24 @@ struct ReconcilerOptions {
   int max_attempts = 5;
   std::chrono::milliseconds backoff_base{1000};
   std::chrono::milliseconds backoff_cap{30000};
-  // Creates the transfer layer for a job: the seam where a parallel transfer engine plugs in.
-  // Default: fetch::NewSimpleTransfer.
+  // Creates the transfer layer for a job. Default: Transfers of one fetch::TransferEngine, built
+  // from `transfer` and shared by every job of this reconciler (one per process).
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
   // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
   // the next progress poll.
   std::function<void(const crds::ObjectKey&)> wake;
+  // Told about jobs, downloaded bytes, verification failures and shard durations (metrics).
+  // Not owned; must outlive the reconciler. nullptr: nobody is told.
+  ReconcileObserver* observer = nullptr;
+  // Drift healing: a Ready artifact is re-verified this often (its files and its snapshot's
+  // blobs re-hashed, one artifact at a time on the job pool) and what changed on disk is
+  // re-fetched and re-published; the Verified condition says what was healed. 0 = never.
+  std::chrono::milliseconds verify_interval{0};
+  // Called after a reconcile saw a job publish (the store grew: garbage collection may have work).
+  std::function<void()> published;
+  // A condition the store's garbage collector reports for this resource (Retained), added to
+  // the status of Ready resources; may return nullopt.
+  std::function<std::optional<crds::Condition>(const crds::ModelCache&)> retention;
 };
 
 class ModelCacheReconciler final : public Reconciler {

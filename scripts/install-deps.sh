@@ -9,6 +9,7 @@ packages=(
   libspdlog-dev libfmt-dev libsystemd-dev libcpp-httplib-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nginx-light
+  radosgw ceph-mon ceph-osd ceph-common uuid-runtime curl python3-boto3
 )
 
 missing=()

@@ -60,6 +60,12 @@ void DefaultSleep(std::chrono::milliseconds d, std::stop_token stop) {
   cv.wait_for(lock, stop, d, [] { return false; });
 }
 
+void AddMetadata(HttpHeaders& headers, const ObjectMetadata& metadata) {
+  for (const auto& [name, value] : metadata) {
+    headers.emplace_back("x-amz-meta-" + name, value);
+  }
+}
+
 std::chrono::milliseconds Jittered(std::chrono::milliseconds d, double jitter) {
   if (jitter <= 0) return d;
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -136,12 +142,6 @@ class ChunkedEncoder {
   size_t chunk_pos_ = 0;
   bool finished_ = false;
 };
-
-void AddMetadata(HttpHeaders& headers, const ObjectMetadata& metadata) {
-  for (const auto& [name, value] : metadata) {
-    headers.emplace_back("x-amz-meta-" + name, value);
-  }
-}
 
 bool IsRetriableCode(std::string_view code) {
   return code == "SlowDown" || code == "InternalError" || code == "ServiceUnavailable" ||

@@ -54,7 +54,8 @@ enum class PutChecksum {
   Sha256,      // x-amz-checksum-sha256 (flexible checksums; AWS, recent radosgw, MinIO)
 };
 
-// User metadata (x-amz-meta-<name>): names lower-case, without the prefix, values ASCII.
+// User metadata to store with an object (x-amz-meta-<name>): names lower-case, without the
+// prefix, values ASCII.
 using ObjectMetadata = std::map<std::string, std::string>;
 
 struct ObjectInfo {

@@ -24,9 +24,6 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kManifestName = "modelcache.json";
 constexpr std::string_view kCurrentName = "current";
-// Files up to this size go in one PUT; larger ones as a multipart upload.
-constexpr uint64_t kSinglePutMax = 16ULL << 20;
-constexpr uint64_t kMinPartSize = 8ULL << 20;
 // S3's limit for one CopyObject; larger objects are uploaded instead.
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
 // Ranged GETs of this size keep Pull's memory bounded.
@@ -162,27 +159,20 @@ class Fd {
   int fd_;
 };
 
-// Puts one local file at `key` with its sha256 as metadata (x-amz-meta-sha256), through
-// store/s3_uploader.h: one PUT for small files, else parallel verified parts. A multipart upload
-// interrupted by a stop or a crash is left in place and resumed by the next attempt (only the
-// missing parts are sent); one whose bytes do not hash to `sha256` is aborted.
+// Puts one local file at `key` with its sha256 as metadata, through the parallel, resumable
+// uploader (which also checks the bytes it read against `sha256` and confirms the object).
 VoidResult UploadFile(S3Client& client, const std::string& bucket, const std::string& key,
-                      const std::string& path, uint64_t size, const std::string& sha256,
+                      const std::string& path, const std::string& sha256,
                       std::atomic<uint64_t>& bytes_done, std::stop_token stop) {
   UploadOptions options;
-  options.single_put_threshold = kSinglePutMax;
-  options.min_part_size = kMinPartSize;
-  options.skip_existing = false;   // the caller has looked already
-  options.abort_on_stop = false;   // a daemon stopping mid-upload resumes it after the restart
+  options.skip_existing = false;  // PutFile has already looked
+  // A daemon stopped mid-upload (SIGTERM) leaves the upload for the next start to resume.
+  options.abort_on_stop = false;
   S3Uploader uploader(client, options);
-  auto r = uploader.UploadFile(bucket, key, path, sha256,
-                               [&bytes_done](uint64_t n) { bytes_done += n; }, stop);
-  if (!r) {
-    return r.error();
-  }
-  if (r->size != size) {
-    return Error(Reason::StorageError,
-                 fmt::format("{}: uploaded {} bytes, expected {}", path, r->size, size));
+  auto result = uploader.UploadFile(
+      bucket, key, path, sha256, [&](uint64_t bytes) { bytes_done += bytes; }, stop);
+  if (!result) {
+    return result.error();
   }
   return {};
 }
@@ -286,8 +276,7 @@ Result<std::unique_ptr<S3ArtifactStore>> S3ArtifactStore::Open(std::string_view 
       std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)));
 }
 
-std::string S3ArtifactStore::VersionKey(const std::string& name,
-                                        const std::string& version) const {
+std::string S3ArtifactStore::VersionKey(const std::string& name, const std::string& version) const {
   return location_.Key("artifacts/" + name + "/" + version);
 }
 
@@ -309,8 +298,7 @@ Result<bool> S3ArtifactStore::HasObject(const std::string& key, uint64_t size,
   if (!*info || (*info)->size != size) {
     return false;
   }
-  auto it = (*info)->metadata.find(std::string(kSha256MetadataName));
-  return it != (*info)->metadata.end() && it->second == sha256;
+  return (*info)->Meta(kSha256MetaKey) == sha256;
 }
 
 Result<std::map<std::string, std::string>> S3ArtifactStore::CopySources(const std::string& name,
@@ -371,8 +359,8 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutFile(
     }
   }
   uint64_t before = bytes_done.load();
-  if (auto r = UploadFile(*client_, location_.bucket, key, local_path, file.size, file.sha256,
-                          bytes_done, stop);
+  if (auto r =
+          UploadFile(*client_, location_.bucket, key, local_path, file.sha256, bytes_done, stop);
       !r) {
     bytes_done = before;
     return r.error();
@@ -455,7 +443,8 @@ Result<PublishedArtifact> S3ArtifactStore::Commit(const ArtifactManifest& manife
                              (*existing)->id, manifest.id));
   }
   if (!*existing) {
-    std::string key = VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
+    std::string key =
+        VersionKey(manifest.name, manifest.version) + "/" + std::string(kManifestName);
     if (auto r = client_->PutObject(location_.bucket, key, ManifestDocument(manifest),
                                     PutChecksum::ContentMd5, stop);
         !r) {
@@ -522,8 +511,8 @@ Result<std::optional<ArtifactManifest>> S3ArtifactStore::ReadVersion(const std::
   if (!body) {
     return body.error();
   }
-  auto manifest = ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name,
-                                version);
+  auto manifest =
+      ParseManifest(*body, fmt::format("s3://{}/{}", location_.bucket, key), name, version);
   if (!manifest) {
     return manifest.error();
   }
@@ -650,8 +639,8 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
                              location_.Uri("artifacts/" + name + "/" + wanted)));
   }
   const ArtifactManifest& m = **manifest;
-  PulledArtifact out{m.name, m.version, m.id, dir, m.size_bytes,
-                     static_cast<int64_t>(m.files.size()), false};
+  PulledArtifact out{
+      m.name, m.version, m.id, dir, m.size_bytes, static_cast<int64_t>(m.files.size()), false};
   progress.files_total = static_cast<int64_t>(m.files.size());
   progress.bytes_total = m.size_bytes;
 
@@ -712,11 +701,11 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
         return fail(chunk.error());
       }
       if (chunk->empty() || chunk->size() > last - written + 1) {
-        return fail(Error(Reason::ChecksumMismatch,
-                          fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                                      "file",
-                                      location_.bucket, key, chunk->size(), written, last,
-                                      f.size)));
+        return fail(
+            Error(Reason::ChecksumMismatch,
+                  fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
+                              "file",
+                              location_.bucket, key, chunk->size(), written, last, f.size)));
       }
       hasher.Update(*chunk);
       if (auto r = WriteAll(fd.get(), path, *chunk); !r) {

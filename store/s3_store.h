@@ -6,7 +6,8 @@
 //
 //   s3://<bucket>/<prefix>/artifacts/<name>/
 //     <version>/<path…>           the artifact's files; each object carries the user metadata
-//                                 x-amz-meta-sha256 = the file's sha256 (64 lower-case hex)
+//                                 x-amz-meta-sha256 = the file's sha256 (64 lower-case hex,
+//                                 store/s3_uploader.h's kSha256MetaKey)
 //     <version>/modelcache.json   the ArtifactManifest, byte for byte as the local store writes
 //                                 it; uploaded LAST: the version's commit marker
 //     current                     the text "<version>", written after the marker
@@ -179,8 +180,5 @@ class S3ArtifactStore {
   S3Location location_;
   std::shared_ptr<S3Client> client_;
 };
-
-// The user-metadata name under which each artifact object carries its sha256.
-inline constexpr std::string_view kSha256MetadataName = "sha256";
 
 }  // namespace modelcache::store

@@ -3,7 +3,8 @@
 # one radosgw (tests/fixtures/radosgw/start-radosgw.sh, memstore) with modelcache's S3Uploader
 # (mc-s3-upload-bench: 8 parts in flight, 8 MiB parts, Content-MD5 per part, whole-file sha256
 # verified while uploading, HeadObject confirmation) and with boto3's managed multipart upload
-# (upload_file, TransferConfig max_concurrency=8, 8 MiB parts), alternating, RUNS times each.
+# (upload_file, TransferConfig max_concurrency=8, 8 MiB parts), alternating (who goes first too),
+# RUNS times each.
 # Prints a table: tool, median wall time, MB/s, ratio to modelcache, peak RSS (max over runs).
 #
 # radosgw runs on the same cores and costs about 7 CPU-seconds per GiB here, so compare the
@@ -80,7 +81,10 @@ run() {
 
 declare -A times rss
 for r in $(seq 1 "$RUNS"); do
-  for tool in modelcache boto3; do
+  # Alternate who goes first: radosgw may still be freeing the previous run's data.
+  order="modelcache boto3"
+  (( r % 2 == 0 )) && order="boto3 modelcache"
+  for tool in $order; do
     read -r t m < <(run $tool)
     times[$tool]="${times[$tool]:-} $t"
     (( m > ${rss[$tool]:-0} )) && rss[$tool]=$m

@@ -25,6 +25,12 @@ std::optional<std::string> CheckDns1123Label(const std::string& s);
 std::optional<std::string> CheckDns1123Subdomain(const std::string& s);
 // A Secret's key (IsConfigMapKey): [-._a-zA-Z0-9]+, not "." or "..", not starting with "..".
 std::optional<std::string> CheckSecretKey(const std::string& s);
+// A label value (IsValidLabelValue): empty, or <= 63 characters of [-_.a-zA-Z0-9] starting and
+// ending with an alphanumeric character.
+std::optional<std::string> CheckLabelValue(const std::string& s);
+// A label key (IsQualifiedName): an optional DNS-1123 subdomain prefix and '/', then a name of
+// 1-63 characters shaped like a non-empty label value.
+std::optional<std::string> CheckLabelKey(const std::string& s);
 // "name", "org/name" (HF repo id parts) or s3://bucket/prefix/artifacts/name[/version].
 std::optional<std::string> CheckRepo(const std::string& s);
 // A git revision: no whitespace or control characters, no "..", not starting with '/'.

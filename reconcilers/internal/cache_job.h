@@ -10,11 +10,13 @@
 #include <mutex>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "crds/model_cache.h"
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
+#include "reconcilers/observer.h"
 #include "shard/sharder.h"
 #include "store/local_store.h"
 #include "store/s3_store.h"
@@ -34,11 +36,18 @@ struct CacheJobInputs {
   // Non-empty: publish to this s3://bucket/prefix store (after the local publish), with `aws`.
   std::string s3_uri;
   store::AwsConfig aws;
+  // For a source that is an artifact of an S3 store (spec.source.repo s3://…/artifacts/NAME[/V]):
+  // the configuration to read it with.
+  store::AwsConfig source_aws;
   fetch::HubOptions hub;
   // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
   bool verify_existing = false;
+  // Non-empty: use this commit instead of resolving spec.source.revision, and leave the refs
+  // alone (healing re-publishes exactly what the status reports).
+  std::string pinned_commit;
   int shard_threads = 2;
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+  ReconcileObserver* observer = nullptr;  // may be null
 };
 
 // Shared between the job thread (writer) and reconciles (readers).
@@ -66,6 +75,7 @@ struct CacheJobOutput {
   std::string commit;
   // Where the artifact was published: the local store, or the S3 store (uri s3://…, no path).
   store::PublishedArtifact artifact;
+  std::vector<std::string> fetched;  // paths of the files that had to be downloaded
 };
 
 // Runs the whole pipeline. Cancelled when `stop` is requested; partial downloads stay on disk for

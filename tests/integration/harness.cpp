@@ -76,6 +76,11 @@ std::vector<char*> MakeEnv(const std::map<std::string, std::string>& extra,
   // Tests never reach the real Hub, and never pick up a developer's token.
   env.erase("HF_TOKEN");
   env.erase("HF_ENDPOINT");
+  // Nor a developer's (or CI's) Kubernetes cluster or node.
+  for (const char* k : {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
+                        "NODE_NAME"}) {
+    env.erase(k);
+  }
   for (const auto& [k, v] : extra) {
     env[k] = v;
   }
@@ -158,8 +163,10 @@ Daemon::~Daemon() {
 }
 
 void Daemon::Start() {
-  std::vector<std::string> args{MC_BINARY, "run", "--watch-dir", options_.watch_dir,
-                                "--store", options_.store};
+  std::vector<std::string> args{MC_BINARY, "run", "--store", options_.store};
+  if (!options_.watch_dir.empty()) {  // empty: the mode comes with extra_args (--kubernetes)
+    args.insert(args.end(), {"--watch-dir", options_.watch_dir});
+  }
   if (!options_.state_dir.empty()) {
     args.insert(args.end(), {"--state-dir", options_.state_dir});
   }

@@ -185,9 +185,9 @@ print(json.dumps({'current': current, 'manifest': manifest, 'files': files}))
 TEST_F(S3Test, PrefetchToS3IsReadBackByteForByteWithBoto3) {
   auto files = SmallModelFiles(20 << 20, 81);  // the weights go up as a multipart upload
   AddRepo("org/s3-model", files);
-  std::vector<std::string> args{"prefetch",    "org/s3-model:main", "--store",
-                                store_uri(),   "--cache-dir",       cache_dir(),
-                                "--hf-endpoint", hub_.url(),        "--no-progress"};
+  std::vector<std::string> args{"prefetch",      "org/s3-model:main", "--store",
+                                store_uri(),     "--cache-dir",       cache_dir(),
+                                "--hf-endpoint", hub_.url(),          "--no-progress"};
   auto first = RunModelcache(args, AwsEnv());
   ASSERT_EQ(first.exit_code, 0) << first.err;
   ASSERT_EQ(first.out.rfind("s3-model@sha256:", 0), 0u) << first.out;
@@ -235,9 +235,8 @@ print(json.dumps({o['Key']: [o['ETag'], str(o['LastModified'])]
 TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
   auto files = SmallModelFiles(3 << 20, 82);
   AddRepo("org/s3-daemon", files);
-  WriteFileRenamed(watch_dir() + "/m.yaml",
-                   Manifest("s3-daemon", "org/s3-daemon",
-                            "  storage:\n    uri: " + store_uri() + "\n"));
+  WriteFileRenamed(watch_dir() + "/m.yaml", Manifest("s3-daemon", "org/s3-daemon",
+                                                     "  storage:\n    uri: " + store_uri() + "\n"));
   Daemon daemon(DaemonOptions());
   daemon.Start();
   auto mc = WaitStatus("s3-daemon", IsReady, daemon);
@@ -287,6 +286,22 @@ TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
   EXPECT_NE(refused.err.find("not empty"), std::string::npos) << refused.err;
   EXPECT_EQ(Slurp(other + "/keep.txt"), "mine");
 
+  // A resource whose source is the S3 artifact fills the local store from the bucket: same
+  // digest, files verified, no Hub involved.
+  WriteFileRenamed(
+      watch_dir() + "/node.yaml",
+      Manifest("node-copy", store_uri() + "/artifacts/s3-daemon", "  artifactName: node-copy\n"));
+  auto copy = WaitStatus("node-copy", IsReady, daemon);
+  ASSERT_TRUE(IsReady(copy));
+  const auto& local = *copy.status.artifact;
+  EXPECT_EQ(local.id.substr(local.id.find('@')), art.id.substr(art.id.find('@')));
+  EXPECT_EQ(local.version, art.version);
+  EXPECT_EQ(local.path, cache_dir() + "/artifacts/node-copy/" + art.version);
+  EXPECT_EQ(copy.status.resolved_revision, mc.status.resolved_revision);
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(Slurp(local.path + "/" + path), content) << path;
+  }
+
   // After a restart the Ready resource is confirmed from the bucket, without a new version.
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
   Daemon restarted(DaemonOptions());
@@ -297,16 +312,17 @@ TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
 
 TEST_F(S3Test, ShardedArtifactToAnS3DefaultStore) {
   std::string dir = tmp_ / "repos/org/qwen3-s3/main";
-  auto gen = std::system((std::string(MC_MAKE_CHECKPOINT) + " " + dir +
-                          " --arch qwen3 --size tiny > /dev/null").c_str());
+  auto gen = std::system(
+      (std::string(MC_MAKE_CHECKPOINT) + " " + dir + " --arch qwen3 --size tiny > /dev/null")
+          .c_str());
   ASSERT_EQ(gen, 0);
   FakeRepoSpec spec;
   spec.id = "org/qwen3-s3";
   spec.refs["main"] = dir;
   hub_.AddRepo(spec);
-  WriteFileRenamed(watch_dir() + "/q.yaml",
-                   Manifest("qwen-s3", "org/qwen3-s3",
-                            "  accelerator: \"L4:2\"\n  shard:\n    engine: vllm\n"));
+  WriteFileRenamed(
+      watch_dir() + "/q.yaml",
+      Manifest("qwen-s3", "org/qwen3-s3", "  accelerator: \"L4:2\"\n  shard:\n    engine: vllm\n"));
   // The daemon's default store is the bucket; downloads and shards are staged in --cache-dir.
   Daemon::Options o = DaemonOptions();
   o.store = store_uri();
@@ -350,9 +366,8 @@ TEST_F(S3Test, WrongCredentialsAreStorageErrorsNamingTheS3CodeNeverTheSecret) {
   const std::string wrong_secret = "WRONGsecretWRONGsecretWRONGsecret0000000";
   WriteTree(secrets, {{"s3/AWS_ACCESS_KEY_ID", gw_.access_key + "\n"},
                       {"s3/AWS_SECRET_ACCESS_KEY", wrong_secret + "\n"}});
-  WriteFileRenamed(watch_dir() + "/c.yaml",
-                   Manifest("s3-creds", "org/s3-creds",
-                            "  storage:\n    uri: " + store_uri() + "\n"));
+  WriteFileRenamed(watch_dir() + "/c.yaml", Manifest("s3-creds", "org/s3-creds",
+                                                     "  storage:\n    uri: " + store_uri() + "\n"));
   Daemon::Options o = DaemonOptions();
   o.env.erase("AWS_ACCESS_KEY_ID");
   o.env.erase("AWS_SECRET_ACCESS_KEY");
@@ -441,14 +456,13 @@ print(json.dumps(sorted(o['Key'] for o in s3.list_objects_v2(Bucket=b, Prefix='p
   for (const auto& key : listed) {
     EXPECT_EQ(key.get<std::string>().find("modelcache.json"), std::string::npos);
   }
-  auto by_version = RunModelcache({"pull", uri + "/artifacts/s3-marker/" + version,
-                                   tmp_ / "pulled"},
-                                  AwsEnv());
+  auto by_version =
+      RunModelcache({"pull", uri + "/artifacts/s3-marker/" + version, tmp_ / "pulled"}, AwsEnv());
   EXPECT_EQ(by_version.exit_code, 1);
   EXPECT_NE(by_version.err.find("has no modelcache.json"), std::string::npos) << by_version.err;
   EXPECT_FALSE(fs::exists(tmp_ / "pulled"));
-  auto by_current = RunModelcache({"pull", uri + "/artifacts/s3-marker", tmp_ / "pulled"},
-                                  AwsEnv());
+  auto by_current =
+      RunModelcache({"pull", uri + "/artifacts/s3-marker", tmp_ / "pulled"}, AwsEnv());
   EXPECT_EQ(by_current.exit_code, 1);
   EXPECT_NE(by_current.err.find("no current version"), std::string::npos) << by_current.err;
 

@@ -161,8 +161,8 @@ TEST(MetricsTest, ControllerMetricsParseBack) {
   m.download_bytes_per_second.Set(5e6);
   m.verification_failures.Inc();
   m.artifacts.Set({"Ready"}, 3);
-  m.store_bytes_used.Set(123456789012.0);
-  m.store_bytes_free.Set(42);
+  m.store_used_bytes.Set(123456789012.0);
+  m.store_free_bytes.Set(42);
   m.shard_duration_seconds.Observe(90);
 
   auto s = ParseExposition(m.Render());
@@ -178,8 +178,8 @@ TEST(MetricsTest, ControllerMetricsParseBack) {
   EXPECT_EQ(s["modelcache_verification_failures_total"], 1);
   EXPECT_EQ(s["modelcache_artifacts{phase=\"Ready\"}"], 3);
   EXPECT_EQ(s.count("modelcache_artifacts{phase=\"Failed\"}"), 1u);
-  EXPECT_EQ(s["modelcache_store_bytes_used"], 123456789012.0);
-  EXPECT_EQ(s["modelcache_store_bytes_free"], 42);
+  EXPECT_EQ(s["modelcache_store_used_bytes"], 123456789012.0);
+  EXPECT_EQ(s["modelcache_store_free_bytes"], 42);
   EXPECT_EQ(s["modelcache_shard_duration_seconds_bucket{le=\"60\"}"], 0);
   EXPECT_EQ(s["modelcache_shard_duration_seconds_bucket{le=\"120\"}"], 1);
   EXPECT_EQ(s["modelcache_shard_duration_seconds_sum"], 90);

@@ -122,6 +122,12 @@ void ExpectInSchema(const json& value, const YAML::Node& schema, const std::stri
     if (path == "metadata") {
       return;  // the API server's own ObjectMeta
     }
+    if (schema["additionalProperties"]) {  // a map: every value has the same schema
+      for (auto it = value.begin(); it != value.end(); ++it) {
+        ExpectInSchema(*it, schema["additionalProperties"], path + "[" + it.key() + "]");
+      }
+      return;
+    }
     for (auto it = value.begin(); it != value.end(); ++it) {
       ExpectInSchema(*it, schema["properties"][it.key()],
                      path.empty() ? it.key() : path + "." + it.key());
@@ -290,6 +296,9 @@ void CheckStructural(const YAML::Node& node, const std::string& path) {
   if (node["items"]) {
     CheckStructural(node["items"], path + "[]");
   }
+  if (node["additionalProperties"] && node["additionalProperties"].IsMap()) {
+    CheckStructural(node["additionalProperties"], path + "[*]");
+  }
 }
 
 TEST_F(SchemaTest, IsStructural) {
@@ -421,6 +430,23 @@ TEST_F(SchemaTest, PatternsAgreeWithTheCppRules) {
       EXPECT_EQ(SchemaAccepts(node, value), CppAccepts(c, value))
           << c.field << " = \"" << value << "\"";
     }
+  }
+}
+
+TEST_F(SchemaTest, NodeSelectorValuesAgreeWithTheCppRule) {
+  // Keys are checked by the controller only (a schema cannot constrain map keys without CEL).
+  YAML::Node value_schema = At("spec.nodeSelector")["additionalProperties"];
+  for (const std::string& value :
+       {std::string(""), std::string("L40S"), std::string("a.b_c-d"), std::string("1"),
+        std::string("-a"), std::string("a-"), std::string("a b"), std::string("a/b"),
+        std::string(63, 'x'), std::string(64, 'x'), std::string("é")}) {
+    ModelCache mc = Base();
+    mc.spec.node_selector = {{"gpu", value}};
+    bool cpp = true;
+    for (const FieldError& e : Validate(mc)) {
+      cpp = cpp && e.field != "spec.nodeSelector[gpu]";
+    }
+    EXPECT_EQ(SchemaAccepts(value_schema, value), cpp) << "\"" << value << "\"";
   }
 }
 

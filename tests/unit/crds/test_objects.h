@@ -35,6 +35,7 @@ inline ModelCache FullObject() {
   s.storage.uri = "s3://models-bucket/prefix";
   s.refresh_interval = "1h30m";
   s.force = 2;
+  s.node_selector = {{"nvidia.com/gpu.product", "L40S"}};
 
   ModelCacheStatus& st = mc.status;
   st.observed_generation = 3;

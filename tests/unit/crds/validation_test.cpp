@@ -321,6 +321,25 @@ const Row kRows[] = {
     {"force negative",
      [](ModelCache& m) { m.spec.force = -1; },
      {"spec.force: Invalid value: -1: must be greater than or equal to 0"}},
+    // nodeSelector
+    {"node selector ok",
+     [](ModelCache& m) {
+       m.spec.node_selector = {{"nvidia.com/gpu.product", "L40S"}, {"zone", ""}};
+     },
+     {}},
+    {"node selector bad value",
+     [](ModelCache& m) { m.spec.node_selector = {{"gpu", "l40s!"}}; },
+     {"spec.nodeSelector[gpu]: Invalid value: \"l40s!\": a valid label must consist of "
+      "alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric "
+      "character"}},
+    {"node selector bad key prefix",
+     [](ModelCache& m) { m.spec.node_selector = {{"Example.com/gpu", "x"}}; },
+     {"spec.nodeSelector: Invalid value: \"Example.com/gpu\": prefix part a lowercase RFC 1123 "
+      "subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start "
+      "and end with an alphanumeric character (e.g. 'example.com')"}},
+    {"node selector empty key name",
+     [](ModelCache& m) { m.spec.node_selector = {{"example.com/", "x"}}; },
+     {"spec.nodeSelector: Invalid value: \"example.com/\": name part must be non-empty"}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Rules, ValidateTableTest, ::testing::ValuesIn(kRows),

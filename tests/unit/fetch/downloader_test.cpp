@@ -1,5 +1,7 @@
-// The simple Transfer against the FakeHub (resume, verification, faults, CDN auth, cancellation)
-// and against two small httplib servers (which redirects keep the token).
+// The fetch::Transfer contract (downloader.h), checked on the TransferEngine with its default
+// options (so files of this size are one range each) against the FakeHub (resume, verification,
+// faults, CDN auth, cancellation) and against two small httplib servers (which redirects keep the
+// token). transfer_engine_test.cpp covers what is particular to ranged files.
 
 #include "fetch/downloader.h"
 
@@ -16,12 +18,21 @@
 #include <httplib.h>
 
 #include "common/sha256.h"
+#include "fetch/transfer_engine.h"
 #include "tests/unit/fetch/hub_env.h"
 
 namespace modelcache::fetch {
 namespace {
 
 namespace fs = std::filesystem;
+
+// One engine per run: the engine thread stops when the Transfer is gone.
+Result<std::vector<FileResult>> RunTransfer(const HubOptions& options,
+                                            const std::vector<FileTask>& tasks,
+                                            TransferProgress& progress, std::stop_token stop = {}) {
+  TransferEngine engine(TransferEngineOptions{});
+  return engine.NewTransfer(options)->Run(tasks, progress, std::move(stop));
+}
 
 class DownloaderTest : public HubTest {
  protected:
@@ -75,7 +86,7 @@ class DownloaderTest : public HubTest {
                                       const std::string& token = "",
                                       TransferProgress* progress = nullptr) {
     TransferProgress local;
-    return NewSimpleTransfer(Options(token))->Run(tasks, progress ? *progress : local, {});
+    return RunTransfer(Options(token), tasks, progress ? *progress : local);
   }
 
   static bool Exists(const std::string& path) { return fs::exists(path); }
@@ -204,7 +215,11 @@ TEST_F(DownloaderTest, ServerIgnoringRangeStartsOver) {
   auto results = Run({task}, "", &progress);
   ASSERT_TRUE(results) << results.error().ToString();
   EXPECT_EQ(ReadTestFile(task.final_path), *tokenizer_);
-  EXPECT_EQ(hub_->BodyBytesServed("sub/dir/tokenizer.json"), tokenizer_->size());
+  // The 200 is abandoned at its first byte and the file fetched again from 0; the fixture counts
+  // what it wrote into the socket before the client closed it, at most the whole file.
+  EXPECT_GE(hub_->BodyBytesServed("sub/dir/tokenizer.json"), tokenizer_->size());
+  EXPECT_LE(hub_->BodyBytesServed("sub/dir/tokenizer.json"), 2 * tokenizer_->size());
+  EXPECT_EQ(hub_->Requests("/org/model/resolve/"), 2);
   EXPECT_EQ(progress.bytes_done.load(), tokenizer_->size());
 }
 
@@ -300,7 +315,7 @@ TEST_F(DownloaderTest, RateLimitWithinTheCapIsWaitedOut) {
   HubOptions options = Options();
   options.backoff_cap = std::chrono::seconds(2);
   TransferProgress progress;
-  auto results = NewSimpleTransfer(options)->Run({task}, progress, {});
+  auto results = RunTransfer(options, {task}, progress);
   ASSERT_TRUE(results) << results.error().ToString();
   EXPECT_EQ(hub_->Requests("/org/model/resolve/"), 2);
 }
@@ -328,7 +343,7 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
   std::stop_source stop;
   std::optional<Result<std::vector<FileResult>>> result;
   std::thread runner([&] {
-    result.emplace(NewSimpleTransfer(Options())->Run({task}, progress, stop.get_token()));
+    result.emplace(RunTransfer(Options(), {task}, progress, stop.get_token()));
   });
   // Wait (not measure) until some bytes are on disk.
   for (int i = 0;
@@ -519,7 +534,7 @@ class RedirectTest : public ::testing::Test {
     task.incomplete_path = dir_ + path + ".incomplete";
     task.final_path = dir_ + path;
     TransferProgress progress;
-    return NewSimpleTransfer(options, 1)->Run({task}, progress, {});
+    return RunTransfer(options, {task}, progress);
   }
 
   static constexpr const char* kBody = "the file's bytes";

@@ -266,7 +266,11 @@ TEST_F(TransferEngineTest, DroppedConnectionResumesFromTheLastByte) {
   auto results = RunWith(engine, {task});
   ASSERT_TRUE(results) << results.error().ToString();
   EXPECT_EQ(ReadTestFile(task.final_path), *big_);
-  EXPECT_EQ(hub_->BodyBytesServed("big.safetensors"), kBigSize);
+  // Resumed from the last byte received: nothing is fetched twice, except that a close racing the
+  // fixture's write can reset the connection and lose bytes the fixture counted as sent (at most
+  // what each drop sent).
+  EXPECT_GE(hub_->BodyBytesServed("big.safetensors"), kBigSize);
+  EXPECT_LE(hub_->BodyBytesServed("big.safetensors"), kBigSize + 2 * drop.bytes);
   EXPECT_EQ(hub_->Requests("/repos/"), static_cast<int>(kBigSize / kChunk) + 2);
 }
 

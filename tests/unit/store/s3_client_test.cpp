@@ -401,7 +401,7 @@ TEST(S3ClientTest, MetadataIsSentSignedAndReadBackAndCopyObjectNamesItsSource) {
   ASSERT_TRUE(client.CreateMultipartUpload("bucket", "big", {}, {{"sha256", "def"}}));
   auto info = client.HeadObject("bucket", "k");
   ASSERT_TRUE(info && info->has_value());
-  EXPECT_EQ((*info)->metadata.at("sha256"), "abc");
+  EXPECT_EQ((*info)->Meta("sha256"), "abc");
   ASSERT_TRUE(client.CopyObject("bucket", "a/b c", "d"));
   auto requests = h.server.requests();
   ASSERT_EQ(requests.size(), 4u);

@@ -1,0 +1,39 @@
+#include "controller/daemon_mode.h"
+
+#include <utility>
+
+#include "controller/directory_source.h"
+
+namespace modelcache::controller {
+namespace {
+
+class DirectoryMode final : public DaemonMode {
+ public:
+  DirectoryMode(std::string watch_dir, const std::string& state_dir,
+                std::chrono::milliseconds resync_period)
+      : watch_dir_(std::move(watch_dir)),
+        statuses_(state_dir),
+        source_(watch_dir_, resync_period, &statuses_) {}
+
+  Source& source() override { return source_; }
+  StatusStore& statuses() override { return statuses_; }
+  void Configure(ManagerOptions& /*manager*/,
+                 reconcilers::ReconcilerOptions& /*reconciler*/) override {}
+  std::string Describe() const override { return "watching " + watch_dir_; }
+  void Shutdown() override {}
+
+ private:
+  std::string watch_dir_;
+  FileStatusStore statuses_;
+  DirectorySource source_;  // after statuses_: it reads them
+};
+
+}  // namespace
+
+std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,
+                                             const std::string& state_dir,
+                                             std::chrono::milliseconds resync_period) {
+  return std::make_unique<DirectoryMode>(watch_dir, state_dir, resync_period);
+}
+
+}  // namespace modelcache::controller

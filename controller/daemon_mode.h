@@ -1,0 +1,58 @@
+#pragma once
+
+// What differs between the daemon's two modes, behind one interface so that RunDaemon chooses
+// the mode in one place and runs the same Manager and reconciler for both:
+//   - directory mode: DirectorySource (inotify on a directory of YAML) + FileStatusStore;
+//   - Kubernetes mode: KubernetesSource (list/watch) + KubeStatusStore (/status), plus the
+//     finalizer, Events, tokenSecretRef from Secrets and the node filter (kube_daemon.cpp).
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+#include "controller/manager.h"
+#include "controller/source.h"
+#include "controller/status_store.h"
+#include "reconcilers/model_cache_reconciler.h"
+
+namespace modelcache::controller {
+
+class DaemonMode {
+ public:
+  virtual ~DaemonMode() = default;
+
+  // Where desired state comes from and where status goes; valid as long as the mode.
+  virtual Source& source() = 0;
+  virtual StatusStore& statuses() = 0;
+  // Adds the mode's steps (finalizer, Events, secret lookup) to the options. The hooks refer to
+  // the mode, which must outlive the Manager and reconciler that use them.
+  virtual void Configure(ManagerOptions& manager, reconcilers::ReconcilerOptions& reconciler) = 0;
+  // For the start-up log line: "watching <dir>", "watching modelcaches in ... at <server>".
+  virtual std::string Describe() const = 0;
+  // After the Manager returned: finish what is pending (Events) within a short bound.
+  virtual void Shutdown() = 0;
+};
+
+// Directory mode: `watch_dir` watched with inotify (and rescanned every `resync_period`), status
+// files under `state_dir`. Nothing to configure.
+std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,
+                                             const std::string& state_dir,
+                                             std::chrono::milliseconds resync_period);
+
+struct KubernetesModeOptions {
+  std::string kubeconfig;   // --kubeconfig; "" = KUBECONFIG, in-cluster, ~/.kube/config
+  std::string ns;           // --namespace; "" = all namespaces
+  std::string node_name;    // --node-name; "" = no node filter
+  std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
+  std::string component = "modelcache";  // Events' source.component
+};
+
+// Kubernetes mode (kube_daemon.cpp). Loads the configuration (client-go's loading rules), and
+// with a node name reads that Node's labels. InvalidSpec naming the flag or file when the
+// configuration is unusable; Unauthorized/NetworkError when the Node cannot be read.
+Result<std::unique_ptr<DaemonMode>> NewKubernetesMode(
+    const KubernetesModeOptions& options, const std::map<std::string, std::string>& env);
+
+}  // namespace modelcache::controller

@@ -1,0 +1,242 @@
+// Kubernetes mode of `modelcache run`: the parts that sit behind the shared Manager and
+// reconciler (see daemon_mode.h).
+
+#include <algorithm>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "common/clock.h"
+#include "controller/daemon_mode.h"
+#include "controller/kube_client.h"
+#include "controller/kube_config.h"
+#include "controller/kube_events.h"
+#include "controller/kube_source.h"
+#include "controller/kube_status_store.h"
+
+namespace modelcache::controller {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kFinalizer = "modelcache.dev/artifact";
+// Conflicting writers of one object's metadata, in a row, before a finalizer edit gives up (the
+// key is then requeued with rate limiting).
+constexpr int kFinalizerAttempts = 5;
+// A missing Secret or key is not part of the spec, so it may appear without a spec change: the
+// resource is looked at again after this long.
+constexpr std::chrono::seconds kSecretRecheck{30};
+
+bool HasFinalizer(const std::vector<std::string>& finalizers) {
+  return std::find(finalizers.begin(), finalizers.end(), kFinalizer) != finalizers.end();
+}
+
+// Adds (add = true) or removes our finalizer on the server's current object: GET, edit, PUT
+// with its resourceVersion, again from a fresh GET on 409 (controllerutil.AddFinalizer or
+// RemoveFinalizer + Update, in retry.RetryOnConflict). The raw object is edited, not a
+// conversion of it, so that fields this program does not model (ownerReferences, managedFields,
+// unknown spec fields) are written back unchanged. OK when there is nothing to do: the object is
+// gone, already in the wanted state, or being deleted (the API server forbids adding a
+// finalizer then).
+VoidResult EditFinalizer(const KubeClient& client, const crds::ObjectKey& key, bool add) {
+  std::string what = std::string(add ? "add" : "remove") + " finalizer " +
+                     std::string(kFinalizer) + " on modelcache " + key.ToString();
+  for (int attempt = 1;; ++attempt) {
+    auto current = client.Get(key.namespace_, key.name);
+    if (!current) {
+      return current.error();
+    }
+    if (current->status == 404) {
+      return {};
+    }
+    if (!current->ok()) {
+      return ReplyError(*current, what);
+    }
+    json object = std::move(current->body);
+    json& meta = object["metadata"];
+    if (add && meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null()) {
+      return {};
+    }
+    json finalizers = meta.contains("finalizers") && meta["finalizers"].is_array()
+                          ? meta["finalizers"]
+                          : json::array();
+    auto it = std::find(finalizers.begin(), finalizers.end(), json(kFinalizer));
+    if (add == (it != finalizers.end())) {
+      return {};
+    }
+    if (add) {
+      finalizers.push_back(kFinalizer);
+    } else {
+      finalizers.erase(it);
+    }
+    if (finalizers.empty()) {
+      meta.erase("finalizers");
+    } else {
+      meta["finalizers"] = finalizers;
+    }
+    auto reply = client.Update(object);
+    if (!reply) {
+      return reply.error();
+    }
+    if (reply->ok() || reply->status == 404) {
+      return {};
+    }
+    if (reply->status != 409 || attempt >= kFinalizerAttempts) {
+      return ReplyError(*reply, what);
+    }
+  }
+}
+
+bool SelectorMatches(const std::map<std::string, std::string>& selector,
+                     const std::map<std::string, std::string>& labels) {
+  for (const auto& [key, value] : selector) {
+    auto it = labels.find(key);
+    if (it == labels.end() || it->second != value) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The labels of Node `name` (GET /api/v1/nodes/NAME).
+Result<std::map<std::string, std::string>> NodeLabels(const KubeClient& client,
+                                                      const std::string& name) {
+  auto reply = client.Call("GET", "/api/v1/nodes/" + UrlEncode(name));
+  if (!reply) {
+    return reply.error();
+  }
+  if (reply->status == 404) {
+    return Error(Reason::InvalidSpec, "--node-name: node \"" + name + "\" not found");
+  }
+  if (!reply->ok()) {
+    return ReplyError(*reply, "--node-name: get node " + name);
+  }
+  std::map<std::string, std::string> labels;
+  const json& body = reply->body;
+  if (body.is_object() && body.contains("metadata") && body["metadata"].is_object() &&
+      body["metadata"].contains("labels") && body["metadata"]["labels"].is_object()) {
+    for (const auto& [k, v] : body["metadata"]["labels"].items()) {
+      if (v.is_string()) {
+        labels[k] = v.get<std::string>();
+      }
+    }
+  }
+  return labels;
+}
+
+class KubernetesMode final : public DaemonMode {
+ public:
+  KubernetesMode(KubeConfig config, const KubernetesModeOptions& options,
+                 KubernetesSourceOptions source_options)
+      : options_(options),
+        client_(std::move(config)),
+        source_(client_, std::move(source_options)),
+        statuses_(client_),
+        events_(client_, RecorderOptions(options), RealClock::Get()) {}
+
+  Source& source() override { return source_; }
+  StatusStore& statuses() override { return statuses_; }
+
+  void Configure(ManagerOptions& manager, reconcilers::ReconcilerOptions& reconciler) override {
+    manager.before_reconcile = [this](const crds::ModelCache& object) -> VoidResult {
+      if (HasFinalizer(object.metadata.finalizers)) {
+        return {};
+      }
+      return EditFinalizer(client_, object.key(), /*add=*/true);
+    };
+    manager.finalize = [this](const crds::ModelCache& object) -> VoidResult {
+      if (!HasFinalizer(object.metadata.finalizers)) {
+        return {};
+      }
+      if (auto r = EditFinalizer(client_, object.key(), /*add=*/false); !r) {
+        return r;
+      }
+      spdlog::info("{}: finalizer {} removed", object.key().ToString(), kFinalizer);
+      return {};
+    };
+    manager.status_written = [this](const crds::ModelCache& object,
+                                    const crds::ModelCacheStatus& before) {
+      events_.RecordStatusChange(object, before);
+    };
+    reconciler.secret_lookup = [this](const crds::ObjectKey& owner,
+                                      const crds::SecretKeyRef& ref) {
+      return LookupSecret(owner, ref);
+    };
+  }
+
+  std::string Describe() const override {
+    std::string scope = options_.ns.empty() ? "all namespaces" : "namespace " + options_.ns;
+    std::string node = options_.node_name.empty() ? "" : ", node " + options_.node_name;
+    return "watching modelcaches in " + scope + " at " + client_.config().server + node;
+  }
+
+  void Shutdown() override { events_.Stop(); }
+
+ private:
+  static EventRecorderOptions RecorderOptions(const KubernetesModeOptions& options) {
+    EventRecorderOptions o;
+    o.component = options.component;
+    o.host = options.node_name;
+    return o;
+  }
+
+  // tokenSecretRef: data[key] of the Secret in the resource's namespace. The errors name the
+  // Secret and the key, never a value.
+  Result<std::string> LookupSecret(const crds::ObjectKey& owner, const crds::SecretKeyRef& ref) {
+    std::string what = "spec.source.tokenSecretRef: Secret \"" + ref.name + "\" in namespace \"" +
+                       owner.namespace_ + "\"";
+    auto data = client_.GetSecretData(owner.namespace_, ref.name);
+    if (!data) {
+      const Error& e = data.error();
+      if (e.reason == Reason::InvalidSpec) {
+        return Error(Reason::InvalidSpec, what + " not found", kSecretRecheck);
+      }
+      if (e.reason == Reason::Unauthorized) {
+        return Error(Reason::Unauthorized, what + " cannot be read: " + e.message,
+                     kSecretRecheck);
+      }
+      return Error(e.reason, what + ": " + e.message, e.retry_after);
+    }
+    auto it = data->find(ref.key);
+    if (it == data->end()) {
+      return Error(Reason::InvalidSpec, what + " has no key \"" + ref.key + "\"", kSecretRecheck);
+    }
+    return std::move(it->second);
+  }
+
+  const KubernetesModeOptions options_;
+  KubeClient client_;
+  KubernetesSource source_;
+  KubeStatusStore statuses_;
+  KubeEventRecorder events_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<DaemonMode>> NewKubernetesMode(
+    const KubernetesModeOptions& options, const std::map<std::string, std::string>& env) {
+  auto config = LoadKubeConfig(env, options.kubeconfig);
+  if (!config) {
+    return config.error();
+  }
+  KubernetesSourceOptions source_options;
+  source_options.ns = options.ns;
+  source_options.resync_period = options.resync_period;
+  if (!options.node_name.empty()) {
+    KubeClient probe(*config);
+    auto labels = NodeLabels(probe, options.node_name);
+    if (!labels) {
+      return labels.error();
+    }
+    // An object without spec.nodeSelector is for every node, as a DaemonSet pod template
+    // without one. Labels are read at start-up; a relabelled node needs a restart of its pod.
+    source_options.filter = [labels = std::move(*labels)](const crds::ModelCache& object) {
+      return SelectorMatches(object.spec.node_selector, labels);
+    };
+  }
+  return std::unique_ptr<DaemonMode>(
+      std::make_unique<KubernetesMode>(std::move(*config), options, std::move(source_options)));
+}
+
+}  // namespace modelcache::controller

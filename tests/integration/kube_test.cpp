@@ -1,0 +1,429 @@
+// Kubernetes mode end to end: the real daemon (`modelcache run --kubernetes`) against the API
+// server imitation (in this process, on 127.0.0.1) and the Hub imitation.
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/fixtures/hub/fake_hub.h"
+#include "tests/fixtures/kube/fake_apiserver.h"
+#include "tests/integration/harness.h"
+
+namespace modelcache::itest {
+namespace {
+
+namespace fs = std::filesystem;
+using modelcache::testing::ApiAnswer;
+using modelcache::testing::FakeApiServer;
+using modelcache::testing::FakeApiServerOptions;
+using modelcache::testing::FakeHub;
+using modelcache::testing::FakeRepoSpec;
+using modelcache::testing::Fault;
+using nlohmann::json;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr char kToken[] = "controller-token";
+constexpr char kFinalizer[] = "modelcache.dev/artifact";
+
+FakeApiServerOptions ApiOptions() {
+  FakeApiServerOptions o;
+  o.bookmark_interval = milliseconds(200);
+  return o;
+}
+
+json ModelCacheObject(const std::string& name, const std::string& repo,
+                      const json& extra_spec = json::object()) {
+  json spec = {{"source", {{"repo", repo}}}};
+  spec.update(extra_spec);
+  return {{"apiVersion", "modelcache.dev/v1alpha1"},
+          {"kind", "ModelCache"},
+          {"metadata", {{"name", name}, {"namespace", "default"}}},
+          {"spec", spec}};
+}
+
+std::string Phase(const json& object) {
+  if (object.contains("status") && object["status"].contains("phase")) {
+    return object["status"]["phase"].get<std::string>();
+  }
+  return "";
+}
+
+// The Ready condition of `object` (null if none).
+json ReadyCondition(const json& object) {
+  if (object.contains("status") && object["status"].contains("conditions")) {
+    for (const json& c : object["status"]["conditions"]) {
+      if (c.value("type", "") == "Ready") {
+        return c;
+      }
+    }
+  }
+  return nullptr;
+}
+
+bool HasFinalizer(const json& object) {
+  for (const json& f : object["metadata"].value("finalizers", json::array())) {
+    if (f == kFinalizer) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// What `kubectl wait --for=condition=Ready` checks: Ready=True, observed for the current
+// generation.
+bool IsReadyForGeneration(const json& object) {
+  json ready = ReadyCondition(object);
+  int64_t generation = object["metadata"].value("generation", int64_t{0});
+  return Phase(object) == "Ready" && ready.is_object() && ready.value("status", "") == "True" &&
+         ready.value("observedGeneration", int64_t{-1}) == generation &&
+         object["status"].value("observedGeneration", int64_t{-1}) == generation;
+}
+
+class KubeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(hub_.Start());
+    api_.AddToken(kToken);
+    ASSERT_TRUE(api_.Start());
+    std::ofstream(kubeconfig()) << "apiVersion: v1\n"
+                                   "kind: Config\n"
+                                   "clusters:\n"
+                                   "- name: fake\n"
+                                   "  cluster: {server: \""
+                                << api_.url()
+                                << "\"}\n"
+                                   "users:\n"
+                                   "- name: controller\n"
+                                   "  user: {token: "
+                                << kToken
+                                << "}\n"
+                                   "contexts:\n"
+                                   "- name: fake\n"
+                                   "  context: {cluster: fake, user: controller}\n"
+                                   "current-context: fake\n";
+  }
+
+  std::string kubeconfig() const { return tmp_ / "kubeconfig"; }
+  std::string store_dir() const { return tmp_ / "store"; }
+
+  void AddRepo(const std::string& id, const std::map<std::string, std::string>& files,
+               FakeRepoSpec spec = {}) {
+    std::string dir = tmp_ / ("repos/" + id + "/main");
+    WriteTree(dir, files);
+    spec.id = id;
+    spec.refs["main"] = dir;
+    hub_.AddRepo(spec);
+  }
+
+  Daemon::Options DaemonOptions(std::vector<std::string> extra = {}) const {
+    Daemon::Options o;
+    o.store = store_dir();
+    o.hf_endpoint = hub_.url();
+    o.extra_args = {"--kubernetes", "--kubeconfig", kubeconfig(), "--retry-base-delay", "20ms",
+                    "--resync-period", "30s"};
+    o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
+    return o;
+  }
+
+  json Get(const std::string& name) {
+    ApiAnswer a = api_.GetModelCache("default", name);
+    return a.status == 200 ? a.body : json();
+  }
+
+  // Polls default/<name> until `pred` holds; returns the last object read (null if none).
+  json WaitObject(const std::string& name, const std::function<bool(const json&)>& pred,
+                  milliseconds timeout = seconds(30)) {
+    json last;
+    WaitFor(
+        [&] {
+          last = Get(name);
+          return !last.is_null() && pred(last);
+        },
+        timeout);
+    return last;
+  }
+
+  json WaitReady(const std::string& name) { return WaitObject(name, IsReadyForGeneration); }
+
+  json Create(const json& object) {
+    ApiAnswer a = api_.CreateModelCache(object);
+    EXPECT_EQ(a.status, 201) << a.body.dump();
+    return a.body;
+  }
+
+  // Replaces the spec of default/<name>, re-reading on conflict (the daemon writes too).
+  json UpdateSpec(const std::string& name, const json& spec) {
+    for (int i = 0; i < 20; ++i) {
+      json current = Get(name);
+      current["spec"] = spec;
+      ApiAnswer a = api_.Call("PUT", "/apis/modelcache.dev/v1alpha1/namespaces/default/modelcaches/" + name,
+                              current);
+      if (a.status == 200) {
+        return a.body;
+      }
+      EXPECT_EQ(a.status, 409) << a.body.dump();
+    }
+    ADD_FAILURE() << "update of " << name << " kept conflicting";
+    return nullptr;
+  }
+
+  json Events() {
+    ApiAnswer a = api_.ListEvents("default");
+    EXPECT_EQ(a.status, 200);
+    return a.body["items"];
+  }
+
+  // The events about `name` with `reason`.
+  std::vector<json> EventsFor(const std::string& name, const std::string& reason) {
+    std::vector<json> out;
+    for (const json& e : Events()) {
+      if (e["involvedObject"].value("name", "") == name && e.value("reason", "") == reason) {
+        out.push_back(e);
+      }
+    }
+    return out;
+  }
+
+  TempDir tmp_;
+  FakeHub hub_;
+  FakeApiServer api_{ApiOptions()};
+};
+
+TEST_F(KubeTest, CreatedObjectBecomesReadyWithStatusFinalizerAndEvents) {
+  AddRepo("org/model", SmallModelFiles(40000, 1));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  Create(ModelCacheObject("model", "org/model"));
+
+  json ready = WaitReady("model");
+  ASSERT_TRUE(IsReadyForGeneration(ready)) << ready.dump(2) << daemon.Log();
+  EXPECT_EQ(ready["metadata"]["generation"], 1);
+  EXPECT_TRUE(HasFinalizer(ready));
+  json condition = ReadyCondition(ready);
+  EXPECT_EQ(condition["reason"], "ArtifactReady");
+  EXPECT_FALSE(condition.value("lastTransitionTime", "").empty());
+  const json& artifact = ready["status"]["artifact"];
+  EXPECT_EQ(ready["status"]["resolvedRevision"].get<std::string>().size(), 40u);
+  ASSERT_TRUE(artifact.contains("path"));
+  EXPECT_TRUE(fs::exists(artifact["path"].get<std::string>() + "/config.json"));
+  // The status subresource was used: the spec is untouched.
+  EXPECT_EQ(ready["spec"], ModelCacheObject("model", "org/model")["spec"]);
+
+  // Events: a Normal event on each phase transition, Ready last.
+  ASSERT_TRUE(WaitFor([&] { return !EventsFor("model", "Ready").empty(); }, seconds(10)));
+  json event = EventsFor("model", "Ready")[0];
+  EXPECT_EQ(event["type"], "Normal");
+  EXPECT_EQ(event["involvedObject"]["kind"], "ModelCache");
+  EXPECT_EQ(event["involvedObject"]["uid"], ready["metadata"]["uid"]);
+  EXPECT_EQ(event["source"]["component"], "modelcache");
+  EXPECT_EQ(event["count"], 1);
+  EXPECT_NE(event["message"].get<std::string>().find(artifact["id"].get<std::string>()),
+            std::string::npos);
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
+TEST_F(KubeTest, SpecChangePublishesANewVersionForTheNewGeneration) {
+  AddRepo("org/model", SmallModelFiles(40000, 2));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  Create(ModelCacheObject("model", "org/model"));
+  json first = WaitReady("model");
+  ASSERT_TRUE(IsReadyForGeneration(first)) << daemon.Log();
+
+  json spec = first["spec"];
+  spec["source"]["exclude"] = {"original/*"};
+  json updated = UpdateSpec("model", spec);
+  ASSERT_EQ(updated["metadata"]["generation"], 2);
+  json second = WaitObject("model", [](const json& o) {
+    return IsReadyForGeneration(o) && o["metadata"]["generation"] == 2;
+  });
+  ASSERT_TRUE(IsReadyForGeneration(second)) << second.dump(2) << daemon.Log();
+  EXPECT_NE(second["status"]["artifact"]["id"], first["status"]["artifact"]["id"]);
+  EXPECT_FALSE(fs::exists(second["status"]["artifact"]["path"].get<std::string>() +
+                          "/original/consolidated.pth"));
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+TEST_F(KubeTest, DeletionCancelsWorkRemovesTheFinalizerAndKeepsBytesForGc) {
+  AddRepo("org/done", SmallModelFiles(30000, 3));
+  AddRepo("org/slow", SmallModelFiles(4 << 20, 4));
+  Fault slow;
+  slow.kind = Fault::Kind::Slow;
+  slow.path_glob = "model.safetensors";
+  slow.bytes_per_second = 256 << 10;
+  slow.count = -1;
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  Create(ModelCacheObject("done", "org/done"));
+  json done = WaitReady("done");
+  ASSERT_TRUE(IsReadyForGeneration(done)) << daemon.Log();
+  hub_.AddFault(slow);
+  Create(ModelCacheObject("slow", "org/slow"));
+  json downloading = WaitObject("slow", [](const json& o) { return Phase(o) == "Downloading"; });
+  ASSERT_EQ(Phase(downloading), "Downloading") << daemon.Log();
+  ASSERT_TRUE(HasFinalizer(downloading));
+
+  // Both go; the finalizer holds each until the daemon has cancelled its work.
+  for (const char* name : {"done", "slow"}) {
+    ApiAnswer a = api_.DeleteModelCache("default", name);
+    ASSERT_EQ(a.status, 200) << a.body.dump();
+    EXPECT_TRUE(a.body["metadata"].contains("deletionTimestamp"));
+  }
+  ASSERT_TRUE(WaitFor([&] { return Get("done").is_null() && Get("slow").is_null(); }, seconds(10)))
+      << Get("slow").dump(2) << daemon.Log();
+  EXPECT_NE(daemon.Log().find("default/slow: cancelled its running job"), std::string::npos);
+  // Retention: the artifact's bytes stay for store garbage collection.
+  EXPECT_TRUE(fs::exists(done["status"]["artifact"]["path"].get<std::string>() + "/config.json"));
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+}
+
+TEST_F(KubeTest, DroppedWatchAndExpiredHistoryRelistWithoutMissingChanges) {
+  AddRepo("org/a", SmallModelFiles(20000, 5));
+  AddRepo("org/b", SmallModelFiles(20000, 6));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  Create(ModelCacheObject("kept", "org/a"));
+  Create(ModelCacheObject("changed", "org/a"));
+  Create(ModelCacheObject("removed", "org/a"));
+  for (const char* name : {"kept", "changed", "removed"}) {
+    ASSERT_TRUE(IsReadyForGeneration(WaitReady(name))) << name << daemon.Log();
+  }
+  ASSERT_TRUE(WaitFor([&] { return api_.open_watches() == 1; }, seconds(5)));
+  uint64_t gones = api_.stats().gones;
+
+  // While the watch is down, three changes happen and the history is forgotten: the re-watch
+  // gets 410 Expired, and only the relist can find them.
+  api_.DropWatches();
+  Create(ModelCacheObject("added", "org/b"));
+  json spec = Get("changed")["spec"];
+  spec["source"]["repo"] = "org/b";
+  UpdateSpec("changed", spec);
+  ASSERT_EQ(api_.DeleteModelCache("default", "removed").status, 200);
+  api_.CompactHistory();
+
+  EXPECT_TRUE(IsReadyForGeneration(WaitReady("added"))) << daemon.Log();
+  json changed = WaitObject("changed", [](const json& o) {
+    return IsReadyForGeneration(o) && o["metadata"]["generation"] == 2;
+  });
+  EXPECT_TRUE(IsReadyForGeneration(changed)) << changed.dump(2) << daemon.Log();
+  EXPECT_NE(changed["status"]["artifact"]["id"].get<std::string>().find("b@sha256:"),
+            std::string::npos);
+  EXPECT_TRUE(WaitFor([&] { return Get("removed").is_null(); }, seconds(10))) << daemon.Log();
+  EXPECT_GT(api_.stats().gones, gones);
+  EXPECT_NE(daemon.Log().find("relisting"), std::string::npos);
+  EXPECT_TRUE(IsReadyForGeneration(Get("kept")));
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+TEST_F(KubeTest, StatusConflictsAreRetriedOnTheCurrentVersion) {
+  AddRepo("org/model", SmallModelFiles(20000, 7));
+  api_.FailNextStatusUpdatesWithConflict(3);
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  Create(ModelCacheObject("model", "org/model"));
+  json ready = WaitReady("model");
+  EXPECT_TRUE(IsReadyForGeneration(ready)) << daemon.Log();
+  EXPECT_GE(api_.stats().conflicts, 3u);
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+TEST_F(KubeTest, TokenSecretRefReadsTheSecretAndNeverShowsIt) {
+  const std::string secret_token = "hf_kube_private_secret_token";
+  FakeRepoSpec spec;
+  spec.is_private = true;
+  spec.tokens = {secret_token};
+  AddRepo("org/private", SmallModelFiles(30000, 8), spec);
+  ASSERT_EQ(api_.CreateSecret("default", "hf-token", {{"token", secret_token + "\n"}}).status,
+            201);
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  json ref = {{"name", "hf-token"}, {"key", "token"}};
+  Create(ModelCacheObject("authed", "org/private",
+                          {{"source", {{"repo", "org/private"}, {"tokenSecretRef", ref}}}}));
+  Create(ModelCacheObject(
+      "no-secret", "org/private",
+      {{"source", {{"repo", "org/private"}, {"tokenSecretRef", {{"name", "nope"}, {"key", "t"}}}}}}));
+  Create(ModelCacheObject(
+      "no-key", "org/private",
+      {{"source",
+        {{"repo", "org/private"}, {"tokenSecretRef", {{"name", "hf-token"}, {"key", "other"}}}}}}));
+
+  EXPECT_TRUE(IsReadyForGeneration(WaitReady("authed"))) << daemon.Log();
+  auto failed = [](const json& o) {
+    json c = ReadyCondition(o);
+    return c.is_object() && c.value("reason", "") == "InvalidSpec";
+  };
+  json no_secret = WaitObject("no-secret", failed);
+  ASSERT_TRUE(failed(no_secret)) << no_secret.dump(2) << daemon.Log();
+  EXPECT_NE(ReadyCondition(no_secret)["message"].get<std::string>().find(
+                "Secret \"nope\" in namespace \"default\" not found"),
+            std::string::npos);
+  json no_key = WaitObject("no-key", failed);
+  ASSERT_TRUE(failed(no_key)) << daemon.Log();
+  EXPECT_NE(ReadyCondition(no_key)["message"].get<std::string>().find("has no key \"other\""),
+            std::string::npos);
+  // A failure is a Warning event naming the Secret.
+  ASSERT_TRUE(WaitFor([&] { return !EventsFor("no-secret", "InvalidSpec").empty(); }, seconds(10)));
+  EXPECT_EQ(EventsFor("no-secret", "InvalidSpec")[0]["type"], "Warning");
+
+  // The token is nowhere: not in the log, any object, or any event.
+  EXPECT_EQ(daemon.Log().find(secret_token), std::string::npos);
+  for (const char* name : {"authed", "no-secret", "no-key"}) {
+    EXPECT_EQ(Get(name).dump().find(secret_token), std::string::npos) << name;
+  }
+  EXPECT_EQ(Events().dump().find(secret_token), std::string::npos);
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+TEST_F(KubeTest, NodeNameFilterCachesOnlyWhatTheNodeSelectorGivesThisNode) {
+  AddRepo("org/model", SmallModelFiles(20000, 9));
+  ASSERT_EQ(api_.CreateNode("gpu-node-1", {{"gpu", "l40s"}, {"zone", "a"}}).status, 201);
+  Create(ModelCacheObject("mine", "org/model",
+                          {{"nodeSelector", {{"gpu", "l40s"}}}, {"artifactName", "mine"}}));
+  Create(ModelCacheObject("everyone", "org/model", {{"artifactName", "everyone"}}));
+  Create(ModelCacheObject("other", "org/model",
+                          {{"nodeSelector", {{"gpu", "h100"}}}, {"artifactName", "other"}}));
+
+  // No such node: a clear error at start-up.
+  CommandResult ghost = RunModelcache({"run", "--kubernetes", "--kubeconfig", kubeconfig(),
+                                       "--store", store_dir(), "--node-name", "ghost"});
+  EXPECT_EQ(ghost.exit_code, 1);
+  EXPECT_NE(ghost.err.find("node \"ghost\" not found"), std::string::npos) << ghost.err;
+
+  // NODE_NAME (as a DaemonSet's downward API sets it) is the default for --node-name.
+  Daemon::Options options = DaemonOptions();
+  options.env["NODE_NAME"] = "gpu-node-1";
+  Daemon daemon(options);
+  daemon.Start();
+  EXPECT_TRUE(IsReadyForGeneration(WaitReady("mine"))) << daemon.Log();
+  EXPECT_TRUE(IsReadyForGeneration(WaitReady("everyone"))) << daemon.Log();
+  // The one for other nodes is never written to: no status, no finalizer, no event.
+  json other = Get("other");
+  EXPECT_FALSE(other.contains("status")) << other.dump(2);
+  EXPECT_FALSE(HasFinalizer(other));
+  EXPECT_EQ(other["metadata"]["resourceVersion"], Get("other")["metadata"]["resourceVersion"]);
+  for (const json& e : Events()) {
+    EXPECT_NE(e["involvedObject"].value("name", ""), "other");
+    EXPECT_EQ(e["source"].value("host", ""), "gpu-node-1");
+  }
+  EXPECT_FALSE(fs::exists(store_dir() + "/artifacts/other"));
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+TEST_F(KubeTest, BadCredentialsFailAtStartWithUnauthorized) {
+  std::ofstream(tmp_ / "bad-kubeconfig")
+      << "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"" << api_.url()
+      << "\"}\nusers:\n- name: u\n  user: {token: wrong}\ncontexts:\n- name: c\n"
+         "  context: {cluster: c, user: u}\ncurrent-context: c\n";
+  CommandResult r = RunModelcache({"run", "--kubernetes", "--kubeconfig", tmp_ / "bad-kubeconfig",
+                                   "--store", store_dir()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("401"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace modelcache::itest
