@@ -7,9 +7,9 @@
 //     (x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD, every chunk signed).
 //   - larger: a multipart upload. The part size is min_part_size, grown (in whole MiB) so the
 //     object fits in S3's 10 000 parts; for a stream of unknown length it grows with the part
-//     number instead. Up to parallel_parts parts are in flight; a file part is read straight
-//     from the file (pread) while it is sent, a stream part is buffered, so memory stays under
-//     parallel_parts x part_size whatever the object size.
+//     number instead. Up to parallel_parts parts are in flight, each in its buffer (a file is
+//     read once, in order, like a stream), so memory stays under (parallel_parts + 1) x
+//     part_size whatever the object size.
 //   - every part is checked by S3 against the bytes it received: by default its sha256 is
 //     signed (x-amz-content-sha256; S3 answers XAmzContentSHA256Mismatch otherwise), or, without
 //     sign_payload, it carries Content-MD5 (UNSIGNED-PAYLOAD). radosgw 16 checks both; sha256
@@ -129,6 +129,15 @@ class S3Uploader {
   const UploadOptions& options() const { return options_; }
 
  private:
+  // UploadStream without the skip_existing check; `allow_resume` false starts a new upload.
+  // *foreign is set when the object fails the metadata check after continuing an upload that
+  // had been started for other content (the caller may then start over).
+  Result<UploadResult> StreamImpl(const std::string& bucket, const std::string& key,
+                                  const UploadReadFn& read, uint64_t size,
+                                  const std::string& expected_sha256_hex,
+                                  const UploadProgressFn& on_bytes, std::stop_token stop,
+                                  bool allow_resume, bool* foreign);
+
   S3Client& client_;
   UploadOptions options_;
 };
