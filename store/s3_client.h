@@ -64,7 +64,6 @@ struct ObjectInfo {
   std::string checksum_sha256;  // base64, when the object was stored with one
   std::string last_modified;
   ObjectMetadata metadata;
-
   // The value of user metadata `name` (lower-case), or "".
   std::string Meta(std::string_view name) const;
 };

@@ -166,6 +166,8 @@ VoidResult UploadFile(S3Client& client, const std::string& bucket, const std::st
                       std::atomic<uint64_t>& bytes_done, std::stop_token stop) {
   UploadOptions options;
   options.skip_existing = false;  // PutFile has already looked
+  // A daemon stopped mid-upload (SIGTERM) leaves the upload for the next start to resume.
+  options.abort_on_stop = false;
   S3Uploader uploader(client, options);
   auto result = uploader.UploadFile(
       bucket, key, path, sha256, [&](uint64_t bytes) { bytes_done += bytes; }, stop);

@@ -266,12 +266,17 @@ class MultipartRun {
   }
 
   VoidResult UploadOne(const PartJob& job) {
-    // The part's digests: MD5 for Content-MD5 and resume, sha256 when the payload is signed.
-    Md5 md5;
+    // The part's digests: the sha256 when the payload is signed (S3 checks it), else the MD5
+    // for Content-MD5 (S3 checks that). The MD5 is also what a part uploaded by an earlier run
+    // is recognised by (its ETag), so it is computed for those too.
+    auto listed = existing_.find(job.number);
+    const bool reusable = listed != existing_.end() && listed->second.size == job.size;
+    std::optional<Md5> md5;
+    if (!options_.sign_payload || reusable) md5.emplace();
     std::optional<Hasher> sha256;
     if (options_.sign_payload) sha256.emplace(Hasher::Kind::Sha256);
     if (job.buffer) {
-      md5.Update(job.buffer->data(), job.buffer->size());
+      if (md5) md5->Update(job.buffer->data(), job.buffer->size());
       if (sha256) sha256->Update(*job.buffer);
     } else {
       std::string block(static_cast<size_t>(std::min<uint64_t>(kHashBlock, job.size)), '\0');
@@ -284,20 +289,18 @@ class MultipartRun {
           return Error(Reason::StorageError,
                        fmt::format("{}: source ended inside part {}", Target(), job.number));
         }
-        md5.Update(block.data(), want);
+        if (md5) md5->Update(block.data(), want);
         if (sha256) sha256->Update(block.data(), want);
         off += want;
       }
     }
-    std::string md5_raw = md5.FinalRaw();
-    std::string md5_hex = HexEncode(md5_raw);
+    std::string md5_raw = md5 ? md5->FinalRaw() : std::string();
 
-    if (auto it = existing_.find(job.number);
-        it != existing_.end() && it->second.size == job.size && it->second.etag == md5_hex) {
+    if (reusable && listed->second.etag == HexEncode(md5_raw)) {
       parts_reused_.fetch_add(1);
       Progress(job.size);
       std::lock_guard lock(mu_);
-      done_[job.number] = it->second;
+      done_[job.number] = listed->second;
       return {};
     }
 
@@ -314,10 +317,10 @@ class MultipartRun {
                       bucket_,
                       key_,
                       {{"partNumber", std::to_string(job.number)}, {"uploadId", upload_id_}},
-                      {{"content-type", "application/octet-stream"},
-                       {"content-md5", Base64(md5_raw)}},
+                      {{"content-type", "application/octet-stream"}},
                       "",
                       &body};
+    if (!options_.sign_payload) request.headers.emplace_back("content-md5", Base64(md5_raw));
     auto r = client_.Send(request, stop());
     if (!r) return r.error();
     UploadedPart part{job.number, "", job.size};
@@ -501,90 +504,35 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
 
   // The object's sha256 goes into the upload's metadata, so it must be known first.
   std::string sha256 = expected_sha256_hex;
-  const bool verify_while_uploading = !sha256.empty();
   if (sha256.empty()) {
     auto h = Sha256File(path);
     if (!h) return h.error();
     sha256 = *h;
   }
-  const uint64_t part_size = PartSizeFor(size);
-  const int part_count = static_cast<int>((size + part_size - 1) / part_size);
-
-  for (int round = 0;; ++round) {
-    MultipartRun run(client_, options_, bucket, key, on_bytes, stop);
-    if (auto r = run.Begin(sha256, /*allow_resume=*/round == 0); !r) return r.error();
-
-    // The caller's sha256 is checked on a sequential pass running beside the parallel parts.
-    std::string actual_sha256;
-    std::optional<Error> hash_error;
-    std::thread hasher;
-    if (verify_while_uploading) {
-      hasher = std::thread([&] {
-        Hasher h(Hasher::Kind::Sha256);
-        std::string block(kHashBlock, '\0');
-        for (uint64_t off = 0; off < size;) {
-          if (run.stop().stop_requested()) return;
-          size_t want = static_cast<size_t>(std::min<uint64_t>(block.size(), size - off));
-          auto n = PreadFull(fd, path, off, block.data(), want);
-          if (!n) {
-            hash_error = n.error();
-            run.Fail(n.error());
-            return;
-          }
-          h.Update(block.data(), *n);
-          if (*n < want) break;
-          off += *n;
-        }
-        actual_sha256 = h.FinalHex();
-        if (actual_sha256 != sha256) {
-          hash_error = ChecksumError(path, sha256, actual_sha256);
-          run.Fail(*hash_error);
-        }
-      });
+  // The file is read once, in order, like a stream: each part is read into its buffer (at most
+  // parallel_parts of them), the whole file's sha256 is checked as the bytes pass, and the part
+  // is hashed and sent from memory, so no byte is read from the file twice.
+  for (int round = 0; round < 2; ++round) {
+    uint64_t offset = 0;
+    UploadReadFn read = [&](char* out, size_t n) -> Result<size_t> {
+      auto r = PreadFull(fd, path, offset, out, n);
+      if (r) offset += *r;
+      return r;
+    };
+    bool foreign = false;
+    auto r = StreamImpl(bucket, key, read, size, sha256, on_bytes, stop, round == 0, &foreign);
+    if (!r && foreign && round == 0) {
+      // The upload we continued had been started for other content under this key: its
+      // metadata is not ours. Upload once more from scratch.
+      spdlog::warn("{}: resumed upload carried other metadata; uploading again", target);
+      continue;
     }
-
-    for (int n = 1; n <= part_count; ++n) {
-      uint64_t offset = static_cast<uint64_t>(n - 1) * part_size;
-      PartJob job;
-      job.number = n;
-      job.size = std::min(part_size, size - offset);
-      job.read = [fd, &path, offset](uint64_t off, char* out, size_t len) -> Result<size_t> {
-        auto r = PreadFull(fd, path, offset + off, out, len);
-        if (r && *r == 0) return Error(Reason::StorageError, path + " shrank while being uploaded");
-        return r;
-      };
-      if (!run.Submit(std::move(job))) break;
+    if (!r && r.error().reason == Reason::ChecksumMismatch) {
+      return Error(Reason::ChecksumMismatch, path + ": " + r.error().message);
     }
-    VoidResult drained = run.Drain();
-    if (hasher.joinable()) hasher.join();
-    if (!drained || hash_error) {
-      Error error = hash_error ? *hash_error : drained.error();
-      if (error.reason == Reason::ChecksumMismatch ||
-          (error.reason == Reason::Cancelled && options_.abort_on_stop)) {
-        run.Abort();
-      }
-      return error;
-    }
-    if (auto r = run.Complete(part_count); !r) return r.error();
-    bool mismatch = false;
-    auto info = Confirm(client_, bucket, key, size, sha256, &mismatch, stop);
-    if (!info) {
-      if (mismatch && run.resumed() && round == 0) {
-        // The upload we continued had been started for other content under this key: its
-        // metadata is not ours. Upload once more from scratch.
-        spdlog::warn("{}: resumed upload carried other metadata; uploading again", target);
-        continue;
-      }
-      return info.error();
-    }
-    result.object = std::move(*info);
-    result.sha256_hex = sha256;
-    result.multipart = true;
-    result.parts = part_count;
-    result.parts_reused = run.parts_reused();
-    result.bytes_sent += run.bytes_sent();
-    return result;
+    return r;
   }
+  return Error(Reason::Internal, target + ": upload retried without success");
 }
 
 Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const std::string& key,
@@ -598,8 +546,7 @@ Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const s
                  fmt::format("upload to {}: expected sha256 '{}' is not 64 lower-case hex digits",
                              target, expected_sha256_hex));
   }
-  const bool known = size != kUnknownSize;
-  if (options_.skip_existing && !expected_sha256_hex.empty() && known) {
+  if (options_.skip_existing && !expected_sha256_hex.empty() && size != kUnknownSize) {
     auto head = client_.HeadObject(bucket, key, stop);
     if (!head) return head.error();
     if (*head && (*head)->size == size && (*head)->Meta(kSha256MetaKey) == expected_sha256_hex) {
@@ -611,7 +558,18 @@ Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const s
       return result;
     }
   }
+  bool foreign = false;
+  return StreamImpl(bucket, key, read, size, expected_sha256_hex, on_bytes, stop, true, &foreign);
+}
 
+Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std::string& key,
+                                            const UploadReadFn& read, uint64_t size,
+                                            const std::string& expected_sha256_hex,
+                                            const UploadProgressFn& on_bytes,
+                                            std::stop_token stop, bool allow_resume,
+                                            bool* foreign) {
+  const std::string target = fmt::format("s3://{}/{}", bucket, key);
+  const bool known = size != kUnknownSize;
   Hasher whole(Hasher::Kind::Sha256);
   uint64_t total = 0;
   // Fills `buffer` up to its size; stops early only at the end of the stream.
@@ -703,7 +661,7 @@ Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const s
   // A stream cannot be replayed either, so a resumed upload whose metadata turns out foreign is
   // reported, not redone.
   MultipartRun run(client_, options_, bucket, key, on_bytes, stop);
-  if (auto r = run.Begin(expected_sha256_hex, /*allow_resume=*/true); !r) return r.error();
+  if (auto r = run.Begin(expected_sha256_hex, allow_resume); !r) return r.error();
   auto fail = [&](Error error) -> Error {
     run.Fail(error);
     (void)run.Drain();
@@ -770,7 +728,10 @@ Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const s
   if (auto r = run.Complete(parts); !r) return r.error();
   bool mismatch = false;
   auto info = Confirm(client_, bucket, key, total, expected_sha256_hex, &mismatch, stop);
-  if (!info) return info.error();
+  if (!info) {
+    *foreign = mismatch && run.resumed();
+    return info.error();
+  }
   result.object = std::move(*info);
   result.sha256_hex = std::move(*sha256);
   result.size = total;

@@ -1,0 +1,240 @@
+#include "fetch/s3_stream.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include <spdlog/fmt/fmt.h>
+#include <spdlog/spdlog.h>
+
+#include "common/http_client.h"
+#include "common/sha256.h"
+#include "fetch/internal/hub_http.h"
+
+namespace modelcache::fetch {
+namespace {
+
+constexpr size_t kPipeBytes = 4 << 20;
+constexpr int kMaxRedirects = 10;
+
+// The download runs on its own thread (HttpClient pushes bytes, the uploader pulls them); a
+// bounded queue of chunks joins the two.
+class HubReader {
+ public:
+  HubReader(const HubOptions& hub, const HubFileSource& file, std::stop_token stop)
+      : hub_(hub), file_(file), forward_(stop, [this] { Close(); }) {
+    if (file_.expected_git_sha1) sha1_.emplace(GitBlobHasher(file_.size));
+    thread_ = std::thread([this] { Produce(); });
+  }
+  ~HubReader() {
+    Close();
+    thread_.join();
+  }
+  HubReader(const HubReader&) = delete;
+  HubReader& operator=(const HubReader&) = delete;
+
+  // UploadReadFn: the next bytes, 0 at the end; the download's error once it failed.
+  Result<size_t> Read(char* out, size_t n) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !queue_.empty() || done_ || closed_; });
+    if (queue_.empty()) {
+      if (error_) return *error_;
+      if (closed_ && !done_) return Error(Reason::Cancelled, file_.path + ": cancelled");
+      return size_t{0};
+    }
+    size_t copied = 0;
+    while (copied < n && !queue_.empty()) {
+      std::string& front = queue_.front();
+      size_t take = std::min(n - copied, front.size() - front_pos_);
+      std::memcpy(out + copied, front.data() + front_pos_, take);
+      copied += take;
+      front_pos_ += take;
+      if (front_pos_ == front.size()) {
+        queued_ -= front.size();
+        queue_.pop_front();
+        front_pos_ = 0;
+      }
+    }
+    cv_.notify_all();
+    return copied;
+  }
+
+ private:
+  void Close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    stop_.request_stop();
+    cv_.notify_all();
+  }
+
+  // Blocks while the pipe is full; false once the reader went away.
+  bool Push(std::string_view data) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return queued_ < kPipeBytes || closed_; });
+    if (closed_) return false;
+    queue_.emplace_back(data);
+    queued_ += data.size();
+    cv_.notify_all();
+    return true;
+  }
+
+  void Finish(std::optional<Error> error) {
+    std::lock_guard lock(mu_);
+    done_ = true;
+    error_ = std::move(error);
+    cv_.notify_all();
+  }
+
+  void Produce() {
+    int failures = 0;
+    for (;;) {
+      uint64_t before = offset_;
+      auto attempt = Attempt();
+      if (attempt) {
+        Finish(std::nullopt);
+        return;
+      }
+      Error e = attempt.error();
+      bool transient = e.reason == Reason::NetworkError || e.reason == Reason::RateLimited;
+      if (offset_ > before) failures = 0;  // progress: the budget is per stall, not per file
+      if (!transient || stop_.stop_requested() || ++failures >= hub_.max_attempts) {
+        Finish(std::move(e));
+        return;
+      }
+      spdlog::info("{}: {}; resuming from byte {}", file_.path, e.message, offset_);
+      if (!internal::SleepFor(e.retry_after.value_or(internal::BackoffDelay(hub_, failures)),
+                              stop_.get_token())) {
+        Finish(Error(Reason::Cancelled, file_.path + ": cancelled"));
+        return;
+      }
+    }
+  }
+
+  // One GET (following redirects by hand, as huggingface_hub does) from offset_; the whole
+  // file when it returns success.
+  VoidResult Attempt() {
+    std::string url = file_.url;
+    for (int hop = 0; hop <= kMaxRedirects; ++hop) {
+      HttpRequest req;
+      req.url = url;
+      req.headers = internal::HubHeaders(hub_, url);
+      if (offset_ > 0) req.headers.emplace_back("Range", fmt::format("bytes={}-", offset_));
+      long status = 0;
+      uint64_t skip = 0;  // bytes of a 200 answer we already have
+      std::optional<Error> local;
+      HttpStreamHandler handler;
+      handler.on_headers = [&](const HttpResponse& r) {
+        status = r.status;
+        if (status == 200) {
+          skip = offset_;  // Range ignored: drop what the uploader already has
+        } else if (status == 206) {
+          const std::string* range = r.Header("content-range");
+          unsigned long long first = 0;
+          if (range == nullptr || std::sscanf(range->c_str(), "bytes %llu-", &first) != 1 ||
+              first != offset_) {
+            local = Error(Reason::NetworkError,
+                          file_.path + ": Content-Range does not start at the requested byte");
+            return false;
+          }
+        }
+        return true;
+      };
+      handler.on_data = [&](std::string_view data) {
+        if (status != 200 && status != 206) return true;  // a redirect's or an error's body
+        if (skip > 0) {
+          size_t drop = static_cast<size_t>(std::min<uint64_t>(skip, data.size()));
+          data.remove_prefix(drop);
+          skip -= drop;
+        }
+        if (data.empty()) return true;
+        if (offset_ + data.size() > file_.size) {
+          local = Error(Reason::ChecksumMismatch,
+                        fmt::format("{}: the Hub sent more than the expected {} bytes", file_.path,
+                                    file_.size));
+          return false;
+        }
+        if (sha1_) sha1_->Update(data);
+        offset_ += data.size();
+        return Push(data);
+      };
+      auto answer = HttpClient::Stream(req, handler, stop_.get_token());
+      std::string what = fmt::format("{} ({})", file_.path, internal::WithoutQuery(url));
+      if (local) return *local;
+      if (stop_.stop_requested()) return Error(Reason::Cancelled, file_.path + ": cancelled");
+      if (!answer) {
+        return Error(Reason::NetworkError, internal::ScrubUrl(answer.error().message, url));
+      }
+      if (status >= 300 && status < 400) {
+        const std::string* location = answer->Header("location");
+        if (location == nullptr) {
+          return Error(Reason::NetworkError,
+                       fmt::format("{} answered HTTP {} without a Location", what, status));
+        }
+        url = internal::ResolveLocation(url, *location);
+        continue;
+      }
+      if (status == 200 || status == 206) {
+        if (offset_ < file_.size) {
+          return Error(Reason::NetworkError,
+                       fmt::format("{}: connection ended after {} of {} bytes", what, offset_,
+                                   file_.size));
+        }
+        if (sha1_) {
+          std::string got = sha1_->FinalHex();
+          if (got != *file_.expected_git_sha1) {
+            return Error(Reason::ChecksumMismatch,
+                         fmt::format("{}: git blob sha1 is {}, expected {}", file_.path, got,
+                                     *file_.expected_git_sha1));
+          }
+        }
+        return {};
+      }
+      auto [type, repo] = internal::RepoOf(hub_.endpoint, file_.url);
+      Error mapped = HubClient::MapError(*answer, what, hub_.endpoint, repo, type);
+      if (!internal::IsRetryableStatus(status) &&
+          internal::Origin(url) != internal::Origin(hub_.endpoint)) {
+        // A CDN refusing a signed URL (expired): the next attempt asks the Hub again.
+        return Error(Reason::NetworkError, fmt::format("{} answered HTTP {} for {}",
+                                                       internal::Origin(url), status, file_.path));
+      }
+      return mapped;  // 408/429/5xx are NetworkError or RateLimited: retried by Produce
+    }
+    return Error(Reason::NetworkError, file_.path + ": too many redirects");
+  }
+
+  const HubOptions& hub_;
+  const HubFileSource& file_;
+  std::stop_source stop_;
+  std::optional<Hasher> sha1_;
+  uint64_t offset_ = 0;  // bytes handed to the pipe (producer thread only)
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> queue_;
+  size_t front_pos_ = 0;
+  size_t queued_ = 0;
+  bool done_ = false;
+  bool closed_ = false;
+  std::optional<Error> error_;
+  std::stop_callback<std::function<void()>> forward_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+Result<store::UploadResult> StreamHubFileToS3(const HubOptions& hub, store::S3Uploader& uploader,
+                                              const HubFileSource& file,
+                                              const std::string& bucket, const std::string& key,
+                                              const store::UploadProgressFn& on_bytes,
+                                              std::stop_token stop) {
+  HubReader reader(hub, file, stop);
+  store::UploadReadFn read = [&reader](char* out, size_t n) { return reader.Read(out, n); };
+  return uploader.UploadStream(bucket, key, read, file.size, file.expected_sha256.value_or(""),
+                               on_bytes, stop);
+}
+
+}  // namespace modelcache::fetch

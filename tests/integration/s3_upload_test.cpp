@@ -1,0 +1,213 @@
+// A daemon killed (SIGKILL) in the middle of a multipart upload to S3 resumes it after the
+// restart: only the parts radosgw does not have are sent again. The daemon reaches radosgw (the
+// shared ctest fixture, FIXTURES_REQUIRED radosgw) through tests/fixtures/s3proxy/s3proxy.py,
+// which lets a few parts through, holds the rest unanswered while the daemon is killed, and
+// counts what the restarted daemon sends.
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "common/http_client.h"
+#include "common/sha256.h"
+#include "tests/fixtures/hub/fake_hub.h"
+#include "tests/integration/harness.h"
+
+namespace modelcache::itest {
+namespace {
+
+using modelcache::testing::FakeHub;
+using modelcache::testing::FakeRepoSpec;
+
+constexpr const char* kPython = "/usr/bin/python3";
+
+std::map<std::string, std::string> ReadEnvFile() {
+  const char* override_path = std::getenv("MC_RADOSGW_ENV");  // NOLINT(concurrency-mt-unsafe)
+  std::ifstream in(override_path != nullptr ? override_path : MC_RADOSGW_ENV);
+  std::map<std::string, std::string> kv;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t eq = line.find('=');
+    if (eq != std::string::npos && line[0] != '#') kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return kv;
+}
+
+// s3proxy.py as a child process, forwarding to `upstream`.
+class Proxy {
+ public:
+  explicit Proxy(const std::string& upstream) {
+    int fds[2];
+    EXPECT_EQ(::pipe(fds), 0);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(fds[1], 1);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      ::execl(kPython, kPython, MC_S3PROXY, upstream.c_str(), nullptr);
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    std::string line;
+    char c;
+    while (::read(fds[0], &c, 1) == 1 && c != '\n') line.push_back(c);
+    ::close(fds[0]);
+    EXPECT_EQ(line.rfind("PORT ", 0), 0u) << line;
+    url_ = "http://127.0.0.1:" + (line.size() > 5 ? line.substr(5) : std::string("0"));
+  }
+  ~Proxy() {
+    Control("reset");  // answers the held requests, so the proxy's threads end
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  const std::string& url() const { return url_; }
+
+  bool Control(const std::string& what) {
+    HttpRequest req;
+    req.method = "POST";
+    req.url = url_ + "/__proxy/" + what;
+    auto r = HttpClient::Send(req);
+    return r && r->status == 200;
+  }
+
+  std::map<std::string, int> Stats() {
+    HttpRequest req;
+    req.url = url_ + "/__proxy/stats";
+    auto r = HttpClient::Send(req);
+    std::map<std::string, int> out;
+    if (!r || r->status != 200) return out;
+    nlohmann::json j = nlohmann::json::parse(r->body, nullptr, false);
+    if (!j.is_object()) return out;
+    for (auto it = j.begin(); it != j.end(); ++it) out[it.key()] = it.value().get<int>();
+    return out;
+  }
+
+  std::string StatsText() {
+    std::string out;
+    for (const auto& [k, v] : Stats()) out += k + "=" + std::to_string(v) + " ";
+    return out;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::string url_;
+};
+
+TEST(S3UploadResumeTest, KilledMidMultipartUploadResumesWithOnlyTheMissingParts) {
+  auto kv = ReadEnvFile();
+  ASSERT_FALSE(kv["S3_ENDPOINT"].empty())
+      << "no radosgw: run through ctest (fixture radosgw_start) or set MC_RADOSGW_ENV";
+  const std::string bucket = kv["S3_BUCKET"];
+  const std::string prefix = "resume-" + UniqueSuffix();
+  Proxy proxy(kv["S3_ENDPOINT"]);
+
+  TempDir tmp;
+  FakeHub hub;
+  // 44 MiB of weights: six 8 MiB parts (the uploader's default part size), the last 4 MiB.
+  const std::string weights = RandomBytes(44 << 20, 91);
+  std::string repo_dir = tmp / "repos/org/resume/main";
+  WriteTree(repo_dir, {{"config.json", "{\"model_type\": \"llama\"}"},
+                       {"model.safetensors", weights}});
+  FakeRepoSpec spec;
+  spec.id = "org/resume";
+  spec.refs["main"] = repo_dir;
+  hub.AddRepo(spec);
+  ASSERT_TRUE(hub.Start());
+
+  std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", kv["AWS_ACCESS_KEY_ID"]},
+                                         {"AWS_SECRET_ACCESS_KEY", kv["AWS_SECRET_ACCESS_KEY"]},
+                                         {"AWS_REGION", kv["AWS_REGION"]},
+                                         {"AWS_ENDPOINT_URL", proxy.url()},
+                                         {"AWS_CONFIG_FILE", "/dev/null"},
+                                         {"AWS_SHARED_CREDENTIALS_FILE", "/dev/null"},
+                                         {"AWS_EC2_METADATA_DISABLED", "true"}};
+  const std::string store_uri = "s3://" + bucket + "/" + prefix;
+  std::filesystem::create_directories(tmp / "manifests");
+  WriteFileRenamed(tmp / "manifests/m.yaml",
+                   Manifest("resume", "org/resume", "  storage:\n    uri: " + store_uri + "\n"));
+  Daemon::Options options;
+  options.watch_dir = tmp / "manifests";
+  options.store = tmp / "cache";
+  options.state_dir = tmp / "state";
+  options.hf_endpoint = hub.url();
+  // No health endpoint: daemons of tests running in parallel would share its default port.
+  options.extra_args = {"--retry-base-delay", "20ms", "--listen", "off"};
+  options.env = env;
+
+  // Three parts reach radosgw; the others are held until the daemon has been killed.
+  ASSERT_TRUE(proxy.Control("hold?op=UploadPart&after=3"));
+  {
+    Daemon daemon(options);
+    daemon.Start();
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          auto s = proxy.Stats();
+          return s["UploadPart.done"] == 3 && s["UploadPart.held"] >= 1;
+        },
+        std::chrono::seconds(90)))
+        << "proxy: " << proxy.StatsText() << "\n"
+        << daemon.Log();
+    daemon.Kill9();
+  }
+
+  // radosgw holds the unfinished upload with its three parts (asked directly, not via the proxy).
+  std::string script = tmp / "parts.py";
+  std::ofstream(script) << R"(import sys, json, boto3
+s3 = boto3.client('s3', endpoint_url=sys.argv[1])
+out = []
+for u in s3.list_multipart_uploads(Bucket=sys.argv[2], Prefix=sys.argv[3]).get('Uploads', []):
+    parts = s3.list_parts(Bucket=sys.argv[2], Key=u['Key'], UploadId=u['UploadId']).get('Parts', [])
+    out.append({'key': u['Key'], 'parts': [p['PartNumber'] for p in parts]})
+print(json.dumps(out))
+)";
+  auto direct_env = env;
+  direct_env["AWS_ENDPOINT_URL"] = kv["S3_ENDPOINT"];
+  auto listed = RunProgram({kPython, script, kv["S3_ENDPOINT"], bucket, prefix + "/"}, direct_env);
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  auto uploads = nlohmann::json::parse(listed.out);
+  ASSERT_EQ(uploads.size(), 1u) << listed.out;
+  EXPECT_EQ(uploads[0]["parts"].size(), 3u) << listed.out;
+
+  // The restarted daemon finds the upload and sends the three missing parts only.
+  ASSERT_TRUE(proxy.Control("reset"));
+  Daemon restarted(options);
+  restarted.Start();
+  auto mc = WaitForStatus(
+      tmp / "state", "resume",
+      [](const crds::ModelCache& m) { return m.status.phase == crds::kPhaseReady; },
+      std::chrono::seconds(90));
+  ASSERT_TRUE(mc && mc->status.phase == crds::kPhaseReady)
+      << (mc ? crds::ToJson(*mc).dump(2) : "no status") << "\n"
+      << restarted.Log();
+  auto stats = proxy.Stats();
+  EXPECT_EQ(stats["UploadPart"], 3) << proxy.StatsText();
+  EXPECT_EQ(stats["CreateMultipartUpload"], 0) << proxy.StatsText();
+  EXPECT_EQ(stats["CompleteMultipartUpload"], 1) << proxy.StatsText();
+
+  auto after = RunProgram({kPython, script, kv["S3_ENDPOINT"], bucket, prefix + "/"}, direct_env);
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_EQ(nlohmann::json::parse(after.out).size(), 0u) << after.out;
+
+  // The published weights are the Hub's bytes.
+  std::string pulled = tmp / "pulled";
+  auto pull = RunModelcache({"pull", store_uri + "/artifacts/resume", pulled}, direct_env);
+  ASSERT_EQ(pull.exit_code, 0) << pull.err;
+  std::ifstream in(pulled + "/model.safetensors", std::ios::binary);
+  std::string got((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(Sha256Hex(got), Sha256Hex(weights));
+}
+
+}  // namespace
+}  // namespace modelcache::itest

@@ -1,0 +1,164 @@
+// fetch/s3_stream.h: Hub files streamed into S3 (radosgw, through the counting proxy; see
+// s3_uploader_test.cpp) from the Hub imitation, which redirects LFS files to its CDN and injects
+// faults (dropped connections, corrupted bytes). Lives with the store's S3 tests to share their
+// radosgw fixture.
+
+#include "fetch/s3_stream.h"
+
+#include <gtest/gtest.h>
+
+#include "common/sha256.h"
+#include "fetch/hub_client.h"
+#include "tests/fixtures/hub/fake_hub.h"
+#include "tests/unit/store/s3_test_env.h"
+#include "tests/unit/store/test_util.h"
+
+namespace modelcache::fetch {
+namespace {
+
+using modelcache::testing::FakeHub;
+using modelcache::testing::FakeRepoSpec;
+using modelcache::testing::Fault;
+namespace st = modelcache::store::testing;
+
+constexpr uint64_t kMiB = 1ull << 20;
+
+class S3UploaderHubStreamTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const st::S3Env& env = st::SharedS3();
+    proxy_ = env.proxy;
+    ASSERT_TRUE(st::ProxyReset(proxy_));
+    client_ = std::make_unique<store::S3Client>(st::ProxyConfig(env));
+    bucket_ = st::UniqueBucket("stream");
+    ASSERT_TRUE(st::CreateBucket(*client_, bucket_));
+
+    weights_ = std::string(13 * kMiB + 11, '\0');
+    for (size_t i = 0; i < weights_.size(); ++i) {
+      weights_[i] = static_cast<char>((i * 2654435761u) >> 11);
+    }
+    std::string dir = dir_.path() + "/repo";
+    st::WriteText(dir + "/model.safetensors", weights_);
+    st::WriteText(dir + "/config.json", config_);
+    FakeRepoSpec spec;
+    spec.id = "org/stream";
+    spec.refs["main"] = dir;
+    hub_.AddRepo(spec);
+    ASSERT_TRUE(hub_.Start());
+    options_.endpoint = hub_.url();
+    options_.backoff_base = std::chrono::milliseconds(1);
+    HubClient hub(options_);
+    auto commit = hub.ResolveRevision("model", "org/stream", "main");
+    ASSERT_TRUE(commit) << commit.error().message;
+    auto files = hub.ListFiles("model", "org/stream", *commit);
+    ASSERT_TRUE(files) << files.error().message;
+    for (const RepoFile& f : *files) {
+      HubFileSource source;
+      source.path = f.path;
+      source.url = hub.ResolveUrl("model", "org/stream", *commit, f.path);
+      source.size = f.size;
+      if (f.lfs_sha256) {
+        source.expected_sha256 = f.lfs_sha256;
+      } else {
+        source.expected_git_sha1 = f.blob_id;
+      }
+      sources_[f.path] = source;
+    }
+    ASSERT_TRUE(sources_["model.safetensors"].expected_sha256);
+  }
+
+  store::UploadOptions SmallParts() {
+    store::UploadOptions o;
+    o.min_part_size = 5 * kMiB;
+    o.single_put_threshold = 1 * kMiB;
+    o.parallel_parts = 2;
+    return o;
+  }
+
+  st::TempDir dir_;
+  FakeHub hub_;
+  HubOptions options_;
+  std::map<std::string, HubFileSource> sources_;
+  std::string weights_;
+  std::string config_ = "{\"model_type\": \"llama\"}";
+  std::string proxy_;
+  std::unique_ptr<store::S3Client> client_;
+  std::string bucket_;
+};
+
+TEST_F(S3UploaderHubStreamTest, LfsFileGoesFromTheCdnIntoParallelParts) {
+  store::S3Uploader uploader(*client_, SmallParts());
+  uint64_t progressed = 0;
+  auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
+                             "a/model.safetensors", [&](uint64_t n) { progressed += n; });
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_TRUE(r->multipart);
+  EXPECT_EQ(r->parts, 3);
+  EXPECT_EQ(progressed, weights_.size());
+  EXPECT_EQ(r->object.Meta("sha256"), Sha256Hex(weights_));
+  EXPECT_EQ(st::ProxyStats(proxy_)["UploadPart"], 3);
+  auto back = client_->GetObject(bucket_, "a/model.safetensors");
+  ASSERT_TRUE(back);
+  EXPECT_TRUE(*back == weights_);
+}
+
+TEST_F(S3UploaderHubStreamTest, RegularFileIsCheckedAgainstItsGitBlobSha1) {
+  store::S3Uploader uploader(*client_, SmallParts());
+  auto r = StreamHubFileToS3(options_, uploader, sources_["config.json"], bucket_, "a/config.json");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_FALSE(r->multipart);
+  EXPECT_EQ(r->sha256_hex, Sha256Hex(config_));
+  auto back = client_->GetObject(bucket_, "a/config.json");
+  ASSERT_TRUE(back);
+  EXPECT_EQ(*back, config_);
+
+  ASSERT_TRUE(st::ProxyReset(proxy_));
+  HubFileSource wrong = sources_["config.json"];
+  wrong.expected_git_sha1 = std::string(40, '0');
+  auto bad = StreamHubFileToS3(options_, uploader, wrong, bucket_, "a/bad.json");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().reason, Reason::ChecksumMismatch) << bad.error().message;
+  EXPECT_EQ(st::ProxyStats(proxy_)["PutObject"], 0);
+}
+
+TEST_F(S3UploaderHubStreamTest, CorruptedBytesAbortTheUploadAndPublishNothing) {
+  Fault corrupt;
+  corrupt.kind = Fault::Kind::Corrupt;
+  corrupt.path_glob = "*model.safetensors";
+  corrupt.bytes = 7 * kMiB;
+  corrupt.count = -1;
+  hub_.AddFault(corrupt);
+  store::S3Uploader uploader(*client_, SmallParts());
+  auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
+                             "a/model.safetensors");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::ChecksumMismatch) << r.error().message;
+  auto stats = st::ProxyStats(proxy_);
+  EXPECT_EQ(stats["AbortMultipartUpload"], 1);
+  EXPECT_EQ(stats["CompleteMultipartUpload"], 0);
+  auto head = client_->HeadObject(bucket_, "a/model.safetensors");
+  ASSERT_TRUE(head);
+  EXPECT_FALSE(*head);
+  auto unfinished = client_->ListMultipartUploads(bucket_, "a/");
+  ASSERT_TRUE(unfinished);
+  EXPECT_TRUE(unfinished->empty());
+}
+
+TEST_F(S3UploaderHubStreamTest, ADroppedConnectionResumesWithARangeRequest) {
+  Fault drop;
+  drop.kind = Fault::Kind::DropAfter;
+  drop.path_glob = "*model.safetensors";
+  drop.bytes = 6 * kMiB + 5;
+  hub_.AddFault(drop);
+  store::S3Uploader uploader(*client_, SmallParts());
+  auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
+                             "a/model.safetensors");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->parts, 3);
+  auto back = client_->GetObject(bucket_, "a/model.safetensors");
+  ASSERT_TRUE(back);
+  EXPECT_TRUE(*back == weights_);
+}
+
+}  // namespace
+}  // namespace modelcache::fetch
