@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "controller/commands.h"
 #include "controller/directory_source.h"
 
 namespace modelcache::controller {
@@ -34,6 +35,24 @@ std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,
                                              const std::string& state_dir,
                                              std::chrono::milliseconds resync_period) {
   return std::make_unique<DirectoryMode>(watch_dir, state_dir, resync_period);
+}
+
+Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
+                                                  const Environment& env,
+                                                  const std::string& state_dir) {
+  if (!options.kubernetes) {
+    return NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  }
+  KubernetesModeOptions ko;
+  ko.kubeconfig = options.kubeconfig;
+  ko.ns = options.namespace_;
+  ko.node_name = options.node_name;
+  ko.resync_period = options.resync_period;
+  auto mode = NewKubernetesMode(ko, env.kube);
+  if (!mode) {
+    return Error(mode.error().reason, "--kubernetes: " + mode.error().message);
+  }
+  return std::move(*mode);
 }
 
 }  // namespace modelcache::controller

@@ -35,6 +35,15 @@ class DaemonMode {
   virtual void Shutdown() = 0;
 };
 
+struct RunOptions;
+struct Environment;
+
+// The mode `options` ask for: Kubernetes mode with --kubernetes, else directory mode (status under
+// `state_dir`). The error's message starts with the flag at fault ("--kubernetes: ...").
+Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
+                                                  const Environment& env,
+                                                  const std::string& state_dir);
+
 // Directory mode: `watch_dir` watched with inotify (and rescanned every `resync_period`), status
 // files under `state_dir`. Nothing to configure.
 std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,

@@ -39,7 +39,8 @@ bool HasFinalizer(const std::vector<std::string>& finalizers) {
 // unknown spec fields) are written back unchanged. OK when there is nothing to do: the object is
 // gone, already in the wanted state, or being deleted (the API server forbids adding a
 // finalizer then).
-VoidResult EditFinalizer(const KubeClient& client, const crds::ObjectKey& key, bool add) {
+VoidResult EditFinalizer(const KubeClient& client, const crds::ObjectKey& key, bool add,
+                         KubeStatusStore& statuses) {
   std::string what = std::string(add ? "add" : "remove") + " finalizer " +
                      std::string(kFinalizer) + " on modelcache " + key.ToString();
   for (int attempt = 1;; ++attempt) {
@@ -75,11 +76,19 @@ VoidResult EditFinalizer(const KubeClient& client, const crds::ObjectKey& key, b
     } else {
       meta["finalizers"] = finalizers;
     }
+    std::string from = meta.value("resourceVersion", "");
     auto reply = client.Update(object);
     if (!reply) {
       return reply.error();
     }
-    if (reply->ok() || reply->status == 404) {
+    if (reply->ok()) {
+      // The next status write is based on the cached version, which has not seen this one yet.
+      if (reply->body.is_object() && reply->body.contains("metadata")) {
+        statuses.NoteUpdate(key, from, reply->body["metadata"].value("resourceVersion", ""));
+      }
+      return {};
+    }
+    if (reply->status == 404) {
       return {};
     }
     if (reply->status != 409 || attempt >= kFinalizerAttempts) {
@@ -132,7 +141,8 @@ class KubernetesMode final : public DaemonMode {
       : options_(options),
         client_(std::move(config)),
         source_(client_, std::move(source_options)),
-        statuses_(client_),
+        statuses_(client_, /*max_attempts=*/5,
+                  [this](const crds::ObjectKey& key) { return source_.Cached(key); }),
         events_(client_, RecorderOptions(options), RealClock::Get()) {}
 
   Source& source() override { return source_; }
@@ -143,13 +153,13 @@ class KubernetesMode final : public DaemonMode {
       if (HasFinalizer(object.metadata.finalizers)) {
         return {};
       }
-      return EditFinalizer(client_, object.key(), /*add=*/true);
+      return EditFinalizer(client_, object.key(), /*add=*/true, statuses_);
     };
     manager.finalize = [this](const crds::ModelCache& object) -> VoidResult {
       if (!HasFinalizer(object.metadata.finalizers)) {
         return {};
       }
-      if (auto r = EditFinalizer(client_, object.key(), /*add=*/false); !r) {
+      if (auto r = EditFinalizer(client_, object.key(), /*add=*/false, statuses_); !r) {
         return r;
       }
       spdlog::info("{}: finalizer {} removed", object.key().ToString(), kFinalizer);

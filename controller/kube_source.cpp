@@ -41,7 +41,6 @@ CachedObject CachedObjectFromJson(const json& object) {
     return entry;
   }
   entry.object = std::move(*converted);
-  entry.object.status = {};
   crds::ApplyDefaults(entry.object);
   std::vector<crds::FieldError> problems = crds::Validate(entry.object);
   if (!problems.empty()) {
@@ -63,6 +62,22 @@ uint64_t KubernetesSource::relists() const { return relists_.load(); }
 std::string KubernetesSource::resource_version() const {
   std::lock_guard lock(rv_mu_);
   return resource_version_;
+}
+
+std::optional<crds::ModelCache> KubernetesSource::Cached(const crds::ObjectKey& key) const {
+  ObjectCache* cache = nullptr;
+  {
+    std::lock_guard lock(start_mu_);
+    cache = cache_;
+  }
+  if (cache == nullptr) {
+    return std::nullopt;
+  }
+  auto entry = cache->Get(key);
+  if (!entry) {
+    return std::nullopt;
+  }
+  return std::move(entry->object);
 }
 
 VoidResult KubernetesSource::ListOnce(bool enqueue_all, std::stop_token stop) {

@@ -17,8 +17,9 @@
 // Every resync_period every cached key is enqueued (a missed event must not leave a resource
 // unreconciled). Events only enqueue keys; reconcilers read the cache.
 //
-// Cache entries: crds::FromJson of the object, its status cleared (status lives on the server,
-// read through KubeStatusStore), then crds::ApplyDefaults; origin "kubernetes". An object that
+// Cache entries: crds::FromJson of the object (status as the server sent it; a status-only
+// change updates the entry without enqueueing), then crds::ApplyDefaults; origin "kubernetes".
+// An object that
 // does not convert or fails crds::Validate is cached with source_error InvalidSpec (for a
 // conversion error, with only its metadata).
 //
@@ -32,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -84,6 +86,8 @@ class KubernetesSource final : public Source {
   uint64_t relists() const;
   // The resourceVersion the next watch would start from.
   std::string resource_version() const;
+  // The cached object for `key` (status included); nullopt before Start() or if not cached.
+  std::optional<crds::ModelCache> Cached(const crds::ObjectKey& key) const;
 
  private:
   // Lists into the cache; enqueues every key if `enqueue_all`, else the changed ones.
@@ -96,7 +100,7 @@ class KubernetesSource final : public Source {
   const KubeClient& client_;
   const KubernetesSourceOptions options_;
 
-  std::mutex start_mu_;  // serializes Start and Stop
+  mutable std::mutex start_mu_;  // serializes Start and Stop; guards cache_ for Cached()
   ObjectCache* cache_ = nullptr;
   EnqueueFn enqueue_;
   std::jthread watch_thread_;

@@ -10,12 +10,17 @@ namespace modelcache::controller {
 
 using nlohmann::json;
 
-KubeStatusStore::KubeStatusStore(const KubeClient& client, int max_attempts)
-    : client_(client), max_attempts_(std::max(1, max_attempts)) {}
+KubeStatusStore::KubeStatusStore(const KubeClient& client, int max_attempts, CachedLookup cached)
+    : client_(client), max_attempts_(std::max(1, max_attempts)), cached_(std::move(cached)) {}
 
 uint64_t KubeStatusStore::conflicts() const { return conflicts_.load(); }
 
 Result<std::optional<crds::ModelCache>> KubeStatusStore::Read(const crds::ObjectKey& key) const {
+  if (cached_) {
+    if (std::optional<crds::ModelCache> object = cached_(key)) {
+      return object;
+    }
+  }
   auto reply = client_.Get(key.namespace_, key.name);
   if (!reply) {
     return reply.error();
@@ -32,6 +37,31 @@ Result<std::optional<crds::ModelCache>> KubeStatusStore::Read(const crds::Object
                                            " from the API server: " + object.error().message);
   }
   return std::optional<crds::ModelCache>(std::move(*object));
+}
+
+void KubeStatusStore::NoteUpdate(const crds::ObjectKey& key, const std::string& from,
+                                 const std::string& to) {
+  if (from.empty() || to.empty() || from == to) {
+    return;
+  }
+  std::lock_guard lock(moved_mu_);
+  Moved& m = moved_[key];
+  // Versions that led to `from` now lead to `to`; a chain that broke (someone else wrote) starts
+  // over. A handful is enough: the cache lags by a write or two.
+  if (m.to != from || m.from.size() >= 8) {
+    m.from.clear();
+  }
+  m.from.insert(from);
+  m.to = to;
+}
+
+std::string KubeStatusStore::Current(const crds::ObjectKey& key, const std::string& rv) const {
+  std::lock_guard lock(moved_mu_);
+  auto it = moved_.find(key);
+  if (it != moved_.end() && it->second.from.count(rv) != 0) {
+    return it->second.to;
+  }
+  return rv;
 }
 
 VoidResult KubeStatusStore::Write(const crds::ModelCache& object_with_status) {
@@ -54,6 +84,8 @@ VoidResult KubeStatusStore::Write(const crds::ModelCache& object_with_status) {
     }
     body = current->body;
   }
+  std::string based_on = body["metadata"].value("resourceVersion", "");
+  body["metadata"]["resourceVersion"] = Current(key, based_on);
   for (int attempt = 1;; ++attempt) {
     body["status"] = status;
     auto reply = client_.UpdateStatus(body);
@@ -61,6 +93,15 @@ VoidResult KubeStatusStore::Write(const crds::ModelCache& object_with_status) {
       return reply.error();
     }
     if (reply->ok()) {
+      std::string now = reply->body.is_object() && reply->body.contains("metadata")
+                            ? reply->body["metadata"].value("resourceVersion", "")
+                            : std::string();
+      NoteUpdate(key, body["metadata"].value("resourceVersion", ""), now);
+      if (!based_on.empty() && !now.empty()) {
+        // The caller's (possibly older) version leads here too, also after a re-read.
+        std::lock_guard lock(moved_mu_);
+        moved_[key].from.insert(based_on);
+      }
       return {};
     }
     if (reply->status == 404) {
@@ -89,7 +130,11 @@ VoidResult KubeStatusStore::Write(const crds::ModelCache& object_with_status) {
   }
 }
 
-VoidResult KubeStatusStore::Remove(const crds::ObjectKey& /*key*/) { return {}; }
+VoidResult KubeStatusStore::Remove(const crds::ObjectKey& key) {
+  std::lock_guard lock(moved_mu_);
+  moved_.erase(key);
+  return {};
+}
 
 Result<std::vector<crds::ModelCache>> KubeStatusStore::List() const {
   auto reply = client_.List("");

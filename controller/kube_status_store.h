@@ -10,6 +10,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
 #include <optional>
 #include <vector>
 
@@ -22,10 +27,16 @@ namespace modelcache::controller {
 
 class KubeStatusStore final : public StatusStore {
  public:
-  // `client` must outlive the store.
-  explicit KubeStatusStore(const KubeClient& client, int max_attempts = 5);
+  // What the reflector already holds for a key (object and status), so that a first Read needs
+  // no request; nullopt when it holds nothing.
+  using CachedLookup = std::function<std::optional<crds::ModelCache>(const crds::ObjectKey&)>;
 
-  // GET of the object, status included; nullopt on 404.
+  // `client` must outlive the store.
+  explicit KubeStatusStore(const KubeClient& client, int max_attempts = 5,
+                           CachedLookup cached = {});
+
+  // The cached object if `cached` has it, else a GET of the object, status included; nullopt
+  // on 404.
   Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
   // Writes object_with_status.status (see above). An empty metadata.resourceVersion reads the
   // current one first. StorageError if the object no longer exists (404) or the conflicts
@@ -40,10 +51,28 @@ class KubeStatusStore final : public StatusStore {
   // 409 answers received so far (for tests and metrics).
   uint64_t conflicts() const;
 
+  // Tells the store that this process moved `key` from resourceVersion `from` to `to` (Write
+  // does this itself; the finalizer edit calls it). A later Write based on `from` — the
+  // reflector's cache may not have seen `to` yet — is then sent with `to` instead of drawing a
+  // 409 and a re-read. If someone else changed the object meanwhile, the 409 path still applies.
+  // resourceVersions are only compared for equality, as clients must.
+  void NoteUpdate(const crds::ObjectKey& key, const std::string& from, const std::string& to);
+
  private:
   const KubeClient& client_;
   const int max_attempts_;
+  const CachedLookup cached_;
   mutable std::atomic<uint64_t> conflicts_{0};
+
+  // Per key: resourceVersions this process has moved past, and where they lead.
+  struct Moved {
+    std::set<std::string> from;
+    std::string to;
+  };
+  // The resourceVersion to send for a write based on `rv`.
+  std::string Current(const crds::ObjectKey& key, const std::string& rv) const;
+  mutable std::mutex moved_mu_;
+  std::map<crds::ObjectKey, Moved> moved_;  // GUARDED_BY(moved_mu_)
 };
 
 }  // namespace modelcache::controller

@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state)");
   run_cmd->add_option("--secrets-dir", run.secrets_dir,
-                      "tokenSecretRef {name,key} is read from <secrets-dir>/<name>/<key>");
+                      "Directory mode: tokenSecretRef {name,key} is read from "
+                      "<secrets-dir>/<name>/<key> (Kubernetes mode reads the Secret)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
@@ -91,6 +92,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--log-level", run.log_level, "trace, debug, info, warn or error")
       ->capture_default_str();
+
+  for (const char* flag : {"--kubeconfig", "--namespace", "--node-name"}) {
+    run_cmd->get_option(flag)->needs(kube);
+  }
 
   // prefetch
   mc::PrefetchOptions prefetch;

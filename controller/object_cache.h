@@ -21,7 +21,8 @@ namespace modelcache::controller {
 
 struct CachedObject {
   // Defaulted, with metadata (generation, uid, creationTimestamp) filled in by the source. Its
-  // status is empty: status lives in the StatusStore (or the API server).
+  // status is empty in directory mode (status lives in the StatusStore); in Kubernetes mode it is
+  // the status the API server last sent, which KubeStatusStore::Read serves on first sight.
   crds::ModelCache object;
   // Where it was declared: "models/qwen.yaml:12" in directory mode (path relative to the watched
   // directory, line where the document starts).

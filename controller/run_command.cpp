@@ -141,22 +141,12 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   // The mode decides where desired state comes from and where status goes; the Manager and the
   // reconciler below are the same for both.
-  std::unique_ptr<DaemonMode> mode;
-  if (options.kubernetes) {
-    KubernetesModeOptions ko;
-    ko.kubeconfig = options.kubeconfig;
-    ko.ns = options.namespace_;
-    ko.node_name = options.node_name;
-    ko.resync_period = options.resync_period;
-    auto kube = NewKubernetesMode(ko, env.kube);
-    if (!kube) {
-      std::cerr << "modelcache: --kubernetes: " << kube.error().message << "\n";
-      return 1;
-    }
-    mode = std::move(*kube);
-  } else {
-    mode = NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
+  auto made = NewDaemonMode(options, env, state_dir);
+  if (!made) {
+    std::cerr << "modelcache: " << made.error().message << "\n";
+    return 1;
   }
+  std::unique_ptr<DaemonMode> mode = std::move(*made);
   ObjectCache cache;
 
   Manager* manager_ptr = nullptr;

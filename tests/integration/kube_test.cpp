@@ -210,9 +210,11 @@ TEST_F(KubeTest, CreatedObjectBecomesReadyWithStatusFinalizerAndEvents) {
   EXPECT_EQ(ready["status"]["resolvedRevision"].get<std::string>().size(), 40u);
   ASSERT_TRUE(artifact.contains("path"));
   EXPECT_TRUE(fs::exists(artifact["path"].get<std::string>() + "/config.json"));
-  // The status subresource was used: the spec is as created (with the CRD schema's defaults,
-  // which the API server applies).
+  // The status subresource was used: the spec is as created (with the server's defaults).
   EXPECT_EQ(ready["spec"], created["spec"]);
+  // Nobody else wrote: the daemon's own finalizer and status writes never conflicted with each
+  // other, even where the watch had not caught up yet.
+  EXPECT_EQ(api_.stats().conflicts, 0u);
 
   // Events: a Normal event on each phase transition, Ready last.
   ASSERT_TRUE(WaitFor([&] { return !EventsFor("model", "Ready").empty(); }, seconds(10)));
@@ -412,6 +414,27 @@ TEST_F(KubeTest, NodeNameFilterCachesOnlyWhatTheNodeSelectorGivesThisNode) {
     EXPECT_EQ(e["source"].value("host", ""), "gpu-node-1");
   }
   EXPECT_FALSE(fs::exists(store_dir() + "/artifacts/other"));
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+TEST_F(KubeTest, RestartTrustsTheStatusOnTheServerAndWritesNothingNew) {
+  AddRepo("org/model", SmallModelFiles(20000, 10));
+  Create(ModelCacheObject("old", "org/model"));
+  {
+    Daemon daemon(DaemonOptions());
+    daemon.Start();
+    ASSERT_TRUE(IsReadyForGeneration(WaitReady("old"))) << daemon.Log();
+    EXPECT_EQ(daemon.Terminate(), 0);
+  }
+  std::string rv = Get("old")["metadata"]["resourceVersion"];
+  uint64_t status_updates = api_.stats().status_updates;
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  // A new object going Ready shows the restarted daemon has been through the old one.
+  Create(ModelCacheObject("new", "org/model", {{"artifactName", "new"}}));
+  ASSERT_TRUE(IsReadyForGeneration(WaitReady("new"))) << daemon.Log();
+  EXPECT_EQ(Get("old")["metadata"]["resourceVersion"], rv);
+  EXPECT_GT(api_.stats().status_updates, status_updates);  // the new one's
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 

@@ -2,6 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
+#include <vector>
+
 namespace modelcache::controller {
 namespace {
 
@@ -83,6 +89,149 @@ TEST(ComposeStatusTest, FailedRefreshOfAReadyResourceStaysReady) {
   auto healed = Manager::ComposeStatus(twice, Outcome{ready, Requeue::Done()}, 1,
                                        "2026-11-24T04:00:00Z");
   EXPECT_EQ(Ready(healed).message.find("refresh failed"), std::string::npos);
+}
+
+// --- the mode hooks (finalizer, events, secret recheck) -----------------------------------------
+
+// A source that holds a fixed set of objects.
+class FixedSource final : public Source {
+ public:
+  explicit FixedSource(std::vector<CachedObject> objects) : objects_(std::move(objects)) {}
+  VoidResult Start(ObjectCache& cache, EnqueueFn enqueue) override {
+    for (const CachedObject& o : objects_) {
+      cache.Upsert(o);
+      enqueue(o.object.key());
+    }
+    return {};
+  }
+  bool HasSynced() const override { return true; }
+  void Stop() override {}
+
+ private:
+  std::vector<CachedObject> objects_;
+};
+
+// Records what it was asked; answers Ready, or `error` for keys named "bad".
+class RecordingReconciler final : public reconcilers::Reconciler {
+ public:
+  Result<Outcome> Reconcile(const reconcilers::Request& request, std::stop_token) override {
+    std::lock_guard lock(mu);
+    calls.push_back({request.key.name, request.object.has_value()});
+    if (request.key.name == "bad") {
+      return error;
+    }
+    crds::ModelCacheStatus s;
+    s.phase = request.object ? "Ready" : "";
+    return Outcome{s, Requeue::Done()};
+  }
+  void Shutdown() override {}
+
+  std::mutex mu;
+  std::vector<std::pair<std::string, bool>> calls;  // name, had an object
+  Error error{Reason::InvalidSpec, "secret missing", std::chrono::milliseconds(20)};
+};
+
+CachedObject Cached(const std::string& name, bool deleting) {
+  CachedObject c;
+  c.object.metadata.name = name;
+  c.object.metadata.namespace_ = "default";
+  c.object.metadata.generation = 1;
+  if (deleting) {
+    c.object.metadata.deletion_timestamp = "2026-11-24T00:00:00Z";
+  }
+  return c;
+}
+
+template <typename F>
+bool Eventually(F condition) {
+  for (int i = 0; i < 2000 && !condition(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return condition();
+}
+
+TEST(ManagerHooksTest, DeletingObjectsAreReconciledAsGoneThenFinalized) {
+  FixedSource source({Cached("live", false), Cached("going", true)});
+  ObjectCache cache;
+  MemoryStatusStore statuses;
+  RecordingReconciler reconciler;
+  std::mutex mu;
+  std::vector<std::string> prepared, finalized, written;
+  ManagerOptions options;
+  options.before_reconcile = [&](const crds::ModelCache& o) -> VoidResult {
+    std::lock_guard lock(mu);
+    prepared.push_back(o.metadata.name);
+    return {};
+  };
+  options.finalize = [&](const crds::ModelCache& o) -> VoidResult {
+    std::lock_guard lock(mu);
+    finalized.push_back(o.metadata.name);
+    return {};
+  };
+  options.status_written = [&](const crds::ModelCache& o, const crds::ModelCacheStatus& before) {
+    std::lock_guard lock(mu);
+    written.push_back(o.metadata.name + ":" + before.phase + "->" + o.status.phase);
+  };
+  Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  EXPECT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return finalized.size() == 1 && written.size() == 1;
+  }));
+  stop.request_stop();
+  run.join();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(prepared, std::vector<std::string>{"live"});
+  EXPECT_EQ(finalized, std::vector<std::string>{"going"});
+  EXPECT_EQ(written, std::vector<std::string>{"live:->Ready"});
+  std::lock_guard rlock(reconciler.mu);
+  EXPECT_NE(std::find(reconciler.calls.begin(), reconciler.calls.end(),
+                      std::pair<std::string, bool>{"going", false}),
+            reconciler.calls.end());
+}
+
+TEST(ManagerHooksTest, AFailingPrepareSkipsTheReconcileAndRetries) {
+  FixedSource source({Cached("live", false)});
+  ObjectCache cache;
+  MemoryStatusStore statuses;
+  RecordingReconciler reconciler;
+  std::atomic<int> attempts{0};
+  ManagerOptions options;
+  options.before_reconcile = [&](const crds::ModelCache&) -> VoidResult {
+    if (++attempts < 3) {
+      return Error(Reason::NetworkError, "conflict storm");
+    }
+    return {};
+  };
+  Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  EXPECT_TRUE(Eventually([&] { return statuses.writes() == 1; }));
+  stop.request_stop();
+  run.join();
+  EXPECT_EQ(attempts.load(), 3);
+  std::lock_guard lock(reconciler.mu);
+  EXPECT_EQ(reconciler.calls.size(), 1u);  // only once the prepare succeeded
+}
+
+TEST(ManagerHooksTest, APermanentErrorWithRetryAfterIsLookedAtAgain) {
+  FixedSource source({Cached("bad", false)});
+  ObjectCache cache;
+  MemoryStatusStore statuses;
+  RecordingReconciler reconciler;
+  Manager manager({}, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  EXPECT_TRUE(Eventually([&] {
+    std::lock_guard lock(reconciler.mu);
+    return reconciler.calls.size() >= 3;
+  }));
+  stop.request_stop();
+  run.join();
+  auto stored = statuses.Read({"default", "bad"});
+  ASSERT_TRUE(stored && stored->has_value());
+  EXPECT_EQ((*stored)->status.phase, "Failed");
 }
 
 }  // namespace
