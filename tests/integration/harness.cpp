@@ -132,29 +132,6 @@ CommandResult RunModelcache(const std::vector<std::string>& args,
                             const std::map<std::string, std::string>& env) {
   std::vector<std::string> full{MC_BINARY};
   full.insert(full.end(), args.begin(), args.end());
-  return RunCommand(full, env);
-}
-
-std::string FindOnPath(const std::string& name) {
-  const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): test set-up
-  std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
-  size_t i = 0;
-  while (i <= dirs.size()) {
-    size_t j = dirs.find(':', i);
-    if (j == std::string::npos) {
-      j = dirs.size();
-    }
-    std::string candidate = dirs.substr(i, j - i) + "/" + name;
-    if (j > i && ::access(candidate.c_str(), X_OK) == 0) {
-      return candidate;
-    }
-    i = j + 1;
-  }
-  return "";
-}
-
-CommandResult RunCommand(const std::vector<std::string>& full,
-                         const std::map<std::string, std::string>& env) {
   std::string base = ::testing::TempDir() + "mc-cmd-" + UniqueSuffix();
   pid_t pid = Spawn(full, env, base + ".out", base + ".err");
   int status = 0;

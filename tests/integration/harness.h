@@ -48,11 +48,6 @@ struct CommandResult {
 };
 CommandResult RunModelcache(const std::vector<std::string>& args,
                             const std::map<std::string, std::string>& env = {});
-// Runs any program (argv[0]: its full path) to completion the same way.
-CommandResult RunCommand(const std::vector<std::string>& argv,
-                         const std::map<std::string, std::string>& env = {});
-// The full path of `name` found on PATH, "" if none.
-std::string FindOnPath(const std::string& name);
 
 // The daemon as a child process: `modelcache run --watch-dir …`, stderr to a log file.
 class Daemon {

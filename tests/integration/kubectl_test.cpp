@@ -5,10 +5,17 @@
 // Skipped, saying so, when there is no kubectl: scripts/install-deps.sh installs Debian's
 // kubernetes-client when none is on PATH, so CI always runs these.
 
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -29,6 +36,70 @@ using modelcache::testing::FakeRepoSpec;
 using nlohmann::json;
 
 constexpr char kToken[] = "kubectl-user";
+
+// The full path of `name` found on PATH, "" if none.
+std::string FindOnPath(const std::string& name) {
+  const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): test set-up
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    std::string candidate = dir + "/" + name;
+    if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
+  }
+  return "";
+}
+
+std::string ReadFile(const std::string& path);
+
+// Runs `argv` (argv[0]: a full path) to completion with this process's environment minus any
+// Kubernetes settings, plus `env`; stdout and stderr captured through files in `scratch`.
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         const std::map<std::string, std::string>& env,
+                         const std::string& scratch) {
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv(*e);
+    std::string key = kv.substr(0, kv.find('='));
+    if (env.count(key) == 0 && key != "KUBECONFIG" && key.rfind("KUBERNETES_", 0) != 0) {
+      env_storage.push_back(kv);
+    }
+  }
+  for (const auto& [k, v] : env) {
+    env_storage.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp;
+  for (auto& kv : env_storage) {
+    envp.push_back(kv.data());
+  }
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargs;
+  for (auto& a : args) {
+    cargs.push_back(a.data());
+  }
+  cargs.push_back(nullptr);
+  std::string out_path = scratch + "/cmd.out";
+  std::string err_path = scratch + "/cmd.err";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  pid_t pid = -1;
+  CommandResult r;
+  if (posix_spawn(&pid, cargs[0], &actions, nullptr, cargs.data(), envp.data()) == 0) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  r.out = ReadFile(out_path);
+  r.err = ReadFile(err_path);
+  return r;
+}
 
 std::string Kubectl() {
   const char* env = std::getenv("MODELCACHE_KUBECTL");  // NOLINT(concurrency-mt-unsafe)
@@ -102,7 +173,8 @@ class KubectlTest : public ::testing::Test {
   CommandResult Run(std::vector<std::string> args) {
     std::vector<std::string> argv{kubectl_, "--cache-dir", tmp_ / "kube-cache"};
     argv.insert(argv.end(), args.begin(), args.end());
-    return RunCommand(argv, {{"KUBECONFIG", tmp_ / "kubeconfig"}, {"HOME", tmp_.path()}});
+    return RunCommand(argv, {{"KUBECONFIG", tmp_ / "kubeconfig"}, {"HOME", tmp_.path()}},
+                      tmp_.path());
   }
 
   std::string kubectl_;
