@@ -46,6 +46,15 @@ struct RunOptions {
   std::string kubeconfig;    // default: KUBECONFIG, else in-cluster, else ~/.kube/config
   std::string namespace_;    // Kubernetes mode: "" = all namespaces
   std::string node_name;     // Kubernetes mode: only what spec.nodeSelector gives this node
+  // Kubernetes mode: only the holder of a coordination.k8s.io Lease reconciles
+  // (controller/leader_election.h); client-go's timings by default.
+  bool leader_elect = false;
+  std::string leader_elect_namespace;   // "" = the kubeconfig's or the pod's namespace
+  std::string leader_elect_lease_name = "modelcache-controller";
+  std::string leader_elect_identity;    // "" = <hostname>_<random UUID>
+  std::chrono::milliseconds leader_elect_lease_duration{15'000};
+  std::chrono::milliseconds leader_elect_renew_deadline{10'000};
+  std::chrono::milliseconds leader_elect_retry_period{2'000};
   std::string store = "/var/lib/modelcache";
   std::string state_dir;     // default: <store>/state (<cache-dir>/state for an s3:// store)
   std::string secrets_dir;

@@ -53,7 +53,7 @@ std::unique_ptr<HealthServer> DaemonServices::NewHealthServer(const ListenAddres
   };
   o.ready = [this] {
     std::lock_guard lock(mu_);
-    return manager_ != nullptr && manager_->Ready();
+    return standing_by_ || (manager_ != nullptr && manager_->Ready());
   };
   o.metrics = [this] { return metrics_.Render(); };
   return std::make_unique<HealthServer>(std::move(o));
@@ -102,6 +102,11 @@ void DaemonServices::Detach() {
   if (server) {
     server->Stop();
   }
+}
+
+void DaemonServices::StandingBy(bool waiting) {
+  std::lock_guard lock(mu_);
+  standing_by_ = waiting;
 }
 
 void DaemonServices::Ready() {

@@ -63,6 +63,9 @@ class DaemonServices {
 
   // Sources synced: READY=1 and a first STATUS= line.
   void Ready();
+  // A replica waiting for the leader-election Lease: /readyz answers 200 while it waits (it can
+  // take over at once), as controller-runtime's followers do.
+  void StandingBy(bool waiting);
   // A status changed: sends STATUS= when the line differs from the last one sent.
   void StatusChanged();
   // Shutdown began: STOPPING=1.
@@ -92,6 +95,7 @@ class DaemonServices {
   std::string last_status_;                            // guarded by mu_
   std::chrono::steady_clock::time_point measured_at_;  // guarded by mu_
   bool measured_ = false;                              // guarded by mu_
+  bool standing_by_ = false;                           // guarded by mu_
   std::mutex reload_mu_;                               // one reload at a time
 };
 

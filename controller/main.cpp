@@ -3,6 +3,7 @@
 
 #include <iostream>
 #include <string>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 
@@ -89,6 +90,31 @@ int main(int argc, char** argv) {
                       "Kubernetes mode, one daemon per node: cache only resources whose "
                       "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
                       "no node filter)");
+  run_cmd->add_flag("--leader-elect", run.leader_elect,
+                    "Kubernetes mode: reconcile only while holding a coordination.k8s.io/v1 "
+                    "Lease, so that several replicas can run (one leads, the others wait)");
+  run_cmd->add_option("--leader-elect-namespace", run.leader_elect_namespace,
+                      "Namespace of the Lease (default: the kubeconfig context's namespace, "
+                      "in a pod its own namespace)");
+  run_cmd->add_option("--leader-elect-lease-name", run.leader_elect_lease_name,
+                      "Name of the Lease")
+      ->capture_default_str();
+  run_cmd->add_option("--leader-elect-identity", run.leader_elect_identity,
+                      "This replica's holderIdentity (default: <hostname>_<random UUID>)");
+  std::string lease_duration = "15s";
+  std::string renew_deadline = "10s";
+  std::string retry_period = "2s";
+  run_cmd->add_option("--leader-elect-lease-duration", lease_duration,
+                      "How long followers wait, after the Lease last changed, before taking it "
+                      "over (whole seconds, at least 1s)")
+      ->capture_default_str();
+  run_cmd->add_option("--leader-elect-renew-deadline", renew_deadline,
+                      "How long the leader keeps retrying a renewal before it stops reconciling "
+                      "and exits; less than the lease duration")
+      ->capture_default_str();
+  run_cmd->add_option("--leader-elect-retry-period", retry_period,
+                      "Interval between attempts to take or renew the Lease")
+      ->capture_default_str();
   run_cmd->add_option("--store", run.store, "Store: a path, file:// URI or s3://BUCKET[/PREFIX]")
       ->capture_default_str();
   run_cmd->add_option("--cache-dir", run.cache_dir,
@@ -328,6 +354,20 @@ int main(int argc, char** argv) {
     run.reread_config = [&app, run_cmd, argc, argv] {
       return mc::Reparse(app, *run_cmd, argc, argv);
     };
+    for (auto [flag, text, out] :
+         {std::tuple{"--leader-elect-lease-duration", &lease_duration,
+                     &run.leader_elect_lease_duration},
+          std::tuple{"--leader-elect-renew-deadline", &renew_deadline,
+                     &run.leader_elect_renew_deadline},
+          std::tuple{"--leader-elect-retry-period", &retry_period,
+                     &run.leader_elect_retry_period}}) {
+      auto d = modelcache::ParseDuration(*text);
+      if (!d || d->count() <= 0) {
+        std::cerr << "modelcache: " << flag << ": must be a positive duration like 15s\n";
+        return 2;
+      }
+      *out = *d;
+    }
     if (run.node_name.empty() && run.kubernetes && env.kube.count("NODE_NAME") != 0) {
       run.node_name = env.kube["NODE_NAME"];
     }

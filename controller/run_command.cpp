@@ -7,6 +7,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -18,6 +19,8 @@
 #include "controller/daemon_mode.h"
 #include "controller/daemon_services.h"
 #include "controller/job_metrics.h"
+#include "controller/kube_config.h"
+#include "controller/leader_election.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
 #include "controller/shutdown_deadline.h"
@@ -142,11 +145,48 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     }
     cache_root = (*cache)->root();
   }
-  if (auto r = (*store)->CleanupStaging(); !r) {
-    spdlog::warn("store cleanup: {}", r.error().message);
+  // With --leader-elect the store may be shared with a leading replica whose staging files are
+  // in use: only a leader cleans up.
+  auto cleanup_staging = [&store] {
+    if (auto r = (*store)->CleanupStaging(); !r) {
+      spdlog::warn("store cleanup: {}", r.error().message);
+    }
+  };
+  if (!options.leader_elect) {
+    cleanup_staging();
   }
   std::string state_dir = options.state_dir.empty() ? (*store)->root() + "/state"
                                                     : options.state_dir;
+
+  std::optional<LeaderElectionOptions> election_options;
+  std::optional<KubeConfig> election_config;
+  if (options.leader_elect) {
+    if (!options.kubernetes) {
+      std::cerr << "modelcache: --leader-elect: needs --kubernetes (the Lease lives on the API "
+                   "server)\n";
+      return 2;
+    }
+    auto config = LoadKubeConfig(env.kube, options.kubeconfig);
+    if (!config) {
+      std::cerr << "modelcache: --kubernetes: " << config.error().message << "\n";
+      return 1;
+    }
+    LeaderElectionOptions eo;
+    eo.lease_name = options.leader_elect_lease_name;
+    eo.lease_namespace = !options.leader_elect_namespace.empty() ? options.leader_elect_namespace
+                                                                 : config->default_namespace;
+    eo.identity = !options.leader_elect_identity.empty() ? options.leader_elect_identity
+                                                         : DefaultLeaderIdentity();
+    eo.lease_duration = options.leader_elect_lease_duration;
+    eo.renew_deadline = options.leader_elect_renew_deadline;
+    eo.retry_period = options.leader_elect_retry_period;
+    if (auto r = ValidateLeaderElectionOptions(eo); !r) {
+      std::cerr << "modelcache: " << r.error().message << "\n";
+      return 2;
+    }
+    election_options = std::move(eo);
+    election_config = std::move(*config);
+  }
 
   // Signals must be blocked before any other thread starts, so that only the watcher sees them.
   SignalWatcher signals;
@@ -274,11 +314,29 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
                  options.min_free > 0 ? FormatBytes(options.min_free) : "no",
                  options.keep_versions, FormatDuration(options.gc_interval));
   }
-  auto result = manager.Run(signals.token(), [&] {
+  auto on_synced = [&] {
     spdlog::info("initial sync done: {} resources", cache.Size());
     services.Ready();
     collector.Start();
-  });
+  };
+  VoidResult result;
+  bool leadership_lost = false;
+  if (options.leader_elect) {
+    // Only the leader runs the source and the workers; a follower waits for the Lease and writes
+    // nothing. Losing the Lease stops the workers and ends the process with an error (as
+    // controller-runtime's "leader election lost"): Kubernetes restarts it as a follower.
+    // A waiting follower is ready (/readyz), or a rolling update would never finish.
+    services.StandingBy(true);
+    LeaderElector elector(*election_options, *election_config, RealClock::Get());
+    LeadershipEnd end = elector.Run(signals.token(), [&](std::stop_token leading) {
+      services.StandingBy(false);
+      cleanup_staging();
+      result = manager.Run(leading, on_synced);
+    });
+    leadership_lost = end == LeadershipEnd::Lost;
+  } else {
+    result = manager.Run(signals.token(), on_synced);
+  }
   signals.OnReload(nullptr);
   // The workers are joined; what can still hold up the exit are the job threads, which the
   // reconciler's destructor joins below.
@@ -294,6 +352,10 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);
+    return 1;
+  }
+  if (leadership_lost) {
+    spdlog::error("leader election lost: exiting");
     return 1;
   }
   spdlog::info("stopped");

@@ -38,6 +38,9 @@ class RepoLock {
     if (fd < 0) {
       return Error(Reason::StorageError, "cannot open lock " + path + ": " + ErrnoMessage(errno));
     }
+    // Jobs of one repo mostly hold the lock for milliseconds (everything already present), so
+    // the wait starts short and backs off to 50 ms for a download that holds it long.
+    auto wait = std::chrono::milliseconds(1);
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       if (errno != EWOULDBLOCK && errno != EINTR) {
         int err = errno;
@@ -48,7 +51,8 @@ class RepoLock {
         ::close(fd);
         return Error(Reason::Cancelled, "cancelled while waiting for " + path);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::this_thread::sleep_for(wait);
+      wait = std::min(wait * 2, std::chrono::milliseconds(50));
     }
     return RepoLock(fd);
   }
@@ -455,6 +459,24 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   lock->Release();
   if (stop.stop_requested()) {
     return Error(Reason::Cancelled, "cancelled");
+  }
+
+  // Already published and current (many resources of one model, a restart, a resync): the
+  // version is content-addressed, so staging and publishing it again would only rename onto an
+  // identical directory after fsyncing a copy. Return it as Publish(ReuseExisting) would.
+  if (!spec.shard && !in.verify_existing) {
+    store::ArtifactManifest wanted;
+    wanted.name = spec.artifact_name;
+    wanted.source_type = repo.type;
+    wanted.source_repo = repo.id;
+    wanted.source_commit = *commit;
+    wanted.files = manifest_files;
+    store::FinalizeIdentity(wanted);
+    auto current = store.ReadCurrent(spec.artifact_name);
+    if (current && current->has_value() && (*current)->id == wanted.id) {
+      state.phase = JobPhase::Done;
+      return CacheJobOutput{*commit, store.Describe(**current)};
+    }
   }
 
   // Stage the artifact: the files themselves, or the sharded checkpoint.

@@ -13,6 +13,13 @@ packages=(
   systemd  # systemd-analyze verifies manifests/systemd/modelcache.service in a unit test
 )
 
+# kubectl for tests/integration/kubectl_test.cpp: Debian's kubernetes-client (1.20) unless a
+# kubectl is already on PATH (e.g. a newer one from the Kubernetes or Google Cloud apt repos, whose
+# package would conflict with Debian's over /usr/bin/kubectl).
+if ! command -v kubectl >/dev/null 2>&1; then
+  packages+=(kubernetes-client)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

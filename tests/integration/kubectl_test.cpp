@@ -1,0 +1,277 @@
+// The real kubectl (the one on PATH, or $MODELCACHE_KUBECTL) against the API-server imitation:
+// every manifest in manifests/ passes `kubectl apply --dry-run=client`, and the README's flow
+// (apply, wait --for=condition=Ready, get -o yaml, delete) works with the real daemon.
+//
+// Skipped, saying so, when there is no kubectl: scripts/install-deps.sh installs Debian's
+// kubernetes-client when none is on PATH, so CI always runs these.
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/fixtures/hub/fake_hub.h"
+#include "tests/fixtures/kube/fake_apiserver.h"
+#include "tests/integration/harness.h"
+
+namespace modelcache::itest {
+namespace {
+
+namespace fs = std::filesystem;
+using modelcache::testing::ApiAnswer;
+using modelcache::testing::FakeApiServer;
+using modelcache::testing::FakeApiServerOptions;
+using modelcache::testing::FakeHub;
+using modelcache::testing::FakeRepoSpec;
+using nlohmann::json;
+
+constexpr char kToken[] = "kubectl-user";
+
+// The full path of `name` found on PATH, "" if none.
+std::string FindOnPath(const std::string& name) {
+  const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): test set-up
+  std::istringstream dirs(path != nullptr ? path : "/usr/bin:/bin");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    std::string candidate = dir + "/" + name;
+    if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
+  }
+  return "";
+}
+
+std::string ReadFile(const std::string& path);
+
+// Runs `argv` (argv[0]: a full path) to completion with this process's environment minus any
+// Kubernetes settings, plus `env`; stdout and stderr captured through files in `scratch`.
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         const std::map<std::string, std::string>& env,
+                         const std::string& scratch) {
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv(*e);
+    std::string key = kv.substr(0, kv.find('='));
+    if (env.count(key) == 0 && key != "KUBECONFIG" && key.rfind("KUBERNETES_", 0) != 0) {
+      env_storage.push_back(kv);
+    }
+  }
+  for (const auto& [k, v] : env) {
+    env_storage.push_back(k + "=" + v);
+  }
+  std::vector<char*> envp;
+  for (auto& kv : env_storage) {
+    envp.push_back(kv.data());
+  }
+  envp.push_back(nullptr);
+  std::vector<std::string> args = argv;
+  std::vector<char*> cargs;
+  for (auto& a : args) {
+    cargs.push_back(a.data());
+  }
+  cargs.push_back(nullptr);
+  std::string out_path = scratch + "/cmd.out";
+  std::string err_path = scratch + "/cmd.err";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  pid_t pid = -1;
+  CommandResult r;
+  if (posix_spawn(&pid, cargs[0], &actions, nullptr, cargs.data(), envp.data()) == 0) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  r.out = ReadFile(out_path);
+  r.err = ReadFile(err_path);
+  return r;
+}
+
+std::string Kubectl() {
+  const char* env = std::getenv("MODELCACHE_KUBECTL");  // NOLINT(concurrency-mt-unsafe)
+  if (env != nullptr && *env != '\0') {
+    return env;
+  }
+  return FindOnPath("kubectl");
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int CountOccurrences(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t i = text.find(what); i != std::string::npos; i = text.find(what, i + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// YAML documents that are Kubernetes objects in the files under `dir` (a document with a
+// "kind:" line at the top level).
+int CountObjects(const std::string& dir) {
+  int n = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    std::string ext = entry.path().extension();
+    if (entry.is_regular_file() && (ext == ".yaml" || ext == ".yml")) {
+      std::istringstream in(ReadFile(entry.path()));
+      for (std::string line; std::getline(in, line);) {
+        n += line.rfind("kind: ", 0) == 0 ? 1 : 0;
+      }
+    }
+  }
+  return n;
+}
+
+TEST(ManifestsTest, TheCrdInManifestsIsByteIdenticalToCrdsModelcacheYaml) {
+  std::string crd = ReadFile(std::string(MC_SOURCE_DIR) + "/crds/modelcache.yaml");
+  ASSERT_FALSE(crd.empty());
+  EXPECT_EQ(ReadFile(std::string(MC_SOURCE_DIR) + "/manifests/kubernetes/base/crd.yaml"), crd)
+      << "manifests/kubernetes/base/crd.yaml differs from crds/modelcache.yaml: copy it again "
+         "(cp crds/modelcache.yaml manifests/kubernetes/base/crd.yaml)";
+}
+
+class KubectlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kubectl_ = Kubectl();
+    if (kubectl_.empty()) {
+      GTEST_SKIP() << "kubectl not found on PATH (scripts/install-deps.sh installs Debian's "
+                      "kubernetes-client); set MODELCACHE_KUBECTL to use another";
+    }
+    FakeApiServerOptions o;
+    o.bookmark_interval = std::chrono::milliseconds(200);
+    api_ = std::make_unique<FakeApiServer>(o);
+    // No token registered: the imitation serves plain HTTP, and client-go (kubectl) sends bearer
+    // tokens only over TLS, so every request is allowed here.
+    ASSERT_TRUE(api_->Start());
+    std::ofstream(tmp_ / "kubeconfig")
+        << "apiVersion: v1\nkind: Config\nclusters:\n- name: imitation\n  cluster: {server: \""
+        << api_->url() << "\"}\nusers:\n- name: u\n  user: {token: " << kToken
+        << "}\ncontexts:\n- name: imitation\n  context: {cluster: imitation, user: u, "
+           "namespace: default}\ncurrent-context: imitation\n";
+    RecordProperty("kubectl", kubectl_ + ": " + Run({"version", "--client"}).out);
+  }
+
+  CommandResult Run(std::vector<std::string> args) {
+    std::vector<std::string> argv{kubectl_, "--cache-dir", tmp_ / "kube-cache"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, {{"KUBECONFIG", tmp_ / "kubeconfig"}, {"HOME", tmp_.path()}},
+                      tmp_.path());
+  }
+
+  std::string kubectl_;
+  TempDir tmp_;
+  std::unique_ptr<FakeApiServer> api_;
+};
+
+TEST_F(KubectlTest, DryRunClientAcceptsEveryManifest) {
+  for (const char* dir : {"manifests/kubernetes", "manifests/examples"}) {
+    std::string path = std::string(MC_SOURCE_DIR) + "/" + dir;
+    CommandResult r = Run({"apply", "--dry-run=client", "-f", path, "--recursive"});
+    EXPECT_EQ(r.exit_code, 0) << dir << "\n" << r.out << r.err;
+    EXPECT_EQ(r.err, "") << dir;
+    int objects = CountObjects(path);
+    EXPECT_GT(objects, 0);
+    EXPECT_EQ(CountOccurrences(r.out, "(dry run)"), objects) << r.out;
+  }
+  // A dry run creates nothing.
+  EXPECT_EQ(api_->stats().creates, 0u);
+}
+
+TEST_F(KubectlTest, UnknownFieldsAreRefused) {
+  std::string bad = tmp_ / "bad.yaml";
+  std::ofstream(bad) << "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nmetadata:\n"
+                        "  name: bad\nspec:\n  source:\n    repo: org/model\n    bogus: 1\n";
+  CommandResult r = Run({"apply", "-f", bad});
+  EXPECT_NE(r.exit_code, 0);
+  // kubectl up to 1.26 validates against /openapi/v2; later ones let the server refuse it
+  // (fieldValidation=Strict).
+  EXPECT_NE(r.err.find("bogus"), std::string::npos) << r.err;
+  EXPECT_EQ(api_->GetModelCache("default", "bad").status, 404);
+}
+
+TEST_F(KubectlTest, ApplyWaitGetDeleteAgainstTheDaemon) {
+  FakeHub hub;
+  ASSERT_TRUE(hub.Start());
+  std::string repo_dir = tmp_ / "repos/org/model/main";
+  WriteTree(repo_dir, SmallModelFiles(30000, 3));
+  FakeRepoSpec spec;
+  spec.id = "org/model";
+  spec.refs["main"] = repo_dir;
+  hub.AddRepo(spec);
+
+  // Install as the README says: the CRD first (stored by the imitation), then the daemon.
+  CommandResult crd = Run({"apply", "-f", std::string(MC_SOURCE_DIR) + "/crds/modelcache.yaml"});
+  ASSERT_EQ(crd.exit_code, 0) << crd.err;
+  EXPECT_NE(crd.out.find("customresourcedefinition.apiextensions.k8s.io/modelcaches.modelcache.dev"),
+            std::string::npos)
+      << crd.out;
+
+  Daemon::Options o;
+  o.store = tmp_ / "store";
+  o.hf_endpoint = hub.url();
+  o.extra_args = {"--kubernetes", "--kubeconfig", tmp_ / "kubeconfig", "--retry-base-delay",
+                  "20ms"};
+  Daemon daemon(o);
+  daemon.Start();
+
+  std::string manifest = tmp_ / "model.yaml";
+  std::ofstream(manifest) << "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nmetadata:\n"
+                             "  name: model\nspec:\n  source:\n    repo: org/model\n";
+  CommandResult apply = Run({"apply", "-f", manifest});
+  ASSERT_EQ(apply.exit_code, 0) << apply.err;
+  EXPECT_EQ(apply.out, "modelcache.modelcache.dev/model created\n");
+
+  CommandResult wait =
+      Run({"wait", "--for=condition=Ready", "modelcache/model", "--timeout=90s"});
+  ASSERT_EQ(wait.exit_code, 0) << wait.err << daemon.Log();
+  EXPECT_EQ(wait.out, "modelcache.modelcache.dev/model condition met\n");
+
+  CommandResult yaml = Run({"get", "modelcache", "model", "-o", "yaml"});
+  ASSERT_EQ(yaml.exit_code, 0) << yaml.err;
+  EXPECT_NE(yaml.out.find("phase: Ready"), std::string::npos) << yaml.out;
+  EXPECT_NE(yaml.out.find("resolvedRevision: "), std::string::npos) << yaml.out;
+  EXPECT_NE(yaml.out.find("id: model@sha256:"), std::string::npos) << yaml.out;
+  EXPECT_NE(yaml.out.find("- modelcache.dev/artifact"), std::string::npos) << yaml.out;
+
+  // The table from the CRD's printer columns, through the short name.
+  CommandResult table = Run({"get", "mc"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_EQ(table.out.rfind("NAME    PHASE   REVISION", 0), 0u) << table.out;
+  EXPECT_NE(table.out.find("model   Ready   "), std::string::npos) << table.out;
+
+  // A second apply of the same file changes nothing.
+  CommandResult again = Run({"apply", "-f", manifest});
+  EXPECT_EQ(again.out, "modelcache.modelcache.dev/model unchanged\n") << again.err;
+
+  // delete waits until the object is gone: the daemon removes its finalizer.
+  CommandResult del = Run({"delete", "-f", manifest, "--timeout=60s"});
+  ASSERT_EQ(del.exit_code, 0) << del.err << daemon.Log();
+  EXPECT_EQ(del.out, "modelcache.modelcache.dev \"model\" deleted\n");
+  EXPECT_EQ(api_->GetModelCache("default", "model").status, 404);
+  CommandResult gone = Run({"get", "modelcache", "model"});
+  EXPECT_NE(gone.exit_code, 0);
+  EXPECT_NE(gone.err.find("NotFound"), std::string::npos) << gone.err;
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace modelcache::itest
