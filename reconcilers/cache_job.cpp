@@ -464,7 +464,15 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   // Already published and current (many resources of one model, a restart, a resync): the
   // version is content-addressed, so staging and publishing it again would only rename onto an
   // identical directory after fsyncing a copy. Return it as Publish(ReuseExisting) would.
-  if (!spec.shard && !in.verify_existing) {
+  auto output_for = [&](store::PublishedArtifact artifact) {
+    CacheJobOutput output{*commit, std::move(artifact), {}};
+    for (const auto& t : tasks) {
+      output.fetched.push_back(t.path);
+    }
+    return output;
+  };
+  // (An S3 artifact is confirmed against its bucket by the upload, which skips what is there.)
+  if (!spec.shard && !in.verify_existing && in.s3_uri.empty()) {
     store::ArtifactManifest wanted;
     wanted.name = spec.artifact_name;
     wanted.source_type = repo.type;
@@ -475,7 +483,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     auto current = store.ReadCurrent(spec.artifact_name);
     if (current && current->has_value() && (*current)->id == wanted.id) {
       state.phase = JobPhase::Done;
-      return CacheJobOutput{*commit, store.Describe(**current)};
+      return output_for(store.Describe(**current));
     }
   }
 
@@ -565,11 +573,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     published = std::move(uploaded);
   }
   state.phase = JobPhase::Done;
-  CacheJobOutput output{*commit, *published, {}};
-  for (const auto& t : tasks) {
-    output.fetched.push_back(t.path);
-  }
-  return output;
+  return output_for(std::move(*published));
 }
 
 }  // namespace modelcache::reconcilers
