@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
                       "no node filter)");
   run_cmd->add_flag("--leader-elect", run.leader_elect,
                     "Kubernetes mode: reconcile only while holding a coordination.k8s.io/v1 "
-                    "Lease, so that several replicas can run (one leads, the others wait)");
+                    "Lease, so that several replicas can run (one leads, the others wait; default: off)");
   run_cmd->add_option("--leader-elect-namespace", run.leader_elect_namespace,
                       "Namespace of the Lease (default: the kubeconfig context's namespace, "
                       "in a pod its own namespace)");
