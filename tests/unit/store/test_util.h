@@ -13,40 +13,21 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/test_util.h"
+
 namespace modelcache::store::testing {
 
-class TempDir {
+// A per-test directory (mc-store-XXXXXX).
+class TempDir : public test_util::TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "mc-store-XXXXXX").string();
-    char* made = ::mkdtemp(tmpl.data());
-    EXPECT_NE(made, nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  TempDir() : test_util::TempDir("mc-store") { EXPECT_FALSE(path().empty()); }
 };
 
 inline void WriteText(const std::string& path, const std::string& content) {
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << content;
+  test_util::WriteFile(path, content);
 }
 
-inline std::string ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+inline std::string ReadText(const std::string& path) { return test_util::ReadFile(path); }
 
 inline ino_t Inode(const std::string& path) {
   struct stat st {};
