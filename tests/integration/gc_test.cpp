@@ -18,8 +18,6 @@ using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 using std::chrono::seconds;
 
-bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
-
 bool Exists(const std::string& path) {
   std::error_code ec;
   return fs::exists(fs::symlink_status(path, ec));
@@ -38,18 +36,9 @@ std::string ConditionText(const crds::ModelCache& mc, const std::string& type) {
   return c == nullptr ? "" : c->status + " " + c->reason + ": " + c->message;
 }
 
-class GcTest : public ::testing::Test {
+class GcTest : public DaemonTest {
  protected:
   static constexpr size_t kWeights = 300000;
-
-  void SetUp() override {
-    fs::create_directories(watch_dir());
-    ASSERT_TRUE(hub_.Start());
-  }
-
-  std::string watch_dir() const { return tmp_ / "manifests"; }
-  std::string store_dir() const { return tmp_ / "store"; }
-  std::string state_dir() const { return tmp_ / "state"; }
 
   // A repo with branches r1..rN, each with its own weights (tokenizer.json is the same in all).
   void AddRepo(const std::string& id, int revisions) {
@@ -62,17 +51,6 @@ class GcTest : public ::testing::Test {
       spec.refs["r" + std::to_string(i)] = dir;
     }
     hub_.AddRepo(spec);
-  }
-
-  Daemon::Options DaemonOptions(std::vector<std::string> extra) const {
-    Daemon::Options o;
-    o.watch_dir = watch_dir();
-    o.store = store_dir();
-    o.state_dir = state_dir();
-    o.hf_endpoint = hub_.url();
-    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "30s"};
-    o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
-    return o;
   }
 
   // Points resource `name` at branch r<i> of `repo` and waits until it is Ready there.
@@ -89,8 +67,6 @@ class GcTest : public ::testing::Test {
 
   std::string VersionDir(const crds::ModelCache& mc) const { return mc.status.artifact->path; }
 
-  TempDir tmp_;
-  FakeHub hub_;
   std::map<int, std::map<std::string, std::string>> files_;
 };
 

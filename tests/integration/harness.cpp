@@ -329,4 +329,43 @@ void WriteFileRenamed(const std::string& path, const std::string& content) {
   fs::rename(tmp, path);
 }
 
+bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
+
+void DaemonTest::SetUp() {
+  std::filesystem::create_directories(watch_dir());
+  std::filesystem::create_directories(repos_dir());
+  ASSERT_TRUE(hub_.Start());
+}
+
+std::string DaemonTest::AddRepo(const std::string& id,
+                                const std::map<std::string, std::string>& files,
+                                testing::FakeRepoSpec spec) {
+  std::string dir = repos_dir() + "/" + id + "/main";
+  WriteTree(dir, files);
+  spec.id = id;
+  spec.refs["main"] = dir;
+  hub_.AddRepo(spec);
+  return dir;
+}
+
+Daemon::Options DaemonTest::DaemonOptions(const std::vector<std::string>& extra) const {
+  Daemon::Options o;
+  o.watch_dir = watch_dir();
+  o.store = store_dir();
+  o.state_dir = state_dir();
+  o.hf_endpoint = hub_.url();
+  o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", resync_period_};
+  o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
+  return o;
+}
+
+void DaemonTest::WriteManifest(const std::string& file, const std::string& yaml) {
+  WriteFileRenamed(watch_dir() + "/" + file, yaml);
+}
+
+std::optional<crds::ModelCache> DaemonTest::WaitReady(const std::string& name,
+                                                      std::chrono::milliseconds timeout) {
+  return WaitForStatus(state_dir(), name, IsReady, timeout);
+}
+
 }  // namespace modelcache::itest

@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "crds/model_cache.h"
+#include "tests/fixtures/hub/fake_hub.h"
 
 namespace modelcache::itest {
 
@@ -117,5 +120,33 @@ std::string Manifest(const std::string& name, const std::string& repo,
 
 // Writes a file atomically (temp + rename), as editors and git do.
 void WriteFileRenamed(const std::string& path, const std::string& content);
+
+bool IsReady(const crds::ModelCache& mc);
+
+// The common shape of a directory-mode test: a temp dir holding manifests/, store/, state/ and
+// repos/, a Hub imitation serving repos added with AddRepo, and the daemon's options for them.
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+
+  std::string watch_dir() const { return tmp_ / "manifests"; }
+  std::string store_dir() const { return tmp_ / "store"; }
+  std::string state_dir() const { return tmp_ / "state"; }
+  std::string repos_dir() const { return tmp_ / "repos"; }
+
+  // Adds a repo whose `main` holds `files`; returns the directory of that revision.
+  std::string AddRepo(const std::string& id, const std::map<std::string, std::string>& files,
+                      testing::FakeRepoSpec spec = {});
+  // `run` against the imitation, with quick retries, then `extra` flags.
+  Daemon::Options DaemonOptions(const std::vector<std::string>& extra = {}) const;
+  void WriteManifest(const std::string& file, const std::string& yaml);
+  std::optional<crds::ModelCache> WaitReady(
+      const std::string& name, std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+  // --resync-period of DaemonOptions (a test counting reconciles sets a long one).
+  std::string resync_period_ = "30s";
+  TempDir tmp_;
+  testing::FakeHub hub_;
+};
 
 }  // namespace modelcache::itest

@@ -34,8 +34,6 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
-
 Fault SlowWeights(uint64_t bytes_per_second) {
   Fault f;
   f.kind = Fault::Kind::Slow;
@@ -242,50 +240,10 @@ MetricsPage ParseMetrics(const std::string& text) {
   return page;
 }
 
-class NodeTest : public ::testing::Test {
+class NodeTest : public DaemonTest {
  protected:
-  void SetUp() override {
-    fs::create_directories(watch_dir());
-    fs::create_directories(repos_dir());
-    ASSERT_TRUE(hub_.Start());
-  }
-
-  std::string watch_dir() const { return tmp_ / "manifests"; }
-  std::string store_dir() const { return tmp_ / "store"; }
-  std::string state_dir() const { return tmp_ / "state"; }
-  std::string repos_dir() const { return tmp_ / "repos"; }
-
-  std::string AddRepo(const std::string& id, const std::map<std::string, std::string>& files) {
-    std::string dir = repos_dir() + "/" + id + "/main";
-    WriteTree(dir, files);
-    FakeRepoSpec spec;
-    spec.id = id;
-    spec.refs["main"] = dir;
-    hub_.AddRepo(spec);
-    return dir;
-  }
-
-  Daemon::Options DaemonOptions() const {
-    Daemon::Options o;
-    o.watch_dir = watch_dir();
-    o.store = store_dir();
-    o.state_dir = state_dir();
-    o.hf_endpoint = hub_.url();
-    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "1h"};
-    return o;
-  }
-
-  void WriteManifest(const std::string& file, const std::string& yaml) {
-    WriteFileRenamed(watch_dir() + "/" + file, yaml);
-  }
-
-  std::optional<crds::ModelCache> WaitReady(const std::string& name,
-                                            milliseconds timeout = seconds(30)) {
-    return WaitForStatus(state_dir(), name, IsReady, timeout);
-  }
-
-  TempDir tmp_;
-  FakeHub hub_;
+  // No periodic resync: the metrics tests count reconciles.
+  NodeTest() { resync_period_ = "1h"; }
 };
 
 TEST_F(NodeTest, NotifySocketSeesReadyStatusWatchdogReloadingAndStopping) {

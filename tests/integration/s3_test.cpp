@@ -62,8 +62,6 @@ std::optional<RadosGw> LoadRadosGw() {
   return gw;
 }
 
-bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
-
 std::string ReadyMessage(const crds::ModelCache& mc) {
   const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
   return c == nullptr ? "" : c->message;

@@ -27,8 +27,6 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
-
 // Throttles model.safetensors, so that a test can act while it is downloading.
 Fault SlowWeights(uint64_t bytes_per_second) {
   Fault f;
@@ -44,52 +42,7 @@ std::string Slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-class SpineTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    fs::create_directories(watch_dir());
-    fs::create_directories(repos_dir());
-    ASSERT_TRUE(hub_.Start());
-  }
-
-  std::string watch_dir() const { return tmp_ / "manifests"; }
-  std::string store_dir() const { return tmp_ / "store"; }
-  std::string state_dir() const { return tmp_ / "state"; }
-  std::string repos_dir() const { return tmp_ / "repos"; }
-
-  // Adds a repo whose `main` holds `files`; returns the directory of that revision.
-  std::string AddRepo(const std::string& id, const std::map<std::string, std::string>& files,
-                      FakeRepoSpec spec = {}) {
-    std::string dir = repos_dir() + "/" + id + "/main";
-    WriteTree(dir, files);
-    spec.id = id;
-    spec.refs["main"] = dir;
-    hub_.AddRepo(spec);
-    return dir;
-  }
-
-  Daemon::Options DaemonOptions() const {
-    Daemon::Options o;
-    o.watch_dir = watch_dir();
-    o.store = store_dir();
-    o.state_dir = state_dir();
-    o.hf_endpoint = hub_.url();
-    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "30s"};
-    return o;
-  }
-
-  void WriteManifest(const std::string& file, const std::string& yaml) {
-    WriteFileRenamed(watch_dir() + "/" + file, yaml);
-  }
-
-  std::optional<crds::ModelCache> WaitReady(const std::string& name,
-                                            milliseconds timeout = seconds(30)) {
-    return WaitForStatus(state_dir(), name, IsReady, timeout);
-  }
-
-  TempDir tmp_;
-  FakeHub hub_;
-};
+class SpineTest : public DaemonTest {};
 
 TEST_F(SpineTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {
   auto files = SmallModelFiles(2 << 20, 1);

@@ -34,8 +34,6 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-bool IsReady(const crds::ModelCache& mc) { return mc.status.phase == crds::kPhaseReady; }
-
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -84,22 +82,15 @@ double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-class TransferTest : public ::testing::Test {
+class TransferTest : public DaemonTest {
  protected:
   void SetUp() override {
-    fs::create_directories(watch_dir());
-    fs::create_directories(repos_dir());
     hub_.SetRequestLogger([this](const std::string& line) {
       std::lock_guard lock(log_mu_);
       hub_log_.push_back(line);
     });
-    ASSERT_TRUE(hub_.Start());
+    DaemonTest::SetUp();
   }
-
-  std::string watch_dir() const { return tmp_ / "manifests"; }
-  std::string store_dir() const { return tmp_ / "store"; }
-  std::string state_dir() const { return tmp_ / "state"; }
-  std::string repos_dir() const { return tmp_ / "repos"; }
 
   // A repo whose main holds a config and model.safetensors (written by `make_weights`).
   std::string AddRepo(const std::string& id, const std::function<void(const std::string&)>& make) {
@@ -118,26 +109,6 @@ class TransferTest : public ::testing::Test {
            id.substr(id.find('/') + 1) + "/blobs";
   }
 
-  Daemon::Options DaemonOptions(std::vector<std::string> extra = {}) const {
-    Daemon::Options o;
-    o.watch_dir = watch_dir();
-    o.store = store_dir();
-    o.state_dir = state_dir();
-    o.hf_endpoint = hub_.url();
-    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "30s"};
-    o.extra_args.insert(o.extra_args.end(), extra.begin(), extra.end());
-    return o;
-  }
-
-  void WriteManifest(const std::string& file, const std::string& yaml) {
-    WriteFileRenamed(watch_dir() + "/" + file, yaml);
-  }
-
-  std::optional<crds::ModelCache> WaitReady(const std::string& name,
-                                            milliseconds timeout = seconds(60)) {
-    return WaitForStatus(state_dir(), name, IsReady, timeout);
-  }
-
   // Lines of the Hub imitation's request log ("hub GET /org/x/resolve/<commit>/f 302", "cdn GET
   // /repos/... 206") that contain every needle.
   int HubLogLines(std::initializer_list<std::string> needles) {
@@ -148,8 +119,6 @@ class TransferTest : public ::testing::Test {
     }));
   }
 
-  TempDir tmp_;
-  FakeHub hub_;
   std::mutex log_mu_;
   std::vector<std::string> hub_log_;
 };
