@@ -404,10 +404,24 @@ struct ModelCacheReconciler::Impl {
     return status;
   }
 
-  void StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
-                fetch::HubOptions hub, bool verify_existing, std::optional<store::AwsConfig> aws,
-                std::string pinned_commit = {}, std::string heal = {},
-                std::optional<store::AwsConfig> source_aws = {}) {
+  // Starts the cache job for `obj` on the pool. Fails (nothing started) when the spec's Hub, S3
+  // or source settings cannot be resolved. `pinned_commit`: fetch this commit instead of
+  // resolving the revision (a heal); `heal`: what the job repairs, for its status.
+  VoidResult StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj,
+                      std::string spec_hash, bool verify_existing, std::string pinned_commit = {},
+                      std::string heal = {}) {
+    auto aws = S3ConfigFor(obj.spec);
+    if (!aws) {
+      return aws.error();
+    }
+    auto source_aws = SourceConfigFor(obj.spec);
+    if (!source_aws) {
+      return source_aws.error();
+    }
+    auto hub = HubFor(obj);
+    if (!hub) {
+      return hub.error();
+    }
     auto job = std::make_shared<JobEntry>();
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
@@ -416,14 +430,14 @@ struct ModelCacheReconciler::Impl {
     in.key = key;
     in.spec = obj.spec;
     in.store_root = StoreRoot(obj.spec);
-    if (aws) {
+    if (*aws) {
       in.s3_uri = StorageUri(obj.spec);
-      in.aws = std::move(*aws);
+      in.aws = std::move(**aws);
     }
-    if (source_aws) {
-      in.source_aws = std::move(*source_aws);
+    if (*source_aws) {
+      in.source_aws = std::move(**source_aws);
     }
-    in.hub = std::move(hub);
+    in.hub = std::move(*hub);
     in.verify_existing = verify_existing;
     in.pinned_commit = std::move(pinned_commit);
     in.shard_threads = options.shard_threads;
@@ -451,6 +465,7 @@ struct ModelCacheReconciler::Impl {
         options.wake(in.key);
       }
     });
+    return {};
   }
 };
 
@@ -542,20 +557,11 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
         return Outcome{impl.WithRetention(status, obj), impl.NextCheck(key, obj.spec)};
       }
       spdlog::warn("{}: drift found: {}; healing", key.ToString(), *drift);
-      auto hub = impl.HubFor(obj);
-      if (!hub) {
-        return hub.error();
+      if (auto r = impl.StartJob(key, obj, spec_hash, /*verify_existing=*/true,
+                                 status.resolved_revision, *drift);
+          !r) {
+        return r.error();
       }
-      auto aws = impl.S3ConfigFor(obj.spec);
-      if (!aws) {
-        return aws.error();
-      }
-      auto source_aws = impl.SourceConfigFor(obj.spec);
-      if (!source_aws) {
-        return source_aws.error();
-      }
-      impl.StartJob(key, obj, spec_hash, std::move(*hub), /*verify_existing=*/true,
-                    std::move(*aws), status.resolved_revision, *drift, std::move(*source_aws));
       status.phase = std::string(crds::kPhaseResolving);
       status.progress.reset();
       PutCondition(status.conditions,
@@ -636,18 +642,6 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     }
   }
 
-  auto aws = impl.S3ConfigFor(obj.spec);
-  if (!aws) {
-    return aws.error();
-  }
-  auto source_aws = impl.SourceConfigFor(obj.spec);
-  if (!source_aws) {
-    return source_aws.error();
-  }
-  auto hub = impl.HubFor(obj);
-  if (!hub) {
-    return hub.error();
-  }
   bool verify_existing = false;
   if (obj.spec.force > 0) {
     std::lock_guard lock(impl.mu);
@@ -670,8 +664,9 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  impl.StartJob(key, obj, spec_hash, std::move(*hub), verify_existing, std::move(*aws),
-                std::move(pinned), heal, std::move(*source_aws));
+  if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal); !r) {
+    return r.error();
+  }
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);
   status.progress.reset();
