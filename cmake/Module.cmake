@@ -28,5 +28,5 @@ function(mc_unit_tests module)
   add_executable(unit_${module} ${sources})
   target_link_libraries(unit_${module} PRIVATE modelcache::${module} ${ARG_LIBS}
                         GTest::gtest_main GTest::gmock mc_warnings)
-  gtest_discover_tests(unit_${module} DISCOVERY_MODE PRE_TEST PROPERTIES LABELS unit)
+  gtest_discover_tests(unit_${module} DISCOVERY_MODE PRE_TEST NO_PRETTY_VALUES PROPERTIES LABELS unit)
 endfunction()
