@@ -123,7 +123,7 @@ void DaemonServices::StatusChanged() {
   if (manager_ == nullptr || !manager_->Ready()) {
     return;
   }
-  std::string line = FormatStatusLine(manager_->Statuses());
+  std::string line = FormatStatusLine(manager_->Summary());
   if (line == last_status_) {
     return;
   }

@@ -138,7 +138,7 @@ crds::ModelCacheStatus Manager::LastStatus(const crds::ObjectKey& key) {
     status = (*stored)->status;
   }
   std::lock_guard lock(mu_);
-  written_[key] = status;
+  RecordWritten(key, status);
   return status;
 }
 
@@ -182,7 +182,7 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     }
     {
       std::lock_guard lock(mu_);
-      written_.erase(key);
+      ForgetWritten(key);
     }
     if (deleting && options_.finalize) {
       if (auto r = options_.finalize(*deleting); !r) {
@@ -221,7 +221,7 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     stats_.status_writes++;
     {
       std::lock_guard lock(mu_);
-      written_[key] = status;
+      RecordWritten(key, status);
     }
     if (options_.on_status_change) {
       options_.on_status_change();
@@ -306,6 +306,34 @@ bool Manager::Healthy() const {
   return true;
 }
 
+void Manager::RecordWritten(const crds::ObjectKey& key, const crds::ModelCacheStatus& status) {
+  auto [it, inserted] = written_.try_emplace(key, status);
+  if (!inserted) {
+    summary_.Remove(it->second);
+    it->second = status;
+  }
+  summary_.Add(status);
+}
+
+void Manager::ForgetWritten(const crds::ObjectKey& key) {
+  auto it = written_.find(key);
+  if (it != written_.end()) {
+    summary_.Remove(it->second);
+    written_.erase(it);
+  }
+}
+
+StatusSummary Manager::Summary() const {
+  size_t known = cache_.Size();
+  std::lock_guard lock(mu_);
+  StatusSummary out = summary_;
+  // Resources not reconciled yet since start have no status: pending.
+  if (known > written_.size()) {
+    out.phases[std::string(crds::kPhasePending)] += static_cast<int64_t>(known - written_.size());
+  }
+  return out;
+}
+
 std::vector<crds::ModelCacheStatus> Manager::Statuses() const {
   std::vector<crds::ObjectKey> keys = cache_.Keys();
   std::vector<crds::ModelCacheStatus> out;
@@ -369,7 +397,7 @@ void Manager::FlushInterrupted() {
       continue;
     }
     std::lock_guard lock(mu_);
-    written_[key] = status;
+    RecordWritten(key, status);
   }
 }
 

@@ -21,6 +21,7 @@
 #include "common/result.h"
 #include "controller/object_cache.h"
 #include "controller/source.h"
+#include "controller/status_summary.h"
 #include "controller/status_store.h"
 #include "controller/work_queue.h"
 #include "reconcilers/reconciler.h"
@@ -94,6 +95,9 @@ class Manager {
   // The last status of every resource in the source cache; one not reconciled yet since start
   // has an empty status (phase "": pending).
   std::vector<crds::ModelCacheStatus> Statuses() const;
+  // Resources per phase (those without a status yet as Pending), kept as statuses are written:
+  // cheap enough to call on every status change.
+  StatusSummary Summary() const;
   // The keys workers are reconciling right now, with how long each has taken (for the log when
   // shutdown runs out of time).
   std::vector<std::string> BusyWorkers() const;
@@ -110,6 +114,9 @@ class Manager {
   void ProcessKey(const crds::ObjectKey& key, std::stop_token stop);
   crds::ModelCacheStatus LastStatus(const crds::ObjectKey& key);
   void CountResult(std::string_view result);
+  // Keep written_ and summary_ in step. REQUIRES: mu_ held.
+  void RecordWritten(const crds::ObjectKey& key, const crds::ModelCacheStatus& status);
+  void ForgetWritten(const crds::ObjectKey& key);
 
   ManagerOptions options_;
   Source& source_;
@@ -129,6 +136,7 @@ class Manager {
   };
   mutable std::mutex mu_;
   std::map<crds::ObjectKey, crds::ModelCacheStatus> written_;  // guarded by mu_
+  StatusSummary summary_;                                      // of written_; guarded by mu_
   std::map<int, Busy> busy_;                                   // by worker slot; guarded by mu_
 };
 

@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 
@@ -89,35 +90,14 @@ void SystemdNotifier::StopWatchdog() {
   }
 }
 
-std::string FormatStatusLine(const std::vector<crds::ModelCacheStatus>& statuses) {
-  if (statuses.empty()) {
+std::string FormatStatusLine(const StatusSummary& summary) {
+  if (summary.phases.empty()) {
     return "no ModelCache resources";
   }
   // Ready first (what operators look for), then the working phases in pipeline order, then Failed.
   static constexpr std::string_view kOrder[] = {
       crds::kPhaseReady,    crds::kPhasePending,   crds::kPhaseResolving, crds::kPhaseDownloading,
       crds::kPhaseSharding, crds::kPhaseUploading, crds::kPhaseFailed};
-  std::vector<int> counts(std::size(kOrder), 0);
-  int other = 0;
-  uint64_t done = 0;
-  uint64_t total = 0;
-  for (const auto& s : statuses) {
-    std::string_view phase = s.phase.empty() ? crds::kPhasePending : std::string_view(s.phase);
-    bool known = false;
-    for (size_t i = 0; i < std::size(kOrder); ++i) {
-      if (phase == kOrder[i]) {
-        ++counts[i];
-        known = true;
-      }
-    }
-    if (!known) {
-      ++other;
-    }
-    if (phase == crds::kPhaseDownloading && s.progress && s.progress->bytes_total > 0) {
-      done += std::min(s.progress->bytes_done, s.progress->bytes_total);
-      total += s.progress->bytes_total;
-    }
-  }
   std::string out;
   auto append = [&out](const std::string& part) {
     if (!out.empty()) {
@@ -125,15 +105,22 @@ std::string FormatStatusLine(const std::vector<crds::ModelCacheStatus>& statuses
     }
     out += part;
   };
-  for (size_t i = 0; i < std::size(kOrder); ++i) {
-    if (counts[i] == 0) {
+  int64_t other = 0;
+  for (const auto& [phase, count] : summary.phases) {
+    if (std::find(std::begin(kOrder), std::end(kOrder), phase) == std::end(kOrder)) {
+      other += count;
+    }
+  }
+  for (std::string_view phase : kOrder) {
+    auto it = summary.phases.find(std::string(phase));
+    if (it == summary.phases.end() || it->second <= 0) {
       continue;
     }
-    std::string word(kOrder[i]);
+    std::string word(phase);
     word[0] = static_cast<char>(word[0] - 'A' + 'a');
-    std::string part = fmt::format("{} {}", counts[i], word);
-    if (kOrder[i] == crds::kPhaseDownloading && total > 0) {
-      part += fmt::format(" {}%", done * 100 / total);
+    std::string part = fmt::format("{} {}", it->second, word);
+    if (phase == crds::kPhaseDownloading && summary.downloading_total > 0) {
+      part += fmt::format(" {}%", summary.downloading_done * 100 / summary.downloading_total);
     }
     append(part);
   }
@@ -141,6 +128,14 @@ std::string FormatStatusLine(const std::vector<crds::ModelCacheStatus>& statuses
     append(fmt::format("{} unknown", other));
   }
   return out;
+}
+
+std::string FormatStatusLine(const std::vector<crds::ModelCacheStatus>& statuses) {
+  StatusSummary summary;
+  for (const auto& s : statuses) {
+    summary.Add(s);
+  }
+  return FormatStatusLine(summary);
 }
 
 }  // namespace modelcache::controller

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "controller/status_summary.h"
 #include "crds/model_cache.h"
 
 namespace modelcache::controller {
@@ -65,6 +66,7 @@ class SystemdNotifier {
 // The percentage is bytes done over bytes total of all Downloading resources that report
 // progress (left out when none do). A resource without a phase yet counts as pending. With no
 // resources: "no ModelCache resources".
+std::string FormatStatusLine(const StatusSummary& summary);
 std::string FormatStatusLine(const std::vector<crds::ModelCacheStatus>& statuses);
 
 }  // namespace modelcache::controller

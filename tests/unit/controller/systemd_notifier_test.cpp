@@ -186,8 +186,25 @@ crds::ModelCacheStatus WithPhase(std::string phase, uint64_t done = 0, uint64_t 
   return s;
 }
 
+TEST(FormatStatusLineTest, SummaryFollowsStatusChanges) {
+  // What the Manager does as one resource moves on and another goes away.
+  StatusSummary summary;
+  summary.Add(WithPhase("Downloading", 10, 100));
+  summary.Add(WithPhase("Ready"));
+  EXPECT_EQ(FormatStatusLine(summary), "1 ready, 1 downloading 10%");
+  summary.Remove(WithPhase("Downloading", 10, 100));
+  summary.Add(WithPhase("Downloading", 60, 100));
+  EXPECT_EQ(FormatStatusLine(summary), "1 ready, 1 downloading 60%");
+  summary.Remove(WithPhase("Downloading", 60, 100));
+  summary.Add(WithPhase("Ready"));
+  EXPECT_EQ(FormatStatusLine(summary), "2 ready");
+  summary.Remove(WithPhase("Ready"));
+  summary.Remove(WithPhase("Ready"));
+  EXPECT_EQ(FormatStatusLine(summary), "no ModelCache resources");
+}
+
 TEST(FormatStatusLineTest, CountsPhasesInOrder) {
-  EXPECT_EQ(FormatStatusLine({}), "no ModelCache resources");
+  EXPECT_EQ(FormatStatusLine(std::vector<crds::ModelCacheStatus>{}), "no ModelCache resources");
   EXPECT_EQ(FormatStatusLine({WithPhase("Failed"), WithPhase("Ready"), WithPhase("Ready"),
                               WithPhase("Downloading", 41, 100), WithPhase("Ready")}),
             "3 ready, 1 downloading 41%, 1 failed");
