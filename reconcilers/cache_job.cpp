@@ -8,12 +8,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
-#include <cstdlib>
-#include <filesystem>
 #include <set>
 #include <thread>
 
@@ -393,6 +393,11 @@ Result<CacheJobOutput> RunStreamingS3Job(const CacheJobInputs& in, const fetch::
     }
   }
   store::FinalizeIdentity(manifest);  // sorts by path: files is sorted the same way
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (manifest.files[i].path != files[i].path) {
+      return Error(Reason::Internal, "manifest order differs from the listing at " + files[i].path);
+    }
+  }
 
   uint64_t total = manifest.size_bytes;
   state.transfer.files_total = static_cast<int64_t>(files.size());
