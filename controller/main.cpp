@@ -118,8 +118,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--store", run.store, "Store: a path, file:// URI or s3://BUCKET[/PREFIX]")
       ->capture_default_str();
   run_cmd->add_option("--cache-dir", run.cache_dir,
-                      "Local store where downloads and shards are staged before an S3 upload "
-                      "(default: --store when local, else /var/lib/modelcache)");
+                      "Local store where sharded artifacts are downloaded and sharded before an "
+                      "S3 upload; unsharded ones stream from the Hub to S3 (default: --store when "
+                      "local, else /var/lib/modelcache)");
   run_cmd->add_option("--s3-endpoint", run.s3_endpoint,
                       "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
                       "profile's, else AWS)");
@@ -206,7 +207,8 @@ int main(int argc, char** argv) {
                            "Store path, file:// URI or s3://BUCKET[/PREFIX] (default: HF_HOME, so "
                            "<store>/hub is the huggingface_hub cache)");
   prefetch_cmd->add_option("--cache-dir", prefetch.cache_dir,
-                           "For an s3:// store: the local store that stages downloads and shards "
+                           "For an s3:// store: the local store that stages a sharded artifact's "
+                           "downloads and shards; unsharded ones stream from the Hub to S3 "
                            "(default: HF_HOME)");
   prefetch_cmd->add_option("--s3-endpoint", prefetch.s3_endpoint,
                            "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "

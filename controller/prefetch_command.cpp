@@ -85,8 +85,8 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   reconcilers::ReconcilerOptions ro;
   ro.default_store = obj.spec.storage.uri;
   if (obj.spec.storage.uri.rfind("s3://", 0) == 0) {
-    // Downloads and shards are staged in a local store first: by default the same one a local
-    // prefetch would use, so the huggingface_hub cache is filled too.
+    // A sharded artifact's downloads and shards are staged in a local store first (an unsharded
+    // one streams from the Hub to the bucket): by default the same one a local prefetch would use.
     ro.local_cache = options.cache_dir.empty() ? DefaultPrefetchStore(env) : options.cache_dir;
   }
   ro.aws_env = env.aws;

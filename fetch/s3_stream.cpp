@@ -237,4 +237,36 @@ Result<store::UploadResult> StreamHubFileToS3(const HubOptions& hub, store::S3Up
                                on_bytes, stop);
 }
 
+Result<std::string> ReadHubFile(const HubOptions& hub, const HubFileSource& file,
+                                uint64_t max_bytes, std::stop_token stop) {
+  if (file.size > max_bytes) {
+    return Error(Reason::InvalidSpec,
+                 fmt::format("{}: a regular (non-LFS) file of {} bytes is larger than the {} bytes "
+                             "read into memory to hash it",
+                             file.path, file.size, max_bytes));
+  }
+  HubReader reader(hub, file, stop);
+  std::string data(static_cast<size_t>(file.size), '\0');
+  size_t got = 0;
+  for (;;) {
+    char extra = 0;
+    // One byte past the announced size is read into `extra` so that the end is seen.
+    auto n = got < data.size() ? reader.Read(data.data() + got, data.size() - got)
+                               : reader.Read(&extra, 1);
+    if (!n) return n.error();
+    if (*n == 0) break;
+    if (got == data.size()) {
+      return Error(Reason::ChecksumMismatch,
+                   fmt::format("{}: the Hub sent more than the expected {} bytes", file.path,
+                               file.size));
+    }
+    got += *n;
+  }
+  if (got != data.size()) {
+    return Error(Reason::NetworkError,
+                 fmt::format("{}: got {} of {} bytes", file.path, got, file.size));
+  }
+  return data;
+}
+
 }  // namespace modelcache::fetch

@@ -44,4 +44,11 @@ Result<store::UploadResult> StreamHubFileToS3(const HubOptions& hub, store::S3Up
                                               const store::UploadProgressFn& on_bytes = {},
                                               std::stop_token stop = {});
 
+// Reads a whole (small) Hub file into memory through the same protocol, checking its git blob
+// sha1 or size: for regular (non-LFS) files, whose sha256 the Hub does not list and which must
+// be hashed before the artifact's version (a digest over every file's sha256) is known. Fails
+// with InvalidSpec when file.size exceeds `max_bytes`. Errors as StreamHubFileToS3's Hub side.
+Result<std::string> ReadHubFile(const HubOptions& hub, const HubFileSource& file,
+                                uint64_t max_bytes, std::stop_token stop = {});
+
 }  // namespace modelcache::fetch

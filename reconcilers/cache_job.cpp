@@ -7,8 +7,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -17,6 +22,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "fetch/s3_stream.h"
 #include "store/gc.h"
 
 namespace modelcache::reconcilers {
@@ -118,9 +124,8 @@ void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
   }
 }
 
-// Uploads a locally published version to the S3 store and commits it there.
-// TODO(#8): an unsharded artifact could stream from the Hub to the bucket without the local copy;
-// S3ArtifactStore::PutFile + Commit are the seam for that.
+// Uploads a locally published version (sharded, or pulled from another S3 store) to the S3 store
+// and commits it there. Unsharded Hub artifacts stream instead (RunStreamingS3Job).
 Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::LocalStore& local,
                                              const store::PublishedArtifact& published,
                                              CacheJobState& state, std::stop_token stop) {
@@ -247,6 +252,276 @@ Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStor
   return CacheJobOutput{m.source_commit, artifact, std::move(fetched)};
 }
 
+// The commit a job works on and the files of it the spec selects, sorted by path.
+struct SelectedFiles {
+  std::string commit;
+  std::vector<fetch::RepoFile> files;
+};
+
+// Resolves the revision (unless pinned) and lists the selected files.
+Result<SelectedFiles> ResolveFiles(const CacheJobInputs& in, fetch::HubClient& hub,
+                                   const store::RepoRef& repo, CacheJobState& state,
+                                   std::stop_token stop) {
+  const crds::ModelCacheSpec& spec = in.spec;
+  state.phase = JobPhase::Resolving;
+  auto commit = in.pinned_commit.empty()
+                    ? hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop)
+                    : Result<std::string>(in.pinned_commit);
+  if (!commit) {
+    return commit.error();
+  }
+  state.SetCommit(*commit);
+  auto listed = hub.ListFiles(repo.type, repo.id, *commit, stop);
+  if (!listed) {
+    return listed.error();
+  }
+  SelectedFiles selected{*commit, {}};
+  for (auto& f : *listed) {
+    if (fetch::MatchesPatterns(f.path, spec.source.include, spec.source.exclude)) {
+      selected.files.push_back(std::move(f));
+    }
+  }
+  if (selected.files.empty()) {
+    return Error(Reason::InvalidSpec, "spec.source.include/exclude select no file of " + repo.id +
+                                          " at " + *commit);
+  }
+  std::sort(selected.files.begin(), selected.files.end(),
+            [](const auto& a, const auto& b) { return a.path < b.path; });
+  return selected;
+}
+
+// The manifest of an artifact of `repo` at `commit`, without its files. Staged and streamed
+// artifacts start from it, so the same files give the same digest either way.
+store::ArtifactManifest SourceManifest(const crds::ModelCacheSpec& spec,
+                                       const store::RepoRef& repo, const std::string& commit) {
+  store::ArtifactManifest manifest;
+  manifest.name = spec.artifact_name;
+  manifest.source_type = repo.type;
+  manifest.source_repo = repo.id;
+  manifest.source_revision = spec.source.revision;
+  manifest.source_commit = commit;
+  return manifest;
+}
+
+// Regular (non-LFS) files are read into memory to learn their sha256 before the version is
+// known. The Hub keeps such files small (it stores anything over 10 MiB in LFS); a larger one is
+// refused rather than buffered.
+constexpr uint64_t kMaxRegularFileBytes = 64ull << 20;
+// Contents of regular files kept from hashing to upload; past this they are streamed again.
+constexpr uint64_t kKeptRegularBytes = 16ull << 20;
+// Files streamed at once; each upload runs its parts in parallel already.
+constexpr size_t kStreamedFilesAtOnce = 2;
+
+// bytes_per_second of a TransferProgress as a moving average over the last ~5 s, sampled by the
+// job thread while the uploads run.
+class RateSampler {
+ public:
+  explicit RateSampler(fetch::TransferProgress& progress) : progress_(progress) {}
+  void Sample() {
+    auto now = std::chrono::steady_clock::now();
+    samples_.emplace_back(now, progress_.bytes_done.load());
+    while (samples_.size() > 2 && now - samples_.front().first > std::chrono::seconds(5)) {
+      samples_.pop_front();
+    }
+    const auto& [t0, b0] = samples_.front();
+    double seconds = std::chrono::duration<double>(now - t0).count();
+    uint64_t b1 = samples_.back().second;
+    if (seconds > 0.2 && b1 >= b0) {
+      progress_.bytes_per_second = static_cast<uint64_t>(static_cast<double>(b1 - b0) / seconds);
+    }
+  }
+
+ private:
+  fetch::TransferProgress& progress_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, uint64_t>> samples_;
+};
+
+// An unsharded artifact for an S3 store, streamed from the Hub into the bucket (docs/s3.md,
+// "Hub -> S3 streaming"): nothing is written to the local store. The manifest is built from the
+// Hub's listing (LFS sha256; regular files are read into memory and hashed), every object goes
+// through S3ArtifactStore::PutObject (kept when present with the same sha256, copied from the
+// current version, else streamed with StreamHubFileToS3, verified as it passes), and Commit
+// writes modelcache.json, then current. Progress is reported as a download (phase Downloading,
+// state.transfer): the Hub is the side the bytes come from and the one that is slow. Interrupted
+// multipart uploads are left in the bucket and resumed by the next run.
+Result<CacheJobOutput> RunStreamingS3Job(const CacheJobInputs& in, const fetch::HubClient& hub,
+                                         const store::RepoRef& repo,
+                                         const SelectedFiles& selected, CacheJobState& state,
+                                         std::stop_token stop) {
+  const std::vector<fetch::RepoFile>& files = selected.files;
+  auto s3 = store::S3ArtifactStore::Open(in.s3_uri, in.aws);
+  if (!s3) {
+    return s3.error();
+  }
+  auto source_of = [&](const fetch::RepoFile& f) {
+    fetch::HubFileSource source;
+    source.path = f.path;
+    source.url = hub.ResolveUrl(repo.type, repo.id, selected.commit, f.path);
+    source.size = f.size;
+    if (f.lfs_sha256) {
+      source.expected_sha256 = f.lfs_sha256;
+    } else {
+      source.expected_git_sha1 = f.blob_id;
+    }
+    return source;
+  };
+  auto report_mismatch = [&](const Error& e) {
+    if (e.reason == Reason::ChecksumMismatch && in.observer != nullptr) {
+      in.observer->VerificationFailed(in.key, e.message);
+    }
+  };
+
+  state.phase = JobPhase::Downloading;
+  store::ArtifactManifest manifest = SourceManifest(in.spec, repo, selected.commit);
+  std::vector<std::string> kept(files.size());  // contents of regular files, while the budget lasts
+  uint64_t kept_bytes = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    if (f.lfs_sha256) {
+      manifest.files.push_back({f.path, f.size, *f.lfs_sha256});
+      continue;
+    }
+    auto data = fetch::ReadHubFile(in.hub, source_of(f), kMaxRegularFileBytes, stop);
+    if (!data) {
+      report_mismatch(data.error());
+      return data.error();
+    }
+    manifest.files.push_back({f.path, f.size, Sha256Hex(*data)});
+    if (kept_bytes + data->size() <= kKeptRegularBytes) {
+      kept_bytes += data->size();
+      kept[i] = std::move(*data);
+    }
+  }
+  store::FinalizeIdentity(manifest);  // sorts by path: files is sorted the same way
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (manifest.files[i].path != files[i].path) {
+      return Error(Reason::Internal, "manifest order differs from the listing at " + files[i].path);
+    }
+  }
+
+  uint64_t total = manifest.size_bytes;
+  state.transfer.files_total = static_cast<int64_t>(files.size());
+  state.transfer.bytes_total = total;
+  state.upload.files_total = static_cast<int64_t>(files.size());
+  state.upload.bytes_total = total;
+  auto sources = (*s3)->CopySources(manifest.name, stop);
+  if (!sources) {
+    return sources.error();
+  }
+  spdlog::info("{}: streaming {} files ({}) of {}@{} to {}", in.key.ToString(), files.size(),
+               FormatBytes(total), repo.id, selected.commit.substr(0, 12),
+               (*s3)->Describe(manifest).uri);
+
+  // Up to kStreamedFilesAtOnce workers take files in order; the first failure stops the others
+  // (their multipart uploads stay to be resumed).
+  std::stop_source cancel;
+  std::stop_callback forward(stop, [&cancel] { cancel.request_stop(); });
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t next = 0;
+  size_t running = 0;
+  std::optional<Error> failure;
+  std::vector<std::string> uploaded;
+  std::atomic<uint64_t> bytes_uploaded{0};
+  auto work = [&] {
+    for (;;) {
+      size_t i = 0;
+      {
+        std::lock_guard lock(mu);
+        if (next >= files.size() || failure || cancel.stop_requested()) {
+          break;
+        }
+        i = next++;
+      }
+      const fetch::RepoFile& f = files[i];
+      const store::ManifestFile& mf = manifest.files[i];
+      store::S3ArtifactStore::ObjectUploadFn upload =
+          [&](store::S3Uploader& uploader, const std::string& bucket, const std::string& key,
+              const store::UploadProgressFn& on_bytes) -> VoidResult {
+        auto counted = [&](uint64_t bytes) {
+          bytes_uploaded += bytes;
+          on_bytes(bytes);
+        };
+        Result<store::UploadResult> r = Error(Reason::Internal, "not uploaded");
+        if (!kept[i].empty() || f.size == 0) {
+          size_t offset = 0;
+          store::UploadReadFn read = [&](char* out, size_t n) -> Result<size_t> {
+            size_t take = std::min(n, kept[i].size() - offset);
+            std::memcpy(out, kept[i].data() + offset, take);
+            offset += take;
+            return take;
+          };
+          r = uploader.UploadStream(bucket, key, read, f.size, mf.sha256, counted,
+                                    cancel.get_token());
+        } else {
+          fetch::HubFileSource source = source_of(f);
+          source.expected_sha256 = mf.sha256;  // the uploader checks it for regular files too
+          r = fetch::StreamHubFileToS3(in.hub, uploader, source, bucket, key, counted,
+                                       cancel.get_token());
+        }
+        if (!r) {
+          return r.error();
+        }
+        return {};
+      };
+      auto outcome = (*s3)->PutObject(manifest, mf, upload, *sources, state.transfer.bytes_done,
+                                      cancel.get_token());
+      std::lock_guard lock(mu);
+      if (!outcome) {
+        if (!failure) {
+          failure = outcome.error();
+        }
+        cancel.request_stop();
+        break;
+      }
+      if (*outcome == store::S3ArtifactStore::PutOutcome::Uploaded) {
+        uploaded.push_back(f.path);
+      } else {
+        ++state.upload.files_deduplicated;
+      }
+      ++state.transfer.files_done;
+      ++state.upload.files_done;
+    }
+    std::lock_guard lock(mu);
+    --running;
+    cv.notify_all();
+  };
+  std::vector<std::jthread> workers;
+  running = std::min(kStreamedFilesAtOnce, files.size());
+  for (size_t w = 0; w < running; ++w) {
+    workers.emplace_back(work);
+  }
+  {
+    RateSampler rate(state.transfer);
+    std::unique_lock lock(mu);
+    while (!cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return running == 0; })) {
+      state.upload.bytes_done = state.transfer.bytes_done.load();
+      rate.Sample();
+    }
+  }
+  workers.clear();
+  state.upload.bytes_done = state.transfer.bytes_done.load();
+  if (in.observer != nullptr && bytes_uploaded > 0) {
+    in.observer->BytesDownloaded(bytes_uploaded);
+  }
+  if (failure) {
+    report_mismatch(*failure);
+    return *failure;
+  }
+  if (stop.stop_requested()) {
+    return Error(Reason::Cancelled, "cancelled");
+  }
+  spdlog::info("{}: {} of {} files were already in the bucket or copied there",
+               in.key.ToString(), state.upload.files_deduplicated.load(), files.size());
+  auto committed = (*s3)->Commit(manifest, stop);
+  if (!committed) {
+    return committed.error();
+  }
+  state.phase = JobPhase::Done;
+  std::sort(uploaded.begin(), uploaded.end());
+  return CacheJobOutput{selected.commit, std::move(*committed), std::move(uploaded)};
+}
+
 }  // namespace
 
 std::string_view JobPhaseName(JobPhase phase) {
@@ -317,32 +592,17 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     return name_in_use.error();
   }
 
-  // Resolve.
-  state.phase = JobPhase::Resolving;
   fetch::HubClient hub(in.hub);
-  auto commit = in.pinned_commit.empty()
-                    ? hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop)
-                    : Result<std::string>(in.pinned_commit);
-  if (!commit) {
-    return commit.error();
+  auto selected = ResolveFiles(in, hub, repo, state, stop);
+  if (!selected) {
+    return selected.error();
   }
-  state.SetCommit(*commit);
-  auto listed = hub.ListFiles(repo.type, repo.id, *commit, stop);
-  if (!listed) {
-    return listed.error();
+  const std::string* commit = &selected->commit;
+  std::vector<fetch::RepoFile>& files = selected->files;
+  if (!spec.shard && !in.s3_uri.empty()) {
+    // Nothing of an unsharded S3 artifact needs the local copy: Hub -> bucket directly.
+    return RunStreamingS3Job(in, hub, repo, *selected, state, stop);
   }
-  std::vector<fetch::RepoFile> files;
-  for (auto& f : *listed) {
-    if (fetch::MatchesPatterns(f.path, spec.source.include, spec.source.exclude)) {
-      files.push_back(std::move(f));
-    }
-  }
-  if (files.empty()) {
-    return Error(Reason::InvalidSpec, "spec.source.include/exclude select no file of " + repo.id +
-                                          " at " + *commit);
-  }
-  std::sort(files.begin(), files.end(),
-            [](const auto& a, const auto& b) { return a.path < b.path; });
 
   // Plan: what the store lacks. The repo lock is held until the blobs are in place and linked;
   // staging and publishing need no lock (the store makes concurrent publishes safe).
@@ -473,11 +733,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   };
   // (An S3 artifact is confirmed against its bucket by the upload, which skips what is there.)
   if (!spec.shard && !in.verify_existing && in.s3_uri.empty()) {
-    store::ArtifactManifest wanted;
-    wanted.name = spec.artifact_name;
-    wanted.source_type = repo.type;
-    wanted.source_repo = repo.id;
-    wanted.source_commit = *commit;
+    store::ArtifactManifest wanted = SourceManifest(spec, repo, *commit);
     wanted.files = manifest_files;
     store::FinalizeIdentity(wanted);
     auto current = store.ReadCurrent(spec.artifact_name);
@@ -488,12 +744,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   }
 
   // Stage the artifact: the files themselves, or the sharded checkpoint.
-  store::ArtifactManifest manifest;
-  manifest.name = spec.artifact_name;
-  manifest.source_type = repo.type;
-  manifest.source_repo = repo.id;
-  manifest.source_revision = spec.source.revision;
-  manifest.source_commit = *commit;
+  store::ArtifactManifest manifest = SourceManifest(spec, repo, *commit);
   auto staging = store.CreateStaging(spec.artifact_name);
   if (!staging) {
     return staging.error();
@@ -564,7 +815,8 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     return published.error();
   }
   if (!in.s3_uri.empty()) {
-    // The local version is the staging area of the upload; the bucket is the artifact's home.
+    // A sharded artifact: the local version is the staging area of the upload (the sharder
+    // needs the files on disk); the bucket is the artifact's home.
     state.phase = JobPhase::Uploading;
     auto uploaded = PublishToS3(in, store, *published, state, stop);
     if (!uploaded) {

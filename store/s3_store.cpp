@@ -159,22 +159,13 @@ class Fd {
   int fd_;
 };
 
-// Puts one local file at `key` with its sha256 as metadata, through the parallel, resumable
-// uploader (which also checks the bytes it read against `sha256` and confirms the object).
-VoidResult UploadFile(S3Client& client, const std::string& bucket, const std::string& key,
-                      const std::string& path, const std::string& sha256,
-                      std::atomic<uint64_t>& bytes_done, std::stop_token stop) {
+// The uploader every object of the store goes through.
+UploadOptions StoreUploadOptions() {
   UploadOptions options;
   options.skip_existing = false;  // PutFile has already looked
   // A daemon stopped mid-upload (SIGTERM) leaves the upload for the next start to resume.
   options.abort_on_stop = false;
-  S3Uploader uploader(client, options);
-  auto result = uploader.UploadFile(
-      bucket, key, path, sha256, [&](uint64_t bytes) { bytes_done += bytes; }, stop);
-  if (!result) {
-    return result.error();
-  }
-  return {};
+  return options;
 }
 
 }  // namespace
@@ -324,6 +315,20 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutFile(
     const ArtifactManifest& manifest, const ManifestFile& file, const std::string& local_path,
     const std::map<std::string, std::string>& copy_sources, std::atomic<uint64_t>& bytes_done,
     std::stop_token stop) {
+  // Puts the local file with its sha256 as metadata; the uploader also checks the bytes it read
+  // against that sha256.
+  ObjectUploadFn upload = [&](S3Uploader& uploader, const std::string& bucket,
+                              const std::string& key, const UploadProgressFn& on_bytes) {
+    auto result = uploader.UploadFile(bucket, key, local_path, file.sha256, on_bytes, stop);
+    return result ? VoidResult() : VoidResult(result.error());
+  };
+  return PutObject(manifest, file, upload, copy_sources, bytes_done, stop);
+}
+
+Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutObject(
+    const ArtifactManifest& manifest, const ManifestFile& file, const ObjectUploadFn& upload,
+    const std::map<std::string, std::string>& copy_sources, std::atomic<uint64_t>& bytes_done,
+    std::stop_token stop) {
   if (!SafeRelPath(file.path)) {
     return Error(Reason::InvalidSpec, "artifact file path \"" + file.path + "\" is not safe");
   }
@@ -358,11 +363,16 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutFile(
       }
     }
   }
-  uint64_t before = bytes_done.load();
-  if (auto r =
-          UploadFile(*client_, location_.bucket, key, local_path, file.sha256, bytes_done, stop);
+  // Only this call's bytes are taken back on failure: several PutObjects may share bytes_done.
+  uint64_t sent = 0;  // the uploader serialises its progress calls
+  S3Uploader uploader(*client_, StoreUploadOptions());
+  if (auto r = upload(uploader, location_.bucket, key,
+                      [&](uint64_t bytes) {
+                        sent += bytes;
+                        bytes_done += bytes;
+                      });
       !r) {
-    bytes_done = before;
+    bytes_done -= sent;
     return r.error();
   }
   // Never trust the upload's answer alone (radosgw may answer a completed multipart upload with

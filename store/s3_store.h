@@ -34,6 +34,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -46,6 +47,7 @@
 #include "store/aws_config.h"
 #include "store/local_store.h"
 #include "store/s3_client.h"
+#include "store/s3_uploader.h"
 
 namespace modelcache::store {
 
@@ -127,6 +129,21 @@ class S3ArtifactStore {
                              const std::string& local_path,
                              const std::map<std::string, std::string>& copy_sources,
                              std::atomic<uint64_t>& bytes_done, std::stop_token stop = {});
+
+  // Uploads one object whose bytes do not come from a local file: called with an uploader set up
+  // as the store's own (no skip_existing, since PutFile has looked; the multipart upload is left
+  // to be resumed on a stop request), the bucket, the key, and a progress callback to pass on.
+  // It must put the object with x-amz-meta-sha256 (UploadStream with the expected sha256 does).
+  using ObjectUploadFn = std::function<VoidResult(S3Uploader& uploader, const std::string& bucket,
+                                                  const std::string& key,
+                                                  const UploadProgressFn& on_bytes)>;
+  // PutFile with the same dedupe rule, for bytes from elsewhere (the Hub -> S3 stream): `upload`
+  // is called only when the object is neither present nor copied; the result is confirmed with
+  // HeadObject like any upload.
+  Result<PutOutcome> PutObject(const ArtifactManifest& manifest, const ManifestFile& file,
+                               const ObjectUploadFn& upload,
+                               const std::map<std::string, std::string>& copy_sources,
+                               std::atomic<uint64_t>& bytes_done, std::stop_token stop = {});
 
   // sha256 -> key of every file of the artifact's current version (empty if none): sources for
   // server-side copies.

@@ -1,7 +1,8 @@
 #pragma once
 
 // The long step of a ModelCache reconcile, run on a job thread: resolve the revision, download and
-// verify what is missing into the hub cache, shard if asked, and publish the artifact.
+// verify what is missing into the hub cache, shard if asked, and publish the artifact (or, for an
+// unsharded artifact of an S3 store, stream the files from the Hub into the bucket).
 // Private to reconcilers/.
 
 #include <atomic>
@@ -30,10 +31,11 @@ std::string_view JobPhaseName(JobPhase phase);
 struct CacheJobInputs {
   crds::ObjectKey key;
   crds::ModelCacheSpec spec;
-  // The local store: the artifact's home, or for an S3 store the local cache that stages
-  // downloads and shards before they are uploaded.
+  // The local store: the artifact's home, or for an S3 store the local cache that stages a
+  // sharded artifact's downloads and shards before they are uploaded.
   std::string store_root;
-  // Non-empty: publish to this s3://bucket/prefix store (after the local publish), with `aws`.
+  // Non-empty: publish to this s3://bucket/prefix store, with `aws`: an unsharded Hub artifact is
+  // streamed from the Hub into it (nothing written locally); others are published locally first.
   std::string s3_uri;
   store::AwsConfig aws;
   // For a source that is an artifact of an S3 store (spec.source.repo s3://…/artifacts/NAME[/V]):

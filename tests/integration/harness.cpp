@@ -52,6 +52,18 @@ void WriteTree(const std::string& dir, const std::map<std::string, std::string>&
   }
 }
 
+std::vector<std::string> HubCacheBlobs(const std::string& cache_dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& repo : std::filesystem::directory_iterator(cache_dir + "/hub", ec)) {
+    for (const auto& blob : std::filesystem::directory_iterator(repo.path() / "blobs", ec)) {
+      names.push_back(blob.path().filename().string());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 std::map<std::string, std::string> SmallModelFiles(size_t weights_size, uint64_t seed) {
   return {
       {"config.json", R"({"architectures":["Qwen3ForCausalLM"],"model_type":"qwen3","seed":)" +

@@ -43,6 +43,10 @@ void WriteTree(const std::string& dir, const std::map<std::string, std::string>&
 // and original/consolidated.pth (LFS, for exclude tests). `weights_size` bytes of weights.
 std::map<std::string, std::string> SmallModelFiles(size_t weights_size, uint64_t seed);
 
+// Names of the files in every <cache>/hub/<repo folder>/blobs directory (blobs and .incomplete
+// downloads), sorted: what a job left in the local hub cache.
+std::vector<std::string> HubCacheBlobs(const std::string& cache_dir);
+
 // Runs a command to completion, capturing stdout and stderr.
 struct CommandResult {
   int exit_code = -1;

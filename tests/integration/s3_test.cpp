@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -192,6 +193,24 @@ TEST_F(S3Test, PrefetchToS3IsReadBackByteForByteWithBoto3) {
   std::string id = first.out.substr(0, first.out.size() - 1);
   EXPECT_NE(first.err.find(store_uri() + "/artifacts/s3-model/"), std::string::npos) << first.err;
 
+  // Streamed (unsharded): the weights went from the Hub to the bucket without a local copy.
+  const std::string weights_sha = Sha256Hex(files["model.safetensors"]);
+  auto has_weights = [&](const std::string& cache) {
+    auto blobs = HubCacheBlobs(cache);
+    return std::any_of(blobs.begin(), blobs.end(), [&](const std::string& b) {
+      return b.rfind(weights_sha, 0) == 0;  // the blob or its .incomplete
+    });
+  };
+  EXPECT_FALSE(has_weights(cache_dir()));
+  // The same repo staged into a local store: the blob is there, and the artifact has the same id
+  // (same manifest, whichever path built it).
+  std::string local_cache = tmp_ / "local-cache";
+  auto local = RunModelcache({"prefetch", "org/s3-model:main", "--store", local_cache,
+                              "--hf-endpoint", hub_.url(), "--no-progress"});
+  ASSERT_EQ(local.exit_code, 0) << local.err;
+  EXPECT_EQ(local.out, first.out);
+  EXPECT_TRUE(has_weights(local_cache));
+
   auto back = Boto3(kReadBack, {prefix_, "s3-model"});
   EXPECT_EQ(back["manifest"]["id"], id);
   EXPECT_EQ(back["current"], back["manifest"]["version"]);
@@ -244,6 +263,10 @@ TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
   EXPECT_EQ(art.uri, store_uri() + "/artifacts/s3-daemon/" + art.version);
   EXPECT_EQ(art.path, "");
   EXPECT_EQ(art.files, static_cast<int64_t>(files.size()));
+  // Streamed: no blob of the weights in the local hub cache (the small files are not kept either).
+  for (const auto& blob : HubCacheBlobs(cache_dir())) {
+    EXPECT_NE(blob.rfind(Sha256Hex(files["model.safetensors"]), 0), 0u) << blob;
+  }
 
   // `get` shows the S3 URI.
   auto json = RunModelcache({"get", "-o", "json", "--state-dir", state_dir()});
@@ -306,6 +329,38 @@ TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
   restarted.Start();
   auto again_ready = WaitStatus("s3-daemon", IsReady, restarted);
   EXPECT_EQ(again_ready.status.artifact->id, art.id);
+}
+
+TEST_F(S3Test, CorruptedHubByteAbortsTheStreamedObjectAndCommitsNothing) {
+  auto files = SmallModelFiles(20 << 20, 83);  // multipart: the mismatch is found at the end
+  AddRepo("org/s3-corrupt", files);
+  modelcache::testing::Fault f;
+  f.kind = modelcache::testing::Fault::Kind::Corrupt;
+  f.path_glob = "model.safetensors";
+  f.bytes = 12345;
+  f.count = -1;
+  hub_.AddFault(f);
+  auto run = RunModelcache({"prefetch", "org/s3-corrupt:main", "--store", store_uri(),
+                            "--cache-dir", cache_dir(), "--hf-endpoint", hub_.url(),
+                            "--no-progress"},
+                           AwsEnv());
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_NE(run.err.find("ChecksumMismatch"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("model.safetensors"), std::string::npos) << run.err;
+  // No version was committed and the weights' multipart upload was aborted: of the weights,
+  // nothing is in the bucket, finished or not.
+  auto keys = ListKeys(prefix_ + "/");
+  for (const auto& key : keys) {
+    EXPECT_EQ(key.find("modelcache.json"), std::string::npos) << key;
+    EXPECT_EQ(key.find("/current"), std::string::npos) << key;
+    EXPECT_EQ(key.find("model.safetensors"), std::string::npos) << key;
+  }
+  auto uploads = Boto3(R"(
+print(json.dumps([u['Key'] for u in
+                  s3.list_multipart_uploads(Bucket=bucket, Prefix=sys.argv[3]).get('Uploads', [])]))
+)",
+                       {prefix_ + "/"});
+  EXPECT_EQ(uploads.size(), 0u) << uploads.dump();
 }
 
 TEST_F(S3Test, ShardedArtifactToAnS3DefaultStore) {

@@ -191,6 +191,11 @@ print(json.dumps(out))
   ASSERT_TRUE(mc && mc->status.phase == crds::kPhaseReady)
       << (mc ? crds::ToJson(*mc).dump(2) : "no status") << "\n"
       << restarted.Log();
+  // Streamed from the Hub (the restart read the weights from the Hub again; the parts radosgw
+  // already held were not sent again): no copy of the weights in the local hub cache.
+  for (const auto& blob : HubCacheBlobs(tmp / "cache")) {
+    EXPECT_NE(blob.rfind(Sha256Hex(weights), 0), 0u) << blob;
+  }
   auto stats = proxy.Stats();
   EXPECT_EQ(stats["UploadPart"], 3) << proxy.StatsText();
   EXPECT_EQ(stats["CreateMultipartUpload"], 0) << proxy.StatsText();

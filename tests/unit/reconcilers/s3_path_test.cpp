@@ -1,5 +1,5 @@
 // The reconciler's S3 paths against the Hub imitation and an in-memory S3 imitation: an s3://
-// storage.uri (stage locally, upload, commit; status.artifact.uri), the restart check against the
+// storage.uri (streamed from the Hub, committed; status.artifact.uri), the restart check against the
 // bucket's commit marker, credentials from the secrets directory, and an S3 artifact as a source.
 
 #include <condition_variable>
@@ -99,7 +99,7 @@ class S3PathTest : public ::testing::Test {
   bool woken_ = false;
 };
 
-TEST_F(S3PathTest, S3StorageIsStagedLocallyUploadedAndCommitted) {
+TEST_F(S3PathTest, UnshardedS3ArtifactIsStreamedAndCommitted) {
   MakeReconciler();
   Request request{{"default", "m"}, Object("org/model", "s3://models/team"), std::nullopt, {}};
   auto r = RunToEnd(request);
@@ -113,8 +113,16 @@ TEST_F(S3PathTest, S3StorageIsStagedLocallyUploadedAndCommitted) {
   EXPECT_EQ(objects.at(base + "current").body, art.version);
   EXPECT_EQ(objects.count(base + art.version + "/modelcache.json"), 1u);
   EXPECT_EQ(objects.at(base + art.version + "/config.json").body, "{\"a\": 1}");
-  // Staged in the local store (the daemon's default store, a local one).
-  EXPECT_TRUE(fs::exists(root_ + "/store/artifacts/model/" + art.version + "/model.safetensors"));
+  EXPECT_EQ(objects.at(base + art.version + "/model.safetensors").body, std::string(200000, 'w'));
+  // Unsharded: streamed from the Hub, not staged in the local store (the daemon's default store,
+  // a local one): no version there and no blob in its hub cache.
+  EXPECT_FALSE(fs::exists(root_ + "/store/artifacts/model/" + art.version));
+  std::error_code ec;
+  size_t blobs = 0;
+  for (const auto& e : fs::recursive_directory_iterator(root_ + "/store", ec)) {
+    blobs += e.path().parent_path().filename() == "blobs" ? 1 : 0;
+  }
+  EXPECT_EQ(blobs, 0u);
 
   // Ready and committed in the bucket: nothing to do.
   auto again = reconciler_->Reconcile(request, {});

@@ -121,6 +121,23 @@ TEST_F(S3UploaderHubStreamTest, RegularFileIsCheckedAgainstItsGitBlobSha1) {
   EXPECT_EQ(st::ProxyStats(proxy_)["PutObject"], 0);
 }
 
+TEST_F(S3UploaderHubStreamTest, ReadHubFileReadsARegularFileWholeAndChecksItsSha1) {
+  auto got = ReadHubFile(options_, sources_["config.json"], 1 * kMiB);
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(*got, config_);
+
+  HubFileSource wrong = sources_["config.json"];
+  wrong.expected_git_sha1 = std::string(40, '0');
+  auto bad = ReadHubFile(options_, wrong, 1 * kMiB);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().reason, Reason::ChecksumMismatch) << bad.error().message;
+
+  auto big = ReadHubFile(options_, sources_["config.json"], config_.size() - 1);
+  ASSERT_FALSE(big);
+  EXPECT_EQ(big.error().reason, Reason::InvalidSpec);
+  EXPECT_NE(big.error().message.find("config.json"), std::string::npos) << big.error().message;
+}
+
 TEST_F(S3UploaderHubStreamTest, CorruptedBytesAbortTheUploadAndPublishNothing) {
   Fault corrupt;
   corrupt.kind = Fault::Kind::Corrupt;
