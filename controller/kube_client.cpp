@@ -1,5 +1,6 @@
 #include "controller/kube_client.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
@@ -101,8 +102,10 @@ HttpRequest KubeClient::Request(std::string method, std::string url) const {
   return req;
 }
 
-Result<KubeReply> KubeClient::Send(HttpRequest request, std::stop_token stop) const {
-  request.total_timeout = std::chrono::seconds(60);
+Result<KubeReply> KubeClient::Send(HttpRequest request, std::stop_token stop,
+                                   std::chrono::milliseconds timeout) const {
+  request.total_timeout = std::max(timeout, std::chrono::milliseconds(1));
+  request.connect_timeout = std::min(request.connect_timeout, request.total_timeout);
   auto r = HttpClient::Send(request, stop);
   if (!r) {
     return r.error();
@@ -117,13 +120,14 @@ Result<KubeReply> KubeClient::Send(HttpRequest request, std::stop_token stop) co
 }
 
 Result<KubeReply> KubeClient::Call(std::string method, const std::string& path, const json& body,
-                                   std::string content_type, std::stop_token stop) const {
+                                   std::string content_type, std::stop_token stop,
+                                   std::chrono::milliseconds timeout) const {
   HttpRequest req = Request(std::move(method), config_.server + path);
   if (!body.is_null()) {
     req.headers.emplace_back("Content-Type", std::move(content_type));
     req.body = body.dump();
   }
-  return Send(std::move(req), stop);
+  return Send(std::move(req), stop, timeout);
 }
 
 Result<KubeReply> KubeClient::List(const std::string& ns, std::stop_token stop) const {

@@ -81,15 +81,18 @@ class KubeClient {
 
   // Any other request: `method` on server + `path` ("/api/v1/nodes/n1"), with `body` as JSON
   // (sent unless null) of `content_type` (e.g. "application/strategic-merge-patch+json" for a
-  // PATCH). The reply as for the calls above.
+  // PATCH). The reply as for the calls above. `timeout` bounds the whole request (the Lease
+  // calls use their renew deadline).
   Result<KubeReply> Call(std::string method, const std::string& path,
                          const nlohmann::json& body = nullptr,
                          std::string content_type = "application/json",
-                         std::stop_token stop = {}) const;
+                         std::stop_token stop = {},
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
 
  private:
   HttpRequest Request(std::string method, std::string url) const;
-  Result<KubeReply> Send(HttpRequest request, std::stop_token stop) const;
+  Result<KubeReply> Send(HttpRequest request, std::stop_token stop,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
 
   KubeConfig config_;
 };

@@ -153,61 +153,24 @@ LeaderElectionRecord RecordFromLeaseSpec(const json& spec) {
 // --- LeaseLock ---
 
 LeaseLock::LeaseLock(KubeConfig config, std::string lease_namespace, std::string lease_name)
-    : config_(std::move(config)),
+    : client_(std::move(config)),
       namespace_(std::move(lease_namespace)),
       name_(std::move(lease_name)) {}
 
 std::string LeaseLock::Describe() const { return namespace_ + "/" + name_; }
 
-std::string LeaseLock::Url(bool item) const {
-  std::string url = config_.server + "/apis/coordination.k8s.io/v1/namespaces/" +
-                    UrlEncode(namespace_) + "/leases";
+std::string LeaseLock::Path(bool item) const {
+  std::string url =
+      "/apis/coordination.k8s.io/v1/namespaces/" + UrlEncode(namespace_) + "/leases";
   if (item) {
     url += "/" + UrlEncode(name_);
   }
   return url;
 }
 
-namespace {
-
-Result<KubeReply> SendLeaseRequest(const KubeConfig& config, std::string method, std::string url,
-                                   const json* body, milliseconds timeout,
-                                   std::stop_token stop) {
-  HttpRequest req;
-  req.method = std::move(method);
-  req.url = std::move(url);
-  req.tls = config.tls;
-  req.headers.emplace_back("Accept", "application/json");
-  if (config.token) {
-    std::string token = config.token();
-    if (!token.empty()) {
-      req.headers.emplace_back("Authorization", "Bearer " + token);
-    }
-  }
-  if (body != nullptr) {
-    req.headers.emplace_back("Content-Type", "application/json");
-    req.body = body->dump();
-  }
-  req.total_timeout = std::max(timeout, milliseconds(1));
-  req.connect_timeout = std::min(req.connect_timeout, req.total_timeout);
-  auto r = HttpClient::Send(req, stop);
-  if (!r) {
-    return r.error();
-  }
-  KubeReply reply;
-  reply.status = r->status;
-  reply.body = json::parse(r->body, nullptr, /*allow_exceptions=*/false);
-  if (reply.body.is_discarded()) {
-    reply.body = nullptr;
-  }
-  return reply;
-}
-
-}  // namespace
-
 Result<std::optional<LeaderElectionRecord>> LeaseLock::Get(milliseconds timeout,
                                                            std::stop_token stop) {
-  auto reply = SendLeaseRequest(config_, "GET", Url(true), nullptr, timeout, stop);
+  auto reply = client_.Call("GET", Path(true), nullptr, "application/json", stop, timeout);
   if (!reply) {
     return reply.error();
   }
@@ -227,7 +190,7 @@ VoidResult LeaseLock::Create(const LeaderElectionRecord& record, milliseconds ti
                 {"kind", "Lease"},
                 {"metadata", {{"name", name_}, {"namespace", namespace_}}},
                 {"spec", LeaseSpecFromRecord(record)}};
-  auto reply = SendLeaseRequest(config_, "POST", Url(false), &lease, timeout, stop);
+  auto reply = client_.Call("POST", Path(false), lease, "application/json", stop, timeout);
   if (!reply) {
     return reply.error();
   }
@@ -247,7 +210,7 @@ VoidResult LeaseLock::Update(const LeaderElectionRecord& record, milliseconds ti
   // The whole Lease as last seen, so that its metadata.resourceVersion makes the PUT conditional.
   json lease = lease_;
   lease["spec"] = LeaseSpecFromRecord(record);
-  auto reply = SendLeaseRequest(config_, "PUT", Url(true), &lease, timeout, stop);
+  auto reply = client_.Call("PUT", Path(true), lease, "application/json", stop, timeout);
   if (!reply) {
     return reply.error();
   }

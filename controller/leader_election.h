@@ -34,6 +34,7 @@
 
 #include "common/clock.h"
 #include "common/result.h"
+#include "controller/kube_client.h"
 #include "controller/kube_config.h"
 
 namespace modelcache::controller {
@@ -107,9 +108,9 @@ class LeaseLock {
   std::string Describe() const;
 
  private:
-  std::string Url(bool item) const;
+  std::string Path(bool item) const;
 
-  KubeConfig config_;
+  KubeClient client_;
   std::string namespace_;
   std::string name_;
   nlohmann::json lease_;  // the last Lease read or written; null before the first

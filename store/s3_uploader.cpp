@@ -417,6 +417,24 @@ Result<ObjectInfo> Confirm(S3Client& client, const std::string& bucket, const st
   return std::move(**head);
 }
 
+// skip_existing: the object already at `key` when it has `size` bytes and carries `sha256` as
+// metadata (an earlier upload of the same bytes), as a skipped upload's result; else nullopt.
+Result<std::optional<UploadResult>> FindExisting(S3Client& client, const std::string& bucket,
+                                                 const std::string& key, uint64_t size,
+                                                 const std::string& sha256, std::stop_token stop) {
+  auto head = client.HeadObject(bucket, key, stop);
+  if (!head) return head.error();
+  if (!*head || (*head)->size != size || (*head)->Meta(kSha256MetaKey) != sha256) {
+    return std::optional<UploadResult>();
+  }
+  UploadResult result;
+  result.object = std::move(**head);
+  result.sha256_hex = sha256;
+  result.size = size;
+  result.skipped = true;
+  return std::optional<UploadResult>(std::move(result));
+}
+
 }  // namespace
 
 Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std::string& key,
@@ -444,16 +462,9 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
   const uint64_t size = static_cast<uint64_t>(st.st_size);
 
   if (options_.skip_existing && !expected_sha256_hex.empty()) {
-    auto head = client_.HeadObject(bucket, key, stop);
-    if (!head) return head.error();
-    if (*head && (*head)->size == size && (*head)->Meta(kSha256MetaKey) == expected_sha256_hex) {
-      UploadResult result;
-      result.object = std::move(**head);
-      result.sha256_hex = expected_sha256_hex;
-      result.size = size;
-      result.skipped = true;
-      return result;
-    }
+    auto existing = FindExisting(client_, bucket, key, size, expected_sha256_hex, stop);
+    if (!existing) return existing.error();
+    if (*existing) return std::move(**existing);
   }
 
   UploadResult result;
@@ -547,16 +558,9 @@ Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const s
                              target, expected_sha256_hex));
   }
   if (options_.skip_existing && !expected_sha256_hex.empty() && size != kUnknownSize) {
-    auto head = client_.HeadObject(bucket, key, stop);
-    if (!head) return head.error();
-    if (*head && (*head)->size == size && (*head)->Meta(kSha256MetaKey) == expected_sha256_hex) {
-      UploadResult result;
-      result.object = std::move(**head);
-      result.sha256_hex = expected_sha256_hex;
-      result.size = size;
-      result.skipped = true;
-      return result;
-    }
+    auto existing = FindExisting(client_, bucket, key, size, expected_sha256_hex, stop);
+    if (!existing) return existing.error();
+    if (*existing) return std::move(**existing);
   }
   bool foreign = false;
   return StreamImpl(bucket, key, read, size, expected_sha256_hex, on_bytes, stop, true, &foreign);
