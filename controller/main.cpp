@@ -125,8 +125,10 @@ int main(int argc, char** argv) {
                       "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
                       "profile's, else AWS)");
   run_cmd->add_option("--s3-secret", run.s3_secret,
-                      "S3 credentials from <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, "
-                      "AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN] (default: AWS environment and "
+                      "S3 credentials AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                      "[, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL] from the files of "
+                      "<secrets-dir>/<name>/, or with --kubernetes the keys of Secret NAME (in the "
+                      "daemon's namespace) or NAMESPACE/NAME (default: AWS environment and "
                       "profiles)");
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state; "
