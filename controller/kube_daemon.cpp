@@ -183,7 +183,8 @@ class KubernetesMode final : public DaemonMode {
           [this](const std::string& /*value*/) -> Result<reconcilers::SecretData> {
         auto data = secrets_.Read(*s3_secret_);
         if (!data) {
-          return data.error();
+          const Error& e = data.error();
+          return Error(e.reason, "--s3-secret: " + e.message, e.retry_after);
         }
         return reconcilers::SecretData{"Secret " + s3_secret_->ToString() + " (--s3-secret)",
                                        std::move(*data)};

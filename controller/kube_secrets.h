@@ -5,10 +5,10 @@
 // own namespace: the service account's in a pod, the kubeconfig context's outside one, else
 // "default" — the namespace the leader-election Lease uses too) or "NAMESPACE/NAME".
 //
-// Values are read through the KubeClient and kept for a short time, so that a burst of jobs
-// (every S3 resource after a restart) costs one GET, while a rotated Secret is used by the jobs
-// and retries that start after the cache time. Only successful reads are kept. Values are never
-// logged, and errors name the Secret, never a value.
+// Values are read through the KubeClient and kept for a short time (2 s by default), so that a
+// burst of checks (every S3 resource after a start or a resync) costs one GET, while a rotated
+// Secret is used by the jobs and retries that start after it. Only successful reads are kept.
+// Values are never logged, and errors name the Secret, never a value.
 
 #include <chrono>
 #include <map>
@@ -38,7 +38,7 @@ Result<SecretName> ParseSecretName(std::string_view value, const std::string& de
 class KubeSecretReader {
  public:
   KubeSecretReader(const KubeClient& client, const Clock& clock,
-                   std::chrono::milliseconds cache_time = std::chrono::seconds(10));
+                   std::chrono::milliseconds cache_time = std::chrono::seconds(2));
 
   // The decoded data of Secret `secret` (KubeClient::GetSecretData), from the cache when read
   // less than cache_time ago. A missing Secret is InvalidSpec and a refused read Unauthorized,

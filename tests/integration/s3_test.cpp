@@ -18,6 +18,7 @@
 #include "common/sha256.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/radosgw_env.h"
 
 namespace modelcache::itest {
 namespace {
@@ -33,34 +34,6 @@ constexpr const char* kPython = "/usr/bin/python3";
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-struct RadosGw {
-  std::string endpoint, access_key, secret_key, region, bucket;
-};
-
-// The environment file the fixture wrote (MC_RADOSGW_ENV, else this build tree's).
-std::optional<RadosGw> LoadRadosGw() {
-  const char* override_path = std::getenv("MC_RADOSGW_ENV");  // NOLINT(concurrency-mt-unsafe)
-  std::string path = override_path != nullptr ? override_path : MC_RADOSGW_ENV;
-  std::ifstream in(path);
-  if (!in) {
-    return std::nullopt;
-  }
-  std::map<std::string, std::string> kv;
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t eq = line.find('=');
-    if (eq != std::string::npos && line[0] != '#') {
-      kv[line.substr(0, eq)] = line.substr(eq + 1);
-    }
-  }
-  RadosGw gw{kv["S3_ENDPOINT"], kv["AWS_ACCESS_KEY_ID"], kv["AWS_SECRET_ACCESS_KEY"],
-             kv["AWS_REGION"], kv["S3_BUCKET"]};
-  if (gw.endpoint.empty() || gw.bucket.empty()) {
-    return std::nullopt;
-  }
-  return gw;
 }
 
 std::string ReadyMessage(const crds::ModelCache& mc) {
