@@ -435,6 +435,50 @@ TEST_F(S3Test, WrongCredentialsAreStorageErrorsNamingTheS3CodeNeverTheSecret) {
   EXPECT_EQ(daemon.Log().find(gw_.secret_key), std::string::npos);
 }
 
+TEST_F(S3Test, SkewedClockIsRequestTimeTooSkewedNamingNoSecret) {
+  // libfaketime (Debian package faketime, which scripts/install-deps.sh installs) runs the
+  // binary with its clock 20 minutes behind; S3 refuses signatures more than 15 minutes off.
+  constexpr const char* kFaketime = "/usr/bin/faketime";
+  if (::access(kFaketime, X_OK) != 0) {
+    GTEST_SKIP() << kFaketime << " not found (Debian package faketime)";
+  }
+  std::map<std::string, std::string> skewed_env = AwsEnv();
+  // Only the wall clock is moved: timeouts and backoff keep the real monotonic clock.
+  skewed_env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1";
+  // A sanitizer build's runtime must come first among the preloaded libraries unless told that
+  // libfaketime may come before it.
+  const char* asan = std::getenv("ASAN_OPTIONS");  // NOLINT(concurrency-mt-unsafe)
+  skewed_env["ASAN_OPTIONS"] =
+      std::string(asan != nullptr ? asan : "") + ":verify_asan_link_order=0";
+
+  AddRepo("org/s3-skew", SmallModelFiles(100000, 84));
+  std::vector<std::string> prefetch{"prefetch",      "org/s3-skew:main", "--store",
+                                    store_uri(),     "--cache-dir",      cache_dir(),
+                                    "--hf-endpoint", hub_.url(),         "--no-progress"};
+  std::vector<std::string> argv{kFaketime, "-f", "-20m", MC_BINARY};
+  argv.insert(argv.end(), prefetch.begin(), prefetch.end());
+  auto skewed = RunProgram(argv, skewed_env);
+  EXPECT_EQ(skewed.exit_code, 1) << skewed.err;
+  EXPECT_NE(skewed.err.find("StorageError"), std::string::npos) << skewed.err;
+  EXPECT_NE(skewed.err.find("RequestTimeTooSkewed"), std::string::npos) << skewed.err;
+  EXPECT_EQ(skewed.err.find(gw_.secret_key), std::string::npos);
+  EXPECT_EQ(skewed.out.find(gw_.secret_key), std::string::npos);
+  EXPECT_TRUE(ListKeys(prefix_ + "/").empty());
+
+  // With the right clock the same command publishes: the clock was the only fault.
+  auto right = RunModelcache(prefetch, AwsEnv());
+  ASSERT_EQ(right.exit_code, 0) << right.err;
+
+  // Reads are refused the same way.
+  std::vector<std::string> pull{kFaketime, "-f", "-20m", MC_BINARY, "pull",
+                                store_uri() + "/artifacts/s3-skew", tmp_ / "pulled"};
+  auto refused = RunProgram(pull, skewed_env);
+  EXPECT_EQ(refused.exit_code, 1) << refused.err;
+  EXPECT_NE(refused.err.find("RequestTimeTooSkewed"), std::string::npos) << refused.err;
+  EXPECT_EQ(refused.err.find(gw_.secret_key), std::string::npos);
+  EXPECT_FALSE(fs::exists(tmp_ / "pulled"));
+}
+
 TEST_F(S3Test, VersionWithoutModelcacheJsonIsNeverReadyNorPulled) {
   // A bucket of this test's own, whose policy refuses the commit marker under the prefix: every
   // file can be uploaded, modelcache.json cannot.
