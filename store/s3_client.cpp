@@ -289,8 +289,8 @@ S3Client::S3Client(AwsConfig config, S3ClientOptions options)
   options_.max_attempts = std::max(1, options_.max_attempts);
 }
 
-Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
-                                        const S3Body* streamed) const {
+Result<S3Client::Target> S3Client::TargetOf(const std::string& bucket,
+                                             const std::string& key) const {
   // Split the endpoint into scheme and authority; a path after the authority is a prefix.
   const std::string& endpoint = config_.endpoint_url;
   size_t scheme_end = endpoint.find("://");
@@ -298,22 +298,47 @@ Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
     return Error(Reason::InvalidSpec,
                  fmt::format("S3 endpoint {} has no scheme (http:// or https://)", endpoint));
   }
-  std::string scheme = endpoint.substr(0, scheme_end);
+  Target t;
+  t.scheme = endpoint.substr(0, scheme_end);
   std::string rest = endpoint.substr(scheme_end + 3);
   size_t slash = rest.find('/');
   std::string authority = rest.substr(0, slash);
   std::string base_path = slash == std::string::npos ? "" : rest.substr(slash);
-
-  std::string host;
-  std::string path;
-  if (config_.UsePathStyle(call.bucket)) {
-    host = authority;
-    path = base_path + "/" + call.bucket;
-    if (!call.key.empty()) path += "/" + call.key;
+  if (config_.UsePathStyle(bucket)) {
+    t.host = authority;
+    t.path = base_path + "/" + bucket;
+    if (!key.empty()) t.path += "/" + key;
   } else {
-    host = call.bucket + "." + authority;
-    path = base_path + "/" + call.key;
+    t.host = bucket + "." + authority;
+    t.path = base_path + "/" + key;
   }
+  return t;
+}
+
+Result<std::string> S3Client::PresignGetObject(const std::string& bucket, const std::string& key,
+                                               std::chrono::seconds expires) const {
+  auto target = TargetOf(bucket, key);
+  if (!target) {
+    return target.error();
+  }
+  SigningRequest signing;
+  signing.method = "GET";
+  signing.path = target->path;
+  signing.headers = {{"host", target->host}};
+  SigningScope scope{config_.region, "s3", options_.now()};
+  return fmt::format("{}://{}{}?{}", target->scheme, target->host, EncodePath(target->path),
+                     PresignQuery(signing, config_.credentials, scope, expires));
+}
+
+Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
+                                        const S3Body* streamed) const {
+  auto target = TargetOf(call.bucket, call.key);
+  if (!target) {
+    return target.error();
+  }
+  const std::string& scheme = target->scheme;
+  const std::string& host = target->host;
+  const std::string& path = target->path;
 
   SigningRequest signing;
   signing.method = call.method;

@@ -181,6 +181,14 @@ class S3Client {
                                                                 const std::string& prefix,
                                                                 std::stop_token stop = {});
 
+  // A presigned GET URL of the object (query-string authentication, SigV4, UNSIGNED-PAYLOAD, only
+  // host signed), valid for `expires` (1 s to 7 days, S3's limit) from now: any HTTP client can
+  // fetch it, with Range, without further headers. The URL is a credential for that object until
+  // it expires: never log it whole (its query holds the signature and any session token).
+  // InvalidSpec when the endpoint has no scheme.
+  Result<std::string> PresignGetObject(const std::string& bucket, const std::string& key,
+                                       std::chrono::seconds expires) const;
+
   // Sends `request`: a 2xx answer (or 404 to a HEAD) is returned, anything else is an error as
   // described at the top; retried likewise (a streamed body is read again from offset 0).
   Result<HttpResponse> Send(const S3Request& request, std::stop_token stop = {}) const;
@@ -189,6 +197,11 @@ class S3Client {
 
  private:
   struct Call;
+  // Where a request for `key` in `bucket` goes: path-style or virtual-hosted per the config.
+  struct Target {
+    std::string scheme, host, path;  // path not encoded
+  };
+  Result<Target> TargetOf(const std::string& bucket, const std::string& key) const;
   Result<HttpResponse> Execute(const Call& call, std::stop_token stop,
                                const S3Body* streamed = nullptr) const;
   Result<HttpResponse> SendOnce(const Call& call, std::stop_token stop,
