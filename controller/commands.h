@@ -116,6 +116,7 @@ struct PullOptions {
   std::string uri;           // s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION]
   std::string dir;
   std::string s3_endpoint;
+  TransferFlags transfer;    // the transfer engine's, as for prefetch
 };
 int Pull(const PullOptions& options, const Environment& env);
 

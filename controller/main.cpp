@@ -271,6 +271,8 @@ int main(int argc, char** argv) {
   pull_cmd->add_option("--s3-endpoint", pull.s3_endpoint,
                        "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
                        "profile's, else AWS)");
+  TransferFlagText pull_transfer;
+  AddTransferFlags(pull_cmd, pull.transfer, pull_transfer);
 
   // validate
   std::vector<std::string> files;
@@ -388,6 +390,9 @@ int main(int argc, char** argv) {
     return mc::Shard(shard);
   }
   if (pull_cmd->parsed()) {
+    if (int code = ParseTransferFlags(pull_transfer, pull.transfer); code != 0) {
+      return code;
+    }
     return mc::Pull(pull, env);
   }
   if (get_cmd->parsed()) {

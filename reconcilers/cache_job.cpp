@@ -22,6 +22,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "fetch/s3_pull.h"
 #include "fetch/s3_stream.h"
 #include "store/gc.h"
 
@@ -204,7 +205,10 @@ Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStor
     // UniqueSuffix starts with our pid: CleanupShardSources removes the ones of dead processes.
     std::string pulled = local.root() + "/tmp/s3-pull-" + UniqueSuffix();
     store::S3TransferProgress progress;
-    auto got = source.Pull(ref->name, version, pulled, progress, stop);
+    // Through the job's transfer layer: parallel ranges, counted in the job's progress.
+    auto transfer = in.transfer_factory(fetch::S3PullHubOptions(in.hub));
+    auto got = source.Pull(ref->name, version, pulled, progress, stop,
+                           fetch::TransferPullDownload(*transfer, state.transfer));
     auto remove_pulled = [&] {
       std::error_code ec;
       fs::remove_all(pulled, ec);

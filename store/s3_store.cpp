@@ -28,6 +28,9 @@ constexpr std::string_view kCurrentName = "current";
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
 // Ranged GETs of this size keep Pull's memory bounded.
 constexpr uint64_t kPullRangeSize = 16ULL << 20;
+// Presigned URLs handed to a PullDownloadFn live as long as S3 allows (7 days), so that no pull,
+// however large, outlives them; they never leave the process whole (messages strip the query).
+constexpr std::chrono::seconds kPullUrlLifetime{7 * 24 * 3600};
 
 std::vector<std::string_view> Split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
@@ -619,9 +622,57 @@ bool AlreadyPulled(const std::string& dir, const ArtifactManifest& manifest) {
 
 }  // namespace
 
+VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const std::string& name,
+                                         const ArtifactManifest& m, const std::string& staging,
+                                         std::stop_token stop) {
+  // Partial data next to the staging directory, not in it: nothing but the artifact's files may
+  // end up in the pulled tree, whatever their names.
+  std::string scratch = staging + ".incomplete";
+  if (auto r = MakeDirs(scratch); !r) {
+    return r.error();
+  }
+  std::vector<PullObject> objects;
+  objects.reserve(m.files.size());
+  for (size_t i = 0; i < m.files.size(); ++i) {
+    const ManifestFile& f = m.files[i];
+    PullObject o;
+    o.path = f.path;
+    o.key = FileKey(name, m.version, f.path);
+    auto url = client_->PresignGetObject(location_.bucket, o.key, kPullUrlLifetime);
+    if (!url) {
+      return url.error();
+    }
+    o.url = std::move(*url);
+    o.size = f.size;
+    o.sha256 = f.sha256;
+    o.dest = staging + "/" + f.path;
+    o.scratch = scratch + "/" + std::to_string(i);
+    if (auto r = MakeDirs(fs::path(o.dest).parent_path().string()); !r) {
+      return r.error();
+    }
+    objects.push_back(std::move(o));
+  }
+  VoidResult result = download(objects, stop);
+  std::error_code ec;
+  fs::remove_all(scratch, ec);
+  if (!result) {
+    return result;
+  }
+  for (const PullObject& o : objects) {
+    auto st = fs::symlink_status(o.dest, ec);
+    if (!fs::is_regular_file(st) || fs::file_size(o.dest, ec) != o.size) {
+      return Error(Reason::Internal,
+                   fmt::format("the download of {} ended without the {}-byte file {}", o.path,
+                               o.size, o.dest));
+    }
+  }
+  return {};
+}
+
 Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std::string& version,
                                              const std::string& dir, S3TransferProgress& progress,
-                                             std::stop_token stop) {
+                                             std::stop_token stop,
+                                             const PullDownloadFn& download) {
   if (auto r = CheckNameVersion(name, version); !r) {
     return r.error();
   }
@@ -689,51 +740,59 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
   if (auto r = MakeDirs(staging); !r) {
     return r.error();
   }
-  for (const ManifestFile& f : m.files) {
-    if (stop.stop_requested()) {
-      return fail(Error(Reason::Cancelled, "pull cancelled"));
-    }
-    std::string path = staging + "/" + f.path;
-    if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
+  if (download) {
+    if (auto r = DownloadWith(download, name, m, staging, stop); !r) {
       return fail(r.error());
     }
-    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (fd.get() < 0) {
-      return fail(IoError("cannot create", path, errno));
-    }
-    std::string key = FileKey(name, m.version, f.path);
-    Hasher hasher(Hasher::Kind::Sha256);
-    uint64_t written = 0;
-    while (written < f.size) {
-      uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
-      auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
-      if (!chunk) {
-        return fail(chunk.error());
+    progress.bytes_done = m.size_bytes;
+    progress.files_done = progress.files_total.load();
+  } else {
+    for (const ManifestFile& f : m.files) {
+      if (stop.stop_requested()) {
+        return fail(Error(Reason::Cancelled, "pull cancelled"));
       }
-      if (chunk->empty() || chunk->size() > last - written + 1) {
-        return fail(
-            Error(Reason::ChecksumMismatch,
-                  fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                              "file",
-                              location_.bucket, key, chunk->size(), written, last, f.size)));
-      }
-      hasher.Update(*chunk);
-      if (auto r = WriteAll(fd.get(), path, *chunk); !r) {
+      std::string path = staging + "/" + f.path;
+      if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
         return fail(r.error());
       }
-      written += chunk->size();
-      progress.bytes_done += chunk->size();
+      Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (fd.get() < 0) {
+        return fail(IoError("cannot create", path, errno));
+      }
+      std::string key = FileKey(name, m.version, f.path);
+      Hasher hasher(Hasher::Kind::Sha256);
+      uint64_t written = 0;
+      while (written < f.size) {
+        uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
+        auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
+        if (!chunk) {
+          return fail(chunk.error());
+        }
+        if (chunk->empty() || chunk->size() > last - written + 1) {
+          return fail(
+              Error(Reason::ChecksumMismatch,
+                    fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
+                                "file",
+                                location_.bucket, key, chunk->size(), written, last, f.size)));
+        }
+        hasher.Update(*chunk);
+        if (auto r = WriteAll(fd.get(), path, *chunk); !r) {
+          return fail(r.error());
+        }
+        written += chunk->size();
+        progress.bytes_done += chunk->size();
+      }
+      std::string sha = hasher.FinalHex();
+      if (sha != f.sha256) {
+        return fail(Error(Reason::ChecksumMismatch,
+                          fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
+                                      location_.bucket, key, sha, f.sha256)));
+      }
+      if (::fsync(fd.get()) != 0) {
+        return fail(IoError("cannot fsync", path, errno));
+      }
+      ++progress.files_done;
     }
-    std::string sha = hasher.FinalHex();
-    if (sha != f.sha256) {
-      return fail(Error(Reason::ChecksumMismatch,
-                        fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
-                                    location_.bucket, key, sha, f.sha256)));
-    }
-    if (::fsync(fd.get()) != 0) {
-      return fail(IoError("cannot fsync", path, errno));
-    }
-    ++progress.files_done;
   }
   // A zero-length object is one GET of nothing; the size check above covers the rest. The
   // manifest goes in last, like in the bucket.

@@ -93,6 +93,24 @@ struct PulledArtifact {
   bool already_present = false;  // DIR already held this version, verified; nothing downloaded
 };
 
+// One object of a version for a PullDownloadFn to fetch into Pull's staging directory.
+struct PullObject {
+  std::string path;    // in the artifact, for messages
+  std::string key;     // in the bucket
+  std::string url;     // a presigned GET URL (S3Client::PresignGetObject); never log it whole
+  uint64_t size = 0;   // the manifest's
+  std::string sha256;  // the manifest's
+  std::string dest;    // where the verified file must be; its directory exists
+  // Where partial data may live meanwhile (its directory exists; removed after the download).
+  std::string scratch;
+};
+
+// Downloads every object to its `dest`, each verified against its size and sha256
+// (ChecksumMismatch naming the path otherwise), fsynced. Returns the first error; Cancelled on a
+// stop request. Pull checks the sizes again and removes everything on an error.
+using PullDownloadFn =
+    std::function<VoidResult(const std::vector<PullObject>& objects, std::stop_token stop)>;
+
 class S3ArtifactStore {
  public:
   S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client);
@@ -186,11 +204,20 @@ class S3ArtifactStore {
   // version and every file verifies, nothing is downloaded. StorageError when the version is not
   // committed (no modelcache.json) or the artifact has no current version; InvalidSpec when `dir`
   // exists, is not empty and is not a pulled artifact (it is never overwritten).
+  // `download` empty: the files are fetched one after the other with ranged GETs of 16 MiB,
+  // counted in `progress`. Otherwise `download` fetches them from presigned URLs (valid for 7
+  // days) however it likes (fetch/s3_pull.h: the transfer engine's parallel ranges) and counts
+  // its own progress; `progress` gets the totals and, at the end, the done counts.
   Result<PulledArtifact> Pull(const std::string& name, const std::string& version,
                               const std::string& dir, S3TransferProgress& progress,
-                              std::stop_token stop = {});
+                              std::stop_token stop = {}, const PullDownloadFn& download = {});
 
  private:
+  // Pull's download through `download`: presigns every file's URL, runs it into `staging`, checks
+  // that every file is there with its size.
+  VoidResult DownloadWith(const PullDownloadFn& download, const std::string& name,
+                          const ArtifactManifest& m, const std::string& staging,
+                          std::stop_token stop);
   Result<bool> HasObject(const std::string& key, uint64_t size, const std::string& sha256,
                          std::stop_token stop);
 

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -19,6 +20,7 @@
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/radosgw_env.h"
+#include "tests/integration/s3_proxy.h"
 
 namespace modelcache::itest {
 namespace {
@@ -477,6 +479,55 @@ TEST_F(S3Test, SkewedClockIsRequestTimeTooSkewedNamingNoSecret) {
   EXPECT_NE(refused.err.find("RequestTimeTooSkewed"), std::string::npos) << refused.err;
   EXPECT_EQ(refused.err.find(gw_.secret_key), std::string::npos);
   EXPECT_FALSE(fs::exists(tmp_ / "pulled"));
+}
+
+TEST_F(S3Test, PullFetchesParallelRangesWithRetriesBitExactly) {
+  // 12 MiB of weights pulled with 1 MiB ranges, four requests in flight, through the fault
+  // proxy: it shows the ranges in flight at once, fails them, and counts the requests.
+  auto files = SmallModelFiles(12 << 20, 85);
+  AddRepo("org/s3-ranges", files);
+  auto published = RunModelcache({"prefetch", "org/s3-ranges:main", "--store", store_uri(),
+                                  "--cache-dir", cache_dir(), "--hf-endpoint", hub_.url(),
+                                  "--no-progress"},
+                                 AwsEnv());
+  ASSERT_EQ(published.exit_code, 0) << published.err;
+
+  S3Proxy proxy(gw_.endpoint);
+  auto env = AwsEnv();
+  env["AWS_ENDPOINT_URL"] = proxy.url();
+  // `current` and modelcache.json are read first (two GETs); the file requests after them are
+  // held unanswered.
+  ASSERT_TRUE(proxy.Control("hold?op=GetObject&after=2"));
+  std::string dir = tmp_ / "pulled";
+  auto pull = std::async(std::launch::async, [&] {
+    return RunModelcache({"pull", store_uri() + "/artifacts/s3-ranges", dir, "--chunk-size",
+                          "1MiB", "--max-connections-per-artifact", "4"},
+                         env);
+  });
+  // Four requests in flight at once, as asked.
+  EXPECT_TRUE(WaitFor([&] { return proxy.Stats()["GetObject.held"] >= 4; }, seconds(30)))
+      << proxy.StatsText();
+  EXPECT_EQ(proxy.Stats()["GetObject.held"], 4) << proxy.StatsText();
+  // Released with 503: each of them is fetched again.
+  ASSERT_TRUE(proxy.Control("reset"));
+  auto r = pull.get();
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // The retries were logged without the presigned URLs' queries (a credential until they expire).
+  EXPECT_EQ(r.err.find("X-Amz-"), std::string::npos) << r.err;
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(Slurp(dir + "/" + path), content) << path;
+  }
+  // The weights came in ranges of 1 MiB (one GET would have done with the old pull): at least
+  // twelve GETs after the reset, besides the small files.
+  EXPECT_GE(proxy.Stats()["GetObject"], 12) << proxy.StatsText();
+  size_t entries = 0;
+  for (const auto& e : fs::recursive_directory_iterator(tmp_ / "pulled")) {
+    entries += e.is_regular_file() ? 1 : 0;
+  }
+  EXPECT_EQ(entries, files.size() + 1) << "no partial data or chunk map left in the tree";
+  for (const auto& e : fs::directory_iterator(tmp_.path())) {
+    EXPECT_EQ(e.path().filename().string().find("pulled."), std::string::npos) << e.path();
+  }
 }
 
 TEST_F(S3Test, VersionWithoutModelcacheJsonIsNeverReadyNorPulled) {
