@@ -406,7 +406,8 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
       const HttpResponse& r = *response;
       // CompleteMultipartUpload may answer 200 and still fail, with an <Error> body.
       bool error_body = r.status == 200 &&
-                        (call.op == "CompleteMultipartUpload" || call.op == "CopyObject") &&
+                        (call.op == "CompleteMultipartUpload" || call.op == "CopyObject" ||
+                         call.op == "UploadPartCopy") &&
                         r.body.find("<Error>") != std::string::npos;
       if ((r.status >= 200 && r.status < 300 && !error_body) ||
           (r.status == 404 && call.method == "HEAD")) {
@@ -581,6 +582,33 @@ Result<UploadedPart> S3Client::UploadPart(const std::string& bucket, const std::
     return Error(Reason::StorageError,
                  fmt::format("S3 UploadPart s3://{}/{} part {}: answer has no ETag", bucket, key,
                              part_number));
+  }
+  return part;
+}
+
+Result<UploadedPart> S3Client::UploadPartCopy(const std::string& bucket, const std::string& key,
+                                              const std::string& upload_id, int part_number,
+                                              const std::string& source_key, uint64_t first,
+                                              uint64_t last, std::stop_token stop) {
+  Call call{"UploadPartCopy",
+            "PUT",
+            bucket,
+            key,
+            {{"partNumber", std::to_string(part_number)}, {"uploadId", upload_id}},
+            {{"x-amz-copy-source", EncodePath("/" + bucket + "/" + source_key)},
+             {"x-amz-copy-source-range", fmt::format("bytes={}-{}", first, last)}},
+            {}};
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  UploadedPart part;
+  part.number = part_number;
+  part.size = last - first + 1;
+  // The part's ETag is in the <CopyPartResult> body, not in a header.
+  part.etag = Unquote(XmlText(r->body, "ETag").value_or(""));
+  if (part.etag.empty()) {
+    return Error(Reason::StorageError,
+                 fmt::format("S3 UploadPartCopy s3://{}/{} part {}: answer has no ETag", bucket,
+                             key, part_number));
   }
   return part;
 }

@@ -162,6 +162,13 @@ class S3Client {
   Result<UploadedPart> UploadPart(const std::string& bucket, const std::string& key,
                                   const std::string& upload_id, int part_number,
                                   std::string_view body, std::stop_token stop = {});
+  // Server-side copy of bytes [first, last] of `source_key` (same bucket) as part `part_number`
+  // (UploadPartCopy): how objects over CopyObject's 5 GiB are copied. Every part but the last
+  // must be at least 5 MiB and none over 5 GiB. A 200 answer with an <Error> body is a failure.
+  Result<UploadedPart> UploadPartCopy(const std::string& bucket, const std::string& key,
+                                      const std::string& upload_id, int part_number,
+                                      const std::string& source_key, uint64_t first,
+                                      uint64_t last, std::stop_token stop = {});
   // Every part uploaded so far (all pages), by part number.
   Result<std::vector<UploadedPart>> ListParts(const std::string& bucket, const std::string& key,
                                               const std::string& upload_id,

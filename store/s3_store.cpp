@@ -9,6 +9,9 @@
 #include <cerrno>
 #include <filesystem>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/fmt/fmt.h>
@@ -24,8 +27,11 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kManifestName = "modelcache.json";
 constexpr std::string_view kCurrentName = "current";
-// S3's limit for one CopyObject; larger objects are uploaded instead.
+// S3's limit for one CopyObject and for one part; larger objects are copied in parts.
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
+// S3's smallest part (but the last) and largest part count.
+constexpr uint64_t kMinPartSize = 5ULL << 20;
+constexpr uint64_t kMaxParts = 10'000;
 // Ranged GETs of this size keep Pull's memory bounded.
 constexpr uint64_t kPullRangeSize = 16ULL << 20;
 // Presigned URLs handed to a PullDownloadFn live as long as S3 allows (7 days), so that no pull,
@@ -256,18 +262,25 @@ Result<S3ArtifactRef> ParseS3ArtifactUri(std::string_view uri) {
   return ref;
 }
 
-S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client)
-    : location_(std::move(location)), client_(std::move(client)) {}
+S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client,
+                                 S3StoreOptions options)
+    : location_(std::move(location)), client_(std::move(client)), options_(options) {
+  options_.max_copy_object_size = std::min(options_.max_copy_object_size, kMaxCopySize);
+  options_.copy_part_size = std::clamp(options_.copy_part_size, kMinPartSize, kMaxCopySize);
+  options_.parallel_part_copies = std::max(1, options_.parallel_part_copies);
+}
 
 Result<std::unique_ptr<S3ArtifactStore>> S3ArtifactStore::Open(std::string_view uri,
                                                                AwsConfig config,
-                                                               S3ClientOptions options) {
+                                                               S3ClientOptions options,
+                                                               S3StoreOptions store_options) {
   auto loc = ParseS3StoreUri(uri);
   if (!loc) {
     return loc.error();
   }
   return std::make_unique<S3ArtifactStore>(
-      std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)));
+      std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)),
+      store_options);
 }
 
 std::string S3ArtifactStore::VersionKey(const std::string& name, const std::string& version) const {
@@ -345,7 +358,7 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutObject(
     return PutOutcome::AlreadyPresent;
   }
   auto source = copy_sources.find(file.sha256);
-  if (source != copy_sources.end() && source->second != key && file.size <= kMaxCopySize) {
+  if (source != copy_sources.end() && source->second != key) {
     // The source must still hold these bytes (it may have been deleted or overwritten since its
     // manifest was read); otherwise fall through to an upload.
     auto source_ok = HasObject(source->second, file.size, file.sha256, stop);
@@ -353,8 +366,11 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutObject(
       return source_ok.error();
     }
     if (*source_ok) {
-      if (auto r = client_->CopyObject(location_.bucket, source->second, key, stop); !r) {
-        return r.error();
+      VoidResult copy = file.size <= options_.max_copy_object_size
+                            ? client_->CopyObject(location_.bucket, source->second, key, stop)
+                            : CopyInParts(source->second, key, file, stop);
+      if (!copy) {
+        return copy.error();
       }
       auto copied = HasObject(key, file.size, file.sha256, stop);
       if (!copied) {
@@ -667,6 +683,58 @@ VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const s
     }
   }
   return {};
+}
+
+VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std::string& key,
+                                        const ManifestFile& file, std::stop_token stop) {
+  const std::string& bucket = location_.bucket;
+  uint64_t part_size =
+      std::clamp((file.size + kMaxParts - 1) / kMaxParts, options_.copy_part_size, kMaxCopySize);
+  auto parts_total = static_cast<int>((file.size + part_size - 1) / part_size);
+  auto upload_id = client_->CreateMultipartUpload(
+      bucket, key, stop, {{std::string(kSha256MetaKey), file.sha256}});
+  if (!upload_id) {
+    return upload_id.error();
+  }
+  std::vector<UploadedPart> parts(static_cast<size_t>(parts_total));
+  std::atomic<int> next{0};
+  std::mutex mu;
+  std::optional<Error> failure;  // guarded by mu
+  auto worker = [&] {
+    for (int i = next++; i < parts_total; i = next++) {
+      {
+        std::lock_guard lock(mu);
+        if (failure) {
+          return;
+        }
+      }
+      uint64_t first = static_cast<uint64_t>(i) * part_size;
+      uint64_t last = std::min(file.size, first + part_size) - 1;
+      auto part = client_->UploadPartCopy(bucket, key, *upload_id, i + 1, source_key, first, last,
+                                          stop);
+      std::lock_guard lock(mu);
+      if (!part) {
+        if (!failure) {
+          failure = part.error();
+        }
+        return;
+      }
+      parts[static_cast<size_t>(i)] = std::move(*part);
+    }
+  };
+  {
+    std::vector<std::jthread> threads;
+    for (int t = 0; t < std::min(options_.parallel_part_copies, parts_total); ++t) {
+      threads.emplace_back(worker);
+    }
+  }
+  VoidResult done = failure ? VoidResult(*failure)
+                            : client_->CompleteMultipartUpload(bucket, key, *upload_id, parts, stop);
+  if (!done) {
+    // Nothing of it is needed again: a retry copies afresh. Best effort; the error is the copy's.
+    (void)client_->AbortMultipartUpload(bucket, key, *upload_id);
+  }
+  return done;
 }
 
 Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std::string& version,
