@@ -18,6 +18,7 @@
 
 #include "common/files.h"
 #include "common/sha256.h"
+#include "store/internal/dir_lock.h"
 #include "store/s3_uploader.h"
 
 namespace modelcache::store {
@@ -636,6 +637,31 @@ bool AlreadyPulled(const std::string& dir, const ArtifactManifest& manifest) {
   return true;
 }
 
+// Removes the staging directories (and their .incomplete siblings) named `prefix`* other than
+// `keep` that no live pull holds locked: what killed pulls into the same target left behind.
+void RemoveStaleStagings(const std::string& prefix, const std::string& keep) {
+  fs::path parent = fs::path(prefix).parent_path();
+  std::string stem = fs::path(prefix).filename().string();
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    std::string name = entry.path().filename().string();
+    std::string path = entry.path().string();
+    if (name.rfind(stem, 0) != 0 || path == keep || path == keep + ".incomplete") {
+      continue;
+    }
+    std::string_view suffix = ".incomplete";
+    bool scratch = name.size() > suffix.size() &&
+                   name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    std::string staging = scratch ? path.substr(0, path.size() - suffix.size()) : path;
+    Fd held(internal::LockDirAt(staging));
+    if (held.get() < 0 && fs::exists(fs::symlink_status(staging, ec))) {
+      continue;  // in use by another pull (or not a directory we made)
+    }
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+}
+
 }  // namespace
 
 VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const std::string& name,
@@ -670,10 +696,10 @@ VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const s
   }
   VoidResult result = download(objects, stop);
   std::error_code ec;
-  fs::remove_all(scratch, ec);
   if (!result) {
-    return result;
+    return result;  // the partial data stays for the next pull of this version to resume
   }
+  fs::remove_all(scratch, ec);
   for (const PullObject& o : objects) {
     auto st = fs::symlink_status(o.dest, ec);
     if (!fs::is_regular_file(st) || fs::file_size(o.dest, ec) != o.size) {
@@ -798,19 +824,39 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
     }
   }
 
-  // Stage next to the target (same filesystem, so the final rename is atomic).
-  std::string staging = target.string() + ".partial-" + UniqueSuffix();
+  // Stage next to the target (same filesystem, so the final rename is atomic). Through a
+  // download function the staging directory is named by the version, so that a pull interrupted
+  // (killed, cancelled, the network gone) resumes where it stopped: the files it verified are
+  // there and the partial ones have their data and chunk maps in <staging>.incomplete. The version
+  // names its content, so nothing of another version is ever taken. It is locked while in use;
+  // the unlocked leftovers of other pulls into `dir` are removed first.
+  std::string staging_prefix = target.string() + ".partial-";
+  std::string staging = staging_prefix + (download ? m.version : UniqueSuffix());
+  RemoveStaleStagings(staging_prefix, staging);
   auto fail = [&](Error e) -> Result<PulledArtifact> {
     std::error_code ignored;
     fs::remove_all(staging, ignored);
+    fs::remove_all(staging + ".incomplete", ignored);
     return e;
   };
   if (auto r = MakeDirs(staging); !r) {
     return r.error();
   }
+  Fd lock(internal::LockDirAt(staging));
+  if (lock.get() < 0) {
+    return Error(Reason::StorageError,
+                 fmt::format("{} is being pulled by another process (its staging directory {} is "
+                             "locked)",
+                             target.string(), staging));
+  }
   if (download) {
     if (auto r = DownloadWith(download, name, m, staging, stop); !r) {
-      return fail(r.error());
+      // What an interrupted transfer leaves is kept for a resume; after anything else (bytes
+      // that did not verify, a broken download function) nothing is worth keeping.
+      Reason why = r.error().reason;
+      bool resumable = why == Reason::Cancelled || why == Reason::NetworkError ||
+                       why == Reason::RateLimited || why == Reason::InsufficientStorage;
+      return resumable ? r.error() : fail(r.error());
     }
     progress.bytes_done = m.size_bytes;
     progress.files_done = progress.files_total.load();

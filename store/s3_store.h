@@ -221,7 +221,12 @@ class S3ArtifactStore {
   // `download` empty: the files are fetched one after the other with ranged GETs of 16 MiB,
   // counted in `progress`. Otherwise `download` fetches them from presigned URLs (valid for 7
   // days) however it likes (fetch/s3_pull.h: the transfer engine's parallel ranges) and counts
-  // its own progress; `progress` gets the totals and, at the end, the done counts.
+  // its own progress; `progress` gets the totals and, at the end, the done counts. Its staging
+  // directory is then `dir`.partial-<version>, locked while in use (a second pull into `dir` at
+  // the same time is StorageError) and kept when the download fails with Cancelled,
+  // NetworkError, RateLimited or InsufficientStorage, so that the next pull of that version
+  // resumes (files already verified there are not fetched again); other versions' unlocked
+  // stagings of `dir` are removed.
   Result<PulledArtifact> Pull(const std::string& name, const std::string& version,
                               const std::string& dir, S3TransferProgress& progress,
                               std::stop_token stop = {}, const PullDownloadFn& download = {});

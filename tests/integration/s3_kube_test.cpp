@@ -207,6 +207,7 @@ TEST_F(S3KubeTest, CredentialsComeOnlyFromTheNamedSecretAndNeverShow) {
   ASSERT_EQ(api_.Call("PUT", path, secret).status, 200);
   json ready = WaitReadyCondition(
       "s3-kube", [](const json& c) { return c.value("status", "") == "True"; }, daemon);
+  ASSERT_TRUE(ready.contains("status") && ready["status"].contains("artifact")) << ready.dump();
   std::string uri = ready["status"]["artifact"].value("uri", "");
   EXPECT_EQ(uri.rfind(store_uri() + "/artifacts/s3-kube/", 0), 0U) << uri;
   std::string shown = Shown("s3-kube", daemon);

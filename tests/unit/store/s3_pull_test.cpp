@@ -2,6 +2,11 @@
 // (fetch/s3_pull.h: presigned URLs as FileTasks, parallel ranges, verification) against the
 // in-memory S3 imitation, and the store's own checks around any download function.
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -158,7 +163,7 @@ TEST_F(S3PullTest, BytesNotMatchingTheManifestAreChecksumMismatchAndTheOldTreeSt
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp_.path()), {}), 2);  // local/ and out/
 }
 
-TEST_F(S3PullTest, ADownloadFunctionGetsPresignedObjectsAndItsFailuresLeaveNothing) {
+TEST_F(S3PullTest, ADownloadFunctionGetsPresignedObjectsAndOnlyAnInterruptionKeepsItsData) {
   ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"d/b.bin", "beta"}});
   std::string out = tmp_.path() + "/out";
   std::vector<PullObject> seen;
@@ -186,16 +191,84 @@ TEST_F(S3PullTest, ADownloadFunctionGetsPresignedObjectsAndItsFailuresLeaveNothi
       << seen[0].url;
   EXPECT_NE(seen[0].url.find("&X-Amz-Expires=604800&"), std::string::npos) << seen[0].url;
   EXPECT_EQ(fs::path(seen[1].dest).filename(), "b.bin");
-  // The staging directory and the scratch space are gone; the target was never made.
-  EXPECT_EQ(std::distance(fs::directory_iterator(tmp_.path()), {}), 1);  // local/
+  EXPECT_EQ(fs::path(seen[0].dest).parent_path(), out + ".partial-" + m.version);
+  // An interrupted transfer (NetworkError) leaves the staging directory and the scratch space
+  // for a resume; the target was never made.
+  EXPECT_TRUE(fs::is_directory(out + ".partial-" + m.version));
+  EXPECT_TRUE(fs::is_directory(out + ".partial-" + m.version + ".incomplete"));
+  EXPECT_FALSE(fs::exists(out));
 
-  // A download that claims success without leaving the files is caught.
+  // A download that claims success without leaving the files is caught, and nothing is kept.
   auto lazy = [](const std::vector<PullObject>&, std::stop_token) -> VoidResult { return {}; };
   auto caught = store_->Pull("qwen", "", out, p, {}, lazy);
   ASSERT_FALSE(caught);
   EXPECT_EQ(caught.error().reason, Reason::Internal);
   EXPECT_NE(caught.error().message.find("a.txt"), std::string::npos) << caught.error().message;
-  EXPECT_EQ(std::distance(fs::directory_iterator(tmp_.path()), {}), 1);
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp_.path()), {}), 1);  // local/
+}
+
+TEST_F(S3PullTest, AnInterruptedPullResumesWithoutFetchingVerifiedFilesAgain) {
+  std::map<std::string, std::string> files{{"a.txt", Bytes(300000, 1)},
+                                           {"b.bin", Bytes(700000, 2)}};
+  ArtifactManifest m = Publish(files);
+  std::string out = tmp_.path() + "/out";
+  // The first pull verified a.txt into place, then lost the network.
+  auto interrupted = [&](const std::vector<PullObject>& objects, std::stop_token) -> VoidResult {
+    WriteText(objects[0].dest, files["a.txt"]);
+    return Error(Reason::NetworkError, "connection reset");
+  };
+  S3TransferProgress p;
+  ASSERT_FALSE(store_->Pull("qwen", "", out, p, {}, interrupted));
+  // Another version's leftover from a pull killed long ago, and its partial data.
+  WriteText(out + ".partial-0123456789ab/x", "old");
+  WriteText(out + ".partial-0123456789ab.incomplete/0", "old");
+
+  s3_.ClearRequests();
+  fetch::TransferEngine engine(EngineOptions());
+  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  fetch::TransferProgress downloaded;
+  S3TransferProgress p2;
+  auto resumed = store_->Pull("qwen", "", out, p2, {},
+                              fetch::TransferPullDownload(*transfer, downloaded));
+  ASSERT_TRUE(resumed) << resumed.error().ToString();
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(ReadText(out + "/" + path), content) << path;
+  }
+  EXPECT_EQ(s3_.Count("GetObject", "/a.txt"), 0U);
+  EXPECT_GE(s3_.Count("GetObject", "/b.bin"), 1U);
+  // Only the tree is left: no staging of this version or the other one, no partial data.
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(tmp_.path())) {
+    left.push_back(e.path().filename().string());
+  }
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(left, (std::vector<std::string>{"local", "out"}));
+}
+
+TEST_F(S3PullTest, APullIntoTheSameDirectoryAtTheSameTimeIsRefused) {
+  ArtifactManifest m = Publish({{"a.txt", "alpha"}});
+  std::string out = tmp_.path() + "/out";
+  std::string staging = out + ".partial-" + m.version;
+  fs::create_directories(staging);
+  int fd = ::open(staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);  // as the other pull holds it
+  fetch::TransferEngine engine(EngineOptions());
+  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  fetch::TransferProgress downloaded;
+  S3TransferProgress p;
+  auto refused = store_->Pull("qwen", "", out, p, {},
+                              fetch::TransferPullDownload(*transfer, downloaded));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().reason, Reason::StorageError);
+  EXPECT_NE(refused.error().message.find("being pulled by another process"), std::string::npos)
+      << refused.error().message;
+  EXPECT_TRUE(fs::is_directory(staging));  // not removed under the other pull
+  ::close(fd);
+  auto later = store_->Pull("qwen", "", out, p, {},
+                            fetch::TransferPullDownload(*transfer, downloaded));
+  ASSERT_TRUE(later) << later.error().ToString();
+  EXPECT_EQ(ReadText(out + "/a.txt"), "alpha");
 }
 
 }  // namespace
