@@ -266,7 +266,9 @@ Result<S3ArtifactRef> ParseS3ArtifactUri(std::string_view uri) {
 S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client,
                                  S3StoreOptions options)
     : location_(std::move(location)), client_(std::move(client)), options_(options) {
-  options_.max_copy_object_size = std::min(options_.max_copy_object_size, kMaxCopySize);
+  // Below one part's minimum a multipart copy gains nothing (and an empty object has no part).
+  options_.max_copy_object_size =
+      std::clamp(options_.max_copy_object_size, kMinPartSize, kMaxCopySize);
   options_.copy_part_size = std::clamp(options_.copy_part_size, kMinPartSize, kMaxCopySize);
   options_.parallel_part_copies = std::max(1, options_.parallel_part_copies);
 }

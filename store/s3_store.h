@@ -97,7 +97,7 @@ struct PulledArtifact {
 struct S3StoreOptions {
   // Server-side copies (dedupe against the current version) of objects up to this size are one
   // CopyObject (S3 allows at most 5 GiB); larger ones are a multipart upload whose parts are
-  // UploadPartCopy calls. At most 5 GiB.
+  // UploadPartCopy calls. At least 5 MiB, at most 5 GiB.
   uint64_t max_copy_object_size = 5ULL << 30;
   // Part size of such a multipart copy (raised so that no copy needs more than 10 000 parts; at
   // least 5 MiB, at most 5 GiB) and how many parts are copied at once.
