@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
@@ -42,6 +43,25 @@ constexpr size_t kHashPiece = 1 << 20;
 constexpr uint64_t kHashBudget = 64ULL << 20;
 constexpr int kMaxRedirects = 10;
 constexpr size_t kMaxErrorBody = 64 << 10;
+
+// " AccessDenied": the <Code> of an XML error body, as object stores (S3, the CDNs in front of
+// them) send, so that a refused presigned URL says why; "" if there is none. Only the code: other
+// elements of such bodies (SignatureDoesNotMatch's StringToSign) are not for messages.
+std::string DataHostCode(const HttpResponse& response) {
+  const std::string& body = response.body;
+  size_t open = body.find("<Code>");
+  size_t close = open == std::string::npos ? open : body.find("</Code>", open);
+  if (close == std::string::npos || close - open - 6 > 64) {
+    return "";
+  }
+  std::string code = body.substr(open + 6, close - open - 6);
+  for (char ch : code) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) {
+      return "";
+    }
+  }
+  return code.empty() ? "" : " " + code;
+}
 constexpr auto kRateWindow = std::chrono::seconds(5);
 constexpr auto kRateSample = std::chrono::milliseconds(250);
 constexpr auto kIdleWait = std::chrono::milliseconds(100);
@@ -1066,8 +1086,8 @@ void Job::Handle(Request* r) {
     }
     Retry(f, c,
           Error(Reason::NetworkError,
-                fmt::format("{} answered HTTP {} for {}", internal::Origin(r->url), status,
-                            t.path)),
+                fmt::format("{} answered HTTP {}{} for {}", internal::Origin(r->url), status,
+                            DataHostCode(r->response), t.path)),
           progressed);
     return;
   }
@@ -1090,8 +1110,9 @@ void Job::Handle(Request* r) {
       f.data_url.clear();
     }
     Retry(f, c,
-          Error(Reason::NetworkError, fmt::format("{} answered HTTP {} for {}",
-                                                  internal::Origin(r->url), status, t.path)),
+          Error(Reason::NetworkError,
+                fmt::format("{} answered HTTP {}{} for {}", internal::Origin(r->url), status,
+                            DataHostCode(r->response), t.path)),
           progressed);
     return;
   }

@@ -163,6 +163,25 @@ TEST_F(S3PullTest, BytesNotMatchingTheManifestAreChecksumMismatchAndTheOldTreeSt
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp_.path()), {}), 2);  // local/ and out/
 }
 
+TEST_F(S3PullTest, AnObjectGoneSinceTheManifestIsNamedWithItsS3Code) {
+  // b.txt longer than the imitation's error body, which httplib would cut to the Range asked.
+  ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"b.txt", Bytes(1000, 4)}});
+  s3_.DeleteObject("models", "team/artifacts/qwen/" + m.version + "/b.txt");
+  fetch::TransferEngine engine(EngineOptions());
+  fetch::HubOptions once;
+  once.max_attempts = 1;
+  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions(once));
+  fetch::TransferProgress downloaded;
+  S3TransferProgress p;
+  auto r = store_->Pull("qwen", "", tmp_.path() + "/out", p, {},
+                        fetch::TransferPullDownload(*transfer, downloaded));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::NetworkError);
+  EXPECT_NE(r.error().message.find("answered HTTP 404 NoSuchKey for b.txt"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(r.error().message.find("X-Amz-"), std::string::npos) << r.error().message;
+}
+
 TEST_F(S3PullTest, ADownloadFunctionGetsPresignedObjectsAndOnlyAnInterruptionKeepsItsData) {
   ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"d/b.bin", "beta"}});
   std::string out = tmp_.path() + "/out";
