@@ -27,64 +27,82 @@ constexpr int kFinalizerAttempts = 5;
 // A missing Secret or key is not part of the spec, so it may appear without a spec change: the
 // resource is looked at again after this long.
 constexpr std::chrono::seconds kSecretRecheck{30};
+// How long a reconcile waits for a job it started before reporting it as Resolving
+// (ReconcilerOptions::settle).
+constexpr std::chrono::milliseconds kSettle{500};
 
 bool HasFinalizer(const std::vector<std::string>& finalizers) {
   return std::find(finalizers.begin(), finalizers.end(), kFinalizer) != finalizers.end();
 }
 
-// Adds (add = true) or removes our finalizer on the server's current object: GET, edit, PUT
-// with its resourceVersion, again from a fresh GET on 409 (controllerutil.AddFinalizer or
-// RemoveFinalizer + Update, in retry.RetryOnConflict). The raw object is edited, not a
-// conversion of it, so that fields this program does not model (ownerReferences, managedFields,
-// unknown spec fields) are written back unchanged. OK when there is nothing to do: the object is
-// gone, already in the wanted state, or being deleted (the API server forbids adding a
-// finalizer then).
-VoidResult EditFinalizer(const KubeClient& client, const crds::ObjectKey& key, bool add,
+// Adds (add = true) or removes our finalizer with a JSON merge patch of metadata.finalizers
+// that carries the resourceVersion the list was computed from, as controllerutil.AddFinalizer
+// or RemoveFinalizer + client.Patch(MergeFromWithOptimisticLock) in retry.RetryOnConflict. A
+// merge patch replaces the whole list, hence the precondition; only the list is sent, so fields
+// this program does not model (ownerReferences, managedFields, unknown spec fields) are left as
+// they are. The first attempt starts from `cached`, the reflector's copy, with its
+// resourceVersion: no GET. (Not the version the store's own status writes moved it to: a status
+// write that re-read the object after a conflict may have moved past someone else's metadata
+// change.) On 409 the object is re-read and the edit redone. OK when there is nothing to do: the object is gone,
+// already in the wanted state, or being deleted (the API server forbids adding a finalizer then).
+VoidResult EditFinalizer(const KubeClient& client, const crds::ModelCache& cached, bool add,
                          KubeStatusStore& statuses) {
+  const crds::ObjectKey key = cached.key();
   std::string what = std::string(add ? "add" : "remove") + " finalizer " +
                      std::string(kFinalizer) + " on modelcache " + key.ToString();
+  std::vector<std::string> finalizers = cached.metadata.finalizers;
+  bool deleting = cached.metadata.deletion_timestamp.has_value();
+  std::string rv = cached.metadata.resource_version;
   for (int attempt = 1;; ++attempt) {
-    auto current = client.Get(key.namespace_, key.name);
-    if (!current) {
-      return current.error();
+    if (rv.empty() || attempt > 1) {
+      // No version to base the edit on, or someone else changed the object: re-read it.
+      auto current = client.Get(key.namespace_, key.name);
+      if (!current) {
+        return current.error();
+      }
+      if (current->status == 404) {
+        return {};
+      }
+      if (!current->ok()) {
+        return ReplyError(*current, what);
+      }
+      const json& meta = current->body.is_object() ? current->body.value("metadata", json())
+                                                   : json();
+      if (!meta.is_object()) {
+        return Error(Reason::NetworkError, what + ": the API server's answer has no metadata");
+      }
+      finalizers.clear();
+      for (const json& f : meta.value("finalizers", json::array())) {
+        if (f.is_string()) {
+          finalizers.push_back(f.get<std::string>());
+        }
+      }
+      deleting = meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null();
+      rv = meta.value("resourceVersion", "");
     }
-    if (current->status == 404) {
+    if (add && deleting) {
       return {};
     }
-    if (!current->ok()) {
-      return ReplyError(*current, what);
-    }
-    json object = std::move(current->body);
-    json& meta = object["metadata"];
-    if (add && meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null()) {
-      return {};
-    }
-    json finalizers = meta.contains("finalizers") && meta["finalizers"].is_array()
-                          ? meta["finalizers"]
-                          : json::array();
-    auto it = std::find(finalizers.begin(), finalizers.end(), json(kFinalizer));
+    auto it = std::find(finalizers.begin(), finalizers.end(), kFinalizer);
     if (add == (it != finalizers.end())) {
       return {};
     }
     if (add) {
-      finalizers.push_back(kFinalizer);
+      finalizers.emplace_back(kFinalizer);
     } else {
       finalizers.erase(it);
     }
-    if (finalizers.empty()) {
-      meta.erase("finalizers");
-    } else {
-      meta["finalizers"] = finalizers;
-    }
-    std::string from = meta.value("resourceVersion", "");
-    auto reply = client.Update(object);
+    json patch = {{"metadata",
+                   {{"resourceVersion", rv},
+                    {"finalizers", finalizers.empty() ? json(nullptr) : json(finalizers)}}}};
+    auto reply = client.MergePatch(key.namespace_, key.name, patch);
     if (!reply) {
       return reply.error();
     }
     if (reply->ok()) {
       // The next status write is based on the cached version, which has not seen this one yet.
       if (reply->body.is_object() && reply->body.contains("metadata")) {
-        statuses.NoteUpdate(key, from, reply->body["metadata"].value("resourceVersion", ""));
+        statuses.NoteUpdate(key, rv, reply->body["metadata"].value("resourceVersion", ""));
       }
       return {};
     }
@@ -153,13 +171,13 @@ class KubernetesMode final : public DaemonMode {
       if (HasFinalizer(object.metadata.finalizers)) {
         return {};
       }
-      return EditFinalizer(client_, object.key(), /*add=*/true, statuses_);
+      return EditFinalizer(client_, object, /*add=*/true, statuses_);
     };
     manager.finalize = [this](const crds::ModelCache& object) -> VoidResult {
       if (!HasFinalizer(object.metadata.finalizers)) {
         return {};
       }
-      if (auto r = EditFinalizer(client_, object.key(), /*add=*/false, statuses_); !r) {
+      if (auto r = EditFinalizer(client_, object, /*add=*/false, statuses_); !r) {
         return r;
       }
       spdlog::info("{}: finalizer {} removed", object.key().ToString(), kFinalizer);
@@ -169,6 +187,9 @@ class KubernetesMode final : public DaemonMode {
                                     const crds::ModelCacheStatus& before) {
       events_.RecordStatusChange(object, before);
     };
+    // Every status write is an API request (and an Event): a job that finishes within this (a
+    // resource whose artifact is already cached) gets one write, straight to its result.
+    reconciler.settle = kSettle;
     reconciler.secret_lookup = [this](const crds::ObjectKey& owner,
                                       const crds::SecretKeyRef& ref) {
       return LookupSecret(owner, ref);

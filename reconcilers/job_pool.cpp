@@ -36,6 +36,11 @@ std::vector<std::function<void()>> JobPool::Stop() {
   return dropped;
 }
 
+bool JobPool::HasFreeThread() {
+  std::lock_guard lock(mu_);
+  return !stopping_ && queue_.empty() && running_ < threads_.size();
+}
+
 void JobPool::Loop() {
   while (true) {
     std::function<void()> job;
@@ -47,8 +52,11 @@ void JobPool::Loop() {
       }
       job = std::move(queue_.front());
       queue_.pop_front();
+      ++running_;
     }
     job();
+    std::lock_guard lock(mu_);
+    --running_;
   }
 }
 

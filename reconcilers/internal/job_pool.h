@@ -25,6 +25,8 @@ class JobPool {
   // Drops queued jobs (returning them so the caller can complete them) and lets threads exit once
   // their current job returns.
   std::vector<std::function<void()>> Stop();
+  // True when a job submitted now would start at once: a thread is free and nothing is queued.
+  bool HasFreeThread();
 
  private:
   void Loop();
@@ -33,6 +35,7 @@ class JobPool {
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;  // guarded by mu_
   bool stopping_ = false;                    // guarded by mu_
+  size_t running_ = 0;                       // guarded by mu_
   std::vector<std::jthread> threads_;
 };
 
