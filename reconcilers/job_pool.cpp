@@ -38,7 +38,8 @@ std::vector<std::function<void()>> JobPool::Stop() {
 
 bool JobPool::HasFreeThread() {
   std::lock_guard lock(mu_);
-  return !stopping_ && queue_.empty() && running_ < threads_.size();
+  // Queued jobs are about to be taken by free threads: count them as running.
+  return !stopping_ && running_ + queue_.size() < threads_.size();
 }
 
 void JobPool::Loop() {

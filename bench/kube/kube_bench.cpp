@@ -139,8 +139,13 @@ int main(int argc, char** argv) {
   app.add_option("--changes", changes, "Spec changes timed one after another")
       ->capture_default_str();
   app.add_option("--workers", workers, "The daemon's --workers")->capture_default_str();
-  app.add_option("--work-dir", work_dir, "Scratch directory (default: a new one under /tmp)");
+  std::string log_level = "warn";
+  app.add_option("--work-dir", work_dir,
+                 "Scratch directory, kept afterwards (default: a new one under /tmp, removed)");
+  app.add_option("--log-level", log_level, "The daemon's --log-level (its log: daemon.log)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  bool keep_work_dir = !work_dir.empty();
   if (work_dir.empty()) {
     work_dir = fs::temp_directory_path() / ("mc-kube-bench-" + std::to_string(getpid()));
   }
@@ -196,7 +201,7 @@ int main(int argc, char** argv) {
   Clock::time_point start = Clock::now();
   pid_t daemon = Spawn({binary, "run", "--kubernetes", "--kubeconfig", work_dir + "/kubeconfig",
                         "--store", store, "--hf-endpoint", hub.url(), "--workers",
-                        std::to_string(workers), "--log-level", "warn"},
+                        std::to_string(workers), "--log-level", log_level},
                        work_dir + "/daemon.log");
   Clock::time_point synced{};
   int ready = 0;
@@ -286,8 +291,11 @@ int main(int argc, char** argv) {
     by_kind += (by_kind.empty() ? "" : ", ") + kind + " " +
                std::to_string(static_cast<double>(d) / objects).substr(0, 4);
   }
-  std::printf("| API requests per object during the initial sync | %.2f (%s) | |\n",
-              static_cast<double>(total_requests) / objects, by_kind.c_str());
-  fs::remove_all(work_dir);
+  std::printf("| API requests per object during the initial sync | %.2f (%s; %llu conflicts) | |\n",
+              static_cast<double>(total_requests) / objects, by_kind.c_str(),
+              static_cast<unsigned long long>(after_sync.conflicts - before_sync.conflicts));
+  if (!keep_work_dir) {
+    fs::remove_all(work_dir);
+  }
   return 0;
 }

@@ -25,7 +25,8 @@ class JobPool {
   // Drops queued jobs (returning them so the caller can complete them) and lets threads exit once
   // their current job returns.
   std::vector<std::function<void()>> Stop();
-  // True when a job submitted now would start at once: a thread is free and nothing is queued.
+  // True when a job submitted now would start at once: more threads than running and queued
+  // jobs.
   bool HasFreeThread();
 
  private:
