@@ -12,6 +12,7 @@
 #include "controller/kube_client.h"
 #include "controller/kube_config.h"
 #include "controller/kube_events.h"
+#include "controller/kube_finalizer.h"
 #include "controller/kube_source.h"
 #include "controller/kube_status_store.h"
 
@@ -20,10 +21,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::string_view kFinalizer = "modelcache.dev/artifact";
-// Conflicting writers of one object's metadata, in a row, before a finalizer edit gives up (the
-// key is then requeued with rate limiting).
-constexpr int kFinalizerAttempts = 5;
 // A missing Secret or key is not part of the spec, so it may appear without a spec change: the
 // resource is looked at again after this long.
 constexpr std::chrono::seconds kSecretRecheck{30};
@@ -33,86 +30,6 @@ constexpr std::chrono::milliseconds kSettle{500};
 
 bool HasFinalizer(const std::vector<std::string>& finalizers) {
   return std::find(finalizers.begin(), finalizers.end(), kFinalizer) != finalizers.end();
-}
-
-// Adds (add = true) or removes our finalizer with a JSON merge patch of metadata.finalizers
-// that carries the resourceVersion the list was computed from, as controllerutil.AddFinalizer
-// or RemoveFinalizer + client.Patch(MergeFromWithOptimisticLock) in retry.RetryOnConflict. A
-// merge patch replaces the whole list, hence the precondition; only the list is sent, so fields
-// this program does not model (ownerReferences, managedFields, unknown spec fields) are left as
-// they are. The first attempt starts from `cached`, the reflector's copy, with its
-// resourceVersion: no GET. (Not the version the store's own status writes moved it to: a status
-// write that re-read the object after a conflict may have moved past someone else's metadata
-// change.) On 409 the object is re-read and the edit redone. OK when there is nothing to do: the object is gone,
-// already in the wanted state, or being deleted (the API server forbids adding a finalizer then).
-VoidResult EditFinalizer(const KubeClient& client, const crds::ModelCache& cached, bool add,
-                         KubeStatusStore& statuses) {
-  const crds::ObjectKey key = cached.key();
-  std::string what = std::string(add ? "add" : "remove") + " finalizer " +
-                     std::string(kFinalizer) + " on modelcache " + key.ToString();
-  std::vector<std::string> finalizers = cached.metadata.finalizers;
-  bool deleting = cached.metadata.deletion_timestamp.has_value();
-  std::string rv = cached.metadata.resource_version;
-  for (int attempt = 1;; ++attempt) {
-    if (rv.empty() || attempt > 1) {
-      // No version to base the edit on, or someone else changed the object: re-read it.
-      auto current = client.Get(key.namespace_, key.name);
-      if (!current) {
-        return current.error();
-      }
-      if (current->status == 404) {
-        return {};
-      }
-      if (!current->ok()) {
-        return ReplyError(*current, what);
-      }
-      const json& meta = current->body.is_object() ? current->body.value("metadata", json())
-                                                   : json();
-      if (!meta.is_object()) {
-        return Error(Reason::NetworkError, what + ": the API server's answer has no metadata");
-      }
-      finalizers.clear();
-      for (const json& f : meta.value("finalizers", json::array())) {
-        if (f.is_string()) {
-          finalizers.push_back(f.get<std::string>());
-        }
-      }
-      deleting = meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null();
-      rv = meta.value("resourceVersion", "");
-    }
-    if (add && deleting) {
-      return {};
-    }
-    auto it = std::find(finalizers.begin(), finalizers.end(), kFinalizer);
-    if (add == (it != finalizers.end())) {
-      return {};
-    }
-    if (add) {
-      finalizers.emplace_back(kFinalizer);
-    } else {
-      finalizers.erase(it);
-    }
-    json patch = {{"metadata",
-                   {{"resourceVersion", rv},
-                    {"finalizers", finalizers.empty() ? json(nullptr) : json(finalizers)}}}};
-    auto reply = client.MergePatch(key.namespace_, key.name, patch);
-    if (!reply) {
-      return reply.error();
-    }
-    if (reply->ok()) {
-      // The next status write is based on the cached version, which has not seen this one yet.
-      if (reply->body.is_object() && reply->body.contains("metadata")) {
-        statuses.NoteUpdate(key, rv, reply->body["metadata"].value("resourceVersion", ""));
-      }
-      return {};
-    }
-    if (reply->status == 404) {
-      return {};
-    }
-    if (reply->status != 409 || attempt >= kFinalizerAttempts) {
-      return ReplyError(*reply, what);
-    }
-  }
 }
 
 bool SelectorMatches(const std::map<std::string, std::string>& selector,

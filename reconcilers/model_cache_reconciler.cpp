@@ -35,7 +35,8 @@ struct JobEntry {
   // Non-empty: this cache job heals what a drift check (or a missing version) found.
   std::string heal;
   // A reconcile waiting for the job (ReconcilerOptions::settle) takes its result itself, so the
-  // job's end does not wake the key then.
+  // job's end does not wake the key then. Set before the job is submitted (so that a job that
+  // ends before the wait begins does not wake the key either); cleared when the wait ends.
   std::mutex done_mu;
   std::condition_variable_any done_cv;
   bool awaited = false;  // guarded by done_mu
@@ -55,7 +56,6 @@ struct JobEntry {
   // Waits up to `d` (or until `cancel`) for the job to finish; true if it did.
   bool AwaitFinish(milliseconds d, std::stop_token cancel) {
     std::unique_lock lock(done_mu);
-    awaited = true;
     bool done = done_cv.wait_for(lock, cancel, d, [this] { return finished.load(); });
     awaited = false;
     return done;
@@ -434,9 +434,10 @@ struct ModelCacheReconciler::Impl {
   // Starts the cache job for `obj` on the pool. Fails (nothing started) when the spec's Hub, S3
   // or source settings cannot be resolved. `pinned_commit`: fetch this commit instead of
   // resolving the revision (a heal); `heal`: what the job repairs, for its status.
+  // `awaited`: the caller will AwaitFinish() the job.
   VoidResult StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj,
                       std::string spec_hash, bool verify_existing, std::string pinned_commit = {},
-                      std::string heal = {}) {
+                      std::string heal = {}, bool awaited = false) {
     auto aws = S3ConfigFor(obj.spec);
     if (!aws) {
       return aws.error();
@@ -453,6 +454,7 @@ struct ModelCacheReconciler::Impl {
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
     job->heal = std::move(heal);
+    job->awaited = awaited;
     CacheJobInputs in;
     in.key = key;
     in.spec = obj.spec;
@@ -484,11 +486,11 @@ struct ModelCacheReconciler::Impl {
       } else {
         job->result = RunCacheJob(in, job->state, stop);
       }
-      bool awaited = job->Finish();
+      bool taken = job->Finish();  // by a reconcile waiting for it
       if (options.observer != nullptr) {
         options.observer->JobFinished(in.key);
       }
-      if (options.wake && !awaited) {
+      if (options.wake && !taken) {
         options.wake(in.key);
       }
     });
@@ -692,7 +694,8 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     }
   }
   bool settle = impl.options.settle.count() > 0 && impl.pool.HasFreeThread();
-  if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal); !r) {
+  if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal, settle);
+      !r) {
     return r.error();
   }
   if (auto started = impl.FindJob(key);
