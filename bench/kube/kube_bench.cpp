@@ -200,6 +200,7 @@ int main(int argc, char** argv) {
   // 1. Initial sync.
   modelcache::testing::ApiServerStats before_sync = api.stats();
   double rig_cpu_start = CpuSeconds(getpid());
+  auto hub_requests_start = hub.Requests("/api");
   Clock::time_point start = Clock::now();
   pid_t daemon = Spawn({binary, "run", "--kubernetes", "--kubeconfig", work_dir + "/kubeconfig",
                         "--store", store, "--hf-endpoint", hub.url(), "--workers",
@@ -226,6 +227,7 @@ int main(int argc, char** argv) {
   }
   modelcache::testing::ApiServerStats after_sync = api.stats();
   double rig_cpu = CpuSeconds(getpid()) - rig_cpu_start;
+  auto hub_requests = hub.Requests("/api") - hub_requests_start;
   double sync_ms = Ms(synced - start);
   double sync_cpu = CpuSeconds(daemon);
   double sync_rss = StatusMiB(daemon, "VmRSS:");
@@ -300,6 +302,8 @@ int main(int argc, char** argv) {
   std::printf("| API requests per object during the initial sync | %.2f (%s; %llu conflicts) | |\n",
               static_cast<double>(total_requests) / objects, by_kind.c_str(),
               static_cast<unsigned long long>(after_sync.conflicts - before_sync.conflicts));
+  std::printf("| Hub API requests per object during the initial sync | %.2f | |\n",
+              static_cast<double>(hub_requests) / objects);
   std::printf("| API-server connections opened during the initial sync | %llu | |\n",
               static_cast<unsigned long long>(after_sync.connections - before_sync.connections));
   if (!keep_work_dir) {
