@@ -45,6 +45,4 @@ Result<std::vector<fetch::RepoFile>> SharedListFiles(fetch::HubClient& hub,
       stop);
 }
 
-uint64_t SharedHubRequests() { return Resolves().shared() + Listings().shared(); }
-
 }  // namespace modelcache::reconcilers

@@ -9,7 +9,6 @@
 //
 // Thread-safe.
 
-#include <cstdint>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -31,8 +30,5 @@ Result<std::vector<fetch::RepoFile>> SharedListFiles(fetch::HubClient& hub,
                                                      const std::string& repo,
                                                      const std::string& commit,
                                                      std::stop_token stop);
-
-// Requests that got another job's answer so far (for tests).
-uint64_t SharedHubRequests();
 
 }  // namespace modelcache::reconcilers
