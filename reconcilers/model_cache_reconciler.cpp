@@ -693,7 +693,10 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  bool settle = impl.options.settle.count() > 0 && impl.pool.HasFreeThread();
+  // Only for a resource not reported on yet: a spec change of a reported one is acknowledged
+  // (observedGeneration) at once.
+  bool settle = impl.options.settle.count() > 0 && prev.phase.empty() &&
+                impl.pool.HasFreeThread();
   if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal, settle);
       !r) {
     return r.error();

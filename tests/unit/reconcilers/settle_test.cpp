@@ -122,6 +122,27 @@ TEST_F(SettleTest, AJobThatEndsInTimeIsReportedOnceAsItsResult) {
   EXPECT_EQ(Woken(), 0U);
 }
 
+TEST_F(SettleTest, ASpecChangeOfAReportedResourceIsAcknowledgedAtOnce) {
+  MakeReconciler(std::chrono::minutes(1));
+  Request request = NewRequest("m");
+  auto ready = reconciler_->Reconcile(request, {});
+  ASSERT_TRUE(ready);
+  ASSERT_EQ(ready->status.phase, crds::kPhaseReady);
+  // Generation 2 (an exclude added): a new job, reported as Resolving without waiting for it.
+  request.status = ready->status;
+  request.status.observed_generation = 1;
+  request.object->metadata.generation = 2;
+  request.object->spec.source.exclude = {"*.md"};
+  auto changed = reconciler_->Reconcile(request, {});
+  ASSERT_TRUE(changed);
+  EXPECT_EQ(changed->status.phase, crds::kPhaseResolving);
+  ASSERT_TRUE(WaitWoken("default/m"));
+  request.status = changed->status;
+  auto done = reconciler_->Reconcile(request, {});
+  ASSERT_TRUE(done) << done.error().ToString();
+  EXPECT_EQ(done->status.phase, crds::kPhaseReady);
+}
+
 TEST_F(SettleTest, AJobStillRunningIsReportedAsResolvingAndWakesTheKeyWhenItEnds) {
   SlowWeights();
   MakeReconciler(milliseconds(20));
