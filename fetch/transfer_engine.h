@@ -40,8 +40,8 @@ struct TransferEngineOptions {
   int max_connections_per_job = 8;   // requests in flight per Run; at least 1
   // Largest byte range per request. A file is split into about max_connections_per_job ranges of
   // at most chunk_size and at least min_chunk_size bytes.
-  uint64_t chunk_size = 32ULL << 20;
-  uint64_t min_chunk_size = 16ULL << 20;
+  uint64_t chunk_size = 8ULL << 20;
+  uint64_t min_chunk_size = 8ULL << 20;
   uint64_t max_bytes_per_second = 0;  // over the whole engine; 0 = unlimited
   // A request that receives no byte for this long is aborted and retried (at least 1 s).
   std::chrono::milliseconds stall_timeout{30000};

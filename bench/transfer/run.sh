@@ -112,7 +112,7 @@ run_tool() {  # tool repo -> "<seconds> <peak rss KiB>" of one run
     modelcache)
       # shellcheck disable=SC2086
       /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$MC_BIN" prefetch "$repo" --store "$WORK/out" \
-        --hf-endpoint "$HUB" --no-progress $MC_FLAGS >/dev/null 2>"$WORK/modelcache.err"
+        --hf-endpoint "$HUB" --no-progress $MC_FLAGS >/dev/null 2>"$WORK/modelcache.${repo##*/}.err"
       ;;
     aria2c | aria2c+sync)
       urls "$repo" | awk -F'\t' '{print $2"\n  out="$1}' >"$WORK/aria2.list"
