@@ -105,10 +105,11 @@ class BlockPool {
     return b;
   }
 
-  // Whether a Get(false) would succeed.
+  // Whether paused transfers may go on: those with a block can (see Overdrawn); one without
+  // finds out with Get and pauses again if there is none.
   bool Available() {
     std::lock_guard lock(mu_);
-    return used_ < max_;
+    return used_ <= max_;
   }
 
   // Whether a transfer waits for a block: jobs then give back the blocks they hold for hashing.
@@ -544,7 +545,9 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 struct TransferEngine::Impl {
   explicit Impl(TransferEngineOptions o)
       : options(std::move(o)),
-        pool(2 * static_cast<size_t>(std::max(1, options.max_connections)) + kMaxHeldBlocks,
+        pool(options.staging_bytes > 0
+                 ? std::max<size_t>(1, options.staging_bytes / kBlockSize)
+                 : 2 * static_cast<size_t>(std::max(1, options.max_connections)) + kMaxHeldBlocks,
              [this] { curl_multi_wakeup(multi); }),
         writer(pool) {
     options.max_connections = std::max(1, options.max_connections);
