@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <memory>
 #include "common/files.h"
 #include <vector>
 
@@ -66,9 +68,12 @@ Result<std::string> HashFile(const std::string& path, bool git_blob) {
   off_t size = ::lseek(fd, 0, SEEK_END);
   ::lseek(fd, 0, SEEK_SET);
   Hasher h = git_blob ? GitBlobHasher(static_cast<uint64_t>(size)) : Hasher(Hasher::Kind::Sha256);
-  std::vector<char> buf(1 << 20);
+  // Sized to the file (up to 1 MiB) and not zeroed: most files hashed are small (config,
+  // tokenizer), and a zeroed 1 MiB buffer per call cost more than hashing them.
+  size_t cap = static_cast<size_t>(std::clamp<off_t>(size + 1, 4096, 1 << 20));
+  std::unique_ptr<char[]> buf(new char[cap]);
   while (true) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf.get(), cap);
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -80,7 +85,7 @@ Result<std::string> HashFile(const std::string& path, bool git_blob) {
     if (n == 0) {
       break;
     }
-    h.Update(buf.data(), static_cast<size_t>(n));
+    h.Update(buf.get(), static_cast<size_t>(n));
   }
   ::close(fd);
   return h.FinalHex();

@@ -33,7 +33,7 @@ struct TransferFlags {
   int max_connections = 16;               // over all downloads of the process
   int max_connections_per_artifact = 8;   // requests one job keeps in flight
   uint64_t max_bandwidth = 0;             // bytes per second over the process; 0 = unlimited
-  uint64_t chunk_size = 32ULL << 20;      // largest byte range per request
+  uint64_t chunk_size = 8ULL << 20;       // largest byte range per request
 };
 
 // Every option of a command by long name (without "--") with its value as text
@@ -109,6 +109,7 @@ struct PrefetchOptions {
   bool force = false;
   TransferFlags transfer;
   bool progress = true;      // a progress bar when stderr is a terminal
+  std::string log_level = "warn";
 };
 int Prefetch(const PrefetchOptions& options, const Environment& env);
 

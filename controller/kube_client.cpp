@@ -167,6 +167,14 @@ Result<KubeReply> KubeClient::UpdateStatus(const json& object, std::stop_token s
   return Send(std::move(req), stop);
 }
 
+Result<KubeReply> KubeClient::MergePatch(const std::string& ns, const std::string& name,
+                                         const json& patch, std::stop_token stop) const {
+  HttpRequest req = Request("PATCH", ModelCacheUrl(ns, name));
+  req.headers.emplace_back("Content-Type", "application/merge-patch+json");
+  req.body = patch.dump();
+  return Send(std::move(req), stop);
+}
+
 VoidResult KubeClient::Watch(const std::string& ns, const std::string& resource_version,
                              std::chrono::seconds timeout,
                              const std::function<bool(const WatchEvent&)>& on_event,

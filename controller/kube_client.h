@@ -69,6 +69,11 @@ class KubeClient {
   Result<KubeReply> Update(const nlohmann::json& object, std::stop_token stop = {}) const;
   // PUT .../status: changes only .status.
   Result<KubeReply> UpdateStatus(const nlohmann::json& object, std::stop_token stop = {}) const;
+  // PATCH of object ns/name with a JSON merge patch (RFC 7386,
+  // application/merge-patch+json). A metadata.resourceVersion in `patch` is a precondition
+  // (409 Conflict when stale), as for Update.
+  Result<KubeReply> MergePatch(const std::string& ns, const std::string& name,
+                               const nlohmann::json& patch, std::stop_token stop = {}) const;
 
   // The decoded data of Secret ns/name (base64 of .data, plus .stringData if present).
   // InvalidSpec if the Secret does not exist, Unauthorized on 401/403.

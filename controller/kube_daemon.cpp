@@ -13,6 +13,7 @@
 #include "controller/kube_client.h"
 #include "controller/kube_config.h"
 #include "controller/kube_events.h"
+#include "controller/kube_finalizer.h"
 #include "controller/kube_secrets.h"
 #include "controller/kube_source.h"
 #include "controller/kube_status_store.h"
@@ -22,81 +23,15 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::string_view kFinalizer = "modelcache.dev/artifact";
-// Conflicting writers of one object's metadata, in a row, before a finalizer edit gives up (the
-// key is then requeued with rate limiting).
-constexpr int kFinalizerAttempts = 5;
 // A missing Secret or key is not part of the spec, so it may appear without a spec change: the
 // resource is looked at again after this long.
 constexpr std::chrono::seconds kSecretRecheck{30};
+// How long a reconcile waits for a job it started before reporting it as Resolving
+// (ReconcilerOptions::settle).
+constexpr std::chrono::milliseconds kSettle{500};
 
 bool HasFinalizer(const std::vector<std::string>& finalizers) {
   return std::find(finalizers.begin(), finalizers.end(), kFinalizer) != finalizers.end();
-}
-
-// Adds (add = true) or removes our finalizer on the server's current object: GET, edit, PUT
-// with its resourceVersion, again from a fresh GET on 409 (controllerutil.AddFinalizer or
-// RemoveFinalizer + Update, in retry.RetryOnConflict). The raw object is edited, not a
-// conversion of it, so that fields this program does not model (ownerReferences, managedFields,
-// unknown spec fields) are written back unchanged. OK when there is nothing to do: the object is
-// gone, already in the wanted state, or being deleted (the API server forbids adding a
-// finalizer then).
-VoidResult EditFinalizer(const KubeClient& client, const crds::ObjectKey& key, bool add,
-                         KubeStatusStore& statuses) {
-  std::string what = std::string(add ? "add" : "remove") + " finalizer " +
-                     std::string(kFinalizer) + " on modelcache " + key.ToString();
-  for (int attempt = 1;; ++attempt) {
-    auto current = client.Get(key.namespace_, key.name);
-    if (!current) {
-      return current.error();
-    }
-    if (current->status == 404) {
-      return {};
-    }
-    if (!current->ok()) {
-      return ReplyError(*current, what);
-    }
-    json object = std::move(current->body);
-    json& meta = object["metadata"];
-    if (add && meta.contains("deletionTimestamp") && !meta["deletionTimestamp"].is_null()) {
-      return {};
-    }
-    json finalizers = meta.contains("finalizers") && meta["finalizers"].is_array()
-                          ? meta["finalizers"]
-                          : json::array();
-    auto it = std::find(finalizers.begin(), finalizers.end(), json(kFinalizer));
-    if (add == (it != finalizers.end())) {
-      return {};
-    }
-    if (add) {
-      finalizers.push_back(kFinalizer);
-    } else {
-      finalizers.erase(it);
-    }
-    if (finalizers.empty()) {
-      meta.erase("finalizers");
-    } else {
-      meta["finalizers"] = finalizers;
-    }
-    std::string from = meta.value("resourceVersion", "");
-    auto reply = client.Update(object);
-    if (!reply) {
-      return reply.error();
-    }
-    if (reply->ok()) {
-      // The next status write is based on the cached version, which has not seen this one yet.
-      if (reply->body.is_object() && reply->body.contains("metadata")) {
-        statuses.NoteUpdate(key, from, reply->body["metadata"].value("resourceVersion", ""));
-      }
-      return {};
-    }
-    if (reply->status == 404) {
-      return {};
-    }
-    if (reply->status != 409 || attempt >= kFinalizerAttempts) {
-      return ReplyError(*reply, what);
-    }
-  }
 }
 
 bool SelectorMatches(const std::map<std::string, std::string>& selector,
@@ -157,13 +92,13 @@ class KubernetesMode final : public DaemonMode {
       if (HasFinalizer(object.metadata.finalizers)) {
         return {};
       }
-      return EditFinalizer(client_, object.key(), /*add=*/true, statuses_);
+      return EditFinalizer(client_, object, /*add=*/true, statuses_);
     };
     manager.finalize = [this](const crds::ModelCache& object) -> VoidResult {
       if (!HasFinalizer(object.metadata.finalizers)) {
         return {};
       }
-      if (auto r = EditFinalizer(client_, object.key(), /*add=*/false, statuses_); !r) {
+      if (auto r = EditFinalizer(client_, object, /*add=*/false, statuses_); !r) {
         return r;
       }
       spdlog::info("{}: finalizer {} removed", object.key().ToString(), kFinalizer);
@@ -173,6 +108,9 @@ class KubernetesMode final : public DaemonMode {
                                     const crds::ModelCacheStatus& before) {
       events_.RecordStatusChange(object, before);
     };
+    // Every status write is an API request (and an Event): a job that finishes within this (a
+    // resource whose artifact is already cached) gets one write, straight to its result.
+    reconciler.settle = kSettle;
     reconciler.secret_lookup = [this](const crds::ObjectKey& owner,
                                       const crds::SecretKeyRef& ref) {
       return LookupSecret(owner, ref);

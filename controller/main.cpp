@@ -19,7 +19,7 @@ namespace {
 // run and prefetch; the two sizes are parsed after CLI11 by ParseTransferFlags.
 struct TransferFlagText {
   std::string max_bandwidth = "0";
-  std::string chunk_size = "32MiB";
+  std::string chunk_size = "8MiB";
 };
 
 void AddTransferFlags(CLI::App* cmd, mc::TransferFlags& flags, TransferFlagText& text) {
@@ -230,6 +230,8 @@ int main(int argc, char** argv) {
   AddTransferFlags(prefetch_cmd, prefetch.transfer, prefetch_transfer);
   bool no_progress = false;
   prefetch_cmd->add_flag("--no-progress", no_progress, "No progress bar");
+  prefetch_cmd->add_option("--log-level", prefetch.log_level, "trace, debug, info, warn or error")
+      ->capture_default_str();
 
   // shard
   mc::ShardCommandOptions shard;

@@ -39,7 +39,7 @@ std::string DefaultPrefetchStore(const Environment& env) {
 }  // namespace
 
 int Prefetch(const PrefetchOptions& options, const Environment& env) {
-  if (auto r = SetupLogging(LogFormat::Text, "warn"); !r) {
+  if (auto r = SetupLogging(LogFormat::Text, options.log_level); !r) {
     std::cerr << "modelcache: " << r.error().message << "\n";
     return 2;
   }

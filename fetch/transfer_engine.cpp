@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -65,9 +67,111 @@ std::string DataHostCode(const HttpResponse& response) {
 constexpr auto kRateWindow = std::chrono::seconds(5);
 constexpr auto kRateSample = std::chrono::milliseconds(250);
 constexpr auto kIdleWait = std::chrono::milliseconds(100);
+// Large files are staged in blocks of this size, aligned for O_DIRECT.
+constexpr size_t kBlockSize = 2 << 20;
+constexpr size_t kDirectAlign = 4096;
+// Written blocks a job keeps in memory for hashing while they are ahead of the hashed prefix: as
+// many as its ranges in flight span, within this bound.
+constexpr int kMaxHeldBlocks = 32;
 
 struct JobQueue;
 struct Request;
+
+// Part of a large file's body: the bytes [offset, offset + len) of file `file` of a job, received
+// into memory aligned for O_DIRECT. `cap` is how many it may hold: up to the next multiple of
+// kBlockSize or the end of its range, so that every block but the first and last of a range is
+// aligned in the file.
+struct Block {
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> data;
+  uint64_t offset = 0;
+  size_t len = 0;
+  size_t cap = 0;
+  size_t file = 0;
+  uint64_t generation = 0;  // of the file's data when received; a reset makes it stale
+};
+
+// The engine's staging memory: at most `max` blocks in use, except that a write callback that
+// fills a block mid-way may overdraw one (it cannot give back bytes it has taken); transfers then
+// pause until the pool is back within `max`. A Get that finds none (or Overdrawn) calls
+// `on_wanted` once a block is put back, so the engine resumes the transfers it paused.
+class BlockPool {
+ public:
+  BlockPool(size_t max, std::function<void()> on_wanted)
+      : max_(max), on_wanted_(std::move(on_wanted)) {}
+
+  Block* Get(bool overdraw) {
+    std::lock_guard lock(mu_);
+    if (!free_.empty()) {
+      Block* b = free_.back().release();
+      free_.pop_back();
+      ++used_;
+      return b;
+    }
+    if (used_ >= max_ && !overdraw) {
+      wanted_ = true;
+      return nullptr;
+    }
+    auto* memory = static_cast<char*>(std::aligned_alloc(kDirectAlign, kBlockSize));
+    if (memory == nullptr) {
+      wanted_ = true;
+      return nullptr;
+    }
+    ++used_;
+    auto* b = new Block;
+    b->data.reset(memory);
+    return b;
+  }
+
+  // Whether paused transfers may go on: those with a block can (see Overdrawn); one without
+  // finds out with Get and pauses again if there is none.
+  bool Available() {
+    std::lock_guard lock(mu_);
+    return used_ <= max_;
+  }
+
+  // Whether a transfer waits for a block: jobs then give back the blocks they hold for hashing.
+  bool Wanted() {
+    std::lock_guard lock(mu_);
+    return wanted_;
+  }
+
+  // Whether more than `max` are in use (after overdrawing); like a failed Get, it asks for a wake.
+  bool Overdrawn() {
+    std::lock_guard lock(mu_);
+    wanted_ = wanted_ || used_ > max_;
+    return used_ > max_;
+  }
+
+  void Put(Block* b) {
+    bool wake = false;
+    {
+      std::lock_guard lock(mu_);
+      --used_;
+      if (used_ + free_.size() < max_) {
+        free_.emplace_back(b);
+      } else {
+        delete b;  // an overdrawn one
+      }
+      wake = std::exchange(wanted_, false);
+    }
+    if (wake) {
+      on_wanted_();
+    }
+  }
+
+ private:
+  const size_t max_;
+  const std::function<void()> on_wanted_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Block>> free_;
+  size_t used_ = 0;
+  bool wanted_ = false;
+};
+
+class BlockWriter;
 
 // The engine's bandwidth limit: a token bucket shared by every request. A write callback that
 // finds it empty pauses its transfer; the engine thread refills it and resumes them.
@@ -100,6 +204,15 @@ struct Request {
   size_t file = 0;
   size_t chunk = 0;
   std::atomic<bool> abort{false};
+  // A staged request (a large file) gathers its body in blocks that the writer thread writes
+  // (with O_DIRECT through direct_fd where aligned) before handing them to the job for hashing.
+  bool staged = false;
+  int direct_fd = -1;  // -1: through the page cache only
+  uint64_t generation = 0;
+  Block* block = nullptr;  // being filled; engine thread
+  BlockPool* pool = nullptr;
+  BlockWriter* writer = nullptr;
+  std::vector<Request*>* block_waiters = nullptr;
 
   enum class Verdict { None, Data, IgnoredRange, Changed, BadRange, Overflow, NotData };
   Verdict verdict = Verdict::None;
@@ -114,12 +227,133 @@ struct Request {
   curl_slist* slist = nullptr;
 };
 
-// Completed requests of one Run, handed from the engine thread to the job thread.
+// Completed requests and written blocks of one Run, handed to the job thread.
 struct JobQueue {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Request*> done;
+  std::deque<Block*> written;
   bool wake = false;
+};
+
+void Complete(Request* r) {
+  JobQueue* q = r->queue;
+  {
+    std::lock_guard lock(q->mu);
+    q->done.push_back(r);
+  }
+  q->cv.notify_all();
+}
+
+// Writes staged blocks in the order they are queued, on its own thread, so that neither the
+// engine thread nor the hashing waits for the disk. A block goes to the file with O_DIRECT when
+// its offset and length are aligned (its memory always is): large files then bypass the page
+// cache, whose writeback is the bottleneck on fast links; the rest goes through the page cache.
+// Once written, a block counts as on disk for its chunk and is handed to its job; a request is
+// completed only after its last block is written.
+class BlockWriter {
+ public:
+  explicit BlockWriter(BlockPool& pool) : pool_(pool), thread_([this] { Loop(); }) {}
+  ~BlockWriter() { Stop(); }
+
+  // Writes and completes what is queued, then ends the thread.
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+  }
+
+  void Write(Request* r, Block* b) { Push(r, b); }
+  // Completes r once every block queued before is written.
+  void Complete(Request* r) { Push(r, nullptr); }
+
+ private:
+  void Push(Request* r, Block* b) {
+    {
+      std::lock_guard lock(mu_);
+      items_.emplace_back(r, b);
+    }
+    cv_.notify_one();
+  }
+
+  void Loop() {
+    while (true) {
+      std::pair<Request*, Block*> item;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [this] { return !items_.empty() || stopping_; });
+        if (items_.empty()) {
+          return;  // stopping, and everything queued is done
+        }
+        item = items_.front();
+        items_.pop_front();
+      }
+      auto [r, b] = item;
+      if (b == nullptr) {
+        ::modelcache::fetch::Complete(r);
+        continue;
+      }
+      if (r->write_error) {
+        pool_.Put(b);  // the request is failing; the rest of its body is dropped
+        continue;
+      }
+      if (int err = WriteBlock(*r, *b); err != 0) {
+        r->write_error = Error(err == ENOSPC || err == EDQUOT ? Reason::InsufficientStorage
+                                                              : Reason::StorageError,
+                               ErrnoMessage(err));
+        r->abort.store(true);
+        pool_.Put(b);
+        continue;
+      }
+      r->chunk_done->fetch_add(b->len, std::memory_order_release);
+      r->bytes_done->fetch_add(b->len, std::memory_order_relaxed);
+      {
+        std::lock_guard lock(r->queue->mu);
+        r->queue->written.push_back(b);
+      }
+      r->queue->cv.notify_all();
+    }
+  }
+
+  // Returns 0 or the errno of the failed write.
+  static int WriteBlock(const Request& r, const Block& b) {
+    bool direct = r.direct_fd >= 0 && b.offset % kDirectAlign == 0 && b.len % kDirectAlign == 0;
+    size_t done = 0;
+    while (done < b.len) {
+      int fd = direct ? r.direct_fd : r.fd;
+      const char* data = b.data.get() + done;
+      size_t size = b.len - done;
+      auto offset = static_cast<off_t>(b.offset + done);
+      ssize_t w = r.pwrite_hook != nullptr && *r.pwrite_hook
+                      ? (*r.pwrite_hook)(fd, data, size, offset)
+                      : ::pwrite(fd, data, size, offset);
+      if (w < 0 && errno == EINTR) {
+        continue;
+      }
+      if (w < 0 && errno == EINVAL && direct) {
+        direct = false;  // the filesystem refuses this direct write; the page cache takes it
+        continue;
+      }
+      if (w <= 0) {
+        return w < 0 ? errno : EIO;
+      }
+      done += static_cast<size_t>(w);
+      direct = direct && done % kDirectAlign == 0;
+    }
+    return 0;
+  }
+
+  BlockPool& pool_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<Request*, Block*>> items_;
+  bool stopping_ = false;
+  std::thread thread_;
 };
 
 std::string NormalizeEtag(std::string etag) {
@@ -209,22 +443,69 @@ size_t OnHeader(char* data, size_t size, size_t n, void* user) {
   return size * n;
 }
 
-// Runs on the engine thread: the body goes straight to the file with pwrite.
+// A new block for r's next bytes, or nullptr when the pool has none (and !overdraw).
+Block* NextBlock(Request& r, bool overdraw) {
+  Block* b = r.pool->Get(overdraw);
+  if (b != nullptr) {
+    b->offset = r.pos;
+    b->len = 0;
+    b->cap = static_cast<size_t>(
+        std::min<uint64_t>(kBlockSize - r.pos % kBlockSize, r.end - r.pos));
+    b->file = r.file;
+    b->generation = r.generation;
+  }
+  return b;
+}
+
+// Copies a staged request's bytes into its blocks, queueing each full one for the writer.
+void Stage(Request& r, const char* data, size_t want) {
+  size_t copied = 0;
+  while (copied < want) {
+    Block& b = *r.block;
+    size_t n = std::min(want - copied, b.cap - b.len);
+    std::memcpy(b.data.get() + b.len, data + copied, n);
+    b.len += n;
+    copied += n;
+    r.pos += n;
+    if (b.len == b.cap) {
+      r.writer->Write(&r, std::exchange(r.block, nullptr));
+      if (r.pos < r.end) {
+        r.block = NextBlock(r, true);  // the bytes are taken: this one may not wait
+      }
+    }
+  }
+}
+
+// Runs on the engine thread: the body goes to the file with pwrite, or for a staged request into
+// blocks for the writer thread.
 size_t OnData(char* data, size_t size, size_t n, void* user) {
   auto& r = *static_cast<Request*>(user);
   size_t len = size * n;
   if (r.abort.load(std::memory_order_relaxed)) {
     return 0;
   }
-  if (r.bucket != nullptr && r.bucket->rate > 0) {
-    if (r.bucket->tokens <= 0) {
-      r.bucket->paused.push_back(&r);
-      return CURL_WRITEFUNC_PAUSE;  // libcurl hands the same bytes again once resumed
-    }
-    r.bucket->tokens -= static_cast<int64_t>(len);
+  if (r.bucket != nullptr && r.bucket->rate > 0 && r.bucket->tokens <= 0) {
+    r.bucket->paused.push_back(&r);
+    return CURL_WRITEFUNC_PAUSE;  // libcurl hands the same bytes again once resumed
   }
   if (r.verdict == Request::Verdict::None) {
     Classify(r);
+  }
+  if (r.staged && r.verdict == Request::Verdict::Data && r.pos < r.end) {
+    bool wait = r.block == nullptr ? (r.block = NextBlock(r, false)) == nullptr
+                                   : r.pool->Overdrawn();
+    if (wait) {
+      r.block_waiters->push_back(&r);
+      {
+        std::lock_guard lock(r.queue->mu);  // its job may hold blocks it can give back
+        r.queue->wake = true;
+      }
+      r.queue->cv.notify_all();
+      return CURL_WRITEFUNC_PAUSE;
+    }
+  }
+  if (r.bucket != nullptr && r.bucket->rate > 0) {
+    r.bucket->tokens -= static_cast<int64_t>(len);
   }
   if (r.verdict == Request::Verdict::NotData) {
     if (r.response.body.size() < kMaxErrorBody) {
@@ -242,6 +523,11 @@ size_t OnData(char* data, size_t size, size_t n, void* user) {
     }
   }
   size_t want = static_cast<size_t>(std::min<uint64_t>(len, r.end - r.pos));
+  if (r.staged) {
+    Stage(r, data, want);
+    r.downloaded->fetch_add(want, std::memory_order_relaxed);
+    return want < len ? 0 : len;
+  }
   size_t written = 0;
   while (written < want) {
     ssize_t w = r.pwrite_hook != nullptr && *r.pwrite_hook
@@ -277,7 +563,13 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 }  // namespace
 
 struct TransferEngine::Impl {
-  explicit Impl(TransferEngineOptions o) : options(std::move(o)) {
+  explicit Impl(TransferEngineOptions o)
+      : options(std::move(o)),
+        pool(options.staging_bytes > 0
+                 ? std::max<size_t>(1, options.staging_bytes / kBlockSize)
+                 : 2 * static_cast<size_t>(std::max(1, options.max_connections)) + kMaxHeldBlocks,
+             [this] { curl_multi_wakeup(multi); }),
+        writer(pool) {
     options.max_connections = std::max(1, options.max_connections);
     options.max_connections_per_job = std::max(1, options.max_connections_per_job);
     options.chunk_size = std::max<uint64_t>(options.chunk_size, 64 << 10);
@@ -302,6 +594,7 @@ struct TransferEngine::Impl {
     }
     curl_multi_wakeup(multi);
     thread.join();
+    writer.Stop();  // it may still wake the engine's multi handle
     curl_multi_cleanup(multi);
   }
 
@@ -321,15 +614,6 @@ struct TransferEngine::Impl {
     curl_multi_wakeup(multi);
   }
 
-  static void Complete(Request* r) {
-    JobQueue* q = r->queue;
-    {
-      std::lock_guard lock(q->mu);
-      q->done.push_back(r);
-    }
-    q->cv.notify_all();
-  }
-
   void Finish(Request* r, CURLcode code, bool cancelled) {
     curl_multi_remove_handle(multi, r->easy);
     curl_easy_cleanup(r->easy);
@@ -344,7 +628,20 @@ struct TransferEngine::Impl {
     active.erase(std::remove(active.begin(), active.end(), r), active.end());
     bucket.paused.erase(std::remove(bucket.paused.begin(), bucket.paused.end(), r),
                         bucket.paused.end());
-    Complete(r);
+    block_waiters.erase(std::remove(block_waiters.begin(), block_waiters.end(), r),
+                        block_waiters.end());
+    if (!r->staged) {
+      Complete(r);
+      return;
+    }
+    if (Block* b = std::exchange(r->block, nullptr); b != nullptr) {
+      if (b->len > 0) {
+        writer.Write(r, b);  // what arrived before the end is kept
+      } else {
+        pool.Put(b);
+      }
+    }
+    writer.Complete(r);
   }
 
   void Add(Request* r) {
@@ -376,6 +673,9 @@ struct TransferEngine::Impl {
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, r);
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     r->bucket = &bucket;
+    r->pool = &pool;
+    r->writer = &writer;
+    r->block_waiters = &block_waiters;
     active.push_back(r);
     if (curl_multi_add_handle(multi, e) != CURLM_OK) {
       Finish(r, CURLE_FAILED_INIT, false);
@@ -443,6 +743,15 @@ struct TransferEngine::Impl {
         CURLcode code = msg->data.result;
         Finish(r, code, false);
       }
+      if (!block_waiters.empty() && pool.Available()) {
+        // Put back blocks wake this loop (BlockPool's on_wanted); a resumed transfer that still
+        // finds none pauses again.
+        std::vector<Request*> resume;
+        resume.swap(block_waiters);
+        for (Request* r : resume) {
+          curl_easy_pause(r->easy, CURLPAUSE_CONT);
+        }
+      }
       int timeout_ms = 1000;
       if (bucket.rate > 0) {
         Refill();
@@ -460,6 +769,11 @@ struct TransferEngine::Impl {
   bool stopping = false;
   std::vector<Request*> active;  // engine thread only
   Bucket bucket;                 // engine thread only
+  std::vector<Request*> block_waiters;  // paused for want of a block; engine thread only
+  BlockPool pool;
+  // Declared after what it uses and destroyed before it: it completes the requests still queued
+  // once the engine thread has ended them all.
+  BlockWriter writer;
   std::thread thread;
 };
 
@@ -517,6 +831,9 @@ struct FileState {
   std::optional<Hasher> sha1;
   int verify_failures = 0;
   int changes = 0;
+  int direct_fd = -1;        // the .incomplete file opened with O_DIRECT (mapped files), or -1
+  uint64_t generation = 0;   // bumped whenever the data on disk is discarded
+  std::map<uint64_t, Block*> held;  // written blocks at or beyond `hashed`, by offset
   bool dirty = false;        // the map changed other than by bytes arriving (etag, reset)
   uint64_t persisted = 0;    // data bytes the map on disk claims
   Clock::time_point last_persist{};
@@ -558,10 +875,15 @@ class Job {
         stop_(std::move(stop)) {}
 
   ~Job() {
+    for (Block* b : queue_.written) {
+      engine_.pool.Put(b);
+    }
     for (auto& f : files_) {
+      DropHeld(f);
       if (f.fd >= 0) {
         ::close(f.fd);
       }
+      CloseDirect(f);
     }
   }
   Job(const Job&) = delete;
@@ -584,6 +906,18 @@ class Job {
   void StartReset(FileState& f, bool single_stream, const std::string& new_etag);
   VoidResult FinishReset(FileState& f);
   VoidResult AdvanceHash(FileState& f, uint64_t& budget);
+  // Keeps a written block for hashing from memory, within held_limit_ blocks for the job.
+  void Hold(Block* b);
+  // Gives back the held block furthest ahead of its file's hashed prefix.
+  void ReleaseFurthest();
+  // Gives back f's held blocks and makes blocks still on their way stale.
+  void DropHeld(FileState& f);
+  static void CloseDirect(FileState& f) {
+    if (f.direct_fd >= 0) {
+      ::close(f.direct_fd);
+      f.direct_fd = -1;
+    }
+  }
   VoidResult Verify(FileState& f);
   void Fail(Error e) {
     if (!error_) {
@@ -615,7 +949,8 @@ class Job {
   uint64_t ChunkSizeFor(uint64_t size) const {
     uint64_t per = (size + static_cast<uint64_t>(opts_.max_connections_per_job) - 1) /
                    static_cast<uint64_t>(opts_.max_connections_per_job);
-    return std::clamp<uint64_t>(per, opts_.min_chunk_size, opts_.chunk_size);
+    per = std::clamp<uint64_t>(per, opts_.min_chunk_size, opts_.chunk_size);
+    return (per + kDirectAlign - 1) / kDirectAlign * kDirectAlign;  // blocks stay aligned
   }
 
   TransferEngine::Impl& engine_;
@@ -628,6 +963,12 @@ class Job {
   std::vector<std::optional<FileResult>> results_;
   std::map<Request*, std::unique_ptr<Request>> in_flight_;
   std::optional<Error> error_;
+  int held_blocks_ = 0;
+  const int held_limit_ = static_cast<int>(std::min<uint64_t>(
+      kMaxHeldBlocks, static_cast<uint64_t>(opts_.max_connections_per_job) *
+                          ((opts_.chunk_size + kBlockSize - 1) / kBlockSize)));
+  uint64_t hashed_from_memory_ = 0;  // for the debug summary: what was not read back
+  uint64_t hashed_from_file_ = 0;
   std::atomic<uint64_t> downloaded_{0};
   std::deque<std::pair<Clock::time_point, uint64_t>> samples_;
   Clock::time_point next_sample_{};
@@ -739,6 +1080,8 @@ VoidResult Job::Activate(FileState& f) {
     }
     // From here on the file is as long as the blob: only the map tells what is data.
     PersistMap(f, true);
+    // -1 where the filesystem has no O_DIRECT: the blocks then go through the page cache.
+    f.direct_fd = ::open(t.incomplete_path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   }
   f.sha256.emplace(Hasher::Kind::Sha256);
   if (t.expected_git_sha1) {
@@ -846,6 +1189,7 @@ void Job::Submit(FileState& f, size_t ci) {
     c.done.store(0);
     done = 0;
     f.hashed = 0;
+    DropHeld(f);
     f.sha256.emplace(Hasher::Kind::Sha256);
     if (f.task->expected_git_sha1) {
       f.sha1.emplace(GitBlobHasher(f.task->size));
@@ -864,6 +1208,9 @@ void Job::Submit(FileState& f, size_t ci) {
   r->bytes_done = &progress_.bytes_done;
   r->downloaded = &downloaded_;
   r->pwrite_hook = &opts_.pwrite_for_test;
+  r->staged = f.mapped;
+  r->direct_fd = f.direct_fd;
+  r->generation = f.generation;
   r->queue = &queue_;
   r->file = static_cast<size_t>(&f - files_.data());
   r->chunk = ci;
@@ -930,6 +1277,7 @@ VoidResult Job::FinishReset(FileState& f) {
     }
   }
   f.hashed = 0;
+  DropHeld(f);
   f.sha256.emplace(Hasher::Kind::Sha256);
   if (t.expected_git_sha1) {
     f.sha1.emplace(GitBlobHasher(t.size));
@@ -1129,9 +1477,36 @@ VoidResult Job::AdvanceHash(FileState& f, uint64_t& budget) {
       break;
     }
   }
+  auto hash = [&f](std::string_view piece) {
+    f.sha256->Update(piece);
+    if (f.sha1) {
+      f.sha1->Update(piece);
+    }
+    f.hashed += piece.size();
+  };
   std::string buf;
   while (f.hashed < limit && budget > 0) {
-    auto want = static_cast<size_t>(std::min<uint64_t>({kHashPiece, limit - f.hashed, budget}));
+    // From memory while a held block has the next bytes; from the file otherwise.
+    auto held = f.held.upper_bound(f.hashed);
+    if (held != f.held.begin()) {
+      --held;
+      Block* b = held->second;
+      if (b->offset + b->len > f.hashed) {
+        auto skip = static_cast<size_t>(f.hashed - b->offset);
+        hash(std::string_view(b->data.get() + skip, b->len - skip));
+        hashed_from_memory_ += b->len - skip;
+        budget -= std::min<uint64_t>(budget, b->len - skip);
+      }
+      f.held.erase(held);
+      held_blocks_ -= 1;
+      engine_.pool.Put(b);
+      continue;
+    }
+    uint64_t until = limit;
+    if (auto next = f.held.upper_bound(f.hashed); next != f.held.end()) {
+      until = std::min(until, next->first);
+    }
+    auto want = static_cast<size_t>(std::min<uint64_t>({kHashPiece, until - f.hashed, budget}));
     buf.resize(want);
     ssize_t n = ::pread(f.fd, buf.data(), want, static_cast<off_t>(f.hashed));
     if (n < 0 && errno == EINTR) {
@@ -1142,18 +1517,53 @@ VoidResult Job::AdvanceHash(FileState& f, uint64_t& budget) {
                    "cannot read " + t.incomplete_path + ": " +
                        (n < 0 ? ErrnoMessage(errno) : std::string("unexpected end of file")));
     }
-    std::string_view piece(buf.data(), static_cast<size_t>(n));
-    f.sha256->Update(piece);
-    if (f.sha1) {
-      f.sha1->Update(piece);
-    }
-    f.hashed += static_cast<uint64_t>(n);
+    hash(std::string_view(buf.data(), static_cast<size_t>(n)));
+    hashed_from_file_ += static_cast<uint64_t>(n);
     budget -= std::min<uint64_t>(budget, static_cast<uint64_t>(n));
   }
   if (f.hashed == t.size && f.in_flight == 0) {
     return Verify(f);
   }
   return {};
+}
+
+void Job::Hold(Block* b) {
+  FileState& f = files_[b->file];
+  if (b->generation != f.generation || f.reset_pending || f.phase != FileState::Phase::Active ||
+      b->offset + b->len <= f.hashed) {
+    engine_.pool.Put(b);
+    return;
+  }
+  f.held.emplace(b->offset, b);
+  held_blocks_ += 1;
+  while (held_blocks_ > held_limit_) {
+    ReleaseFurthest();
+  }
+}
+
+// The block is on disk: it is read back when the hashing gets there.
+void Job::ReleaseFurthest() {
+  FileState* furthest = nullptr;
+  for (auto& g : files_) {
+    if (!g.held.empty() &&
+        (furthest == nullptr ||
+         g.held.rbegin()->first - g.hashed > furthest->held.rbegin()->first - furthest->hashed)) {
+      furthest = &g;
+    }
+  }
+  auto last = std::prev(furthest->held.end());
+  engine_.pool.Put(last->second);
+  furthest->held.erase(last);
+  held_blocks_ -= 1;
+}
+
+void Job::DropHeld(FileState& f) {
+  for (auto& [offset, b] : f.held) {
+    engine_.pool.Put(b);
+  }
+  held_blocks_ -= static_cast<int>(f.held.size());
+  f.held.clear();
+  f.generation += 1;
 }
 
 VoidResult Job::Verify(FileState& f) {
@@ -1184,6 +1594,7 @@ VoidResult Job::Verify(FileState& f) {
       DrainPersists();  // or a queued map would reappear after the unlink
       ::close(f.fd);
       f.fd = -1;
+      CloseDirect(f);
       ::unlink(t.incomplete_path.c_str());
       ::unlink(f.map_path().c_str());
       f.phase = FileState::Phase::Done;
@@ -1198,6 +1609,7 @@ VoidResult Job::Verify(FileState& f) {
   }
   // fsync, rename and the directory sync run on publisher threads: one file's fsync takes
   // milliseconds, and many small files would otherwise queue behind each other here.
+  CloseDirect(f);
   Publication p;
   p.file = static_cast<size_t>(&f - files_.data());
   p.fd = f.fd;
@@ -1395,17 +1807,29 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
       }
     }
     std::deque<Request*> done;
+    std::deque<Block*> written;
     std::deque<Publication> published;
     {
       std::unique_lock lock(queue_.mu);
-      queue_.cv.wait_until(lock, deadline,
-                           [this] { return !queue_.done.empty() || queue_.wake; });
+      queue_.cv.wait_until(lock, deadline, [this] {
+        return !queue_.done.empty() || !queue_.written.empty() || queue_.wake;
+      });
       done.swap(queue_.done);
+      written.swap(queue_.written);
       published.swap(published_);
       queue_.wake = false;
     }
     for (Publication& p : published) {
       Published(p);
+    }
+    // Before the completions: a request's blocks are all written, and queued, before it is.
+    for (Block* b : written) {
+      Hold(b);
+    }
+    // Transfers wait for blocks (several jobs at once, or a slow disk): what this job holds only
+    // saves reading back, while a stalled transfer could stall the hashing for good.
+    while (held_blocks_ > 0 && engine_.pool.Wanted()) {
+      ReleaseFurthest();
     }
     for (Request* r : done) {
       Handle(r);
@@ -1419,6 +1843,8 @@ Result<std::vector<FileResult>> Job::Run(const std::vector<FileTask>& tasks) {
   }
   DrainPersists();
   progress_.bytes_per_second.store(0);
+  spdlog::debug("transfer of {} files: {} bytes hashed as they arrived, {} read back to hash",
+                files_.size(), hashed_from_memory_, hashed_from_file_);
   if (error_) {
     return *error_;
   }

@@ -12,9 +12,15 @@
 // byte ranges are on disk, and the ETag they came with) is kept next to it as
 // `<incomplete_path>.chunks`, rewritten atomically about once a second after an fdatasync of the
 // data, so a restart (even after kill -9) fetches exactly the ranges the map does not cover. A
-// one-chunk file is a plain prefix of the blob, resumed with one Range request from its end. Hashes (sha256, and the git blob sha1 for regular files) advance in file order over
-// the contiguous prefix as it lands, reading it back from the page cache; on resume the data
-// already on disk is re-hashed the same way.
+// one-chunk file is a plain prefix of the blob, resumed with one Range request from its end.
+//
+// A one-chunk file's body goes to its file with pwrite as it arrives. A larger file's body is
+// received into 2 MiB blocks aligned for O_DIRECT, which a writer thread writes (bypassing the page
+// cache, whose writeback bounds a fast link, where offset and length are aligned) before handing
+// them to the job. Hashes (sha256, and the git blob sha1 for regular files) advance in file order
+// over the contiguous prefix on disk: from the blocks while they are held in memory (ranges are
+// small and handed out in file order, so the data in flight is close to the hashed prefix), else
+// by reading the file back; on resume the data already on disk is re-hashed the same way.
 //
 // The Hub protocol follows huggingface_hub's http_get: the /resolve URL is fetched with the token
 // and without following redirects; a redirect to another host (the CDN) is fetched without
@@ -40,9 +46,13 @@ struct TransferEngineOptions {
   int max_connections_per_job = 8;   // requests in flight per Run; at least 1
   // Largest byte range per request. A file is split into about max_connections_per_job ranges of
   // at most chunk_size and at least min_chunk_size bytes.
-  uint64_t chunk_size = 32ULL << 20;
-  uint64_t min_chunk_size = 16ULL << 20;
+  uint64_t chunk_size = 8ULL << 20;
+  uint64_t min_chunk_size = 8ULL << 20;
   uint64_t max_bytes_per_second = 0;  // over the whole engine; 0 = unlimited
+  // Memory that a multi-range file's bytes are received into (2 MiB blocks) before they are
+  // written and hashed; transfers wait while it is all in use. 0 = 4 MiB per connection plus
+  // 64 MiB for data ahead of the hashed prefix.
+  uint64_t staging_bytes = 0;
   // A request that receives no byte for this long is aborted and retried (at least 1 s).
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::milliseconds connect_timeout{10000};

@@ -1,4 +1,5 @@
 #include "reconcilers/internal/cache_job.h"
+#include "reconcilers/internal/hub_flights.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -271,14 +272,16 @@ Result<SelectedFiles> ResolveFiles(const CacheJobInputs& in, fetch::HubClient& h
                                    std::stop_token stop) {
   const crds::ModelCacheSpec& spec = in.spec;
   state.phase = JobPhase::Resolving;
+  // Shared with jobs asking the same at the same moment (hub_flights.h).
   auto commit = in.pinned_commit.empty()
-                    ? hub.ResolveRevision(repo.type, repo.id, spec.source.revision, stop)
+                    ? SharedResolveRevision(hub, in.hub, repo.type, repo.id,
+                                            spec.source.revision, stop)
                     : Result<std::string>(in.pinned_commit);
   if (!commit) {
     return commit.error();
   }
   state.SetCommit(*commit);
-  auto listed = hub.ListFiles(repo.type, repo.id, *commit, stop);
+  auto listed = SharedListFiles(hub, in.hub, repo.type, repo.id, *commit, stop);
   if (!listed) {
     return listed.error();
   }

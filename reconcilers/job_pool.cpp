@@ -36,6 +36,12 @@ std::vector<std::function<void()>> JobPool::Stop() {
   return dropped;
 }
 
+bool JobPool::HasFreeThread() {
+  std::lock_guard lock(mu_);
+  // Queued jobs are about to be taken by free threads: count them as running.
+  return !stopping_ && running_ + queue_.size() < threads_.size();
+}
+
 void JobPool::Loop() {
   while (true) {
     std::function<void()> job;
@@ -47,8 +53,11 @@ void JobPool::Loop() {
       }
       job = std::move(queue_.front());
       queue_.pop_front();
+      ++running_;
     }
     job();
+    std::lock_guard lock(mu_);
+    --running_;
   }
 }
 

@@ -1,5 +1,6 @@
 #include "reconcilers/model_cache_reconciler.h"
 
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -40,6 +41,32 @@ struct JobEntry {
   std::optional<Result<std::string>> drift;
   // Non-empty: this cache job heals what a drift check (or a missing version) found.
   std::string heal;
+  // A reconcile waiting for the job (ReconcilerOptions::settle) takes its result itself, so the
+  // job's end does not wake the key then. Set before the job is submitted (so that a job that
+  // ends before the wait begins does not wake the key either); cleared when the wait ends.
+  std::mutex done_mu;
+  std::condition_variable_any done_cv;
+  bool awaited = false;  // guarded by done_mu
+
+  // Marks the job finished; true if a reconcile was waiting for it.
+  bool Finish() {
+    bool was_awaited = false;
+    {
+      std::lock_guard lock(done_mu);
+      finished = true;
+      was_awaited = awaited;
+    }
+    done_cv.notify_all();
+    return was_awaited;
+  }
+
+  // Waits up to `d` (or until `cancel`) for the job to finish; true if it did.
+  bool AwaitFinish(milliseconds d, std::stop_token cancel) {
+    std::unique_lock lock(done_mu);
+    bool done = done_cv.wait_for(lock, cancel, d, [this] { return finished.load(); });
+    awaited = false;
+    return done;
+  }
 };
 
 // Sets condition `c` (by type) in `conditions` without a transition time: the manager merges it
@@ -441,9 +468,10 @@ struct ModelCacheReconciler::Impl {
   // Starts the cache job for `obj` on the pool. Fails (nothing started) when the spec's Hub, S3
   // or source settings cannot be resolved. `pinned_commit`: fetch this commit instead of
   // resolving the revision (a heal); `heal`: what the job repairs, for its status.
+  // `awaited`: the caller will AwaitFinish() the job.
   VoidResult StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj,
                       std::string spec_hash, bool verify_existing, std::string pinned_commit = {},
-                      std::string heal = {}) {
+                      std::string heal = {}, bool awaited = false) {
     auto aws = S3ConfigFor(obj.spec);
     if (!aws) {
       return aws.error();
@@ -460,6 +488,7 @@ struct ModelCacheReconciler::Impl {
     job->spec_hash = std::move(spec_hash);
     job->force = obj.spec.force;
     job->heal = std::move(heal);
+    job->awaited = awaited;
     CacheJobInputs in;
     in.key = key;
     in.spec = obj.spec;
@@ -491,11 +520,11 @@ struct ModelCacheReconciler::Impl {
       } else {
         job->result = RunCacheJob(in, job->state, stop);
       }
-      job->finished = true;
+      bool taken = job->Finish();  // by a reconcile waiting for it
       if (options.observer != nullptr) {
         options.observer->JobFinished(in.key);
       }
-      if (options.wake) {
+      if (options.wake && !taken) {
         options.wake(in.key);
       }
     });
@@ -527,7 +556,7 @@ void ModelCacheReconciler::Shutdown() {
   }
 }
 
-Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::stop_token) {
+Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::stop_token stop) {
   Impl& impl = *impl_;
   const crds::ObjectKey& key = request.key;
   auto job = impl.FindJob(key);
@@ -698,8 +727,17 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
       return Error(Reason::Cancelled, "shutting down");
     }
   }
-  if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal); !r) {
+  // Only for a resource not reported on yet: a spec change of a reported one is acknowledged
+  // (observedGeneration) at once.
+  bool settle = impl.options.settle.count() > 0 && prev.phase.empty() &&
+                impl.pool.HasFreeThread();
+  if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal, settle);
+      !r) {
     return r.error();
+  }
+  if (auto started = impl.FindJob(key);
+      settle && started && started->AwaitFinish(impl.options.settle, stop)) {
+    return Reconcile(request, stop);  // finds the finished job and reports its result
   }
   crds::ModelCacheStatus status = prev;
   status.phase = std::string(crds::kPhaseResolving);

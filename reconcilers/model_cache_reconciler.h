@@ -92,6 +92,14 @@ struct ReconcilerOptions {
   std::chrono::milliseconds verify_interval{0};
   // Called after a reconcile saw a job publish (the store grew: garbage collection may have work).
   std::function<void()> published;
+  // How long a reconcile that starts a cache job for a resource with no status yet (phase "")
+  // waits for it to finish, when the job pool has a free thread, before reporting it as
+  // Resolving: a job that finishes in time (an artifact already in the store, which only needs
+  // its revision resolved) is reported once, as its result, instead of Resolving and then
+  // Ready; one that does not is reported as before, and its end wakes the key as usual. A
+  // resource that already has a status (a spec change) is reported at once. 0 = never wait.
+  // Kubernetes mode sets it (every status write is an API request).
+  std::chrono::milliseconds settle{0};
   // A condition the store's garbage collector reports for this resource (Retained), added to
   // the status of Ready resources; may return nullopt.
   std::function<std::optional<crds::Condition>(const crds::ModelCache&)> retention;

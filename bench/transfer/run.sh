@@ -8,10 +8,11 @@
 #   aria2c+sync  the same followed by `sync`, i.e. until its bytes are on disk as modelcache's are
 #   curl         one file at a time, `curl -L`
 #   hf-hub-js    @huggingface/hub's snapshotDownload (npm, installed into bench/transfer/node)
-# and measures the machine in the same run: `dd` write with fsync of the large repo's size, and an
+# and measures the machine in the same run: `dd` write with fsync of the large repo's size (through
+# the page cache, and with oflag=direct as modelcache writes large files), and an
 # in-memory loopback read (curl from nginx to /dev/null, file in the page cache).
 # Prints per repo: tool, median wall time of RUNS runs, MB/s, ratio (tool time / modelcache time,
-# > 1 = slower than modelcache), peak RSS; then modelcache's share of the dd+fsync rate.
+# > 1 = slower than modelcache), peak RSS; then modelcache's share of both dd rates.
 #
 # Usage: bench/transfer/run.sh BUILD_DIR
 #   env: BIG_MIB=2048 BIG_FILES=2 SMALL_FILES=2000 SMALL_KIB=64 RUNS=3 WORK=/tmp/...
@@ -112,7 +113,7 @@ run_tool() {  # tool repo -> "<seconds> <peak rss KiB>" of one run
     modelcache)
       # shellcheck disable=SC2086
       /usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$MC_BIN" prefetch "$repo" --store "$WORK/out" \
-        --hf-endpoint "$HUB" --no-progress $MC_FLAGS >/dev/null 2>"$WORK/modelcache.err"
+        --hf-endpoint "$HUB" --no-progress $MC_FLAGS >/dev/null 2>"$WORK/modelcache.${repo##*/}.err"
       ;;
     aria2c | aria2c+sync)
       urls "$repo" | awk -F'\t' '{print $2"\n  out="$1}' >"$WORK/aria2.list"
@@ -155,13 +156,19 @@ dd_s=$( { /usr/bin/time -f '%e' dd if=/dev/zero of="$WORK/out/dd.bin" bs=4M \
   count=$((large_bytes >> 22)) conv=fsync status=none; } 2>&1 | tail -1)
 rm -f "$WORK/out/dd.bin"
 DD_MBPS=$(awk -v b="$large_bytes" -v s="$dd_s" 'BEGIN{printf "%.1f", b/1e6/s}')
+# The same bypassing the page cache, as modelcache writes large files.
+dd_direct_s=$( { /usr/bin/time -f '%e' dd if=/dev/zero of="$WORK/out/dd.bin" bs=2M \
+  count=$((large_bytes >> 21)) oflag=direct conv=fsync status=none; } 2>&1 | tail -1)
+rm -f "$WORK/out/dd.bin"
+DD_DIRECT_MBPS=$(awk -v b="$large_bytes" -v s="$dd_direct_s" 'BEGIN{printf "%.1f", b/1e6/s}')
 first=$(ls "$WORK/src/large" | head -1)
 curl -s -o /dev/null "$NGINX/large/$first"  # into the page cache
 LOOP_MBPS=$(curl -sf -o /dev/null -w '%{speed_download}\n' "$NGINX/large/$first" | awk '{printf "%.1f", $1/1e6}')
 
 echo "machine: $(nproc) cpus ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), \
 $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "dd write+fsync ($large_bytes bytes): $DD_MBPS MB/s; nginx loopback read to /dev/null: $LOOP_MBPS MB/s"
+echo "dd write+fsync ($large_bytes bytes): $DD_MBPS MB/s; with oflag=direct: $DD_DIRECT_MBPS MB/s; \
+nginx loopback read to /dev/null: $LOOP_MBPS MB/s"
 
 declare -A SECONDS_OF RSS_OF
 for repo in bench/large bench/small; do
@@ -193,7 +200,8 @@ for repo in bench/large bench/small; do
       'BEGIN {printf "| %-12s | %8.2f | %8.1f | %13.2f | %12.1f |\n", t, s, b/1e6/s, s/base, rss/1024}'
   done
   if [ "$repo" = bench/large ]; then
-    awk -v b="$bytes" -v s="$base" -v dd="$DD_MBPS" \
-      'BEGIN {printf "modelcache: %.1f MB/s = %.0f%% of the dd+fsync rate\n", b/1e6/s, 100*b/1e6/s/dd}'
+    awk -v b="$bytes" -v s="$base" -v dd="$DD_MBPS" -v direct="$DD_DIRECT_MBPS" \
+      'BEGIN {printf "modelcache: %.1f MB/s = %.0f%% of the dd+fsync rate, %.0f%% of dd direct\n",
+              b/1e6/s, 100*b/1e6/s/dd, 100*b/1e6/s/direct}'
   fi
 done

@@ -25,6 +25,9 @@ class JobPool {
   // Drops queued jobs (returning them so the caller can complete them) and lets threads exit once
   // their current job returns.
   std::vector<std::function<void()>> Stop();
+  // True when a job submitted now would start at once: more threads than running and queued
+  // jobs.
+  bool HasFreeThread();
 
  private:
   void Loop();
@@ -33,6 +36,7 @@ class JobPool {
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;  // guarded by mu_
   bool stopping_ = false;                    // guarded by mu_
+  size_t running_ = 0;                       // guarded by mu_
   std::vector<std::jthread> threads_;
 };
 

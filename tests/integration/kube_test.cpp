@@ -215,6 +215,11 @@ TEST_F(KubeTest, CreatedObjectBecomesReadyWithStatusFinalizerAndEvents) {
   // Nobody else wrote: the daemon's own finalizer and status writes never conflicted with each
   // other, even where the watch had not caught up yet.
   EXPECT_EQ(api_.stats().conflicts, 0u);
+  // The finalizer went on with one merge patch of the cached copy: no GET, no PUT.
+  auto requests = api_.stats().http_requests;
+  EXPECT_EQ(requests["patch modelcaches"], 1u);
+  EXPECT_EQ(requests["get modelcaches"], 0u);
+  EXPECT_EQ(requests["update modelcaches"], 0u);
 
   // Events: a Normal event on each phase transition, Ready last.
   ASSERT_TRUE(WaitFor([&] { return !EventsFor("model", "Ready").empty(); }, seconds(10)));

@@ -314,7 +314,10 @@ TEST_F(SpineTest, KillNineMidDownloadResumesAfterRestart) {
   AddRepo("org/big", files);
   hub_.AddFault(SlowWeights(4 << 20));
   WriteManifest("big.yaml", Manifest("big", "org/big"));
-  auto options = DaemonOptions();
+  // One range (one connection, a chunk size above the file size): its data on disk is a plain
+  // prefix, resumed to the byte. A file split into ranges resumes from its last persisted chunk
+  // map (TransferTest).
+  auto options = DaemonOptions({"--chunk-size", "32MiB", "--max-connections-per-artifact", "1"});
   {
     Daemon daemon(options);
     daemon.Start();

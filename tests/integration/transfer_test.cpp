@@ -295,9 +295,9 @@ TEST_F(TransferTest, DiskFullDuringADownloadIsInsufficientStorageAndResumesOnceF
   slow.count = -1;
   hub_.AddFault(slow);
   WriteManifest("f.yaml", Manifest("full", "org/full"));
-  // One range per file (the default 32MiB chunk), so the file is not preallocated and the disk
-  // fills under its writes rather than at allocation.
-  Daemon daemon(DaemonOptions());
+  // One range for the file (one connection, a chunk size above its size), so it is not
+  // preallocated and the disk fills under its writes rather than at allocation.
+  Daemon daemon(DaemonOptions({"--chunk-size", "32MiB", "--max-connections-per-artifact", "1"}));
   daemon.Start();
   ASSERT_TRUE(WaitForStatus(state_dir(), "full", [](const auto& m) {
     return m.status.progress && m.status.progress->bytes_done > (2u << 20);
@@ -322,7 +322,7 @@ TEST_F(TransferTest, DiskFullDuringADownloadIsInsufficientStorageAndResumesOnceF
   std::string partial = BlobDir("org/full") + "/" +
                         hub_.EtagOf("model", "org/full", "main", "model.safetensors") +
                         ".incomplete";
-  ASSERT_TRUE(fs::exists(partial));
+  ASSERT_TRUE(fs::exists(partial)) << c->message << "\n" << daemon.Log();
   uint64_t kept = fs::file_size(partial);
   EXPECT_GT(kept, 0u);
   // Space comes back: the retry resumes from the kept bytes.

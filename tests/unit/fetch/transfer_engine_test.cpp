@@ -4,6 +4,7 @@
 
 #include "fetch/transfer_engine.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -436,6 +437,62 @@ TEST_F(TransferEngineTest, BandwidthLimitHoldsTheRate) {
   EXPECT_EQ(ReadTestFile(task.final_path), ReadTestFile(*root_ + "/src/tok/vocab.txt"));
   // A lower bound only: a loaded machine can be slower, never faster than the limit.
   EXPECT_GE(elapsed, std::chrono::milliseconds(150));
+}
+
+// Far less staging memory than the ranges in flight: transfers wait for blocks (the job gives back
+// what it holds for hashing) instead of stalling, and every byte still comes exactly once.
+TEST_F(TransferEngineTest, StagingMemorySmallerThanTheRangesInFlightStillCompletesExactly) {
+  FileTask task = BigTask();
+  TransferEngineOptions options = EngineOptions();
+  options.max_connections_per_job = 8;
+  options.staging_bytes = 2 << 20;  // one block for eight ranges
+  TransferEngine engine(options);
+  auto results = RunWith(engine, {task});
+  ASSERT_TRUE(results) << results.error().ToString();
+  EXPECT_EQ((*results)[0].sha256, Sha256Hex(*big_));
+  EXPECT_EQ(ReadTestFile(task.final_path), *big_);
+  EXPECT_EQ(hub_->BodyBytesServed("big.safetensors"), kBigSize);
+}
+
+// Blocks are written with O_DIRECT where the filesystem allows it; one that refuses a direct
+// write (EINVAL) gets the block through the page cache instead.
+TEST_F(TransferEngineTest, BlocksAreWrittenDirectlyAndARefusedDirectWriteFallsBack) {
+  std::string probe = scratch_ + "/probe";
+  WriteTestFile(probe, "x");
+  int probe_fd = ::open(probe.c_str(), O_WRONLY | O_DIRECT);
+  if (probe_fd < 0) {
+    GTEST_SKIP() << "the test directory's filesystem has no O_DIRECT";
+  }
+  ::close(probe_fd);
+  for (bool refuse : {false, true}) {
+    SCOPED_TRACE(refuse ? "direct writes refused" : "direct writes allowed");
+    fs::remove_all(scratch_ + "/blobs");
+    FileTask task = BigTask();
+    std::atomic<uint64_t> direct{0};
+    std::atomic<uint64_t> buffered{0};
+    TransferEngineOptions options = EngineOptions();
+    options.pwrite_for_test = [&, refuse](int fd, const void* data, size_t size,
+                                          off_t offset) -> ssize_t {
+      if ((::fcntl(fd, F_GETFL) & O_DIRECT) != 0) {
+        direct.fetch_add(size);
+        if (refuse) {
+          errno = EINVAL;
+          return -1;
+        }
+      } else {
+        buffered.fetch_add(size);
+      }
+      return ::pwrite(fd, data, size, offset);
+    };
+    TransferEngine engine(options);
+    auto results = RunWith(engine, {task});
+    ASSERT_TRUE(results) << results.error().ToString();
+    EXPECT_EQ(ReadTestFile(task.final_path), *big_);
+    // 256 KiB ranges at aligned offsets: every block is aligned, so without a refusal all of the
+    // file is written directly; with one, all of it through the page cache.
+    EXPECT_EQ(refuse ? buffered.load() : direct.load(), kBigSize);
+    EXPECT_EQ(refuse ? direct.load() : buffered.load(), refuse ? kBigSize : 0);
+  }
 }
 
 // Plain servers for what the FakeHub cannot do: a "hub" that redirects /resolve/file to a "cdn"
