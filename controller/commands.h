@@ -62,7 +62,7 @@ struct RunOptions {
   // and shards before the upload. Default: --store when local, else /var/lib/modelcache.
   std::string cache_dir;
   std::string s3_endpoint;   // --s3-endpoint: wins over AWS_ENDPOINT_URL and the profile
-  std::string s3_secret;     // --s3-secret: <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, …
+  std::string s3_secret;     // --s3-secret: <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, … or a Secret
   std::string hf_endpoint;   // default: HF_ENDPOINT, else https://huggingface.co
   int workers = 2;
   int max_concurrent_jobs = 4;
@@ -117,6 +117,7 @@ struct PullOptions {
   std::string uri;           // s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION]
   std::string dir;
   std::string s3_endpoint;
+  TransferFlags transfer;    // the transfer engine's, as for prefetch
 };
 int Pull(const PullOptions& options, const Environment& env);
 

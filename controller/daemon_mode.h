@@ -56,6 +56,9 @@ struct KubernetesModeOptions {
   std::string node_name;    // --node-name; "" = no node filter
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
   std::string component = "modelcache";  // Events' source.component
+  // --s3-secret: the Secret "NAME" (in the configuration's namespace) or "NAMESPACE/NAME" that
+  // holds the S3 credentials (controller/kube_secrets.h); "" = none.
+  std::string s3_secret;
 };
 
 // Kubernetes mode (kube_daemon.cpp). Loads the configuration (client-go's loading rules), and

@@ -2,6 +2,7 @@
 // reconciler (see daemon_mode.h).
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +14,7 @@
 #include "controller/kube_config.h"
 #include "controller/kube_events.h"
 #include "controller/kube_finalizer.h"
+#include "controller/kube_secrets.h"
 #include "controller/kube_source.h"
 #include "controller/kube_status_store.h"
 
@@ -72,13 +74,15 @@ Result<std::map<std::string, std::string>> NodeLabels(const KubeClient& client,
 class KubernetesMode final : public DaemonMode {
  public:
   KubernetesMode(KubeConfig config, const KubernetesModeOptions& options,
-                 KubernetesSourceOptions source_options)
+                 KubernetesSourceOptions source_options, std::optional<SecretName> s3_secret)
       : options_(options),
         client_(std::move(config)),
         source_(client_, std::move(source_options)),
         statuses_(client_, /*max_attempts=*/5,
                   [this](const crds::ObjectKey& key) { return source_.Cached(key); }),
-        events_(client_, RecorderOptions(options), RealClock::Get()) {}
+        events_(client_, RecorderOptions(options), RealClock::Get()),
+        s3_secret_(std::move(s3_secret)),
+        secrets_(client_, RealClock::Get()) {}
 
   Source& source() override { return source_; }
   StatusStore& statuses() override { return statuses_; }
@@ -111,12 +115,26 @@ class KubernetesMode final : public DaemonMode {
                                       const crds::SecretKeyRef& ref) {
       return LookupSecret(owner, ref);
     };
+    if (s3_secret_) {
+      // --s3-secret names a Secret (resolved at start-up), not a secrets-directory entry.
+      reconciler.read_secret =
+          [this](const std::string& /*value*/) -> Result<reconcilers::SecretData> {
+        auto data = secrets_.Read(*s3_secret_);
+        if (!data) {
+          const Error& e = data.error();
+          return Error(e.reason, "--s3-secret: " + e.message, e.retry_after);
+        }
+        return reconcilers::SecretData{"Secret " + s3_secret_->ToString() + " (--s3-secret)",
+                                       std::move(*data)};
+      };
+    }
   }
 
   std::string Describe() const override {
     std::string scope = options_.ns.empty() ? "all namespaces" : "namespace " + options_.ns;
     std::string node = options_.node_name.empty() ? "" : ", node " + options_.node_name;
-    return "watching modelcaches in " + scope + " at " + client_.config().server + node;
+    std::string s3 = s3_secret_ ? ", S3 credentials from Secret " + s3_secret_->ToString() : "";
+    return "watching modelcaches in " + scope + " at " + client_.config().server + node + s3;
   }
 
   void Shutdown() override { events_.Stop(); }
@@ -158,6 +176,8 @@ class KubernetesMode final : public DaemonMode {
   KubernetesSource source_;
   KubeStatusStore statuses_;
   KubeEventRecorder events_;
+  const std::optional<SecretName> s3_secret_;
+  KubeSecretReader secrets_;
 };
 
 }  // namespace
@@ -183,8 +203,16 @@ Result<std::unique_ptr<DaemonMode>> NewKubernetesMode(
       return SelectorMatches(object.spec.node_selector, labels);
     };
   }
-  return std::unique_ptr<DaemonMode>(
-      std::make_unique<KubernetesMode>(std::move(*config), options, std::move(source_options)));
+  std::optional<SecretName> s3_secret;
+  if (!options.s3_secret.empty()) {
+    auto name = ParseSecretName(options.s3_secret, config->default_namespace, "--s3-secret");
+    if (!name) {
+      return name.error();
+    }
+    s3_secret = std::move(*name);
+  }
+  return std::unique_ptr<DaemonMode>(std::make_unique<KubernetesMode>(
+      std::move(*config), options, std::move(source_options), std::move(s3_secret)));
 }
 
 }  // namespace modelcache::controller

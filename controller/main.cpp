@@ -125,8 +125,10 @@ int main(int argc, char** argv) {
                       "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
                       "profile's, else AWS)");
   run_cmd->add_option("--s3-secret", run.s3_secret,
-                      "S3 credentials from <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, "
-                      "AWS_SECRET_ACCESS_KEY, [AWS_SESSION_TOKEN] (default: AWS environment and "
+                      "S3 credentials AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                      "[, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL] from the files of "
+                      "<secrets-dir>/<name>/, or with --kubernetes the keys of Secret NAME (in the "
+                      "daemon's namespace) or NAMESPACE/NAME (default: AWS environment and "
                       "profiles)");
   run_cmd->add_option("--state-dir", run.state_dir,
                       "Where status lives in directory mode (default: <store>/state; "
@@ -271,6 +273,8 @@ int main(int argc, char** argv) {
   pull_cmd->add_option("--s3-endpoint", pull.s3_endpoint,
                        "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
                        "profile's, else AWS)");
+  TransferFlagText pull_transfer;
+  AddTransferFlags(pull_cmd, pull.transfer, pull_transfer);
 
   // validate
   std::vector<std::string> files;
@@ -388,6 +392,9 @@ int main(int argc, char** argv) {
     return mc::Shard(shard);
   }
   if (pull_cmd->parsed()) {
+    if (int code = ParseTransferFlags(pull_transfer, pull.transfer); code != 0) {
+      return code;
+    }
     return mc::Pull(pull, env);
   }
   if (get_cmd->parsed()) {

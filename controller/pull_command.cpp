@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <iostream>
 #include <thread>
@@ -11,6 +12,8 @@
 #include "common/units.h"
 #include "controller/commands.h"
 #include "controller/progress_bar.h"
+#include "fetch/s3_pull.h"
+#include "fetch/transfer_engine.h"
 #include "store/aws_config.h"
 #include "store/s3_store.h"
 
@@ -35,16 +38,28 @@ int Pull(const PullOptions& options, const Environment& env) {
   }
   store::S3ArtifactStore s3(ref->store, std::make_shared<store::S3Client>(std::move(*config)));
 
+  // The files come through the transfer engine (presigned URLs, parallel ranges, verified).
+  fetch::TransferEngineOptions eo;
+  eo.max_connections = options.transfer.max_connections;
+  eo.max_connections_per_job = options.transfer.max_connections_per_artifact;
+  eo.max_bytes_per_second = options.transfer.max_bandwidth;
+  eo.chunk_size = options.transfer.chunk_size;
+  fetch::TransferEngine engine(eo);
+  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  fetch::TransferProgress downloaded;
+
   store::S3TransferProgress progress;
   Result<store::PulledArtifact> result = Error(Reason::Internal, "not run");
   std::atomic<bool> done{false};
   std::jthread worker([&] {
-    result = s3.Pull(ref->name, ref->version, options.dir, progress);
+    result = s3.Pull(ref->name, ref->version, options.dir, progress, {},
+                     fetch::TransferPullDownload(*transfer, downloaded));
     done = true;
   });
   ProgressBar bar(::isatty(STDERR_FILENO) != 0);
   while (!done) {
-    bar.Update("Pulling", progress.bytes_done, progress.bytes_total, 0);
+    bar.Update("Pulling", std::max(progress.bytes_done.load(), downloaded.bytes_done.load()),
+               progress.bytes_total, downloaded.bytes_per_second);
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   worker.join();

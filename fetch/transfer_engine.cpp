@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -44,6 +45,25 @@ constexpr size_t kHashPiece = 1 << 20;
 constexpr uint64_t kHashBudget = 64ULL << 20;
 constexpr int kMaxRedirects = 10;
 constexpr size_t kMaxErrorBody = 64 << 10;
+
+// " AccessDenied": the <Code> of an XML error body, as object stores (S3, the CDNs in front of
+// them) send, so that a refused presigned URL says why; "" if there is none. Only the code: other
+// elements of such bodies (SignatureDoesNotMatch's StringToSign) are not for messages.
+std::string DataHostCode(const HttpResponse& response) {
+  const std::string& body = response.body;
+  size_t open = body.find("<Code>");
+  size_t close = open == std::string::npos ? open : body.find("</Code>", open);
+  if (close == std::string::npos || close - open - 6 > 64) {
+    return "";
+  }
+  std::string code = body.substr(open + 6, close - open - 6);
+  for (char ch : code) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) {
+      return "";
+    }
+  }
+  return code.empty() ? "" : " " + code;
+}
 constexpr auto kRateWindow = std::chrono::seconds(5);
 constexpr auto kRateSample = std::chrono::milliseconds(250);
 constexpr auto kIdleWait = std::chrono::milliseconds(100);
@@ -1414,8 +1434,8 @@ void Job::Handle(Request* r) {
     }
     Retry(f, c,
           Error(Reason::NetworkError,
-                fmt::format("{} answered HTTP {} for {}", internal::Origin(r->url), status,
-                            t.path)),
+                fmt::format("{} answered HTTP {}{} for {}", internal::Origin(r->url), status,
+                            DataHostCode(r->response), t.path)),
           progressed);
     return;
   }
@@ -1438,8 +1458,9 @@ void Job::Handle(Request* r) {
       f.data_url.clear();
     }
     Retry(f, c,
-          Error(Reason::NetworkError, fmt::format("{} answered HTTP {} for {}",
-                                                  internal::Origin(r->url), status, t.path)),
+          Error(Reason::NetworkError,
+                fmt::format("{} answered HTTP {}{} for {}", internal::Origin(r->url), status,
+                            DataHostCode(r->response), t.path)),
           progressed);
     return;
   }

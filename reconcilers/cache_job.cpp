@@ -23,6 +23,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
+#include "fetch/s3_pull.h"
 #include "fetch/s3_stream.h"
 #include "store/gc.h"
 
@@ -202,10 +203,16 @@ Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStor
     state.transfer.files_done = static_cast<int64_t>(m.files.size());
   } else {
     state.phase = JobPhase::Downloading;
-    // UniqueSuffix starts with our pid: CleanupShardSources removes the ones of dead processes.
-    std::string pulled = local.root() + "/tmp/s3-pull-" + UniqueSuffix();
+    // Named by our pid (CleanupShardSources removes the ones of dead processes) and the resource,
+    // not by the attempt: a retry of this job resumes what an interrupted pull left (Pull's
+    // staging, <pulled>.partial-<version>). '_' is in no namespace or name.
+    std::string pulled = local.root() + "/tmp/s3-pull-" + std::to_string(::getpid()) + "_" +
+                         in.key.namespace_ + "_" + in.key.name;
     store::S3TransferProgress progress;
-    auto got = source.Pull(ref->name, version, pulled, progress, stop);
+    // Through the job's transfer layer: parallel ranges, counted in the job's progress.
+    auto transfer = in.transfer_factory(fetch::S3PullHubOptions(in.hub));
+    auto got = source.Pull(ref->name, version, pulled, progress, stop,
+                           fetch::TransferPullDownload(*transfer, state.transfer));
     auto remove_pulled = [&] {
       std::error_code ec;
       fs::remove_all(pulled, ec);

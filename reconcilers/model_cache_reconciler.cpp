@@ -21,6 +21,13 @@ namespace {
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
+// What an --s3-secret entry may set (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are required).
+constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                         "AWS_SESSION_TOKEN", "AWS_REGION",
+                                         "AWS_ENDPOINT_URL",  "AWS_PROFILE"};
+// A missing secret or key may appear without any change to the resource: look again this late.
+constexpr std::chrono::seconds kSecretRecheck{30};
+
 struct JobEntry {
   std::string spec_hash;
   int64_t force = 0;
@@ -166,29 +173,56 @@ struct ModelCacheReconciler::Impl {
     return StartsWith(uri, "s3://") ? options.local_cache : uri;
   }
 
+  // The --s3-secret entry: options.read_secret's answer, else the files of the secrets directory
+  // (only the keys it may hold are read).
+  Result<SecretData> ReadS3Secret() const {
+    if (options.read_secret) {
+      return options.read_secret(options.s3_secret);
+    }
+    if (options.secrets_dir.empty()) {
+      return Error(Reason::InvalidSpec, "--s3-secret " + options.s3_secret +
+                                            ": the daemon has no --secrets-dir to read it from");
+    }
+    SecretData secret;
+    std::string dir = options.secrets_dir + "/" + options.s3_secret;
+    secret.what = "secret directory " + dir;
+    if (!std::filesystem::is_directory(dir)) {
+      return Error(Reason::InvalidSpec, secret.what + " not found", kSecretRecheck);
+    }
+    for (const char* key : kS3SecretKeys) {
+      if (auto value = ReadFile(dir + "/" + key)) {
+        secret.data[key] = std::move(*value);
+      }
+    }
+    return secret;
+  }
+
   // The AWS configuration for an S3 store: the environment, overridden by the --s3-secret entry.
-  // Errors name variables, files and the secret's path, never a value.
+  // Errors name variables, files and the secret, never a value.
   Result<store::AwsConfig> AwsConfigFor(const std::string& uri) const {
     store::Environment env = options.aws_env;
     if (!options.s3_secret.empty()) {
-      if (options.secrets_dir.empty()) {
-        return Error(Reason::InvalidSpec, "--s3-secret " + options.s3_secret +
-                                              ": the daemon has no --secrets-dir to read it from");
+      std::string what = "S3 credentials for " + uri + ": ";
+      auto secret = ReadS3Secret();
+      if (!secret) {
+        return Error(secret.error().reason, what + secret.error().message,
+                     secret.error().retry_after);
       }
-      std::string dir = options.secrets_dir + "/" + options.s3_secret;
-      if (!std::filesystem::is_directory(dir)) {
-        return Error(Reason::InvalidSpec,
-                     "S3 credentials for " + uri + ": secret directory " + dir + " not found");
+      // The secret exists to hold a key pair; one without is a mistake, not a reason to fall back
+      // to whatever the daemon's environment holds.
+      for (const char* key : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}) {
+        auto it = secret->data.find(key);
+        if (it == secret->data.end() || TrimRight(it->second).empty()) {
+          return Error(Reason::InvalidSpec, what + secret->what + " has no key " + key,
+                       kSecretRecheck);
+        }
       }
-      if (std::filesystem::exists(dir + "/AWS_ACCESS_KEY_ID")) {
-        // A key pair from the secret replaces the environment's, session token included.
-        env.erase("AWS_SESSION_TOKEN");
-      }
-      for (const char* key : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                              "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_PROFILE"}) {
-        auto value = ReadFile(dir + "/" + key);
-        if (value) {
-          env[key] = TrimRight(*value);
+      // A key pair from the secret replaces the environment's, session token included.
+      env.erase("AWS_SESSION_TOKEN");
+      for (const char* key : kS3SecretKeys) {
+        auto it = secret->data.find(key);
+        if (it != secret->data.end()) {
+          env[key] = TrimRight(it->second);
         }
       }
     }

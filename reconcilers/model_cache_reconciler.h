@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,13 @@
 
 namespace modelcache::reconcilers {
 
+// The entries (key -> value) of a secret the daemon is configured with, and how error messages
+// name it: "Secret ops/s3-creds", "secret directory /etc/modelcache/secrets/s3".
+struct SecretData {
+  std::string what;
+  std::map<std::string, std::string> data;
+};
+
 struct ReconcilerOptions {
   // Store used when spec.storage.uri is empty: a path, file:// URI or s3://bucket/prefix (--store).
   std::string default_store;
@@ -35,10 +43,15 @@ struct ReconcilerOptions {
   // `aws_overrides.endpoint_url` is --s3-endpoint.
   store::Environment aws_env;
   store::AwsOverrides aws_overrides;
-  // Directory mode: a <secrets_dir>/<s3_secret>/ entry whose files AWS_ACCESS_KEY_ID,
-  // AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL override
-  // the environment (--s3-secret). Re-read for every job, so a rotated secret is picked up.
+  // --s3-secret: a secret whose keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (both required)
+  // and optionally AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE override the
+  // environment. Read with read_secret, else from the files of <secrets_dir>/<s3_secret>/.
+  // Re-read for every job and restart check, so a rotated secret is picked up.
   std::string s3_secret;
+  // When set, reads the daemon's secret `name` (Kubernetes mode: the Secret NAME in the daemon's
+  // namespace, or NAMESPACE/NAME). Returns its entries, or an Error whose message names the
+  // secret but never a value (retry_after set when it may appear later). Thread-safe.
+  std::function<Result<SecretData>(const std::string& name)> read_secret;
   // Hub endpoint used when spec.source.endpoint is empty (--hf-endpoint, else HF_ENDPOINT, else
   // https://huggingface.co). Resolved by main.
   std::string hf_endpoint = "https://huggingface.co";

@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   nginx-light
   radosgw ceph-mon ceph-osd ceph-common uuid-runtime curl python3-boto3
+  faketime  # libfaketime: a skewed clock against radosgw (RequestTimeTooSkewed) in an S3 test
   systemd  # systemd-analyze verifies manifests/systemd/modelcache.service in a unit test
 )
 

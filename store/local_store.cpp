@@ -17,10 +17,12 @@
 
 #include "common/files.h"
 #include "common/sha256.h"
+#include "store/internal/dir_lock.h"
 
 namespace modelcache::store {
 
 namespace fs = std::filesystem;
+using internal::LockDirAt;
 
 namespace {
 
@@ -287,27 +289,6 @@ VoidResult FsyncPath(const std::string& path, bool directory) {
 void RemoveTree(const std::string& path) {
   std::error_code ec;
   fs::remove_all(path, ec);  // best effort: a concurrent cleanup may be removing it too
-}
-
-// Exclusive, non-blocking flock of a directory that must still be at `path` once locked (a
-// cleanup may have removed it between our open and our lock). Returns the fd or -1.
-int LockDirAt(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0) {
-    return -1;
-  }
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  struct stat held {};
-  struct stat named {};
-  if (::fstat(fd, &held) != 0 || ::lstat(path.c_str(), &named) != 0 ||
-      held.st_ino != named.st_ino || held.st_dev != named.st_dev) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 std::string PercentDecode(std::string_view s, bool* ok) {

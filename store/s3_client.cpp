@@ -289,8 +289,8 @@ S3Client::S3Client(AwsConfig config, S3ClientOptions options)
   options_.max_attempts = std::max(1, options_.max_attempts);
 }
 
-Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
-                                        const S3Body* streamed) const {
+Result<S3Client::Target> S3Client::TargetOf(const std::string& bucket,
+                                             const std::string& key) const {
   // Split the endpoint into scheme and authority; a path after the authority is a prefix.
   const std::string& endpoint = config_.endpoint_url;
   size_t scheme_end = endpoint.find("://");
@@ -298,22 +298,47 @@ Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
     return Error(Reason::InvalidSpec,
                  fmt::format("S3 endpoint {} has no scheme (http:// or https://)", endpoint));
   }
-  std::string scheme = endpoint.substr(0, scheme_end);
+  Target t;
+  t.scheme = endpoint.substr(0, scheme_end);
   std::string rest = endpoint.substr(scheme_end + 3);
   size_t slash = rest.find('/');
   std::string authority = rest.substr(0, slash);
   std::string base_path = slash == std::string::npos ? "" : rest.substr(slash);
-
-  std::string host;
-  std::string path;
-  if (config_.UsePathStyle(call.bucket)) {
-    host = authority;
-    path = base_path + "/" + call.bucket;
-    if (!call.key.empty()) path += "/" + call.key;
+  if (config_.UsePathStyle(bucket)) {
+    t.host = authority;
+    t.path = base_path + "/" + bucket;
+    if (!key.empty()) t.path += "/" + key;
   } else {
-    host = call.bucket + "." + authority;
-    path = base_path + "/" + call.key;
+    t.host = bucket + "." + authority;
+    t.path = base_path + "/" + key;
   }
+  return t;
+}
+
+Result<std::string> S3Client::PresignGetObject(const std::string& bucket, const std::string& key,
+                                               std::chrono::seconds expires) const {
+  auto target = TargetOf(bucket, key);
+  if (!target) {
+    return target.error();
+  }
+  SigningRequest signing;
+  signing.method = "GET";
+  signing.path = target->path;
+  signing.headers = {{"host", target->host}};
+  SigningScope scope{config_.region, "s3", options_.now()};
+  return fmt::format("{}://{}{}?{}", target->scheme, target->host, EncodePath(target->path),
+                     PresignQuery(signing, config_.credentials, scope, expires));
+}
+
+Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
+                                        const S3Body* streamed) const {
+  auto target = TargetOf(call.bucket, call.key);
+  if (!target) {
+    return target.error();
+  }
+  const std::string& scheme = target->scheme;
+  const std::string& host = target->host;
+  const std::string& path = target->path;
 
   SigningRequest signing;
   signing.method = call.method;
@@ -381,7 +406,8 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
       const HttpResponse& r = *response;
       // CompleteMultipartUpload may answer 200 and still fail, with an <Error> body.
       bool error_body = r.status == 200 &&
-                        (call.op == "CompleteMultipartUpload" || call.op == "CopyObject") &&
+                        (call.op == "CompleteMultipartUpload" || call.op == "CopyObject" ||
+                         call.op == "UploadPartCopy") &&
                         r.body.find("<Error>") != std::string::npos;
       if ((r.status >= 200 && r.status < 300 && !error_body) ||
           (r.status == 404 && call.method == "HEAD")) {
@@ -556,6 +582,33 @@ Result<UploadedPart> S3Client::UploadPart(const std::string& bucket, const std::
     return Error(Reason::StorageError,
                  fmt::format("S3 UploadPart s3://{}/{} part {}: answer has no ETag", bucket, key,
                              part_number));
+  }
+  return part;
+}
+
+Result<UploadedPart> S3Client::UploadPartCopy(const std::string& bucket, const std::string& key,
+                                              const std::string& upload_id, int part_number,
+                                              const std::string& source_key, uint64_t first,
+                                              uint64_t last, std::stop_token stop) {
+  Call call{"UploadPartCopy",
+            "PUT",
+            bucket,
+            key,
+            {{"partNumber", std::to_string(part_number)}, {"uploadId", upload_id}},
+            {{"x-amz-copy-source", EncodePath("/" + bucket + "/" + source_key)},
+             {"x-amz-copy-source-range", fmt::format("bytes={}-{}", first, last)}},
+            {}};
+  auto r = Execute(call, stop);
+  if (!r) return r.error();
+  UploadedPart part;
+  part.number = part_number;
+  part.size = last - first + 1;
+  // The part's ETag is in the <CopyPartResult> body, not in a header.
+  part.etag = Unquote(XmlText(r->body, "ETag").value_or(""));
+  if (part.etag.empty()) {
+    return Error(Reason::StorageError,
+                 fmt::format("S3 UploadPartCopy s3://{}/{} part {}: answer has no ETag", bucket,
+                             key, part_number));
   }
   return part;
 }

@@ -162,6 +162,13 @@ class S3Client {
   Result<UploadedPart> UploadPart(const std::string& bucket, const std::string& key,
                                   const std::string& upload_id, int part_number,
                                   std::string_view body, std::stop_token stop = {});
+  // Server-side copy of bytes [first, last] of `source_key` (same bucket) as part `part_number`
+  // (UploadPartCopy): how objects over CopyObject's 5 GiB are copied. Every part but the last
+  // must be at least 5 MiB and none over 5 GiB. A 200 answer with an <Error> body is a failure.
+  Result<UploadedPart> UploadPartCopy(const std::string& bucket, const std::string& key,
+                                      const std::string& upload_id, int part_number,
+                                      const std::string& source_key, uint64_t first,
+                                      uint64_t last, std::stop_token stop = {});
   // Every part uploaded so far (all pages), by part number.
   Result<std::vector<UploadedPart>> ListParts(const std::string& bucket, const std::string& key,
                                               const std::string& upload_id,
@@ -181,6 +188,14 @@ class S3Client {
                                                                 const std::string& prefix,
                                                                 std::stop_token stop = {});
 
+  // A presigned GET URL of the object (query-string authentication, SigV4, UNSIGNED-PAYLOAD, only
+  // host signed), valid for `expires` (1 s to 7 days, S3's limit) from now: any HTTP client can
+  // fetch it, with Range, without further headers. The URL is a credential for that object until
+  // it expires: never log it whole (its query holds the signature and any session token).
+  // InvalidSpec when the endpoint has no scheme.
+  Result<std::string> PresignGetObject(const std::string& bucket, const std::string& key,
+                                       std::chrono::seconds expires) const;
+
   // Sends `request`: a 2xx answer (or 404 to a HEAD) is returned, anything else is an error as
   // described at the top; retried likewise (a streamed body is read again from offset 0).
   Result<HttpResponse> Send(const S3Request& request, std::stop_token stop = {}) const;
@@ -189,6 +204,11 @@ class S3Client {
 
  private:
   struct Call;
+  // Where a request for `key` in `bucket` goes: path-style or virtual-hosted per the config.
+  struct Target {
+    std::string scheme, host, path;  // path not encoded
+  };
+  Result<Target> TargetOf(const std::string& bucket, const std::string& key) const;
   Result<HttpResponse> Execute(const Call& call, std::stop_token stop,
                                const S3Body* streamed = nullptr) const;
   Result<HttpResponse> SendOnce(const Call& call, std::stop_token stop,

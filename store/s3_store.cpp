@@ -9,12 +9,16 @@
 #include <cerrno>
 #include <filesystem>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/fmt/fmt.h>
 
 #include "common/files.h"
 #include "common/sha256.h"
+#include "store/internal/dir_lock.h"
 #include "store/s3_uploader.h"
 
 namespace modelcache::store {
@@ -24,10 +28,16 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kManifestName = "modelcache.json";
 constexpr std::string_view kCurrentName = "current";
-// S3's limit for one CopyObject; larger objects are uploaded instead.
+// S3's limit for one CopyObject and for one part; larger objects are copied in parts.
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
+// S3's smallest part (but the last) and largest part count.
+constexpr uint64_t kMinPartSize = 5ULL << 20;
+constexpr uint64_t kMaxParts = 10'000;
 // Ranged GETs of this size keep Pull's memory bounded.
 constexpr uint64_t kPullRangeSize = 16ULL << 20;
+// Presigned URLs handed to a PullDownloadFn live as long as S3 allows (7 days), so that no pull,
+// however large, outlives them; they never leave the process whole (messages strip the query).
+constexpr std::chrono::seconds kPullUrlLifetime{7 * 24 * 3600};
 
 std::vector<std::string_view> Split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
@@ -253,18 +263,27 @@ Result<S3ArtifactRef> ParseS3ArtifactUri(std::string_view uri) {
   return ref;
 }
 
-S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client)
-    : location_(std::move(location)), client_(std::move(client)) {}
+S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client,
+                                 S3StoreOptions options)
+    : location_(std::move(location)), client_(std::move(client)), options_(options) {
+  // Below one part's minimum a multipart copy gains nothing (and an empty object has no part).
+  options_.max_copy_object_size =
+      std::clamp(options_.max_copy_object_size, kMinPartSize, kMaxCopySize);
+  options_.copy_part_size = std::clamp(options_.copy_part_size, kMinPartSize, kMaxCopySize);
+  options_.parallel_part_copies = std::max(1, options_.parallel_part_copies);
+}
 
 Result<std::unique_ptr<S3ArtifactStore>> S3ArtifactStore::Open(std::string_view uri,
                                                                AwsConfig config,
-                                                               S3ClientOptions options) {
+                                                               S3ClientOptions options,
+                                                               S3StoreOptions store_options) {
   auto loc = ParseS3StoreUri(uri);
   if (!loc) {
     return loc.error();
   }
   return std::make_unique<S3ArtifactStore>(
-      std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)));
+      std::move(*loc), std::make_shared<S3Client>(std::move(config), std::move(options)),
+      store_options);
 }
 
 std::string S3ArtifactStore::VersionKey(const std::string& name, const std::string& version) const {
@@ -342,7 +361,7 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutObject(
     return PutOutcome::AlreadyPresent;
   }
   auto source = copy_sources.find(file.sha256);
-  if (source != copy_sources.end() && source->second != key && file.size <= kMaxCopySize) {
+  if (source != copy_sources.end() && source->second != key) {
     // The source must still hold these bytes (it may have been deleted or overwritten since its
     // manifest was read); otherwise fall through to an upload.
     auto source_ok = HasObject(source->second, file.size, file.sha256, stop);
@@ -350,8 +369,11 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutObject(
       return source_ok.error();
     }
     if (*source_ok) {
-      if (auto r = client_->CopyObject(location_.bucket, source->second, key, stop); !r) {
-        return r.error();
+      VoidResult copy = file.size <= options_.max_copy_object_size
+                            ? client_->CopyObject(location_.bucket, source->second, key, stop)
+                            : CopyInParts(source->second, key, file, stop);
+      if (!copy) {
+        return copy.error();
       }
       auto copied = HasObject(key, file.size, file.sha256, stop);
       if (!copied) {
@@ -617,11 +639,136 @@ bool AlreadyPulled(const std::string& dir, const ArtifactManifest& manifest) {
   return true;
 }
 
+// Removes the staging directories (and their .incomplete siblings) named `prefix`* other than
+// `keep` that no live pull holds locked: what killed pulls into the same target left behind.
+void RemoveStaleStagings(const std::string& prefix, const std::string& keep) {
+  fs::path parent = fs::path(prefix).parent_path();
+  std::string stem = fs::path(prefix).filename().string();
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    std::string name = entry.path().filename().string();
+    std::string path = entry.path().string();
+    if (name.rfind(stem, 0) != 0 || path == keep || path == keep + ".incomplete") {
+      continue;
+    }
+    std::string_view suffix = ".incomplete";
+    bool scratch = name.size() > suffix.size() &&
+                   name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    std::string staging = scratch ? path.substr(0, path.size() - suffix.size()) : path;
+    Fd held(internal::LockDirAt(staging));
+    if (held.get() < 0 && fs::exists(fs::symlink_status(staging, ec))) {
+      continue;  // in use by another pull (or not a directory we made)
+    }
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+}
+
 }  // namespace
+
+VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const std::string& name,
+                                         const ArtifactManifest& m, const std::string& staging,
+                                         std::stop_token stop) {
+  // Partial data next to the staging directory, not in it: nothing but the artifact's files may
+  // end up in the pulled tree, whatever their names.
+  std::string scratch = staging + ".incomplete";
+  if (auto r = MakeDirs(scratch); !r) {
+    return r.error();
+  }
+  std::vector<PullObject> objects;
+  objects.reserve(m.files.size());
+  for (size_t i = 0; i < m.files.size(); ++i) {
+    const ManifestFile& f = m.files[i];
+    PullObject o;
+    o.path = f.path;
+    o.key = FileKey(name, m.version, f.path);
+    auto url = client_->PresignGetObject(location_.bucket, o.key, kPullUrlLifetime);
+    if (!url) {
+      return url.error();
+    }
+    o.url = std::move(*url);
+    o.size = f.size;
+    o.sha256 = f.sha256;
+    o.dest = staging + "/" + f.path;
+    o.scratch = scratch + "/" + std::to_string(i);
+    if (auto r = MakeDirs(fs::path(o.dest).parent_path().string()); !r) {
+      return r.error();
+    }
+    objects.push_back(std::move(o));
+  }
+  VoidResult result = download(objects, stop);
+  std::error_code ec;
+  if (!result) {
+    return result;  // the partial data stays for the next pull of this version to resume
+  }
+  fs::remove_all(scratch, ec);
+  for (const PullObject& o : objects) {
+    auto st = fs::symlink_status(o.dest, ec);
+    if (!fs::is_regular_file(st) || fs::file_size(o.dest, ec) != o.size) {
+      return Error(Reason::Internal,
+                   fmt::format("the download of {} ended without the {}-byte file {}", o.path,
+                               o.size, o.dest));
+    }
+  }
+  return {};
+}
+
+VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std::string& key,
+                                        const ManifestFile& file, std::stop_token stop) {
+  const std::string& bucket = location_.bucket;
+  uint64_t part_size =
+      std::clamp((file.size + kMaxParts - 1) / kMaxParts, options_.copy_part_size, kMaxCopySize);
+  auto parts_total = static_cast<int>((file.size + part_size - 1) / part_size);
+  auto upload_id = client_->CreateMultipartUpload(
+      bucket, key, stop, {{std::string(kSha256MetaKey), file.sha256}});
+  if (!upload_id) {
+    return upload_id.error();
+  }
+  std::vector<UploadedPart> parts(static_cast<size_t>(parts_total));
+  std::atomic<int> next{0};
+  std::mutex mu;
+  std::optional<Error> failure;  // guarded by mu
+  auto worker = [&] {
+    for (int i = next++; i < parts_total; i = next++) {
+      {
+        std::lock_guard lock(mu);
+        if (failure) {
+          return;
+        }
+      }
+      uint64_t first = static_cast<uint64_t>(i) * part_size;
+      uint64_t last = std::min(file.size, first + part_size) - 1;
+      auto part = client_->UploadPartCopy(bucket, key, *upload_id, i + 1, source_key, first, last,
+                                          stop);
+      std::lock_guard lock(mu);
+      if (!part) {
+        if (!failure) {
+          failure = part.error();
+        }
+        return;
+      }
+      parts[static_cast<size_t>(i)] = std::move(*part);
+    }
+  };
+  {
+    std::vector<std::jthread> threads;
+    for (int t = 0; t < std::min(options_.parallel_part_copies, parts_total); ++t) {
+      threads.emplace_back(worker);
+    }
+  }
+  VoidResult done = failure ? VoidResult(*failure)
+                            : client_->CompleteMultipartUpload(bucket, key, *upload_id, parts, stop);
+  if (!done) {
+    // Nothing of it is needed again: a retry copies afresh. Best effort; the error is the copy's.
+    (void)client_->AbortMultipartUpload(bucket, key, *upload_id);
+  }
+  return done;
+}
 
 Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std::string& version,
                                              const std::string& dir, S3TransferProgress& progress,
-                                             std::stop_token stop) {
+                                             std::stop_token stop,
+                                             const PullDownloadFn& download) {
   if (auto r = CheckNameVersion(name, version); !r) {
     return r.error();
   }
@@ -679,61 +826,89 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
     }
   }
 
-  // Stage next to the target (same filesystem, so the final rename is atomic).
-  std::string staging = target.string() + ".partial-" + UniqueSuffix();
+  // Stage next to the target (same filesystem, so the final rename is atomic). Through a
+  // download function the staging directory is named by the version, so that a pull interrupted
+  // (killed, cancelled, the network gone) resumes where it stopped: the files it verified are
+  // there and the partial ones have their data and chunk maps in <staging>.incomplete. The version
+  // names its content, so nothing of another version is ever taken. It is locked while in use;
+  // the unlocked leftovers of other pulls into `dir` are removed first.
+  std::string staging_prefix = target.string() + ".partial-";
+  std::string staging = staging_prefix + (download ? m.version : UniqueSuffix());
+  RemoveStaleStagings(staging_prefix, staging);
   auto fail = [&](Error e) -> Result<PulledArtifact> {
     std::error_code ignored;
     fs::remove_all(staging, ignored);
+    fs::remove_all(staging + ".incomplete", ignored);
     return e;
   };
   if (auto r = MakeDirs(staging); !r) {
     return r.error();
   }
-  for (const ManifestFile& f : m.files) {
-    if (stop.stop_requested()) {
-      return fail(Error(Reason::Cancelled, "pull cancelled"));
+  Fd lock(internal::LockDirAt(staging));
+  if (lock.get() < 0) {
+    return Error(Reason::StorageError,
+                 fmt::format("{} is being pulled by another process (its staging directory {} is "
+                             "locked)",
+                             target.string(), staging));
+  }
+  if (download) {
+    if (auto r = DownloadWith(download, name, m, staging, stop); !r) {
+      // What an interrupted transfer leaves is kept for a resume; after anything else (bytes
+      // that did not verify, a broken download function) nothing is worth keeping.
+      Reason why = r.error().reason;
+      bool resumable = why == Reason::Cancelled || why == Reason::NetworkError ||
+                       why == Reason::RateLimited || why == Reason::InsufficientStorage;
+      return resumable ? r.error() : fail(r.error());
     }
-    std::string path = staging + "/" + f.path;
-    if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
-      return fail(r.error());
-    }
-    Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (fd.get() < 0) {
-      return fail(IoError("cannot create", path, errno));
-    }
-    std::string key = FileKey(name, m.version, f.path);
-    Hasher hasher(Hasher::Kind::Sha256);
-    uint64_t written = 0;
-    while (written < f.size) {
-      uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
-      auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
-      if (!chunk) {
-        return fail(chunk.error());
+    progress.bytes_done = m.size_bytes;
+    progress.files_done = progress.files_total.load();
+  } else {
+    for (const ManifestFile& f : m.files) {
+      if (stop.stop_requested()) {
+        return fail(Error(Reason::Cancelled, "pull cancelled"));
       }
-      if (chunk->empty() || chunk->size() > last - written + 1) {
-        return fail(
-            Error(Reason::ChecksumMismatch,
-                  fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                              "file",
-                              location_.bucket, key, chunk->size(), written, last, f.size)));
-      }
-      hasher.Update(*chunk);
-      if (auto r = WriteAll(fd.get(), path, *chunk); !r) {
+      std::string path = staging + "/" + f.path;
+      if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
         return fail(r.error());
       }
-      written += chunk->size();
-      progress.bytes_done += chunk->size();
+      Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (fd.get() < 0) {
+        return fail(IoError("cannot create", path, errno));
+      }
+      std::string key = FileKey(name, m.version, f.path);
+      Hasher hasher(Hasher::Kind::Sha256);
+      uint64_t written = 0;
+      while (written < f.size) {
+        uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
+        auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
+        if (!chunk) {
+          return fail(chunk.error());
+        }
+        if (chunk->empty() || chunk->size() > last - written + 1) {
+          return fail(
+              Error(Reason::ChecksumMismatch,
+                    fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
+                                "file",
+                                location_.bucket, key, chunk->size(), written, last, f.size)));
+        }
+        hasher.Update(*chunk);
+        if (auto r = WriteAll(fd.get(), path, *chunk); !r) {
+          return fail(r.error());
+        }
+        written += chunk->size();
+        progress.bytes_done += chunk->size();
+      }
+      std::string sha = hasher.FinalHex();
+      if (sha != f.sha256) {
+        return fail(Error(Reason::ChecksumMismatch,
+                          fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
+                                      location_.bucket, key, sha, f.sha256)));
+      }
+      if (::fsync(fd.get()) != 0) {
+        return fail(IoError("cannot fsync", path, errno));
+      }
+      ++progress.files_done;
     }
-    std::string sha = hasher.FinalHex();
-    if (sha != f.sha256) {
-      return fail(Error(Reason::ChecksumMismatch,
-                        fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
-                                    location_.bucket, key, sha, f.sha256)));
-    }
-    if (::fsync(fd.get()) != 0) {
-      return fail(IoError("cannot fsync", path, errno));
-    }
-    ++progress.files_done;
   }
   // A zero-length object is one GET of nothing; the size check above covers the rest. The
   // manifest goes in last, like in the bucket.

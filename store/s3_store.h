@@ -20,7 +20,8 @@
 // the same size whose x-amz-meta-sha256 matches is kept as it is (a re-run, a resumed publish, two
 // publishers of one version). Otherwise, when the artifact's current version holds a file with the
 // same sha256 and size (the common case of a branch that moved: most files are unchanged), the
-// object is copied server-side (CopyObject, no bytes through this process). Only then is it
+// object is copied server-side (CopyObject, or UploadPartCopy parts over 5 GiB; no bytes through
+// this process). Only then is it
 // uploaded. Every object is confirmed with HeadObject (size and x-amz-meta-sha256) before the
 // marker is written, so a committed version's files are exactly its manifest's.
 //
@@ -93,13 +94,44 @@ struct PulledArtifact {
   bool already_present = false;  // DIR already held this version, verified; nothing downloaded
 };
 
+struct S3StoreOptions {
+  // Server-side copies (dedupe against the current version) of objects up to this size are one
+  // CopyObject (S3 allows at most 5 GiB); larger ones are a multipart upload whose parts are
+  // UploadPartCopy calls. At least 5 MiB, at most 5 GiB.
+  uint64_t max_copy_object_size = 5ULL << 30;
+  // Part size of such a multipart copy (raised so that no copy needs more than 10 000 parts; at
+  // least 5 MiB, at most 5 GiB) and how many parts are copied at once.
+  uint64_t copy_part_size = 512ULL << 20;
+  int parallel_part_copies = 4;
+};
+
+// One object of a version for a PullDownloadFn to fetch into Pull's staging directory.
+struct PullObject {
+  std::string path;    // in the artifact, for messages
+  std::string key;     // in the bucket
+  std::string url;     // a presigned GET URL (S3Client::PresignGetObject); never log it whole
+  uint64_t size = 0;   // the manifest's
+  std::string sha256;  // the manifest's
+  std::string dest;    // where the verified file must be; its directory exists
+  // Where partial data may live meanwhile (its directory exists; removed after the download).
+  std::string scratch;
+};
+
+// Downloads every object to its `dest`, each verified against its size and sha256
+// (ChecksumMismatch naming the path otherwise), fsynced. Returns the first error; Cancelled on a
+// stop request. Pull checks the sizes again and removes everything on an error.
+using PullDownloadFn =
+    std::function<VoidResult(const std::vector<PullObject>& objects, std::stop_token stop)>;
+
 class S3ArtifactStore {
  public:
-  S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client);
+  S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client,
+                  S3StoreOptions options = {});
 
   // Parses `uri` (ParseS3StoreUri) and makes a client for `config`. Contacts nothing.
   static Result<std::unique_ptr<S3ArtifactStore>> Open(std::string_view uri, AwsConfig config,
-                                                       S3ClientOptions options = {});
+                                                       S3ClientOptions options = {},
+                                                       S3StoreOptions store_options = {});
 
   const S3Location& location() const { return location_; }
   S3Client& client() { return *client_; }
@@ -186,16 +218,35 @@ class S3ArtifactStore {
   // version and every file verifies, nothing is downloaded. StorageError when the version is not
   // committed (no modelcache.json) or the artifact has no current version; InvalidSpec when `dir`
   // exists, is not empty and is not a pulled artifact (it is never overwritten).
+  // `download` empty: the files are fetched one after the other with ranged GETs of 16 MiB,
+  // counted in `progress`. Otherwise `download` fetches them from presigned URLs (valid for 7
+  // days) however it likes (fetch/s3_pull.h: the transfer engine's parallel ranges) and counts
+  // its own progress; `progress` gets the totals and, at the end, the done counts. Its staging
+  // directory is then `dir`.partial-<version>, locked while in use (a second pull into `dir` at
+  // the same time is StorageError) and kept when the download fails with Cancelled,
+  // NetworkError, RateLimited or InsufficientStorage, so that the next pull of that version
+  // resumes (files already verified there are not fetched again); other versions' unlocked
+  // stagings of `dir` are removed.
   Result<PulledArtifact> Pull(const std::string& name, const std::string& version,
                               const std::string& dir, S3TransferProgress& progress,
-                              std::stop_token stop = {});
+                              std::stop_token stop = {}, const PullDownloadFn& download = {});
 
  private:
+  // Pull's download through `download`: presigns every file's URL, runs it into `staging`, checks
+  // that every file is there with its size.
+  VoidResult DownloadWith(const PullDownloadFn& download, const std::string& name,
+                          const ArtifactManifest& m, const std::string& staging,
+                          std::stop_token stop);
   Result<bool> HasObject(const std::string& key, uint64_t size, const std::string& sha256,
                          std::stop_token stop);
+  // Copies `source_key` to `key` server-side in UploadPartCopy parts (an object over
+  // max_copy_object_size) with `file`'s sha256 as metadata; aborts the upload on failure.
+  VoidResult CopyInParts(const std::string& source_key, const std::string& key,
+                         const ManifestFile& file, std::stop_token stop);
 
   S3Location location_;
   std::shared_ptr<S3Client> client_;
+  S3StoreOptions options_;
 };
 
 }  // namespace modelcache::store

@@ -448,8 +448,9 @@ TEST_F(KubeTest, BadCredentialsFailAtStartWithUnauthorized) {
       << "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"" << api_.url()
       << "\"}\nusers:\n- name: u\n  user: {token: wrong}\ncontexts:\n- name: c\n"
          "  context: {cluster: c, user: u}\ncurrent-context: c\n";
+  // --listen on a free port: the default one may be taken by another daemon on this machine.
   CommandResult r = RunModelcache({"run", "--kubernetes", "--kubeconfig", tmp_ / "bad-kubeconfig",
-                                   "--store", store_dir()});
+                                   "--store", store_dir(), "--listen", "127.0.0.1:0"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("401"), std::string::npos) << r.err;
 }

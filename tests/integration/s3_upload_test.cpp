@@ -21,6 +21,7 @@
 #include "common/sha256.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/s3_proxy.h"
 
 namespace modelcache::itest {
 namespace {
@@ -42,76 +43,13 @@ std::map<std::string, std::string> ReadEnvFile() {
   return kv;
 }
 
-// s3proxy.py as a child process, forwarding to `upstream`.
-class Proxy {
- public:
-  explicit Proxy(const std::string& upstream) {
-    int fds[2];
-    EXPECT_EQ(::pipe(fds), 0);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], 1);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      ::execl(kPython, kPython, MC_S3PROXY, upstream.c_str(), nullptr);
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    std::string line;
-    char c;
-    while (::read(fds[0], &c, 1) == 1 && c != '\n') line.push_back(c);
-    ::close(fds[0]);
-    EXPECT_EQ(line.rfind("PORT ", 0), 0u) << line;
-    url_ = "http://127.0.0.1:" + (line.size() > 5 ? line.substr(5) : std::string("0"));
-  }
-  ~Proxy() {
-    Control("reset");  // answers the held requests, so the proxy's threads end
-    ::kill(pid_, SIGTERM);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  Proxy(const Proxy&) = delete;
-  Proxy& operator=(const Proxy&) = delete;
-
-  const std::string& url() const { return url_; }
-
-  bool Control(const std::string& what) {
-    HttpRequest req;
-    req.method = "POST";
-    req.url = url_ + "/__proxy/" + what;
-    auto r = HttpClient::Send(req);
-    return r && r->status == 200;
-  }
-
-  std::map<std::string, int> Stats() {
-    HttpRequest req;
-    req.url = url_ + "/__proxy/stats";
-    auto r = HttpClient::Send(req);
-    std::map<std::string, int> out;
-    if (!r || r->status != 200) return out;
-    nlohmann::json j = nlohmann::json::parse(r->body, nullptr, false);
-    if (!j.is_object()) return out;
-    for (auto it = j.begin(); it != j.end(); ++it) out[it.key()] = it.value().get<int>();
-    return out;
-  }
-
-  std::string StatsText() {
-    std::string out;
-    for (const auto& [k, v] : Stats()) out += k + "=" + std::to_string(v) + " ";
-    return out;
-  }
-
- private:
-  pid_t pid_ = -1;
-  std::string url_;
-};
-
 TEST(S3UploadResumeTest, KilledMidMultipartUploadResumesWithOnlyTheMissingParts) {
   auto kv = ReadEnvFile();
   ASSERT_FALSE(kv["S3_ENDPOINT"].empty())
       << "no radosgw: run through ctest (fixture radosgw_start) or set MC_RADOSGW_ENV";
   const std::string bucket = kv["S3_BUCKET"];
   const std::string prefix = "resume-" + UniqueSuffix();
-  Proxy proxy(kv["S3_ENDPOINT"]);
+  S3Proxy proxy(kv["S3_ENDPOINT"]);
 
   TempDir tmp;
   FakeHub hub;

@@ -181,6 +181,71 @@ TEST_F(S3PathTest, CredentialsComeFromTheSecretsDirectoryAndErrorsNameOnlyThePat
   EXPECT_EQ(r->status.phase, crds::kPhaseReady);
 }
 
+TEST_F(S3PathTest, CredentialsComeFromReadSecretAndErrorsNameTheSecretNeverAValue) {
+  // Kubernetes mode's shape: read_secret answers for --s3-secret instead of the secrets
+  // directory (there is none), and the environment holds no key pair at all.
+  std::mutex secret_mu;
+  std::optional<SecretData> secret;  // nullopt: the Secret does not exist
+  std::vector<std::string> asked;
+  MakeReconciler([&](ReconcilerOptions& o) {
+    o.aws_env.erase("AWS_ACCESS_KEY_ID");
+    o.aws_env.erase("AWS_SECRET_ACCESS_KEY");
+    o.s3_secret = "ops/s3";
+    o.read_secret = [&](const std::string& name) -> Result<SecretData> {
+      std::lock_guard lock(secret_mu);
+      asked.push_back(name);
+      if (!secret) {
+        return Error(Reason::InvalidSpec, "secret ops/s3 not found", std::chrono::seconds(30));
+      }
+      return *secret;
+    };
+  });
+  Request request{{"default", "m"}, Object("org/model", "s3://models/team"), std::nullopt, {}};
+  auto missing = reconciler_->Reconcile(request, {});
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().reason, Reason::InvalidSpec);
+  EXPECT_NE(missing.error().message.find("S3 credentials for s3://models/team: secret ops/s3 not "
+                                         "found"),
+            std::string::npos)
+      << missing.error().message;
+  EXPECT_EQ(missing.error().retry_after, std::chrono::milliseconds(30000));
+  EXPECT_EQ(asked, std::vector<std::string>{"ops/s3"});
+
+  {
+    std::lock_guard lock(secret_mu);
+    secret = SecretData{"Secret ops/s3", {{"AWS_ACCESS_KEY_ID", "AKIDFROMSECRET"}}};
+  }
+  auto half = reconciler_->Reconcile(request, {});
+  ASSERT_FALSE(half);
+  EXPECT_EQ(half.error().reason, Reason::InvalidSpec);
+  EXPECT_NE(half.error().message.find("Secret ops/s3 has no key AWS_SECRET_ACCESS_KEY"),
+            std::string::npos)
+      << half.error().message;
+  EXPECT_EQ(half.error().message.find("AKIDFROMSECRET"), std::string::npos);
+  EXPECT_TRUE(half.error().retry_after.has_value());
+
+  // The fake S3 checks no signature, so the pair is seen in the requests' Authorization instead:
+  // the key id (with a trailing newline, as `kubectl create secret --from-file` leaves it) is
+  // the Secret's, the region the Secret's.
+  {
+    std::lock_guard lock(secret_mu);
+    secret->data["AWS_SECRET_ACCESS_KEY"] = "secret-from-the-secret\n";
+    secret->data["AWS_ACCESS_KEY_ID"] = "AKIDFROMSECRET\n";
+    secret->data["AWS_REGION"] = "eu-west-3";
+  }
+  auto r = RunToEnd(request);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->status.phase, crds::kPhaseReady);
+  auto requests = s3_.Requests();
+  ASSERT_FALSE(requests.empty());
+  for (const auto& req : requests) {
+    EXPECT_NE(req.authorization.find("Credential=AKIDFROMSECRET/"), std::string::npos)
+        << req.authorization;
+    EXPECT_NE(req.authorization.find("/eu-west-3/s3/aws4_request"), std::string::npos)
+        << req.authorization;
+  }
+}
+
 TEST_F(S3PathTest, AnS3ArtifactAsSourceFillsTheLocalStore) {
   MakeReconciler();
   Request publish{{"default", "m"}, Object("org/model", "s3://models/team"), std::nullopt, {}};

@@ -25,6 +25,7 @@ class FakeS3 {
   struct Request {
     std::string method, key;
     std::string op;  // PutObject, CopyObject, GetObject, HeadObject, ListObjectsV2, UploadPart, …
+    std::string authorization;  // the Authorization header (SigV4 credential scope, signature)
   };
 
   FakeS3() {
@@ -151,7 +152,7 @@ class FakeS3 {
     size_t slash = path.find('/');
     std::string bucket = path.substr(0, slash);
     std::string key = slash == std::string::npos ? "" : path.substr(slash + 1);
-    Request record{req.method, key, ""};
+    Request record{req.method, key, "", req.get_header_value("Authorization")};
     auto b = buckets_.find(bucket);
     if (b == buckets_.end()) {
       record.op = Error(res, 404, "NoSuchBucket");

@@ -211,6 +211,73 @@ SigningRequest FromWire(const Received& r, const std::string& host,
   return s;
 }
 
+// S3 API reference, "Authenticating Requests: Using Query Parameters": the example presigned URL
+// of GET examplebucket/test.txt at 2013-05-24T00:00:00Z, valid for 86400 s, virtual-hosted on
+// AWS's own endpoint.
+TEST(S3ClientTest, PresignGetObjectIsTheAwsDocumentationExample) {
+  AwsConfig config;
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, ""};
+  config.region = "us-east-1";
+  config.endpoint_url = "https://s3.amazonaws.com";
+  S3ClientOptions options;
+  options.now = [] { return kNow; };
+  S3Client client(config, options);
+  auto url = client.PresignGetObject("examplebucket", "test.txt", std::chrono::seconds(86400));
+  ASSERT_TRUE(url) << url.error().ToString();
+  EXPECT_EQ(*url,
+            "https://examplebucket.s3.amazonaws.com/test.txt"
+            "?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+            "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
+            "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404");
+}
+
+TEST(S3ClientTest, PresignedUrlIsFetchedWithoutHeadersPathStyleWithTheSessionToken) {
+  Received seen;
+  Harness h([&](const Received& r) {
+    seen = r;
+    return Reply{206, "bc", {{"Content-Range", "bytes 1-2/4"}}};
+  });
+  AwsConfig config;
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, "session/token+="};
+  config.region = "eu-west-3";
+  config.endpoint_url = h.server.endpoint();
+  config.custom_endpoint = true;
+  S3ClientOptions options;
+  options.now = [] { return kNow; };
+  S3Client client(config, options);
+  auto url = client.PresignGetObject("bucket", "dir/a b.bin", std::chrono::seconds(3600));
+  ASSERT_TRUE(url) << url.error().ToString();
+  HttpRequest get;
+  get.url = *url;
+  get.headers = {{"Range", "bytes=1-2"}};
+  auto answer = HttpClient::Send(get);
+  ASSERT_TRUE(answer) << answer.error().ToString();
+  EXPECT_EQ(answer->body, "bc");
+  // Path-style, the key encoded once; the credential, scope, lifetime and session token in the
+  // query; nothing in headers.
+  EXPECT_EQ(seen.method, "GET");
+  EXPECT_EQ(seen.target.rfind("/bucket/dir/a%20b.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&", 0), 0U)
+      << seen.target;
+  EXPECT_NE(seen.target.find("X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Feu-west-3%2Fs3%2F"
+                             "aws4_request"),
+            std::string::npos)
+      << seen.target;
+  EXPECT_NE(seen.target.find("&X-Amz-Expires=3600&"), std::string::npos);
+  EXPECT_NE(seen.target.find("&X-Amz-Security-Token=session%2Ftoken%2B%3D&"), std::string::npos)
+      << seen.target;
+  EXPECT_EQ(seen.headers.count("authorization"), 0U);
+  EXPECT_EQ(seen.target.find(kSecret), std::string::npos);
+  // The signature is the one PresignQuery computes for what arrived.
+  SigningRequest signing;
+  signing.method = "GET";
+  signing.path = "/bucket/dir/a b.bin";
+  signing.headers = {{"host", seen.headers.at("host")}};
+  std::string query = PresignQuery(signing, config.credentials, {"eu-west-3", "s3", kNow},
+                                   std::chrono::seconds(3600));
+  EXPECT_EQ(seen.target.substr(seen.target.find('?') + 1), query);
+}
+
 TEST(S3ClientTest, PutObjectSendsWhatItSignedWithChecksums) {
   Harness h([](const Received&) { return Reply{200, "", {{"ETag", "\"abc\""}}}; });
   S3Client client = h.Client();
