@@ -89,7 +89,7 @@ cat >"$WORK/hub.json" <<JSON
 {"repos": [
   {"type": "model", "id": "bench/large", "refs": {"main": "$WORK/src/large"}},
   {"type": "model", "id": "bench/small", "refs": {"main": "$WORK/src/small"}}
-], "tree_page_size": 1000, "external_cdn": {"url": "$NGINX", "root": "$WORK/src"}}
+], "tree_page_size": 1000, "external_cdn": {"url": "$NGINX", "root": "$WORK/src"}, "keep_alive": true}
 JSON
 "$HUB_BIN" --config "$WORK/hub.json" >"$WORK/hub.out" 2>"$WORK/hub.err" &
 HUB_PID=$!
