@@ -1,6 +1,7 @@
 // The real kubectl (the one on PATH, or $MODELCACHE_KUBECTL) against the API-server imitation
-// over HTTPS, with its CA as certificate-authority-data and a bearer token: every manifest in manifests/ passes `kubectl apply --dry-run=client`, and the README's flow
-// (apply, wait --for=condition=Ready, get -o yaml, delete) works with the real daemon.
+// over HTTPS, with its CA as certificate-authority-data and a bearer token: every manifest in
+// manifests/ passes `kubectl apply --dry-run=client`, and the README's flow (apply,
+// wait --for=condition=Ready, get -o yaml, delete) works with the real daemon.
 //
 // Skipped, saying so, when there is no kubectl: scripts/install-deps.sh installs Debian's
 // kubernetes-client when none is on PATH, so CI always runs these.
