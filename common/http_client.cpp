@@ -209,6 +209,12 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
     ca_blob.flags = CURL_BLOB_COPY;
     curl_easy_setopt(curl, CURLOPT_CAINFO_BLOB, &ca_blob);
   }
+  if (!req.tls.ca_file.empty() || !req.tls.ca_pem.empty()) {
+    // The given CA replaces the system's, as client-go's RootCAs do: libcurl would otherwise
+    // still look certificates up in its built-in CApath (Debian: /etc/ssl/certs), so a
+    // kubeconfig pinning its cluster's CA would accept any publicly trusted certificate.
+    curl_easy_setopt(curl, CURLOPT_CAPATH, nullptr);
+  }
   if (!req.tls.client_cert_file.empty()) {
     curl_easy_setopt(curl, CURLOPT_SSLCERT, req.tls.client_cert_file.c_str());
   }

@@ -23,7 +23,8 @@ namespace modelcache {
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
 struct TlsOptions {
-  std::string ca_file;            // PEM bundle; empty: the system store
+  // The CAs trusted: ca_file and/or ca_pem, and then only they; both empty: the system store.
+  std::string ca_file;            // PEM bundle
   std::string ca_pem;             // PEM data in memory (kubeconfig certificate-authority-data)
   std::string client_cert_file;   // PEM
   std::string client_key_file;    // PEM

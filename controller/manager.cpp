@@ -208,14 +208,23 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
                                                 object.metadata.generation,
                                                 FormatRfc3339(clock_.WallNow()));
   bool changed = crds::StatusToJson(status) != crds::StatusToJson(request.status);
+  // A failed reconcile is an error whatever happens to its status: counted before the status is
+  // published, so whoever sees the status (a watch, a test reading /metrics next) finds the
+  // count too. A successful one is counted after, as a failed write makes it an error.
+  if (!result) {
+    stats_.reconciles_error++;
+    CountResult(ControllerMetrics::kError);
+  }
   if (changed) {
     crds::ModelCache out = object;
     out.status = status;
     if (auto w = statuses_.Write(out); !w) {
       spdlog::error("{}: cannot write status: {}", key.ToString(), w.error().message);
       queue_.AddRateLimited(key);
-      stats_.reconciles_error++;
-      CountResult(ControllerMetrics::kError);
+      if (result) {
+        stats_.reconciles_error++;
+        CountResult(ControllerMetrics::kError);
+      }
       return;
     }
     stats_.status_writes++;
@@ -240,8 +249,6 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
 
   if (!result) {
     const Error& err = result.error();
-    stats_.reconciles_error++;
-    CountResult(ControllerMetrics::kError);
     if (err.reason == Reason::Cancelled && stop.stop_requested()) {
       return;
     }

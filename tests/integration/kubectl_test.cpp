@@ -1,6 +1,7 @@
-// The real kubectl (the one on PATH, or $MODELCACHE_KUBECTL) against the API-server imitation:
-// every manifest in manifests/ passes `kubectl apply --dry-run=client`, and the README's flow
-// (apply, wait --for=condition=Ready, get -o yaml, delete) works with the real daemon.
+// The real kubectl (the one on PATH, or $MODELCACHE_KUBECTL) against the API-server imitation
+// over HTTPS, with its CA as certificate-authority-data and a bearer token: every manifest in
+// manifests/ passes `kubectl apply --dry-run=client`, and the README's flow (apply,
+// wait --for=condition=Ready, get -o yaml, delete) works with the real daemon.
 //
 // Skipped, saying so, when there is no kubectl: scripts/install-deps.sh installs Debian's
 // kubernetes-client when none is on PATH, so CI always runs these.
@@ -22,6 +23,7 @@
 
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/fixtures/kube/fake_apiserver.h"
+#include "tests/fixtures/kube/test_tls.h"
 #include "tests/integration/harness.h"
 
 namespace modelcache::itest {
@@ -36,6 +38,8 @@ using modelcache::testing::FakeRepoSpec;
 using nlohmann::json;
 
 constexpr char kToken[] = "kubectl-user";
+// The daemon's own token, limited to what manifests/'s ClusterRole grants it.
+constexpr char kDaemonToken[] = "daemon-token";
 
 // The full path of `name` found on PATH, "" if none.
 std::string FindOnPath(const std::string& name) {
@@ -158,23 +162,41 @@ class KubectlTest : public ::testing::Test {
     }
     FakeApiServerOptions o;
     o.bookmark_interval = std::chrono::milliseconds(200);
+    // HTTPS with the imitation's CA in the kubeconfig: client-go (so kubectl) sends bearer
+    // tokens only over TLS, and with a token registered every request is authenticated.
+    o.tls = true;
     api_ = std::make_unique<FakeApiServer>(o);
-    // No token registered: the imitation serves plain HTTP, and client-go (kubectl) sends bearer
-    // tokens only over TLS, so every request is allowed here.
+    api_->AddToken(kToken);
     ASSERT_TRUE(api_->Start());
-    std::ofstream(tmp_ / "kubeconfig")
-        << "apiVersion: v1\nkind: Config\nclusters:\n- name: imitation\n  cluster: {server: \""
-        << api_->url() << "\"}\nusers:\n- name: u\n  user: {token: " << kToken
-        << "}\ncontexts:\n- name: imitation\n  context: {cluster: imitation, user: u, "
-           "namespace: default}\ncurrent-context: imitation\n";
+    WriteKubeconfig(tmp_ / "kubeconfig", kToken);
     RecordProperty("kubectl", kubectl_ + ": " + Run({"version", "--client"}).out);
   }
 
+  // A kubeconfig for the imitation: its URL, `ca_pem` (default: the imitation's CA) as
+  // certificate-authority-data, `token`.
+  void WriteKubeconfig(const std::string& path, const std::string& token,
+                       std::string ca_pem = "") const {
+    if (ca_pem.empty()) {
+      ca_pem = api_->ca_pem();
+    }
+    std::ofstream(path) << "apiVersion: v1\nkind: Config\nclusters:\n"
+                        << "- name: imitation\n  cluster:\n    server: \"" << api_->url() << "\"\n"
+                        << "    certificate-authority-data: " << testing::Base64(ca_pem)
+                        << "\nusers:\n- name: u\n  user: {token: " << token << "}\n"
+                        << "contexts:\n- name: imitation\n"
+                        << "  context: {cluster: imitation, user: u, namespace: default}\n"
+                        << "current-context: imitation\n";
+  }
+
   CommandResult Run(std::vector<std::string> args) {
+    return RunWith(tmp_ / "kubeconfig", std::move(args));
+  }
+
+  // kubectl `args` with the kubeconfig `kubeconfig`.
+  CommandResult RunWith(const std::string& kubeconfig, std::vector<std::string> args) {
     std::vector<std::string> argv{kubectl_, "--cache-dir", tmp_ / "kube-cache"};
     argv.insert(argv.end(), args.begin(), args.end());
-    return RunCommand(argv, {{"KUBECONFIG", tmp_ / "kubeconfig"}, {"HOME", tmp_.path()}},
-                      tmp_.path());
+    return RunCommand(argv, {{"KUBECONFIG", kubeconfig}, {"HOME", tmp_.path()}}, tmp_.path());
   }
 
   std::string kubectl_;
@@ -225,10 +247,12 @@ TEST_F(KubectlTest, ApplyWaitGetDeleteAgainstTheDaemon) {
             std::string::npos)
       << crd.out;
 
+  api_->AddToken(kDaemonToken, {"modelcaches", "secrets", "events", "leases"});
+  WriteKubeconfig(tmp_ / "daemon-kubeconfig", kDaemonToken);
   Daemon::Options o;
   o.store = tmp_ / "store";
   o.hf_endpoint = hub.url();
-  o.extra_args = {"--kubernetes", "--kubeconfig", tmp_ / "kubeconfig", "--retry-base-delay",
+  o.extra_args = {"--kubernetes", "--kubeconfig", tmp_ / "daemon-kubeconfig", "--retry-base-delay",
                   "20ms"};
   Daemon daemon(o);
   daemon.Start();
@@ -271,6 +295,49 @@ TEST_F(KubectlTest, ApplyWaitGetDeleteAgainstTheDaemon) {
   EXPECT_NE(gone.exit_code, 0);
   EXPECT_NE(gone.err.find("NotFound"), std::string::npos) << gone.err;
   EXPECT_EQ(daemon.Terminate(), 0);
+  // Everything went over TLS with bearer tokens, kubectl's and the daemon's, and none was
+  // refused.
+  EXPECT_GT(api_->requests_by(kToken, "modelcaches"), 0u);
+  EXPECT_GT(api_->requests_by(kDaemonToken, "modelcaches"), 0u);
+  EXPECT_EQ(api_->stats().unauthorized, 0u);
+  EXPECT_EQ(api_->stats().forbidden, 0u);
+}
+
+TEST_F(KubectlTest, AWrongTokenIsUnauthorizedTokensAreScopedAndOnlyItsCaIsTrusted) {
+  ASSERT_EQ(api_->CreateModelCache(json::parse(R"({"apiVersion":"modelcache.dev/v1alpha1",
+      "kind":"ModelCache","metadata":{"name":"model"},"spec":{"source":{"repo":"org/model"}}})"))
+                .status,
+            201);
+  CommandResult ok = Run({"get", "modelcache", "model", "-o", "name"});
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_EQ(ok.out, "modelcache.modelcache.dev/model\n");
+
+  WriteKubeconfig(tmp_ / "wrong-kubeconfig", "wrong-token");
+  CommandResult wrong = RunWith(tmp_ / "wrong-kubeconfig", {"get", "modelcache", "model"});
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_NE(wrong.err.find("Unauthorized"), std::string::npos) << wrong.err;
+  EXPECT_GT(api_->stats().unauthorized, 0u);
+
+  // A known token without modelcaches: discovery works, the resource is Forbidden.
+  api_->AddToken("events-only", {"events"});
+  WriteKubeconfig(tmp_ / "scoped-kubeconfig", "events-only");
+  CommandResult scoped = RunWith(tmp_ / "scoped-kubeconfig", {"get", "modelcache", "model"});
+  EXPECT_NE(scoped.exit_code, 0);
+  EXPECT_NE(scoped.err.find("Forbidden"), std::string::npos) << scoped.err;
+  EXPECT_NE(scoped.err.find("modelcaches"), std::string::npos) << scoped.err;
+  EXPECT_GT(api_->stats().forbidden, 0u);
+  CommandResult events = RunWith(tmp_ / "scoped-kubeconfig", {"get", "events"});
+  EXPECT_EQ(events.exit_code, 0) << events.err;
+
+  // The server's certificate does not verify against another CA: no request reaches it.
+  auto other = testing::MakeTestCertificates();
+  ASSERT_TRUE(other) << other.error().ToString();
+  WriteKubeconfig(tmp_ / "other-ca-kubeconfig", kToken, other->ca_pem);
+  uint64_t lists = api_->stats().lists;
+  CommandResult untrusted = RunWith(tmp_ / "other-ca-kubeconfig", {"get", "modelcache", "model"});
+  EXPECT_NE(untrusted.exit_code, 0);
+  EXPECT_NE(untrusted.err.find("x509"), std::string::npos) << untrusted.err;
+  EXPECT_EQ(api_->stats().lists, lists);
 }
 
 }  // namespace

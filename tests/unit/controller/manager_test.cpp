@@ -1,4 +1,5 @@
 #include "controller/manager.h"
+#include "controller/metrics.h"
 
 #include <gtest/gtest.h>
 
@@ -232,6 +233,38 @@ TEST(ManagerHooksTest, APermanentErrorWithRetryAfterIsLookedAtAgain) {
   auto stored = statuses.Read({"default", "bad"});
   ASSERT_TRUE(stored && stored->has_value());
   EXPECT_EQ((*stored)->status.phase, "Failed");
+}
+
+TEST(ManagerHooksTest, AFailedReconcileIsCountedBeforeItsStatusIsPublished) {
+  FixedSource source({Cached("bad", false)});
+  ObjectCache cache;
+  MemoryStatusStore statuses;
+  RecordingReconciler reconciler;
+  ControllerMetrics metrics;
+  std::mutex mu;
+  std::vector<double> errors_counted;  // at each status write of "bad"
+  ManagerOptions options;
+  options.metrics = &metrics;
+  options.status_written = [&](const crds::ModelCache&, const crds::ModelCacheStatus&) {
+    std::lock_guard lock(mu);
+    errors_counted.push_back(metrics.reconciles.Value({std::string(ControllerMetrics::kError)}));
+  };
+  Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  EXPECT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return !errors_counted.empty();
+  }));
+  stop.request_stop();
+  run.join();
+  // Whoever reads the Failed status, then the metrics, finds the failure counted.
+  std::lock_guard lock(mu);
+  ASSERT_FALSE(errors_counted.empty());
+  EXPECT_EQ(errors_counted.front(), 1);
+  EXPECT_EQ(
+      manager.stats().reconciles_error.load(),
+      static_cast<uint64_t>(metrics.reconciles.Value({std::string(ControllerMetrics::kError)})));
 }
 
 }  // namespace
