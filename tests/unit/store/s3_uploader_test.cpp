@@ -34,15 +34,7 @@ using testing::TempDir;
 
 constexpr uint64_t kMiB = 1ull << 20;
 
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
-  }
-  return out;
-}
+using testing::RandomBytes;
 
 class S3UploaderTest : public ::testing::Test {
  protected:

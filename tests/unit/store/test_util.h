@@ -5,9 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 
@@ -28,6 +32,17 @@ inline void WriteText(const std::string& path, const std::string& content) {
 }
 
 inline std::string ReadText(const std::string& path) { return test_util::ReadFile(path); }
+
+// n deterministic pseudo-random bytes.
+inline std::string RandomBytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
+  }
+  return out;
+}
 
 inline ino_t Inode(const std::string& path) {
   struct stat st {};
