@@ -133,6 +133,8 @@ pid_t Spawn(const std::vector<std::string>& args, const std::map<std::string, st
   return pid;
 }
 
+}  // namespace
+
 std::string Slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
@@ -140,7 +142,14 @@ std::string Slurp(const std::string& path) {
   return ss.str();
 }
 
-}  // namespace
+testing::Fault SlowWeights(uint64_t bytes_per_second) {
+  testing::Fault f;
+  f.kind = testing::Fault::Kind::Slow;
+  f.path_glob = "model.safetensors";
+  f.bytes_per_second = bytes_per_second;
+  f.count = -1;
+  return f;
+}
 
 CommandResult RunModelcache(const std::vector<std::string>& args,
                             const std::map<std::string, std::string>& env) {

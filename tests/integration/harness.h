@@ -36,6 +36,12 @@ class TempDir {
 // Deterministic pseudo-random bytes.
 std::string RandomBytes(size_t size, uint64_t seed);
 
+// The whole file at `path` ("" if it cannot be read).
+std::string Slurp(const std::string& path);
+
+// Throttles model.safetensors to `bytes_per_second`, so that a test can act while it downloads.
+testing::Fault SlowWeights(uint64_t bytes_per_second);
+
 // Writes `files` (path in repo -> content) under `dir`.
 void WriteTree(const std::string& dir, const std::map<std::string, std::string>& files);
 

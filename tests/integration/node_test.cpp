@@ -34,15 +34,6 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-Fault SlowWeights(uint64_t bytes_per_second) {
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = bytes_per_second;
-  f.count = -1;
-  return f;
-}
-
 // A small model repo whose every file differs from other seeds' (so no blob is shared between
 // repos and adopted instead of downloaded).
 std::map<std::string, std::string> DistinctModelFiles(size_t weights_size, uint64_t seed) {

@@ -33,11 +33,6 @@ using std::chrono::seconds;
 // Debian's python3-boto3 lives with /usr/bin/python3; a python3 earlier on PATH may lack it.
 constexpr const char* kPython = "/usr/bin/python3";
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 std::string ReadyMessage(const crds::ModelCache& mc) {
   const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
   return c == nullptr ? "" : c->message;

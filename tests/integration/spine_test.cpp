@@ -27,21 +27,6 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-// Throttles model.safetensors, so that a test can act while it is downloading.
-Fault SlowWeights(uint64_t bytes_per_second) {
-  Fault f;
-  f.kind = Fault::Kind::Slow;
-  f.path_glob = "model.safetensors";
-  f.bytes_per_second = bytes_per_second;
-  f.count = -1;
-  return f;
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 class SpineTest : public DaemonTest {};
 
 TEST_F(SpineTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {

@@ -34,11 +34,6 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // A large file that costs little to make and to read: sparse, with 64 KiB of random bytes every
 // 16 MiB (and at the end), so misplaced ranges change its sha256.
 void WriteLargeFile(const std::string& path, uint64_t size, uint64_t seed) {

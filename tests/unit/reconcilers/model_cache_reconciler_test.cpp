@@ -1,9 +1,7 @@
 #include "reconcilers/model_cache_reconciler.h"
 
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <random>
 #include <thread>
 
@@ -12,6 +10,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "tests/fixtures/hub/fake_hub.h"
+#include "tests/unit/reconcilers/reconcile_loop.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -46,11 +45,7 @@ class ReconcilerTest : public ::testing::Test {
     o.hf_endpoint = hub_.url();
     o.backoff_base = milliseconds(5);
     o.progress_interval = milliseconds(20);
-    o.wake = [this](const crds::ObjectKey&) {
-      std::lock_guard lock(mu_);
-      woken_ = true;
-      cv_.notify_all();
-    };
+    o.wake = loop_.WakeCallback();
     reconciler_ = std::make_unique<ModelCacheReconciler>(o);
   }
   void TearDown() override {
@@ -76,31 +71,12 @@ class ReconcilerTest : public ::testing::Test {
     return mc;
   }
 
-  // Reconciles until the status reaches a final phase or an error comes back.
-  Result<Outcome> RunToEnd(Request& request) {
-    for (int i = 0; i < 2000; ++i) {
-      auto r = reconciler_->Reconcile(request, {});
-      if (!r) {
-        return r;
-      }
-      request.status = r->status;
-      request.status.observed_generation = request.object->metadata.generation;
-      if (r->status.phase == crds::kPhaseReady || r->requeue.after.count() == 0) {
-        return r;
-      }
-      std::unique_lock lock(mu_);
-      cv_.wait_for(lock, r->requeue.after, [this] { return woken_; });
-      woken_ = false;
-    }
-    return Error(Reason::Internal, "did not finish");
-  }
+  Result<Outcome> RunToEnd(Request& request) { return loop_.RunToEnd(*reconciler_, request); }
 
   std::string root_;
   FakeHub hub_;
+  ReconcileLoop loop_;  // outlives reconciler_, which wakes it
   std::unique_ptr<ModelCacheReconciler> reconciler_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool woken_ = false;
 };
 
 TEST_F(ReconcilerTest, ResolvesDownloadsAndPublishes) {

@@ -2,7 +2,6 @@
 // storage.uri (streamed from the Hub, committed; status.artifact.uri), the restart check against the
 // bucket's commit marker, credentials from the secrets directory, and an S3 artifact as a source.
 
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -12,6 +11,7 @@
 #include "common/files.h"
 #include "reconcilers/model_cache_reconciler.h"
 #include "tests/fixtures/hub/fake_hub.h"
+#include "tests/unit/reconcilers/reconcile_loop.h"
 #include "tests/unit/store/fake_s3.h"
 
 namespace modelcache::reconcilers {
@@ -50,11 +50,7 @@ class S3PathTest : public ::testing::Test {
                  {"AWS_REGION", "us-east-1"},
                  {"HOME", root_}};
     o.aws_overrides.endpoint_url = s3_.endpoint();
-    o.wake = [this](const crds::ObjectKey&) {
-      std::lock_guard lock(mu_);
-      woken_ = true;
-      cv_.notify_all();
-    };
+    o.wake = loop_.WakeCallback();
     if (adjust) {
       adjust(o);
     }
@@ -72,31 +68,13 @@ class S3PathTest : public ::testing::Test {
     return mc;
   }
 
-  Result<Outcome> RunToEnd(Request& request) {
-    for (int i = 0; i < 2000; ++i) {
-      auto r = reconciler_->Reconcile(request, {});
-      if (!r) {
-        return r;
-      }
-      request.status = r->status;
-      request.status.observed_generation = request.object->metadata.generation;
-      if (r->status.phase == crds::kPhaseReady || r->requeue.after.count() == 0) {
-        return r;
-      }
-      std::unique_lock lock(mu_);
-      cv_.wait_for(lock, r->requeue.after, [this] { return woken_; });
-      woken_ = false;
-    }
-    return Error(Reason::Internal, "did not finish");
-  }
+  Result<Outcome> RunToEnd(Request& request) { return loop_.RunToEnd(*reconciler_, request); }
 
   std::string root_;
   testing::FakeHub hub_;
   store::testing::FakeS3 s3_;
+  ReconcileLoop loop_;  // outlives reconciler_, which wakes it
   std::unique_ptr<ModelCacheReconciler> reconciler_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool woken_ = false;
 };
 
 TEST_F(S3PathTest, UnshardedS3ArtifactIsStreamedAndCommitted) {
