@@ -63,6 +63,11 @@ Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_vi
     // attention q/k/v/prob scales as buffers, which put them in the state dict.
     layout.attention_scale_buffers = *v >= Version{0, 14, 0};
     layout.compatible = layout.attention_scale_buffers ? ">=0.14.0" : ">=0.6.0,<0.14.0";
+    // The Gemma, Phi-3 and MoE classes as read (docs/sharding.md, "Sources").
+    layout.recent_model_code = *v >= Version{0, 14, 0};
+    layout.moe_router_in_experts = layout.recent_model_code;
+    layout.shared_expert_in_experts = layout.recent_model_code;
+    layout.shared_expert_gate_in_mlp = layout.recent_model_code;
   } else {
     if (*v < Version{0, 4, 0}) {
       return Error(
@@ -73,6 +78,20 @@ Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_vi
     layout.compatible = ">=0.4.0";
   }
   return layout;
+}
+
+bool HasAlias(const EngineLayout& layout, Alias alias) {
+  switch (alias) {
+    case Alias::TiedLmHead:
+      return true;
+    case Alias::MoeRouterInExperts:
+      return layout.moe_router_in_experts;
+    case Alias::SharedExpertInExperts:
+      return layout.shared_expert_in_experts;
+    case Alias::SharedExpertGateInMlp:
+      return layout.shared_expert_gate_in_mlp;
+  }
+  return false;
 }
 
 const std::vector<std::string>& AttentionScaleBufferNames() {

@@ -16,6 +16,16 @@
 //   vllm 0.6.0 – 0.13.x: those scales are plain attributes, not in the state dict.
 //   sglang >= 0.4.0: RadixAttention registers no buffers; same layout as vllm 0.13.
 // Rotary cos_sin_cache buffers are non-persistent in all of them and never saved.
+//
+// Model code that differs by release (architectures.h marks the tables that depend on it):
+//   vllm >= 0.14.0: the Gemma, Phi-3, Mixtral, Qwen2-MoE and Qwen3-MoE classes as read (docs/sharding.md
+//                   names the files and commits): Gemma's normalizer buffer is registered with
+//                   persistent=False (not saved); Qwen3-MoE passes its router to SharedFusedMoE,
+//                   which registers it again as experts._gate; Qwen2-MoE's shared expert is also
+//                   registered as experts._shared_experts and holds shared_expert_gate as
+//                   expert_gate. The loaders keep the smallest of a storage's names, so these
+//                   aliases decide the saved keys.
+//   vllm < 0.14.0: those classes were not read; their architectures are refused for it.
 
 #include <cstdint>
 #include <string>
@@ -23,6 +33,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "shard/architectures.h"
 
 namespace modelcache::shard {
 
@@ -31,6 +42,13 @@ struct EngineLayout {
   std::string release;                   // the release the output is produced for, e.g. "0.14.0"
   std::string compatible;                // the releases that load it, e.g. ">=0.14.0"
   bool attention_scale_buffers = false;  // attn._k_scale, _v_scale, _q_scale, _prob_scale
+  // The model classes of the tables marked Architecture::needs_recent_vllm were read for this
+  // release line.
+  bool recent_model_code = false;
+  // Module aliases (architectures.h: Alias) this release's model classes register.
+  bool moe_router_in_experts = false;
+  bool shared_expert_in_experts = false;
+  bool shared_expert_gate_in_mlp = false;
   int64_t vocab_padding = 64;            // DEFAULT_VOCAB_PADDING_SIZE in both engines
   std::string file_pattern = "model-rank-{rank}-part-{part}.safetensors";
 };
@@ -43,6 +61,9 @@ inline constexpr std::string_view kDefaultSglangRelease = "0.5.3";
 // otherwise "X.Y" or "X.Y.Z") to a layout. InvalidSpec for an unknown engine or a malformed
 // release; ShardConfigInvalid for a release older than any layout we know.
 Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_view release = "");
+
+// Whether this release's model classes register `alias` (tied lm_head: always, in both engines).
+bool HasAlias(const EngineLayout& layout, Alias alias);
 
 // The names of the per-attention-layer scale buffers, in registration order.
 const std::vector<std::string>& AttentionScaleBufferNames();

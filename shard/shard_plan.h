@@ -1,23 +1,14 @@
 #pragma once
 
-// Per-architecture tensor-parallel plans: for each rank, the exact state-dict keys, shapes and
-// order that the engine's model class has, and where every row of every tensor comes from in the
-// HuggingFace checkpoint. A plan is pure data computed from config.json and an EngineLayout; the
-// sharder executes it.
+// Tensor-parallel plans: for each rank, the exact state-dict keys, shapes and order that the
+// engine's model class has, and where every row of every tensor comes from in the HuggingFace
+// checkpoint. A plan is pure data computed from config.json, the architecture's table
+// (architectures.h) and an EngineLayout (engine_layout.h); the sharder executes it.
 //
-// Partitioning follows vllm/model_executor/layers/{linear,vocab_parallel_embedding}.py (SGLang's
-// copies are the same):
-//   qkv_proj   (QKVParallelLinear)  rank r holds [q heads of r; k head group; v head group] along
-//              dim 0; with tp >= num_kv_heads each rank holds one KV head, shared by
-//              tp / num_kv_heads consecutive ranks (kv index = r / replicas).
-//   gate_up_proj (MergedColumnParallelLinear) [gate rows of r; up rows of r].
-//   o_proj, down_proj (RowParallelLinear) columns of r along dim 1; a bias is replicated whole.
-//   embed_tokens, lm_head (VocabParallelEmbedding / ParallelLMHead) vocab padded to a multiple of
-//              64, rank r holds padded rows [r*P/tp, (r+1)*P/tp): real rows first, zero rows after.
-//   norms (RMSNorm, q_norm, k_norm) replicated.
-// With tie_word_embeddings the engines alias lm_head.weight to embed_tokens.weight and the loaders'
-// _filter_subtensors keeps the alphabetically smaller key, so the one tensor is saved as
-// "lm_head.weight" where the embedding would be.
+// The keys are those the loaders' _filter_subtensors keeps: a tensor registered under several
+// names (a tied lm_head, MoE module aliases) is saved once, under its lexicographically smallest
+// name, at the position of its first appearance in the state dict; zero-element tensors are
+// dropped.
 
 #include <cstdint>
 #include <map>
@@ -29,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
+#include "shard/architectures.h"
 #include "shard/dtype.h"
 #include "shard/engine_layout.h"
 
@@ -37,6 +29,7 @@ namespace modelcache::shard {
 // What the plan needs from config.json.
 struct ModelSpec {
   std::string architecture;  // "LlamaForCausalLM", …
+  const Architecture* table = nullptr;
   std::string model_type;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -48,17 +41,21 @@ struct ModelSpec {
   bool tie_word_embeddings = false;
   bool qkv_bias = false;
   bool o_proj_bias = false;
-  bool qk_norm = false;
+  // Mixture of experts (0 when dense): experts per sparse layer, their intermediate size, the
+  // shared expert's (0: none), and which layers are sparse.
+  int64_t num_experts = 0;
+  int64_t moe_intermediate_size = 0;
+  int64_t shared_expert_intermediate_size = 0;
+  std::vector<bool> sparse_layers;
   std::string torch_dtype;  // as config.json says, may be empty
 };
 
-// The architectures we have plans for: LlamaForCausalLM (Llama 2, Llama 3.x), MistralForCausalLM,
-// Qwen2ForCausalLM (Qwen2, Qwen2.5), Qwen3ForCausalLM.
-const std::vector<std::string>& SupportedArchitectures();
+// The architectures that have tables, by config.json name.
+std::vector<std::string> SupportedArchitectures();
 
-// Reads a parsed config.json. UnsupportedArchitecture naming the architecture (or saying none is
-// named, or that the checkpoint is quantized); ShardConfigInvalid for a missing or non-positive
-// size field or heads that do not divide.
+// Reads a parsed config.json. UnsupportedArchitecture naming the architecture and why (none named,
+// no table, multimodal or MLA, or quantized: naming quantization_config's quant_method);
+// ShardConfigInvalid for a missing or non-positive size field or heads that do not divide.
 Result<ModelSpec> ParseModelSpec(const nlohmann::json& config);
 
 // One contiguous run of rows of a rank tensor (rows along dim 0; a 1-D tensor's elements count as
@@ -76,10 +73,12 @@ struct RankTensor {
   std::string name;  // the engine's state-dict key
   std::vector<int64_t> shape;
   std::optional<DType> dtype;  // set for tensors whose dtype is fixed (scale buffers: F32)
-  std::vector<Piece> pieces;   // concatenated along dim 0
+  // Concatenated as rows: a tensor of two or more dimensions is rows of its last dimension (a
+  // stacked-experts [E, N, K] tensor is E*N rows of K), a 1-D tensor's elements are rows of one.
+  std::vector<Piece> pieces;
 
-  int64_t rows() const { return shape.empty() ? 1 : shape[0]; }
-  int64_t row_width() const { return shape.size() >= 2 ? shape[1] : 1; }
+  int64_t rows() const;
+  int64_t row_width() const { return shape.size() >= 2 ? shape.back() : 1; }
 };
 
 struct ShardPlan {
@@ -97,8 +96,15 @@ struct ShardPlan {
   bool Ignorable(std::string_view name) const;
 };
 
-// ShardConfigInvalid saying why when tp does not divide the heads, KV heads, intermediate size or
-// padded vocabulary the way the engine requires, or tp < 1.
+// ShardConfigInvalid saying why when tp does not divide the heads, KV heads, intermediate sizes or
+// padded vocabulary the way the engine requires, exceeds the experts, or tp < 1;
+// UnsupportedArchitecture when the engine release cannot load the architecture this way.
 Result<ShardPlan> MakeShardPlan(const ModelSpec& model, const EngineLayout& layout, int64_t tp);
+
+// Everything that can be decided from config.json alone, before any weight is downloaded:
+// parses it, resolves the engine layout and builds the plan. The errors of ParseModelSpec,
+// ResolveEngineLayout and MakeShardPlan.
+Result<ShardPlan> PlanFromConfig(const nlohmann::json& config, std::string_view engine,
+                                 std::string_view release, int64_t tp);
 
 }  // namespace modelcache::shard

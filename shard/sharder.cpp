@@ -381,11 +381,8 @@ Result<ShardResult> ShardCheckpoint(
   if (config.is_discarded()) {
     return Error(Reason::ShardConfigInvalid, config_path + " is not valid JSON");
   }
-  auto model = ParseModelSpec(config);
-  if (!model) {
-    return model.error();
-  }
-  auto plan = MakeShardPlan(*model, *layout, options.tensor_parallel_size);
+  auto plan = PlanFromConfig(config, layout->engine, layout->release,
+                             options.tensor_parallel_size);
   if (!plan) {
     return plan.error();
   }
