@@ -269,6 +269,179 @@ TEST(ShardPlanTest, UnsupportedAndMalformedConfigs) {
   EXPECT_EQ(spec->head_dim, 8);
 }
 
+// A MoE config as the generator writes it: hidden 64, 8 heads of 16, 2 KV heads, 8 experts of
+// 32, dense intermediate 160, vocab 1000.
+json MoeConfig(const std::string& arch, int64_t layers = 1) {
+  json c = TinyConfig(arch, layers);
+  c["head_dim"] = 16;
+  c["num_experts"] = 8;
+  c["moe_intermediate_size"] = 32;
+  c["decoder_sparse_step"] = 1;
+  c["mlp_only_layers"] = json::array();
+  return c;
+}
+
+// Golden state dicts per rank of vLLM >= 0.14 (the release the MoE, Gemma and Phi-3 tables were
+// read for): names, shapes and order, with the module aliases resolved the way _filter_subtensors
+// resolves them.
+TEST(ShardPlanTest, GoldenNewArchitecturesOnVllm014) {
+  const std::string scales =
+      "model.layers.0.self_attn.attn._k_scale []\n"
+      "model.layers.0.self_attn.attn._v_scale []\n"
+      "model.layers.0.self_attn.attn._q_scale []\n"
+      "model.layers.0.self_attn.attn._prob_scale []\n";
+  // Qwen3-MoE: the router is saved as experts._gate (smaller than mlp.gate) where mlp.gate is.
+  EXPECT_EQ(Describe(Plan(MoeConfig("Qwen3MoeForCausalLM"), 2).ranks[1]),
+            "model.embed_tokens.weight [512,64]\n"
+            "model.layers.0.self_attn.qkv_proj.weight [96,64]\n"
+            "model.layers.0.self_attn.o_proj.weight [64,64]\n" +
+                scales +
+                "model.layers.0.self_attn.q_norm.weight [16]\n"
+                "model.layers.0.self_attn.k_norm.weight [16]\n"
+                "model.layers.0.mlp.experts._gate.weight [8,64]\n"
+                "model.layers.0.mlp.experts.w13_weight [8,32,64]\n"
+                "model.layers.0.mlp.experts.w2_weight [8,64,16]\n"
+                "model.layers.0.input_layernorm.weight [64]\n"
+                "model.layers.0.post_attention_layernorm.weight [64]\n"
+                "model.norm.weight [64]\n"
+                "lm_head.weight [512,64]\n");
+  // Qwen2-MoE: the shared expert saved under experts._shared_experts, its gate as expert_gate.
+  json qwen2 = MoeConfig("Qwen2MoeForCausalLM");
+  qwen2.erase("head_dim");
+  qwen2["shared_expert_intermediate_size"] = 96;
+  EXPECT_EQ(Describe(Plan(qwen2, 4).ranks[3]),
+            "model.embed_tokens.weight [256,64]\n"
+            "model.layers.0.self_attn.qkv_proj.weight [32,64]\n"
+            "model.layers.0.self_attn.qkv_proj.bias [32]\n"
+            "model.layers.0.self_attn.o_proj.weight [64,16]\n" +
+                scales +
+                "model.layers.0.mlp.gate.weight [8,64]\n"
+                "model.layers.0.mlp.experts._shared_experts.expert_gate.weight [1,64]\n"
+                "model.layers.0.mlp.experts._shared_experts.gate_up_proj.weight [48,64]\n"
+                "model.layers.0.mlp.experts._shared_experts.down_proj.weight [64,24]\n"
+                "model.layers.0.mlp.experts.w13_weight [8,16,64]\n"
+                "model.layers.0.mlp.experts.w2_weight [8,64,8]\n"
+                "model.layers.0.input_layernorm.weight [64]\n"
+                "model.layers.0.post_attention_layernorm.weight [64]\n"
+                "model.norm.weight [64]\n"
+                "lm_head.weight [256,64]\n");
+  // Mixtral: block_sparse_moe, every layer sparse, intermediate_size is the experts'.
+  json mixtral = TinyConfig("MixtralForCausalLM");
+  mixtral["num_local_experts"] = 4;
+  std::string m = Describe(Plan(mixtral, 2).ranks[0]);
+  EXPECT_NE(m.find(scales +
+                   "model.layers.0.block_sparse_moe.gate.weight [4,64]\n"
+                   "model.layers.0.block_sparse_moe.experts.w13_weight [4,160,64]\n"
+                   "model.layers.0.block_sparse_moe.experts.w2_weight [4,64,80]\n"
+                   "model.layers.0.input_layernorm.weight [64]\n"),
+            std::string::npos)
+      << m;
+  // Gemma 3: no lm_head (the embedding keeps its name), q/k norms before attn, four norms.
+  json gemma3 = TinyConfig("Gemma3ForCausalLM");
+  gemma3["head_dim"] = 32;
+  gemma3["num_attention_heads"] = 4;
+  gemma3["num_key_value_heads"] = 1;
+  EXPECT_EQ(Describe(Plan(gemma3, 4).ranks[2]),
+            "model.embed_tokens.weight [256,64]\n"
+            "model.layers.0.self_attn.qkv_proj.weight [96,64]\n"
+            "model.layers.0.self_attn.o_proj.weight [64,32]\n"
+            "model.layers.0.self_attn.q_norm.weight [32]\n"
+            "model.layers.0.self_attn.k_norm.weight [32]\n" +
+                scales +
+                "model.layers.0.mlp.gate_up_proj.weight [80,64]\n"
+                "model.layers.0.mlp.down_proj.weight [64,40]\n"
+                "model.layers.0.input_layernorm.weight [64]\n"
+                "model.layers.0.post_attention_layernorm.weight [64]\n"
+                "model.layers.0.pre_feedforward_layernorm.weight [64]\n"
+                "model.layers.0.post_feedforward_layernorm.weight [64]\n"
+                "model.norm.weight [64]\n");
+  // Phi-3 is Llama's layout, read from merged checkpoint tensors; it loads on vllm 0.13 too.
+  json phi3 = TinyConfig("Phi3ForCausalLM");
+  ShardPlan phi = Plan(phi3, 8, "vllm", "0.13.0");
+  EXPECT_EQ(Describe(phi.ranks[5]), Describe(Plan(TinyConfig("LlamaForCausalLM"), 8, "vllm",
+                                                  "0.13.0").ranks[5]));
+  const RankTensor& qkv = phi.ranks[5][1];  // q head 5, then KV head 5 / 4 = 1 of the merged
+  ASSERT_EQ(qkv.pieces.size(), 3u);
+  EXPECT_EQ(qkv.pieces[0].source, "model.layers.0.self_attn.qkv_proj.weight");
+  EXPECT_EQ(qkv.pieces[0].src_row, 5 * 8);
+  EXPECT_EQ(qkv.pieces[1].src_row, 64 + 8);
+  EXPECT_EQ(qkv.pieces[2].src_row, 64 + 16 + 8);
+  const RankTensor& gate_up = phi.ranks[5][3];
+  EXPECT_EQ(gate_up.pieces[0].src_row, 5 * 20);
+  EXPECT_EQ(gate_up.pieces[1].src_row, 160 + 5 * 20);
+  EXPECT_EQ(phi.sources.at("model.layers.0.mlp.gate_up_proj.weight"),
+            (std::vector<int64_t>{320, 64}));
+  // Dense layers of a MoE model (mlp_only_layers) get the dense MLP.
+  json mixed = MoeConfig("Qwen3MoeForCausalLM", 2);
+  mixed["mlp_only_layers"] = {0};
+  std::string d = Describe(Plan(mixed, 2).ranks[0]);
+  EXPECT_NE(d.find("model.layers.0.mlp.gate_up_proj.weight [160,64]"), std::string::npos) << d;
+  EXPECT_EQ(d.find("model.layers.0.mlp.experts"), std::string::npos) << d;
+  EXPECT_NE(d.find("model.layers.1.mlp.experts.w13_weight"), std::string::npos) << d;
+}
+
+Error PlanError(const json& config, int64_t tp, const std::string& engine = "vllm",
+                const std::string& release = "") {
+  auto plan = PlanFromConfig(config, engine, release, tp);
+  EXPECT_FALSE(plan);
+  return plan ? Error() : plan.error();
+}
+
+void ExpectRefused(const Error& e, Reason reason, const std::string& text) {
+  EXPECT_EQ(e.reason, reason) << e.ToString();
+  EXPECT_NE(e.message.find(text), std::string::npos) << e.message;
+}
+
+// Every refusal names its reason; all are decided from config.json alone.
+TEST(ShardPlanTest, RefusalsNameTheirReason) {
+  for (const auto& [method, field] :
+       std::vector<std::pair<std::string, std::string>>{{"fp8", "quant_method"},
+                                                        {"gptq", "quant_method"},
+                                                        {"awq", "quant_method"},
+                                                        {"compressed-tensors", "quant_method"},
+                                                        {"mxfp4", "quant_method"},
+                                                        {"modelopt", "quant_method"}}) {
+    json q = MoeConfig("Qwen3MoeForCausalLM");
+    q["quantization_config"] = {{field, method}, {"weight_block_size", {128, 128}}};
+    ExpectRefused(PlanError(q, 2), Reason::UnsupportedArchitecture,
+                  "quantization_config " + field + " \"" + method + "\"");
+  }
+  json compressed = TinyConfig("LlamaForCausalLM");
+  compressed["compression_config"] = {{"format", "nvfp4-pack-quantized"}};
+  ExpectRefused(PlanError(compressed, 2), Reason::UnsupportedArchitecture,
+                "compression_config format \"nvfp4-pack-quantized\"");
+  json vlm = TinyConfig("Gemma3ForConditionalGeneration");
+  ExpectRefused(PlanError(vlm, 2), Reason::UnsupportedArchitecture, "multimodal");
+  ExpectRefused(PlanError(TinyConfig("DeepseekV3ForCausalLM"), 2), Reason::UnsupportedArchitecture,
+                "multi-head latent attention (MLA)");
+  // MoE and Gemma: not for SGLang, not for vLLM releases whose classes were not read.
+  ExpectRefused(PlanError(MoeConfig("Qwen3MoeForCausalLM"), 2, "sglang"),
+                Reason::UnsupportedArchitecture, "fused-MoE backends rearrange expert weights");
+  ExpectRefused(PlanError(TinyConfig("Gemma2ForCausalLM"), 2, "sglang"),
+                Reason::UnsupportedArchitecture, "shard Gemma models for vllm");
+  ExpectRefused(PlanError(MoeConfig("Qwen3MoeForCausalLM"), 2, "vllm", "0.13.0"),
+                Reason::UnsupportedArchitecture, "read for vllm >= 0.14.0 only");
+  EXPECT_TRUE(PlanFromConfig(TinyConfig("Phi3ForCausalLM"), "sglang", "", 2));
+  // MoE sizes tp must divide; no more ranks than experts.
+  json few = MoeConfig("Qwen3MoeForCausalLM");
+  few["num_experts"] = 4;
+  ExpectRefused(PlanError(few, 8), Reason::ShardConfigInvalid, "greater than the 4 experts");
+  json odd = MoeConfig("Qwen3MoeForCausalLM");
+  odd["moe_intermediate_size"] = 36;
+  ExpectRefused(PlanError(odd, 8), Reason::ShardConfigInvalid, "moe_intermediate_size");
+  json shared = MoeConfig("Qwen2MoeForCausalLM");
+  shared.erase("head_dim");
+  shared["shared_expert_intermediate_size"] = 100;
+  ExpectRefused(PlanError(shared, 8), Reason::ShardConfigInvalid,
+                "shared_expert_intermediate_size 100");
+  json no_experts = MoeConfig("Qwen3MoeForCausalLM");
+  no_experts.erase("num_experts");
+  ExpectRefused(PlanError(no_experts, 2), Reason::ShardConfigInvalid, "num_experts");
+  json untied = TinyConfig("GemmaForCausalLM");
+  untied["tie_word_embeddings"] = false;
+  ExpectRefused(PlanError(untied, 2), Reason::ShardConfigInvalid, "no lm_head");
+}
+
 TEST(EngineLayoutTest, ReleasesDifferOnlyInTheScaleBuffers) {
   auto latest = ResolveEngineLayout("vllm");
   ASSERT_TRUE(latest);

@@ -283,6 +283,190 @@ TEST_F(SharderTest, ReassemblesOriginalsForEveryArchitectureAndTp) {
   }
 }
 
+// The state-dict key vLLM >= 0.14 saves a checkpoint tensor's rows under, with the MoE aliases
+// the loaders' de-duplication picks (the smallest name of a storage).
+std::string OutKey(const std::string& arch, std::string name, bool tie) {
+  auto replace = [&](const std::string& from, const std::string& to) {
+    auto at = name.find(from);
+    if (at != std::string::npos) name.replace(at, from.size(), to);
+  };
+  if (name == "model.embed_tokens.weight") {
+    return tie && arch.rfind("Gemma", 0) != 0 ? "lm_head.weight" : name;
+  }
+  replace(".q_proj.", ".qkv_proj.");
+  replace(".k_proj.", ".qkv_proj.");
+  replace(".v_proj.", ".qkv_proj.");
+  if (name.find(".experts.") != std::string::npos) {
+    auto at = name.find(".experts.") + 9;
+    auto dot = name.find('.', at);
+    std::string leaf = name.substr(dot + 1);
+    name = name.substr(0, at) +
+           (leaf == "down_proj.weight" || leaf == "w2.weight" ? "w2_weight" : "w13_weight");
+    return name;
+  }
+  replace("shared_expert_gate.weight", "experts._shared_experts.expert_gate.weight");
+  replace("shared_expert.", "experts._shared_experts.");
+  replace(".gate_proj.", ".gate_up_proj.");
+  replace(".up_proj.", ".gate_up_proj.");
+  if (arch == "Qwen3MoeForCausalLM") replace("mlp.gate.weight", "mlp.experts._gate.weight");
+  return name;
+}
+
+// Re-assembles every checkpoint tensor of any supported architecture from the ranks, from the
+// engine's partitioning rules written out here independently of the plan, and checks that the
+// ranks hold nothing else (besides the attention scale buffers).
+void ExpectEveryTensorReassembles(const std::string& src_dir, const std::string& out_dir,
+                                  const json& config, int64_t tp) {
+  auto ckpt_or = Checkpoint::Open(src_dir);
+  ASSERT_TRUE(ckpt_or);
+  const Checkpoint& ckpt = **ckpt_or;
+  const std::string arch = config["architectures"][0];
+  const int64_t H = config["hidden_size"];
+  const int64_t heads = config["num_attention_heads"];
+  const int64_t kv = config["num_key_value_heads"];
+  const int64_t D = config.contains("head_dim") ? config["head_dim"].get<int64_t>() : H / heads;
+  const int64_t V = config["vocab_size"];
+  const bool tie = config["tie_word_embeddings"];
+  const int64_t es = 2;
+  const int64_t q_rows = heads / tp * D;
+  const int64_t kv_rows = std::max<int64_t>(1, kv / tp) * D;
+  const int64_t replicas = tp >= kv ? tp / kv : 1;
+  const int64_t padded = (V + 63) / 64 * 64;
+  std::vector<Rank> ranks;
+  for (int64_t r = 0; r < tp; ++r) ranks.push_back(ReadRank(out_dir, r));
+  std::set<std::string> used;
+  auto rank_tensor = [&](int64_t r, const std::string& key) -> const std::string& {
+    used.insert(key);
+    auto& t = ranks[static_cast<size_t>(r)].tensors;
+    EXPECT_EQ(t.count(key), 1u) << key << " missing on rank " << r;
+    return t[key];
+  };
+  // Rows [offset, offset + n) of each rank's tensor, concatenated (taking only the first rank of
+  // each group of `group` ranks holding the same rows).
+  auto gather = [&](const std::string& key, int64_t offset, int64_t n, int64_t row_bytes,
+                    int64_t group = 1) {
+    std::string all;
+    for (int64_t r = 0; r < tp; r += group) all += Rows(rank_tensor(r, key), offset, n, row_bytes);
+    return all;
+  };
+  auto columns = [&](const std::string& key, int64_t block_row0, int64_t rows, int64_t width) {
+    std::string all;  // the columns of rows [block_row0, +rows) of each rank, side by side
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t r = 0; r < tp; ++r) {
+        all += Rows(rank_tensor(r, key), block_row0 + row, 1, width * es);
+      }
+    }
+    return all;
+  };
+  for (const auto& name : ckpt.names()) {
+    SCOPED_TRACE(name);
+    const auto* e = ckpt.Find(name);
+    const std::string original = Bytes(*e->file, *e->info);
+    const auto& shape = e->info->shape;
+    const int64_t width = shape.size() >= 2 ? shape[1] : 1;
+    const int64_t rb = width * es;
+    const std::string key = OutKey(arch, name, tie);
+    auto ends = [&](const std::string& s) {
+      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    std::string got;
+    if (name == "lm_head.weight" || name == "model.embed_tokens.weight") {
+      got = gather(key, 0, padded / tp, rb);
+      EXPECT_EQ(got.substr(static_cast<size_t>(V * rb)),
+                std::string(static_cast<size_t>((padded - V) * rb), '\0'));
+      got.resize(static_cast<size_t>(V * rb));
+    } else if (name.find("self_attn.q_proj.") != std::string::npos) {
+      got = gather(key, 0, q_rows, rb);
+    } else if (name.find("self_attn.k_proj.") != std::string::npos) {
+      got = gather(key, q_rows, kv_rows, rb, replicas);
+    } else if (name.find("self_attn.v_proj.") != std::string::npos) {
+      got = gather(key, q_rows + kv_rows, kv_rows, rb, replicas);
+    } else if (ends("self_attn.qkv_proj.weight")) {  // Phi-3: q | k | v in one tensor
+      got = gather(key, 0, q_rows, rb) + gather(key, q_rows, kv_rows, rb, replicas) +
+            gather(key, q_rows + kv_rows, kv_rows, rb, replicas);
+    } else if (ends("o_proj.weight") || (ends("down_proj.weight") &&
+                                         name.find(".experts.") == std::string::npos) ||
+               ends("mlp.down_proj.weight")) {
+      got = columns(key, 0, shape[0], shape[1] / tp);
+    } else if (name.find(".experts.") != std::string::npos) {
+      // experts.E.{gate_proj|w1, up_proj|w3, down_proj|w2}: w13 [E, 2n, H], w2 [E, H, n].
+      auto at = name.find(".experts.") + 9;
+      const int64_t expert = std::stoll(name.substr(at));
+      const std::string leaf = name.substr(name.find('.', at) + 1);
+      if (leaf == "down_proj.weight" || leaf == "w2.weight") {
+        const int64_t n = shape[1] / tp;
+        EXPECT_EQ(ranks[0].shapes[key][2], n);
+        got = columns(key, expert * shape[0], shape[0], n);
+      } else {
+        const int64_t n = shape[0] / tp;
+        const bool up = leaf == "up_proj.weight" || leaf == "w3.weight";
+        EXPECT_EQ(ranks[0].shapes[key], (std::vector<int64_t>{ranks[0].shapes[key][0], 2 * n, H}));
+        got = gather(key, expert * 2 * n + (up ? n : 0), n, rb);
+      }
+    } else if (ends("gate_up_proj.weight")) {  // Phi-3: gate | up in one tensor
+      const int64_t n = shape[0] / 2 / tp;
+      got = gather(key, 0, n, rb) + gather(key, n, n, rb);
+    } else if (ends("gate_proj.weight") || ends("up_proj.weight")) {
+      const int64_t n = shape[0] / tp;
+      got = gather(key, ends("up_proj.weight") ? n : 0, n, rb);
+    } else {  // replicated: norms, routers, the shared expert's gate
+      for (int64_t r = 0; r < tp; ++r) {
+        EXPECT_EQ(rank_tensor(r, key), original) << "rank " << r;
+      }
+      got = original;
+    }
+    EXPECT_EQ(got, original);
+  }
+  for (const auto& rank : ranks) {
+    for (const auto& [key, bytes] : rank.tensors) {
+      if (key.find("self_attn.attn._") != std::string::npos) {
+        continue;
+      }
+      EXPECT_EQ(used.count(key), 1u) << key << " comes from no checkpoint tensor";
+    }
+  }
+}
+
+TEST_F(SharderTest, ReassemblesNewArchitecturesAtEveryValidTp) {
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> cases = {
+      {"phi3", {1, 2, 4, 8}},    {"phi4-mini", {1, 4, 8}}, {"gemma", {1, 2, 4}},
+      {"gemma2", {1, 2, 4, 8}},  {"gemma3", {1, 4}},       {"mixtral", {1, 2, 4}},
+      {"qwen2-moe", {1, 2, 4}}, {"qwen3-moe", {1, 2, 4, 8}},
+  };
+  int n = 0;
+  for (const auto& [arch, tps] : cases) {
+    fixtures::CheckpointSpec spec;
+    spec.arch = arch;
+    spec.tie_embeddings = arch == "phi4-mini";
+    spec.files = arch.find("moe") != std::string::npos ? 2 : 1;
+    const std::string src = "src-" + arch;
+    json config = Make(src, spec);
+    for (int64_t tp : tps) {
+      SCOPED_TRACE(arch + " tp " + std::to_string(tp));
+      const std::string out = "out" + std::to_string(n++);
+      auto r = Shard(src, out, tp);
+      ASSERT_TRUE(r) << r.error().ToString();
+      EXPECT_EQ(r->settings["architecture"], config["architectures"][0]);
+      ExpectEveryTensorReassembles(dir_ + "/" + src, dir_ + "/" + out, config, tp);
+    }
+  }
+}
+
+TEST_F(SharderTest, MoeOutputIsByteIdenticalOnASecondRun) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen3-moe";
+  spec.files = 3;
+  Make("src", spec);
+  auto one = Shard("src", "one", 4, "vllm", "auto", 20000, 2);
+  auto two = Shard("src", "two", 4, "vllm", "auto", 20000, 2);
+  ASSERT_TRUE(one && two);
+  ASSERT_EQ(one->files, two->files);
+  EXPECT_GT(one->settings["partsPerRank"][0].get<int64_t>(), 1);
+  for (const auto& f : one->files) {
+    EXPECT_EQ(*ReadFile(dir_ + "/one/" + f), *ReadFile(dir_ + "/two/" + f)) << f;
+  }
+}
+
 TEST_F(SharderTest, OutputIsByteIdenticalWhateverTheThreads) {
   fixtures::CheckpointSpec spec;
   spec.arch = "qwen3";
