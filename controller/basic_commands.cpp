@@ -151,6 +151,7 @@ int Shard(const ShardCommandOptions& options) {
   so.out_dir = partial;
   so.tensor_parallel_size = options.tp;
   so.engine = options.engine;
+  so.engine_release = options.engine_release;
   so.dtype = options.dtype;
   so.max_file_size = *max_size;
   so.threads = options.threads;

@@ -147,6 +147,7 @@ struct ShardCommandOptions {
   std::string out_dir;
   int64_t tp = 1;
   std::string engine = "vllm";
+  std::string engine_release;  // "": the pinned default (shard/engine_layout.h)
   std::string dtype = "auto";
   std::string max_file_size = "5GiB";
   int threads = 2;

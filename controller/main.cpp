@@ -244,6 +244,8 @@ int main(int argc, char** argv) {
   shard_cmd->add_option("--engine", shard.engine, "vllm or sglang")
       ->capture_default_str()
       ->check(CLI::IsMember({"vllm", "sglang"}));
+  shard_cmd->add_option("--engine-release", shard.engine_release,
+                        "Engine release to lay the files out for (default: the pinned one)");
   shard_cmd->add_option("--dtype", shard.dtype, "auto, float16, bfloat16 or float32")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "float16", "bfloat16", "float32"}));

@@ -25,6 +25,7 @@
 #include "common/units.h"
 #include "fetch/s3_pull.h"
 #include "fetch/s3_stream.h"
+#include "shard/shard_plan.h"
 #include "store/gc.h"
 
 namespace modelcache::reconcilers {
@@ -124,6 +125,67 @@ void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
   if (!results && results.error().reason == Reason::ChecksumMismatch) {
     in.observer->VerificationFailed(in.key, results.error().message);
   }
+}
+
+// A sharded artifact is planned from config.json alone (shard::PlanFromConfig): fetch that one
+// file first and refuse an architecture, a quantized checkpoint or a tensor-parallel size the
+// sharder cannot serve before any weight is downloaded. The blob stays in the store; the download
+// that follows finds it present. REQUIRES: the repo lock is held.
+VoidResult CheckShardConfig(const CacheJobInputs& in, fetch::HubClient& hub,
+                            store::LocalStore& store, const store::RepoRef& repo,
+                            const std::string& commit, const std::vector<fetch::RepoFile>& files,
+                            std::stop_token stop) {
+  const crds::ShardSpec& shard = *in.spec.shard;
+  auto config = std::find_if(files.begin(), files.end(),
+                             [](const fetch::RepoFile& f) { return f.path == "config.json"; });
+  if (config == files.end()) {
+    return Error(Reason::ShardConfigInvalid,
+                 "spec.shard needs config.json, which the selected files of " + repo.id + " at " +
+                     commit + " do not include");
+  }
+  bool present = store.HasBlob(repo, config->etag(), config->size);
+  if (!present) {
+    auto adopted = store.AdoptBlob(repo, config->etag(), config->size);
+    if (!adopted) {
+      return adopted.error();
+    }
+    present = *adopted;
+  }
+  if (!present) {
+    fetch::FileTask t;
+    t.path = config->path;
+    t.url = hub.ResolveUrl(repo.type, repo.id, commit, config->path);
+    t.size = config->size;
+    if (config->lfs_sha256) {
+      t.expected_sha256 = config->lfs_sha256;
+    } else {
+      t.expected_git_sha1 = config->blob_id;
+    }
+    t.incomplete_path = store.IncompletePath(repo, config->etag());
+    t.final_path = store.BlobPath(repo, config->etag());
+    std::vector<fetch::FileTask> tasks = {t};
+    fetch::TransferProgress progress;
+    auto results = in.transfer_factory(in.hub)->Run(tasks, progress, stop);
+    if (in.observer != nullptr) {
+      ReportDownloaded(tasks, results, in);
+    }
+    if (!results) {
+      return results.error();
+    }
+  }
+  auto text = ReadFile(store.BlobPath(repo, config->etag()));
+  if (!text) {
+    return text.error();
+  }
+  auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) {
+    return Error(Reason::ShardConfigInvalid, "config.json of " + repo.id + " is not valid JSON");
+  }
+  auto plan = shard::PlanFromConfig(json, shard.engine, "", shard.tensor_parallel_size);
+  if (!plan) {
+    return plan.error();
+  }
+  return {};
 }
 
 // Uploads a locally published version (sharded, or pulled from another S3 store) to the S3 store
@@ -621,6 +683,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   auto lock = RepoLock::Acquire(lock_path, stop);
   if (!lock) {
     return lock.error();
+  }
+  if (spec.shard) {
+    if (auto checked = CheckShardConfig(in, hub, store, repo, *commit, files, stop); !checked) {
+      return checked.error();
+    }
   }
   std::vector<fetch::FileTask> tasks;
   std::vector<size_t> task_file;  // index into files

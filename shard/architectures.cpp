@@ -22,8 +22,9 @@ Params Concat(std::initializer_list<Params> parts) {
 // VocabParallelEmbedding; with tie_word_embeddings LlamaForCausalLM ties lm_head to it, and the
 // loaders keep the smaller name, "lm_head.weight".
 Params Embedding(bool lm_head_alias) {
-  ParamRule p{Scope::Model, "model.embed_tokens.weight", Style::VocabParallel,
-              {"model.embed_tokens.weight"}, Dim::Vocab, Dim::Hidden};
+  ParamRule p{Scope::Model,         "model.embed_tokens.weight",
+              Style::VocabParallel, {"model.embed_tokens.weight"},
+              Dim::Vocab,           Dim::Hidden};
   if (lm_head_alias) {
     p.aliases = {{Alias::TiedLmHead, "lm_head.weight"}};
   }
@@ -34,15 +35,20 @@ Params Embedding(bool lm_head_alias) {
 Params QkvAndO(bool fused) {
   Params out;
   if (fused) {
-    out.push_back({Scope::Layer, "self_attn.qkv_proj.weight", Style::QkvFused,
-                   {"self_attn.qkv_proj.weight"}, Dim::QSize, Dim::Hidden});
-  } else {
     out.push_back({Scope::Layer,
                    "self_attn.qkv_proj.weight",
-                   Style::Qkv,
-                   {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"},
+                   Style::QkvFused,
+                   {"self_attn.qkv_proj.weight"},
                    Dim::QSize,
                    Dim::Hidden});
+  } else {
+    out.push_back(
+        {Scope::Layer,
+         "self_attn.qkv_proj.weight",
+         Style::Qkv,
+         {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"},
+         Dim::QSize,
+         Dim::Hidden});
     out.push_back({Scope::Layer,
                    "self_attn.qkv_proj.bias",
                    Style::Qkv,
@@ -51,10 +57,19 @@ Params QkvAndO(bool fused) {
                    Dim::One,
                    When::QkvBias});
   }
-  out.push_back({Scope::Layer, "self_attn.o_proj.weight", Style::Row, {"self_attn.o_proj.weight"},
-                 Dim::Hidden, Dim::QSize});
-  out.push_back({Scope::Layer, "self_attn.o_proj.bias", Style::Replicated,
-                 {"self_attn.o_proj.bias"}, Dim::Hidden, Dim::One, When::OProjBias});
+  out.push_back({Scope::Layer,
+                 "self_attn.o_proj.weight",
+                 Style::Row,
+                 {"self_attn.o_proj.weight"},
+                 Dim::Hidden,
+                 Dim::QSize});
+  out.push_back({Scope::Layer,
+                 "self_attn.o_proj.bias",
+                 Style::Replicated,
+                 {"self_attn.o_proj.bias"},
+                 Dim::Hidden,
+                 Dim::One,
+                 When::OProjBias});
   return out;
 }
 
@@ -63,28 +78,46 @@ Params AttentionScales() {
 }
 
 Params QkNorms() {
-  return {{Scope::Layer, "self_attn.q_norm.weight", Style::Replicated, {"self_attn.q_norm.weight"},
+  return {{Scope::Layer,
+           "self_attn.q_norm.weight",
+           Style::Replicated,
+           {"self_attn.q_norm.weight"},
            Dim::HeadDim},
-          {Scope::Layer, "self_attn.k_norm.weight", Style::Replicated, {"self_attn.k_norm.weight"},
+          {Scope::Layer,
+           "self_attn.k_norm.weight",
+           Style::Replicated,
+           {"self_attn.k_norm.weight"},
            Dim::HeadDim}};
 }
 
 // MergedColumnParallelLinear gate_up_proj + RowParallelLinear down_proj.
 Params DenseMlp(bool fused) {
   ParamRule gate_up =
-      fused ? ParamRule{Scope::DenseMlp, "mlp.gate_up_proj.weight", Style::MergedColumnFused,
-                        {"mlp.gate_up_proj.weight"}, Dim::Inter, Dim::Hidden}
-            : ParamRule{Scope::DenseMlp, "mlp.gate_up_proj.weight", Style::MergedColumn,
-                        {"mlp.gate_proj.weight", "mlp.up_proj.weight"}, Dim::Inter, Dim::Hidden};
-  return {gate_up, {Scope::DenseMlp, "mlp.down_proj.weight", Style::Row, {"mlp.down_proj.weight"},
-                    Dim::Hidden, Dim::Inter}};
+      fused ? ParamRule{Scope::DenseMlp,
+                        "mlp.gate_up_proj.weight",
+                        Style::MergedColumnFused,
+                        {"mlp.gate_up_proj.weight"},
+                        Dim::Inter,
+                        Dim::Hidden}
+            : ParamRule{Scope::DenseMlp,     "mlp.gate_up_proj.weight",
+                        Style::MergedColumn, {"mlp.gate_proj.weight", "mlp.up_proj.weight"},
+                        Dim::Inter,          Dim::Hidden};
+  return {gate_up,
+          {Scope::DenseMlp,
+           "mlp.down_proj.weight",
+           Style::Row,
+           {"mlp.down_proj.weight"},
+           Dim::Hidden,
+           Dim::Inter}};
 }
 
 ParamRule Norm(const std::string& key) {
   return {Scope::Layer, key, Style::Replicated, {key}, Dim::Hidden};
 }
 
-Params TwoNorms() { return {Norm("input_layernorm.weight"), Norm("post_attention_layernorm.weight")}; }
+Params TwoNorms() {
+  return {Norm("input_layernorm.weight"), Norm("post_attention_layernorm.weight")};
+}
 
 // Gemma 2 and 3: a norm before and after each of attention and MLP.
 Params FourNorms() {
@@ -93,11 +126,16 @@ Params FourNorms() {
 }
 
 Params FinalNormAndHead(bool lm_head) {
-  Params out = {{Scope::Model, "model.norm.weight", Style::Replicated, {"model.norm.weight"},
-                 Dim::Hidden}};
+  Params out = {
+      {Scope::Model, "model.norm.weight", Style::Replicated, {"model.norm.weight"}, Dim::Hidden}};
   if (lm_head) {
-    out.push_back({Scope::Model, "lm_head.weight", Style::VocabParallel, {"lm_head.weight"},
-                   Dim::Vocab, Dim::Hidden, When::Untied});
+    out.push_back({Scope::Model,
+                   "lm_head.weight",
+                   Style::VocabParallel,
+                   {"lm_head.weight"},
+                   Dim::Vocab,
+                   Dim::Hidden,
+                   When::Untied});
   }
   return out;
 }
@@ -106,11 +144,18 @@ Params FinalNormAndHead(bool lm_head) {
 Params Experts(std::string_view prefix, std::string_view gate, std::string_view up,
                std::string_view down) {
   std::string p(prefix);
-  return {{Scope::SparseMlp, p + "w13_weight", Style::ExpertsW13,
-           {p + "{e}." + std::string(gate), p + "{e}." + std::string(up)}, Dim::MoeInter,
+  return {{Scope::SparseMlp,
+           p + "w13_weight",
+           Style::ExpertsW13,
+           {p + "{e}." + std::string(gate), p + "{e}." + std::string(up)},
+           Dim::MoeInter,
            Dim::Hidden},
-          {Scope::SparseMlp, p + "w2_weight", Style::ExpertsW2, {p + "{e}." + std::string(down)},
-           Dim::Hidden, Dim::MoeInter}};
+          {Scope::SparseMlp,
+           p + "w2_weight",
+           Style::ExpertsW2,
+           {p + "{e}." + std::string(down)},
+           Dim::Hidden,
+           Dim::MoeInter}};
 }
 
 ParamRule Router(const std::string& key, bool alias_in_experts) {
@@ -165,65 +210,150 @@ std::vector<Architecture> Build() {
   // vllm/model_executor/models/llama.py (Mistral's HF architecture maps to the same class).
   Params llama = Concat({Embedding(true), QkvAndO(false), AttentionScales(), DenseMlp(false),
                          TwoNorms(), FinalNormAndHead(true)});
-  a.push_back({"LlamaForCausalLM", "LlamaForCausalLM", BiasRule::Llama, false, false, {}, false,
-               "", llama});
-  a.push_back({"MistralForCausalLM", "LlamaForCausalLM", BiasRule::Llama, false, false, {}, false,
-               "", llama});
+  a.push_back({"LlamaForCausalLM",
+               "LlamaForCausalLM",
+               BiasRule::Llama,
+               false,
+               false,
+               {},
+               false,
+               "",
+               llama});
+  a.push_back({"MistralForCausalLM",
+               "LlamaForCausalLM",
+               BiasRule::Llama,
+               false,
+               false,
+               {},
+               false,
+               "",
+               llama});
   // qwen2.py: qkv bias, no o_proj bias.
-  a.push_back({"Qwen2ForCausalLM", "Qwen2ForCausalLM", BiasRule::QkvAlways, false, false, {},
-               false, "", llama});
+  a.push_back({"Qwen2ForCausalLM",
+               "Qwen2ForCausalLM",
+               BiasRule::QkvAlways,
+               false,
+               false,
+               {},
+               false,
+               "",
+               llama});
   // qwen3.py: q_norm and k_norm registered after attn.
   Params qwen3_attention = Concat({QkvAndO(false), AttentionScales(), QkNorms()});
-  a.push_back({"Qwen3ForCausalLM", "Qwen3ForCausalLM", BiasRule::QkvIfAttentionBias, false, false,
-               {}, false, "",
+  a.push_back({"Qwen3ForCausalLM",
+               "Qwen3ForCausalLM",
+               BiasRule::QkvIfAttentionBias,
+               false,
+               false,
+               {},
+               false,
+               "",
                Concat({Embedding(true), qwen3_attention, DenseMlp(false), TwoNorms(),
                        FinalNormAndHead(true)})});
   // phi3.py: Phi3ForCausalLM is LlamaForCausalLM; the checkpoint holds qkv_proj and gate_up_proj
   // already merged (SGLang: the same class in llama.py).
-  a.push_back({"Phi3ForCausalLM", "LlamaForCausalLM", BiasRule::Llama, false, false, {}, false, "",
+  a.push_back({"Phi3ForCausalLM",
+               "LlamaForCausalLM",
+               BiasRule::Llama,
+               false,
+               false,
+               {},
+               false,
+               "",
                Concat({Embedding(true), QkvAndO(true), AttentionScales(), DenseMlp(true),
                        TwoNorms(), FinalNormAndHead(true)})});
   // gemma.py, gemma2.py, gemma3.py: no lm_head module (logits use embed_tokens), so the embedding
   // is saved under its own name; the RMSNorm +1 and the embedding scale apply at forward time.
-  a.push_back({"GemmaForCausalLM", "GemmaForCausalLM", BiasRule::None, true, false, {}, true,
+  a.push_back({"GemmaForCausalLM",
+               "GemmaForCausalLM",
+               BiasRule::None,
+               true,
+               false,
+               {},
+               true,
                kSglangGemma,
                Concat({Embedding(false), QkvAndO(false), AttentionScales(), DenseMlp(false),
                        TwoNorms(), FinalNormAndHead(false)})});
-  a.push_back({"Gemma2ForCausalLM", "Gemma2ForCausalLM", BiasRule::BothIfAttentionBias, true,
-               false, {}, true, kSglangGemma,
+  a.push_back({"Gemma2ForCausalLM",
+               "Gemma2ForCausalLM",
+               BiasRule::BothIfAttentionBias,
+               true,
+               false,
+               {},
+               true,
+               kSglangGemma,
                Concat({Embedding(false), QkvAndO(false), AttentionScales(), DenseMlp(false),
                        FourNorms(), FinalNormAndHead(false)})});
   // Gemma3Attention registers q_norm and k_norm before attn.
-  a.push_back({"Gemma3ForCausalLM", "Gemma3ForCausalLM", BiasRule::BothIfAttentionBias, true,
-               false, {}, true, kSglangGemma,
+  a.push_back({"Gemma3ForCausalLM",
+               "Gemma3ForCausalLM",
+               BiasRule::BothIfAttentionBias,
+               true,
+               false,
+               {},
+               true,
+               kSglangGemma,
                Concat({Embedding(false), QkvAndO(false), QkNorms(), AttentionScales(),
                        DenseMlp(false), FourNorms(), FinalNormAndHead(false)})});
   // mixtral.py: MixtralMoE registers gate (ReplicatedLinear) then experts (FusedMoE); every layer
   // is sparse and the experts' intermediate size is intermediate_size.
-  a.push_back({"MixtralForCausalLM", "MixtralForCausalLM", BiasRule::None, false, true,
-               {"num_local_experts", "intermediate_size", "", false}, true, kSglangMoe,
-               Concat({Embedding(true), QkvAndO(false), AttentionScales(),
-                       {{Scope::SparseMlp, "block_sparse_moe.gate.weight", Style::Replicated,
-                         {"block_sparse_moe.gate.weight"}, Dim::Experts, Dim::Hidden}},
+  a.push_back({"MixtralForCausalLM",
+               "MixtralForCausalLM",
+               BiasRule::None,
+               false,
+               true,
+               {"num_local_experts", "intermediate_size", "", false},
+               true,
+               kSglangMoe,
+               Concat({Embedding(true),
+                       QkvAndO(false),
+                       AttentionScales(),
+                       {{Scope::SparseMlp,
+                         "block_sparse_moe.gate.weight",
+                         Style::Replicated,
+                         {"block_sparse_moe.gate.weight"},
+                         Dim::Experts,
+                         Dim::Hidden}},
                        Experts("block_sparse_moe.experts.", "w1.weight", "w3.weight", "w2.weight"),
-                       TwoNorms(), FinalNormAndHead(true)})});
+                       TwoNorms(),
+                       FinalNormAndHead(true)})});
   // qwen2_moe.py: gate, shared_expert_gate, shared_expert, experts (SharedFusedMoE).
-  a.push_back({"Qwen2MoeForCausalLM", "Qwen2MoeForCausalLM", BiasRule::QkvAlways, false, true,
-               {"num_experts", "moe_intermediate_size", "shared_expert_intermediate_size", true},
-               true, kSglangMoe,
-               Concat({Embedding(true), QkvAndO(false), AttentionScales(),
-                       {Router("mlp.gate.weight", false)}, Qwen2SharedExpert(),
-                       Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight",
-                               "down_proj.weight"),
-                       DenseMlp(false), TwoNorms(), FinalNormAndHead(true)})});
+  a.push_back(
+      {"Qwen2MoeForCausalLM",
+       "Qwen2MoeForCausalLM",
+       BiasRule::QkvAlways,
+       false,
+       true,
+       {"num_experts", "moe_intermediate_size", "shared_expert_intermediate_size", true},
+       true,
+       kSglangMoe,
+       Concat({Embedding(true),
+               QkvAndO(false),
+               AttentionScales(),
+               {Router("mlp.gate.weight", false)},
+               Qwen2SharedExpert(),
+               Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight"),
+               DenseMlp(false),
+               TwoNorms(),
+               FinalNormAndHead(true)})});
   // qwen3_moe.py: gate, then experts (SharedFusedMoE(gate=self.gate), which holds the router as
   // experts._gate); no shared expert.
-  a.push_back({"Qwen3MoeForCausalLM", "Qwen3MoeForCausalLM", BiasRule::QkvIfAttentionBias, false,
-               true, {"num_experts", "moe_intermediate_size", "", true}, true, kSglangMoe,
-               Concat({Embedding(true), qwen3_attention, {Router("mlp.gate.weight", true)},
-                       Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight",
-                               "down_proj.weight"),
-                       DenseMlp(false), TwoNorms(), FinalNormAndHead(true)})});
+  a.push_back(
+      {"Qwen3MoeForCausalLM",
+       "Qwen3MoeForCausalLM",
+       BiasRule::QkvIfAttentionBias,
+       false,
+       true,
+       {"num_experts", "moe_intermediate_size", "", true},
+       true,
+       kSglangMoe,
+       Concat({Embedding(true),
+               qwen3_attention,
+               {Router("mlp.gate.weight", true)},
+               Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight"),
+               DenseMlp(false),
+               TwoNorms(),
+               FinalNormAndHead(true)})});
   return a;
 }
 

@@ -8,17 +8,18 @@
 //
 // Styles (vllm/model_executor/layers/{linear,vocab_parallel_embedding}.py and
 // fused_moe/layer.py; SGLang's copies are the same):
-//   VocabParallel     rows padded to a multiple of 64, rank r holds padded rows [r*P/tp, (r+1)*P/tp)
-//   Qkv               QKVParallelLinear from q, k, v sources: [q heads of r; k group; v group],
+//   VocabParallel     rows padded to a multiple of 64, rank r holds padded rows [r*P/tp,
+//   (r+1)*P/tp) Qkv               QKVParallelLinear from q, k, v sources: [q heads of r; k group; v
+//   group],
 //                     KV heads replicated on tp/kv consecutive ranks when tp > kv
 //   QkvFused          the same from one already-merged qkv source (Phi-3)
-//   MergedColumn      MergedColumnParallelLinear from gate, up sources: [gate rows of r; up rows of r]
-//   MergedColumnFused the same from one already-merged gate_up source (Phi-3)
-//   Row               RowParallelLinear: columns of r
-//   Replicated        the whole tensor on every rank (norms, routers, biases of row-parallel layers)
-//   ExpertsW13        FusedMoE w13_weight [E, 2*I/tp, H]: per expert, gate rows of r then up rows
-//   ExpertsW2         FusedMoE w2_weight [E, H, I/tp]: per expert, columns of r
-//   AttentionScales   the engine's attention scale buffers (EngineLayout::attention_scale_buffers)
+//   MergedColumn      MergedColumnParallelLinear from gate, up sources: [gate rows of r; up rows of
+//   r] MergedColumnFused the same from one already-merged gate_up source (Phi-3) Row
+//   RowParallelLinear: columns of r Replicated        the whole tensor on every rank (norms,
+//   routers, biases of row-parallel layers) ExpertsW13        FusedMoE w13_weight [E, 2*I/tp, H]:
+//   per expert, gate rows of r then up rows ExpertsW2         FusedMoE w2_weight [E, H, I/tp]: per
+//   expert, columns of r AttentionScales   the engine's attention scale buffers
+//   (EngineLayout::attention_scale_buffers)
 
 #include <cstdint>
 #include <string>
@@ -29,7 +30,18 @@
 namespace modelcache::shard {
 
 // A size taken from config.json (see ModelSpec), by which a parameter is shaped.
-enum class Dim { One, Hidden, Vocab, QSize, KvSize, HeadDim, Inter, MoeInter, SharedInter, Experts };
+enum class Dim {
+  One,
+  Hidden,
+  Vocab,
+  QSize,
+  KvSize,
+  HeadDim,
+  Inter,
+  MoeInter,
+  SharedInter,
+  Experts
+};
 
 enum class Style {
   VocabParallel,
@@ -96,22 +108,22 @@ struct ParamRule {
 // Which attention projections have biases.
 enum class BiasRule {
   None,
-  Llama,                 // attention_bias or bias on qkv and o_proj; a qkv_bias field overrides qkv
-  QkvAlways,             // Qwen2: qkv always, o_proj never
-  QkvIfAttentionBias,    // Qwen3: qkv if attention_bias
-  BothIfAttentionBias,   // Gemma 2/3: qkv and o_proj if attention_bias
+  Llama,                // attention_bias or bias on qkv and o_proj; a qkv_bias field overrides qkv
+  QkvAlways,            // Qwen2: qkv always, o_proj never
+  QkvIfAttentionBias,   // Qwen3: qkv if attention_bias
+  BothIfAttentionBias,  // Gemma 2/3: qkv and o_proj if attention_bias
 };
 
 // How config.json describes the experts of a Mixture-of-Experts model.
 struct MoeConfigKeys {
-  std::string_view num_experts;           // "num_experts" | "num_local_experts"
-  std::string_view intermediate;          // "moe_intermediate_size" | "intermediate_size"
-  std::string_view shared_intermediate;   // "" | "shared_expert_intermediate_size"
-  bool sparse_step = false;               // decoder_sparse_step and mlp_only_layers pick layers
+  std::string_view num_experts;          // "num_experts" | "num_local_experts"
+  std::string_view intermediate;         // "moe_intermediate_size" | "intermediate_size"
+  std::string_view shared_intermediate;  // "" | "shared_expert_intermediate_size"
+  bool sparse_step = false;              // decoder_sparse_step and mlp_only_layers pick layers
 };
 
 struct Architecture {
-  std::string_view name;        // config.json architectures[0]
+  std::string_view name;          // config.json architectures[0]
   std::string_view engine_class;  // the engine's model class (docs and errors)
   BiasRule bias = BiasRule::None;
   // The model has no lm_head module at all: the logits use embed_tokens (Gemma). config.json must

@@ -65,6 +65,8 @@ Result<EngineLayout> ResolveEngineLayout(std::string_view engine, std::string_vi
     layout.compatible = layout.attention_scale_buffers ? ">=0.14.0" : ">=0.6.0,<0.14.0";
     // The Gemma, Phi-3 and MoE classes as read (docs/sharding.md, "Sources").
     layout.recent_model_code = *v >= Version{0, 14, 0};
+    layout.moe_model_code = layout.recent_model_code && *v < Version{0, 18, 0};
+    layout.moe_compatible = ">=0.14.0,<0.18.0";
     layout.moe_router_in_experts = layout.recent_model_code;
     layout.shared_expert_in_experts = layout.recent_model_code;
     layout.shared_expert_gate_in_mlp = layout.recent_model_code;

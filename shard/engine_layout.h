@@ -18,7 +18,8 @@
 // Rotary cos_sin_cache buffers are non-persistent in all of them and never saved.
 //
 // Model code that differs by release (architectures.h marks the tables that depend on it):
-//   vllm >= 0.14.0: the Gemma, Phi-3, Mixtral, Qwen2-MoE and Qwen3-MoE classes as read (docs/sharding.md
+//   vllm >= 0.14.0: the Gemma, Phi-3, Mixtral, Qwen2-MoE and Qwen3-MoE classes as read
+//   (docs/sharding.md
 //                   names the files and commits): Gemma's normalizer buffer is registered with
 //                   persistent=False (not saved); Qwen3-MoE passes its router to SharedFusedMoE,
 //                   which registers it again as experts._gate; Qwen2-MoE's shared expert is also
@@ -26,6 +27,9 @@
 //                   expert_gate. The loaders keep the smallest of a storage's names, so these
 //                   aliases decide the saved keys.
 //   vllm < 0.14.0: those classes were not read; their architectures are refused for it.
+//   vllm >= 0.18.0: the fused-MoE layer was refactored around a routed-experts module between
+//                   0.18 and 0.20 (module names change); that code was not read, so MoE
+//                   architectures are refused for it and MoE artifacts say ">=0.14.0,<0.18.0".
 
 #include <cstdint>
 #include <string>
@@ -45,11 +49,15 @@ struct EngineLayout {
   // The model classes of the tables marked Architecture::needs_recent_vllm were read for this
   // release line.
   bool recent_model_code = false;
+  // The MoE classes (fused_moe/layer.py, shared_fused_moe.py) were read for this release line;
+  // MoE artifacts load in `moe_compatible` rather than `compatible`.
+  bool moe_model_code = false;
+  std::string moe_compatible;
   // Module aliases (architectures.h: Alias) this release's model classes register.
   bool moe_router_in_experts = false;
   bool shared_expert_in_experts = false;
   bool shared_expert_gate_in_mlp = false;
-  int64_t vocab_padding = 64;            // DEFAULT_VOCAB_PADDING_SIZE in both engines
+  int64_t vocab_padding = 64;  // DEFAULT_VOCAB_PADDING_SIZE in both engines
   std::string file_pattern = "model-rank-{rank}-part-{part}.safetensors";
 };
 

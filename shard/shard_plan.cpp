@@ -12,8 +12,8 @@ Error Invalid(const std::string& what) { return {Reason::ShardConfigInvalid, wha
 Error Unsupported(const std::string& what) { return {Reason::UnsupportedArchitecture, what}; }
 
 // A positive integer field of config.json, or `fallback` when absent or null (if one is given).
-Result<int64_t> IntField(const json& config, std::string_view key,
-                         std::optional<int64_t> fallback, bool allow_zero = false) {
+Result<int64_t> IntField(const json& config, std::string_view key, std::optional<int64_t> fallback,
+                         bool allow_zero = false) {
   auto it = config.find(std::string(key));
   const std::string k(key);
   if (it == config.end() || it->is_null()) {
@@ -90,7 +90,7 @@ Piece Fill(Piece::Kind kind, int64_t rows) {
 // Builds the plan's tensors from the architecture table.
 class Planner {
  public:
-  Planner(ShardPlan& plan) : plan_(plan), m_(plan.model), tp_(plan.tensor_parallel_size) {}
+  explicit Planner(ShardPlan& plan) : plan_(plan), m_(plan.model), tp_(plan.tensor_parallel_size) {}
 
   int64_t Size(Dim d) const {
     switch (d) {
@@ -121,7 +121,8 @@ class Planner {
   bool Present(const ParamRule& rule, int64_t layer) const {
     if (layer >= 0) {
       const bool sparse = m_.sparse_layers[static_cast<size_t>(layer)];
-      if ((rule.scope == Scope::DenseMlp && sparse) || (rule.scope == Scope::SparseMlp && !sparse)) {
+      if ((rule.scope == Scope::DenseMlp && sparse) ||
+          (rule.scope == Scope::SparseMlp && !sparse)) {
         return false;
       }
     }
@@ -248,8 +249,7 @@ class Planner {
       case Style::AttentionScales: {
         if (plan_.layout.attention_scale_buffers) {
           for (const auto& buffer : AttentionScaleBufferNames()) {
-            out.push_back(
-                RankTensor{name + buffer, {}, DType::F32, {Fill(Piece::Kind::Ones, 1)}});
+            out.push_back(RankTensor{name + buffer, {}, DType::F32, {Fill(Piece::Kind::Ones, 1)}});
           }
         }
         return;
@@ -471,14 +471,19 @@ Result<ShardPlan> MakeShardPlan(const ModelSpec& m, const EngineLayout& layout, 
   }
   const Architecture& arch = *m.table;
   if (layout.engine == "sglang" && !arch.sglang_refusal.empty()) {
-    return Unsupported(m.architecture + " cannot be sharded for sglang: " +
-                       std::string(arch.sglang_refusal));
+    return Unsupported(m.architecture +
+                       " cannot be sharded for sglang: " + std::string(arch.sglang_refusal));
   }
   if (layout.engine == "vllm" && arch.needs_recent_vllm && !layout.recent_model_code) {
     return Unsupported(m.architecture + " cannot be sharded for vllm " + layout.release + ": " +
                        std::string(arch.engine_class) +
                        "'s state dict was read for vllm >= 0.14.0 only (module aliases and "
                        "buffers differ between releases)");
+  }
+  if (layout.engine == "vllm" && arch.moe && !layout.moe_model_code) {
+    return Unsupported(m.architecture + " cannot be sharded for vllm " + layout.release +
+                       ": the fused-MoE module names were read for vllm " + layout.moe_compatible +
+                       " only (the MoE layer was refactored after)");
   }
   const std::string tps = std::to_string(tp);
   auto indivisible = [&](const std::string& what, int64_t n) {
@@ -503,8 +508,7 @@ Result<ShardPlan> MakeShardPlan(const ModelSpec& m, const EngineLayout& layout, 
   if (any_sparse) {
     const std::string inter_key(arch.moe_keys.intermediate);
     if (m.moe_intermediate_size % tp != 0) {
-      return indivisible(inter_key + " (each expert's intermediate size)",
-                         m.moe_intermediate_size);
+      return indivisible(inter_key + " (each expert's intermediate size)", m.moe_intermediate_size);
     }
     if (m.shared_expert_intermediate_size % tp != 0) {
       return indivisible("shared_expert_intermediate_size", m.shared_expert_intermediate_size);

@@ -381,8 +381,7 @@ Result<ShardResult> ShardCheckpoint(
   if (config.is_discarded()) {
     return Error(Reason::ShardConfigInvalid, config_path + " is not valid JSON");
   }
-  auto plan = PlanFromConfig(config, layout->engine, layout->release,
-                             options.tensor_parallel_size);
+  auto plan = PlanFromConfig(config, layout->engine, layout->release, options.tensor_parallel_size);
   if (!plan) {
     return plan.error();
   }
@@ -581,7 +580,8 @@ Result<ShardResult> ShardCheckpoint(
   json& s = result.settings;
   s["engine"] = layout->engine;
   s["engineRelease"] = layout->release;
-  s["engineReleases"] = layout->compatible;
+  s["engineReleases"] = layout->engine == "vllm" && plan->model.table->moe ? layout->moe_compatible
+                                                                           : layout->compatible;
   s["loadFormat"] = "sharded_state";
   s["filePattern"] = layout->file_pattern;
   s["tensorParallelSize"] = plan->tensor_parallel_size;

@@ -1,7 +1,11 @@
 // bench_shard: shards a synthetic 7B-shaped checkpoint to several tensor-parallel sizes and copies
 // the same bytes with cp in the same run, then prints time, throughput, ratio to cp and peak RSS.
 //
-//   bench_shard --dir /path/with/space [--arch llama] [--size 7b] [--tp 2,4,8] [--keep]
+//   bench_shard --dir /path/with/space [--arch llama] [--size 7b] [--layers N] [--tp 2,4,8]
+//               [--keep]
+//
+// The MoE shape: --arch qwen3-moe --size full --layers 1 is one Qwen3-235B-A22B layer (128 experts
+// of 1536, hidden 4096) with its embedding and lm_head, sharded expert by expert.
 //
 // The checkpoint is generated once into DIR/src (reused if DIR/src/config.json exists). Every
 // measured run is a child process (so its peak RSS is its own, from wait4), starts after a
@@ -78,11 +82,13 @@ int BenchMain(int argc, char** argv) {
   std::string size = "7b";
   std::string tps = "2,4,8";
   int threads = 2;
+  int64_t layers = 0;
   bool keep = false;
   app.add_option("--dir", dir, "scratch directory (needs ~3x the checkpoint size free)")
       ->required();
   app.add_option("--arch", arch, "checkpoint architecture (mc-make-checkpoint --arch)");
-  app.add_option("--size", size, "tiny | 7b");
+  app.add_option("--size", size, "tiny | 7b | full");
+  app.add_option("--layers", layers, "layers (default: the size's)");
   app.add_option("--tp", tps, "comma-separated tensor-parallel sizes");
   app.add_option("--threads", threads, "sharder threads");
   app.add_flag("--keep", keep, "keep the generated checkpoint");
@@ -99,7 +105,10 @@ int BenchMain(int argc, char** argv) {
     modelcache::fixtures::CheckpointSpec spec;
     spec.arch = arch;
     spec.size = size;
-    spec.files = size == "7b" ? 3 : 1;
+    spec.files = size == "tiny" ? 1 : 3;
+    if (layers > 0) {
+      spec.layers = layers;
+    }
     auto made = modelcache::fixtures::MakeCheckpoint(src, spec);
     if (!made) {
       std::fprintf(stderr, "bench_shard: %s\n", made.error().ToString().c_str());

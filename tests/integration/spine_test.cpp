@@ -633,8 +633,10 @@ TEST_F(SpineTest, ShardingErrorsAreReportedWithTheirReason) {
   EXPECT_EQ(ReadyReason(*mc), "UnsupportedArchitecture");
   const crds::Condition* c = crds::FindCondition(mc->status.conditions, "Ready");
   EXPECT_NE(c->message.find("GPT2LMHeadModel"), std::string::npos) << c->message;
-  // No half-written artifact is left behind.
+  // No half-written artifact is left behind, and the refusal came from config.json alone: the
+  // weights were never downloaded (the store holds one blob, config.json's).
   EXPECT_FALSE(fs::exists(store_dir() + "/artifacts/gpt2ish/current"));
+  EXPECT_EQ(HubCacheBlobs(store_dir()).size(), 1u) << daemon.Log();
 }
 
 TEST_F(SpineTest, JsonLogsAreOneObjectPerLineWithTheKey) {

@@ -329,11 +329,10 @@ TEST(ShardPlanTest, GoldenNewArchitecturesOnVllm014) {
   json mixtral = TinyConfig("MixtralForCausalLM");
   mixtral["num_local_experts"] = 4;
   std::string m = Describe(Plan(mixtral, 2).ranks[0]);
-  EXPECT_NE(m.find(scales +
-                   "model.layers.0.block_sparse_moe.gate.weight [4,64]\n"
-                   "model.layers.0.block_sparse_moe.experts.w13_weight [4,160,64]\n"
-                   "model.layers.0.block_sparse_moe.experts.w2_weight [4,64,80]\n"
-                   "model.layers.0.input_layernorm.weight [64]\n"),
+  EXPECT_NE(m.find(scales + "model.layers.0.block_sparse_moe.gate.weight [4,64]\n"
+                            "model.layers.0.block_sparse_moe.experts.w13_weight [4,160,64]\n"
+                            "model.layers.0.block_sparse_moe.experts.w2_weight [4,64,80]\n"
+                            "model.layers.0.input_layernorm.weight [64]\n"),
             std::string::npos)
       << m;
   // Gemma 3: no lm_head (the embedding keeps its name), q/k norms before attn, four norms.
@@ -358,8 +357,8 @@ TEST(ShardPlanTest, GoldenNewArchitecturesOnVllm014) {
   // Phi-3 is Llama's layout, read from merged checkpoint tensors; it loads on vllm 0.13 too.
   json phi3 = TinyConfig("Phi3ForCausalLM");
   ShardPlan phi = Plan(phi3, 8, "vllm", "0.13.0");
-  EXPECT_EQ(Describe(phi.ranks[5]), Describe(Plan(TinyConfig("LlamaForCausalLM"), 8, "vllm",
-                                                  "0.13.0").ranks[5]));
+  EXPECT_EQ(Describe(phi.ranks[5]),
+            Describe(Plan(TinyConfig("LlamaForCausalLM"), 8, "vllm", "0.13.0").ranks[5]));
   const RankTensor& qkv = phi.ranks[5][1];  // q head 5, then KV head 5 / 4 = 1 of the merged
   ASSERT_EQ(qkv.pieces.size(), 3u);
   EXPECT_EQ(qkv.pieces[0].source, "model.layers.0.self_attn.qkv_proj.weight");
@@ -421,6 +420,12 @@ TEST(ShardPlanTest, RefusalsNameTheirReason) {
                 Reason::UnsupportedArchitecture, "shard Gemma models for vllm");
   ExpectRefused(PlanError(MoeConfig("Qwen3MoeForCausalLM"), 2, "vllm", "0.13.0"),
                 Reason::UnsupportedArchitecture, "read for vllm >= 0.14.0 only");
+  json mixtral = TinyConfig("MixtralForCausalLM");
+  mixtral["num_local_experts"] = 4;
+  EXPECT_TRUE(PlanFromConfig(mixtral, "vllm", "0.17.1", 2));
+  ExpectRefused(PlanError(mixtral, 2, "vllm", "0.18.0"), Reason::UnsupportedArchitecture,
+                ">=0.14.0,<0.18.0 only");
+  EXPECT_TRUE(PlanFromConfig(TinyConfig("Gemma2ForCausalLM"), "vllm", "0.18.0", 2));
   EXPECT_TRUE(PlanFromConfig(TinyConfig("Phi3ForCausalLM"), "sglang", "", 2));
   // MoE sizes tp must divide; no more ranks than experts.
   json few = MoeConfig("Qwen3MoeForCausalLM");

@@ -384,8 +384,8 @@ void ExpectEveryTensorReassembles(const std::string& src_dir, const std::string&
     } else if (ends("self_attn.qkv_proj.weight")) {  // Phi-3: q | k | v in one tensor
       got = gather(key, 0, q_rows, rb) + gather(key, q_rows, kv_rows, rb, replicas) +
             gather(key, q_rows + kv_rows, kv_rows, rb, replicas);
-    } else if (ends("o_proj.weight") || (ends("down_proj.weight") &&
-                                         name.find(".experts.") == std::string::npos) ||
+    } else if (ends("o_proj.weight") ||
+               (ends("down_proj.weight") && name.find(".experts.") == std::string::npos) ||
                ends("mlp.down_proj.weight")) {
       got = columns(key, 0, shape[0], shape[1] / tp);
     } else if (name.find(".experts.") != std::string::npos) {
@@ -429,8 +429,8 @@ void ExpectEveryTensorReassembles(const std::string& src_dir, const std::string&
 
 TEST_F(SharderTest, ReassemblesNewArchitecturesAtEveryValidTp) {
   const std::vector<std::pair<std::string, std::vector<int64_t>>> cases = {
-      {"phi3", {1, 2, 4, 8}},    {"phi4-mini", {1, 4, 8}}, {"gemma", {1, 2, 4}},
-      {"gemma2", {1, 2, 4, 8}},  {"gemma3", {1, 4}},       {"mixtral", {1, 2, 4}},
+      {"phi3", {1, 2, 4, 8}},   {"phi4-mini", {1, 4, 8}},    {"gemma", {1, 2, 4}},
+      {"gemma2", {1, 2, 4, 8}}, {"gemma3", {1, 4}},          {"mixtral", {1, 2, 4}},
       {"qwen2-moe", {1, 2, 4}}, {"qwen3-moe", {1, 2, 4, 8}},
   };
   int n = 0;
