@@ -62,227 +62,6 @@ Rank ReadRank(const std::string& dir, int64_t r) {
   return rank;
 }
 
-struct Case {
-  std::string arch;
-  int64_t tp;
-  bool tie;
-  int files;
-  std::string engine;
-};
-
-class SharderTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = ::testing::TempDir() + "/sharder-" + UniqueSuffix();
-    ASSERT_TRUE(MakeDirs(dir_));
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  json Make(const std::string& name, fixtures::CheckpointSpec spec) {
-    auto config = fixtures::MakeCheckpoint(dir_ + "/" + name, spec);
-    EXPECT_TRUE(config) << config.error().ToString();
-    return config ? *config : json();
-  }
-
-  Result<ShardResult> Shard(const std::string& src, const std::string& out, int64_t tp,
-                            const std::string& engine = "vllm", const std::string& dtype = "auto",
-                            uint64_t max_file_size = 5ULL << 30, int threads = 2) {
-    ShardOptions o;
-    o.src_dir = dir_ + "/" + src;
-    o.out_dir = dir_ + "/" + out;
-    o.tensor_parallel_size = tp;
-    o.engine = engine;
-    o.dtype = dtype;
-    o.max_file_size = max_file_size;
-    o.threads = threads;
-    o.fsync = false;
-    ShardProgress progress;
-    auto r = ShardCheckpoint(o, progress);
-    if (r) {
-      EXPECT_GT(progress.bytes_total.load(), 0u);
-      EXPECT_EQ(progress.bytes_done.load(), progress.bytes_total.load());
-    }
-    return r;
-  }
-
-  // Re-assembles every original tensor from the ranks and compares bytes; checks padding, KV
-  // replicas, replicated norms and scale buffers, and that each rank holds exactly the expected
-  // keys.
-  void ExpectReassembles(const std::string& src, const std::string& out, const json& config,
-                         int64_t tp, bool scale_buffers) {
-    auto ckpt_or = Checkpoint::Open(dir_ + "/" + src);
-    ASSERT_TRUE(ckpt_or);
-    const Checkpoint& ckpt = **ckpt_or;
-    auto original = [&](const std::string& name) {
-      const auto* e = ckpt.Find(name);
-      EXPECT_NE(e, nullptr) << name;
-      return e ? Bytes(*e->file, *e->info) : std::string();
-    };
-    const std::string arch = config["architectures"][0];
-    const int64_t H = config["hidden_size"];
-    const int64_t heads = config["num_attention_heads"];
-    const int64_t kv = config["num_key_value_heads"];
-    const int64_t D = config.contains("head_dim") ? config["head_dim"].get<int64_t>() : H / heads;
-    const int64_t I = config["intermediate_size"];
-    const int64_t V = config["vocab_size"];
-    const int64_t L = config["num_hidden_layers"];
-    const bool tie = config["tie_word_embeddings"];
-    const bool bias = arch == "Qwen2ForCausalLM";
-    const bool qk_norm = arch == "Qwen3ForCausalLM";
-    const int64_t es = 2;  // bf16 checkpoints
-    const int64_t q_rows = heads / tp * D;
-    const int64_t kv_rows = std::max<int64_t>(1, kv / tp) * D;
-    const int64_t replicas = tp >= kv ? tp / kv : 1;
-    const int64_t padded = (V + 63) / 64 * 64;
-
-    std::vector<Rank> ranks;
-    for (int64_t r = 0; r < tp; ++r) {
-      ranks.push_back(ReadRank(dir_ + "/" + out, r));
-    }
-    std::set<std::string> expected_keys;
-    expected_keys.insert(tie ? "lm_head.weight" : "model.embed_tokens.weight");
-    if (!tie) expected_keys.insert("lm_head.weight");
-    expected_keys.insert("model.norm.weight");
-
-    // Vocab-parallel: concatenated rows are the original rows, then zeros.
-    auto check_vocab = [&](const std::string& key, const std::string& source) {
-      std::string all;
-      for (auto& rank : ranks) {
-        ASSERT_EQ(rank.shapes[key], (std::vector<int64_t>{padded / tp, H})) << key;
-        all += rank.tensors[key];
-      }
-      EXPECT_EQ(all.substr(0, static_cast<size_t>(V * H * es)), original(source)) << key;
-      EXPECT_EQ(all.substr(static_cast<size_t>(V * H * es)),
-                std::string(static_cast<size_t>((padded - V) * H * es), '\0'))
-          << key;
-    };
-    check_vocab(tie ? "lm_head.weight" : "model.embed_tokens.weight", "model.embed_tokens.weight");
-    if (!tie) check_vocab("lm_head.weight", "lm_head.weight");
-
-    for (int64_t i = 0; i < L; ++i) {
-      const std::string l = "model.layers." + std::to_string(i) + ".";
-      const std::string a = l + "self_attn.";
-      // qkv (and its bias): q heads concatenate; each rank's k/v is its KV group's slice.
-      for (const std::string& suffix :
-           bias ? std::vector<std::string>{"weight", "bias"} : std::vector<std::string>{"weight"}) {
-        const std::string key = a + "qkv_proj." + suffix;
-        expected_keys.insert(key);
-        const int64_t width = suffix == "weight" ? H : 1;
-        const int64_t rb = width * es;
-        std::string q, k, v;
-        for (int64_t r = 0; r < tp; ++r) {
-          const std::string& t = ranks[static_cast<size_t>(r)].tensors[key];
-          ASSERT_EQ(t.size(), static_cast<size_t>((q_rows + 2 * kv_rows) * rb)) << key;
-          q += Rows(t, 0, q_rows, rb);
-          std::string k_r = Rows(t, q_rows, kv_rows, rb);
-          std::string v_r = Rows(t, q_rows + kv_rows, kv_rows, rb);
-          const int64_t kv_index = r / replicas;
-          EXPECT_EQ(k_r, Rows(original(a + "k_proj." + suffix), kv_index * kv_rows, kv_rows, rb));
-          EXPECT_EQ(v_r, Rows(original(a + "v_proj." + suffix), kv_index * kv_rows, kv_rows, rb));
-          if (r % replicas == 0) {
-            k += k_r;
-            v += v_r;
-          }
-        }
-        EXPECT_EQ(q, original(a + "q_proj." + suffix)) << key;
-        EXPECT_EQ(k, original(a + "k_proj." + suffix)) << key;
-        EXPECT_EQ(v, original(a + "v_proj." + suffix)) << key;
-      }
-      // Row-parallel: columns concatenate.
-      auto check_columns = [&](const std::string& key, const std::string& source, int64_t in) {
-        expected_keys.insert(key);
-        const std::string whole = original(source);
-        const int64_t w = in / tp;
-        for (int64_t r = 0; r < tp; ++r) {
-          const std::string& t = ranks[static_cast<size_t>(r)].tensors[key];
-          ASSERT_EQ(ranks[static_cast<size_t>(r)].shapes[key], (std::vector<int64_t>{H, w}));
-          for (int64_t row = 0; row < H; ++row) {
-            ASSERT_EQ(t.substr(static_cast<size_t>(row * w * es), static_cast<size_t>(w * es)),
-                      whole.substr(static_cast<size_t>((row * in + r * w) * es),
-                                   static_cast<size_t>(w * es)))
-                << key << " rank " << r << " row " << row;
-          }
-        }
-      };
-      check_columns(a + "o_proj.weight", a + "o_proj.weight", heads * D);
-      check_columns(l + "mlp.down_proj.weight", l + "mlp.down_proj.weight", I);
-      // gate_up: [gate rows of r; up rows of r].
-      {
-        const std::string key = l + "mlp.gate_up_proj.weight";
-        expected_keys.insert(key);
-        std::string gate, up;
-        for (auto& rank : ranks) {
-          gate += Rows(rank.tensors[key], 0, I / tp, H * es);
-          up += Rows(rank.tensors[key], I / tp, I / tp, H * es);
-        }
-        EXPECT_EQ(gate, original(l + "mlp.gate_proj.weight"));
-        EXPECT_EQ(up, original(l + "mlp.up_proj.weight"));
-      }
-      // Replicated.
-      std::vector<std::string> replicated = {l + "input_layernorm.weight",
-                                             l + "post_attention_layernorm.weight"};
-      if (qk_norm) {
-        replicated.push_back(a + "q_norm.weight");
-        replicated.push_back(a + "k_norm.weight");
-      }
-      for (const auto& key : replicated) {
-        expected_keys.insert(key);
-        for (auto& rank : ranks) {
-          EXPECT_EQ(rank.tensors[key], original(key)) << key;
-        }
-      }
-      if (scale_buffers) {
-        for (const char* b : {"_k_scale", "_v_scale", "_q_scale", "_prob_scale"}) {
-          const std::string key = a + "attn." + b;
-          expected_keys.insert(key);
-          for (auto& rank : ranks) {
-            float one = 1.0f;
-            EXPECT_EQ(rank.tensors[key], std::string(reinterpret_cast<const char*>(&one), 4))
-                << key;
-            EXPECT_TRUE(rank.shapes[key].empty()) << key;
-          }
-        }
-      }
-    }
-    for (auto& rank : ranks) {
-      EXPECT_EQ(rank.tensors["model.norm.weight"], original("model.norm.weight"));
-      std::set<std::string> keys;
-      for (const auto& [name, bytes] : rank.tensors) keys.insert(name);
-      EXPECT_EQ(keys, expected_keys);
-    }
-  }
-
-  std::string dir_;
-};
-
-TEST_F(SharderTest, ReassemblesOriginalsForEveryArchitectureAndTp) {
-  const std::vector<Case> cases = {
-      {"qwen3", 1, false, 1, "vllm"},   {"qwen3", 2, false, 1, "vllm"},
-      {"qwen3", 4, false, 2, "vllm"},   {"qwen3", 8, true, 1, "vllm"},
-      {"llama", 8, true, 3, "vllm"},    {"llama3", 4, false, 1, "sglang"},
-      {"qwen2", 4, false, 2, "sglang"}, {"qwen2.5", 2, true, 1, "vllm"},
-      {"mistral", 2, false, 2, "vllm"},
-  };
-  int n = 0;
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c.arch + " tp " + std::to_string(c.tp) + " " + c.engine);
-    fixtures::CheckpointSpec spec;
-    spec.arch = c.arch;
-    spec.tie_embeddings = c.tie;
-    spec.files = c.files;
-    spec.seed = static_cast<uint64_t>(n);
-    const std::string src = "src" + std::to_string(n);
-    const std::string out = "out" + std::to_string(n);
-    ++n;
-    json config = Make(src, spec);
-    auto r = Shard(src, out, c.tp, c.engine);
-    ASSERT_TRUE(r) << r.error().ToString();
-    EXPECT_EQ(r->settings["tensorParallelSize"], c.tp);
-    EXPECT_EQ(r->settings["engine"], c.engine);
-    ExpectReassembles(src, out, config, c.tp, c.engine == "vllm");
-  }
-}
-
 // The state-dict key vLLM >= 0.14 saves a checkpoint tensor's rows under, with the MoE aliases
 // the loaders' de-duplication picks (the smallest name of a storage).
 std::string OutKey(const std::string& arch, std::string name, bool tie) {
@@ -424,6 +203,101 @@ void ExpectEveryTensorReassembles(const std::string& src_dir, const std::string&
       }
       EXPECT_EQ(used.count(key), 1u) << key << " comes from no checkpoint tensor";
     }
+  }
+}
+
+struct Case {
+  std::string arch;
+  int64_t tp;
+  bool tie;
+  int files;
+  std::string engine;
+};
+
+class SharderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/sharder-" + UniqueSuffix();
+    ASSERT_TRUE(MakeDirs(dir_));
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  json Make(const std::string& name, fixtures::CheckpointSpec spec) {
+    auto config = fixtures::MakeCheckpoint(dir_ + "/" + name, spec);
+    EXPECT_TRUE(config) << config.error().ToString();
+    return config ? *config : json();
+  }
+
+  Result<ShardResult> Shard(const std::string& src, const std::string& out, int64_t tp,
+                            const std::string& engine = "vllm", const std::string& dtype = "auto",
+                            uint64_t max_file_size = 5ULL << 30, int threads = 2) {
+    ShardOptions o;
+    o.src_dir = dir_ + "/" + src;
+    o.out_dir = dir_ + "/" + out;
+    o.tensor_parallel_size = tp;
+    o.engine = engine;
+    o.dtype = dtype;
+    o.max_file_size = max_file_size;
+    o.threads = threads;
+    o.fsync = false;
+    ShardProgress progress;
+    auto r = ShardCheckpoint(o, progress);
+    if (r) {
+      EXPECT_GT(progress.bytes_total.load(), 0u);
+      EXPECT_EQ(progress.bytes_done.load(), progress.bytes_total.load());
+    }
+    return r;
+  }
+
+  // Re-assembles every original tensor from the ranks (ExpectEveryTensorReassembles) and checks
+  // the attention scale buffers: float32 scalars holding 1.0 in every layer, or none at all.
+  void ExpectReassembles(const std::string& src, const std::string& out, const json& config,
+                         int64_t tp, bool scale_buffers) {
+    ExpectEveryTensorReassembles(dir_ + "/" + src, dir_ + "/" + out, config, tp);
+    const int64_t layers = config["num_hidden_layers"];
+    const float one = 1.0f;
+    for (int64_t r = 0; r < tp; ++r) {
+      Rank rank = ReadRank(dir_ + "/" + out, r);
+      size_t buffers = 0;
+      for (const auto& [key, bytes] : rank.tensors) {
+        if (key.find("self_attn.attn._") != std::string::npos) {
+          ++buffers;
+          EXPECT_EQ(bytes, std::string(reinterpret_cast<const char*>(&one), 4)) << key;
+          EXPECT_TRUE(rank.shapes[key].empty()) << key;
+        }
+      }
+      EXPECT_EQ(buffers, scale_buffers ? static_cast<size_t>(4 * layers) : 0u) << "rank " << r;
+    }
+  }
+
+  std::string dir_;
+};
+
+TEST_F(SharderTest, ReassemblesOriginalsForEveryArchitectureAndTp) {
+  const std::vector<Case> cases = {
+      {"qwen3", 1, false, 1, "vllm"},   {"qwen3", 2, false, 1, "vllm"},
+      {"qwen3", 4, false, 2, "vllm"},   {"qwen3", 8, true, 1, "vllm"},
+      {"llama", 8, true, 3, "vllm"},    {"llama3", 4, false, 1, "sglang"},
+      {"qwen2", 4, false, 2, "sglang"}, {"qwen2.5", 2, true, 1, "vllm"},
+      {"mistral", 2, false, 2, "vllm"},
+  };
+  int n = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.arch + " tp " + std::to_string(c.tp) + " " + c.engine);
+    fixtures::CheckpointSpec spec;
+    spec.arch = c.arch;
+    spec.tie_embeddings = c.tie;
+    spec.files = c.files;
+    spec.seed = static_cast<uint64_t>(n);
+    const std::string src = "src" + std::to_string(n);
+    const std::string out = "out" + std::to_string(n);
+    ++n;
+    json config = Make(src, spec);
+    auto r = Shard(src, out, c.tp, c.engine);
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->settings["tensorParallelSize"], c.tp);
+    EXPECT_EQ(r->settings["engine"], c.engine);
+    ExpectReassembles(src, out, config, c.tp, c.engine == "vllm");
   }
 }
 
