@@ -205,155 +205,107 @@ constexpr std::string_view kSglangGemma =
     "SGLang's Gemma classes were not checked against its sharded_state loader; shard Gemma models "
     "for vllm";
 
+// A dense architecture every vLLM release we produce has read model code for.
+Architecture Dense(std::string_view name, std::string_view engine_class, BiasRule bias,
+                   Params params) {
+  Architecture a;
+  a.name = name;
+  a.engine_class = engine_class;
+  a.bias = bias;
+  a.params = std::move(params);
+  return a;
+}
+
+// Gemma 1/2/3: no lm_head, vLLM >= 0.14 only, not for SGLang.
+Architecture Gemma(std::string_view name, BiasRule bias, Params params) {
+  Architecture a = Dense(name, name, bias, std::move(params));
+  a.embedding_is_lm_head = true;
+  a.needs_recent_vllm = true;
+  a.sglang_refusal = kSglangGemma;
+  return a;
+}
+
+Architecture Moe(std::string_view name, BiasRule bias, MoeConfigKeys keys, Params params) {
+  Architecture a = Dense(name, name, bias, std::move(params));
+  a.moe = true;
+  a.moe_keys = keys;
+  a.needs_recent_vllm = true;
+  a.sglang_refusal = kSglangMoe;
+  return a;
+}
+
 std::vector<Architecture> Build() {
   std::vector<Architecture> a;
   // vllm/model_executor/models/llama.py (Mistral's HF architecture maps to the same class).
   Params llama = Concat({Embedding(true), QkvAndO(false), AttentionScales(), DenseMlp(false),
                          TwoNorms(), FinalNormAndHead(true)});
-  a.push_back({"LlamaForCausalLM",
-               "LlamaForCausalLM",
-               BiasRule::Llama,
-               false,
-               false,
-               {},
-               false,
-               "",
-               llama});
-  a.push_back({"MistralForCausalLM",
-               "LlamaForCausalLM",
-               BiasRule::Llama,
-               false,
-               false,
-               {},
-               false,
-               "",
-               llama});
+  a.push_back(Dense("LlamaForCausalLM", "LlamaForCausalLM", BiasRule::Llama, llama));
+  a.push_back(Dense("MistralForCausalLM", "LlamaForCausalLM", BiasRule::Llama, llama));
   // qwen2.py: qkv bias, no o_proj bias.
-  a.push_back({"Qwen2ForCausalLM",
-               "Qwen2ForCausalLM",
-               BiasRule::QkvAlways,
-               false,
-               false,
-               {},
-               false,
-               "",
-               llama});
+  a.push_back(Dense("Qwen2ForCausalLM", "Qwen2ForCausalLM", BiasRule::QkvAlways, llama));
   // qwen3.py: q_norm and k_norm registered after attn.
   Params qwen3_attention = Concat({QkvAndO(false), AttentionScales(), QkNorms()});
-  a.push_back({"Qwen3ForCausalLM",
-               "Qwen3ForCausalLM",
-               BiasRule::QkvIfAttentionBias,
-               false,
-               false,
-               {},
-               false,
-               "",
-               Concat({Embedding(true), qwen3_attention, DenseMlp(false), TwoNorms(),
-                       FinalNormAndHead(true)})});
+  a.push_back(Dense("Qwen3ForCausalLM", "Qwen3ForCausalLM", BiasRule::QkvIfAttentionBias,
+                    Concat({Embedding(true), qwen3_attention, DenseMlp(false), TwoNorms(),
+                            FinalNormAndHead(true)})));
   // phi3.py: Phi3ForCausalLM is LlamaForCausalLM; the checkpoint holds qkv_proj and gate_up_proj
   // already merged (SGLang: the same class in llama.py).
-  a.push_back({"Phi3ForCausalLM",
-               "LlamaForCausalLM",
-               BiasRule::Llama,
-               false,
-               false,
-               {},
-               false,
-               "",
-               Concat({Embedding(true), QkvAndO(true), AttentionScales(), DenseMlp(true),
-                       TwoNorms(), FinalNormAndHead(true)})});
+  a.push_back(Dense("Phi3ForCausalLM", "LlamaForCausalLM", BiasRule::Llama,
+                    Concat({Embedding(true), QkvAndO(true), AttentionScales(), DenseMlp(true),
+                            TwoNorms(), FinalNormAndHead(true)})));
   // gemma.py, gemma2.py, gemma3.py: no lm_head module (logits use embed_tokens), so the embedding
   // is saved under its own name; the RMSNorm +1 and the embedding scale apply at forward time.
-  a.push_back({"GemmaForCausalLM",
-               "GemmaForCausalLM",
-               BiasRule::None,
-               true,
-               false,
-               {},
-               true,
-               kSglangGemma,
-               Concat({Embedding(false), QkvAndO(false), AttentionScales(), DenseMlp(false),
-                       TwoNorms(), FinalNormAndHead(false)})});
-  a.push_back({"Gemma2ForCausalLM",
-               "Gemma2ForCausalLM",
-               BiasRule::BothIfAttentionBias,
-               true,
-               false,
-               {},
-               true,
-               kSglangGemma,
-               Concat({Embedding(false), QkvAndO(false), AttentionScales(), DenseMlp(false),
-                       FourNorms(), FinalNormAndHead(false)})});
+  a.push_back(Gemma("GemmaForCausalLM", BiasRule::None,
+                    Concat({Embedding(false), QkvAndO(false), AttentionScales(), DenseMlp(false),
+                            TwoNorms(), FinalNormAndHead(false)})));
+  a.push_back(Gemma("Gemma2ForCausalLM", BiasRule::BothIfAttentionBias,
+                    Concat({Embedding(false), QkvAndO(false), AttentionScales(), DenseMlp(false),
+                            FourNorms(), FinalNormAndHead(false)})));
   // Gemma3Attention registers q_norm and k_norm before attn.
-  a.push_back({"Gemma3ForCausalLM",
-               "Gemma3ForCausalLM",
-               BiasRule::BothIfAttentionBias,
-               true,
-               false,
-               {},
-               true,
-               kSglangGemma,
-               Concat({Embedding(false), QkvAndO(false), QkNorms(), AttentionScales(),
-                       DenseMlp(false), FourNorms(), FinalNormAndHead(false)})});
+  a.push_back(Gemma("Gemma3ForCausalLM", BiasRule::BothIfAttentionBias,
+                    Concat({Embedding(false), QkvAndO(false), QkNorms(), AttentionScales(),
+                            DenseMlp(false), FourNorms(), FinalNormAndHead(false)})));
   // mixtral.py: MixtralMoE registers gate (ReplicatedLinear) then experts (FusedMoE); every layer
   // is sparse and the experts' intermediate size is intermediate_size.
-  a.push_back({"MixtralForCausalLM",
-               "MixtralForCausalLM",
-               BiasRule::None,
-               false,
-               true,
-               {"num_local_experts", "intermediate_size", "", false},
-               true,
-               kSglangMoe,
-               Concat({Embedding(true),
-                       QkvAndO(false),
-                       AttentionScales(),
-                       {{Scope::SparseMlp,
-                         "block_sparse_moe.gate.weight",
-                         Style::Replicated,
-                         {"block_sparse_moe.gate.weight"},
-                         Dim::Experts,
-                         Dim::Hidden}},
-                       Experts("block_sparse_moe.experts.", "w1.weight", "w3.weight", "w2.weight"),
-                       TwoNorms(),
-                       FinalNormAndHead(true)})});
+  a.push_back(Moe(
+      "MixtralForCausalLM", BiasRule::None, {"num_local_experts", "intermediate_size", "", false},
+      Concat({Embedding(true),
+              QkvAndO(false),
+              AttentionScales(),
+              {{Scope::SparseMlp,
+                "block_sparse_moe.gate.weight",
+                Style::Replicated,
+                {"block_sparse_moe.gate.weight"},
+                Dim::Experts,
+                Dim::Hidden}},
+              Experts("block_sparse_moe.experts.", "w1.weight", "w3.weight", "w2.weight"),
+              TwoNorms(),
+              FinalNormAndHead(true)})));
   // qwen2_moe.py: gate, shared_expert_gate, shared_expert, experts (SharedFusedMoE).
-  a.push_back(
-      {"Qwen2MoeForCausalLM",
-       "Qwen2MoeForCausalLM",
-       BiasRule::QkvAlways,
-       false,
-       true,
-       {"num_experts", "moe_intermediate_size", "shared_expert_intermediate_size", true},
-       true,
-       kSglangMoe,
-       Concat({Embedding(true),
-               QkvAndO(false),
-               AttentionScales(),
-               {Router("mlp.gate.weight", false)},
-               Qwen2SharedExpert(),
-               Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight"),
-               DenseMlp(false),
-               TwoNorms(),
-               FinalNormAndHead(true)})});
+  Params qwen_experts =
+      Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight");
+  a.push_back(Moe("Qwen2MoeForCausalLM", BiasRule::QkvAlways,
+                  {"num_experts", "moe_intermediate_size", "shared_expert_intermediate_size", true},
+                  Concat({Embedding(true),
+                          QkvAndO(false),
+                          AttentionScales(),
+                          {Router("mlp.gate.weight", false)},
+                          Qwen2SharedExpert(),
+                          qwen_experts,
+                          DenseMlp(false),
+                          TwoNorms(),
+                          FinalNormAndHead(true)})));
   // qwen3_moe.py: gate, then experts (SharedFusedMoE(gate=self.gate), which holds the router as
   // experts._gate); no shared expert.
-  a.push_back(
-      {"Qwen3MoeForCausalLM",
-       "Qwen3MoeForCausalLM",
-       BiasRule::QkvIfAttentionBias,
-       false,
-       true,
-       {"num_experts", "moe_intermediate_size", "", true},
-       true,
-       kSglangMoe,
-       Concat({Embedding(true),
-               qwen3_attention,
-               {Router("mlp.gate.weight", true)},
-               Experts("mlp.experts.", "gate_proj.weight", "up_proj.weight", "down_proj.weight"),
-               DenseMlp(false),
-               TwoNorms(),
-               FinalNormAndHead(true)})});
+  a.push_back(Moe("Qwen3MoeForCausalLM", BiasRule::QkvIfAttentionBias,
+                  {"num_experts", "moe_intermediate_size", "", true},
+                  Concat({Embedding(true),
+                          qwen3_attention,
+                          {Router("mlp.gate.weight", true)},
+                          qwen_experts,
+                          DenseMlp(false),
+                          TwoNorms(),
+                          FinalNormAndHead(true)})));
   return a;
 }
 
