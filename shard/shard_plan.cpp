@@ -405,7 +405,9 @@ Result<ModelSpec> ParseModelSpec(const json& config) {
     m.num_experts = *experts;
     m.moe_intermediate_size = *moe_inter;
     if (!k.shared_intermediate.empty()) {
-      auto shared = IntField(config, k.shared_intermediate, 0, /*allow_zero=*/true);
+      // Required: the engine registers shared_expert_gate even without a shared expert, but
+      // none of its aliases then; no such checkpoint was read, so none is guessed at.
+      auto shared = IntField(config, k.shared_intermediate, std::nullopt);
       if (!shared) {
         return shared.error();
       }

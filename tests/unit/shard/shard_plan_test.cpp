@@ -439,6 +439,11 @@ TEST(ShardPlanTest, RefusalsNameTheirReason) {
   shared["shared_expert_intermediate_size"] = 100;
   ExpectRefused(PlanError(shared, 8), Reason::ShardConfigInvalid,
                 "shared_expert_intermediate_size 100");
+  json no_shared = MoeConfig("Qwen2MoeForCausalLM");
+  no_shared.erase("head_dim");
+  no_shared["shared_expert_intermediate_size"] = 0;
+  ExpectRefused(PlanError(no_shared, 2), Reason::ShardConfigInvalid,
+                "shared_expert_intermediate_size is 0");
   json no_experts = MoeConfig("Qwen3MoeForCausalLM");
   no_experts.erase("num_experts");
   ExpectRefused(PlanError(no_experts, 2), Reason::ShardConfigInvalid, "num_experts");
