@@ -19,17 +19,18 @@
 //
 // Model code that differs by release (architectures.h marks the tables that depend on it):
 //   vllm >= 0.14.0: the Gemma, Phi-3, Mixtral, Qwen2-MoE and Qwen3-MoE classes as read
-//   (docs/sharding.md
-//                   names the files and commits): Gemma's normalizer buffer is registered with
-//                   persistent=False (not saved); Qwen3-MoE passes its router to SharedFusedMoE,
-//                   which registers it again as experts._gate; Qwen2-MoE's shared expert is also
-//                   registered as experts._shared_experts and holds shared_expert_gate as
-//                   expert_gate. The loaders keep the smallest of a storage's names, so these
-//                   aliases decide the saved keys.
+//       (docs/sharding.md names the files and commits). Gemma's normalizer buffer is registered
+//       with persistent=False (not saved). Qwen3-MoE passes its router to SharedFusedMoE, which
+//       registers it again as experts._gate. Qwen2-MoE's shared expert is also registered as
+//       experts._shared_experts and holds shared_expert_gate as expert_gate (so the gate is
+//       also experts._shared_experts.expert_gate: the two shared-expert aliases are set
+//       together). The loaders keep the smallest of a storage's names, so these aliases decide
+//       the saved keys.
 //   vllm < 0.14.0: those classes were not read; their architectures are refused for it.
-//   vllm >= 0.18.0: the fused-MoE layer was refactored around a routed-experts module between
-//                   0.18 and 0.20 (module names change); that code was not read, so MoE
-//                   architectures are refused for it and MoE artifacts say ">=0.14.0,<0.18.0".
+//   vllm >= 0.18.0: third-party notes place a refactor of the fused-MoE layer around a
+//       routed-experts module between 0.18 and 0.20 (vLLM 0.25 saves
+//       experts.routed_experts.w13_weight); that code was not read, so MoE architectures are
+//       refused for it and MoE artifacts say ">=0.14.0,<0.18.0".
 
 #include <cstdint>
 #include <string>
