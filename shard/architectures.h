@@ -6,20 +6,32 @@
 // EngineLayout into per-rank plans; nothing else in shard/ knows an architecture by name. Adding
 // an architecture whose layers are built from the styles below is adding a table here.
 //
+// clang-format off
 // Styles (vllm/model_executor/layers/{linear,vocab_parallel_embedding}.py and
 // fused_moe/layer.py; SGLang's copies are the same):
-//   VocabParallel     rows padded to a multiple of 64, rank r holds padded rows [r*P/tp,
-//   (r+1)*P/tp) Qkv               QKVParallelLinear from q, k, v sources: [q heads of r; k group; v
-//   group],
-//                     KV heads replicated on tp/kv consecutive ranks when tp > kv
-//   QkvFused          the same from one already-merged qkv source (Phi-3)
-//   MergedColumn      MergedColumnParallelLinear from gate, up sources: [gate rows of r; up rows of
-//   r] MergedColumnFused the same from one already-merged gate_up source (Phi-3) Row
-//   RowParallelLinear: columns of r Replicated        the whole tensor on every rank (norms,
-//   routers, biases of row-parallel layers) ExpertsW13        FusedMoE w13_weight [E, 2*I/tp, H]:
-//   per expert, gate rows of r then up rows ExpertsW2         FusedMoE w2_weight [E, H, I/tp]: per
-//   expert, columns of r AttentionScales   the engine's attention scale buffers
-//   (EngineLayout::attention_scale_buffers)
+//
+//   style              engine layer                  what rank r of tp holds
+//   -----------------  ----------------------------  -------------------------------------------
+//   VocabParallel      VocabParallelEmbedding,       rows padded to P = a multiple of 64;
+//                      ParallelLMHead                padded rows [r*P/tp, (r+1)*P/tp)
+//   Qkv                QKVParallelLinear from        [q heads of r; k group; v group]; KV heads
+//                      q, k, v sources               replicated on tp/kv consecutive ranks
+//                                                    when tp > kv
+//   QkvFused           the same from one merged      as Qkv (Phi-3)
+//                      qkv source
+//   MergedColumn       MergedColumnParallelLinear    [gate rows of r; up rows of r]
+//                      from gate, up sources
+//   MergedColumnFused  the same from one merged      as MergedColumn (Phi-3)
+//                      gate_up source
+//   Row                RowParallelLinear             columns of r
+//   Replicated         norms, routers, biases of     the whole tensor
+//                      row-parallel layers
+//   ExpertsW13         FusedMoE w13_weight           [E, 2*I/tp, H]: per expert, gate rows of r
+//                                                    then up rows of r
+//   ExpertsW2          FusedMoE w2_weight            [E, H, I/tp]: per expert, columns of r
+//   AttentionScales    the attention's scale         float32 scalars, 1.0
+//                      buffers                       (EngineLayout::attention_scale_buffers)
+// clang-format on
 
 #include <cstdint>
 #include <string>
