@@ -28,16 +28,17 @@
 //       the saved keys.
 //   vllm < 0.14.0: those classes were not read; their architectures are refused for it.
 //   vllm >= 0.18.0: not produced for MoE (MoE artifacts say ">=0.14.0,<0.18.0"). The fused-MoE
-//       layer was rebuilt: docs.vllm.ai's v0.16.0 API pages still show `class FusedMoE(CustomOp)`
-//       and SharedFusedMoE, its v0.26.0 pages show `FusedMoE(...)` as a factory building a
-//       Router, a RoutedExperts module and a MoERunner. In the stored vllm source (commits not
-//       tied to a release tag; docs/sharding.md, "Newer vLLM releases") MoERunner registers
-//       router, gate (the model's router again), shared_expert_gate, routed_experts (owning
-//       w13_weight, w2_weight) and _shared_experts in that order, so the saved names become
+//       layer was rebuilt after 0.16: docs.vllm.ai's v0.16.0 API pages show
+//       `class FusedMoE(CustomOp)` and SharedFusedMoE registering _shared_experts; by v0.18.1
+//       SharedFusedMoE has no __init__ of its own; the v0.26.0 pages show `FusedMoE(...)` as a
+//       factory building a Router, a RoutedExperts module and a MoERunner (PR #41184, merged
+//       between 2026-04-29 and 2026-06-29, so in one of 0.21 - 0.24). In the stored vllm source
+//       (commits not tied to a tag; docs/sharding.md, "Newer vLLM releases") MoERunner
+//       registers router, gate, shared_expert_gate, routed_experts (owning w13_weight,
+//       w2_weight) and _shared_experts in that order, so the saved names become
 //       mlp.experts.routed_experts.w13_weight and, where a model passes its router as gate,
-//       mlp.experts.gate.weight. Which release
-//       made the change (0.18 is where third-party notes place it), and the model classes of
-//       0.18 - 0.29, were not read at a tag; until they are, MoE is refused there.
+//       mlp.experts.gate.weight. Neither 0.17 - 0.18 nor the release with PR #41184, nor the
+//       model classes of 0.18 - 0.29, were read at a tag; until they are, MoE is refused there.
 //   The newest vLLM release with stored documentation is 0.29.0; the default stays 0.14.0
 //   because no later release's state dict could be read at its tag.
 
