@@ -32,7 +32,7 @@
 //       `class FusedMoE(CustomOp)` and SharedFusedMoE registering _shared_experts; by v0.18.1
 //       SharedFusedMoE has no __init__ of its own; the v0.26.0 pages show `FusedMoE(...)` as a
 //       factory building a Router, a RoutedExperts module and a MoERunner (PR #41184, merged
-//       between 2026-04-29 and 2026-06-29, so in one of 0.21 - 0.24). In the stored vllm source
+//       between 2026-04-29 and 2026-06-29, so first in one of 0.21 - 0.25). In the stored source
 //       (commits not tied to a tag; docs/sharding.md, "Newer vLLM releases") MoERunner
 //       registers router, gate, shared_expert_gate, routed_experts (owning w13_weight,
 //       w2_weight) and _shared_experts in that order, so the saved names become
