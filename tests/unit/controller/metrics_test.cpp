@@ -9,9 +9,10 @@
 #include <vector>
 
 #include <curl/curl.h>
+#include <gtest/gtest.h>
 #include <openssl/crypto.h>
 
-#include <gtest/gtest.h>
+#include "common/build_info.h"
 
 namespace modelcache::controller {
 namespace {
