@@ -14,6 +14,12 @@ build="$(cd "$1" && pwd)"
 mkdir -p "$2"
 out="$(cd "$2" && pwd)"
 version="$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$build/CMakeCache.txt")"
+# The Containerfile labels its image with its own copy of the version; keep them equal.
+containerfile_version="$(sed -n 's/^ARG VERSION=//p' "$here/Containerfile")"
+if [ "$containerfile_version" != "$version" ]; then
+  echo "package: Containerfile says ARG VERSION=$containerfile_version, the project $version" >&2
+  exit 1
+fi
 
 echo "== package: the .deb (cpack -G DEB)"
 (cd "$build" && cpack -G DEB -B "$out/cpack" >/dev/null)
