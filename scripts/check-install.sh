@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# CI's check of the install paths that scripts/package.sh produced in OUT (run as root by
-# scripts/test.sh on the CI machine; it installs and purges a package on this machine):
+# CI's check of the install paths: `cmake --install` of BUILD, and what scripts/package.sh
+# produced from it in OUT (run as root by scripts/test.sh on the CI machine; it installs and
+# purges a package on this machine):
+#   source: `cmake --install` of TEST_BUILD (prefix /usr/local) and BUILD (/usr) with DESTDIR:
+#          the files land there, the unit names that prefix's paths, the installed binary runs
 #   .deb:  dpkg -i (+ apt-get install -f), modelcache --version, systemd-analyze verify of the
 #          installed unit, enabled but not started, conffiles, a reinstall keeps an edited conffile
 #          and a disabled unit, dpkg --purge leaves only what the data policy keeps
 #   image: umoci unpack, then run the image's own process (entrypoint, user 65532, env) in the
 #          unpacked root with chroot: --version, and a real `modelcache prefetch` from the Hub
 #          imitation (TEST_BUILD's mc-fake-hub, on 127.0.0.1), every file compared with the repo's
-# Usage: scripts/check-install.sh OUT_DIR TEST_BUILD_DIR
+# Usage: scripts/check-install.sh BUILD_DIR OUT_DIR TEST_BUILD_DIR
 set -euo pipefail
-out="$(cd "$1" && pwd)"
-testbuild="$(cd "$2" && pwd)"
+build="$(cd "$1" && pwd)"
+out="$(cd "$2" && pwd)"
+testbuild="$(cd "$3" && pwd)"
 fail() { echo "check-install: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "needs root (dpkg -i, chroot)"
 deb="$(ls "$out"/modelcache_*.deb)"
@@ -31,6 +35,28 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+
+# The test build has the default prefix (/usr/local), the release build /usr.
+for b in "$testbuild" "$build"; do
+  prefix="$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$b/CMakeCache.txt")"
+  etc="$prefix/etc"
+  if [ "$prefix" = /usr ]; then etc=/etc; fi
+  echo "== check: DESTDIR=… cmake --install of $b (prefix $prefix)"
+  start=$SECONDS
+  dest="$work/destdir"
+  rm -rf "$dest"
+  DESTDIR="$dest" cmake --install "$b" >/dev/null
+  for f in "$prefix/bin/modelcache" "$prefix/lib/systemd/system/modelcache.service" \
+    "$etc/modelcache/config.yaml" "$etc/modelcache/modelcache.env" \
+    "$prefix/share/modelcache/crds/modelcache.yaml" "$prefix/share/doc/modelcache/README.md"; do
+    [ -f "$dest$f" ] || fail "cmake --install: no $f under DESTDIR"
+  done
+  [ -d "$dest$etc/modelcache/models" ] || fail "cmake --install: no $etc/modelcache/models"
+  grep -q "^ExecStart=$prefix/bin/modelcache run --config $etc/modelcache/config.yaml --watch-dir $etc/modelcache/models " \
+    "$dest$prefix/lib/systemd/system/modelcache.service" || fail "the installed unit does not name $prefix"
+  "$dest$prefix/bin/modelcache" --version | grep -q "^modelcache $version" || fail "the installed binary"
+  echo "source: installed and checked in $((SECONDS - start)) s"
+done
 
 echo "== check: the .deb ($deb)"
 start=$SECONDS

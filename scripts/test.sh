@@ -23,7 +23,8 @@ cmake --build "$here/build-release" -j"$(nproc)"
 echo "release build: $((SECONDS - t0)) s"
 "$here/scripts/package.sh" "$here/build-release" "$here/build-release/packages"
 if [ "$(id -u)" -eq 0 ]; then
-  "$here/scripts/check-install.sh" "$here/build-release/packages" "$here/build-test"
+  "$here/scripts/check-install.sh" "$here/build-release" "$here/build-release/packages" \
+    "$here/build-test"
 else
   echo "== not root: the .deb and image install checks are skipped (CI runs them as root)"
 fi
