@@ -134,6 +134,18 @@ user="$(sed -n 1p "$work/process")"
 cwd="$(sed -n 2p "$work/process")"
 IFS=$'\t' read -r -a envs < <(sed -n 3p "$work/process")
 IFS=$'\t' read -r -a entry < <(sed -n 4p "$work/process")
+# The OCI annotations of the tagged manifest.
+python3 - "$out/oci" "$version" <<'PY' || fail "the image's org.opencontainers.image annotations"
+import json, sys
+layout, version = sys.argv[1], sys.argv[2]
+index = json.load(open(f"{layout}/index.json"))
+desc = next(m for m in index["manifests"]
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == version)
+algo, digest = desc["digest"].split(":")
+notes = json.load(open(f"{layout}/blobs/{algo}/{digest}")).get("annotations", {})
+assert notes.get("org.opencontainers.image.version") == version, notes
+assert notes.get("org.opencontainers.image.title") == "modelcache", notes
+PY
 [ "$user" = "65532:65532" ] || fail "image user $user"
 [ "${entry[*]}" = modelcache ] || fail "image entrypoint ${entry[*]}"
 if [ -e "$rootfs/bin/sh" ]; then fail "a shell in the image: it holds only modelcache and its libraries"; fi

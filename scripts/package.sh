@@ -72,9 +72,6 @@ annotations=(
   "org.opencontainers.image.description=Declarative, verified, versioned caching of HuggingFace models"
   "org.opencontainers.image.version=$version"
   "org.opencontainers.image.revision=$commit"
-  "org.opencontainers.image.source=https://github.com/modelcache/modelcache"
-  "org.opencontainers.image.documentation=https://github.com/modelcache/modelcache/blob/main/README.md"
-  "org.opencontainers.image.base.name=scratch (Debian 12 libraries, copied)"
 )
 config_args=(--config.user 65532:65532 --config.entrypoint modelcache --config.workingdir /var/lib/modelcache
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
