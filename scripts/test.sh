@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the whole test suite twice: a normal build and an
-# ASan + UBSan build. Exits non-zero if anything fails.
+# ASan + UBSan build. Between them, the release configuration is built and packaged, and the
+# .deb, the image and `cmake --install` are checked (docs/install.md). Exits non-zero if anything
+# fails.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/install-deps.sh"
