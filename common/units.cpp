@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <string>
 
+#include <fmt/format.h>
+
 namespace modelcache {
 namespace {
 
@@ -29,7 +31,7 @@ bool ParseDecimal(std::string_view s, double& out) {
 Result<std::chrono::milliseconds> ParseDuration(std::string_view s) {
   auto invalid = [&] {
     return Error(Reason::InvalidSpec,
-                 "\"" + std::string(s) + "\" is not a duration (use e.g. 30s, 15m, 1h, 1h30m)");
+                 fmt::format("\"{}\" is not a duration (use e.g. 30s, 15m, 1h, 1h30m)", s));
   };
   if (s == "0") {
     return std::chrono::milliseconds(0);
@@ -108,7 +110,7 @@ std::string FormatDuration(std::chrono::milliseconds d) {
 Result<uint64_t> ParseByteSize(std::string_view s) {
   auto invalid = [&] {
     return Error(Reason::InvalidSpec,
-                 "\"" + std::string(s) + "\" is not a byte size (use e.g. 5GiB, 500MiB, 2G)");
+                 fmt::format("\"{}\" is not a byte size (use e.g. 5GiB, 500MiB, 2G)", s));
   };
   size_t i = 0;
   while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) {

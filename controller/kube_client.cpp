@@ -78,11 +78,14 @@ KubeClient::KubeClient(KubeConfig config) : config_(std::move(config)) {}
 std::string KubeClient::ModelCacheUrl(const std::string& ns, const std::string& name) const {
   std::string url = config_.server + "/apis/" + std::string(crds::kApiVersion);
   if (!ns.empty()) {
-    url += "/namespaces/" + UrlEncode(ns);
+    url += "/namespaces/";
+    url += UrlEncode(ns);
   }
-  url += "/" + std::string(crds::kPlural);
+  url += '/';
+  url += crds::kPlural;
   if (!name.empty()) {
-    url += "/" + UrlEncode(name);
+    url += '/';
+    url += UrlEncode(name);
   }
   return url;
 }

@@ -163,7 +163,8 @@ std::string LeaseLock::Path(bool item) const {
   std::string url =
       "/apis/coordination.k8s.io/v1/namespaces/" + UrlEncode(namespace_) + "/leases";
   if (item) {
-    url += "/" + UrlEncode(name_);
+    url += '/';
+    url += UrlEncode(name_);
   }
   return url;
 }

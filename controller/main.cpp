@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/build_info.h"
 #include "common/units.h"
 #include "controller/commands.h"
 #include "controller/run_config.h"
@@ -68,7 +69,8 @@ int ParseTransferFlags(const TransferFlagText& text, mc::TransferFlags& flags) {
 int main(int argc, char** argv) {
   CLI::App app{"modelcache: declarative, verified, versioned caching of HuggingFace models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "modelcache 0.1.0");
+  app.set_version_flag("--version", [] { return modelcache::VersionText(); },
+                       "Print the version, the git commit and the libcurl and OpenSSL versions");
 
   // run
   mc::RunOptions run;

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "common/build_info.h"
 #include "crds/model_cache.h"
 
 namespace modelcache::controller {
@@ -364,7 +365,13 @@ ControllerMetrics::ControllerMetrics()
       store_free_bytes(registry.AddGauge("modelcache_store_free_bytes",
                                          "Bytes free on the store's file system.")),
       shard_duration_seconds(registry.AddHistogram(
-          "modelcache_shard_duration_seconds", "Time taken by one sharding job.", kShardBuckets)) {
+          "modelcache_shard_duration_seconds", "Time taken by one sharding job.", kShardBuckets)),
+      build_info(registry.AddGauge(
+          "modelcache_build_info",
+          "Always 1; the labels name the version, git commit and libcurl and OpenSSL versions.",
+          {"version", "commit", "curl", "openssl"})) {
+  const modelcache::BuildInfo& b = modelcache::GetBuildInfo();
+  build_info.Set({b.version, b.commit, b.curl, b.openssl}, 1);
   for (std::string_view result : {kSuccess, kError, kRequeue}) {
     reconciles.Inc({std::string(result)}, 0);
   }

@@ -176,6 +176,9 @@ struct ControllerMetrics {
   GaugeFamily& store_free_bytes;
   // modelcache_shard_duration_seconds: one sharding job.
   HistogramFamily& shard_duration_seconds;
+  // modelcache_build_info{version,commit,curl,openssl} 1: what this binary is, as Prometheus
+  // exporters report it (common/build_info.h).
+  GaugeFamily& build_info;
 
   // Result label values.
   static constexpr std::string_view kSuccess = "success";

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include <fmt/format.h>
+
 #include "common/units.h"
 
 namespace modelcache::controller {
@@ -30,10 +32,10 @@ void ProgressBar::Update(const std::string& phase, uint64_t done, uint64_t total
   std::string line = phase + " [" + bar + "] " + std::to_string(static_cast<int>(fraction * 100)) +
                      "%";
   if (total > 0) {
-    line += " " + FormatBytes(done) + "/" + FormatBytes(total);
+    line += fmt::format(" {}/{}", FormatBytes(done), FormatBytes(total));
   }
   if (bytes_per_second > 0) {
-    line += " " + FormatBytes(bytes_per_second) + "/s";
+    line += fmt::format(" {}/s", FormatBytes(bytes_per_second));
   }
   std::fprintf(stderr, "\r\033[K%s", line.c_str());
   std::fflush(stderr);

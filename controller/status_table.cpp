@@ -56,7 +56,7 @@ std::string Progress(const crds::ModelCacheStatus& status) {
   std::string out =
       fmt::format("{}% {}/{}", percent, FormatBytes(p.bytes_done), FormatBytes(p.bytes_total));
   if (p.bytes_per_second > 0) {
-    out += " " + FormatBytes(p.bytes_per_second) + "/s";
+    out += fmt::format(" {}/s", FormatBytes(p.bytes_per_second));
   }
   return out;
 }

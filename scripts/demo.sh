@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The offline demo: installs what is missing, builds, generates a small synthetic Qwen3 repo,
-# serves it from the project's Hub imitation on 127.0.0.1, runs `modelcache run --watch-dir` on
-# two example manifests (one cached as-is, one sharded for 2 GPUs), waits for Ready, and shows
-# `modelcache get` and the artifacts' files. Nothing leaves this machine.
+# The offline demo: installs what is missing, builds the binary and the two fixtures it runs
+# (not the test suite), generates a small synthetic Qwen3 repo, serves it from the project's Hub
+# imitation on 127.0.0.1, runs `modelcache run --watch-dir` on two example manifests (one cached
+# as-is, one sharded for 2 GPUs), waits for Ready, and shows `modelcache get` and the artifacts'
+# files. Nothing leaves this machine.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 build="${MODELCACHE_BUILD_DIR:-$here/build}"
 "$here/scripts/install-deps.sh"
-echo "== building in $build"
-"$here/scripts/build.sh" "$build"
+echo "== building in $build: modelcache and the demo's two fixtures (not the test suite)"
+cmake -S "$here" -B "$build" >/dev/null
+cmake --build "$build" -j"$(nproc)" --target modelcache mc-fake-hub mc-make-checkpoint
 bin="$build/controller/modelcache"
 hubbin="$build/tests/fixtures/hub/mc-fake-hub"
 gen="$build/tests/fixtures/checkpoint/mc-make-checkpoint"

@@ -12,6 +12,7 @@ packages=(
   radosgw ceph-mon ceph-osd ceph-common uuid-runtime curl python3-boto3
   faketime  # libfaketime: a skewed clock against radosgw (RequestTimeTooSkewed) in an S3 test
   systemd  # systemd-analyze verifies manifests/systemd/modelcache.service in a unit test
+  umoci    # scripts/package.sh builds the container image as an OCI layout without a registry
 )
 
 # kubectl for tests/integration/kubectl_test.cpp: Debian's kubernetes-client (1.20) unless a

@@ -258,7 +258,10 @@ Result<S3ArtifactRef> ParseS3ArtifactUri(std::string_view uri) {
   }
   ref.store.bucket = loc->bucket;
   for (size_t i = 0; i < artifacts; ++i) {
-    ref.store.prefix += (ref.store.prefix.empty() ? "" : "/") + std::string(segs[i]);
+    if (!ref.store.prefix.empty()) {
+      ref.store.prefix += '/';
+    }
+    ref.store.prefix += segs[i];
   }
   return ref;
 }
@@ -578,7 +581,8 @@ Result<std::vector<std::string>> S3ArtifactStore::ListVersions(const std::string
     return r.error();
   }
   std::string prefix = location_.Key("artifacts/" + name + "/");
-  std::string suffix = "/" + std::string(kManifestName);
+  std::string suffix = "/";
+  suffix += kManifestName;
   std::vector<std::string> versions;
   std::string token;
   do {

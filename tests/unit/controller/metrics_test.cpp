@@ -8,7 +8,11 @@
 #include <thread>
 #include <vector>
 
+#include <curl/curl.h>
 #include <gtest/gtest.h>
+#include <openssl/crypto.h>
+
+#include "common/build_info.h"
 
 namespace modelcache::controller {
 namespace {
@@ -183,6 +187,21 @@ TEST(MetricsTest, ControllerMetricsParseBack) {
   EXPECT_EQ(s["modelcache_shard_duration_seconds_bucket{le=\"60\"}"], 0);
   EXPECT_EQ(s["modelcache_shard_duration_seconds_bucket{le=\"120\"}"], 1);
   EXPECT_EQ(s["modelcache_shard_duration_seconds_sum"], 90);
+}
+
+TEST(MetricsTest, BuildInfoNamesVersionCommitAndLibraries) {
+  ControllerMetrics m;
+  const modelcache::BuildInfo& b = modelcache::GetBuildInfo();
+  auto s = ParseExposition(m.Render());
+  std::string series = "modelcache_build_info{version=\"" + b.version + "\",commit=\"" + b.commit +
+                       "\",curl=\"" + b.curl + "\",openssl=\"" + b.openssl + "\"}";
+  ASSERT_EQ(s.count(series), 1u) << m.Render();
+  EXPECT_EQ(s[series], 1);
+  // The version is CMake's project(VERSION); libcurl's and OpenSSL's are the loaded libraries'.
+  EXPECT_EQ(b.version, MC_PROJECT_VERSION);
+  EXPECT_EQ(b.curl, curl_version_info(CURLVERSION_NOW)->version);
+  EXPECT_EQ(b.openssl, OpenSSL_version(OPENSSL_VERSION_STRING));
+  EXPECT_NE(modelcache::VersionText().find("modelcache " + b.version), std::string::npos);
 }
 
 TEST(MetricsTest, ConcurrentIncrementsAreNotLost) {
