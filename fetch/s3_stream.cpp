@@ -106,7 +106,13 @@ class HubReader {
       }
       Error e = attempt.error();
       bool transient = e.reason == Reason::NetworkError || e.reason == Reason::RateLimited;
-      if (offset_ > before) failures = 0;  // progress: the budget is per stall, not per file
+      // Progress (the budget is per stall, not per file) is more than a stalled attempt moves: a
+      // server dripping a byte a second would otherwise be retried without end.
+      uint64_t stall_bytes =
+          kStallBytesPerSecond *
+          static_cast<uint64_t>(
+              std::chrono::duration_cast<std::chrono::seconds>(hub_.stall_timeout).count());
+      if (offset_ > before + stall_bytes) failures = 0;
       if (!transient || stop_.stop_requested() || ++failures >= hub_.max_attempts) {
         Finish(std::move(e));
         return;
