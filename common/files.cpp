@@ -40,7 +40,10 @@ VoidResult SyncDir(const std::string& path) {
 VoidResult MakeDirs(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
-  if (ec && !std::filesystem::is_directory(path)) {
+  // The non-throwing overloads only: a name the filesystem refuses (a component over 255 bytes
+  // from a repository's file list, say) is an error value, never a filesystem_error.
+  std::error_code dir_ec;
+  if (ec && !std::filesystem::is_directory(path, dir_ec)) {
     return Error(Reason::StorageError, "cannot create directory " + path + ": " + ec.message());
   }
   return {};

@@ -57,6 +57,10 @@ struct Transfer {
   bool headers_delivered = false;
   bool aborted_by_handler = false;
   bool in_headers = true;
+  size_t header_bytes = 0;
+  bool headers_too_large = false;
+  uint64_t max_body = 0;
+  bool body_too_large = false;
   // Request body from an HttpBodySource.
   const HttpBodySource* source = nullptr;
   uint64_t source_offset = 0;
@@ -102,7 +106,13 @@ size_t OnHeader(char* data, size_t size, size_t nitems, void* user) {
     // A new response (after a redirect or a 100 Continue): forget the previous headers.
     t->response->headers.clear();
     t->in_headers = true;
+    t->header_bytes = n;
     return n;
+  }
+  t->header_bytes += n;
+  if (t->header_bytes > kMaxResponseHeaderBytes) {
+    t->headers_too_large = true;
+    return 0;  // aborts the transfer
   }
   auto colon = line.find(':');
   if (colon != std::string_view::npos) {
@@ -116,6 +126,10 @@ size_t OnBody(char* data, size_t size, size_t nmemb, void* user) {
   auto* t = static_cast<Transfer*>(user);
   size_t n = size * nmemb;
   if (t->handler == nullptr) {
+    if (t->max_body > 0 && t->response->body.size() + n > t->max_body) {
+      t->body_too_large = true;
+      return 0;  // aborts the transfer
+    }
     t->response->body.append(data, n);
     return n;
   }
@@ -153,8 +167,14 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
   t.handler = handler;
   t.stop = stop;
   t.curl = curl;
+  t.max_body = req.max_body_bytes;
 
   curl_easy_setopt(curl, CURLOPT_URL, req.url.c_str());
+  // file://, ftp:// and the rest of curl's schemes are never fetched, not even after a redirect.
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  // Bodies are taken as sent: nothing is decompressed, so no answer can grow in memory.
+  curl_easy_setopt(curl, CURLOPT_HTTP_CONTENT_DECODING, 0L);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_USERAGENT, "modelcache/0.1");
   if (req.method == "HEAD") {
@@ -192,7 +212,8 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
   curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 10L);
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(req.connect_timeout.count()));
   if (req.stall_timeout.count() > 0) {
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT,
+                     static_cast<long>(std::max<uint64_t>(1, req.stall_bytes_per_second)));
     curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME,
                      std::max<long>(1, static_cast<long>(req.stall_timeout.count() / 1000)));
   }
@@ -256,6 +277,18 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
   if (t.source_error) {
     return *t.source_error;
   }
+  if (t.headers_too_large) {
+    return Error(Reason::NetworkError, req.method + " " + req.url + ": the answer's headers exceed " +
+                                           std::to_string(kMaxResponseHeaderBytes) + " bytes");
+  }
+  if (t.body_too_large) {
+    return Error(Reason::NetworkError, req.method + " " + req.url + ": the answer exceeds " +
+                                           std::to_string(t.max_body) + " bytes");
+  }
+  if (rc == CURLE_UNSUPPORTED_PROTOCOL) {
+    return Error(Reason::NetworkError,
+                 req.method + " " + req.url + ": only http:// and https:// URLs are fetched");
+  }
   if (rc == CURLE_ABORTED_BY_CALLBACK || stop.stop_requested()) {
     return Error(Reason::Cancelled, "transfer of " + req.url + " cancelled");
   }
@@ -285,6 +318,11 @@ Result<HttpResponse> HttpClient::Send(const HttpRequest& request, std::stop_toke
 Result<HttpResponse> HttpClient::Stream(const HttpRequest& request, HttpStreamHandler& handler,
                                         std::stop_token stop) {
   return Perform(request, &handler, stop);
+}
+
+bool IsHttpUrl(std::string_view url) {
+  std::string head = Lower(url.substr(0, 8));
+  return head.rfind("http://", 0) == 0 || head.rfind("https://", 0) == 0;
 }
 
 std::string UrlEncode(std::string_view s, std::string_view keep) {

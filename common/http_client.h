@@ -5,6 +5,9 @@
 // status codes to reasons, because only they know what a 404 means. Transport failures (connect,
 // reset, timeout, TLS) are NetworkError; a stop request is Cancelled.
 //
+// Only http:// and https:// URLs are fetched (also after a redirect); the headers of one response
+// are capped at kMaxResponseHeaderBytes (an endless header stream is a NetworkError).
+//
 // Thread-safe: each thread keeps its own curl handle, so connections are reused per thread.
 
 #include <chrono>
@@ -21,6 +24,12 @@
 namespace modelcache {
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+// The most header bytes one response may carry; real servers send a few KiB.
+inline constexpr size_t kMaxResponseHeaderBytes = 256 << 10;
+
+// True when `url` is http:// or https:// (case-insensitive scheme): the only schemes fetched.
+bool IsHttpUrl(std::string_view url);
 
 struct TlsOptions {
   // The CAs trusted: ca_file and/or ca_pem, and then only they; both empty: the system store.
@@ -51,8 +60,14 @@ struct HttpRequest {
   // Follow 3xx answers (curl drops a custom Authorization header when the host changes).
   bool follow_redirects = false;
   std::chrono::milliseconds connect_timeout{10'000};
-  // Abort when fewer than 1 byte/s arrives for this long (a stalled transfer); 0 = never.
+  // Abort when fewer than stall_bytes_per_second arrive per second for this long (a stalled or
+  // dripping transfer); 0 = never.
   std::chrono::milliseconds stall_timeout{30'000};
+  uint64_t stall_bytes_per_second = 1;
+  // Send() only: a buffered body larger than this aborts the request (NetworkError naming the
+  // cap); 0 = no cap. Bodies are never decoded (no Accept-Encoding is offered and curl's
+  // decoding is off), so this caps the bytes held in memory, a gzip bomb included.
+  uint64_t max_body_bytes = 0;
   // Whole-request limit; 0 = none.
   std::chrono::milliseconds total_timeout{0};
   TlsOptions tls;

@@ -34,6 +34,8 @@ struct TransferFlags {
   int max_connections_per_artifact = 8;   // requests one job keeps in flight
   uint64_t max_bandwidth = 0;             // bytes per second over the process; 0 = unlimited
   uint64_t chunk_size = 8ULL << 20;       // largest byte range per request
+  // A request moving less than 1 KiB/s for this long is aborted and retried.
+  std::chrono::milliseconds stall_timeout{30'000};
 };
 
 // Every option of a command by long name (without "--") with its value as text

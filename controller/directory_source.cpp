@@ -17,6 +17,7 @@
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
 #include "common/files.h"
 #include "common/sha256.h"
 
@@ -151,7 +152,13 @@ VoidResult DirectorySource::Start(ObjectCache& cache, EnqueueFn enqueue) {
   WatchParent();
   Scan(/*reread_all=*/true, /*enqueue_all=*/true);
   synced_ = true;
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    // The last resort: an exception is logged and the watch starts over (after a pause, so a
+    // persistent one does not spin); Stop() still ends it through wake_fd_.
+    while (!LogExceptions("directory source", [this] { Run(); })) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  });
   return {};
 }
 

@@ -11,6 +11,8 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+
 namespace modelcache::controller {
 
 Result<ListenAddress> ParseListenAddress(std::string_view text) {
@@ -128,7 +130,8 @@ VoidResult HealthServer::Start() {
   }
   s.started = true;
   s.thread = std::thread([&s] {
-    s.server.listen_after_bind();
+    // httplib answers 500 for a handler's exception; this catches what escapes its loop.
+    LogExceptions("HTTP server", [&s] { s.server.listen_after_bind(); });
     s.finished = true;
   });
   // httplib's stop() does nothing until the accept loop runs, so a Stop() right after Start()

@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+
 namespace modelcache::controller {
 
 using nlohmann::json;
@@ -252,7 +254,10 @@ KubeEventRecorder::KubeEventRecorder(const KubeClient& client, EventRecorderOpti
       options_(std::move(options)),
       clock_(clock),
       correlator_(options_.correlator, clock) {
-  thread_ = std::jthread([this](std::stop_token stop) { Run(stop); });
+  thread_ = std::jthread([this](std::stop_token stop) {
+    // The last resort: Events are best effort; an exception ends their sending, not the daemon.
+    LogExceptions("Event recorder", [&] { Run(stop); });
+  });
 }
 
 KubeEventRecorder::~KubeEventRecorder() { Stop(); }

@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
+
 namespace modelcache::controller {
 
 using nlohmann::json;
@@ -121,9 +123,20 @@ VoidResult KubernetesSource::Start(ObjectCache& cache, EnqueueFn enqueue) {
     return r.error();
   }
   synced_ = true;
-  watch_thread_ = std::jthread([this](std::stop_token stop) { Run(stop); });
+  // The last resort: an exception is logged and the loop starts over (after a pause) until
+  // stopped.
+  watch_thread_ = std::jthread([this](std::stop_token stop) {
+    while (!LogExceptions("Kubernetes watch", [&] { Run(stop); }) && !stop.stop_requested()) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  });
   if (options_.resync_period.count() > 0) {
-    resync_thread_ = std::jthread([this](std::stop_token stop) { Resync(stop); });
+    resync_thread_ = std::jthread([this](std::stop_token stop) {
+      while (!LogExceptions("Kubernetes resync", [&] { Resync(stop); }) &&
+             !stop.stop_requested()) {
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+    });
   }
   return {};
 }

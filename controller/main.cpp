@@ -16,11 +16,13 @@ namespace mc = modelcache::controller;
 
 namespace {
 
-// --max-connections, --max-connections-per-artifact, --max-bandwidth and --chunk-size, shared by
-// run and prefetch; the two sizes are parsed after CLI11 by ParseTransferFlags.
+// --max-connections, --max-connections-per-artifact, --max-bandwidth, --chunk-size and
+// --stall-timeout, shared by run, prefetch and pull; the sizes and the duration are parsed after
+// CLI11 by ParseTransferFlags.
 struct TransferFlagText {
   std::string max_bandwidth = "0";
   std::string chunk_size = "8MiB";
+  std::string stall_timeout = "30s";
 };
 
 void AddTransferFlags(CLI::App* cmd, mc::TransferFlags& flags, TransferFlagText& text) {
@@ -38,6 +40,10 @@ void AddTransferFlags(CLI::App* cmd, mc::TransferFlags& flags, TransferFlagText&
   cmd->add_option("--chunk-size", text.chunk_size,
                   "Largest byte range per request; large files are split into ranges fetched in "
                   "parallel (at least 64KiB)")
+      ->capture_default_str();
+  cmd->add_option("--stall-timeout", text.stall_timeout,
+                  "Abort and retry a Hub request or download that moves less than 1 KiB/s for "
+                  "this long (at least 1s)")
       ->capture_default_str();
 }
 
@@ -61,6 +67,12 @@ int ParseTransferFlags(const TransferFlagText& text, mc::TransferFlags& flags) {
     return 2;
   }
   flags.chunk_size = *chunk;
+  auto stall = modelcache::ParseDuration(text.stall_timeout);
+  if (!stall || *stall < std::chrono::seconds(1)) {
+    std::cerr << "modelcache: --stall-timeout: must be a duration of at least 1s, like 30s\n";
+    return 2;
+  }
+  flags.stall_timeout = *stall;
   return 0;
 }
 

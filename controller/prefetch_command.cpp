@@ -100,6 +100,7 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
   ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
   ro.transfer.chunk_size = options.transfer.chunk_size;
+  ro.transfer.stall_timeout = options.transfer.stall_timeout;
   ro.progress_interval = std::chrono::milliseconds(200);
   ro.wake = [&](const crds::ObjectKey&) {
     std::lock_guard lock(mu);

@@ -44,6 +44,7 @@ int Pull(const PullOptions& options, const Environment& env) {
   eo.max_connections_per_job = options.transfer.max_connections_per_artifact;
   eo.max_bytes_per_second = options.transfer.max_bandwidth;
   eo.chunk_size = options.transfer.chunk_size;
+  eo.stall_timeout = options.transfer.stall_timeout;
   fetch::TransferEngine engine(eo);
   auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
   fetch::TransferProgress downloaded;

@@ -1,5 +1,6 @@
 // `modelcache run`: the daemon.
 
+#include <malloc.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -97,6 +98,11 @@ class SignalWatcher {
 }  // namespace
 
 int RunDaemon(const RunOptions& options, const Environment& env) {
+  // Buffers of 1 MiB and more (a Hub answer near its cap, a hostile one included) are mapped and
+  // unmapped on their own. glibc would otherwise raise this threshold as such buffers are freed
+  // and serve the next ones from the per-thread arenas, where every job thread that once held
+  // one keeps its memory: dozens of retried hostile answers took the daemon past 500 MiB.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   LogFormat format = LogFormat::Text;
   if (options.log_format == "json") {
     format = LogFormat::Json;
@@ -232,6 +238,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
   ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
   ro.transfer.chunk_size = options.transfer.chunk_size;
+  ro.transfer.stall_timeout = options.transfer.stall_timeout;
   ro.backoff_base = options.retry_base_delay;
   ro.observer = &jobs;
   ro.wake = [&manager_ptr](const crds::ObjectKey& key) {

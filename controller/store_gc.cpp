@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
 #include "common/units.h"
 
 namespace modelcache::controller {
@@ -75,7 +76,7 @@ void StoreCollector::Start() {
   }
   thread_ = std::jthread([this](std::stop_token stop) {
     while (!stop.stop_requested()) {
-      RunOnce();
+      LogExceptions("store collector", [this] { RunOnce(); });
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, stop, options_.interval, [this] { return triggered_; });
       triggered_ = false;

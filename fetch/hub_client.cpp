@@ -16,8 +16,8 @@ constexpr int kMaxRedirects = 10;
 // A tree listing of a real repo is a few pages; this only stops a server that links in a loop.
 constexpr int kMaxPages = 100000;
 
-bool IsHex40(const std::string& s) {
-  if (s.size() != 40) {
+bool IsLowerHex(const std::string& s, size_t size) {
+  if (s.size() != size) {
     return false;
   }
   for (char c : s) {
@@ -26,6 +26,98 @@ bool IsHex40(const std::string& s) {
     }
   }
   return true;
+}
+
+bool IsHex40(const std::string& s) { return IsLowerHex(s, 40); }
+
+// The nesting depth of a JSON text, counted over brackets outside strings; stops counting past
+// `limit`. nlohmann's parser is not recursive, but nothing the Hub answers is deeper than a few
+// levels, so a deeper answer is refused before it is parsed.
+int JsonDepth(std::string_view text, int limit) {
+  int depth = 0;
+  int deepest = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) {
+        return deepest;
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+// An API answer's body as JSON; NetworkError naming `url` when it is not JSON or too deep.
+Result<nlohmann::json> ParseAnswer(const std::string& body, const std::string& url) {
+  if (JsonDepth(body, kMaxJsonDepth) > kMaxJsonDepth) {
+    return Error(Reason::NetworkError, fmt::format("the answer of {} nests JSON deeper than {}",
+                                                   internal::WithoutQuery(url), kMaxJsonDepth));
+  }
+  auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) {
+    return Error(Reason::NetworkError,
+                 "the answer of " + internal::WithoutQuery(url) + " is not JSON");
+  }
+  return json;
+}
+
+// One file entry of a tree listing, checked field by field (ids and sizes name and size files in
+// the store). NetworkError naming the entry when the Hub's answer is malformed.
+Result<RepoFile> ParseTreeEntry(const nlohmann::json& entry, const std::string& url) {
+  auto bad = [&](const std::string& why) {
+    std::string path = entry.contains("path") && entry["path"].is_string()
+                           ? PrintablePath(entry["path"].get_ref<const std::string&>())
+                           : "?";
+    return Error(Reason::NetworkError, fmt::format("malformed tree listing {}: entry '{}': {}",
+                                                   internal::WithoutQuery(url), path, why));
+  };
+  constexpr uint64_t kMaxSize = uint64_t{1} << 63;
+  auto path = entry.find("path");
+  auto size = entry.find("size");
+  auto oid = entry.find("oid");
+  if (path == entry.end() || !path->is_string()) {
+    return bad("\"path\" is not a string");
+  }
+  if (size == entry.end() || !size->is_number_unsigned() || size->get<uint64_t>() >= kMaxSize) {
+    return bad("\"size\" is not an integer from 0 to 2^63-1");
+  }
+  if (oid == entry.end() || !oid->is_string() ||
+      !IsLowerHex(oid->get_ref<const std::string&>(), 40)) {
+    return bad("\"oid\" is not 40 hex digits");
+  }
+  RepoFile file;
+  file.path = path->get<std::string>();
+  file.size = size->get<uint64_t>();
+  file.blob_id = oid->get<std::string>();
+  if (auto lfs = entry.find("lfs"); lfs != entry.end() && !lfs->is_null()) {
+    auto sha = lfs->is_object() ? lfs->find("oid") : lfs->end();
+    if (sha == lfs->end() || !sha->is_string() ||
+        !IsLowerHex(sha->get_ref<const std::string&>(), 64)) {
+      return bad("\"lfs.oid\" is not 64 hex digits");
+    }
+    auto lfs_size = lfs->find("size");
+    if (lfs_size != lfs->end() && (!lfs_size->is_number_unsigned() || *lfs_size != *size)) {
+      return bad("\"lfs.size\" differs from \"size\"");
+    }
+    file.lfs_sha256 = sha->get<std::string>();
+  }
+  return file;
 }
 
 // "models", "datasets", "spaces" for the API; nullopt for an unknown type.
@@ -166,22 +258,40 @@ Result<HttpResponse> HubClient::GetJson(const std::string& start_url, const std:
   while (true) {
     std::string url = start_url;
     Result<HttpResponse> answer = Error(Reason::Internal, "no request sent");
-    // Redirects are followed by hand: a renamed repo answers 307 with a relative Location (keep
-    // the token); a redirect to another host must not carry it.
+    // Redirects are followed by hand, on the Hub's origin only: a renamed repo answers 307 with
+    // a relative Location (the token is kept).
     for (int hop = 0;; ++hop) {
       HttpRequest req;
       req.url = url;
       req.headers = internal::HubHeaders(options_, url);
       req.headers.emplace_back("Accept", "application/json");
+      req.stall_timeout = options_.stall_timeout;
+      req.stall_bytes_per_second = kStallBytesPerSecond;
+      req.max_body_bytes = kMaxApiAnswerBytes;
       answer = HttpClient::Send(req, stop);
       if (!answer || answer->status < 300 || answer->status >= 400) {
         break;
       }
       const std::string* location = answer->Header("location");
-      if (location == nullptr || hop >= kMaxRedirects) {
+      if (location == nullptr) {
         break;
       }
-      url = internal::ResolveLocation(url, *location);
+      std::string next = internal::ResolveLocation(url, *location);
+      if (internal::Origin(next) != internal::Origin(options_.endpoint) || !IsHttpUrl(next)) {
+        answer = Error(Reason::NetworkError,
+                       fmt::format("{} redirects to {}, outside {}: API answers are only "
+                                   "followed on the Hub's own origin",
+                                   internal::WithoutQuery(url),
+                                   PrintablePath(internal::WithoutQuery(next)), options_.endpoint));
+        break;
+      }
+      if (hop >= kMaxRedirects) {
+        answer = Error(Reason::NetworkError, fmt::format("more than {} redirects from {}",
+                                                         kMaxRedirects,
+                                                         internal::WithoutQuery(start_url)));
+        break;
+      }
+      url = std::move(next);
     }
     if (answer) {
       if (answer->status >= 200 && answer->status < 300) {
@@ -233,16 +343,15 @@ Result<std::string> HubClient::ResolveRevision(const std::string& type, const st
   if (!answer) {
     return answer.error();
   }
-  try {
-    auto json = nlohmann::json::parse(answer->body);
-    if (json.is_object() && json.contains("sha") && json["sha"].is_string()) {
-      std::string sha = json["sha"].get<std::string>();
-      if (IsHex40(sha)) {
-        return sha;
-      }
+  auto json = ParseAnswer(answer->body, url);
+  if (!json) {
+    return json.error();
+  }
+  if (json->is_object() && json->contains("sha") && (*json)["sha"].is_string()) {
+    const std::string& sha = (*json)["sha"].get_ref<const std::string&>();
+    if (IsHex40(sha)) {
+      return sha;
     }
-  } catch (const nlohmann::json::exception&) {
-    // Reported below like any other malformed answer.
   }
   return Error(Reason::NetworkError, "the answer of " + url + " has no 40-hex \"sha\" commit");
 }
@@ -268,28 +377,36 @@ Result<std::vector<RepoFile>> HubClient::ListFiles(const std::string& type, cons
     if (!answer) {
       return answer.error();
     }
-    try {
-      auto json = nlohmann::json::parse(answer->body);
-      if (!json.is_array()) {
-        return Error(Reason::NetworkError,
-                     "the tree listing " + internal::WithoutQuery(url) + " is not a JSON array");
-      }
-      for (const auto& entry : json) {
-        if (entry.value("type", "") != "file") {
-          continue;  // "directory" entries: recursive listings name their files too
-        }
-        RepoFile file;
-        file.path = entry.at("path").get<std::string>();
-        file.size = entry.at("size").get<uint64_t>();
-        file.blob_id = entry.at("oid").get<std::string>();
-        if (auto lfs = entry.find("lfs"); lfs != entry.end() && lfs->is_object()) {
-          file.lfs_sha256 = lfs->at("oid").get<std::string>();
-        }
-        files.push_back(std::move(file));
-      }
-    } catch (const nlohmann::json::exception& e) {
+    auto json = ParseAnswer(answer->body, url);
+    if (!json) {
+      return json.error();
+    }
+    answer->body.clear();
+    answer->body.shrink_to_fit();
+    if (!json->is_array()) {
       return Error(Reason::NetworkError,
-                   "malformed tree listing " + internal::WithoutQuery(url) + ": " + e.what());
+                   "the tree listing " + internal::WithoutQuery(url) + " is not a JSON array");
+    }
+    for (const auto& entry : *json) {
+      if (!entry.is_object()) {
+        return Error(Reason::NetworkError, "malformed tree listing " +
+                                               internal::WithoutQuery(url) +
+                                               ": an entry is not an object");
+      }
+      auto kind = entry.find("type");
+      if (kind == entry.end() || !kind->is_string() || *kind != "file") {
+        continue;  // "directory" entries: recursive listings name their files too
+      }
+      auto file = ParseTreeEntry(entry, url);
+      if (!file) {
+        return file.error();
+      }
+      if (files.size() >= kMaxTreeEntries) {
+        return Error(Reason::NetworkError,
+                     fmt::format("the tree listing of {} has more than {} files", repo,
+                                 kMaxTreeEntries));
+      }
+      files.push_back(std::move(*file));
     }
     const std::string* link = answer->Header("link");
     std::string next = link ? LinkNext(*link) : "";
@@ -302,6 +419,74 @@ std::string HubClient::ResolveUrl(const std::string& type, const std::string& re
                                   const std::string& commit, const std::string& path) const {
   return fmt::format("{}/{}{}/resolve/{}/{}", options_.endpoint, UrlPrefix(type), repo,
                      UrlEncode(commit), UrlEncode(path, "/"));
+}
+
+std::string PrintablePath(std::string_view s) {
+  constexpr size_t kKeep = 160;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < kKeep; ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f || c == '\\') {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > kKeep) {
+    out += fmt::format("... ({} bytes)", s.size());
+  }
+  return out;
+}
+
+VoidResult ValidateRepoPath(const std::string& path) {
+  constexpr size_t kMaxPath = 4096;     // PATH_MAX
+  constexpr size_t kMaxComponent = 255;  // NAME_MAX
+  auto refuse = [&](const std::string& why) {
+    return Error(Reason::InvalidSpec,
+                 fmt::format("the repository lists a file path that cannot be stored safely: '{}' "
+                             "({}); exclude it with spec.source.exclude",
+                             PrintablePath(path), why));
+  };
+  if (path.empty()) {
+    return refuse("empty");
+  }
+  if (path.size() > kMaxPath) {
+    return refuse(fmt::format("longer than {} bytes", kMaxPath));
+  }
+  if (path.front() == '/') {
+    return refuse("absolute");
+  }
+  for (char ch : path) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '\\') {
+      return refuse("a backslash");
+    }
+    if (c < 0x20 || c == 0x7f) {
+      return refuse(c == 0 ? "a NUL byte" : "a control character");
+    }
+  }
+  size_t start = 0;
+  while (true) {
+    size_t slash = path.find('/', start);
+    std::string_view seg = std::string_view(path).substr(
+        start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (seg.empty() || seg == "." || seg == "..") {
+      return refuse("an empty, '.' or '..' component");
+    }
+    if (seg.size() > kMaxComponent) {
+      return refuse(fmt::format("a component longer than {} bytes", kMaxComponent));
+    }
+    if (seg == ".git") {
+      return refuse("a .git component");
+    }
+    if (slash == std::string::npos) {
+      return {};
+    }
+    start = slash + 1;
+  }
 }
 
 namespace {

@@ -34,7 +34,19 @@ struct HubOptions {
   // fails with RateLimited and retry_after set, so the caller can requeue instead of blocking.
   std::chrono::milliseconds backoff_base{1000};
   std::chrono::milliseconds backoff_cap{30000};
+  // An API answer or a file transfer that moves fewer than kStallBytesPerSecond for this long is
+  // aborted as stalled (a server dripping bytes included) and retried.
+  std::chrono::milliseconds stall_timeout{30000};
 };
+
+// The floor under which a transfer counts as stalled (see HubOptions::stall_timeout).
+inline constexpr uint64_t kStallBytesPerSecond = 1024;
+// Caps on what the Hub may make the client hold: one API answer (a tree page of the real Hub is
+// well under 1 MiB), a tree listing's entries over all pages, and JSON nesting (the Hub's answers
+// are 3 levels deep).
+inline constexpr uint64_t kMaxApiAnswerBytes = 32ULL << 20;
+inline constexpr size_t kMaxTreeEntries = 1'000'000;
+inline constexpr int kMaxJsonDepth = 64;
 
 struct RepoFile {
   std::string path;
@@ -60,7 +72,11 @@ class HubClient {
 
   // Every file at `commit`, in the Hub's order: GET /api/{type}s/{repo}/tree/{commit}
   // ?recursive=true&expand=false, following Link rel="next" pages. Directories are skipped.
-  // Errors as for ResolveRevision; a malformed answer is NetworkError.
+  // Errors as for ResolveRevision; a malformed answer is NetworkError: not JSON, nested deeper
+  // than kMaxJsonDepth, larger than kMaxApiAnswerBytes or kMaxTreeEntries, a field of the wrong
+  // type, a size above 2^63-1, an "oid" that is not 40 hex digits or an "lfs.oid" that is not 64
+  // (ids name files in the store, so nothing else may pass). Paths are returned as listed: check
+  // the ones you keep with ValidateRepoPath.
   Result<std::vector<RepoFile>> ListFiles(const std::string& type, const std::string& repo,
                                           const std::string& commit, std::stop_token stop = {});
 
@@ -87,14 +103,27 @@ class HubClient {
   const HubOptions& options() const { return options_; }
 
  private:
-  // GET with the token (hub origin only), redirects followed by hand (auth kept on the same
-  // origin only) and transient failures retried with backoff. Non-2xx answers become MapError.
+  // GET with the token, redirects followed by hand on the endpoint's own origin only (a renamed
+  // repo answers 307 with a relative Location; an API answer has no reason to leave the Hub, and
+  // the token must not), at most 10 hops, and transient failures retried with backoff. Non-2xx
+  // answers become MapError; a redirect elsewhere, a loop or too many hops are NetworkError.
   Result<HttpResponse> GetJson(const std::string& url, const std::string& what,
                                const std::string& type, const std::string& repo,
                                std::stop_token stop);
 
   HubOptions options_;
 };
+
+// Checks a file path of a tree listing before it names anything on disk: InvalidSpec (the user can
+// exclude the file with spec.source.exclude) for an empty or absolute path, one over 4096 bytes,
+// a component over 255 bytes, an empty, "." or ".." component, a ".git" component (the Hub never
+// lists .git), a backslash, NUL or another control character. The message shows the path with
+// such bytes escaped (\xNN) and shortened.
+VoidResult ValidateRepoPath(const std::string& path);
+
+// `s` fit for a message: control bytes, backslashes and bytes >= 0x7f escaped as \xNN, at most
+// about 160 bytes of it kept.
+std::string PrintablePath(std::string_view s);
 
 // huggingface_hub filter_repo_objects semantics: a path is kept when `include` is empty or one of
 // its patterns matches, and none of `exclude` matches. Patterns are fnmatchcase globs: `*` matches

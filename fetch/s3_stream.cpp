@@ -11,6 +11,7 @@
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
 #include "common/http_client.h"
 #include "common/sha256.h"
 #include "fetch/internal/hub_http.h"
@@ -28,7 +29,12 @@ class HubReader {
   HubReader(const HubOptions& hub, const HubFileSource& file, std::stop_token stop)
       : hub_(hub), file_(file), forward_(stop, [this] { Close(); }) {
     if (file_.expected_git_sha1) sha1_.emplace(GitBlobHasher(file_.size));
-    thread_ = std::thread([this] { Produce(); });
+    thread_ = std::thread([this] {
+      // The last resort: an exception fails this file's upload, never the daemon.
+      if (!LogExceptions("download of " + file_.path, [this] { Produce(); })) {
+        Finish(Error(Reason::Internal, file_.path + ": the download stopped on an exception"));
+      }
+    });
   }
   ~HubReader() {
     Close();
@@ -100,7 +106,13 @@ class HubReader {
       }
       Error e = attempt.error();
       bool transient = e.reason == Reason::NetworkError || e.reason == Reason::RateLimited;
-      if (offset_ > before) failures = 0;  // progress: the budget is per stall, not per file
+      // Progress (the budget is per stall, not per file) is more than a stalled attempt moves: a
+      // server dripping a byte a second would otherwise be retried without end.
+      uint64_t stall_bytes =
+          kStallBytesPerSecond *
+          static_cast<uint64_t>(
+              std::chrono::duration_cast<std::chrono::seconds>(hub_.stall_timeout).count());
+      if (offset_ > before + stall_bytes) failures = 0;
       if (!transient || stop_.stop_requested() || ++failures >= hub_.max_attempts) {
         Finish(std::move(e));
         return;
@@ -122,6 +134,8 @@ class HubReader {
       HttpRequest req;
       req.url = url;
       req.headers = internal::HubHeaders(hub_, url);
+      req.stall_timeout = hub_.stall_timeout;
+      req.stall_bytes_per_second = kStallBytesPerSecond;
       if (offset_ > 0) req.headers.emplace_back("Range", fmt::format("bytes={}-", offset_));
       long status = 0;
       uint64_t skip = 0;  // bytes of a 200 answer we already have

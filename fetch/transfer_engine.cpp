@@ -26,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/files.h"
+#include "common/guard.h"
 #include "common/http_client.h"
 #include "common/sha256.h"
 #include "fetch/internal/blob_batch.h"
@@ -214,13 +215,15 @@ struct Request {
   BlockWriter* writer = nullptr;
   std::vector<Request*>* block_waiters = nullptr;
 
-  enum class Verdict { None, Data, IgnoredRange, Changed, BadRange, Overflow, NotData };
+  enum class Verdict { None, Data, IgnoredRange, Changed, BadRange, Overflow, WrongLength, NotData };
   Verdict verdict = Verdict::None;
   HttpResponse response;
   bool new_header_block = true;
   CURLcode code = CURLE_OK;
   bool cancelled = false;  // removed by CancelJob or engine shutdown
   std::optional<Error> write_error;
+  size_t header_bytes = 0;         // of the current response
+  bool headers_too_large = false;  // more than kMaxResponseHeaderBytes: aborted
   uint64_t pos = 0;  // next file offset to write
   std::string etag_seen;
   CURL* easy = nullptr;
@@ -383,6 +386,17 @@ void Classify(Request& r) {
     r.verdict = Request::Verdict::Changed;
     return;
   }
+  // A Content-Length that disagrees with the tree's size (200) or the range (206) is a lie
+  // about the body: refused before a byte of it is written.
+  if (const std::string* length = r.response.Header("content-length"); length != nullptr) {
+    char* end = nullptr;
+    unsigned long long n = std::strtoull(length->c_str(), &end, 10);
+    bool wrong = status == 200 ? n != r.file_size : n > r.file_size - r.first;
+    if (end == length->c_str() || *end != '\0' || wrong) {
+      r.verdict = Request::Verdict::WrongLength;
+      return;
+    }
+  }
   if (status == 200) {
     if (r.ranged && !(r.first == 0 && r.end == r.file_size)) {
       r.verdict = Request::Verdict::IgnoredRange;
@@ -414,6 +428,11 @@ void Classify(Request& r) {
 size_t OnHeader(char* data, size_t size, size_t n, void* user) {
   auto& r = *static_cast<Request*>(user);
   std::string_view line(data, size * n);
+  r.header_bytes = line.rfind("HTTP/", 0) == 0 ? line.size() : r.header_bytes + line.size();
+  if (r.header_bytes > kMaxResponseHeaderBytes) {
+    r.headers_too_large = true;  // an endless header stream
+    return 0;
+  }
   if (line.rfind("HTTP/", 0) == 0) {
     r.response.headers.clear();
     unsigned status = 0;
@@ -584,7 +603,19 @@ struct TransferEngine::Impl {
     bucket.burst = static_cast<int64_t>(std::max<uint64_t>(bucket.rate / 20, 64 << 10));
     bucket.tokens = bucket.burst;
     bucket.refilled = Clock::now();
-    thread = std::thread([this] { Loop(); });
+    // A server dripping bytes is stalled too: below kStallBytesPerSecond, unless a bandwidth
+    // limit shared by all connections leaves each of them less than that.
+    stall_floor = kStallBytesPerSecond;
+    if (bucket.rate > 0) {
+      stall_floor = std::clamp<uint64_t>(
+          bucket.rate / (4 * static_cast<uint64_t>(options.max_connections)), 1, stall_floor);
+    }
+    // The last resort: an exception out of an iteration (std::bad_alloc) is logged and the loop
+    // goes on, so the jobs of other resources keep their transfers.
+    thread = std::thread([this] {
+      while (!LogExceptions("transfer engine thread", [this] { Loop(); })) {
+      }
+    });
   }
 
   ~Impl() {
@@ -652,6 +683,10 @@ struct TransferEngine::Impl {
       r->slist = curl_slist_append(r->slist, (name + ": " + value).c_str());
     }
     curl_easy_setopt(e, CURLOPT_URL, r->url.c_str());
+    // Only http(s): a Location of file:// or ftp:// is refused before it gets here, and this
+    // makes sure of it. Bodies are never decompressed (see HttpRequest::max_body_bytes).
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->slist);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
@@ -662,7 +697,8 @@ struct TransferEngine::Impl {
                      static_cast<long>(options.connect_timeout.count()));
     auto stall = std::max<int64_t>(
         1, std::chrono::duration_cast<std::chrono::seconds>(options.stall_timeout).count());
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(stall_floor));
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, static_cast<long>(stall));
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, OnHeader);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
@@ -769,6 +805,7 @@ struct TransferEngine::Impl {
   bool stopping = false;
   std::vector<Request*> active;  // engine thread only
   Bucket bucket;                 // engine thread only
+  uint64_t stall_floor = 1;      // LOW_SPEED_LIMIT of every request; set at construction
   std::vector<Request*> block_waiters;  // paused for want of a block; engine thread only
   BlockPool pool;
   // Declared after what it uses and destroyed before it: it completes the requests still queued
@@ -808,6 +845,9 @@ struct Chunk {
   std::atomic<uint64_t> done;  // bytes on disk from `start`; advanced by the engine thread
   bool in_flight = false;
   int failures = 0;
+  // The furthest file offset any request of this chunk reached: a single stream starts over from
+  // 0 on every attempt, and only getting further than before is progress.
+  uint64_t furthest = 0;
   Clock::time_point not_before{};
   uint64_t len() const { return end - start; }
   bool complete() const { return done.load(std::memory_order_acquire) >= len(); }
@@ -903,6 +943,8 @@ class Job {
   void Schedule();
   void Handle(Request* r);
   void Retry(FileState& f, Chunk& c, Error error, bool progressed);
+  // Why a request ended early, in words ("stalled: ..." for the stall timeout).
+  std::string TransferFailure(CURLcode code) const;
   void StartReset(FileState& f, bool single_stream, const std::string& new_etag);
   VoidResult FinishReset(FileState& f);
   VoidResult AdvanceHash(FileState& f, uint64_t& budget);
@@ -1291,6 +1333,16 @@ VoidResult Job::FinishReset(FileState& f) {
   return {};
 }
 
+std::string Job::TransferFailure(CURLcode code) const {
+  if (code == CURLE_OPERATION_TIMEDOUT) {
+    return fmt::format("stalled: less than {} bytes/s for {} s", engine_.stall_floor,
+                       std::chrono::duration_cast<std::chrono::seconds>(
+                           engine_.options.stall_timeout)
+                           .count());
+  }
+  return curl_easy_strerror(code);
+}
+
 void Job::Retry(FileState& f, Chunk& c, Error error, bool progressed) {
   if (progressed) {
     c.failures = 0;
@@ -1334,7 +1386,11 @@ void Job::Handle(Request* r) {
   }
   const FileTask& t = *f.task;
   std::string what = fmt::format("{} ({})", t.path, internal::WithoutQuery(r->url));
-  bool progressed = r->pos > r->first;
+  // Data that arrived resets the request's failure count, unless the request ended as stalled
+  // (a server dripping a byte a second) or got no further than an earlier attempt (a server that
+  // ignores Range and ends early every time): either would otherwise be retried without end.
+  bool progressed = r->pos > std::max(r->first, c.furthest) && r->code != CURLE_OPERATION_TIMEDOUT;
+  c.furthest = std::max(c.furthest, r->pos);
   if (r->write_error) {
     Error e = *r->write_error;
     e.message = e.reason == Reason::InsufficientStorage
@@ -1343,6 +1399,13 @@ void Job::Handle(Request* r) {
                                   t.incomplete_path, e.message, f.on_disk(), t.size, t.path)
                     : fmt::format("cannot write {}: {}", t.incomplete_path, e.message);
     Fail(std::move(e));
+    return;
+  }
+  if (r->headers_too_large) {
+    Retry(f, c,
+          Error(Reason::NetworkError, fmt::format("{}: the answer's headers exceed {} bytes", what,
+                                                  kMaxResponseHeaderBytes)),
+          progressed);
     return;
   }
   using V = Request::Verdict;
@@ -1380,6 +1443,17 @@ void Job::Handle(Request* r) {
                   fmt::format("{} answered bytes other than the range asked for", what)),
             progressed);
       return;
+    case V::WrongLength: {
+      const std::string* length = r->response.Header("content-length");
+      Retry(f, c,
+            Error(Reason::NetworkError,
+                  fmt::format("{} answered Content-Length {} for bytes {}-{} of a {}-byte file "
+                              "(the size in the tree listing)",
+                              what, length != nullptr ? PrintablePath(*length) : "?", r->first,
+                              r->end, t.size)),
+            progressed);
+      return;
+    }
     case V::Data:
       if (f.etag.empty() && !r->etag_seen.empty()) {
         f.etag = r->etag_seen;
@@ -1395,7 +1469,7 @@ void Job::Handle(Request* r) {
             Error(Reason::NetworkError,
                   r->code != CURLE_OK
                       ? internal::ScrubUrl(
-                            fmt::format("{}: {}", what, curl_easy_strerror(r->code)), r->url)
+                            fmt::format("{}: {}", what, TransferFailure(r->code)), r->url)
                       : fmt::format("{} ended at byte {} of {}", what, r->pos, c.end)),
             progressed);
       return;
@@ -1406,7 +1480,7 @@ void Job::Handle(Request* r) {
   if (r->code != CURLE_OK || status == 0) {
     Retry(f, c,
           Error(Reason::NetworkError,
-                fmt::format("{}: {}", what, curl_easy_strerror(r->code))),
+                fmt::format("{}: {}", what, TransferFailure(r->code))),
           progressed);
     return;
   }
@@ -1422,7 +1496,14 @@ void Job::Handle(Request* r) {
                  fmt::format("more than {} redirects for {}", kMaxRedirects, t.path)));
       return;
     }
-    f.data_url = internal::ResolveLocation(r->url, *location);
+    std::string next = internal::ResolveLocation(r->url, *location);
+    if (!IsHttpUrl(next)) {
+      Fail(Error(Reason::NetworkError,
+                 fmt::format("{} redirects to {}: only http:// and https:// URLs are fetched",
+                             what, PrintablePath(internal::WithoutQuery(next)))));
+      return;
+    }
+    f.data_url = std::move(next);
     return;  // scheduled again at once, to the new location
   }
   bool on_hub = internal::Origin(r->url) == internal::Origin(hub_.endpoint);
@@ -1666,7 +1747,8 @@ void Job::PublishLoop(std::stop_token stop) {
       to_publish_.pop_front();
     }
     const FileState& f = files_[p.file];
-    p.result = Publish(*f.task, f.mapped, p.fd);
+    p.result = ResultOrInternalError("publishing " + f.task->path,
+                                     [&] { return Publish(*f.task, f.mapped, p.fd); });
     {
       std::lock_guard lock(queue_.mu);
       published_.push_back(std::move(p));

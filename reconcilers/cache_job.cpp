@@ -1,4 +1,5 @@
 #include "reconcilers/internal/cache_job.h"
+#include "common/guard.h"
 #include "reconcilers/internal/hub_flights.h"
 
 #include <fcntl.h>
@@ -353,6 +354,11 @@ Result<SelectedFiles> ResolveFiles(const CacheJobInputs& in, fetch::HubClient& h
       selected.files.push_back(std::move(f));
     }
   }
+  for (const auto& f : selected.files) {
+    if (auto ok = fetch::ValidateRepoPath(f.path); !ok) {
+      return ok.error();
+    }
+  }
   if (selected.files.empty()) {
     return Error(Reason::InvalidSpec, "spec.source.include/exclude select no file of " + repo.id +
                                           " at " + *commit);
@@ -536,8 +542,10 @@ Result<CacheJobOutput> RunStreamingS3Job(const CacheJobInputs& in, const fetch::
         }
         return {};
       };
-      auto outcome = (*s3)->PutObject(manifest, mf, upload, *sources, state.transfer.bytes_done,
-                                      cancel.get_token());
+      auto outcome = ResultOrInternalError("upload of " + f.path, [&] {
+        return (*s3)->PutObject(manifest, mf, upload, *sources, state.transfer.bytes_done,
+                                cancel.get_token());
+      });
       std::lock_guard lock(mu);
       if (!outcome) {
         if (!failure) {

@@ -1,5 +1,7 @@
 #include "reconcilers/internal/job_pool.h"
 
+#include "common/guard.h"
+
 namespace modelcache::reconcilers {
 
 JobPool::JobPool(int threads) {
@@ -55,7 +57,9 @@ void JobPool::Loop() {
       queue_.pop_front();
       ++running_;
     }
-    job();
+    // Jobs catch their own exceptions (ResultOrInternalError); this keeps the thread alive even
+    // if one does not.
+    LogExceptions("job thread", job);
     std::lock_guard lock(mu_);
     --running_;
   }

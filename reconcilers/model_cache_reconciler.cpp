@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/files.h"
+#include "common/guard.h"
 #include "common/units.h"
 #include "reconcilers/internal/cache_job.h"
 #include "reconcilers/internal/job_pool.h"
@@ -145,6 +146,61 @@ struct ModelCacheReconciler::Impl {
   std::map<crds::ObjectKey, Clock::time_point> last_resolved;        // guarded by mu
   std::map<crds::ObjectKey, int64_t> applied_force;                  // guarded by mu
   std::map<crds::ObjectKey, Clock::time_point> last_verified;        // guarded by mu
+  // The last failed job of a resource, for the spec it ran: a permanent failure is not run again
+  // until the spec changes, a transient one only after an exponential backoff, during which the
+  // failure stays the resource's condition (a hostile mirror is not hammered, and its reason
+  // stays visible).
+  struct JobFailure {
+    std::string spec_hash;
+    Error error;
+    int count = 0;
+    Clock::time_point retry_at{};
+  };
+  std::map<crds::ObjectKey, JobFailure> job_failures;  // guarded by mu
+
+  // Records a failed job and returns the error to report: a transient one carries the wait
+  // before the next attempt as retry_after.
+  Error RecordJobFailure(const crds::ObjectKey& key, const std::string& spec_hash, Error error) {
+    if (error.reason == Reason::Cancelled) {
+      return error;
+    }
+    std::lock_guard lock(mu);
+    JobFailure& f = job_failures[key];
+    f.count = f.spec_hash == spec_hash ? f.count + 1 : 1;
+    f.spec_hash = spec_hash;
+    if (IsTransient(error.reason)) {
+      milliseconds wait = std::max(options.backoff_base, milliseconds(1));
+      for (int i = 1; i < f.count && wait < options.backoff_cap; ++i) {
+        wait *= 2;
+      }
+      wait = std::min(wait, std::max(options.backoff_cap, milliseconds(1)));
+      wait = std::max(wait, error.retry_after.value_or(milliseconds(0)));
+      error.retry_after = wait;
+      f.retry_at = Clock::now() + wait;
+    }
+    f.error = error;
+    return error;
+  }
+
+  // The failure to report instead of starting a job for `spec_hash`: a permanent one, or a
+  // transient one whose backoff has not passed (retry_after: what is left of it).
+  std::optional<Error> PendingFailure(const crds::ObjectKey& key, const std::string& spec_hash) {
+    std::lock_guard lock(mu);
+    auto it = job_failures.find(key);
+    if (it == job_failures.end() || it->second.spec_hash != spec_hash) {
+      return std::nullopt;
+    }
+    Error error = it->second.error;
+    if (!IsTransient(error.reason)) {
+      return error;
+    }
+    auto left = std::chrono::duration_cast<milliseconds>(it->second.retry_at - Clock::now());
+    if (left.count() <= 0) {
+      return std::nullopt;
+    }
+    error.retry_after = left;
+    return error;
+  }
   // One drift check at a time, so verification never takes more than one pool thread.
   std::atomic<bool> verifying{false};
   bool shut_down = false;                                            // guarded by mu
@@ -186,7 +242,8 @@ struct ModelCacheReconciler::Impl {
     SecretData secret;
     std::string dir = options.secrets_dir + "/" + options.s3_secret;
     secret.what = "secret directory " + dir;
-    if (!std::filesystem::is_directory(dir)) {
+    std::error_code dir_ec;
+    if (!std::filesystem::is_directory(dir, dir_ec)) {
       return Error(Reason::InvalidSpec, secret.what + " not found", kSecretRecheck);
     }
     for (const char* key : kS3SecretKeys) {
@@ -338,6 +395,7 @@ struct ModelCacheReconciler::Impl {
     hub.max_attempts = options.max_attempts;
     hub.backoff_base = options.backoff_base;
     hub.backoff_cap = options.backoff_cap;
+    hub.stall_timeout = options.transfer.stall_timeout;
     return hub;
   }
 
@@ -360,7 +418,10 @@ struct ModelCacheReconciler::Impl {
       if (stop.stop_requested()) {
         job->drift = Error(Reason::Cancelled, "cancelled before it started");
       } else {
-        job->drift = FindDrift(root, spec, artifact, commit, stop);
+        // The last resort: an exception fails this resource's verification, not the daemon.
+        job->drift = ResultOrInternalError("verify job " + key.ToString(), [&] {
+          return FindDrift(root, spec, artifact, commit, stop);
+        });
       }
       if (options.observer != nullptr && job->drift && *job->drift && !(*job->drift)->empty()) {
         // FindDrift joins one problem per file with "; ".
@@ -518,7 +579,10 @@ struct ModelCacheReconciler::Impl {
       if (stop.stop_requested()) {
         job->result = Error(Reason::Cancelled, "cancelled before it started");
       } else {
-        job->result = RunCacheJob(in, job->state, stop);
+        // The last resort: an exception fails this resource (InternalError, its message in the
+        // status) while the daemon and every other resource go on.
+        job->result = ResultOrInternalError("cache job " + in.key.ToString(),
+                                            [&] { return RunCacheJob(in, job->state, stop); });
       }
       bool taken = job->Finish();  // by a reconcile waiting for it
       if (options.observer != nullptr) {
@@ -574,6 +638,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     impl.last_resolved.erase(key);
     impl.applied_force.erase(key);
     impl.last_verified.erase(key);
+    impl.job_failures.erase(key);
     return Outcome{{}, Requeue::Done()};
   }
 
@@ -633,10 +698,11 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     }
     Result<CacheJobOutput>& result = *job->result;
     if (!result) {
-      return result.error();
+      return impl.RecordJobFailure(key, spec_hash, result.error());
     }
     {
       std::lock_guard lock(impl.mu);
+      impl.job_failures.erase(key);
       impl.last_resolved[key] = Clock::now();
       impl.applied_force[key] = job->force;
     }
@@ -726,6 +792,9 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     if (impl.shut_down) {
       return Error(Reason::Cancelled, "shutting down");
     }
+  }
+  if (auto failed = impl.PendingFailure(key, spec_hash)) {
+    return *failed;  // a permanent failure waits for the spec; a transient one for its backoff
   }
   // Only for a resource not reported on yet: a spec change of a reported one is acknowledged
   // (observedGeneration) at once.

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git ca-certificates python3
   libcurl4-openssl-dev nlohmann-json3-dev libyaml-cpp-dev libssl-dev
+  zlib1g-dev  # gzip bombs of the hostile Hub imitation (tests/fixtures/hub/hostile_hub.cpp)
   libspdlog-dev libfmt-dev libsystemd-dev libcpp-httplib-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nginx-light

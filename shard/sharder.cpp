@@ -13,6 +13,7 @@
 #include <thread>
 #include <tuple>
 
+#include "common/guard.h"
 #include "common/files.h"
 #include "shard/dtype.h"
 #include "shard/engine_layout.h"
@@ -132,7 +133,9 @@ class Executor {
       if (i >= jobs_.size()) {
         return;
       }
-      if (auto r = RunJob(jobs_[i], buffer); !r) {
+      // The last resort: an exception fails the sharding, not the daemon.
+      auto r = ResultOrInternalError("sharding", [&] { return RunJob(jobs_[i], buffer); });
+      if (!r) {
         Fail(r.error());
         return;
       }

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/fmt/fmt.h>
 
+#include "common/guard.h"
 #include "common/files.h"
 #include "common/sha256.h"
 #include "store/internal/dir_lock.h"
@@ -742,8 +743,10 @@ VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std
       }
       uint64_t first = static_cast<uint64_t>(i) * part_size;
       uint64_t last = std::min(file.size, first + part_size) - 1;
-      auto part = client_->UploadPartCopy(bucket, key, *upload_id, i + 1, source_key, first, last,
-                                          stop);
+      auto part = ResultOrInternalError("copying part of " + key, [&] {
+        return client_->UploadPartCopy(bucket, key, *upload_id, i + 1, source_key, first, last,
+                                       stop);
+      });
       std::lock_guard lock(mu);
       if (!part) {
         if (!failure) {

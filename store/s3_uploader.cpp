@@ -22,6 +22,7 @@
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
+#include "common/guard.h"
 #include "common/sha256.h"
 #include "store/sigv4.h"
 
@@ -153,7 +154,12 @@ class MultipartRun {
       upload_id_ = std::move(*id);
     }
     for (int i = 0; i < std::max(1, options_.parallel_parts); ++i) {
-      workers_.emplace_back([this] { WorkerLoop(); });
+      workers_.emplace_back([this] {
+        // The last resort: an exception fails this upload, not the daemon.
+        if (!LogExceptions("S3 upload worker", [this] { WorkerLoop(); })) {
+          Fail(Error(Reason::Internal, "an S3 upload worker stopped on an exception"));
+        }
+      });
     }
     return {};
   }

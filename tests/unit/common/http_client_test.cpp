@@ -99,6 +99,34 @@ TEST_F(HttpClientTest, ConnectionRefusedIsNetworkError) {
   EXPECT_EQ(r.error().reason, Reason::NetworkError);
 }
 
+TEST_F(HttpClientTest, BodyCapAbortsWithTheCapInTheMessage) {
+  HttpRequest req;
+  req.url = Url("/big");
+  req.max_body_bytes = 64 << 10;
+  auto r = HttpClient::Send(req);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::NetworkError);
+  EXPECT_NE(r.error().message.find("exceeds 65536 bytes"), std::string::npos) << r.error().message;
+  req.max_body_bytes = 1 << 20;  // exactly the body: allowed
+  auto whole = HttpClient::Send(req);
+  ASSERT_TRUE(whole) << whole.error().ToString();
+  EXPECT_EQ(whole->body.size(), size_t{1} << 20);
+}
+
+TEST_F(HttpClientTest, FetchesOnlyHttpUrls) {
+  for (const char* url : {"file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1/x"}) {
+    HttpRequest req;
+    req.url = url;
+    auto r = HttpClient::Send(req);
+    ASSERT_FALSE(r) << url;
+    EXPECT_EQ(r.error().reason, Reason::NetworkError) << url;
+    EXPECT_NE(r.error().message.find("only http:// and https://"), std::string::npos)
+        << r.error().message;
+  }
+  EXPECT_TRUE(IsHttpUrl("HTTPS://huggingface.co"));
+  EXPECT_FALSE(IsHttpUrl("file:///etc/passwd"));
+}
+
 TEST(UrlTest, EncodeDecode) {
   EXPECT_EQ(UrlEncode("refs/pr/1"), "refs%2Fpr%2F1");
   EXPECT_EQ(UrlEncode("a b+c/d.json", "/"), "a%20b%2Bc/d.json");

@@ -1,6 +1,11 @@
 #include "common/result.h"
 
+#include <filesystem>
+#include <stdexcept>
+
 #include <gtest/gtest.h>
+
+#include "common/guard.h"
 
 namespace modelcache {
 namespace {
@@ -39,6 +44,25 @@ TEST(ResultTest, HoldsValueOrError) {
   EXPECT_TRUE(v);
   VoidResult e = Error(Reason::StorageError, "disk");
   EXPECT_FALSE(e);
+}
+
+// The last-resort guard of thread entry points (common/guard.h): what the original crash threw
+// (a filesystem_error for a name over 255 bytes) becomes an InternalError value.
+TEST(GuardTest, AnExceptionBecomesAnInternalErrorOfThatJob) {
+  Result<int> r = ResultOrInternalError("cache job default/x", []() -> Result<int> {
+    (void)std::filesystem::is_directory(std::string(300, 'x') + "/y");  // throws: File name too long
+    return 1;
+  });
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().reason, Reason::Internal);
+  EXPECT_NE(r.error().message.find("cache job default/x"), std::string::npos);
+  EXPECT_NE(r.error().message.find("File name too long"), std::string::npos) << r.error().message;
+
+  Result<int> fine = ResultOrInternalError("job", []() -> Result<int> { return 7; });
+  ASSERT_TRUE(fine);
+  EXPECT_EQ(*fine, 7);
+  EXPECT_FALSE(LogExceptions("loop", [] { throw 42; }));
+  EXPECT_TRUE(LogExceptions("loop", [] {}));
 }
 
 }  // namespace

@@ -253,11 +253,13 @@ class HubApiServerTest : public ::testing::Test {
                                                "?recursive=true&expand=false&cursor=2>; "
                                                "rel=\"next\"");
                     res.set_content(R"([{"type":"directory","oid":"aa","size":0,"path":"d"},)"
-                                    R"({"type":"file","oid":"bb","size":3,"path":"d/a.txt"}])",
+                                    R"({"type":"file","oid":")" + std::string(40, 'b') +
+                                        R"(","size":3,"path":"d/a.txt"}])",
                                     "application/json");
                   } else {
-                    res.set_content(R"([{"type":"file","oid":"cc","size":9,"path":"w.bin",)"
-                                    R"("lfs":{"oid":"dd","size":9,"pointerSize":130}}])",
+                    res.set_content(R"([{"type":"file","oid":")" + std::string(40, 'c') +
+                                        R"(","size":9,"path":"w.bin","lfs":{"oid":")" +
+                                        std::string(64, 'd') + R"(","size":9,"pointerSize":130}}])",
                                     "application/json");
                   }
                 });
@@ -306,11 +308,11 @@ TEST_F(HubApiServerTest, FollowsRelativeNextLinksAndSkipsDirectories) {
   ASSERT_TRUE(files) << files.error().ToString();
   ASSERT_EQ(files->size(), 2u);
   EXPECT_EQ((*files)[0].path, "d/a.txt");
-  EXPECT_EQ((*files)[0].blob_id, "bb");
+  EXPECT_EQ((*files)[0].blob_id, std::string(40, 'b'));
   EXPECT_FALSE((*files)[0].lfs_sha256.has_value());
   EXPECT_EQ((*files)[1].path, "w.bin");
   EXPECT_EQ((*files)[1].size, 9u);
-  EXPECT_EQ((*files)[1].etag(), "dd");
+  EXPECT_EQ((*files)[1].etag(), std::string(64, 'd'));
   std::lock_guard lock(mu_);
   EXPECT_EQ(auth_.size(), 2u);
 }

@@ -217,5 +217,52 @@ TEST(RepoFile, EtagIsSha256ForLfsAndBlobIdOtherwise) {
   EXPECT_EQ(lfs.etag(), "cccc");
 }
 
+TEST(ValidateRepoPathTest, RefusesWhatCannotBeStoredSafely) {
+  struct Case {
+    std::string path;
+    std::string why;  // "" = accepted
+  };
+  std::string deep;
+  for (int i = 0; i < 41; ++i) {
+    deep += std::string(100, 'd') + "/";
+  }
+  const std::vector<Case> cases = {
+      {"config.json", ""},
+      {"docs/notes with space+plus.txt", ""},
+      {"original/.gitattributes", ""},  // a dot file is fine, only .git itself is not
+      {std::string(255, 'x'), ""},
+      {std::string("a\0b", 3), "a NUL byte"},
+      {"a\nb", "a control character"},
+      {std::string(256, 'x'), "a component longer than 255 bytes"},
+      {deep + "f", "longer than 4096 bytes"},
+      {".git/config", "a .git component"},
+      {"sub/.git/HEAD", "a .git component"},
+      {"/etc/passwd", "absolute"},
+      {"a/../../x", "'..' component"},
+      {"./x", "'.' or '..' component"},
+      {"a//b", "an empty"},
+      {"a\\b", "a backslash"},
+      {"", "empty"},
+  };
+  for (const auto& c : cases) {
+    auto r = ValidateRepoPath(c.path);
+    if (c.why.empty()) {
+      EXPECT_TRUE(r) << PrintablePath(c.path) << ": " << r.error().message;
+      continue;
+    }
+    ASSERT_FALSE(r) << PrintablePath(c.path);
+    EXPECT_EQ(r.error().reason, Reason::InvalidSpec);
+    EXPECT_NE(r.error().message.find(c.why), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().message.find('\n'), std::string::npos) << "the message is one line";
+  }
+}
+
+TEST(ValidateRepoPathTest, MessagesShowControlBytesEscapedAndLongPathsShortened) {
+  EXPECT_EQ(PrintablePath(std::string("a\0b\nc\\d", 7)), "a\\x00b\\x0ac\\x5cd");
+  std::string shown = PrintablePath(std::string(5000, 'x'));
+  EXPECT_LT(shown.size(), 200U);
+  EXPECT_NE(shown.find("(5000 bytes)"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace modelcache::fetch

@@ -127,6 +127,55 @@ TEST_F(ReconcilerTest, PermanentErrorsComeBackAsErrors) {
   EXPECT_FALSE(IsTransient(r.error().reason));
 }
 
+TEST_F(ReconcilerTest, AFailedJobIsNotRunAgainUntilItsSpecChangesOrItsBackoffPasses) {
+  // Permanent: reported again on every reconcile (a stale requeue, a resync) without a new job,
+  // so without a request to the Hub; a spec change runs a job again.
+  Request request{{"default", "m"}, Object("no-such-branch"), std::nullopt, {}};
+  auto first = RunToEnd(request);
+  ASSERT_FALSE(first);
+  ASSERT_EQ(first.error().reason, Reason::RevisionNotFound);
+  hub_.ResetCounters();
+  for (int i = 0; i < 3; ++i) {
+    auto again = reconciler_->Reconcile(request, {});
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().reason, Reason::RevisionNotFound);
+    EXPECT_EQ(again.error().message, first.error().message);
+  }
+  EXPECT_EQ(hub_.Requests("/api"), 0);
+  request.object = Object("main");
+  auto fixed = RunToEnd(request);
+  ASSERT_TRUE(fixed) << fixed.error().ToString();
+  EXPECT_EQ(fixed->status.phase, crds::kPhaseReady);
+
+  // Transient: the failure comes back with the wait before the next job as retry_after, and
+  // no job runs before it has passed (a minute here, one attempt per request).
+  ReconcileLoop loop;
+  ReconcilerOptions o;
+  o.default_store = root_ + "/store";
+  o.hf_endpoint = hub_.url();
+  o.max_attempts = 1;
+  o.backoff_base = o.backoff_cap = std::chrono::minutes(1);
+  o.progress_interval = milliseconds(20);
+  o.wake = loop.WakeCallback();
+  ModelCacheReconciler slow_retries(o);
+  Request flaky{{"default", "f"}, Object("main"), std::nullopt, {}};
+  flaky.object->metadata.name = "f";
+  hub_.AddFault(Fault{Fault::Kind::Status, "/api/models/org/model/revision/*", 503, 0, 0, 0, -1,
+                      true});
+  auto failed = loop.RunToEnd(slow_retries, flaky);
+  ASSERT_FALSE(failed);
+  ASSERT_EQ(failed.error().reason, Reason::NetworkError);
+  ASSERT_TRUE(failed.error().retry_after.has_value());
+  EXPECT_EQ(*failed.error().retry_after, std::chrono::minutes(1));
+  int asked = hub_.Requests("/api/models/org/model/revision");
+  auto waiting = slow_retries.Reconcile(flaky, {});
+  ASSERT_FALSE(waiting);
+  EXPECT_EQ(waiting.error().reason, Reason::NetworkError);
+  ASSERT_TRUE(waiting.error().retry_after.has_value());
+  EXPECT_LE(*waiting.error().retry_after, *failed.error().retry_after);
+  EXPECT_EQ(hub_.Requests("/api/models/org/model/revision"), asked);
+}
+
 TEST_F(ReconcilerTest, SourceErrorIsReportedWithoutAnyStep) {
   Request request{{"default", "m"}, Object(), Error(Reason::InvalidSpec, "declared twice"), {}};
   auto r = reconciler_->Reconcile(request, {});
