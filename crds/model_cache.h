@@ -76,10 +76,12 @@ struct SourceSpec {
 };
 
 struct ShardSpec {
-  std::string engine;                // "vllm" | "sglang"; default "vllm"
-  int64_t tensor_parallel_size = 0;  // default: accelerator count (or 1)
-  std::string dtype;                 // auto | float16 | bfloat16 | float32; default "auto"
-  std::string max_file_size;         // byte size, e.g. "5GiB"; default "5GiB"
+  std::string engine;  // "vllm" | "sglang"; default "vllm"
+  // Absent: the accelerator count (or 1). Present, it is validated as written, so an explicit 0
+  // is an error rather than a request for the default.
+  std::optional<int64_t> tensor_parallel_size;
+  std::string dtype;          // auto | float16 | bfloat16 | float32; default "auto"
+  std::string max_file_size;  // byte size, e.g. "5GiB"; default "5GiB"
   bool operator==(const ShardSpec&) const = default;
 };
 
@@ -230,8 +232,8 @@ Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
 
 // Fills defaults in place: metadata.namespace "default" when empty, source.type "model",
 // source.revision "main", artifactName from the repo name (lower-cased, '.' and '_' -> '-'),
-// shard.engine "vllm", shard.dtype "auto", shard.maxFileSize "5GiB", shard.tensorParallelSize
-// from the accelerator count (1 without one). Idempotent.
+// shard.engine "vllm", shard.dtype "auto", shard.maxFileSize "5GiB", an absent
+// shard.tensorParallelSize from the accelerator count (1 without one). Idempotent.
 void ApplyDefaults(ModelCache& mc);
 
 // Every problem at once, in field order. Empty means valid. Call after ApplyDefaults.
