@@ -222,9 +222,16 @@ struct Document {
   int LineOf(std::string_view field) const;
 };
 
+// Limits on one manifest file, so that a hostile file costs little: yaml-cpp holds a node in about
+// 250 bytes, and a 1 MiB flow sequence of one-letter items took 250 MB and 7 s to load. A
+// ModelCache is about 1 KiB; these leave room for hundreds in one file.
+inline constexpr uint64_t kMaxManifestBytes = 512 * 1024;
+inline constexpr size_t kMaxManifestDocuments = 1000;
+
 // Parses every document of a YAML file. Documents of other kinds are returned with only
 // api_version/kind set (callers ignore them). A YAML syntax error is InvalidSpec with
-// "<filename>:<line>:<column>: <problem>" and affects the whole file.
+// "<filename>:<line>:<column>: <problem>" and affects the whole file; so is text longer than
+// kMaxManifestBytes or with more than kMaxManifestDocuments documents ("<filename>: <problem>").
 Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
                                                  const std::string& filename);
 
