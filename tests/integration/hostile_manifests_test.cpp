@@ -67,7 +67,8 @@ TEST_F(HostileManifestsTest, EachFileGetsItsOwnErrorAndTheCanaryBecomesReady) {
     Write(rev1 + "/docs.yaml", docs + "---\n" + Manifest("many", "org/m"));
   }
   Write(rev1 + "/names.yaml", Manifest("..", "org/m") + "---\n" + Manifest("a/b", "org/m") +
-                                  "---\n" + Manifest("\"a\\0b\"", "org/m"));
+                                  "---\n" + Manifest("\"a\\0b\"", "org/m") + "---\n" +
+                                  Manifest("ns\n  namespace: ..", "org/m"));
   Write(rev1 + "/utf8.yaml", Manifest("utf8", "org/m\xff\xfe"));
   Write(rev1 + "/python.yaml",
         Manifest("python", "!!python/object/apply:os.system [\"touch /tmp/pwned\"]"));
@@ -133,6 +134,7 @@ TEST_F(HostileManifestsTest, EachFileGetsItsOwnErrorAndTheCanaryBecomesReady) {
       "consist of",
       "names.yaml:9: metadata.name: Invalid value: \"a/b\": a lowercase RFC 1123 label",
       "names.yaml:17: metadata.name: Invalid value: \"a\\u0000b\": a lowercase RFC 1123 label",
+      "names.yaml:25: metadata.namespace: Invalid value: \"..\": a lowercase RFC 1123 label",
       "utf8.yaml:7: spec.source.repo: Invalid value: \"org/m\xEF\xBF\xBD\xEF\xBF\xBD\": must be "
       "valid UTF-8",
       "python.yaml:7: spec.source.repo: Invalid value: "
