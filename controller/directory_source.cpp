@@ -60,12 +60,19 @@ std::string StripTrailingSlashes(std::string path) {
 }
 
 // The whole file, or the errno of the failure. Stops after max_bytes + 1 bytes: a longer result
-// means "too large", and a 50 MB file is never held in memory.
+// means "too large", and a 50 MB file is never held in memory. ESTALE if what opened is not the
+// file (dev, ino) that the walk checked: a symlink swapped in between must not lead the read out
+// of the tree.
 std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path,
-                                                         size_t max_bytes) {
+                                                         size_t max_bytes, dev_t dev, ino_t ino) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return {std::nullopt, errno};
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || st.st_dev != dev || st.st_ino != ino) {
+    ::close(fd);
+    return {std::nullopt, ESTALE};
   }
   std::string out;
   std::array<char, size_t{16} * 1024> buf;
@@ -409,10 +416,17 @@ bool DirectorySource::LoadFile(const std::string& rel, FileState& state) {
     state.error = std::move(err);
   };
 
-  auto [text, err] = ReadWholeFile(dir_ + "/" + rel, crds::kMaxManifestBytes);
+  auto [text, err] =
+      ReadWholeFile(dir_ + "/" + rel, crds::kMaxManifestBytes, state.id.dev, state.id.ino);
   if (!text) {
     if (err == ENOENT) {
       return false;
+    }
+    if (err == ESTALE) {
+      // Replaced since the walk; the event of that change brings another scan, which checks
+      // the new file first. Until then what the file declared stays as it was.
+      state.id = {};
+      return true;
     }
     state.content_hash.clear();
     set_file_error(Error(Reason::StorageError, rel + ": cannot read: " + ErrnoMessage(err)));
