@@ -91,7 +91,7 @@ VoidResult WriteFileAtomic(const std::string& path, std::string_view content) {
   return SyncDir(dir);
 }
 
-Result<std::string> ReadFile(const std::string& path) {
+Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
@@ -112,6 +112,10 @@ Result<std::string> ReadFile(const std::string& path) {
       break;
     }
     out.append(buf, static_cast<size_t>(n));
+    if (out.size() > max_bytes) {
+      out.resize(max_bytes + 1);
+      break;
+    }
   }
   ::close(fd);
   return out;

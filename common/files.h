@@ -6,6 +6,7 @@
 // All functions are thread-safe. Failures are StorageError values naming the path.
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 
@@ -21,8 +22,11 @@ std::string ErrnoMessage(int err);
 // parent directories. On failure the temporary file is removed and `path` is untouched.
 VoidResult WriteFileAtomic(const std::string& path, std::string_view content);
 
-// Reads a whole file. StorageError if it is missing or unreadable.
-Result<std::string> ReadFile(const std::string& path);
+// Reads a whole file. StorageError if it is missing or unreadable. Stops after max_bytes + 1
+// bytes, so that a result longer than max_bytes says "the file is larger" without reading (or
+// holding) all of a huge file.
+Result<std::string> ReadFile(const std::string& path,
+                             uint64_t max_bytes = std::numeric_limits<uint64_t>::max() - 1);
 
 // mkdir -p. OK if it already exists as a directory.
 VoidResult MakeDirs(const std::string& path);

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -58,11 +60,20 @@ std::string StripTrailingSlashes(std::string path) {
   return path;
 }
 
-// The whole file, or the errno of the failure.
-std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path) {
+// The whole file, or the errno of the failure. Stops after max_bytes + 1 bytes: a longer result
+// means "too large", and a 50 MB file is never held in memory. ESTALE if what opened is not the
+// file (dev, ino) that the walk checked: a symlink swapped in between must not lead the read out
+// of the tree.
+std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path,
+                                                         size_t max_bytes, dev_t dev, ino_t ino) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return {std::nullopt, errno};
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || st.st_dev != dev || st.st_ino != ino) {
+    ::close(fd);
+    return {std::nullopt, ESTALE};
   }
   std::string out;
   std::array<char, size_t{16} * 1024> buf;
@@ -80,6 +91,10 @@ std::pair<std::optional<std::string>, int> ReadWholeFile(const std::string& path
       break;
     }
     out.append(buf.data(), static_cast<size_t>(n));
+    if (out.size() > max_bytes) {
+      out.resize(max_bytes + 1);
+      break;
+    }
   }
   ::close(fd);
   return {std::move(out), 0};
@@ -339,8 +354,29 @@ void DirectorySource::WalkDir(const std::string& abs, const std::string& rel,
     child_abs += name;
     std::string child_rel = JoinRel(rel, name);
     struct stat st {};
-    if (::stat(child_abs.c_str(), &st) != 0) {
-      continue;  // vanished, or a dangling symlink
+    if (::lstat(child_abs.c_str(), &st) != 0) {
+      continue;  // vanished
+    }
+    bool link = S_ISLNK(st.st_mode);
+    if (link && ::stat(child_abs.c_str(), &st) != 0) {
+      if (errno == ELOOP) {
+        walk.refused_links[child_rel] = "a symlink loop; not followed";
+      }
+      continue;  // dangling, or a loop
+    }
+    if (link && (S_ISDIR(st.st_mode) || (S_ISREG(st.st_mode) && IsYamlName(name)))) {
+      // Resolved the way the kernel will when it is opened; a manifest tree lends the daemon no
+      // access to what lies outside it.
+      std::array<char, PATH_MAX> real{};
+      if (::realpath(child_abs.c_str(), real.data()) == nullptr) {
+        continue;  // changed since the stat: the next scan sees it
+      }
+      std::string target(real.data());
+      if (walk.root != "/" && target != walk.root && !UnderDir(target, walk.root)) {
+        walk.refused_links[child_rel] =
+            "a symlink to " + target + ", outside " + walk.root + "; not followed";
+        continue;
+      }
     }
     if (S_ISDIR(st.st_mode)) {
       // Each real directory once: symlink loops end here, and a directory reachable by two
@@ -362,6 +398,12 @@ bool DirectorySource::WalkTree(Walk& walk) {
   if (::stat(dir_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return false;
   }
+  // Resolved at each walk: git-sync swaps the symlink that dir_ may be.
+  std::array<char, PATH_MAX> real{};
+  if (::realpath(dir_.c_str(), real.data()) == nullptr) {
+    return false;
+  }
+  walk.root = real.data();
   std::set<std::pair<dev_t, ino_t>> seen{{st.st_dev, st.st_ino}};
   WalkDir(dir_, "", seen, walk);
   return std::find(walk.unreadable_dirs.begin(), walk.unreadable_dirs.end(), "") ==
@@ -381,10 +423,17 @@ bool DirectorySource::LoadFile(const std::string& rel, FileState& state) {
     state.error = std::move(err);
   };
 
-  auto [text, err] = ReadWholeFile(dir_ + "/" + rel);
+  auto [text, err] =
+      ReadWholeFile(dir_ + "/" + rel, crds::kMaxManifestBytes, state.id.dev, state.id.ino);
   if (!text) {
     if (err == ENOENT) {
       return false;
+    }
+    if (err == ESTALE) {
+      // Replaced since the walk; the event of that change brings another scan, which checks
+      // the new file first. Until then what the file declared stays as it was.
+      state.id = {};
+      return true;
     }
     state.content_hash.clear();
     set_file_error(Error(Reason::StorageError, rel + ": cannot read: " + ErrnoMessage(err)));
@@ -421,7 +470,16 @@ bool DirectorySource::LoadFile(const std::string& rel, FileState& state) {
     // Status in a manifest (a pasted `get -o yaml`) is not desired state.
     decl.object.status = {};
     if (auto ok = CheckKeyIsPathSafe(decl.object.key()); !ok) {
-      problems.push_back(fmt::format("{}:{}: {}", rel, doc.line, ok.error().message));
+      // A name that cannot be a status file ("..", "a/b", a NUL) is not a DNS-1123 label
+      // either; Validate's wording quotes it with control characters escaped.
+      std::string why;
+      for (const crds::FieldError& e : crds::Validate(decl.object)) {
+        if (e.field == "metadata.name" || e.field == "metadata.namespace") {
+          why += (why.empty() ? "" : "; ") + e.ToString();
+        }
+      }
+      problems.push_back(
+          fmt::format("{}:{}: {}", rel, doc.line, why.empty() ? ok.error().message : why));
       continue;
     }
     auto errors = crds::Validate(decl.object);
@@ -571,6 +629,13 @@ void DirectorySource::Scan(bool reread_all, bool enqueue_all) {
     }
   }
   watches_ = std::move(walk.watches);
+  for (const auto& [rel, why] : walk.refused_links) {
+    auto old = refused_links_.find(rel);
+    if (old == refused_links_.end() || old->second != why) {
+      spdlog::error("{}/{}: {}", dir_, rel, why);
+    }
+  }
+  refused_links_ = std::move(walk.refused_links);
 
   std::map<std::string, FileState> next;
   for (const auto& [rel, id] : walk.files) {

@@ -8,6 +8,10 @@
 // directories of Kubernetes volume mounts, whose files are reached through the visible
 // symlinks). Each file may hold several documents; documents of other kinds are ignored. A real
 // file or directory reached through two paths is read once. The user's files are never modified.
+// The directory itself may be a symlink (git-sync's); a symlink below it is followed only if it
+// resolves inside the directory's real path: one that leads elsewhere (/etc/passwd, /, another
+// tree) or loops is not followed, and is logged once (until it changes) with the reason. A file
+// over crds::kMaxManifestBytes is not read past that limit: it fails like a syntax error.
 //
 // What it puts in the ObjectCache (one entry per namespace/name; namespace defaults to
 // "default"; origin "<relative path>:<line>"):
@@ -126,9 +130,11 @@ class DirectorySource final : public Source {
   };
   // The result of walking the tree.
   struct Walk {
-    std::map<std::string, FileId> files;       // relative path -> identity
-    std::map<int, std::string> watches;        // wd -> relative directory ("" = root)
-    std::vector<std::string> unreadable_dirs;  // relative paths whose listing failed
+    std::string root;                                  // the real path of dir_ (symlinks resolved)
+    std::map<std::string, FileId> files;               // relative path -> identity
+    std::map<int, std::string> watches;                // wd -> relative directory ("" = root)
+    std::vector<std::string> unreadable_dirs;          // relative paths whose listing failed
+    std::map<std::string, std::string> refused_links;  // relative path -> why not followed
   };
 
   void Run();
@@ -171,8 +177,9 @@ class DirectorySource final : public Source {
   std::map<int, std::string> watches_;      // wd -> relative directory
   std::map<std::string, FileState> files_;  // relative path -> state
   std::map<crds::ObjectKey, Record> records_;
-  std::set<std::string> named_;  // paths named by events since the last scan
-  bool reread_all_ = false;      // IN_Q_OVERFLOW or the root replaced
+  std::set<std::string> named_;                       // paths named by events since the last scan
+  bool reread_all_ = false;                           // IN_Q_OVERFLOW or the root replaced
+  std::map<std::string, std::string> refused_links_;  // as logged after the last walk
   bool root_missing_logged_ = false;
   bool watch_failure_logged_ = false;
 };

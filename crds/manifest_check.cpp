@@ -44,7 +44,8 @@ bool IsUnder(const std::string& field, const std::string& parent) {
 
 std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
   std::vector<ManifestProblem> problems;
-  Result<std::string> text = ReadFile(path);
+  // One byte over the limit is enough for ReadYaml to refuse the file without reading all of it.
+  Result<std::string> text = ReadFile(path, kMaxManifestBytes);
   if (!text) {
     problems.push_back({path, 0, "", text.error().message});
     return problems;
@@ -53,8 +54,9 @@ std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
   internal::YamlSyntaxError syntax;
   if (!internal::ReadYaml(*text, &yaml_docs, &syntax)) {
     problems.push_back({path, syntax.line, "",
-                        "YAML syntax error: " + syntax.message + " (column " +
-                            std::to_string(syntax.column) + ")"});
+                        syntax.line == 0 ? syntax.message
+                                         : "YAML syntax error: " + syntax.message + " (column " +
+                                               std::to_string(syntax.column) + ")"});
     return problems;
   }
 

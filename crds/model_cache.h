@@ -76,10 +76,12 @@ struct SourceSpec {
 };
 
 struct ShardSpec {
-  std::string engine;                // "vllm" | "sglang"; default "vllm"
-  int64_t tensor_parallel_size = 0;  // default: accelerator count (or 1)
-  std::string dtype;                 // auto | float16 | bfloat16 | float32; default "auto"
-  std::string max_file_size;         // byte size, e.g. "5GiB"; default "5GiB"
+  std::string engine;  // "vllm" | "sglang"; default "vllm"
+  // Absent: the accelerator count (or 1). Present, it is validated as written, so an explicit 0
+  // is an error rather than a request for the default.
+  std::optional<int64_t> tensor_parallel_size;
+  std::string dtype;          // auto | float16 | bfloat16 | float32; default "auto"
+  std::string max_file_size;  // byte size, e.g. "5GiB"; default "5GiB"
   bool operator==(const ShardSpec&) const = default;
 };
 
@@ -220,9 +222,16 @@ struct Document {
   int LineOf(std::string_view field) const;
 };
 
+// Limits on one manifest file, so that a hostile file costs little: yaml-cpp holds a node in about
+// 250 bytes, and a 1 MiB flow sequence of one-letter items took 250 MB and 7 s to load. A
+// ModelCache is about 1 KiB; these leave room for hundreds in one file.
+inline constexpr uint64_t kMaxManifestBytes = 512 * 1024;
+inline constexpr size_t kMaxManifestDocuments = 1000;
+
 // Parses every document of a YAML file. Documents of other kinds are returned with only
 // api_version/kind set (callers ignore them). A YAML syntax error is InvalidSpec with
-// "<filename>:<line>:<column>: <problem>" and affects the whole file.
+// "<filename>:<line>:<column>: <problem>" and affects the whole file; so is text longer than
+// kMaxManifestBytes or with more than kMaxManifestDocuments documents ("<filename>: <problem>").
 Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
                                                  const std::string& filename);
 
@@ -230,8 +239,8 @@ Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
 
 // Fills defaults in place: metadata.namespace "default" when empty, source.type "model",
 // source.revision "main", artifactName from the repo name (lower-cased, '.' and '_' -> '-'),
-// shard.engine "vllm", shard.dtype "auto", shard.maxFileSize "5GiB", shard.tensorParallelSize
-// from the accelerator count (1 without one). Idempotent.
+// shard.engine "vllm", shard.dtype "auto", shard.maxFileSize "5GiB", an absent
+// shard.tensorParallelSize from the accelerator count (1 without one). Idempotent.
 void ApplyDefaults(ModelCache& mc);
 
 // Every problem at once, in field order. Empty means valid. Call after ApplyDefaults.

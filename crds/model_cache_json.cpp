@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -170,6 +171,18 @@ class Converter {
     }
   }
 
+  // Like Int, but keeps "absent" (or null) apart from 0.
+  void OptionalInt(const json& obj, std::string_view key, const Loc& parent,
+                   std::optional<int64_t>* out) {
+    size_t before = errors_->size();
+    int64_t value = 0;
+    Int(obj, key, parent, &value);
+    auto it = obj.find(key);
+    if (errors_->size() == before && it != obj.end() && !it->is_null()) {
+      *out = value;
+    }
+  }
+
   void Uint(const json& obj, std::string_view key, const Loc& parent, uint64_t* out) {
     Loc loc = parent.Child(key);
     const json* v = Field(obj, key, loc);
@@ -284,7 +297,7 @@ class Converter {
 
   void Shard(const json& v, const Loc& loc, ShardSpec* s) {
     String(v, "engine", loc, &s->engine);
-    Int(v, "tensorParallelSize", loc, &s->tensor_parallel_size);
+    OptionalInt(v, "tensorParallelSize", loc, &s->tensor_parallel_size);
     String(v, "dtype", loc, &s->dtype);
     String(v, "maxFileSize", loc, &s->max_file_size);
     ReportUnknown(v, loc, {"engine", "tensorParallelSize", "dtype", "maxFileSize"});
@@ -502,8 +515,8 @@ J SpecJson(const ModelCacheSpec& spec) {
   if (spec.shard) {
     J shard = J::object();
     PutString(shard, "engine", spec.shard->engine);
-    if (spec.shard->tensor_parallel_size != 0) {
-      shard["tensorParallelSize"] = spec.shard->tensor_parallel_size;
+    if (spec.shard->tensor_parallel_size) {
+      shard["tensorParallelSize"] = *spec.shard->tensor_parallel_size;
     }
     PutString(shard, "dtype", spec.shard->dtype);
     PutString(shard, "maxFileSize", spec.shard->max_file_size);

@@ -195,18 +195,48 @@ json ResolvePlain(const std::string& text) {
   return text;
 }
 
+// The tags a JSON-compatible document may carry: none ("?" for plain nodes, "!" for quoted
+// scalars) or one of the YAML 1.2 core schema's.
+bool IsCoreTag(const std::string& tag) {
+  static constexpr std::array<std::string_view, 10> kCore = {"",
+                                                             "?",
+                                                             "!",
+                                                             "tag:yaml.org,2002:str",
+                                                             "tag:yaml.org,2002:int",
+                                                             "tag:yaml.org,2002:float",
+                                                             "tag:yaml.org,2002:bool",
+                                                             "tag:yaml.org,2002:null",
+                                                             "tag:yaml.org,2002:map",
+                                                             "tag:yaml.org,2002:seq"};
+  return std::find(kCore.begin(), kCore.end(), tag) != kCore.end();
+}
+
 class YamlReader {
  public:
   explicit YamlReader(YamlDocument* doc) : doc_(doc) {}
 
+  // Whether Build stopped at the size bounds.
+  bool too_big() const { return too_big_; }
+
   json Build(const YAML::Node& node, const std::string& pointer, int depth) {
     if (++nodes_ > kMaxNodes || depth > kMaxDepth) {
       if (!too_big_) {
+        // Reported once, for the whole document (ReadYaml drops the partial tree, whose
+        // truncated fields would each add an error of their own).
         too_big_ = true;
-        Error(pointer, FieldError::Type::Forbidden, "",
+        Error("", FieldError::Type::Forbidden, "",
               "the document nests deeper than " + std::to_string(kMaxDepth) +
-                  " levels or has more than " + std::to_string(kMaxNodes) + " nodes");
+                  " levels or has more than " + std::to_string(kMaxNodes) +
+                  " nodes (aliases expanded)");
       }
+      return nullptr;
+    }
+    if (!IsCoreTag(node.Tag())) {
+      // `!!python/object/apply:os.system [...]` and the like: a tag asks the reader to build
+      // something; Kubernetes' reader refuses tags it does not know, and so do we.
+      Error(pointer, FieldError::Type::Invalid, Quote(node.Tag()),
+            "YAML tags other than the core schema's (!!str, !!int, !!float, !!bool, !!null, "
+            "!!map, !!seq) are not allowed");
       return nullptr;
     }
     switch (node.Type()) {
@@ -322,9 +352,36 @@ class YamlReader {
   bool too_big_ = false;
 };
 
+// Document markers ("---" at the start of a line, then a space, a tab or the line's end): one
+// more than this is an upper bound on the documents of the text. A marker line cannot occur
+// inside a scalar, so nothing is counted that the parser would not split on.
+size_t CountDocumentMarkers(std::string_view text) {
+  size_t count = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    std::string_view line = text.substr(pos, text.find('\n', pos) - pos);
+    if (line.starts_with("---") &&
+        (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r')) {
+      ++count;
+    }
+    pos += line.size() + 1;
+  }
+  return count;
+}
+
 }  // namespace
 
 bool ReadYaml(std::string_view text, std::vector<YamlDocument>* docs, YamlSyntaxError* syntax) {
+  if (text.size() > kMaxManifestBytes) {
+    syntax->message = "larger than " + std::to_string(kMaxManifestBytes / 1024) +
+                      " KiB, the limit for a manifest file; split it";
+    return false;
+  }
+  if (CountDocumentMarkers(text) > kMaxManifestDocuments) {
+    syntax->message = "holds more than " + std::to_string(kMaxManifestDocuments) +
+                      " YAML documents, the limit for a manifest file; split it";
+    return false;
+  }
   std::vector<YAML::Node> nodes;
   try {
     nodes = YAML::LoadAll(std::string(text));
@@ -366,6 +423,9 @@ bool ReadYaml(std::string_view text, std::vector<YamlDocument>* docs, YamlSyntax
         continue;
       }
       doc.tree = reader.Build(node, "", 0);
+      if (reader.too_big()) {
+        doc.tree = json::object();
+      }
     } catch (const std::exception& e) {
       // yaml-cpp or nlohmann threw on something unforeseen: the document is unusable, not the
       // process.
@@ -456,6 +516,9 @@ Result<std::vector<Document>> ParseYamlDocuments(std::string_view text,
   std::vector<internal::YamlDocument> yaml_docs;
   internal::YamlSyntaxError syntax;
   if (!internal::ReadYaml(text, &yaml_docs, &syntax)) {
+    if (syntax.line == 0) {
+      return Error(Reason::InvalidSpec, filename + ": " + syntax.message);
+    }
     return Error(Reason::InvalidSpec, filename + ":" + std::to_string(syntax.line) + ":" +
                                           std::to_string(syntax.column) + ": " + syntax.message);
   }

@@ -370,16 +370,39 @@ std::optional<std::string> CheckRepo(const std::string& s) {
 }
 
 std::optional<std::string> CheckRevision(const std::string& s) {
+  // git's refs.c (check_refname_format with REFNAME_ALLOW_ONELEVEL), rule by rule. A 40-hex
+  // commit id is such a name too. Anything else could alias another revision or escape
+  // <store>/hub/.../refs/ once the name becomes a path there ("refs/./pr/1", "main/").
+  if (s == "@") {
+    return std::string("must not be \"@\"");
+  }
   for (char c : s) {
     if (IsSpaceOrControl(c)) {
       return std::string("must not contain whitespace or control characters");
+    }
+    if (std::string_view("~^:?*[\\").find(c) != std::string_view::npos) {
+      return std::string("must not contain any of ~ ^ : ? * [ \\");
     }
   }
   if (s.find("..") != std::string::npos) {
     return std::string("must not contain \"..\"");
   }
-  if (s.starts_with("/")) {
-    return std::string("must not start with \"/\"");
+  if (s.find("@{") != std::string::npos) {
+    return std::string("must not contain \"@{\"");
+  }
+  for (std::string_view part : Split(s, '/')) {
+    if (part.empty()) {
+      return std::string("must not start or end with '/' or contain \"//\"");
+    }
+    if (part.front() == '.') {
+      return std::string("no '/'-separated part may start with '.'");
+    }
+    if (part.ends_with(".lock")) {
+      return std::string("no '/'-separated part may end with \".lock\"");
+    }
+  }
+  if (s.back() == '.') {
+    return std::string("must not end with '.'");
   }
   return std::nullopt;
 }

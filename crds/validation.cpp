@@ -131,7 +131,7 @@ void ApplyDefaults(ModelCache& mc) {
     if (shard.max_file_size.empty()) {
       shard.max_file_size = "5GiB";
     }
-    if (shard.tensor_parallel_size == 0) {
+    if (!shard.tensor_parallel_size) {
       // An invalid accelerator is reported by Validate; defaulting stays at 1 rather than
       // producing a second, derived error.
       shard.tensor_parallel_size = internal::AcceleratorCount(spec.accelerator).value_or(1);
@@ -269,7 +269,8 @@ std::vector<FieldError> Validate(const ModelCache& mc) {
   if (spec.shard) {
     const ShardSpec& shard = *spec.shard;
     v.OneOf("spec.shard.engine", shard.engine, kEngines);
-    int64_t tp = shard.tensor_parallel_size;
+    // Absent only when not defaulted: nothing to check then.
+    int64_t tp = shard.tensor_parallel_size.value_or(1);
     if (tp < 1) {
       v.InvalidInt("spec.shard.tensorParallelSize", tp, "must be greater than or equal to 1");
     } else if (tp > internal::kMaxTensorParallelSize) {

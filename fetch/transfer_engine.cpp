@@ -602,7 +602,7 @@ struct TransferEngine::Impl {
     bucket.rate = options.max_bytes_per_second;
     bucket.burst = static_cast<int64_t>(std::max<uint64_t>(bucket.rate / 20, 64 << 10));
     bucket.tokens = bucket.burst;
-    bucket.refilled = Clock::now();
+    bucket.refilled = BucketNow();
     // A server dripping bytes is stalled too: below kStallBytesPerSecond, unless a bandwidth
     // limit shared by all connections leaves each of them less than that.
     stall_floor = kStallBytesPerSecond;
@@ -718,8 +718,12 @@ struct TransferEngine::Impl {
     }
   }
 
+  Clock::time_point BucketNow() const {
+    return options.bandwidth_clock_for_test ? options.bandwidth_clock_for_test() : Clock::now();
+  }
+
   void Refill() {
-    auto now = Clock::now();
+    auto now = BucketNow();
     double seconds = std::chrono::duration<double>(now - bucket.refilled).count();
     bucket.refilled = now;
     bucket.tokens = std::min<int64_t>(

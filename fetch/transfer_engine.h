@@ -58,6 +58,9 @@ struct TransferEngineOptions {
   std::chrono::milliseconds connect_timeout{10000};
   // How often a chunk map is persisted while its file downloads.
   std::chrono::milliseconds persist_interval{1000};
+  // Test seam: the clock the bandwidth limit's token bucket refills by (default: steady_clock),
+  // so that a test can hold time still and count bytes instead of measuring a rate.
+  std::function<std::chrono::steady_clock::time_point()> bandwidth_clock_for_test;
   // Test seam: replaces pwrite(2) for file data (return -1 and set errno to fail).
   std::function<ssize_t(int fd, const void* data, size_t size, off_t offset)> pwrite_for_test;
 };

@@ -850,7 +850,7 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     shard::ShardOptions opts;
     opts.src_dir = *src;
     opts.out_dir = *staging;
-    opts.tensor_parallel_size = spec.shard->tensor_parallel_size;
+    opts.tensor_parallel_size = spec.shard->tensor_parallel_size.value_or(1);  // defaulted
     opts.engine = spec.shard->engine;
     opts.dtype = spec.shard->dtype;
     opts.max_file_size = *max_size;

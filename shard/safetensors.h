@@ -27,8 +27,9 @@
 
 namespace modelcache::shard {
 
-// The safetensors reference implementation refuses headers above 100 MB; so do we.
-inline constexpr uint64_t kMaxHeaderSize = 100ULL << 20;
+// The safetensors reference implementation refuses headers above 100 MB (MAX_HEADER_SIZE,
+// 100 000 000 bytes, not 100 MiB); so do we.
+inline constexpr uint64_t kMaxHeaderSize = 100'000'000;
 
 struct TensorInfo {
   std::string name;

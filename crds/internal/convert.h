@@ -77,11 +77,12 @@ struct YamlDocument {
   std::vector<LocatedError> errors;  // duplicate keys, invalid UTF-8, too deep or too large
 };
 struct YamlSyntaxError {
-  int line = 0;    // 1-based
+  int line = 0;    // 1-based; 0 when the text as a whole is refused (a limit)
   int column = 0;  // 1-based
   std::string message;
 };
-// Parses all documents; empty documents are skipped. On a syntax error returns false and fills
+// Parses all documents; empty documents are skipped. On a syntax error, or text over
+// kMaxManifestBytes or kMaxManifestDocuments (checked before parsing), returns false and fills
 // *syntax.
 bool ReadYaml(std::string_view text, std::vector<YamlDocument>* docs, YamlSyntaxError* syntax);
 

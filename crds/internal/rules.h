@@ -33,7 +33,10 @@ std::optional<std::string> CheckLabelValue(const std::string& s);
 std::optional<std::string> CheckLabelKey(const std::string& s);
 // "name", "org/name" (HF repo id parts) or s3://bucket/prefix/artifacts/name[/version].
 std::optional<std::string> CheckRepo(const std::string& s);
-// A git revision: no whitespace or control characters, no "..", not starting with '/'.
+// A git ref name as `git check-ref-format --allow-onelevel` accepts it (a 40-hex commit id is
+// one): no whitespace, control characters or any of ~^:?*[\, no "..", no "@{", not "@", no
+// empty '/'-separated part (leading, trailing or doubled '/'), no part starting with '.' or
+// ending with ".lock", and no '.' at the end.
 std::optional<std::string> CheckRevision(const std::string& s);
 // http(s)://host[:port][/path].
 std::optional<std::string> CheckEndpoint(const std::string& s);

@@ -254,15 +254,39 @@ TEST_F(DirectorySourceTest, WatchedDirectoryIsASymlinkThatGetsSwapped) {
   EXPECT_FALSE(Get("z").has_value());
 }
 
-TEST_F(DirectorySourceTest, SymlinkedSubdirectoryIsFollowedAndLoopsEnd) {
-  WriteFile(tmp_.path() + "/elsewhere/e.yaml", Manifest("e", "org/e"));
-  fs::create_directory_symlink(tmp_.path() + "/elsewhere", watch_ + "/linked");
-  fs::create_directory_symlink(watch_, watch_ + "/loop");  // a cycle back to the root
+// A symlink is followed when it resolves inside the watched directory (a Kubernetes volume's
+// "..data"), and not when it leads out of it or loops.
+TEST_F(DirectorySourceTest, SymlinksInsideAreFollowedOutsideAndLoopsAreNot) {
+  WriteFile(watch_ + "/.store/e.yaml", Manifest("e", "org/e"));
+  fs::create_directory_symlink(".store", watch_ + "/linked");
+  WriteFile(tmp_.path() + "/elsewhere/x.yaml", Manifest("x", "org/x"));
+  fs::create_directory_symlink(tmp_.path() + "/elsewhere", watch_ + "/out");
+  fs::create_symlink(tmp_.path() + "/elsewhere/x.yaml", watch_ + "/x.yaml");
+  fs::create_directory_symlink("/", watch_ + "/slash");
+  fs::create_directory_symlink(watch_, watch_ + "/cycle");  // back to the root: walked once
+  fs::create_symlink("self.yaml", watch_ + "/self.yaml");   // ELOOP
   StartSource();
   EXPECT_EQ(cache_.Keys(), std::vector<crds::ObjectKey>{Key("e")});
   EXPECT_EQ(Get("e")->origin, "linked/e.yaml:1");
-  WriteFile(tmp_.path() + "/elsewhere/f.yaml", Manifest("f", "org/f"));
+  WriteFile(watch_ + "/.store/f.yaml", Manifest("f", "org/f"));
   ASSERT_TRUE(WaitFor([&] { return Get("f").has_value(); }));
+  EXPECT_FALSE(Get("x").has_value());
+}
+
+// A file over the size limit fails like a syntax error: what it declared before stays, marked.
+TEST_F(DirectorySourceTest, OversizedFileIsRefusedLikeASyntaxError) {
+  WriteFile(watch_ + "/a.yaml", Manifest("a", "org/a"));
+  StartSource();
+  ASSERT_TRUE(Get("a").has_value());
+  WriteFile(watch_ + "/a.yaml",
+            Manifest("a", "org/b") + "# " + std::string(crds::kMaxManifestBytes, 'x') + "\n");
+  ASSERT_TRUE(WaitFor([&] {
+    auto e = Get("a");
+    return e && e->source_error.has_value();
+  }));
+  EXPECT_EQ(Get("a")->source_error->message,
+            "a.yaml: larger than 512 KiB, the limit for a manifest file; split it");
+  EXPECT_EQ(Repo("a"), "org/a");
 }
 
 TEST_F(DirectorySourceTest, DuplicateNamesAcrossFilesBlockBoth) {

@@ -41,13 +41,29 @@ TEST(StoreUsageTest, CountsEachInodeOnceAndSkipsSymlinks) {
   EXPECT_NE(missing.error().message.find(root + "/none"), std::string::npos);
 }
 
-TEST(ShutdownDeadlineTest, DisarmedInTimeDoesNothing) {
-  ShutdownDeadline deadline;
-  deadline.SetDescriber([] { return std::vector<std::string>{"default/a (job)"}; });
-  deadline.Arm(std::chrono::seconds(30));
-  deadline.Disarm();
-  deadline.Arm(std::chrono::milliseconds(1));  // after Disarm: ignored
-  SUCCEED();
+// In a child process: a deadline disarmed in time, then armed again (ignored), must never fire.
+// A second deadline, armed later and due a second after the first would have been, is the
+// clock: the child ends when the first deadline that fires ends it, so the log must name the
+// second one. Checked by breaking Disarm (disarmed_ no longer set): the first deadline fires at
+// 500 ms and the child's log names it instead.
+TEST(ShutdownDeadlineDeathTest, DisarmedInTimeDoesNothing) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        (void)SetupLogging(LogFormat::Text);
+        ShutdownDeadline disarmed;
+        disarmed.SetDescriber([] { return std::vector<std::string>{"the-disarmed-one"}; });
+        disarmed.Arm(std::chrono::milliseconds(500));
+        disarmed.Disarm();
+        disarmed.Arm(std::chrono::milliseconds(1));  // after Disarm: ignored
+        ShutdownDeadline clock;
+        clock.SetDescriber([] { return std::vector<std::string>{"the-clock"}; });
+        clock.Arm(std::chrono::milliseconds(1500));
+        while (true) {
+          ::pause();
+        }
+      },
+      ::testing::ExitedWithCode(ShutdownDeadline::kExitCode), "still running: the-clock;");
 }
 
 TEST(ShutdownDeadlineDeathTest, ExpiryLogsWhatStillRunsAndExitsNonZero) {

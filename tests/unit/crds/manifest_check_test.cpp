@@ -89,6 +89,34 @@ spec:
           path + ":14: spec.force: Invalid value: \"lots\": must be an integer"));
 }
 
+// A zero written in the file is a value, not "unset": it is not replaced by the default.
+TEST_F(ManifestCheckTest, AZeroTensorParallelSizeAndAliasingRevisionsAreRefused) {
+  std::string path = Write("zero.yaml", R"(apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: a}
+spec:
+  source: {repo: org/m, revision: refs/./pr/1}
+  accelerator: "L40s:4"
+  shard:
+    tensorParallelSize: 0
+---
+apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: b}
+spec:
+  source: {repo: org/m, revision: main/}
+  shard: {}
+)");
+  EXPECT_THAT(
+      Check(path),
+      ElementsAre(path + ":5: spec.source.revision: Invalid value: \"refs/./pr/1\": no "
+                         "'/'-separated part may start with '.'",
+                  path + ":8: spec.shard.tensorParallelSize: Invalid value: 0: must be greater "
+                         "than or equal to 1",
+                  path + ":14: spec.source.revision: Invalid value: \"main/\": must not start "
+                         "or end with '/' or contain \"//\""));
+}
+
 TEST_F(ManifestCheckTest, ConversionErrorsAreNotRestatedByValidation) {
   std::string path = Write("types.yaml", R"(apiVersion: modelcache.dev/v1alpha1
 kind: ModelCache

@@ -194,7 +194,7 @@ TEST_F(SchemaTest, EnumsAreTheAcceptedSets) {
     ModelCache mc;
     mc.metadata.name = "m";
     mc.spec.source.repo = "x";
-    mc.spec.shard = ShardSpec{std::string(engine), 0, "", ""};
+    mc.spec.shard = ShardSpec{std::string(engine), std::nullopt, "", ""};
     ApplyDefaults(mc);
     EXPECT_TRUE(Validate(mc).empty()) << engine;
   }
@@ -250,6 +250,7 @@ TEST_F(SchemaTest, NumericBoundsMatchTheCpp) {
     return Validate(mc).empty();
   };
   EXPECT_FALSE(valid_tp(-1));
+  EXPECT_FALSE(valid_tp(0));  // written as 0: refused like the schema's minimum, not defaulted
   EXPECT_TRUE(valid_tp(1));
   EXPECT_TRUE(valid_tp(1024));
   EXPECT_FALSE(valid_tp(1025));
@@ -286,6 +287,19 @@ void CheckStructural(const YAML::Node& node, const std::string& path) {
     }
     if (node["pattern"]) {
       EXPECT_TRUE(std::regex_search(d, std::regex(node["pattern"].as<std::string>()))) << path;
+    }
+  }
+  if (const YAML::Node negated = node["not"]) {
+    // A junctor may hold value validations only: no type, description, default or nested
+    // properties (the API server refuses the CRD otherwise).
+    for (const char* key : {"type", "description", "default", "properties", "items",
+                            "additionalProperties", "nullable"}) {
+      EXPECT_FALSE(negated[key]) << path << ".not." << key;
+    }
+    if (node["default"]) {
+      EXPECT_FALSE(std::regex_search(node["default"].as<std::string>(),
+                                     std::regex(negated["pattern"].as<std::string>())))
+          << path;
     }
   }
   if (node["properties"]) {
@@ -325,6 +339,69 @@ ModelCache Base() {
   return mc;
 }
 
+// Revisions on which the schema and the C++ must agree: git's ref-name rules one by one, the
+// issue's aliasing cases, and every string of up to four characters over the characters those
+// rules treat specially (780 strings: each rule at every position).
+std::vector<std::string> RevisionProbes() {
+  std::vector<std::string> probes = {"main",
+                                     "v1.0",
+                                     "refs/pr/1",
+                                     "refs/convert/parquet",
+                                     "0123456789abcdef0123456789abcdef01234567",
+                                     ".",
+                                     "./main",
+                                     "main/",
+                                     "main/.",
+                                     "a//b",
+                                     "refs/./pr/1",
+                                     "a.",
+                                     "a..b",
+                                     "/main",
+                                     "a b",
+                                     "a\tb",
+                                     "..",
+                                     "",
+                                     "x\x7f",
+                                     "feature/ü",
+                                     "@",
+                                     "@{",
+                                     "a@{1}",
+                                     "a@b",
+                                     "@/a",
+                                     "a/@",
+                                     "x.lock",
+                                     "x.lock/y",
+                                     "y/x.lock",
+                                     "x.locks",
+                                     "lock",
+                                     ".lock",
+                                     "a/.lock",
+                                     "a~1",
+                                     "a^",
+                                     "a:b",
+                                     "a?",
+                                     "a*",
+                                     "a[1]",
+                                     "a\\b",
+                                     "a{b}",
+                                     "a./b",
+                                     "a/b.",
+                                     "é.lock"};
+  const std::string alphabet = "a./@{";
+  std::vector<std::string> level = {""};
+  for (int len = 1; len <= 4; ++len) {
+    std::vector<std::string> next;
+    for (const std::string& prefix : level) {
+      for (char c : alphabet) {
+        next.push_back(prefix + c);
+      }
+    }
+    probes.insert(probes.end(), next.begin(), next.end());
+    level = std::move(next);
+  }
+  return probes;
+}
+
 bool CppAccepts(const PatternCase& c, const std::string& value) {
   ModelCache mc = Base();
   c.set(mc, value);
@@ -344,8 +421,12 @@ bool SchemaAccepts(const YAML::Node& node, const std::string& value) {
     return false;
   }
   // OpenAPI patterns are unanchored searches; ours anchor themselves.
-  return !node["pattern"] ||
-         std::regex_search(value, std::regex(node["pattern"].as<std::string>()));
+  if (node["pattern"] && !std::regex_search(value, std::regex(node["pattern"].as<std::string>()))) {
+    return false;
+  }
+  const YAML::Node negated = node["not"];
+  return !negated || !negated["pattern"] ||
+         !std::regex_search(value, std::regex(negated["pattern"].as<std::string>()));
 }
 
 TEST_F(SchemaTest, PatternsAgreeWithTheCppRules) {
@@ -384,9 +465,7 @@ TEST_F(SchemaTest, PatternsAgreeWithTheCppRules) {
         "s3://bucket//artifacts/name",
         "s3://bucket/artifacts/name/"}},
       {"spec.source.revision",
-       [](ModelCache& m, const std::string& v) { m.spec.source.revision = v; },
-       {"main", "v1.0", "refs/pr/1", ".", "./x", "a.", "0123456789abcdef0123456789abcdef01234567",
-        "a..b", "/main", "a b", "a\tb", "..", "", "x\x7f", "feature/ü"}},
+       [](ModelCache& m, const std::string& v) { m.spec.source.revision = v; }, RevisionProbes()},
       {"spec.source.endpoint",
        [](ModelCache& m, const std::string& v) { m.spec.source.endpoint = v; },
        {"", "http://h", "https://h:8080/x/y", "http://[::1]:80", "https://hf-mirror.com/",

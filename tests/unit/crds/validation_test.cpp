@@ -36,6 +36,76 @@ TEST(ValidateTest, MinimalAndFullObjectsAreValid) {
   EXPECT_THAT(Errors(testing::FullObject()), IsEmpty());
 }
 
+// git's ref-name rules (refs.c, check_refname_format with REFNAME_ALLOW_ONELEVEL), each with a
+// name git accepts and names it refuses; `git check-ref-format --allow-onelevel` gives the same
+// verdicts on every row.
+TEST(ValidateTest, RevisionIsAGitRefName) {
+  struct Row {
+    std::string revision;
+    std::string problem;  // empty: valid
+  };
+  const std::string kBadChar = "must not contain any of ~ ^ : ? * [ \\";
+  const std::string kEmptyPart = "must not start or end with '/' or contain \"//\"";
+  const std::string kDotPart = "no '/'-separated part may start with '.'";
+  const std::string kLockPart = "no '/'-separated part may end with \".lock\"";
+  const std::vector<Row> rows = {
+      {"main", ""},
+      {"v1.0", ""},
+      {"refs/pr/1", ""},
+      {"refs/convert/parquet", ""},
+      {"0123456789abcdef0123456789abcdef01234567", ""},
+      {"feature/\xc3\xbc", ""},  // non-ASCII is fine
+      {"a@b", ""},
+      {"a{b}", ""},
+      {"a./b", ""},  // only the whole name must not end with '.'
+      {"x.locks", ""},
+      {"lock", ""},
+      {"a/@", ""},
+      // The issue's names that alias or clash under refs/.
+      {".", kDotPart},
+      {"./main", kDotPart},
+      {"main/", kEmptyPart},
+      {"main/.", kDotPart},
+      {"a//b", kEmptyPart},
+      {"refs/./pr/1", kDotPart},
+      // One per remaining rule.
+      {"/main", kEmptyPart},
+      {".hidden", kDotPart},
+      {"a/.b", kDotPart},
+      {"a..b", "must not contain \"..\""},
+      {"..", "must not contain \"..\""},
+      {"a@{1}", "must not contain \"@{\""},
+      {"@", "must not be \"@\""},
+      {"main.", "must not end with '.'"},
+      {"x.lock", kLockPart},
+      {"x.lock/y", kLockPart},
+      {".lock", kDotPart},
+      {"a b", "must not contain whitespace or control characters"},
+      {"a\tb", "must not contain whitespace or control characters"},
+      {std::string("a\0b", 3), "must not contain whitespace or control characters"},
+      {"a\x7f", "must not contain whitespace or control characters"},
+      {"a~1", kBadChar},
+      {"a^", kBadChar},
+      {"a:b", kBadChar},
+      {"a?", kBadChar},
+      {"a*", kBadChar},
+      {"a[1]", kBadChar},
+      {"a\\b", kBadChar},
+  };
+  for (const Row& row : rows) {
+    ModelCache mc = Minimal();
+    mc.spec.source.revision = row.revision;
+    std::vector<FieldError> errors = Validate(mc);
+    if (row.problem.empty()) {
+      EXPECT_THAT(errors, IsEmpty()) << row.revision;
+    } else {
+      ASSERT_EQ(errors.size(), 1u) << row.revision;
+      EXPECT_EQ(errors[0].field, "spec.source.revision");
+      EXPECT_EQ(errors[0].detail, row.problem) << row.revision;
+    }
+  }
+}
+
 TEST(FieldErrorTest, PrintsLikeKubernetes) {
   EXPECT_EQ((FieldError{FieldError::Type::Invalid, "spec.source.repo", "\"a//b\"",
                         "must be \"org/name\" or \"name\""})
@@ -162,7 +232,8 @@ const Row kRows[] = {
      {"spec.source.revision: Invalid value: \"a..b\": must not contain \"..\""}},
     {"revision leading slash",
      [](ModelCache& m) { m.spec.source.revision = "/main"; },
-     {"spec.source.revision: Invalid value: \"/main\": must not start with \"/\""}},
+     {"spec.source.revision: Invalid value: \"/main\": must not start or end with '/' or "
+      "contain \"//\""}},
     {"revision with slash ok", [](ModelCache& m) { m.spec.source.revision = "refs/pr/1"; }, {}},
     {"include empty item",
      [](ModelCache& m) {

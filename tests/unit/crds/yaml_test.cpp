@@ -311,6 +311,44 @@ TEST(YamlTest, AliasExpansionIsBounded) {
   EXPECT_FALSE(docs[0].object.has_value());
 }
 
+TEST(YamlTest, OnlyTheCoreSchemasTagsAreAllowed) {
+  std::string head = "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\nmetadata: {name: m}\n";
+  auto python = Parse(head + "spec:\n  source:\n    repo: !!python/object/apply:os.system [id]\n");
+  ASSERT_EQ(python.size(), 1u);
+  EXPECT_THAT(python[0].errors,
+              ElementsAre(Pair(
+                  6, ::testing::Property(&FieldError::ToString,
+                                         HasSubstr("spec.source.repo: Invalid value: "
+                                                   "\"tag:yaml.org,2002:python/object/apply:os."
+                                                   "system\": YAML tags other than the core")))));
+  auto local = Parse(head + "spec:\n  source: {repo: !shell org/m}\n");
+  ASSERT_FALSE(local[0].errors.empty());
+  // The core schema's own tags are fine: !!str makes 007 a string.
+  auto core = Parse(head + "spec:\n  source: !!map {repo: !!str 007}\n");
+  ASSERT_THAT(core[0].errors, IsEmpty());
+  EXPECT_EQ(core[0].object->spec.source.repo, "007");
+}
+
+TEST(YamlTest, FileLimitsAreCheckedBeforeParsing) {
+  std::string big = "# " + std::string(kMaxManifestBytes, 'x') + "\n";
+  auto too_big = ParseYamlDocuments(big, "big.yaml");
+  ASSERT_FALSE(too_big);
+  EXPECT_EQ(too_big.error().message,
+            "big.yaml: larger than 512 KiB, the limit for a manifest file; split it");
+  std::string docs;
+  for (size_t i = 0; i <= kMaxManifestDocuments; ++i) {
+    docs += "---\na: 1\n";
+  }
+  auto too_many = ParseYamlDocuments(docs, "docs.yaml");
+  ASSERT_FALSE(too_many);
+  EXPECT_EQ(too_many.error().message,
+            "docs.yaml: holds more than 1000 YAML documents, the limit for a manifest file; "
+            "split it");
+  // At the limit, and with "---" inside a scalar (not a marker), the file is read.
+  docs.erase(0, docs.find("---", 1));
+  EXPECT_TRUE(ParseYamlDocuments(docs + "b: '--- x'\n", "docs.yaml"));
+}
+
 TEST(YamlTest, OtherKindsAreNotConverted) {
   // The same expansion in somebody else's document costs nothing: it is never walked.
   std::string bomb = "apiVersion: v1\nkind: ConfigMap\na0: &a0 [x, x]\n";

@@ -116,6 +116,18 @@ TEST_F(SafetensorsTest, RejectsMalformedFilesCleanly) {
   std::vector<BadCase> cases = {
       {"shorter than length", std::string("\x05\x00\x00", 3), nullptr},
       {"huge header length", Le64(1ULL << 62) + "{}", nullptr},
+      {"header one byte over the format's 100 MB", Le64(100'000'001) + "{}", nullptr},
+      {"header of 100 MiB", Le64(100ULL << 20) + "{}", nullptr},
+      {"no header at all", "", nullptr},
+      {"empty header", Image("", ""), nullptr},
+      {"header not UTF-8 JSON", Image("{\"t\":\xff}", ""), nullptr},
+      {"offsets out of range",
+       Image(h(R"("t":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551615]})"), four),
+       "t"},
+      {"offsets negative",
+       Image(h(R"("t":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]})"), four), "t"},
+      {"wrong dtype size",
+       Image(h(R"("t":{"dtype":"BF16","shape":[1],"data_offsets":[0,4]})"), four), "t"},
       {"header past end", Le64(1000) + "{}", nullptr},
       {"not json", Image("{\"a\":", ""), nullptr},
       {"array", Image("[1,2]", ""), nullptr},
@@ -168,6 +180,22 @@ TEST_F(SafetensorsTest, RejectsMalformedFilesCleanly) {
           << c.what << ": " << f.error().message;
     }
   }
+}
+
+// The limit is the format's (100 000 000 bytes): a header of exactly that length is not refused
+// for its length (here it is refused because the file ends first), one byte more is.
+TEST_F(SafetensorsTest, HeaderLengthLimitIsTheFormats) {
+  auto at_limit = ParseSafetensors(Le64(100'000'000) + "{}", "limit.safetensors");
+  ASSERT_FALSE(at_limit);
+  EXPECT_NE(at_limit.error().message.find("runs past the end of the file"), std::string::npos)
+      << at_limit.error().message;
+  auto over = ParseSafetensors(Le64(100'000'001) + "{}", "over.safetensors");
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error().reason, Reason::ShardConfigInvalid);
+  EXPECT_NE(over.error().message.find("over.safetensors"), std::string::npos);
+  EXPECT_NE(over.error().message.find("header length 100000001 exceeds the limit of 100000000"),
+            std::string::npos)
+      << over.error().message;
 }
 
 TEST_F(SafetensorsTest, EveryTruncationIsRejected) {
