@@ -182,7 +182,9 @@ VoidResult CheckShardConfig(const CacheJobInputs& in, fetch::HubClient& hub,
   if (json.is_discarded()) {
     return Error(Reason::ShardConfigInvalid, "config.json of " + repo.id + " is not valid JSON");
   }
-  auto plan = shard::PlanFromConfig(json, shard.engine, "", shard.tensor_parallel_size);
+  // The tensor-parallel size is defaulted before a job runs.
+  auto plan =
+      shard::PlanFromConfig(json, shard.engine, "", shard.tensor_parallel_size.value_or(1));
   if (!plan) {
     return plan.error();
   }
