@@ -30,6 +30,7 @@
 #include "common/sha256.h"
 #include "fetch/internal/blob_batch.h"
 #include "fetch/internal/hub_http.h"
+#include "store/s3_client.h"
 
 namespace modelcache::fetch {
 namespace {
@@ -1424,6 +1425,18 @@ void Job::Handle(Request* r) {
     }
     f.data_url = internal::ResolveLocation(r->url, *location);
     return;  // scheduled again at once, to the new location
+  }
+  if (hub_.endpoint.empty() && status != 416) {
+    // Presigned S3 URLs (fetch/s3_pull.h): there is no Hub to ask for a fresh location, and S3
+    // says with its code whether an answer can change (SlowDown, a 503) or not (NoSuchKey: the
+    // object was deleted; AccessDenied): classified as S3Client classifies its own calls.
+    std::string code = DataHostCode(r->response);
+    if (!store::IsRetriableS3Error(status, code.empty() ? "" : code.substr(1))) {
+      Fail(Error(Reason::StorageError,
+                 fmt::format("{} answered HTTP {}{} for {}", internal::Origin(r->url), status,
+                             code, t.path)));
+      return;
+    }
   }
   bool on_hub = internal::Origin(r->url) == internal::Origin(hub_.endpoint);
   if (!on_hub && (status == 403 || status == 410)) {
