@@ -90,7 +90,8 @@ bool SafeRelPath(std::string_view path) {
   return true;
 }
 
-// A single path component: artifact names and versions.
+// A single path component without whitespace: artifact names and versions, the segments of a
+// store URI's prefix (written by operators, in URIs).
 bool SafeComponent(std::string_view s) {
   return ValidSegment(s) && s.find_first_of("/ ") == std::string_view::npos;
 }
@@ -216,7 +217,7 @@ Result<S3Location> ParseS3StoreUri(std::string_view uri) {
     }
     if (!prefix.empty()) {
       for (std::string_view seg : Split(prefix, '/')) {
-        if (!ValidSegment(seg)) {
+        if (!SafeComponent(seg)) {
           return Error(Reason::InvalidSpec,
                        fmt::format("{}: the prefix must not contain empty, \".\" or \"..\" "
                                    "segments, whitespace or control characters",
