@@ -239,10 +239,11 @@ struct JobQueue {
 
 void Complete(Request* r) {
   JobQueue* q = r->queue;
-  {
-    std::lock_guard lock(q->mu);
-    q->done.push_back(r);
-  }
+  // Notified under the lock: the last completion lets the job return and destroy the queue, which
+  // it cannot do before this thread lets go of the mutex (found by ThreadSanitizer: a notify after
+  // the unlock raced with ~JobQueue).
+  std::lock_guard lock(q->mu);
+  q->done.push_back(r);
   q->cv.notify_all();
 }
 
