@@ -14,7 +14,9 @@ for t in unit_common unit_crds unit_store unit_fetch unit_shard unit_reconcilers
 done
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"
 # halt_on_error: a race fails the test that found it; the report goes to that test's output.
-export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 history_size=4"
+# tsan.supp: only the uninstrumented cpp-httplib library.
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 history_size=4 \
+suppressions=$here/scripts/tsan.supp"
 cd "$build"
 ctest --output-on-failure -j2 --timeout 600 -L unit -E "^(kube_|fake_)"
 ctest --output-on-failure -j2 --timeout 600 -L integration -R \
