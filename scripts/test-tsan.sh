@@ -8,7 +8,8 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$here/build-tsan}"
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
   -DMODELCACHE_TSAN=ON -DMODELCACHE_BUILD_BENCH=OFF >/dev/null
-targets=(modelcache mc-fake-hub integration_tests)
+# Every test executable labelled unit, the daemon and what the integration tests start.
+targets=(modelcache mc-fake-hub integration_tests fake_hub_test kube_test)
 for t in unit_common unit_crds unit_store unit_fetch unit_shard unit_reconcilers unit_controller; do
   targets+=("$t")
 done
@@ -18,6 +19,6 @@ cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 history_size=4 \
 suppressions=$here/scripts/tsan.supp"
 cd "$build"
-ctest --output-on-failure -j2 --timeout 600 -L unit -E "^(kube_|fake_)"
+ctest --output-on-failure -j2 --timeout 600 -L unit
 ctest --output-on-failure -j2 --timeout 600 -L integration -R \
   'Sigterm|Shutdown|Deleted|Deletion|Cancel|SpecChange'
