@@ -221,6 +221,11 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   std::unique_ptr<DaemonMode> mode = std::move(*made);
   ObjectCache cache;
 
+  // The Manager needs the reconciler, whose job threads (wake) and the store collector's thread
+  // (affected) enqueue keys into the Manager: they reach it through this pointer, set once before
+  // any of those threads can run a callback (a job starts from a worker of manager.Run, the
+  // collector from on_synced) and never reset. Both are stopped and joined (reconciler.Shutdown,
+  // collector.Stop) before the Manager is destroyed, so no callback outlives it.
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro;
   ro.default_store = s3_store ? options.store : (*store)->root();
@@ -241,11 +246,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.transfer.stall_timeout = options.transfer.stall_timeout;
   ro.backoff_base = options.retry_base_delay;
   ro.observer = &jobs;
-  ro.wake = [&manager_ptr](const crds::ObjectKey& key) {
-    if (manager_ptr != nullptr) {
-      manager_ptr->Enqueue(key);
-    }
-  };
+  ro.wake = [&manager_ptr](const crds::ObjectKey& key) { manager_ptr->Enqueue(key); };
   // Store retention: references are what the daemon knows, each resource with its status.
   StoreCollector::Options gco;
   gco.store_root = (*store)->root();
@@ -273,8 +274,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
       [&cache, &manager_ptr](const std::vector<std::string>& names, bool all) {
         for (const auto& entry : cache.List()) {
           const std::string& name = entry.object.spec.artifact_name;
-          if (manager_ptr != nullptr &&
-              (all || std::find(names.begin(), names.end(), name) != names.end())) {
+          if (all || std::find(names.begin(), names.end(), name) != names.end()) {
             manager_ptr->Enqueue(entry.object.key());
           }
         }
@@ -354,8 +354,12 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     }
     return running;
   });
+  // Nothing may call into the Manager once it goes (it is destroyed first, being declared last):
+  // the jobs are cancelled and joined (manager.Run did so already, unless it never ran), then the
+  // collector's thread is joined.
+  reconciler.Shutdown();
+  collector.Stop();
   services.Detach();
-  manager_ptr = nullptr;
   mode->Shutdown();
   if (!result) {
     spdlog::error("{}", result.error().message);

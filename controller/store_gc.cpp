@@ -62,7 +62,9 @@ StoreCollector::StoreCollector(
   options_.gc.dry_run = false;
 }
 
-StoreCollector::~StoreCollector() {
+StoreCollector::~StoreCollector() { Stop(); }
+
+void StoreCollector::Stop() {
   if (thread_.joinable()) {
     thread_.request_stop();
     cv_.notify_all();

@@ -45,12 +45,15 @@ class StoreCollector {
   // should be reconciled to report it (empty names: all of them).
   StoreCollector(Options options, std::function<Result<store::GcReferences>()> references,
                  std::function<void(const std::vector<std::string>& names, bool all)> affected);
-  ~StoreCollector();  // stops the thread
+  ~StoreCollector();  // Stop()
   StoreCollector(const StoreCollector&) = delete;
   StoreCollector& operator=(const StoreCollector&) = delete;
 
   bool enabled() const { return store::HasLimits(options_.gc); }
   void Start();
+  // Stops the thread and waits for it: `references` and `affected` are not called afterwards.
+  // Idempotent; call from the thread that called Start.
+  void Stop();
   void Trigger();
 
   // The Retained condition for a resource of artifact `name` after the last run that did

@@ -13,9 +13,10 @@
 namespace modelcache::fetch {
 
 // The HubOptions of a Transfer that fetches presigned S3 URLs: `base`'s retry settings, no token
-// and no Hub endpoint, so every answer is handled as a data host's (a CDN's): 403, 404 and 5xx are
-// retried up to max_attempts and then fail as NetworkError naming the host, the HTTP status and
-// the file (never the URL's query, which holds the signature).
+// and no Hub endpoint. An error answer is classified as S3Client classifies its own
+// (store::IsRetriableS3Error): 5xx, SlowDown and the like are retried up to max_attempts, any
+// other (NoSuchKey, AccessDenied) fails at once as StorageError; both name the host, the HTTP
+// status, the S3 code and the file (never the URL's query, which holds the signature).
 HubOptions S3PullHubOptions(const HubOptions& base = {});
 
 // A PullDownloadFn running the objects through `transfer` (made with S3PullHubOptions), counting

@@ -31,6 +31,7 @@
 #include "common/sha256.h"
 #include "fetch/internal/blob_batch.h"
 #include "fetch/internal/hub_http.h"
+#include "store/s3_client.h"
 
 namespace modelcache::fetch {
 namespace {
@@ -241,10 +242,11 @@ struct JobQueue {
 
 void Complete(Request* r) {
   JobQueue* q = r->queue;
-  {
-    std::lock_guard lock(q->mu);
-    q->done.push_back(r);
-  }
+  // Notified under the lock: the last completion lets the job return and destroy the queue, which
+  // it cannot do before this thread lets go of the mutex (found by ThreadSanitizer: a notify after
+  // the unlock raced with ~JobQueue).
+  std::lock_guard lock(q->mu);
+  q->done.push_back(r);
   q->cv.notify_all();
 }
 
@@ -1509,6 +1511,18 @@ void Job::Handle(Request* r) {
     }
     f.data_url = std::move(next);
     return;  // scheduled again at once, to the new location
+  }
+  if (hub_.endpoint.empty() && status != 416) {
+    // Presigned S3 URLs (fetch/s3_pull.h): there is no Hub to ask for a fresh location, and S3
+    // says with its code whether an answer can change (SlowDown, a 503) or not (NoSuchKey: the
+    // object was deleted; AccessDenied): classified as S3Client classifies its own calls.
+    std::string code = DataHostCode(r->response);
+    if (!store::IsRetriableS3Error(status, code.empty() ? "" : code.substr(1))) {
+      Fail(Error(Reason::StorageError,
+                 fmt::format("{} answered HTTP {}{} for {}", internal::Origin(r->url), status,
+                             code, t.path)));
+      return;
+    }
   }
   bool on_hub = internal::Origin(r->url) == internal::Origin(hub_.endpoint);
   if (!on_hub && (status == 403 || status == 410)) {

@@ -10,8 +10,9 @@
 //
 // A file of more than one chunk is preallocated as its `.incomplete` file and its chunk map (which
 // byte ranges are on disk, and the ETag they came with) is kept next to it as
-// `<incomplete_path>.chunks`, rewritten atomically about once a second after an fdatasync of the
-// data, so a restart (even after kill -9) fetches exactly the ranges the map does not cover. A
+// `<incomplete_path>.chunks`, rewritten atomically about ten times a second (the written prefix of
+// every range, also of ranges still being received) after an fdatasync of the data, so a restart
+// (even after kill -9) fetches exactly the ranges the map does not cover. A
 // one-chunk file is a plain prefix of the blob, resumed with one Range request from its end.
 //
 // A one-chunk file's body goes to its file with pwrite as it arrives. A larger file's body is
@@ -56,8 +57,9 @@ struct TransferEngineOptions {
   // A request that receives no byte for this long is aborted and retried (at least 1 s).
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::milliseconds connect_timeout{10000};
-  // How often a chunk map is persisted while its file downloads.
-  std::chrono::milliseconds persist_interval{1000};
+  // How often a chunk map is persisted while its file downloads: a kill -9 loses about this much
+  // of the download (what arrived since the last map), which is then fetched again.
+  std::chrono::milliseconds persist_interval{100};
   // Test seam: the clock the bandwidth limit's token bucket refills by (default: steady_clock),
   // so that a test can hold time still and count bytes instead of measuring a rate.
   std::function<std::chrono::steady_clock::time_point()> bandwidth_clock_for_test;

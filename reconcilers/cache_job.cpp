@@ -217,6 +217,14 @@ Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::Lo
   return uploaded;
 }
 
+// Whether a failed download's partial files go: kept while a later job can resume them (a
+// transient failure, a cancel by a spec change or a shutdown), removed after a permanent failure
+// (the same job would fail the same way) or a cancel because the resource was deleted.
+bool DiscardsPartial(const Error& error, const CacheJobState& state) {
+  return error.reason == Reason::Cancelled ? state.discard_partial.load()
+                                           : !IsTransient(error.reason);
+}
+
 // A source that is an artifact of an S3 store: read its committed manifest, download and verify
 // its files (S3ArtifactStore::Pull), and publish them as a local version with the same digest.
 Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStore& local,
@@ -284,6 +292,9 @@ Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStor
     };
     if (!got) {
       remove_pulled();
+      if (DiscardsPartial(got.error(), state)) {
+        store::S3ArtifactStore::DiscardPartialPull(pulled, version);
+      }
       return got.error();
     }
     state.transfer.bytes_done = m.size_bytes;
@@ -769,6 +780,13 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       ReportDownloaded(tasks, results, in);
     }
     if (!results) {
+      if (DiscardsPartial(results.error(), state)) {
+        // Under the repo lock: no other job writes these files now.
+        for (const auto& t : tasks) {
+          ::unlink(t.incomplete_path.c_str());
+          ::unlink((t.incomplete_path + ".chunks").c_str());
+        }
+      }
       return results.error();
     }
     for (size_t k = 0; k < results->size(); ++k) {

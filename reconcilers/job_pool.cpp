@@ -10,7 +10,9 @@ JobPool::JobPool(int threads) {
   }
 }
 
-JobPool::~JobPool() {
+JobPool::~JobPool() { Join(); }
+
+void JobPool::Join() {
   Stop();
   threads_.clear();  // joins
 }

@@ -614,10 +614,12 @@ void ModelCacheReconciler::Shutdown() {
     }
   }
   // Queued jobs see their stop token and finish at once; running ones return within the
-  // transfer's cancellation latency.
+  // transfer's cancellation latency, and are waited for: once Shutdown returns no job calls back
+  // (wake, published), so whatever those callbacks reach may go.
   for (auto& dropped : impl_->pool.Stop()) {
     dropped();
   }
+  impl_->pool.Join();
 }
 
 Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::stop_token stop) {
@@ -627,6 +629,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
 
   if (!request.object || request.source_error) {
     if (job) {
+      job->state.discard_partial = true;  // nothing will resume what it fetched
       job->stop.request_stop();
       impl.EraseJob(key, job);
       spdlog::info("{}: cancelled its running job", key.ToString());

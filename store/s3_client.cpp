@@ -47,6 +47,18 @@ std::string Unquote(std::string s) {
   return s;
 }
 
+// A key (or prefix, marker) of a list answer. Asked with encoding-type=url, S3 encodes them (an
+// XML 1.0 document cannot carry every byte a key may hold) and says so with <EncodingType>url;
+// AWS writes a space as '+' (and a '+' as %2B), as botocore's unquote_plus expects, radosgw %20.
+std::string ListedName(std::string_view body, std::string_view element, std::string_view tag) {
+  std::string text = XmlText(element, tag).value_or("");
+  if (XmlText(body, "EncodingType").value_or("") != "url") {
+    return text;
+  }
+  std::replace(text.begin(), text.end(), '+', ' ');
+  return UrlDecode(text);
+}
+
 uint64_t ParseU64(std::string_view s) {
   uint64_t v = 0;
   std::from_chars(s.data(), s.data() + s.size(), v);
@@ -143,12 +155,12 @@ class ChunkedEncoder {
   bool finished_ = false;
 };
 
-bool IsRetriableCode(std::string_view code) {
-  return code == "SlowDown" || code == "InternalError" || code == "ServiceUnavailable" ||
-         code == "RequestTimeout";
-}
-
 }  // namespace
+
+bool IsRetriableS3Error(long status, std::string_view code) {
+  return status == 500 || status == 502 || status == 503 || status == 504 || code == "SlowDown" ||
+         code == "InternalError" || code == "ServiceUnavailable" || code == "RequestTimeout";
+}
 
 std::string Base64(std::string_view bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3), '\0');
@@ -422,8 +434,7 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
                       fmt::format("S3 {} {}: HTTP {}{}{}", call.op, target, r.status,
                                   detail.empty() ? "" : " ", detail),
                       ParseRetryAfter(r.Header("retry-after")));
-      retriable = r.status == 500 || r.status == 502 || r.status == 503 || r.status == 504 ||
-                  IsRetriableCode(code);
+      retriable = IsRetriableS3Error(r.status, code);
     }
     if (!retriable || attempt >= options_.max_attempts) return *failure;
     if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
@@ -505,7 +516,10 @@ Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::s
                                          const std::string& delimiter, int max_keys,
                                          std::stop_token stop) {
   Call call{"ListObjectsV2", "GET", bucket, "", {}, {}, {}};
-  call.query = {{"list-type", "2"}, {"max-keys", std::to_string(max_keys)}, {"prefix", prefix}};
+  call.query = {{"list-type", "2"},
+                {"max-keys", std::to_string(max_keys)},
+                {"prefix", prefix},
+                {"encoding-type", "url"}};
   if (!continuation_token.empty())
     call.query.emplace_back("continuation-token", continuation_token);
   if (!delimiter.empty()) call.query.emplace_back("delimiter", delimiter);
@@ -514,13 +528,15 @@ Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::s
   ListPage page;
   for (std::string_view contents : XmlElements(r->body, "Contents")) {
     ListedObject object;
-    object.key = XmlText(contents, "Key").value_or("");
+    object.key = ListedName(r->body, contents, "Key");
     object.size = ParseU64(XmlText(contents, "Size").value_or("0"));
     object.etag = Unquote(XmlText(contents, "ETag").value_or(""));
     page.objects.push_back(std::move(object));
   }
   for (std::string_view common : XmlElements(r->body, "CommonPrefixes")) {
-    if (auto p = XmlText(common, "Prefix")) page.common_prefixes.push_back(std::move(*p));
+    if (XmlText(common, "Prefix")) {
+      page.common_prefixes.push_back(ListedName(r->body, common, "Prefix"));
+    }
   }
   if (XmlText(r->body, "IsTruncated").value_or("false") == "true") {
     page.next_continuation_token = XmlText(r->body, "NextContinuationToken").value_or("");
@@ -674,21 +690,26 @@ Result<std::vector<MultipartUploadInfo>> S3Client::ListMultipartUploads(
   std::string key_marker;
   std::string id_marker;
   for (;;) {
-    Call call{"ListMultipartUploads", "GET", bucket, "", {{"uploads", ""}, {"prefix", prefix}},
-              {}, {}};
+    Call call{"ListMultipartUploads",
+              "GET",
+              bucket,
+              "",
+              {{"uploads", ""}, {"prefix", prefix}, {"encoding-type", "url"}},
+              {},
+              {}};
     if (!key_marker.empty()) call.query.emplace_back("key-marker", key_marker);
     if (!id_marker.empty()) call.query.emplace_back("upload-id-marker", id_marker);
     auto r = Execute(call, stop);
     if (!r) return r.error();
     for (std::string_view element : XmlElements(r->body, "Upload")) {
       MultipartUploadInfo upload;
-      upload.key = XmlText(element, "Key").value_or("");
+      upload.key = ListedName(r->body, element, "Key");
       upload.upload_id = XmlText(element, "UploadId").value_or("");
       upload.initiated = XmlText(element, "Initiated").value_or("");
       uploads.push_back(std::move(upload));
     }
     if (XmlText(r->body, "IsTruncated").value_or("false") != "true") break;
-    std::string next_key = XmlText(r->body, "NextKeyMarker").value_or("");
+    std::string next_key = ListedName(r->body, r->body, "NextKeyMarker");
     std::string next_id = XmlText(r->body, "NextUploadIdMarker").value_or("");
     if (next_key.empty() || (next_key == key_marker && next_id == id_marker)) {
       return Error(Reason::StorageError,

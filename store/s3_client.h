@@ -9,7 +9,7 @@
 // AccessDenied, NoSuchBucket, SignatureDoesNotMatch, RequestTimeTooSkewed). Transport failures
 // stay NetworkError and a stop request Cancelled. Credentials never appear in errors.
 //
-// Retries: HTTP 500, 503 and the SlowDown code (and NetworkError) are retried up to
+// Retries: the answers IsRetriableS3Error names (and NetworkError) are retried up to
 // max_attempts with exponential backoff (base_backoff doubling, capped at max_backoff, or the
 // server's Retry-After). Every call here is idempotent for S3 (a repeated PUT writes the same
 // bytes; Complete of a completed upload answers NoSuchUpload, which is reported).
@@ -225,6 +225,12 @@ class S3Client {
 std::optional<std::string> XmlText(std::string_view xml, std::string_view tag, size_t from = 0);
 // The inner XML of every <tag>…</tag> element, in order (not nested within each other).
 std::vector<std::string_view> XmlElements(std::string_view xml, std::string_view tag);
+// Whether an S3 error answer may succeed when repeated: HTTP 500, 502, 503 or 504, or the codes
+// SlowDown, InternalError, ServiceUnavailable and RequestTimeout. Any other (NoSuchKey,
+// AccessDenied, SignatureDoesNotMatch, …) answers the same again. S3Client retries exactly these,
+// and so does the transfer engine for presigned S3 URLs (fetch/s3_pull.h).
+bool IsRetriableS3Error(long status, std::string_view code);
+
 // Escapes & < > " ' for element text.
 std::string XmlEscape(std::string_view text);
 

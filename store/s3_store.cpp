@@ -64,13 +64,16 @@ bool ValidBucket(std::string_view b) {
   return std::all_of(b.begin(), b.end(), [&](char c) { return alnum(c) || c == '.' || c == '-'; });
 }
 
+// A path segment that is safe as a file name on disk: not empty, "." or "..", no control
+// character and no backslash. Every other byte (spaces, '+', '%', '=', '&', UTF-8) is a valid
+// file name on the Hub and a valid S3 key; the S3 client encodes keys on the wire.
 bool ValidSegment(std::string_view seg) {
   if (seg.empty() || seg == "." || seg == "..") {
     return false;
   }
   return std::none_of(seg.begin(), seg.end(), [](char c) {
     auto u = static_cast<unsigned char>(c);
-    return u < 0x20 || u == 0x7f || c == ' ' || c == '\\';
+    return u < 0x20 || u == 0x7f || c == '\\';
   });
 }
 
@@ -88,9 +91,10 @@ bool SafeRelPath(std::string_view path) {
   return true;
 }
 
-// A single path component: artifact names and versions.
+// A single path component without whitespace: artifact names and versions, the segments of a
+// store URI's prefix (written by operators, in URIs).
 bool SafeComponent(std::string_view s) {
-  return ValidSegment(s) && s.find('/') == std::string_view::npos;
+  return ValidSegment(s) && s.find_first_of("/ ") == std::string_view::npos;
 }
 
 VoidResult CheckNameVersion(const std::string& name, const std::string& version) {
@@ -214,7 +218,7 @@ Result<S3Location> ParseS3StoreUri(std::string_view uri) {
     }
     if (!prefix.empty()) {
       for (std::string_view seg : Split(prefix, '/')) {
-        if (!ValidSegment(seg)) {
+        if (!SafeComponent(seg)) {
           return Error(Reason::InvalidSpec,
                        fmt::format("{}: the prefix must not contain empty, \".\" or \"..\" "
                                    "segments, whitespace or control characters",
@@ -670,6 +674,13 @@ void RemoveStaleStagings(const std::string& prefix, const std::string& keep) {
 }
 
 }  // namespace
+
+void S3ArtifactStore::DiscardPartialPull(const std::string& dir, const std::string& version) {
+  std::string staging = dir + ".partial-" + version;
+  std::error_code ignored;
+  fs::remove_all(staging, ignored);
+  fs::remove_all(staging + ".incomplete", ignored);
+}
 
 VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const std::string& name,
                                          const ArtifactManifest& m, const std::string& staging,

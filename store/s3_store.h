@@ -230,6 +230,9 @@ class S3ArtifactStore {
   Result<PulledArtifact> Pull(const std::string& name, const std::string& version,
                               const std::string& dir, S3TransferProgress& progress,
                               std::stop_token stop = {}, const PullDownloadFn& download = {});
+  // Removes what a failed Pull of `version` into `dir` through a download function kept for a
+  // resume (its staging and partial files), once no resume will come.
+  static void DiscardPartialPull(const std::string& dir, const std::string& version);
 
  private:
   // Pull's download through `download`: presigns every file's URL, runs it into `staging`, checks

@@ -61,41 +61,13 @@ if [ ! -s "$WORK/src/small/f$((SMALL_FILES - 1)).txt" ]; then
   done
 fi
 
-# nginx: the CDN. It cannot listen on port 0 and say which port it got, so python picks one.
-NGINX_PID=""
-HUB_PID=""
-cleanup() {
-  if [ -n "$HUB_PID" ]; then kill "$HUB_PID" 2>/dev/null || true; fi
-  if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-$( [ "$(id -u)" = 0 ] && echo "user root;" )
-daemon off; worker_processes 2; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/logs/error.log;
-events { worker_connections 1024; }
-http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
-  default_type application/octet-stream;
-  client_body_temp_path $WORK/nginx/tmp; proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp; uwsgi_temp_path $WORK/nginx/tmp; scgi_temp_path $WORK/nginx/tmp;
-  server { listen 127.0.0.1:$port; root $WORK/src; } }
-CONF
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
-NGINX_PID=$!
-NGINX=http://127.0.0.1:$port
-
-cat >"$WORK/hub.json" <<JSON
-{"repos": [
-  {"type": "model", "id": "bench/large", "refs": {"main": "$WORK/src/large"}},
-  {"type": "model", "id": "bench/small", "refs": {"main": "$WORK/src/small"}}
-], "tree_page_size": 1000, "external_cdn": {"url": "$NGINX", "root": "$WORK/src"}, "keep_alive": true}
-JSON
-"$HUB_BIN" --config "$WORK/hub.json" >"$WORK/hub.out" 2>"$WORK/hub.err" &
-HUB_PID=$!
-for _ in $(seq 1 600); do grep -q '^hub=' "$WORK/hub.out" 2>/dev/null && break; sleep 0.1; done
-HUB=$(sed -n 's/^hub=\([^ ]*\) .*/\1/p' "$WORK/hub.out")
-[ -n "$HUB" ] || { echo "mc-fake-hub did not start" >&2; cat "$WORK/hub.err" >&2; exit 1; }
+# shellcheck source=bench/transfer/servers.sh
+. "$HERE/servers.sh"
+trap stop_servers EXIT
+start_cdn "access_log off; tcp_nopush on;"
+start_hub '[
+  {"type": "model", "id": "bench/large", "refs": {"main": "'"$WORK"'/src/large"}},
+  {"type": "model", "id": "bench/small", "refs": {"main": "'"$WORK"'/src/small"}}]'
 
 # "path<TAB>url" for every file of a repo, from the tree API.
 urls() {

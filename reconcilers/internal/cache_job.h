@@ -55,6 +55,10 @@ struct CacheJobInputs {
 // Shared between the job thread (writer) and reconciles (readers).
 struct CacheJobState {
   std::atomic<JobPhase> phase{JobPhase::Pending};
+  // Set (before the stop) when the resource is deleted: its cancelled downloads will never
+  // resume, so the job removes their partial files. Without it a cancelled job keeps them for
+  // the next job (a restart, a changed spec) to resume.
+  std::atomic<bool> discard_partial{false};
   fetch::TransferProgress transfer;
   shard::ShardProgress shard;
   store::S3TransferProgress upload;

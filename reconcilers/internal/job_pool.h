@@ -15,7 +15,7 @@ namespace modelcache::reconcilers {
 class JobPool {
  public:
   explicit JobPool(int threads);
-  // Waits for running jobs to return (callers cancel them first) and drops queued ones unrun.
+  // Stops and joins (see Join).
   ~JobPool();
   JobPool(const JobPool&) = delete;
   JobPool& operator=(const JobPool&) = delete;
@@ -25,6 +25,9 @@ class JobPool {
   // Drops queued jobs (returning them so the caller can complete them) and lets threads exit once
   // their current job returns.
   std::vector<std::function<void()>> Stop();
+  // Stops, then waits for the running jobs to return (callers cancel them first). Idempotent; never
+  // called from a job.
+  void Join();
   // True when a job submitted now would start at once: more threads than running and queued
   // jobs.
   bool HasFreeThread();
@@ -37,7 +40,7 @@ class JobPool {
   std::deque<std::function<void()>> queue_;  // guarded by mu_
   bool stopping_ = false;                    // guarded by mu_
   size_t running_ = 0;                       // guarded by mu_
-  std::vector<std::jthread> threads_;
+  std::vector<std::jthread> threads_;  // emptied (joined) by Join, on one thread
 };
 
 }  // namespace modelcache::reconcilers

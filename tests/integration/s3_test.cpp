@@ -528,6 +528,53 @@ TEST_F(S3Test, PullFetchesParallelRangesWithRetriesBitExactly) {
   }
 }
 
+// File names the Hub allows, however they must be encoded: signed and sent as radosgw checks
+// SigV4 (each segment encoded once, '/' kept), listed back (encoding-type=url), read back by boto3
+// under the file's own name, and pulled (through the fault proxy, which forwards them as sent)
+// to the same names.
+TEST_F(S3Test, OddFileNamesRoundTripThroughTheBucket) {
+  std::map<std::string, std::string> files{
+      {"config.json", "{}"},
+      {"docs/notes with space+plus.txt", "space and plus"},
+      {"100% = a&b;c,d(e)[f]!$'@~.md", "reserved characters"},
+      {"\xC3\xBCnic\xC3\xB6" "de/\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E.json", "unicode"},
+      {"q?x#y.txt", "query and fragment"}};
+  AddRepo("org/s3-odd", files);
+  std::vector<std::string> args{"prefetch",      "org/s3-odd:main", "--store",
+                                store_uri(),     "--cache-dir",     cache_dir(),
+                                "--hf-endpoint", hub_.url(),        "--no-progress"};
+  auto first = RunModelcache(args, AwsEnv());
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+
+  auto back = Boto3(kReadBack, {prefix_, "s3-odd"});
+  ASSERT_EQ(back["files"].size(), files.size());
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(back["files"][path]["sha256"], Sha256Hex(content)) << path;
+  }
+  std::string version = back["current"];
+  auto keys = ListKeys(prefix_ + "/artifacts/s3-odd/" + version + "/");
+  for (const auto& [path, content] : files) {
+    std::string key = prefix_ + "/artifacts/s3-odd/" + version + "/" + path;
+    EXPECT_TRUE(std::find(keys.begin(), keys.end(), key) != keys.end()) << key;
+  }
+
+  // Again: found in place (HeadObject of every key), nothing uploaded.
+  S3Proxy proxy(gw_.endpoint);
+  auto env = AwsEnv();
+  env["AWS_ENDPOINT_URL"] = proxy.url();
+  auto second = RunModelcache(args, env);
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_EQ(second.out, first.out);
+  EXPECT_EQ(proxy.Stats()["PutObject"], 0) << proxy.StatsText();
+
+  std::string dir = tmp_ / "pulled";
+  auto pulled = RunModelcache({"pull", store_uri() + "/artifacts/s3-odd", dir}, env);
+  ASSERT_EQ(pulled.exit_code, 0) << pulled.err;
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(Slurp(dir + "/" + path), content) << path;
+  }
+}
+
 TEST_F(S3Test, VersionWithoutModelcacheJsonIsNeverReadyNorPulled) {
   // A bucket of this test's own, whose policy refuses the commit marker under the prefix: every
   // file can be uploaded, modelcache.json cannot.

@@ -86,6 +86,9 @@ class TransferTest : public DaemonTest {
     });
     DaemonTest::SetUp();
   }
+  // The hub's server threads log into hub_log_, which goes before the base's hub_: they are
+  // joined first (ThreadSanitizer saw a late request's line race with the destructor).
+  void TearDown() override { hub_.Stop(); }
 
   // A repo whose main holds a config and model.safetensors (written by `make_weights`).
   std::string AddRepo(const std::string& id, const std::function<void(const std::string&)>& make) {

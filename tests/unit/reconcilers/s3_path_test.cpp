@@ -2,6 +2,7 @@
 // storage.uri (streamed from the Hub, committed; status.artifact.uri), the restart check against the
 // bucket's commit marker, credentials from the secrets directory, and an S3 artifact as a source.
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -257,6 +258,72 @@ TEST_F(S3PathTest, AnS3ArtifactAsSourceFillsTheLocalStore) {
   EXPECT_EQ(refused.error().reason, Reason::StorageError);
   EXPECT_NE(refused.error().message.find("no modelcache.json"), std::string::npos)
       << refused.error().message;
+}
+
+// A transfer that writes a few bytes of every file's partial data, says so, and holds until it is
+// stopped: a pull caught mid-download.
+class StalledTransfer final : public fetch::Transfer {
+ public:
+  Result<std::vector<fetch::FileResult>> Run(const std::vector<fetch::FileTask>& tasks,
+                                             fetch::TransferProgress&,
+                                             std::stop_token stop) override {
+    for (const auto& t : tasks) {
+      std::ofstream(t.incomplete_path) << "partial";
+    }
+    std::unique_lock lock(mu_);
+    started_ = true;
+    cv_.notify_all();
+    std::condition_variable_any wait;
+    wait.wait(lock, stop, [] { return false; });
+    return Error(Reason::Cancelled, "cancelled");
+  }
+  void WaitStarted() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return started_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool started_ = false;
+};
+
+TEST_F(S3PathTest, ADeletedS3SourceResourceRemovesItsPartialPull) {
+  MakeReconciler();
+  Request publish{{"default", "m"}, Object("org/model", "s3://models/team"), std::nullopt, {}};
+  ASSERT_TRUE(RunToEnd(publish));
+
+  auto stalled = std::make_shared<StalledTransfer>();
+  MakeReconciler([&](ReconcilerOptions& o) {
+    o.transfer_factory = [stalled](const fetch::HubOptions&) -> std::unique_ptr<fetch::Transfer> {
+      struct Shared final : fetch::Transfer {
+        std::shared_ptr<StalledTransfer> t;
+        Result<std::vector<fetch::FileResult>> Run(const std::vector<fetch::FileTask>& tasks,
+                                                   fetch::TransferProgress& p,
+                                                   std::stop_token stop) override {
+          return t->Run(tasks, p, stop);
+        }
+      };
+      auto s = std::make_unique<Shared>();
+      s->t = stalled;
+      return s;
+    };
+  });
+  crds::ModelCache node = Object("s3://models/team/artifacts/model", root_ + "/node-store");
+  node.metadata.name = "node";
+  node.spec.artifact_name = "node";
+  Request request{{"default", "node"}, node, std::nullopt, {}};
+  ASSERT_TRUE(reconciler_->Reconcile(request, {}));
+  stalled->WaitStarted();
+  ASSERT_FALSE(fs::is_empty(root_ + "/node-store/tmp"));
+  request.object.reset();
+  ASSERT_TRUE(reconciler_->Reconcile(request, {}));
+  reconciler_->Shutdown();  // waits for the cancelled job
+  std::vector<std::string> left;
+  for (const auto& e : fs::directory_iterator(root_ + "/node-store/tmp")) {
+    left.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(left, std::vector<std::string>{});
 }
 
 }  // namespace

@@ -2,10 +2,11 @@
 
 // An in-memory S3 imitation on 127.0.0.1 for the S3 store's unit tests: path-style object calls
 // (PUT with user metadata and x-amz-copy-source, GET with Range, HEAD, DELETE), ListObjectsV2 with
-// a prefix, and the multipart calls. It does not check signatures (radosgw does, in the
-// integration tests); it records every request so that tests can see what was sent, and lets a
-// test change stored bytes behind the client's back.
+// a prefix (and encoding-type=url, encoded as AWS does), and the multipart calls. It does not
+// check signatures (radosgw does, in the integration tests); it records every request so that
+// tests can see what was sent, and lets a test change stored bytes behind the client's back.
 
+#include <cctype>
 #include <map>
 #include <mutex>
 #include <string>
@@ -146,6 +147,24 @@ class FakeS3 {
     return out;
   }
 
+  // A key in a list answer asked with encoding-type=url, the way AWS writes it: unreserved
+  // characters and '/' as they are, a space as '+', every other byte as %XX.
+  static std::string UrlEncodeKey(const std::string& key) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    for (char c : key) {
+      auto u = static_cast<unsigned char>(c);
+      if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+        out.push_back(c);
+      } else if (c == ' ') {
+        out.push_back('+');
+      } else {
+        out += {'%', kHex[u >> 4], kHex[u & 0xf]};
+      }
+    }
+    return out;
+  }
+
   void Handle(const httplib::Request& req, httplib::Response& res) {
     std::lock_guard lock(mu_);
     std::string path = req.path.substr(1);
@@ -163,11 +182,15 @@ class FakeS3 {
     if (req.method == "GET" && key.empty()) {
       record.op = "ListObjectsV2";
       std::string prefix = req.has_param("prefix") ? req.get_param_value("prefix") : "";
+      bool url = req.has_param("encoding-type") && req.get_param_value("encoding-type") == "url";
       std::string xml = "<ListBucketResult><IsTruncated>false</IsTruncated>";
+      if (url) {
+        xml += "<EncodingType>url</EncodingType>";
+      }
       for (const auto& [k, o] : objects) {
         if (k.rfind(prefix, 0) == 0) {
-          xml += "<Contents><Key>" + Escape(k) + "</Key><Size>" + std::to_string(o.body.size()) +
-                 "</Size></Contents>";
+          xml += "<Contents><Key>" + (url ? UrlEncodeKey(k) : Escape(k)) + "</Key><Size>" +
+                 std::to_string(o.body.size()) + "</Size></Contents>";
         }
       }
       res.set_content(xml + "</ListBucketResult>", "application/xml");

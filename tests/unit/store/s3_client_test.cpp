@@ -523,9 +523,49 @@ TEST(S3ClientTest, ListObjectsV2FollowsContinuation) {
   ASSERT_EQ(last->objects.size(), 1u);
   EXPECT_EQ(last->next_continuation_token, "");
   auto requests = h.server.requests();
-  EXPECT_EQ(requests[0].target, "/bucket?delimiter=%2F&list-type=2&max-keys=1000&prefix=p%2F");
+  EXPECT_EQ(requests[0].target,
+            "/bucket?delimiter=%2F&encoding-type=url&list-type=2&max-keys=1000&prefix=p%2F");
   EXPECT_EQ(requests[1].target,
-            "/bucket?continuation-token=tok%2F%2B%3D&list-type=2&max-keys=1000&prefix=p%2F");
+            "/bucket?continuation-token=tok%2F%2B%3D&encoding-type=url&list-type=2&max-keys=1000&"
+            "prefix=p%2F");
+}
+
+// Asked with encoding-type=url, S3 encodes keys and prefixes: AWS writes a space as '+',
+// radosgw as %20; a '+' of the key is %2B in both.
+TEST(S3ClientTest, ListObjectsV2DecodesUrlEncodedKeys) {
+  Harness h([](const Received&) {
+    return Reply{200,
+                 "<ListBucketResult><EncodingType>url</EncodingType><Prefix>p%2F</Prefix>"
+                 "<IsTruncated>false</IsTruncated>"
+                 "<Contents><Key>p/notes+with%20space%2Bplus%25%3D%26.txt</Key><Size>1</Size>"
+                 "</Contents><Contents><Key>p/%E6%97%A5%E6%9C%AC.json</Key><Size>2</Size>"
+                 "</Contents><CommonPrefixes><Prefix>p/a+b%2B/</Prefix></CommonPrefixes>"
+                 "</ListBucketResult>",
+                 {}};
+  });
+  S3Client client = h.Client();
+  auto page = client.ListObjectsV2("bucket", "p/", "", "/");
+  ASSERT_TRUE(page) << page.error().ToString();
+  ASSERT_EQ(page->objects.size(), 2u);
+  EXPECT_EQ(page->objects[0].key, "p/notes with space+plus%=&.txt");
+  EXPECT_EQ(page->objects[1].key, "p/\xE6\x97\xA5\xE6\x9C\xAC.json");
+  EXPECT_EQ(page->common_prefixes, std::vector<std::string>{"p/a b+/"});
+}
+
+TEST(S3ClientTest, MultipartUploadListDecodesUrlEncodedKeys) {
+  Harness h([](const Received&) {
+    return Reply{200,
+                 "<ListMultipartUploadsResult><EncodingType>url</EncodingType>"
+                 "<IsTruncated>false</IsTruncated><Upload><Key>k/a+b%2Bc</Key>"
+                 "<UploadId>u1</UploadId></Upload></ListMultipartUploadsResult>",
+                 {}};
+  });
+  S3Client client = h.Client();
+  auto uploads = client.ListMultipartUploads("bucket", "k/");
+  ASSERT_TRUE(uploads) << uploads.error().ToString();
+  ASSERT_EQ(uploads->size(), 1u);
+  EXPECT_EQ((*uploads)[0].key, "k/a b+c");
+  EXPECT_NE(h.server.requests()[0].target.find("encoding-type=url"), std::string::npos);
 }
 
 TEST(S3ClientTest, MultipartUploadCalls) {

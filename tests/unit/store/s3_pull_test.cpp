@@ -163,20 +163,25 @@ TEST_F(S3PullTest, BytesNotMatchingTheManifestAreChecksumMismatchAndTheOldTreeSt
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp_.path()), {}), 2);  // local/ and out/
 }
 
-TEST_F(S3PullTest, AnObjectGoneSinceTheManifestIsNamedWithItsS3Code) {
+// NoSuchKey answers the same however often it is asked: it fails the pull at once (as S3Client
+// classifies its own calls), where a 503 SlowDown would be retried.
+TEST_F(S3PullTest, AnObjectGoneSinceTheManifestFailsAtOnceNamedWithItsS3Code) {
   // b.txt longer than the imitation's error body, which httplib would cut to the Range asked.
   ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"b.txt", Bytes(1000, 4)}});
   s3_.DeleteObject("models", "team/artifacts/qwen/" + m.version + "/b.txt");
   fetch::TransferEngine engine(EngineOptions());
-  fetch::HubOptions once;
-  once.max_attempts = 1;
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions(once));
+  fetch::HubOptions retries;
+  retries.max_attempts = 5;
+  retries.backoff_base = std::chrono::milliseconds(1);
+  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions(retries));
   fetch::TransferProgress downloaded;
   S3TransferProgress p;
+  s3_.ClearRequests();
   auto r = store_->Pull("qwen", "", tmp_.path() + "/out", p, {},
                         fetch::TransferPullDownload(*transfer, downloaded));
   ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().reason, Reason::NetworkError);
+  EXPECT_EQ(r.error().reason, Reason::StorageError);
+  EXPECT_EQ(s3_.Count("GetObject", "/b.txt"), 1u) << "a permanent answer is not retried";
   EXPECT_NE(r.error().message.find("answered HTTP 404 NoSuchKey for b.txt"), std::string::npos)
       << r.error().message;
   EXPECT_EQ(r.error().message.find("X-Amz-"), std::string::npos) << r.error().message;

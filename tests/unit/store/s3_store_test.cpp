@@ -372,6 +372,50 @@ TEST_F(S3StoreTest, MissingBucketIsAStorageErrorWithTheCodeAndNoSecret) {
   EXPECT_EQ(r.error().message.find("secret-never-shown"), std::string::npos);
 }
 
+// Every name the Hub allows is a key under the file's own name, and pull restores it; what is
+// unsafe on disk is refused.
+TEST_F(S3StoreTest, FileNamesWithSpacesPlusPercentAndUnicodeRoundTrip) {
+  std::map<std::string, std::string> files{
+      {"docs/notes with space+plus.txt", "a"},
+      {"100% = a&b;c,d(e)[f]{g}!$'@#.md", "b"},
+      {"\xC3\xBCnic\xC3\xB6" "de/\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E.json", "c"},
+      {"tilde~ and?.txt", "d"}};
+  ArtifactManifest m = LocalVersion("odd", files);
+  auto store = Store();
+  S3TransferProgress up;
+  auto published = store->Publish(dir_, m, up);
+  ASSERT_TRUE(published) << published.error().message;
+  auto objects = s3_.Objects(kBucket);
+  for (const auto& [path, content] : files) {
+    std::string key = "team/cache/artifacts/odd/" + m.version + "/" + path;
+    ASSERT_EQ(objects.count(key), 1u) << key;
+    EXPECT_EQ(objects[key].body, content);
+  }
+  // Listing (encoding-type=url, decoded) finds the committed version again.
+  auto versions = store->ListVersions("odd");
+  ASSERT_TRUE(versions) << versions.error().message;
+  ASSERT_EQ(versions->size(), 1u);
+
+  std::string out = tmp_.path() + "/node/odd";
+  S3TransferProgress progress;
+  auto pulled = store->Pull("odd", "", out, progress);
+  ASSERT_TRUE(pulled) << pulled.error().message;
+  for (const auto& [path, content] : files) {
+    EXPECT_EQ(ReadText(out + "/" + path), content) << path;
+  }
+
+  const std::vector<std::string> unsafe_paths{"a/../b", "/abs", "back\\slash",
+                                              std::string("nul\0x", 5), "bell\x07"};
+  for (const std::string& bad : unsafe_paths) {
+    ArtifactManifest unsafe = m;
+    unsafe.files[0].path = bad;
+    std::atomic<uint64_t> done{0};
+    auto put = store->PutFile(unsafe, unsafe.files[0], dir_ + "/" + m.files[0].path, {}, done, {});
+    ASSERT_FALSE(put) << bad;
+    EXPECT_EQ(put.error().reason, Reason::InvalidSpec) << bad;
+  }
+}
+
 TEST_F(S3StoreTest, ManifestsThatDoNotMatchTheirIdOrHaveUnsafePathsAreRefused) {
   ArtifactManifest m = LocalVersion("qwen", {{"a.txt", "a"}});
   auto store = Store();
