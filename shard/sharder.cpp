@@ -231,12 +231,13 @@ class Executor {
 
 // Checks every tensor the plan reads against the checkpoint, and that the checkpoint holds nothing
 // the architecture has no place for (the engines' own loaders would reject that too).
-VoidResult CheckSources(const ShardPlan& plan, const Checkpoint& ckpt) {
+VoidResult CheckSources(const ShardPlan& plan, const Checkpoint& ckpt, const std::string& dir) {
   for (const auto& [name, shape] : plan.sources) {
     const auto* e = ckpt.Find(name);
     if (e == nullptr) {
-      return Error(Reason::ShardConfigInvalid, "checkpoint has no tensor '" + name + "', which " +
-                                                   plan.model.architecture + " needs");
+      return Error(Reason::ShardConfigInvalid, "checkpoint " + dir + " has no tensor '" +
+                                                   name + "', which " + plan.model.architecture +
+                                                   " needs");
     }
     if (e->info->shape != shape) {
       return Error(Reason::ShardConfigInvalid, "tensor '" + name + "' in " + e->file->path() +
@@ -252,9 +253,10 @@ VoidResult CheckSources(const ShardPlan& plan, const Checkpoint& ckpt) {
   }
   for (const auto& name : ckpt.names()) {
     if (plan.sources.count(name) == 0 && !plan.Ignorable(name)) {
-      return Error(Reason::ShardConfigInvalid, "checkpoint tensor '" + name + "' has no place in " +
-                                                   plan.model.architecture +
-                                                   " (config.json and the weights disagree)");
+      return Error(Reason::ShardConfigInvalid,
+                   "tensor '" + name + "' in " + ckpt.Find(name)->file->path() +
+                       " has no place in " + plan.model.architecture +
+                       " (config.json and the weights disagree)");
     }
   }
   return {};
@@ -386,14 +388,15 @@ Result<ShardResult> ShardCheckpoint(
   }
   auto plan = PlanFromConfig(config, layout->engine, layout->release, options.tensor_parallel_size);
   if (!plan) {
-    return plan.error();
+    // PlanFromConfig knows the file only as "config.json"; the user needs to know which one.
+    return Error(plan.error().reason, config_path + ": " + plan.error().message);
   }
   auto ckpt_or = Checkpoint::Open(options.src_dir);
   if (!ckpt_or) {
     return ckpt_or.error();
   }
   const Checkpoint& ckpt = **ckpt_or;
-  if (auto r = CheckSources(*plan, ckpt); !r) {
+  if (auto r = CheckSources(*plan, ckpt, options.src_dir); !r) {
     return r.error();
   }
   if (auto r = MakeDirs(options.out_dir); !r) {

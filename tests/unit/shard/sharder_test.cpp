@@ -464,6 +464,8 @@ TEST_F(SharderTest, RejectsWhatTheEnginesWouldReject) {
   ASSERT_FALSE(arch);
   EXPECT_EQ(arch.error().reason, Reason::UnsupportedArchitecture);
   EXPECT_NE(arch.error().message.find("GPT2LMHeadModel"), std::string::npos);
+  EXPECT_NE(arch.error().message.find(dir_ + "/src/config.json"), std::string::npos)
+      << "names the file: " << arch.error().message;
 
   // config.json says three layers, the weights have two.
   json deeper = config;
@@ -473,6 +475,8 @@ TEST_F(SharderTest, RejectsWhatTheEnginesWouldReject) {
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().reason, Reason::ShardConfigInvalid);
   EXPECT_NE(missing.error().message.find("model.layers.2."), std::string::npos);
+  EXPECT_NE(missing.error().message.find(dir_ + "/src"), std::string::npos)
+      << "names the checkpoint: " << missing.error().message;
 
   // config.json says one layer: layer 1's weights have no place.
   json shallower = config;
@@ -481,6 +485,8 @@ TEST_F(SharderTest, RejectsWhatTheEnginesWouldReject) {
   auto extra = Shard("src", "out", 2);
   ASSERT_FALSE(extra);
   EXPECT_NE(extra.error().message.find("model.layers.1."), std::string::npos);
+  EXPECT_NE(extra.error().message.find("model.safetensors"), std::string::npos)
+      << "names the file: " << extra.error().message;
 
   // Wrong shapes: a different hidden size.
   json wider = config;
