@@ -1,14 +1,15 @@
 #pragma once
 
-// Secrets the daemon itself is configured with (not ones a resource names): `--s3-secret` in
-// Kubernetes mode names a Secret holding the S3 credentials. The name is "NAME" (in the daemon's
+// Secrets in Kubernetes mode. A resource's spec.source.tokenSecretRef is read with ReadHubToken,
+// uncached (only Secrets that opt in by a label). The daemon's own Secrets (KubeSecretReader):
+// `--s3-secret` names a Secret holding the S3 credentials. The name is "NAME" (in the daemon's
 // own namespace: the service account's in a pod, the kubeconfig context's outside one, else
 // "default" — the namespace the leader-election Lease uses too) or "NAMESPACE/NAME".
 //
-// Values are read through the KubeClient and kept for a short time (2 s by default), so that a
-// burst of checks (every S3 resource after a start or a resync) costs one GET, while a rotated
-// Secret is used by the jobs and retries that start after it. Only successful reads are kept.
-// Values are never logged, and errors name the Secret, never a value.
+// The reader's values are read through the KubeClient and kept for a short time (2 s by
+// default), so that a burst of checks (every S3 resource after a start or a resync) costs one
+// GET, while a rotated Secret is used by the jobs and retries that start after it. Only
+// successful reads are kept. Values are never logged, and errors name the Secret, never a value.
 
 #include <chrono>
 #include <map>
