@@ -98,8 +98,7 @@ class KubernetesMode final : public DaemonMode {
     // Every status write is an API request (and an Event): a job that finishes within this (a
     // resource whose artifact is already cached) gets one write, straight to its result.
     reconciler.settle = kSettle;
-    reconciler.secret_lookup = [this](const crds::ObjectKey& owner,
-                                      const crds::SecretKeyRef& ref) {
+    reconciler.secret_lookup = [this](const crds::ObjectKey& owner, const crds::SecretKeyRef& ref) {
       return ReadHubToken(client_, owner.namespace_, ref);
     };
     if (s3_secret_) {

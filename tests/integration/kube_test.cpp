@@ -8,9 +8,8 @@
 #include <tuple>
 #include <vector>
 
-#include <httplib.h>
-
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/fixtures/hub/fake_hub.h"
