@@ -34,6 +34,19 @@ Error ReplyError(const KubeReply& reply, std::string_view what) {
   return Error(reason, text);
 }
 
+std::map<std::string, std::string> MetadataLabels(const json& object) {
+  std::map<std::string, std::string> labels;
+  if (object.is_object() && object.contains("metadata") && object["metadata"].is_object() &&
+      object["metadata"].contains("labels") && object["metadata"]["labels"].is_object()) {
+    for (const auto& [key, value] : object["metadata"]["labels"].items()) {
+      if (value.is_string()) {
+        labels[key] = value.get<std::string>();
+      }
+    }
+  }
+  return labels;
+}
+
 std::optional<std::string> DecodeBase64(std::string_view s) {
   std::string out;
   uint32_t acc = 0;
@@ -262,9 +275,8 @@ VoidResult KubeClient::Watch(const std::string& ns, const std::string& resource_
   return {};
 }
 
-Result<std::map<std::string, std::string>> KubeClient::GetSecretData(const std::string& ns,
-                                                                     const std::string& name,
-                                                                     std::stop_token stop) const {
+Result<KubeClient::Secret> KubeClient::GetSecret(const std::string& ns, const std::string& name,
+                                                 std::stop_token stop) const {
   std::string url =
       config_.server + "/api/v1/namespaces/" + UrlEncode(ns) + "/secrets/" + UrlEncode(name);
   auto r = Send(Request("GET", url), stop);
@@ -278,8 +290,9 @@ Result<std::map<std::string, std::string>> KubeClient::GetSecretData(const std::
   if (!r->ok()) {
     return ReplyError(*r, "get " + what);
   }
-  std::map<std::string, std::string> data;
+  Secret secret;
   const json& body = r->body;
+  secret.labels = MetadataLabels(body);
   if (body.is_object() && body.contains("data") && body["data"].is_object()) {
     for (const auto& [key, value] : body["data"].items()) {
       std::optional<std::string> decoded =
@@ -287,17 +300,27 @@ Result<std::map<std::string, std::string>> KubeClient::GetSecretData(const std::
       if (!decoded) {
         return Error(Reason::InvalidSpec, what + ": data." + key + " is not base64");
       }
-      data[key] = std::move(*decoded);
+      secret.data[key] = std::move(*decoded);
     }
   }
   if (body.is_object() && body.contains("stringData") && body["stringData"].is_object()) {
     for (const auto& [key, value] : body["stringData"].items()) {
       if (value.is_string()) {
-        data[key] = value.get<std::string>();
+        secret.data[key] = value.get<std::string>();
       }
     }
   }
-  return data;
+  return secret;
+}
+
+Result<std::map<std::string, std::string>> KubeClient::GetSecretData(const std::string& ns,
+                                                                     const std::string& name,
+                                                                     std::stop_token stop) const {
+  auto secret = GetSecret(ns, name, stop);
+  if (!secret) {
+    return secret.error();
+  }
+  return std::move(secret->data);
 }
 
 }  // namespace modelcache::controller

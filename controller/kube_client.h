@@ -37,6 +37,9 @@ struct KubeReply {
 // unexpected NetworkError; the message is "<what>: HTTP <code> <reason>: <message>".
 Error ReplyError(const KubeReply& reply, std::string_view what);
 
+// The string values of an object's metadata.labels (empty when it has none).
+std::map<std::string, std::string> MetadataLabels(const nlohmann::json& object);
+
 struct WatchEvent {
   std::string type;  // ADDED | MODIFIED | DELETED | BOOKMARK | ERROR
   nlohmann::json object;
@@ -75,8 +78,16 @@ class KubeClient {
   Result<KubeReply> MergePatch(const std::string& ns, const std::string& name,
                                const nlohmann::json& patch, std::stop_token stop = {}) const;
 
-  // The decoded data of Secret ns/name (base64 of .data, plus .stringData if present).
-  // InvalidSpec if the Secret does not exist, Unauthorized on 401/403.
+  // A Secret as the daemon uses it: metadata.labels and the decoded data (base64 of .data, plus
+  // .stringData if present).
+  struct Secret {
+    std::map<std::string, std::string> labels;
+    std::map<std::string, std::string> data;
+  };
+  // Secret ns/name. InvalidSpec if the Secret does not exist, Unauthorized on 401/403.
+  Result<Secret> GetSecret(const std::string& ns, const std::string& name,
+                           std::stop_token stop = {}) const;
+  // GetSecret's data only.
   Result<std::map<std::string, std::string>> GetSecretData(const std::string& ns,
                                                            const std::string& name,
                                                            std::stop_token stop = {}) const;

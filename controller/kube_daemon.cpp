@@ -23,9 +23,6 @@ namespace {
 
 using nlohmann::json;
 
-// A missing Secret or key is not part of the spec, so it may appear without a spec change: the
-// resource is looked at again after this long.
-constexpr std::chrono::seconds kSecretRecheck{30};
 // How long a reconcile waits for a job it started before reporting it as Resolving
 // (ReconcilerOptions::settle).
 constexpr std::chrono::milliseconds kSettle{500};
@@ -58,17 +55,7 @@ Result<std::map<std::string, std::string>> NodeLabels(const KubeClient& client,
   if (!reply->ok()) {
     return ReplyError(*reply, "--node-name: get node " + name);
   }
-  std::map<std::string, std::string> labels;
-  const json& body = reply->body;
-  if (body.is_object() && body.contains("metadata") && body["metadata"].is_object() &&
-      body["metadata"].contains("labels") && body["metadata"]["labels"].is_object()) {
-    for (const auto& [k, v] : body["metadata"]["labels"].items()) {
-      if (v.is_string()) {
-        labels[k] = v.get<std::string>();
-      }
-    }
-  }
-  return labels;
+  return MetadataLabels(reply->body);
 }
 
 class KubernetesMode final : public DaemonMode {
@@ -111,9 +98,8 @@ class KubernetesMode final : public DaemonMode {
     // Every status write is an API request (and an Event): a job that finishes within this (a
     // resource whose artifact is already cached) gets one write, straight to its result.
     reconciler.settle = kSettle;
-    reconciler.secret_lookup = [this](const crds::ObjectKey& owner,
-                                      const crds::SecretKeyRef& ref) {
-      return LookupSecret(owner, ref);
+    reconciler.secret_lookup = [this](const crds::ObjectKey& owner, const crds::SecretKeyRef& ref) {
+      return ReadHubToken(client_, owner.namespace_, ref);
     };
     if (s3_secret_) {
       // --s3-secret names a Secret (resolved at start-up), not a secrets-directory entry.
@@ -145,30 +131,6 @@ class KubernetesMode final : public DaemonMode {
     o.component = options.component;
     o.host = options.node_name;
     return o;
-  }
-
-  // tokenSecretRef: data[key] of the Secret in the resource's namespace. The errors name the
-  // Secret and the key, never a value.
-  Result<std::string> LookupSecret(const crds::ObjectKey& owner, const crds::SecretKeyRef& ref) {
-    std::string what = "spec.source.tokenSecretRef: Secret \"" + ref.name + "\" in namespace \"" +
-                       owner.namespace_ + "\"";
-    auto data = client_.GetSecretData(owner.namespace_, ref.name);
-    if (!data) {
-      const Error& e = data.error();
-      if (e.reason == Reason::InvalidSpec) {
-        return Error(Reason::InvalidSpec, what + " not found", kSecretRecheck);
-      }
-      if (e.reason == Reason::Unauthorized) {
-        return Error(Reason::Unauthorized, what + " cannot be read: " + e.message,
-                     kSecretRecheck);
-      }
-      return Error(e.reason, what + ": " + e.message, e.retry_after);
-    }
-    auto it = data->find(ref.key);
-    if (it == data->end()) {
-      return Error(Reason::InvalidSpec, what + " has no key \"" + ref.key + "\"", kSecretRecheck);
-    }
-    return std::move(it->second);
   }
 
   const KubernetesModeOptions options_;

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include <spdlog/spdlog.h>
+
 namespace modelcache::controller {
 namespace {
 
@@ -66,6 +68,36 @@ Result<SecretName> ParseSecretName(std::string_view value, const std::string& de
                      "\" is not a Secret name (a DNS-1123 subdomain; NAME or NAMESPACE/NAME)");
   }
   return out;
+}
+
+Result<std::string> ReadHubToken(const KubeClient& client, const std::string& ns,
+                                 const crds::SecretKeyRef& ref) {
+  std::string what = "spec.source.tokenSecretRef: Secret \"" + ref.name + "\" key \"" + ref.key +
+                     "\" in namespace \"" + ns + "\"";
+  auto unusable = [&](std::string_view cause) -> Error {
+    spdlog::warn("{}: not used as a Hub token: {}", what, cause);
+    return Error(Reason::InvalidSpec,
+                 what + " is not usable as a Hub token (it must exist and carry the label " +
+                     kHubTokenLabel + "=true)",
+                 kRecheck);
+  };
+  auto secret = client.GetSecret(ns, ref.name);
+  if (!secret) {
+    const Error& e = secret.error();
+    if (e.reason == Reason::InvalidSpec || e.reason == Reason::Unauthorized) {
+      return unusable(e.message);
+    }
+    return Error(e.reason, what + ": " + e.message, e.retry_after);
+  }
+  auto label = secret->labels.find(kHubTokenLabel);
+  if (label == secret->labels.end() || label->second != "true") {
+    return unusable(std::string("the Secret has no label ") + kHubTokenLabel + "=true");
+  }
+  auto value = secret->data.find(ref.key);
+  if (value == secret->data.end()) {
+    return unusable("the Secret has no such key");
+  }
+  return std::move(value->second);
 }
 
 KubeSecretReader::KubeSecretReader(const KubeClient& client, const Clock& clock,

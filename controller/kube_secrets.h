@@ -1,14 +1,15 @@
 #pragma once
 
-// Secrets the daemon itself is configured with (not ones a resource names): `--s3-secret` in
-// Kubernetes mode names a Secret holding the S3 credentials. The name is "NAME" (in the daemon's
+// Secrets in Kubernetes mode. A resource's spec.source.tokenSecretRef is read with ReadHubToken,
+// uncached (only Secrets that opt in by a label). The daemon's own Secrets (KubeSecretReader):
+// `--s3-secret` names a Secret holding the S3 credentials. The name is "NAME" (in the daemon's
 // own namespace: the service account's in a pod, the kubeconfig context's outside one, else
 // "default" — the namespace the leader-election Lease uses too) or "NAMESPACE/NAME".
 //
-// Values are read through the KubeClient and kept for a short time (2 s by default), so that a
-// burst of checks (every S3 resource after a start or a resync) costs one GET, while a rotated
-// Secret is used by the jobs and retries that start after it. Only successful reads are kept.
-// Values are never logged, and errors name the Secret, never a value.
+// The reader's values are read through the KubeClient and kept for a short time (2 s by
+// default), so that a burst of checks (every S3 resource after a start or a resync) costs one
+// GET, while a rotated Secret is used by the jobs and retries that start after it. Only
+// successful reads are kept. Values are never logged, and errors name the Secret, never a value.
 
 #include <chrono>
 #include <map>
@@ -19,6 +20,7 @@
 #include "common/clock.h"
 #include "common/result.h"
 #include "controller/kube_client.h"
+#include "crds/model_cache.h"
 
 namespace modelcache::controller {
 
@@ -33,6 +35,23 @@ struct SecretName {
 // when the namespace is not a DNS-1123 label or the name not a DNS-1123 subdomain.
 Result<SecretName> ParseSecretName(std::string_view value, const std::string& default_namespace,
                                    std::string_view flag);
+
+// The label a Secret must carry, with the value "true", to be used as a Hub token by a resource's
+// spec.source.tokenSecretRef. RBAC cannot grant `get` on Secrets by label, so this is what keeps
+// the other Secrets of a namespace (database passwords, ...) from being sent to the endpoint a
+// resource names.
+inline constexpr char kHubTokenLabel[] = "modelcache.dev/hub-token";
+
+// tokenSecretRef `ref` of a resource in namespace `ns`: data[ref.key] of Secret ns/ref.name, if
+// that Secret carries kHubTokenLabel=true. Otherwise InvalidSpec (retry_after set: the Secret
+// may be created, labelled or made readable without a change to the resource) with one message
+// whatever the cause — a missing Secret, a Secret without the label, a read the daemon is not
+// allowed (403) and a missing key look the same — so that a resource's status does not tell
+// which Secrets or keys exist; the cause is logged for the operator (names only). Transport and
+// server errors (not about the Secret) are returned as the client gives them, prefixed with
+// the field. Never logs or returns a value.
+Result<std::string> ReadHubToken(const KubeClient& client, const std::string& ns,
+                                 const crds::SecretKeyRef& ref);
 
 // Thread-safe. `client` and `clock` must outlive the reader.
 class KubeSecretReader {

@@ -3,9 +3,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/fixtures/hub/fake_hub.h"
@@ -339,51 +343,113 @@ TEST_F(KubeTest, StatusConflictsAreRetriedOnTheCurrentVersion) {
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 
-TEST_F(KubeTest, TokenSecretRefReadsTheSecretAndNeverShowsIt) {
+// A tenant's own server on 127.0.0.1: records the Authorization header of every request and
+// answers 404 (no such repo).
+class CaptureServer {
+ public:
+  CaptureServer() {
+    server_.Get(".*", [this](const httplib::Request& req, httplib::Response& res) {
+      {
+        std::lock_guard lock(mu_);
+        headers_.push_back(req.get_header_value("Authorization"));
+      }
+      res.status = 404;
+    });
+    server_.set_keep_alive_max_count(1);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    while (!server_.is_running()) {
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  }
+  ~CaptureServer() {
+    server_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::vector<std::string> Headers() const {
+    std::lock_guard lock(mu_);
+    return headers_;
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::vector<std::string> headers_;
+};
+
+// tokenSecretRef played by a tenant who may create ModelCaches but not read Secrets: only a
+// Secret labelled modelcache.dev/hub-token=true is used; another Secret of the namespace (a
+// database password) never reaches the endpoint the resource names, and a missing Secret, a
+// missing key and an unlabelled Secret give the same status message.
+TEST_F(KubeTest, TokenSecretRefUsesOnlyLabelledSecretsAndTellsNothingElse) {
   const std::string secret_token = "hf_kube_private_secret_token";
+  const std::string password = "db-password-of-the-namespace";
   FakeRepoSpec spec;
   spec.is_private = true;
   spec.tokens = {secret_token};
   AddRepo("org/private", SmallModelFiles(30000, 8), spec);
-  ASSERT_EQ(api_.CreateSecret("default", "hf-token", {{"token", secret_token + "\n"}}).status,
+  ASSERT_EQ(api_.CreateSecret("default", "hf-token", {{"token", secret_token + "\n"}},
+                              {{"modelcache.dev/hub-token", "true"}})
+                .status,
             201);
+  ASSERT_EQ(api_.CreateSecret("default", "db-creds", {{"password", password}}).status, 201);
+  CaptureServer tenant;
   Daemon daemon(DaemonOptions());
   daemon.Start();
-  json ref = {{"name", "hf-token"}, {"key", "token"}};
-  Create(ModelCacheObject("authed", "org/private",
-                          {{"source", {{"repo", "org/private"}, {"tokenSecretRef", ref}}}}));
-  Create(ModelCacheObject(
-      "no-secret", "org/private",
-      {{"source", {{"repo", "org/private"}, {"tokenSecretRef", {{"name", "nope"}, {"key", "t"}}}}}}));
-  Create(ModelCacheObject(
-      "no-key", "org/private",
-      {{"source",
-        {{"repo", "org/private"}, {"tokenSecretRef", {{"name", "hf-token"}, {"key", "other"}}}}}}));
+  auto with_ref = [&](const std::string& name, const std::string& key,
+                      const std::string& endpoint) {
+    json source = {{"repo", "org/private"}, {"tokenSecretRef", {{"name", name}, {"key", key}}}};
+    if (!endpoint.empty()) {
+      source["endpoint"] = endpoint;
+    }
+    return json{{"source", source}};
+  };
+  Create(ModelCacheObject("authed", "org/private", with_ref("hf-token", "token", "")));
+  Create(ModelCacheObject("steal", "org/private", with_ref("db-creds", "password", tenant.url())));
+  Create(ModelCacheObject("no-secret", "org/private", with_ref("nope", "t", "")));
+  Create(ModelCacheObject("no-key", "org/private", with_ref("hf-token", "other", "")));
+  // The tenant's server is reachable: a resource without a token reaches it.
+  Create(ModelCacheObject("probe", "org/private",
+                          {{"source", {{"repo", "org/private"}, {"endpoint", tenant.url()}}},
+                           {"artifactName", "probe"}}));
 
   EXPECT_TRUE(IsReadyForGeneration(WaitReady("authed"))) << daemon.Log();
   auto failed = [](const json& o) {
     json c = ReadyCondition(o);
     return c.is_object() && c.value("reason", "") == "InvalidSpec";
   };
-  json no_secret = WaitObject("no-secret", failed);
-  ASSERT_TRUE(failed(no_secret)) << no_secret.dump(2) << daemon.Log();
-  EXPECT_NE(ReadyCondition(no_secret)["message"].get<std::string>().find(
-                "Secret \"nope\" in namespace \"default\" not found"),
-            std::string::npos);
-  json no_key = WaitObject("no-key", failed);
-  ASSERT_TRUE(failed(no_key)) << daemon.Log();
-  EXPECT_NE(ReadyCondition(no_key)["message"].get<std::string>().find("has no key \"other\""),
-            std::string::npos);
-  // A failure is a Warning event naming the Secret.
-  ASSERT_TRUE(WaitFor([&] { return !EventsFor("no-secret", "InvalidSpec").empty(); }, seconds(10)));
-  EXPECT_EQ(EventsFor("no-secret", "InvalidSpec")[0]["type"], "Warning");
-
-  // The token is nowhere: not in the log, any object, or any event.
-  EXPECT_EQ(daemon.Log().find(secret_token), std::string::npos);
-  for (const char* name : {"authed", "no-secret", "no-key"}) {
-    EXPECT_EQ(Get(name).dump().find(secret_token), std::string::npos) << name;
+  auto message = [](const std::string& name, const std::string& key) {
+    return "spec.source.tokenSecretRef: Secret \"" + name + "\" key \"" + key +
+           "\" in namespace \"default\" is not usable as a Hub token (it must exist and carry "
+           "the label modelcache.dev/hub-token=true)";
+  };
+  for (const auto& [object, name, key] :
+       {std::tuple{"steal", "db-creds", "password"}, std::tuple{"no-secret", "nope", "t"},
+        std::tuple{"no-key", "hf-token", "other"}}) {
+    json o = WaitObject(object, failed);
+    EXPECT_TRUE(failed(o)) << o.dump(2) << daemon.Log();
+    EXPECT_EQ(ReadyCondition(o).value("message", ""), message(name, key)) << object;
   }
-  EXPECT_EQ(Events().dump().find(secret_token), std::string::npos);
+  ASSERT_TRUE(WaitFor([&] { return !tenant.Headers().empty(); }, seconds(30))) << daemon.Log();
+  // Neither the password nor the token is anywhere: not at the tenant's server, in the log, any
+  // object or any event.
+  for (const std::string& header : tenant.Headers()) {
+    EXPECT_EQ(header.find(password), std::string::npos);
+    EXPECT_EQ(header.find(secret_token), std::string::npos);
+  }
+  for (const std::string& value : {secret_token, password}) {
+    EXPECT_EQ(daemon.Log().find(value), std::string::npos);
+    for (const char* name : {"authed", "steal", "no-secret", "no-key", "probe"}) {
+      EXPECT_EQ(Get(name).dump().find(value), std::string::npos) << name;
+    }
+    EXPECT_EQ(Events().dump().find(value), std::string::npos);
+  }
+  // A failure is a Warning event.
+  ASSERT_TRUE(WaitFor([&] { return !EventsFor("steal", "InvalidSpec").empty(); }, seconds(10)));
+  EXPECT_EQ(EventsFor("steal", "InvalidSpec")[0]["type"], "Warning");
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 
