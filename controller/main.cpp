@@ -159,14 +159,14 @@ int main(int argc, char** argv) {
                    "comma-separated or repeated; the daemon's HF_TOKEN goes to none of them "
                    "(default: none)")
       ->delimiter(',')
-      ->expected(1);
+      ->allow_extra_args(false);
   run_cmd
       ->add_option("--allowed-stores", run.allowed_stores,
                    "Stores a resource's spec.storage.uri (or s3:// spec.source.repo) may name "
                    "besides --store: paths, file:// or s3://BUCKET[/PREFIX] prefixes, "
                    "comma-separated or repeated (default: none)")
       ->delimiter(',')
-      ->expected(1);
+      ->allow_extra_args(false);
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
