@@ -397,7 +397,9 @@ TEST_F(S3Test, WrongCredentialsAreStorageErrorsNamingTheS3CodeNeverTheSecret) {
   o.env.erase("AWS_ACCESS_KEY_ID");
   o.env.erase("AWS_SECRET_ACCESS_KEY");
   o.secrets_dir = secrets;
-  o.extra_args.insert(o.extra_args.end(), {"--s3-secret", "s3"});
+  // The second resource below names a bucket that does not exist.
+  o.extra_args.insert(o.extra_args.end(),
+                      {"--s3-secret", "s3", "--allowed-stores", "s3://mc-no-such-" + prefix_});
   Daemon daemon(o);
   daemon.Start();
   auto failed = WaitStatus(
