@@ -66,6 +66,10 @@ struct RunOptions {
   std::string s3_endpoint;   // --s3-endpoint: wins over AWS_ENDPOINT_URL and the profile
   std::string s3_secret;     // --s3-secret: <secrets-dir>/<name>/AWS_ACCESS_KEY_ID, … or a Secret
   std::string hf_endpoint;   // default: HF_ENDPOINT, else https://huggingface.co
+  // --allowed-endpoints, --allowed-stores: URL prefixes a spec may name besides the daemon's own
+  // endpoint and store (common/allow_list.h).
+  std::vector<std::string> allowed_endpoints;
+  std::vector<std::string> allowed_stores;
   int workers = 2;
   int max_concurrent_jobs = 4;
   TransferFlags transfer;

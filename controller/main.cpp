@@ -152,6 +152,21 @@ int main(int argc, char** argv) {
                       "<secrets-dir>/<name>/<key> (Kubernetes mode reads the Secret; default: none)");
   run_cmd->add_option("--hf-endpoint", run.hf_endpoint,
                       "Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co)");
+  run_cmd
+      ->add_option("--allowed-endpoints", run.allowed_endpoints,
+                   "Hub endpoints a resource's spec.source.endpoint may name besides the daemon's "
+                   "own: URL prefixes (scheme, host and port exact, path on \"/\" boundaries), "
+                   "comma-separated or repeated; the daemon's HF_TOKEN goes to none of them "
+                   "(default: none)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
+  run_cmd
+      ->add_option("--allowed-stores", run.allowed_stores,
+                   "Stores a resource's spec.storage.uri (or s3:// spec.source.repo) may name "
+                   "besides --store: paths, file:// or s3://BUCKET[/PREFIX] prefixes, "
+                   "comma-separated or repeated (default: none)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));

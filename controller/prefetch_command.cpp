@@ -95,6 +95,7 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
                    : !env.hf_endpoint.empty()   ? env.hf_endpoint
                                                 : "https://huggingface.co";
   ro.hf_token = env.hf_token;
+  ro.allow_any = true;  // the operator's own command: no allow-list applies
   ro.max_concurrent_jobs = 1;
   ro.transfer.max_connections = options.transfer.max_connections;
   ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;

@@ -13,6 +13,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/allow_list.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/units.h"
@@ -122,6 +123,13 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   if (auto listen = ParseListenOption(options.listen); !listen) {
     std::cerr << "modelcache: " << listen.error().message << " (or \"off\")\n";
     return 2;
+  }
+  for (const auto& [list, flag] : {std::pair{&options.allowed_endpoints, "--allowed-endpoints"},
+                                   std::pair{&options.allowed_stores, "--allowed-stores"}}) {
+    if (auto parsed = AllowList::Parse(*list, flag); !parsed) {
+      std::cerr << "modelcache: " << parsed.error().message << "\n";
+      return 2;
+    }
   }
   // An s3:// store keeps a local cache for downloads and shards (--cache-dir); a local store is
   // its own cache.
@@ -237,6 +245,8 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
                    : !env.hf_endpoint.empty()   ? env.hf_endpoint
                                                 : "https://huggingface.co";
   ro.hf_token = env.hf_token;
+  ro.allowed_endpoints = options.allowed_endpoints;
+  ro.allowed_stores = options.allowed_stores;
   ro.secrets_dir = options.secrets_dir;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
   ro.transfer.max_connections = options.transfer.max_connections;

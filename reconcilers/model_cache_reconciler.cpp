@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/allow_list.h"
 #include "common/files.h"
 #include "common/guard.h"
 #include "common/units.h"
@@ -137,9 +138,51 @@ struct ModelCacheReconciler::Impl {
     if (!options.local_cache.empty()) {
       CleanupShardSources(options.local_cache);
     }
+    std::vector<std::string> endpoints = options.allowed_endpoints;
+    endpoints.push_back(options.hf_endpoint);
+    std::vector<std::string> stores = options.allowed_stores;
+    stores.push_back(options.default_store);
+    // Entries that do not parse were refused by main; one that slips through allows nothing.
+    if (auto list = AllowList::Parse(endpoints, "--allowed-endpoints")) {
+      allowed_endpoints = std::move(*list);
+    }
+    if (auto list = AllowList::Parse(stores, "--allowed-stores")) {
+      allowed_stores = std::move(*list);
+    }
+    if (auto own = AllowList::Parse({options.hf_endpoint}, "--hf-endpoint")) {
+      own_endpoint = std::move(*own);
+    }
   }
 
   ReconcilerOptions options;
+  AllowList allowed_endpoints;
+  AllowList allowed_stores;
+  AllowList own_endpoint;  // where the daemon's own token may go
+
+  // InvalidSpec naming the field when the spec names an endpoint or store the operator has not
+  // allowed: checked before anything is fetched, read or written for the resource.
+  VoidResult CheckAllowed(const crds::ModelCacheSpec& spec) const {
+    if (options.allow_any) {
+      return {};
+    }
+    auto refuse = [](const std::string& field, const std::string& value, const char* what,
+                     const char* flag) {
+      return Error(Reason::InvalidSpec, field + ": \"" + value + "\" is not among the " + what +
+                                            " this daemon allows (" + flag + ")");
+    };
+    if (!spec.source.endpoint.empty() && !allowed_endpoints.Allows(spec.source.endpoint)) {
+      return refuse("spec.source.endpoint", spec.source.endpoint, "endpoints",
+                    "--allowed-endpoints");
+    }
+    if (!spec.storage.uri.empty() && !allowed_stores.Allows(spec.storage.uri)) {
+      return refuse("spec.storage.uri", spec.storage.uri, "stores", "--allowed-stores");
+    }
+    // An S3 artifact as the source is read with the daemon's S3 credentials.
+    if (StartsWith(spec.source.repo, "s3://") && !allowed_stores.Allows(spec.source.repo)) {
+      return refuse("spec.source.repo", spec.source.repo, "stores", "--allowed-stores");
+    }
+    return {};
+  }
   JobPool pool;
   std::mutex mu;
   std::map<crds::ObjectKey, std::shared_ptr<JobEntry>> jobs;         // guarded by mu
@@ -294,6 +337,10 @@ struct ModelCacheReconciler::Impl {
   Result<std::string> Token(const crds::ModelCache& obj) const {
     const auto& ref = obj.spec.source.token_secret_ref;
     if (!ref) {
+      // The daemon's token is for the daemon's endpoint only, never for one a spec names.
+      if (!obj.spec.source.endpoint.empty() && !own_endpoint.Allows(obj.spec.source.endpoint)) {
+        return std::string();
+      }
       return options.hf_token;
     }
     if (options.secret_lookup) {
@@ -660,6 +707,14 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     }
     impl.EraseJob(key, job);
     job = nullptr;
+  }
+
+  // A job runs only for an allowed spec (the allow-lists do not change while the daemon runs), so
+  // one running for this spec needs no check; nothing else happens before it.
+  if (!job) {
+    if (auto allowed = impl.CheckAllowed(obj.spec); !allowed) {
+      return allowed.error();
+    }
   }
 
   if (job) {

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
@@ -55,8 +56,17 @@ struct ReconcilerOptions {
   // Hub endpoint used when spec.source.endpoint is empty (--hf-endpoint, else HF_ENDPOINT, else
   // https://huggingface.co). Resolved by main.
   std::string hf_endpoint = "https://huggingface.co";
-  // The daemon's own token (HF_TOKEN); used when the spec names no tokenSecretRef. Never logged.
+  // The daemon's own token (HF_TOKEN); used when the spec names no tokenSecretRef, and sent only
+  // to hf_endpoint (a spec naming another endpoint gets no token of the daemon's). Never logged.
   std::string hf_token;
+  // What a spec may name besides hf_endpoint and default_store (--allowed-endpoints,
+  // --allowed-stores): URL prefixes as common/allow_list.h matches them. A spec.source.endpoint,
+  // spec.storage.uri or s3:// spec.source.repo outside them fails with InvalidSpec before any
+  // request or write. Entries must parse (AllowList::Parse); main checks them.
+  std::vector<std::string> allowed_endpoints;
+  std::vector<std::string> allowed_stores;
+  // No allow-list at all: `modelcache prefetch`, whose spec is the operator's own command line.
+  bool allow_any = false;
   // Directory-mode secrets: tokenSecretRef {name, key} is read from <secrets_dir>/<name>/<key>.
   std::string secrets_dir;
   // When set, resolves tokenSecretRef instead of secrets_dir (Kubernetes mode: a Secret in the

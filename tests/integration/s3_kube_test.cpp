@@ -83,7 +83,8 @@ class S3KubeTest : public ::testing::Test {
     o.hf_endpoint = hub_.url();
     o.extra_args = {"--kubernetes",      "--kubeconfig", tmp_ / "kubeconfig",
                     "--retry-base-delay", "20ms",        "--resync-period",
-                    "30s",               "--s3-secret",  s3_secret};
+                    "30s",               "--s3-secret",  s3_secret,
+                    "--allowed-stores",  store_uri()};
     o.env = {{"HOME", tmp_ / "home"}};
     return o;
   }

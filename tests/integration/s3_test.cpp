@@ -87,7 +87,9 @@ class S3Test : public ::testing::Test {
     o.store = cache_dir();
     o.state_dir = state_dir();
     o.hf_endpoint = hub_.url();
-    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "30s"};
+    // The specs name buckets of this radosgw as their storage.uri.
+    o.extra_args = {"--retry-base-delay", "20ms", "--resync-period", "30s",
+                    "--allowed-stores",   "s3://" + gw_.bucket};
     o.env = AwsEnv();
     return o;
   }
@@ -395,7 +397,9 @@ TEST_F(S3Test, WrongCredentialsAreStorageErrorsNamingTheS3CodeNeverTheSecret) {
   o.env.erase("AWS_ACCESS_KEY_ID");
   o.env.erase("AWS_SECRET_ACCESS_KEY");
   o.secrets_dir = secrets;
-  o.extra_args.insert(o.extra_args.end(), {"--s3-secret", "s3"});
+  // The second resource below names a bucket that does not exist.
+  o.extra_args.insert(o.extra_args.end(),
+                      {"--s3-secret", "s3", "--allowed-stores", "s3://mc-no-such-" + prefix_});
   Daemon daemon(o);
   daemon.Start();
   auto failed = WaitStatus(
@@ -596,7 +600,9 @@ print(json.dumps("ok"))
   std::string uri = "s3://" + bucket + "/p";
   WriteFileRenamed(watch_dir() + "/m.yaml",
                    Manifest("s3-marker", "org/s3-marker", "  storage:\n    uri: " + uri + "\n"));
-  Daemon daemon(DaemonOptions());
+  Daemon::Options o = DaemonOptions();
+  o.extra_args.insert(o.extra_args.end(), {"--allowed-stores", uri});
+  Daemon daemon(o);
   daemon.Start();
   auto failed = WaitStatus(
       "s3-marker",

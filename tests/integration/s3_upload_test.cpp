@@ -81,7 +81,8 @@ TEST(S3UploadResumeTest, KilledMidMultipartUploadResumesWithOnlyTheMissingParts)
   options.state_dir = tmp / "state";
   options.hf_endpoint = hub.url();
   // No health endpoint: daemons of tests running in parallel would share its default port.
-  options.extra_args = {"--retry-base-delay", "20ms", "--listen", "off"};
+  options.extra_args = {"--retry-base-delay", "20ms", "--listen", "off", "--allowed-stores",
+                        store_uri};
   options.env = env;
 
   // Three parts reach radosgw; the others are held until the daemon has been killed.

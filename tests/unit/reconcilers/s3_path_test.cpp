@@ -51,6 +51,7 @@ class S3PathTest : public ::testing::Test {
                  {"AWS_REGION", "us-east-1"},
                  {"HOME", root_}};
     o.aws_overrides.endpoint_url = s3_.endpoint();
+    o.allowed_stores = {"s3://models", root_};  // the specs below name these
     o.wake = loop_.WakeCallback();
     if (adjust) {
       adjust(o);
