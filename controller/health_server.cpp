@@ -300,6 +300,10 @@ VoidResult HealthServer::Start() {
     return Error(Reason::Internal, "health server started twice");
   }
   httplib::Server& server = *s.server;
+  // Only for the Keep-Alive header of responses: GuardedServer keeps connections by itself.
+  auto idle_seconds = std::chrono::ceil<std::chrono::seconds>(s.options.idle_timeout).count();
+  server.set_keep_alive_timeout(std::max<time_t>(1, static_cast<time_t>(idle_seconds)));
+  server.set_keep_alive_max_count(kKeepAliveMaxCount);
   // httplib's default sets SO_REUSEPORT, which lets a second daemon bind the same port and
   // silently take half the probes. SO_REUSEADDR alone still allows a quick restart.
   server.set_socket_options([](socket_t sock) {
