@@ -208,6 +208,16 @@ class KubectlTest : public ::testing::Test {
     return RunCommand(argv, {{"KUBECONFIG", kubeconfig}, {"HOME", tmp_.path()}}, tmp_.path());
   }
 
+  // The client's minor version ("" if kubectl does not say). The overlays use kustomize v4+
+  // fields (resources naming directories, patches with targets, components): kubectl 1.21 and
+  // later. Debian 12's own kubernetes-client is 1.20.
+  std::string KubectlMinor() {
+    CommandResult version = Run({"version", "--client", "-o", "json"});
+    EXPECT_EQ(version.exit_code, 0) << version.err;
+    auto client = nlohmann::json::parse(version.out, nullptr, false);
+    return client.is_object() ? client["clientVersion"].value("minor", "") : "";
+  }
+
   std::string kubectl_;
   TempDir tmp_;
   std::unique_ptr<FakeApiServer> api_;
@@ -232,13 +242,7 @@ TEST_F(KubectlTest, DryRunClientAcceptsEveryExample) {
 // with the image tag of this version and one namespace, and passes `kubectl apply
 // --dry-run=client -k`.
 TEST_F(KubectlTest, EveryKustomizeOverlayRendersAndPassesADryRun) {
-  // The overlays use kustomize v4+ fields (resources naming directories, patches with targets):
-  // kubectl 1.21 and later. Debian 12's own kubernetes-client is 1.20.
-  CommandResult version = Run({"version", "--client", "-o", "json"});
-  ASSERT_EQ(version.exit_code, 0) << version.err;
-  auto client = nlohmann::json::parse(version.out, nullptr, false);
-  std::string minor = client.is_object() ? client["clientVersion"].value("minor", "") : "";
-  if (std::atoi(minor.c_str()) < 21) {
+  if (std::string minor = KubectlMinor(); std::atoi(minor.c_str()) < 21) {
     GTEST_SKIP() << "kubectl " << minor << " embeds kustomize older than v4; the overlays need "
                  << "kubectl 1.21 or later";
   }
@@ -272,6 +276,31 @@ TEST_F(KubectlTest, EveryKustomizeOverlayRendersAndPassesADryRun) {
   }
   EXPECT_EQ(found, static_cast<int>(overlays.size()));
   EXPECT_EQ(api_->stats().creates, 0u);
+}
+
+// The optional NetworkPolicy of docs/kubernetes.md ("Network exposure"), as an operator adds it:
+// a component of their own overlay. It adds its one object, in the overlay's namespace, selecting
+// the daemons' pods, and admits only port 8081.
+TEST_F(KubectlTest, TheNetworkPolicyComponentAddsOnePolicyToAnOverlay) {
+  if (std::string minor = KubectlMinor(); std::atoi(minor.c_str()) < 21) {
+    GTEST_SKIP() << "kubectl " << minor << " embeds kustomize older than v4";
+  }
+  const fs::path k8s = fs::path(MC_SOURCE_DIR) / "manifests/kubernetes";
+  const fs::path mine = tmp_ / "my-cluster";
+  fs::create_directories(mine);
+  // kustomize takes only relative paths to other kustomizations.
+  std::ofstream(mine / "kustomization.yaml")
+      << "resources: [" << fs::relative(k8s / "overlays/node", mine).string() << "]\n"
+      << "components: [" << fs::relative(k8s / "components/network-policy", mine).string()
+      << "]\n";
+  CommandResult plain = Run({"kustomize", k8s / "overlays/node"});
+  CommandResult rendered = Run({"kustomize", mine});
+  ASSERT_EQ(rendered.exit_code, 0) << rendered.err;
+  EXPECT_EQ(CountKinds(rendered.out), CountKinds(plain.out) + 1) << rendered.out;
+  EXPECT_EQ(CountOccurrences(rendered.out, "kind: NetworkPolicy\n"), 1) << rendered.out;
+  EXPECT_EQ(CountOccurrences(rendered.out, "namespace: "),
+            CountOccurrences(rendered.out, "namespace: modelcache-system\n"));
+  EXPECT_EQ(CountOccurrences(rendered.out, "port: 8081\n"), 1) << rendered.out;
 }
 
 TEST_F(KubectlTest, UnknownFieldsAreRefused) {
