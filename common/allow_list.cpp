@@ -16,9 +16,15 @@ std::string Lower(std::string s) {
 
 // "." and ".." as a segment, literally or percent-encoded ("%2e", "%2E", ".%2e", …).
 bool IsDotSegment(const std::string& segment) {
-  std::string s = Lower(segment);
-  for (size_t p = s.find("%2e"); p != std::string::npos; p = s.find("%2e", p)) {
-    s.replace(p, 3, ".");
+  std::string lower = Lower(segment);
+  std::string s;  // with "%2e" decoded (built by appending: GCC 12's -Wrestrict misfires on replace)
+  for (size_t i = 0; i < lower.size(); ++i) {
+    if (lower.compare(i, 3, "%2e") == 0) {
+      s += '.';
+      i += 2;
+    } else {
+      s += lower[i];
+    }
   }
   return s == "." || s == "..";
 }
