@@ -2,7 +2,8 @@
 # CI's check of the install paths: `cmake --install` of BUILD, and what scripts/package.sh
 # produced from it in OUT (run as root by scripts/test.sh on the CI machine; it installs and
 # purges a package on this machine):
-#   source: `cmake --install` of TEST_BUILD (prefix /usr/local) and BUILD (/usr) with DESTDIR:
+#   source: `cmake --install` of BUILD (prefix /usr) and of each OTHER_BUILD (scripts/test.sh
+#          passes its ASan build, prefix /usr/local) with DESTDIR:
 #          the files land there, the unit names that prefix's paths, the installed binary runs
 #   .deb:  dpkg -i (+ apt-get install -f), modelcache --version, systemd-analyze verify of the
 #          installed unit, enabled but not started, conffiles, a reinstall keeps an edited conffile
@@ -10,11 +11,15 @@
 #   image: umoci unpack, then run the image's own process (entrypoint, user 65532, env) in the
 #          unpacked root with chroot: --version, and a real `modelcache prefetch` from the Hub
 #          imitation (TEST_BUILD's mc-fake-hub, on 127.0.0.1), every file compared with the repo's
-# Usage: scripts/check-install.sh BUILD_DIR OUT_DIR TEST_BUILD_DIR
+# Usage: scripts/check-install.sh BUILD_DIR OUT_DIR TEST_BUILD_DIR [OTHER_BUILD_DIR...]
+# (TEST_BUILD_DIR: a build with the test fixtures, which may be BUILD_DIR itself)
 set -euo pipefail
 build="$(cd "$1" && pwd)"
 out="$(cd "$2" && pwd)"
 testbuild="$(cd "$3" && pwd)"
+shift 3
+source_builds=("$build")
+for b in "$@"; do source_builds+=("$(cd "$b" && pwd)"); done
 fail() { echo "check-install: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || fail "needs root (dpkg -i, chroot)"
 deb="$(ls "$out"/modelcache_*.deb)"
@@ -36,8 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The test build has the default prefix (/usr/local), the release build /usr.
-for b in "$testbuild" "$build"; do
+for b in "${source_builds[@]}"; do
   prefix="$(sed -n 's/^CMAKE_INSTALL_PREFIX:PATH=//p' "$b/CMakeCache.txt")"
   etc="$prefix/etc"
   if [ "$prefix" = /usr ]; then etc=/etc; fi
