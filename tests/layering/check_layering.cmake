@@ -1,4 +1,4 @@
-# The layering test (ctest `layering`): every #include "<folder>/…" in a module's sources names a
+# The layering test (ctest `layering_test`): every #include "<folder>/…" in a module's sources names a
 # folder that DESIGN.md's architecture table lets that module use, and a module's internal/
 # headers are included only from inside that module. Run as `cmake -DSOURCE_DIR=… -P` on the
 # source tree; it reads the files, so it fails on the commit that breaks a rule.
