@@ -1,8 +1,9 @@
 #pragma once
 
 // A client of the HuggingFace Hub's HTTP API, speaking the protocol exactly as huggingface_hub
-// does (see /work/shared/reference/hf-hub-protocol.md): it resolves a revision to a commit, lists
-// the files at that commit and builds the /resolve URLs the downloader fetches.
+// does (docs/hub-protocol.md: each rule, the huggingface_hub code it follows, and where modelcache
+// differs): it resolves a revision to a commit, lists the files at that commit and builds the
+// /resolve URLs the downloader fetches.
 //
 // Errors are values whose reason is a DESIGN.md word: RepoNotFound, RevisionNotFound,
 // Unauthorized (gated repo, forbidden, rejected token), RateLimited (retry_after set when the Hub
