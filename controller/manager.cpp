@@ -182,6 +182,7 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
       std::lock_guard lock(mu_);
       ForgetWritten(key);
       prepared_.erase(key);
+      preparing_.erase(key);
     }
     if (deleting && options_.finalize) {
       if (auto r = options_.finalize(*deleting); !r) {
@@ -255,9 +256,18 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
 
 bool Manager::Prepare(const crds::ModelCache& object) {
   const crds::ObjectKey key = object.key();
+  auto failed = [this, key](const Error& error) {
+    spdlog::warn("{}: {}", key.ToString(), error.ToString());
+    queue_.AddRateLimited(key);
+    stats_.reconciles_error++;
+    CountResult(ControllerMetrics::kError);
+  };
   if (options_.before_reconcile_needed) {
     bool needed = options_.before_reconcile_needed(object);
     std::lock_guard lock(mu_);
+    if (preparing_.count(key) != 0) {
+      return false;  // on a lane already, which queues the key again when done
+    }
     auto it = prepared_.find(key);
     if (it != prepared_.end()) {
       if (needed && it->second == object.metadata.resource_version) {
@@ -268,30 +278,29 @@ bool Manager::Prepare(const crds::ModelCache& object) {
     if (!needed) {
       return true;
     }
-  }
-  if (writer_ && options_.before_reconcile_needed) {
-    std::string rv = object.metadata.resource_version;
-    writer_->Submit(key.ToString(), [this, object, key, rv](std::stop_token /*stop*/) {
-      if (auto r = options_.before_reconcile(object); !r) {
-        spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
-        queue_.AddRateLimited(key);
-        stats_.reconciles_error++;
-        CountResult(ControllerMetrics::kError);
-        return;
-      }
-      {
-        std::lock_guard lock(mu_);
-        prepared_[key] = rv;
-      }
-      queue_.Add(key);
-    });
-    return false;
+    if (writer_) {
+      preparing_.insert(key);
+      std::string rv = object.metadata.resource_version;
+      writer_->Submit(key.ToString(), [this, object, key, rv, failed](std::stop_token /*stop*/) {
+        VoidResult r = options_.before_reconcile(object);
+        {
+          std::lock_guard relock(mu_);
+          preparing_.erase(key);
+          if (r) {
+            prepared_[key] = rv;
+          }
+        }
+        if (!r) {
+          failed(r.error());
+          return;
+        }
+        queue_.Add(key);
+      });
+      return false;
+    }
   }
   if (auto r = options_.before_reconcile(object); !r) {
-    spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
-    queue_.AddRateLimited(key);
-    stats_.reconciles_error++;
-    CountResult(ControllerMetrics::kError);
+    failed(r.error());
     return false;
   }
   return true;

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -170,6 +171,7 @@ class Manager {
   // Keys whose before_reconcile ran on a lane and succeeded, with the resourceVersion of the
   // object it was called for; guarded by mu_.
   std::map<crds::ObjectKey, std::string> prepared_;
+  std::set<crds::ObjectKey> preparing_;  // before_reconcile queued on a lane; guarded by mu_
   std::unique_ptr<LaneExecutor> writer_;  // options.status_writers > 0; declared last: its
                                           // lanes use the members above
 };

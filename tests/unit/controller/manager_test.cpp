@@ -383,5 +383,42 @@ TEST(ManagerStatusWritersTest, AWriteNeverOvertakesAnEarlierOneOfItsObjectWhileO
   EXPECT_EQ((*stored)->status.phase, "Ready");
 }
 
+
+TEST(ManagerStatusWritersTest, APrepareOnTheLanesRunsOnceBeforeTheReconcileAndItsWrites) {
+  FixedSource source({Cached("live", false)});
+  ObjectCache cache;
+  MemoryStatusStore statuses;
+  TwoStepReconciler reconciler;
+  std::mutex mu;
+  std::vector<std::string> log;
+  ManagerOptions options;
+  options.status_writers = 4;
+  // The cached copy never shows the hook's effect (as a watch that lags behind the write).
+  options.before_reconcile_needed = [](const crds::ModelCache&) { return true; };
+  options.before_reconcile = [&](const crds::ModelCache&) -> VoidResult {
+    std::lock_guard lock(mu);
+    log.push_back("prepare after " + std::to_string(reconciler.Calls("live")) + " reconciles");
+    return {};
+  };
+  options.status_written = [&](const crds::ModelCache& o, const crds::ModelCacheStatus&) {
+    std::lock_guard lock(mu);
+    log.push_back("written " + o.status.phase);
+  };
+  Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  EXPECT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return log.size() == 3;
+  }));
+  stop.request_stop();
+  run.join();
+  // Once, before any reconcile; the two reconciles of the same copy do not call it again.
+  std::lock_guard lock(mu);
+  EXPECT_EQ(log, (std::vector<std::string>{"prepare after 0 reconciles", "written Downloading",
+                                           "written Ready"}));
+  EXPECT_EQ(reconciler.Calls("live"), 2);
+}
+
 }  // namespace
 }  // namespace modelcache::controller
