@@ -63,7 +63,7 @@ struct CorrelatedEvent {
   nlohmann::json patch;
 };
 
-// Not thread-safe: the recorder calls it from its one sender thread.
+// Not thread-safe: the recorder calls it under a lock of its own.
 class EventCorrelator {
  public:
   EventCorrelator(EventCorrelatorOptions options, const Clock& clock);
