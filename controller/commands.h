@@ -71,6 +71,10 @@ struct RunOptions {
   std::vector<std::string> allowed_endpoints;
   std::vector<std::string> allowed_stores;
   int workers = 2;
+  // Kubernetes mode: the client-side rate limit of requests to the API server (0 = none) and
+  // its burst (docs/kubernetes.md, "Requests to the API server").
+  double kube_api_qps = 0;
+  int kube_api_burst = 100;
   int max_concurrent_jobs = 4;
   TransferFlags transfer;
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};

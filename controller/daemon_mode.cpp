@@ -49,6 +49,7 @@ Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
   ko.node_name = options.node_name;
   ko.resync_period = options.resync_period;
   ko.s3_secret = options.s3_secret;
+  ko.api_limit = {options.kube_api_qps, options.kube_api_burst};
   auto mode = NewKubernetesMode(ko, env.kube);
   if (!mode) {
     return Error(mode.error().reason, "--kubernetes: " + mode.error().message);

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/result.h"
+#include "controller/kube_client.h"
 #include "controller/manager.h"
 #include "controller/source.h"
 #include "controller/status_store.h"
@@ -31,6 +32,10 @@ class DaemonMode {
   virtual void Configure(ManagerOptions& manager, reconcilers::ReconcilerOptions& reconciler) = 0;
   // For the start-up log line: "watching <dir>", "watching modelcaches in ... at <server>".
   virtual std::string Describe() const = 0;
+  // Shutdown has begun (SIGTERM): give up waits that would only hold it up (Kubernetes mode:
+  // requests waiting for the client-side rate limit). Thread-safe; called once, from the
+  // signal's stop callback.
+  virtual void Stopping() {}
   // After the Manager returned: finish what is pending (Events) within a short bound.
   virtual void Shutdown() = 0;
 };
@@ -59,6 +64,9 @@ struct KubernetesModeOptions {
   // --s3-secret: the Secret "NAME" (in the configuration's namespace) or "NAMESPACE/NAME" that
   // holds the S3 credentials (controller/kube_secrets.h); "" = none.
   std::string s3_secret;
+  // --kube-api-qps, --kube-api-burst: the client-side rate limit of every request to the API
+  // server but leader election's (qps 0: none).
+  KubeRateLimit api_limit;
 };
 
 // Kubernetes mode (kube_daemon.cpp). Loads the configuration (client-go's loading rules), and

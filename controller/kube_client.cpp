@@ -4,6 +4,8 @@
 #include <optional>
 #include <utility>
 
+#include <spdlog/spdlog.h>
+
 #include "crds/model_cache.h"
 
 namespace modelcache::controller {
@@ -86,7 +88,62 @@ std::optional<std::string> DecodeBase64(std::string_view s) {
   return out;
 }
 
+KubeRateLimiter::KubeRateLimiter(KubeRateLimit limit, const Clock& clock)
+    : limit_(limit), bucket_(limit.qps, limit.burst, clock) {}
+
+VoidResult KubeRateLimiter::Wait(std::string_view what, std::stop_token stop) {
+  std::chrono::nanoseconds delay = bucket_.Reserve();
+  if (delay.count() <= 0) {
+    return {};
+  }
+  std::unique_lock lock(mu_);
+  ++waited_;
+  if (cancelled_) {
+    return Error(Reason::Cancelled, std::string(what) + ": shutting down");
+  }
+  // client-go logs a long client-side wait, so that a slow controller shows why.
+  auto seconds = std::chrono::duration<double>(delay).count();
+  if (delay > std::chrono::seconds(1)) {
+    spdlog::info("kubernetes: {} waits {:.1f} s for the client-side rate limit (--kube-api-qps "
+                 "{}, --kube-api-burst {})",
+                 what, seconds, limit_.qps, limit_.burst);
+  } else {
+    spdlog::debug("kubernetes: {} waits {:.3f} s for the client-side rate limit", what, seconds);
+  }
+  cv_.wait_for(lock, stop, delay, [&] { return cancelled_; });
+  if (cancelled_ || stop.stop_requested()) {
+    return Error(Reason::Cancelled, std::string(what) + ": stopped while waiting for the "
+                                                         "client-side rate limit");
+  }
+  return {};
+}
+
+void KubeRateLimiter::Cancel() {
+  std::lock_guard lock(mu_);
+  cancelled_ = true;
+  cv_.notify_all();
+}
+
+uint64_t KubeRateLimiter::waited() const {
+  std::lock_guard lock(mu_);
+  return waited_;
+}
+
 KubeClient::KubeClient(KubeConfig config) : config_(std::move(config)) {}
+
+KubeClient::KubeClient(KubeConfig config, std::shared_ptr<KubeRateLimiter> limiter)
+    : config_(std::move(config)), limiter_(std::move(limiter)) {}
+
+VoidResult KubeClient::Throttle(const HttpRequest& request, std::stop_token stop) const {
+  if (!limiter_) {
+    return {};
+  }
+  // The path without the server and the query: "PATCH /apis/…/modelcaches/NAME".
+  std::string_view url = request.url;
+  url.remove_prefix(std::min(url.size(), config_.server.size()));
+  url = url.substr(0, url.find('?'));
+  return limiter_->Wait(request.method + " " + std::string(url), stop);
+}
 
 std::string KubeClient::ModelCacheUrl(const std::string& ns, const std::string& name) const {
   std::string url = config_.server + "/apis/" + std::string(crds::kApiVersion);
@@ -120,6 +177,9 @@ HttpRequest KubeClient::Request(std::string method, std::string url) const {
 
 Result<KubeReply> KubeClient::Send(HttpRequest request, std::stop_token stop,
                                    std::chrono::milliseconds timeout) const {
+  if (auto waited = Throttle(request, stop); !waited) {
+    return waited.error();
+  }
   request.total_timeout = std::max(timeout, std::chrono::milliseconds(1));
   request.connect_timeout = std::min(request.connect_timeout, request.total_timeout);
   auto r = HttpClient::Send(request, stop);
@@ -201,6 +261,10 @@ VoidResult KubeClient::Watch(const std::string& ns, const std::string& resource_
     url += "&resourceVersion=" + UrlEncode(resource_version);
   }
   HttpRequest req = Request("GET", url);
+  // Only the (re)establishment of a watch is rate-limited, not its events.
+  if (auto waited = Throttle(req, stop); !waited) {
+    return waited;
+  }
   // A quiet watch is normal: no stall limit; the server ends the stream after `timeout`, and the
   // total limit only catches a server that does not.
   req.stall_timeout = std::chrono::milliseconds(0);

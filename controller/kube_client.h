@@ -9,18 +9,27 @@
 // (a metav1.Status for errors), because callers decide what a 404, 409 or 410 means.
 // Transport failures are NetworkError and a stop request is Cancelled, as in HttpClient.
 //
-// Thread-safe: a client holds only its configuration.
+// Every request first waits for the client-side rate limit, if one is set (KubeRateLimit: the
+// `--kube-api-qps` and `--kube-api-burst` of `modelcache run`, as kube-controller-manager's): a
+// watch waits once, when it is (re)established, never per event.
+//
+// Thread-safe: a client holds its configuration and the limiter, which its copies share.
 
 #include <chrono>
 #include <functional>
+#include <condition_variable>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <stop_token>
 #include <string>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
 
+#include "common/clock.h"
 #include "common/result.h"
+#include "common/token_bucket.h"
 #include "controller/kube_config.h"
 
 namespace modelcache::controller {
@@ -45,9 +54,48 @@ struct WatchEvent {
   nlohmann::json object;
 };
 
+// The client-side rate limit: a token bucket of `burst` requests refilled at `qps` per second
+// (client-go's flowcontrol.NewTokenBucketRateLimiter). qps <= 0: no limit.
+struct KubeRateLimit {
+  double qps = 0;
+  int burst = 100;
+};
+
+// What requests wait on before they are sent. Thread-safe.
+class KubeRateLimiter {
+ public:
+  // `clock` (for the bucket's refills; waits are real time) must outlive the limiter.
+  KubeRateLimiter(KubeRateLimit limit, const Clock& clock);
+
+  // Takes a token, waiting (in real time) until the bucket has refilled it. `what` names the
+  // request for the log line of a wait longer than a second. Cancelled, without waiting out the
+  // delay, when `stop` is requested or Cancel() is called.
+  VoidResult Wait(std::string_view what, std::stop_token stop);
+  // Ends every wait with Cancelled, now and from now on (requests that find a token still go):
+  // the daemon is shutting down and a delayed request would only hold it up.
+  void Cancel();
+
+  const KubeRateLimit& limit() const { return limit_; }
+  // Requests that had to wait so far.
+  uint64_t waited() const;
+
+ private:
+  const KubeRateLimit limit_;
+  TokenBucket bucket_;
+  mutable std::mutex mu_;
+  std::condition_variable_any cv_;
+  bool cancelled_ = false;  // GUARDED_BY(mu_)
+  uint64_t waited_ = 0;     // GUARDED_BY(mu_)
+};
+
 class KubeClient {
  public:
+  // Without a limit (leader election, whose renewals must never queue behind other requests, as
+  // kube-controller-manager gives it a client of its own).
   explicit KubeClient(KubeConfig config);
+  // Every request waits on `limiter` (shared with the client's copies and with other clients
+  // given the same one; not null).
+  KubeClient(KubeConfig config, std::shared_ptr<KubeRateLimiter> limiter);
 
   const KubeConfig& config() const { return config_; }
 
@@ -109,8 +157,11 @@ class KubeClient {
   HttpRequest Request(std::string method, std::string url) const;
   Result<KubeReply> Send(HttpRequest request, std::stop_token stop,
                          std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+  // The rate limiter's wait for `request` (OK at once without a limiter).
+  VoidResult Throttle(const HttpRequest& request, std::stop_token stop) const;
 
   KubeConfig config_;
+  std::shared_ptr<KubeRateLimiter> limiter_;  // may be null
 };
 
 // RFC 4648 base64 decoding (padding optional); nullopt if `s` is not base64.

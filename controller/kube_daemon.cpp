@@ -5,6 +5,7 @@
 #include <optional>
 #include <utility>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -26,6 +27,13 @@ using nlohmann::json;
 // How long a reconcile waits for a job it started before reporting it as Resolving
 // (ReconcilerOptions::settle).
 constexpr std::chrono::milliseconds kSettle{500};
+
+// Status writes, and Event requests, in flight at once (each on lanes keyed by object, so that one
+// object's keep their order). As many as the plain clients of the initial-sync floor
+// (docs/kubernetes.md, "Requests to the API server"): far below an API server's
+// --max-mutating-requests-inflight (200), and Priority and Fairness queues what is beyond the
+// daemon's share.
+constexpr int kWriteConcurrency = 8;
 
 bool HasFinalizer(const std::vector<std::string>& finalizers) {
   return std::find(finalizers.begin(), finalizers.end(), kFinalizer) != finalizers.end();
@@ -61,9 +69,11 @@ Result<std::map<std::string, std::string>> NodeLabels(const KubeClient& client,
 class KubernetesMode final : public DaemonMode {
  public:
   KubernetesMode(KubeConfig config, const KubernetesModeOptions& options,
-                 KubernetesSourceOptions source_options, std::optional<SecretName> s3_secret)
+                 KubernetesSourceOptions source_options, std::optional<SecretName> s3_secret,
+                 std::shared_ptr<KubeRateLimiter> limiter)
       : options_(options),
-        client_(std::move(config)),
+        limiter_(std::move(limiter)),
+        client_(std::move(config), limiter_),
         source_(client_, std::move(source_options)),
         statuses_(client_, /*max_attempts=*/5,
                   [this](const crds::ObjectKey& key) { return source_.Cached(key); }),
@@ -75,6 +85,12 @@ class KubernetesMode final : public DaemonMode {
   StatusStore& statuses() override { return statuses_; }
 
   void Configure(ManagerOptions& manager, reconcilers::ReconcilerOptions& reconciler) override {
+    manager.status_writers = kWriteConcurrency;
+    // The finalizer patch goes out on the object's writer lane, ahead of its status writes;
+    // the reconcile follows once it is on.
+    manager.before_reconcile_needed = [](const crds::ModelCache& object) {
+      return !HasFinalizer(object.metadata.finalizers);
+    };
     manager.before_reconcile = [this](const crds::ModelCache& object) -> VoidResult {
       if (HasFinalizer(object.metadata.finalizers)) {
         return {};
@@ -120,9 +136,15 @@ class KubernetesMode final : public DaemonMode {
     std::string scope = options_.ns.empty() ? "all namespaces" : "namespace " + options_.ns;
     std::string node = options_.node_name.empty() ? "" : ", node " + options_.node_name;
     std::string s3 = s3_secret_ ? ", S3 credentials from Secret " + s3_secret_->ToString() : "";
-    return "watching modelcaches in " + scope + " at " + client_.config().server + node + s3;
+    const KubeRateLimit& limit = limiter_->limit();
+    std::string rate = limit.qps > 0 ? fmt::format(", at most {} requests/s (burst {})",
+                                                   limit.qps, limit.burst)
+                                     : std::string();
+    return "watching modelcaches in " + scope + " at " + client_.config().server + node + s3 +
+           rate;
   }
 
+  void Stopping() override { limiter_->Cancel(); }
   void Shutdown() override { events_.Stop(); }
 
  private:
@@ -130,10 +152,12 @@ class KubernetesMode final : public DaemonMode {
     EventRecorderOptions o;
     o.component = options.component;
     o.host = options.node_name;
+    o.senders = kWriteConcurrency;
     return o;
   }
 
   const KubernetesModeOptions options_;
+  std::shared_ptr<KubeRateLimiter> limiter_;
   KubeClient client_;
   KubernetesSource source_;
   KubeStatusStore statuses_;
@@ -153,8 +177,9 @@ Result<std::unique_ptr<DaemonMode>> NewKubernetesMode(
   KubernetesSourceOptions source_options;
   source_options.ns = options.ns;
   source_options.resync_period = options.resync_period;
+  auto limiter = std::make_shared<KubeRateLimiter>(options.api_limit, RealClock::Get());
   if (!options.node_name.empty()) {
-    KubeClient probe(*config);
+    KubeClient probe(*config, limiter);
     auto labels = NodeLabels(probe, options.node_name);
     if (!labels) {
       return labels.error();
@@ -174,7 +199,8 @@ Result<std::unique_ptr<DaemonMode>> NewKubernetesMode(
     s3_secret = std::move(*name);
   }
   return std::unique_ptr<DaemonMode>(std::make_unique<KubernetesMode>(
-      std::move(*config), options, std::move(source_options), std::move(s3_secret)));
+      std::move(*config), options, std::move(source_options), std::move(s3_secret),
+      std::move(limiter)));
 }
 
 }  // namespace modelcache::controller

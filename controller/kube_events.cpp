@@ -253,12 +253,8 @@ KubeEventRecorder::KubeEventRecorder(const KubeClient& client, EventRecorderOpti
     : client_(client),
       options_(std::move(options)),
       clock_(clock),
-      correlator_(options_.correlator, clock) {
-  thread_ = std::jthread([this](std::stop_token stop) {
-    // The last resort: Events are best effort; an exception ends their sending, not the daemon.
-    LogExceptions("Event recorder", [&] { Run(stop); });
-  });
-}
+      correlator_(options_.correlator, clock),
+      lanes_(options_.senders, "Event recorder") {}
 
 KubeEventRecorder::~KubeEventRecorder() { Stop(); }
 
@@ -271,13 +267,28 @@ void KubeEventRecorder::Record(const crds::ModelCache& object, std::string_view 
                                std::string_view reason, std::string_view message) {
   json event = MakeEvent(object, type, reason, message, options_.component, options_.host,
                          clock_.WallNow());
-  std::lock_guard lock(mu_);
-  if (stopping_ || queue_.size() >= options_.max_queued) {
-    ++stats_.dropped;
-    return;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ || queued_ >= options_.max_queued) {
+      ++stats_.dropped;
+      return;
+    }
+    ++queued_;
   }
-  queue_.push_back(std::move(event));
-  cv_.notify_all();
+  // The lane of the involved object: its Events are correlated and sent in order.
+  std::string lane = object.metadata.namespace_ + "/" + object.metadata.name;
+  bool queued = lanes_.Submit(lane, [this, event = std::move(event)](std::stop_token stop) mutable {
+    {
+      std::lock_guard lock(mu_);
+      --queued_;
+    }
+    Process(std::move(event), stop);
+  });
+  if (!queued) {
+    std::lock_guard lock(mu_);
+    --queued_;
+    ++stats_.dropped;
+  }
 }
 
 void KubeEventRecorder::RecordStatusChange(const crds::ModelCache& object,
@@ -308,45 +319,26 @@ void KubeEventRecorder::Stop(std::chrono::milliseconds flush_timeout) {
       return;
     }
     stopping_ = true;
-    flush_deadline_ = std::chrono::steady_clock::now() + flush_timeout;
-    cv_.notify_all();
   }
-  // The thread sends what is queued, then exits; the stop request only cuts short a request or
-  // a retry wait once the flush deadline has passed.
-  std::jthread watchdog([this](std::stop_token stop) {
-    std::unique_lock lock(mu_);
-    cv_.wait_until(lock, stop, flush_deadline_, [] { return false; });
-    if (!stop.stop_requested()) {
-      thread_.request_stop();
-    }
-  });
-  if (thread_.joinable()) {
-    thread_.join();
-  }
+  // The lanes send what is queued; the stop request only cuts short a request or a retry wait
+  // once the flush time has passed.
+  size_t dropped = lanes_.Stop(flush_timeout);
+  std::lock_guard lock(mu_);
+  stats_.dropped += dropped;
 }
 
-void KubeEventRecorder::Run(std::stop_token stop) {
-  while (true) {
-    json event;
-    {
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, stop, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty() || stop.stop_requested()) {
-        stats_.dropped += queue_.size();
-        queue_.clear();
-        return;
-      }
-      event = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    CorrelatedEvent correlated = correlator_.Correlate(std::move(event));
-    if (correlated.skip) {
-      std::lock_guard lock(mu_);
-      ++stats_.skipped;
-      continue;
-    }
-    Send(std::move(correlated), stop);
+void KubeEventRecorder::Process(json event, std::stop_token stop) {
+  CorrelatedEvent correlated;
+  {
+    std::lock_guard lock(correlator_mu_);
+    correlated = correlator_.Correlate(std::move(event));
   }
+  if (correlated.skip) {
+    std::lock_guard lock(mu_);
+    ++stats_.skipped;
+    return;
+  }
+  Send(std::move(correlated), stop);
 }
 
 void KubeEventRecorder::Send(CorrelatedEvent correlated, std::stop_token stop) {
@@ -370,7 +362,10 @@ void KubeEventRecorder::Send(CorrelatedEvent correlated, std::stop_token stop) {
       reply = client_.Call("POST", collection, create, "application/json", stop);
     }
     if (reply && reply->ok()) {
-      correlator_.UpdateState(reply->body);
+      {
+        std::lock_guard lock(correlator_mu_);
+        correlator_.UpdateState(reply->body);
+      }
       std::lock_guard lock(mu_);
       ++(patched ? stats_.patched : stats_.created);
       return;

@@ -17,22 +17,26 @@
 //   - spam filter: per source and object a token bucket of 25 events refilled at one per
 //     5 minutes; events beyond it are dropped.
 //
+// Events go out on `senders` lanes (controller/lane_executor.h) chosen by the involved object, so
+// that many objects' Events are sent at once while one object's keep their order. The correlator
+// is shared under a lock; every key it keeps names the involved object, so correlating on lanes
+// decides exactly as client-go's one goroutine does.
+//
 // Messages are the Ready condition's, which never carry secrets.
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "common/clock.h"
 #include "controller/kube_client.h"
+#include "controller/lane_executor.h"
 #include "crds/model_cache.h"
 
 namespace modelcache::controller {
@@ -59,7 +63,7 @@ struct CorrelatedEvent {
   nlohmann::json patch;
 };
 
-// Not thread-safe: the recorder calls it from its one sender thread.
+// Not thread-safe: the recorder calls it under a lock of its own.
 class EventCorrelator {
  public:
   EventCorrelator(EventCorrelatorOptions options, const Clock& clock);
@@ -94,6 +98,8 @@ struct EventRecorderOptions {
   // (client-go: 12 tries, 10 s apart). HTTP error answers are not retried.
   int max_attempts = 12;
   std::chrono::milliseconds retry_wait{10'000};
+  // Events sent at once (lanes); the Kubernetes mode passes its write concurrency.
+  int senders = 1;
 };
 
 struct EventRecorderStats {
@@ -103,8 +109,8 @@ struct EventRecorderStats {
   uint64_t dropped = 0;  // queue full, or the server refused it
 };
 
-// Records Events through `client` on a sender thread of its own, so that Record() never blocks
-// a reconcile. Thread-safe.
+// Records Events through `client` on sender lanes of its own, so that Record() never blocks a
+// reconcile. Thread-safe.
 class KubeEventRecorder {
  public:
   KubeEventRecorder(const KubeClient& client, EventRecorderOptions options, const Clock& clock);
@@ -122,28 +128,28 @@ class KubeEventRecorder {
   // another failure. Then Record()s it.
   void RecordStatusChange(const crds::ModelCache& object, const crds::ModelCacheStatus& before);
 
-  // Sends what is queued (giving up on the server after `flush_timeout`) and stops the thread.
+  // Sends what is queued (giving up on the server after `flush_timeout`) and stops the senders.
   // Idempotent.
   void Stop(std::chrono::milliseconds flush_timeout = std::chrono::milliseconds(2000));
 
   EventRecorderStats stats() const;
 
  private:
-  void Run(std::stop_token stop);
   void Send(CorrelatedEvent correlated, std::stop_token stop);
+  void Process(nlohmann::json event, std::stop_token stop);
 
   const KubeClient& client_;
   const EventRecorderOptions options_;
   const Clock& clock_;
-  EventCorrelator correlator_;  // used by the sender thread only
+  std::mutex correlator_mu_;
+  EventCorrelator correlator_;  // GUARDED_BY(correlator_mu_)
 
   mutable std::mutex mu_;
-  std::condition_variable_any cv_;
-  std::deque<nlohmann::json> queue_;  // GUARDED_BY(mu_)
-  bool stopping_ = false;             // GUARDED_BY(mu_)
-  std::chrono::steady_clock::time_point flush_deadline_;  // GUARDED_BY(mu_)
-  EventRecorderStats stats_;          // GUARDED_BY(mu_)
-  std::jthread thread_;
+  std::condition_variable_any cv_;  // retry waits; never notified, woken by a stop request
+  size_t queued_ = 0;               // GUARDED_BY(mu_): recorded, not yet being sent
+  bool stopping_ = false;           // GUARDED_BY(mu_)
+  EventRecorderStats stats_;        // GUARDED_BY(mu_)
+  LaneExecutor lanes_;              // last: its threads use the members above
 };
 
 }  // namespace modelcache::controller

@@ -170,6 +170,17 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--workers", run.workers, "Reconcile workers")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  run_cmd
+      ->add_option("--kube-api-qps", run.kube_api_qps,
+                   "Kubernetes mode: requests per second to the API server, on average (a token "
+                   "bucket, as kube-controller-manager's); 0 = no client-side limit")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e6));
+  run_cmd
+      ->add_option("--kube-api-burst", run.kube_api_burst,
+                   "Kubernetes mode: requests sent at once before --kube-api-qps paces them")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
   run_cmd->add_option("--max-concurrent-jobs", run.max_concurrent_jobs,
                       "Downloads/shards that run at once; others wait as Pending")
       ->capture_default_str()
@@ -221,7 +232,8 @@ int main(int argc, char** argv) {
                       "(0 = never)")
       ->capture_default_str();
 
-  for (const char* flag : {"--kubeconfig", "--namespace", "--node-name"}) {
+  for (const char* flag :
+       {"--kubeconfig", "--namespace", "--node-name", "--kube-api-qps", "--kube-api-burst"}) {
     run_cmd->get_option(flag)->needs(kube);
   }
 

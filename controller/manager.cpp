@@ -46,6 +46,9 @@ Manager::Manager(ManagerOptions options, Source& source, ObjectCache& cache,
       reconciler_(reconciler),
       clock_(clock),
       queue_(clock) {
+  if (options_.status_writers > 0) {
+    writer_ = std::make_unique<LaneExecutor>(options_.status_writers, "status writer");
+  }
   if (options_.metrics != nullptr) {
     HistogramFamily* latency = &options_.metrics->workqueue_latency_seconds;
     queue_.SetLatencyObserver([latency](WorkQueue<crds::ObjectKey>::Duration waited) {
@@ -155,14 +158,9 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     request.source_error = cached->source_error;
   }
   request.status = LastStatus(key);
-  if (request.object && !request.source_error && options_.before_reconcile) {
-    if (auto r = options_.before_reconcile(*request.object); !r) {
-      spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
-      queue_.AddRateLimited(key);
-      stats_.reconciles_error++;
-      CountResult(ControllerMetrics::kError);
-      return;
-    }
+  if (request.object && !request.source_error && options_.before_reconcile &&
+      !Prepare(*request.object)) {
+    return;
   }
 
   Result<reconcilers::Outcome> result = Error(Reason::Internal, "reconcile did not run");
@@ -183,6 +181,8 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     {
       std::lock_guard lock(mu_);
       ForgetWritten(key);
+      prepared_.erase(key);
+      preparing_.erase(key);
     }
     if (deleting && options_.finalize) {
       if (auto r = options_.finalize(*deleting); !r) {
@@ -218,32 +218,8 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
   if (changed) {
     crds::ModelCache out = object;
     out.status = status;
-    if (auto w = statuses_.Write(out); !w) {
-      spdlog::error("{}: cannot write status: {}", key.ToString(), w.error().message);
-      queue_.AddRateLimited(key);
-      if (result) {
-        stats_.reconciles_error++;
-        CountResult(ControllerMetrics::kError);
-      }
+    if (!WriteStatus(std::move(out), request.status, result.has_value())) {
       return;
-    }
-    stats_.status_writes++;
-    {
-      std::lock_guard lock(mu_);
-      RecordWritten(key, status);
-    }
-    if (options_.on_status_change) {
-      options_.on_status_change();
-    }
-    if (options_.status_written) {
-      options_.status_written(out, request.status);
-    }
-    if (status.phase != request.status.phase) {
-      const crds::Condition* ready = crds::FindCondition(status.conditions, "Ready");
-      spdlog::info("{}: {} -> {}{}{}", key.ToString(),
-                   request.status.phase.empty() ? "New" : request.status.phase, status.phase,
-                   ready && !ready->message.empty() ? ": " : "",
-                   ready ? ready->message : std::string());
     }
   }
 
@@ -276,6 +252,120 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     stats_.reconciles_requeue++;
     queue_.AddAfter(key, result->requeue.after);
   }
+}
+
+bool Manager::Prepare(const crds::ModelCache& object) {
+  const crds::ObjectKey key = object.key();
+  auto failed = [this, key](const Error& error) {
+    spdlog::warn("{}: {}", key.ToString(), error.ToString());
+    queue_.AddRateLimited(key);
+    stats_.reconciles_error++;
+    CountResult(ControllerMetrics::kError);
+  };
+  if (options_.before_reconcile_needed) {
+    bool needed = options_.before_reconcile_needed(object);
+    std::lock_guard lock(mu_);
+    if (preparing_.count(key) != 0) {
+      return false;  // on a lane already, which queues the key again when done
+    }
+    auto it = prepared_.find(key);
+    if (it != prepared_.end()) {
+      if (needed && it->second == object.metadata.resource_version) {
+        return true;  // done on a lane; the source has not seen the result yet
+      }
+      prepared_.erase(it);
+    }
+    if (!needed) {
+      return true;
+    }
+    if (writer_) {
+      preparing_.insert(key);
+      std::string rv = object.metadata.resource_version;
+      writer_->Submit(key.ToString(), [this, object, key, rv, failed](std::stop_token /*stop*/) {
+        VoidResult r = options_.before_reconcile(object);
+        {
+          std::lock_guard relock(mu_);
+          preparing_.erase(key);
+          if (r) {
+            prepared_[key] = rv;
+          }
+        }
+        if (!r) {
+          failed(r.error());
+          return;
+        }
+        queue_.Add(key);
+      });
+      return false;
+    }
+  }
+  if (auto r = options_.before_reconcile(object); !r) {
+    failed(r.error());
+    return false;
+  }
+  return true;
+}
+
+bool Manager::WriteStatus(crds::ModelCache out, const crds::ModelCacheStatus& before,
+                          bool reconcile_ok) {
+  if (!writer_) {
+    VoidResult written = statuses_.Write(out);
+    return FinishWrite(out, before, reconcile_ok, /*queued=*/false, written);
+  }
+  crds::ObjectKey key = out.key();
+  {
+    std::lock_guard lock(mu_);
+    RecordWritten(key, out.status);
+  }
+  writer_->Submit(key.ToString(), [this, out = std::move(out), before, reconcile_ok](
+                                      std::stop_token /*stop*/) {
+    VoidResult written = statuses_.Write(out);
+    FinishWrite(out, before, reconcile_ok, /*queued=*/true, written);
+  });
+  return true;
+}
+
+bool Manager::FinishWrite(const crds::ModelCache& out, const crds::ModelCacheStatus& before,
+                          bool reconcile_ok, bool queued, const VoidResult& written) {
+  crds::ObjectKey key = out.key();
+  const crds::ModelCacheStatus& status = out.status;
+  if (!written) {
+    spdlog::error("{}: cannot write status: {}", key.ToString(), written.error().message);
+    if (queued) {
+      // Unless a later status is already queued behind this one, what the manager holds as
+      // written is not on the server: the next reconcile reads it again.
+      std::lock_guard lock(mu_);
+      auto it = written_.find(key);
+      if (it != written_.end() && crds::StatusToJson(it->second) == crds::StatusToJson(status)) {
+        ForgetWritten(key);
+      }
+    }
+    queue_.AddRateLimited(key);
+    // A queued write's reconcile was counted already; one written now turns into an error.
+    if (reconcile_ok && !queued) {
+      stats_.reconciles_error++;
+      CountResult(ControllerMetrics::kError);
+    }
+    return false;
+  }
+  stats_.status_writes++;
+  if (!queued) {
+    std::lock_guard lock(mu_);
+    RecordWritten(key, status);
+  }
+  if (options_.on_status_change) {
+    options_.on_status_change();
+  }
+  if (options_.status_written) {
+    options_.status_written(out, before);
+  }
+  if (status.phase != before.phase) {
+    const crds::Condition* ready = crds::FindCondition(status.conditions, "Ready");
+    spdlog::info("{}: {} -> {}{}{}", key.ToString(), before.phase.empty() ? "New" : before.phase,
+                 status.phase, ready && !ready->message.empty() ? ": " : "",
+                 ready ? ready->message : std::string());
+  }
+  return true;
 }
 
 void Manager::Worker(int slot, std::stop_token stop) {
@@ -434,6 +524,12 @@ VoidResult Manager::Run(std::stop_token stop, const std::function<void()>& on_sy
   reconciler_.Shutdown();
   queue_.ShutDown();
   workers.clear();  // joins: each worker finishes its current key
+  if (writer_) {
+    // The statuses the workers composed go out before the shutdown's own, in order per object.
+    if (size_t dropped = writer_->Stop(options_.status_flush_timeout); dropped > 0) {
+      spdlog::warn("shutting down: {} status writes not sent", dropped);
+    }
+  }
   FlushInterrupted();
   return {};
 }

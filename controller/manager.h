@@ -13,12 +13,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stop_token>
 #include <string>
 #include <vector>
 
 #include "common/clock.h"
 #include "common/result.h"
+#include "controller/lane_executor.h"
 #include "controller/object_cache.h"
 #include "controller/source.h"
 #include "controller/status_summary.h"
@@ -41,6 +43,15 @@ struct ManagerOptions {
   // Called (on a worker thread) after a status was written or removed, so that a STATUS= line
   // can follow the phases. Must be thread-safe and quick.
   std::function<void()> on_status_change;
+  // 0: a worker writes the status it composed itself, and a failed write requeues the key at
+  // once (directory mode: a local file). N > 0: status writes go out on N lanes
+  // (controller/lane_executor.h) keyed by object, so that a worker does not wait for the API
+  // server and N writes are in flight at once, while one object's writes keep their order. The
+  // status counts as written as soon as it is queued; a write that fails later forgets it (the
+  // next reconcile reads the object's status again) and requeues the key with rate limiting.
+  // Shutdown waits for the queued writes (bounded by status_flush_timeout).
+  int status_writers = 0;
+  std::chrono::milliseconds status_flush_timeout{10'000};
 
   // Mode-specific steps around a reconcile (Kubernetes mode: the finalizer and Events). Each may
   // be empty; each is called from a worker, never concurrently for the same key.
@@ -48,6 +59,13 @@ struct ManagerOptions {
   // Before reconciling a live, valid object (e.g. adding a finalizer). An error skips the
   // reconcile and requeues the key with rate limiting.
   std::function<VoidResult(const crds::ModelCache& object)> before_reconcile;
+  // When set, before_reconcile is called only for objects for which this says it has something
+  // to do (Kubernetes mode: the object has no finalizer yet). With status_writers > 0 that call
+  // runs on the object's writer lane instead of in the worker, ahead of the object's status
+  // writes, and the key is queued again once it succeeded: the reconcile still never starts
+  // before it, while the worker goes on with other keys. Until the source shows the object
+  // changed (the hook's write seen), later reconciles of the key do not call it again.
+  std::function<bool(const crds::ModelCache& object)> before_reconcile_needed;
   // For an object whose metadata.deletionTimestamp is set, after the reconciler has handled it as
   // deleted (work cancelled, reference dropped): e.g. removing the finalizer. An error requeues
   // the key with rate limiting.
@@ -112,11 +130,23 @@ class Manager {
   // Writes, for every resource whose job the shutdown interrupted, a status that says so.
   void FlushInterrupted();
   void ProcessKey(const crds::ObjectKey& key, std::stop_token stop);
+  // Runs options_.before_reconcile for `object` as the options say (see there). True when the
+  // reconcile may go ahead now; false when it failed (the key is requeued with rate limiting) or
+  // was queued on the writer lanes (the key is queued again when it is done).
+  bool Prepare(const crds::ModelCache& object);
   crds::ModelCacheStatus LastStatus(const crds::ObjectKey& key);
   void CountResult(std::string_view result);
   // Keep written_ and summary_ in step. REQUIRES: mu_ held.
   void RecordWritten(const crds::ObjectKey& key, const crds::ModelCacheStatus& status);
   void ForgetWritten(const crds::ObjectKey& key);
+  // Writes `out` (composed from a reconcile that succeeded if `reconcile_ok`; `before` is the
+  // previous status) now, or queues it on the writer lanes. False if a write done now failed
+  // (the key is then requeued with rate limiting).
+  bool WriteStatus(crds::ModelCache out, const crds::ModelCacheStatus& before, bool reconcile_ok);
+  // What follows a status write: on failure, the log and the rate-limited requeue; on success,
+  // the counters, hooks and the phase log line.
+  bool FinishWrite(const crds::ModelCache& out, const crds::ModelCacheStatus& before,
+                   bool reconcile_ok, bool queued, const VoidResult& written);
 
   ManagerOptions options_;
   Source& source_;
@@ -138,6 +168,12 @@ class Manager {
   std::map<crds::ObjectKey, crds::ModelCacheStatus> written_;  // guarded by mu_
   StatusSummary summary_;                                      // of written_; guarded by mu_
   std::map<int, Busy> busy_;                                   // by worker slot; guarded by mu_
+  // Keys whose before_reconcile ran on a lane and succeeded, with the resourceVersion of the
+  // object it was called for; guarded by mu_.
+  std::map<crds::ObjectKey, std::string> prepared_;
+  std::set<crds::ObjectKey> preparing_;  // before_reconcile queued on a lane; guarded by mu_
+  std::unique_ptr<LaneExecutor> writer_;  // options.status_writers > 0; declared last: its
+                                          // lanes use the members above
 };
 
 }  // namespace modelcache::controller

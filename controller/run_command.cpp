@@ -317,8 +317,9 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     return running;
   });
   signals.OnReload([&services] { services.Reload(); });
-  std::stop_callback on_stop(signals.token(), [&services, &deadline] {
+  std::stop_callback on_stop(signals.token(), [&services, &deadline, &mode] {
     services.Stopping();
+    mode->Stopping();
     deadline.Arm(services.shutdown_timeout());
   });
 

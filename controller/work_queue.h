@@ -38,6 +38,7 @@
 #include <utility>
 
 #include "common/clock.h"
+#include "common/token_bucket.h"
 
 namespace modelcache::controller {
 
@@ -61,7 +62,7 @@ class WorkQueue {
 
   // `clock` must outlive the queue.
   explicit WorkQueue(Clock& clock, RateLimiterOptions options = {})
-      : clock_(clock), options_(options), tokens_(options.burst), last_refill_(clock.Now()) {}
+      : clock_(clock), options_(options), bucket_(options.qps, options.burst, clock) {}
 
   WorkQueue(const WorkQueue&) = delete;
   WorkQueue& operator=(const WorkQueue&) = delete;
@@ -278,28 +279,7 @@ class WorkQueue {
     Duration per_key = backoff >= static_cast<double>(options_.max_delay.count())
                            ? options_.max_delay
                            : Duration(static_cast<Duration::rep>(backoff));
-    return std::max(per_key, ReserveTokenLocked());
-  }
-
-  // golang.org/x/time/rate's Reserve().Delay(): take one token now (the balance may go
-  // negative) and wait until the bucket would have refilled it.
-  // REQUIRES: mu_ held.
-  Duration ReserveTokenLocked() {
-    if (options_.qps <= 0) {
-      return Duration(0);
-    }
-    TimePoint now = clock_.Now();
-    if (now > last_refill_) {
-      double elapsed = std::chrono::duration<double>(now - last_refill_).count();
-      tokens_ = std::min<double>(options_.burst, tokens_ + elapsed * options_.qps);
-      last_refill_ = now;
-    }
-    tokens_ -= 1;
-    if (tokens_ >= 0) {
-      return Duration(0);
-    }
-    return std::chrono::duration_cast<Duration>(
-        std::chrono::duration<double>(-tokens_ / options_.qps));
+    return std::max(per_key, Duration(bucket_.Reserve()));
   }
 
   Clock& clock_;
@@ -319,8 +299,7 @@ class WorkQueue {
   bool shutting_down_ = false;
 
   std::map<T, int> failures_;
-  double tokens_;
-  TimePoint last_refill_;
+  TokenBucket bucket_;
 };
 
 }  // namespace modelcache::controller

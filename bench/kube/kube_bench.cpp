@@ -28,6 +28,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/kube/bench_process.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/fixtures/kube/fake_apiserver.h"
 
@@ -35,86 +36,19 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
+using Clock = modelcache::bench::BenchClock;
+using modelcache::bench::CpuSeconds;
+using modelcache::bench::Ms;
+using modelcache::bench::ReadyForGeneration;
+using modelcache::bench::Spawn;
+using modelcache::bench::StatusMiB;
+using modelcache::bench::Wait;
 using modelcache::testing::FakeApiServer;
 using modelcache::testing::FakeApiServerOptions;
 using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 
 constexpr char kCollection[] = "/apis/modelcache.dev/v1alpha1/namespaces/bench/modelcaches";
-
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<std::string> storage = args;
-  std::vector<char*> argv;
-  for (auto& a : storage) {
-    argv.push_back(a.data());
-  }
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    ::unsetenv("KUBECONFIG");
-    ::execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-int Wait(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-// utime + stime of `pid`, in seconds.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t close = text.rfind(')');
-  std::istringstream fields(text.substr(close + 2));
-  std::string f;
-  unsigned long long utime = 0, stime = 0;
-  for (int i = 3; fields >> f; ++i) {
-    if (i == 14) {
-      utime = std::stoull(f);
-    } else if (i == 15) {
-      stime = std::stoull(f);
-      break;
-    }
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// A "VmRSS:"-style line of /proc/PID/status, in MiB.
-double StatusMiB(pid_t pid, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(key, 0) == 0) {
-      return std::stod(line.substr(key.size())) / 1024.0;
-    }
-  }
-  return 0;
-}
-
-bool ReadyForGeneration(const json& o) {
-  if (!o.contains("status")) {
-    return false;
-  }
-  int64_t generation = o["metadata"].value("generation", int64_t{0});
-  if (o["status"].value("observedGeneration", int64_t{-1}) != generation) {
-    return false;
-  }
-  for (const json& c : o["status"].value("conditions", json::array())) {
-    if (c.value("type", "") == "Ready") {
-      return c.value("status", "") == "True";
-    }
-  }
-  return false;
-}
 
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) {
@@ -151,26 +85,9 @@ int main(int argc, char** argv) {
   }
   fs::create_directories(work_dir + "/repo");
 
-  // A small model (config, tokenizer, 1 MiB of weights) on the Hub imitation, cached first.
-  std::ofstream(work_dir + "/repo/config.json") << R"({"architectures":["LlamaForCausalLM"]})";
-  std::ofstream(work_dir + "/repo/tokenizer.json") << R"({"version":"1.0"})";
-  std::ofstream(work_dir + "/repo/model.safetensors") << std::string(1 << 20, 'w');
   FakeHub hub;
-  hub.SetKeepAlive(true);
-  if (!hub.Start()) {
-    std::fprintf(stderr, "cannot start the Hub imitation\n");
-    return 1;
-  }
-  FakeRepoSpec spec;
-  spec.id = "org/model";
-  spec.refs["main"] = work_dir + "/repo";
-  hub.AddRepo(spec);
   std::string store = work_dir + "/store";
-  pid_t prefetch = Spawn({binary, "prefetch", "org/model", "--store", store, "--hf-endpoint",
-                          hub.url(), "--no-progress"},
-                         work_dir + "/prefetch.log");
-  if (Wait(prefetch) != 0) {
-    std::fprintf(stderr, "prefetch failed: see %s/prefetch.log\n", work_dir.c_str());
+  if (!modelcache::bench::CacheSmallModel(hub, binary, work_dir, store)) {
     return 1;
   }
 
@@ -181,21 +98,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cannot start the API-server imitation\n");
     return 1;
   }
-  for (int i = 0; i < objects; ++i) {
-    json o = {{"apiVersion", "modelcache.dev/v1alpha1"},
-              {"kind", "ModelCache"},
-              {"metadata", {{"name", "m-" + std::to_string(i)}, {"namespace", "bench"}}},
-              {"spec", {{"source", {{"repo", "org/model"}}}, {"refreshInterval", "1h"}}}};
-    if (api.Call("POST", kCollection, o).status != 201) {
-      std::fprintf(stderr, "cannot create object %d\n", i);
-      return 1;
-    }
+  if (!modelcache::bench::CreateModelCaches(api, "bench", objects)) {
+    return 1;
   }
-  std::ofstream(work_dir + "/kubeconfig")
-      << "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster: {server: \""
-      << api.url()
-      << "\"}\nusers:\n- name: u\n  user: {}\ncontexts:\n- name: b\n  context: {cluster: b, "
-         "user: u}\ncurrent-context: b\n";
+  std::ofstream(work_dir + "/kubeconfig") << modelcache::bench::PlainKubeconfig(api.url());
 
   // 1. Initial sync.
   modelcache::testing::ApiServerStats before_sync = api.stats();

@@ -523,5 +523,58 @@ TEST_F(KubeTest, BadCredentialsFailAtStartWithUnauthorized) {
   EXPECT_NE(r.err.find("401"), std::string::npos) << r.err;
 }
 
+
+// The client-side rate limit, set in the --config file: with a burst of 5 and a refill of one
+// token per 1000 s, the daemon sends exactly 5 requests (the list, the watch and three writes)
+// and then waits. The count is deterministic: the next token is 1000 s away.
+TEST_F(KubeTest, KubeApiQpsAndBurstFromTheConfigFileCapTheRequestsSent) {
+  AddRepo("org/model", SmallModelFiles(20000, 1));
+  for (int i = 0; i < 4; ++i) {
+    Create(ModelCacheObject("m" + std::to_string(i), "org/model",
+                            {{"artifactName", "m" + std::to_string(i)}}));
+  }
+  std::ofstream(tmp_ / "config.yaml") << "kube-api-qps: 0.001\nkube-api-burst: 5\n";
+  auto sent = [&] {
+    uint64_t n = 0;
+    for (const auto& [kind, count] : api_.stats().http_requests) {
+      n += count;
+    }
+    return n;
+  };
+  Daemon daemon(DaemonOptions({"--config", tmp_ / "config.yaml"}));
+  daemon.Start();
+  ASSERT_TRUE(WaitFor([&] {
+    return sent() >= 5 && daemon.Log().find("waits") != std::string::npos &&
+           daemon.Log().find("for the client-side rate limit (--kube-api-qps 0.001, "
+                             "--kube-api-burst 5)") != std::string::npos;
+  })) << daemon.Log();
+  EXPECT_EQ(sent(), 5u) << daemon.Log();
+  EXPECT_EQ(api_.stats().http_requests["list modelcaches"], 1u);
+  EXPECT_EQ(api_.stats().http_requests["watch modelcaches"], 1u);
+  // Four objects need twelve writes; at most three went out.
+  int ready = 0;
+  for (int i = 0; i < 4; ++i) {
+    ready += IsReadyForGeneration(Get("m" + std::to_string(i))) ? 1 : 0;
+  }
+  EXPECT_LT(ready, 4);
+  // Shutdown gives up the waiting requests instead of waiting for their tokens.
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
+  EXPECT_EQ(sent(), 5u);
+}
+
+TEST_F(KubeTest, KubeApiFlagsAreDocumentedAndCheckedOnTheCommandLine) {
+  CommandResult help = RunModelcache({"run", "--help"});
+  EXPECT_NE(help.out.find("--kube-api-qps"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("--kube-api-burst"), std::string::npos) << help.out;
+  CommandResult bad = RunModelcache({"run", "--kubernetes", "--kubeconfig", kubeconfig(),
+                                     "--store", store_dir(), "--kube-api-burst", "0"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--kube-api-burst"), std::string::npos) << bad.err;
+  CommandResult negative = RunModelcache({"run", "--kubernetes", "--kubeconfig", kubeconfig(),
+                                          "--store", store_dir(), "--kube-api-qps", "-1"});
+  EXPECT_NE(negative.exit_code, 0);
+  EXPECT_NE(negative.err.find("--kube-api-qps"), std::string::npos) << negative.err;
+}
+
 }  // namespace
 }  // namespace modelcache::itest

@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <string_view>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -265,6 +269,155 @@ TEST(ManagerHooksTest, AFailedReconcileIsCountedBeforeItsStatusIsPublished) {
   EXPECT_EQ(
       manager.stats().reconciles_error.load(),
       static_cast<uint64_t>(metrics.reconciles.Value({std::string(ControllerMetrics::kError)})));
+}
+
+
+// --- status writes on lanes (Kubernetes mode) ---------------------------------------------------
+
+// Answers "Downloading" (requeue at once) on the first call for each key, "Ready" after.
+class TwoStepReconciler final : public reconcilers::Reconciler {
+ public:
+  Result<Outcome> Reconcile(const reconcilers::Request& request, std::stop_token) override {
+    std::lock_guard lock(mu);
+    int n = ++calls[request.key.name];
+    crds::ModelCacheStatus s;
+    s.phase = n == 1 ? "Downloading" : "Ready";
+    return Outcome{s, n == 1 ? Requeue::After(std::chrono::milliseconds(1)) : Requeue::Done()};
+  }
+  void Shutdown() override {}
+  int Calls(const std::string& name) {
+    std::lock_guard lock(mu);
+    return calls[name];
+  }
+  std::mutex mu;
+  std::map<std::string, int> calls;
+};
+
+// Holds the first write of `held` until Release(); records every write in the order done.
+class GatedStatusStore final : public StatusStore {
+ public:
+  explicit GatedStatusStore(std::string held) : held_(std::move(held)) {}
+  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override {
+    return inner_.Read(key);
+  }
+  VoidResult Write(const crds::ModelCache& object) override {
+    std::unique_lock lock(mu_);
+    if (object.metadata.name == held_ && !held_once_) {
+      held_once_ = true;
+      holding_ = true;
+      cv_.wait(lock, [&] { return released_; });
+      holding_ = false;
+    }
+    done_.push_back(object.metadata.name + ":" + object.status.phase);
+    lock.unlock();
+    return inner_.Write(object);
+  }
+  VoidResult Remove(const crds::ObjectKey& key) override { return inner_.Remove(key); }
+  Result<std::vector<crds::ModelCache>> List() const override { return inner_.List(); }
+
+  void Release() {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+  bool Holding() {
+    std::lock_guard lock(mu_);
+    return holding_;
+  }
+  std::vector<std::string> Done() {
+    std::lock_guard lock(mu_);
+    return done_;
+  }
+
+ private:
+  const std::string held_;
+  MemoryStatusStore inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_once_ = false;
+  bool holding_ = false;
+  bool released_ = false;
+  std::vector<std::string> done_;
+};
+
+TEST(ManagerStatusWritersTest, AWriteNeverOvertakesAnEarlierOneOfItsObjectWhileOthersGoOn) {
+  constexpr int kWriters = 4;
+  // Another object on another lane than "slow" (lanes are chosen by the hash of the key).
+  auto lane = [](const std::string& name) {
+    return std::hash<std::string_view>()("default/" + name) % kWriters;
+  };
+  std::string other = "fast";
+  for (int i = 0; lane(other) == lane("slow"); ++i) {
+    other = "fast-" + std::to_string(i);
+  }
+  FixedSource source({Cached("slow", false), Cached(other, false)});
+  ObjectCache cache;
+  GatedStatusStore statuses("slow");
+  TwoStepReconciler reconciler;
+  ManagerOptions options;
+  options.status_writers = kWriters;
+  Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  // While slow's first write hangs, the workers go on: slow's second status is composed (and
+  // queued behind the first), and the other object's writes are done on their own lane.
+  EXPECT_TRUE(Eventually([&] {
+    auto done = statuses.Done();
+    return statuses.Holding() && reconciler.Calls("slow") == 2 &&
+           std::count(done.begin(), done.end(), other + ":Ready") == 1;
+  }));
+  EXPECT_TRUE(statuses.Holding());
+  statuses.Release();
+  EXPECT_TRUE(Eventually([&] { return statuses.Done().size() == 4; }));
+  stop.request_stop();
+  run.join();
+  std::vector<std::string> slow;
+  for (const std::string& w : statuses.Done()) {
+    if (w.rfind("slow:", 0) == 0) {
+      slow.push_back(w);
+    }
+  }
+  EXPECT_EQ(slow, (std::vector<std::string>{"slow:Downloading", "slow:Ready"}));
+  auto stored = statuses.Read({"default", "slow"});
+  ASSERT_TRUE(stored && stored->has_value());
+  EXPECT_EQ((*stored)->status.phase, "Ready");
+}
+
+
+TEST(ManagerStatusWritersTest, APrepareOnTheLanesRunsOnceBeforeTheReconcileAndItsWrites) {
+  FixedSource source({Cached("live", false)});
+  ObjectCache cache;
+  MemoryStatusStore statuses;
+  TwoStepReconciler reconciler;
+  std::mutex mu;
+  std::vector<std::string> log;
+  ManagerOptions options;
+  options.status_writers = 4;
+  // The cached copy never shows the hook's effect (as a watch that lags behind the write).
+  options.before_reconcile_needed = [](const crds::ModelCache&) { return true; };
+  options.before_reconcile = [&](const crds::ModelCache&) -> VoidResult {
+    std::lock_guard lock(mu);
+    log.push_back("prepare after " + std::to_string(reconciler.Calls("live")) + " reconciles");
+    return {};
+  };
+  options.status_written = [&](const crds::ModelCache& o, const crds::ModelCacheStatus&) {
+    std::lock_guard lock(mu);
+    log.push_back("written " + o.status.phase);
+  };
+  Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
+  std::stop_source stop;
+  std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
+  EXPECT_TRUE(Eventually([&] {
+    std::lock_guard lock(mu);
+    return log.size() == 3;
+  }));
+  stop.request_stop();
+  run.join();
+  // Once, before any reconcile; the two reconciles of the same copy do not call it again.
+  std::lock_guard lock(mu);
+  EXPECT_EQ(log, (std::vector<std::string>{"prepare after 0 reconciles", "written Downloading",
+                                           "written Ready"}));
+  EXPECT_EQ(reconciler.Calls("live"), 2);
 }
 
 }  // namespace
