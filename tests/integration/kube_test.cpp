@@ -411,7 +411,10 @@ TEST_F(KubeTest, TokenSecretRefUsesOnlyLabelledSecretsAndTellsNothingElse) {
     return json{{"source", source}};
   };
   Create(ModelCacheObject("authed", "org/private", with_ref("hf-token", "token", "")));
-  Create(ModelCacheObject("steal", "org/private", with_ref("db-creds", "password", tenant.url())));
+  // Another endpoint is another spec: a name of its own, or it would fail on the name first.
+  json steal = with_ref("db-creds", "password", tenant.url());
+  steal["artifactName"] = "steal";
+  Create(ModelCacheObject("steal", "org/private", steal));
   Create(ModelCacheObject("no-secret", "org/private", with_ref("nope", "t", "")));
   Create(ModelCacheObject("no-key", "org/private", with_ref("hf-token", "other", "")));
   // The tenant's server is reachable: a resource without a token reaches it.
