@@ -48,6 +48,23 @@ Error Conflict(const std::string& root, const std::string& name) {
                    "artifactName (or give this resource the owner's spec to share it)");
 }
 
+// The exclusive lock of `name` and its record as read under it.
+Result<std::pair<InUseLock, std::optional<NameRecord>>> LockAndRead(
+    const std::string& root, const std::string& name, std::stop_token stop) {
+  if (auto ok = CheckNameComponent(name); !ok) {
+    return ok.error();
+  }
+  auto lock = LockExclusive(root, kLockKind, name, stop);
+  if (!lock) {
+    return lock.error();
+  }
+  auto read = ReadNameRecord(root, name);
+  if (!read) {
+    return read.error();
+  }
+  return std::pair<InUseLock, std::optional<NameRecord>>(std::move(*lock), std::move(*read));
+}
+
 }  // namespace
 
 std::string NameRecordPath(const std::string& root, const std::string& name) {
@@ -93,18 +110,12 @@ Result<std::optional<NameRecord>> ReadNameRecord(const std::string& root,
 Result<ClaimOutcome> ClaimName(const std::string& root, const std::string& name,
                                const std::string& holder, const std::string& spec_id,
                                std::stop_token stop) {
-  if (auto ok = CheckNameComponent(name); !ok) {
-    return ok.error();
+  auto locked = LockAndRead(root, name, stop);
+  if (!locked) {
+    return locked.error();
   }
-  auto lock = LockExclusive(root, kLockKind, name, stop);
-  if (!lock) {
-    return lock.error();
-  }
-  auto read = ReadNameRecord(root, name);
-  if (!read) {
-    return read.error();
-  }
-  NameRecord record = read->value_or(NameRecord{name, spec_id, {}});
+  auto& [lock, read] = *locked;
+  NameRecord record = read.value_or(NameRecord{name, spec_id, {}});
   auto& holders = record.holders;
   auto it = std::find(holders.begin(), holders.end(), holder);
   ClaimOutcome outcome = ClaimOutcome::Shared;
@@ -156,21 +167,15 @@ VoidResult CheckName(const std::string& root, const std::string& name,
 
 VoidResult ReleaseName(const std::string& root, const std::string& name,
                        const std::string& holder, std::stop_token stop) {
-  if (auto ok = CheckNameComponent(name); !ok) {
-    return ok.error();
+  auto locked = LockAndRead(root, name, stop);
+  if (!locked) {
+    return locked.error();
   }
-  auto lock = LockExclusive(root, kLockKind, name, stop);
-  if (!lock) {
-    return lock.error();
-  }
-  auto read = ReadNameRecord(root, name);
+  auto& [lock, read] = *locked;
   if (!read) {
-    return read.error();
-  }
-  if (!*read) {
     return {};
   }
-  NameRecord record = std::move(**read);
+  NameRecord record = std::move(*read);
   auto it = std::find(record.holders.begin(), record.holders.end(), holder);
   if (it == record.holders.end()) {
     return {};

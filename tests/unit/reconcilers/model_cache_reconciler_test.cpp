@@ -69,14 +69,19 @@ class ReconcilerTest : public ::testing::Test {
     spec.refs["main"] = root_ + "/repo/main";
     hub_.AddRepo(spec);
     ASSERT_TRUE(hub_.Start());
+    ReconcilerOptions o = Options();
+    o.observer = &ends_;
+    reconciler_ = std::make_unique<ModelCacheReconciler>(o);
+  }
+
+  ReconcilerOptions Options() {
     ReconcilerOptions o;
     o.default_store = root_ + "/store";
     o.hf_endpoint = hub_.url();
     o.backoff_base = milliseconds(5);
     o.progress_interval = milliseconds(20);
     o.wake = loop_.WakeCallback();
-    o.observer = &ends_;
-    reconciler_ = std::make_unique<ModelCacheReconciler>(o);
+    return o;
   }
   void TearDown() override {
     reconciler_.reset();
@@ -153,12 +158,7 @@ TEST_F(ReconcilerTest, SameInputsGiveTheSameArtifactId) {
 // different spec is refused before any request, one with the same content spec shares it, and the
 // owner's deletion (or its move to another name) frees it.
 TEST_F(ReconcilerTest, AnArtifactNameBelongsToItsFirstClaimer) {
-  ReconcilerOptions o;
-  o.default_store = root_ + "/store";
-  o.hf_endpoint = hub_.url();
-  o.backoff_base = milliseconds(5);
-  o.progress_interval = milliseconds(20);
-  o.wake = loop_.WakeCallback();
+  ReconcilerOptions o = Options();
   o.claim_scope = "test";
   o.name_recheck = milliseconds(1234);
   ModelCacheReconciler daemon(o);
