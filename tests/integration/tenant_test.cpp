@@ -182,6 +182,13 @@ TEST_F(TenantTest, AnArtifactNameBelongsToTheResourceThatClaimedItFirst) {
   ASSERT_TRUE(still);
   EXPECT_EQ(still->status.phase, crds::kPhaseReady);
   EXPECT_EQ(still->status.artifact->id, victim->status.artifact->id);
+  // The operator's own `prefetch` of the clashing repo does not take the name either.
+  CommandResult prefetch =
+      RunModelcache({"prefetch", "unsloth/Llama-3.1-8B", "--store", store_dir(), "--hf-endpoint",
+                     hub_.url(), "--no-progress"});
+  EXPECT_NE(prefetch.exit_code, 0);
+  EXPECT_NE(prefetch.err.find("ArtifactNameConflict"), std::string::npos) << prefetch.err;
+  EXPECT_EQ(ArtifactFiles(name_dir), before);
   EXPECT_EQ(hub_.Requests("/api/models/unsloth/Llama-3.1-8B"), 0);
 
   // Deleting the owner frees the name: the copycat takes it at its next reconcile (an edit that
