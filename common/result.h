@@ -28,6 +28,8 @@ enum class Reason {
   UnsupportedArchitecture,
   ShardConfigInvalid,
   StorageError,
+  // The spec's artifactName belongs to another resource of the store with a different spec.
+  ArtifactNameConflict,
   // Not failures of the resource: work stopped because the spec changed, the resource was
   // deleted or the daemon is shutting down. Never written as a condition reason.
   Cancelled,

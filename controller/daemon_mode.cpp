@@ -1,5 +1,6 @@
 #include "controller/daemon_mode.h"
 
+#include <filesystem>
 #include <utility>
 
 #include "controller/commands.h"
@@ -19,7 +20,13 @@ class DirectoryMode final : public DaemonMode {
   Source& source() override { return source_; }
   StatusStore& statuses() override { return statuses_; }
   void Configure(ManagerOptions& /*manager*/,
-                 reconcilers::ReconcilerOptions& /*reconciler*/) override {}
+                 reconcilers::ReconcilerOptions& reconciler) override {
+    // Keys are unique within one watch directory (a duplicate is refused), not across two that
+    // share a store: the directory is part of who holds an artifact name.
+    std::error_code ec;
+    std::filesystem::path dir = std::filesystem::weakly_canonical(watch_dir_, ec);
+    reconciler.claim_scope = "dir " + (ec ? watch_dir_ : dir.string());
+  }
   std::string Describe() const override { return "watching " + watch_dir_; }
   void Shutdown() override {}
 

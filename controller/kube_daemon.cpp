@@ -114,6 +114,8 @@ class KubernetesMode final : public DaemonMode {
     // Every status write is an API request (and an Event): a job that finishes within this (a
     // resource whose artifact is already cached) gets one write, straight to its result.
     reconciler.settle = kSettle;
+    // namespace/name is unique in the cluster.
+    reconciler.claim_scope = "kubernetes";
     reconciler.secret_lookup = [this](const crds::ObjectKey& owner, const crds::SecretKeyRef& ref) {
       return ReadHubToken(client_, owner.namespace_, ref);
     };

@@ -43,6 +43,11 @@ CachedObject CachedObjectFromJson(const json& object) {
     return entry;
   }
   entry.object = std::move(*converted);
+  // Artifact names are global to a store: the default one carries the namespace.
+  if (crds::ModelCacheSpec& spec = entry.object.spec; spec.artifact_name.empty()) {
+    spec.artifact_name =
+        crds::NamespacedArtifactName(entry.object.metadata.namespace_, spec.source.repo);
+  }
   crds::ApplyDefaults(entry.object);
   std::vector<crds::FieldError> problems = crds::Validate(entry.object);
   if (!problems.empty()) {

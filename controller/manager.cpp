@@ -157,6 +157,7 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     request.object = cached->object;
     request.source_error = cached->source_error;
   }
+  request.deleting = deleting;
   request.status = LastStatus(key);
   if (request.object && !request.source_error && options_.before_reconcile &&
       !Prepare(*request.object)) {

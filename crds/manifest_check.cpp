@@ -40,9 +40,18 @@ bool IsUnder(const std::string& field, const std::string& parent) {
          field[parent.size()] == '[';
 }
 
-}  // namespace
+// A ModelCache of a file, defaulted, with the lines to point at.
+struct Declared {
+  std::string key;
+  int line = 0;       // metadata.name
+  int name_line = 0;  // spec.artifactName, or spec.source.repo when it was defaulted from it
+  bool defaulted = false;
+  ModelCache object;
+};
 
-std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
+// CheckManifestFile's per-document problems; each ModelCache with a name goes to `declared`.
+std::vector<ManifestProblem> ScanManifestFile(const std::string& path,
+                                              std::vector<Declared>& declared) {
   std::vector<ManifestProblem> problems;
   // One byte over the limit is enough for ReadYaml to refuse the file without reading all of it.
   Result<std::string> text = ReadFile(path, kMaxManifestBytes);
@@ -60,11 +69,6 @@ std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
     return problems;
   }
 
-  struct Declared {
-    std::string key;
-    int line;
-  };
-  std::vector<Declared> declared;
   for (const internal::YamlDocument& y : yaml_docs) {
     internal::Conversion conv;
     Document doc = internal::ToDocument(y, &conv);
@@ -85,6 +89,7 @@ std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
       problems.push_back({path, line, field, "unknown field"});
     }
     ModelCache mc = conv.object;
+    bool defaulted = mc.spec.artifact_name.empty();
     ApplyDefaults(mc);
     for (const FieldError& error : Validate(mc)) {
       bool restated = std::any_of(failed_fields.begin(), failed_fields.end(),
@@ -94,9 +99,19 @@ std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
       }
     }
     if (!mc.metadata.name.empty()) {
-      declared.push_back({mc.key().ToString(), doc.LineOf("metadata.name")});
+      declared.push_back({mc.key().ToString(), doc.LineOf("metadata.name"),
+                          doc.LineOf(defaulted ? "spec.source.repo" : "spec.artifactName"),
+                          defaulted, std::move(mc)});
     }
   }
+  return problems;
+}
+
+}  // namespace
+
+std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
+  std::vector<Declared> declared;
+  std::vector<ManifestProblem> problems = ScanManifestFile(path, declared);
 
   std::map<std::string, std::vector<int>> lines_by_key;
   for (const Declared& d : declared) {
@@ -122,6 +137,49 @@ std::vector<ManifestProblem> CheckManifestFile(const std::string& path) {
       problems.begin(), problems.end(),
       [](const ManifestProblem& a, const ManifestProblem& b) { return a.line < b.line; });
   return problems;
+}
+
+}  // namespace modelcache::crds
+
+namespace modelcache::crds {
+
+std::vector<ManifestProblem> CheckArtifactNames(const std::vector<std::string>& paths) {
+  struct Claim {
+    std::string file;
+    int line;
+    bool defaulted;
+    std::string key, identity;
+  };
+  std::map<std::string, std::vector<Claim>> by_name;  // artifact name -> its claims, in order
+  for (const auto& path : paths) {
+    std::vector<Declared> declared;
+    (void)ScanManifestFile(path, declared);  // CheckManifestFile reports these problems
+    for (Declared& d : declared) {
+      const ModelCacheSpec& spec = d.object.spec;
+      if (!spec.artifact_name.empty()) {
+        by_name[spec.artifact_name].push_back(
+            {path, d.name_line, d.defaulted, d.key, ArtifactSpecIdentity(spec, "")});
+      }
+    }
+  }
+  std::vector<ManifestProblem> warnings;
+  for (const auto& [name, claims] : by_name) {
+    const Claim& owner = claims.front();
+    for (size_t i = 1; i < claims.size(); ++i) {
+      const Claim& c = claims[i];
+      if (c.identity == owner.identity) {
+        continue;  // the same artifact: the daemon lets them share the name
+      }
+      warnings.push_back({c.file, c.line, "spec.artifactName",
+                          std::string("warning: \"") + name + "\"" +
+                              (c.defaulted ? " (the default from spec.source.repo)" : "") +
+                              " is also the artifact name of " + owner.key +
+                              " (" + owner.file + ":" + std::to_string(owner.line) +
+                              ") with a different spec; whichever the daemon sees second fails "
+                              "with ArtifactNameConflict (set spec.artifactName)"});
+    }
+  }
+  return warnings;
 }
 
 }  // namespace modelcache::crds

@@ -28,4 +28,11 @@ struct ManifestProblem {
 // Empty means every ModelCache in the file is valid. Thread-safe; never throws.
 std::vector<ManifestProblem> CheckManifestFile(const std::string& path);
 
+// Warnings (messages starting "warning: ") for ModelCaches of `paths`, taken as one tree (one
+// watch directory), that claim the same artifact name, explicitly or by directory mode's default,
+// with different specs (ArtifactSpecIdentity): one per claim after the first, at its
+// spec.artifactName line (or the nearest parent present), naming the first claim. Documents that
+// do not convert or have no name are skipped (CheckManifestFile reports them).
+std::vector<ManifestProblem> CheckArtifactNames(const std::vector<std::string>& paths);
+
 }  // namespace modelcache::crds

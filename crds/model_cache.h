@@ -252,8 +252,22 @@ std::string JoinErrors(const std::vector<FieldError>& errors);
 // The artifact name that defaulting derives from a repo id: "Qwen/Qwen3-0.6B" -> "qwen3-0-6b".
 std::string DefaultArtifactName(std::string_view repo);
 
+// Kubernetes mode's default, which namespaces cannot clash on: "<namespace>--<DefaultArtifactName>"
+// ("team-a", "Qwen/Qwen3-0.6B" -> "team-a--qwen3-0-6b"), cut to 63 characters; "" when the repo
+// gives no name. Two namespaces meet on one default only if a namespace itself holds "--"; that
+// and every other clash (explicit names, two repos of one base name) is refused at claim time
+// with ArtifactNameConflict.
+std::string NamespacedArtifactName(std::string_view namespace_, std::string_view repo);
+
 // A stable digest (sha256 hex) of the spec's canonical JSON: equal specs give equal hashes.
 std::string SpecHash(const ModelCacheSpec& spec);
+
+// The spec's identity as an artifact name's owner sees it (store/name_claims.h): the SpecHash of
+// just the fields that decide the artifact's content — source type, repo, revision, include,
+// exclude, the endpoint (an empty one read as `default_endpoint`, trailing '/' dropped) and the
+// shard settings. Storage, refreshInterval, force, tokenSecretRef, accelerator and nodeSelector
+// are not content: specs differing only there make the same artifact.
+std::string ArtifactSpecIdentity(const ModelCacheSpec& spec, std::string_view default_endpoint);
 
 // --- conditions (apimachinery's meta.SetStatusCondition) --------------------------------------
 

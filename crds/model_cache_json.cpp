@@ -697,3 +697,23 @@ std::string SpecHash(const ModelCacheSpec& spec) {
 }
 
 }  // namespace modelcache::crds
+
+namespace modelcache::crds {
+
+std::string ArtifactSpecIdentity(const ModelCacheSpec& spec, std::string_view default_endpoint) {
+  ModelCacheSpec content;
+  content.source.type = spec.source.type;
+  content.source.repo = spec.source.repo;
+  content.source.revision = spec.source.revision;
+  content.source.include = spec.source.include;
+  content.source.exclude = spec.source.exclude;
+  content.source.endpoint =
+      spec.source.endpoint.empty() ? std::string(default_endpoint) : spec.source.endpoint;
+  while (!content.source.endpoint.empty() && content.source.endpoint.back() == '/') {
+    content.source.endpoint.pop_back();
+  }
+  content.shard = spec.shard;
+  return SpecHash(content);
+}
+
+}  // namespace modelcache::crds

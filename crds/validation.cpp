@@ -106,6 +106,21 @@ std::string DefaultArtifactName(std::string_view repo) {
   return out;
 }
 
+std::string NamespacedArtifactName(std::string_view namespace_, std::string_view repo) {
+  std::string base = DefaultArtifactName(repo);
+  if (base.empty()) {
+    return base;  // Validate asks for an artifactName
+  }
+  std::string out = std::string(namespace_.empty() ? kDefaultNamespace : namespace_) + "--" + base;
+  if (out.size() > internal::kMaxLabelLength) {
+    out.resize(internal::kMaxLabelLength);
+    while (!out.empty() && out.back() == '-') {
+      out.pop_back();
+    }
+  }
+  return out;
+}
+
 void ApplyDefaults(ModelCache& mc) {
   if (mc.metadata.namespace_.empty()) {
     mc.metadata.namespace_ = std::string(kDefaultNamespace);

@@ -15,6 +15,7 @@
 #include "reconcilers/internal/job_pool.h"
 #include "reconcilers/internal/verify_job.h"
 #include "store/local_store.h"
+#include "store/name_claims.h"
 #include "store/s3_store.h"
 
 namespace modelcache::reconcilers {
@@ -189,6 +190,8 @@ struct ModelCacheReconciler::Impl {
   std::map<crds::ObjectKey, Clock::time_point> last_resolved;        // guarded by mu
   std::map<crds::ObjectKey, int64_t> applied_force;                  // guarded by mu
   std::map<crds::ObjectKey, Clock::time_point> last_verified;        // guarded by mu
+  // The artifact name each resource holds: (local store root, name). Guarded by mu.
+  std::map<crds::ObjectKey, std::pair<std::string, std::string>> claimed;
   // The last failed job of a resource, for the spec it ran: a permanent failure is not run again
   // until the spec changes, a transient one only after an exponential backoff, during which the
   // failure stays the resource's condition (a hostile mirror is not hammered, and its reason
@@ -270,6 +273,96 @@ struct ModelCacheReconciler::Impl {
   std::string StoreRoot(const crds::ModelCacheSpec& spec) const {
     std::string uri = StorageUri(spec);
     return StartsWith(uri, "s3://") ? options.local_cache : uri;
+  }
+
+  // Claims the spec's artifact name in its local store (for an S3 store: the local cache, where
+  // its versions are staged under the same name) before anything can move its `current`, and
+  // lets go of the name the resource held before if it named another. ArtifactNameConflict (a
+  // log line names the owner; the status does not) when another resource owns it.
+  VoidResult ClaimArtifactName(const crds::ObjectKey& key, const crds::ModelCacheSpec& spec,
+                               std::stop_token stop) {
+    if (StoreRoot(spec).empty()) {
+      return {};  // an S3 store without a local cache: refused when its job would start
+    }
+    auto opened = store::LocalStore::Open(StoreRoot(spec));
+    if (!opened) {
+      return opened.error();
+    }
+    std::string root = (*opened)->root();
+    std::string id = crds::ArtifactSpecIdentity(spec, options.hf_endpoint);
+    if (options.claim_scope.empty()) {
+      return store::CheckName(root, spec.artifact_name, id);
+    }
+    auto claim = store::ClaimName(root, spec.artifact_name, Holder(key), id, stop);
+    if (!claim && claim.error().reason == Reason::Cancelled) {
+      return claim.error();
+    }
+    std::pair<std::string, std::string> held(root, spec.artifact_name);
+    std::optional<std::pair<std::string, std::string>> previous;
+    {
+      std::lock_guard lock(mu);
+      auto it = claimed.find(key);
+      if (it != claimed.end() && it->second != held) {
+        previous = it->second;
+      }
+      if (claim) {
+        claimed[key] = held;
+      } else if (previous) {
+        claimed.erase(key);
+      }
+    }
+    if (previous) {
+      Release(key, previous->first, previous->second);
+    }
+    if (!claim) {
+      Error error = claim.error();
+      if (error.reason == Reason::ArtifactNameConflict) {
+        auto record = store::ReadNameRecord(root, spec.artifact_name);
+        spdlog::warn("{}: artifact name {} of store {} is owned by {}; not caching", key.ToString(),
+                     spec.artifact_name, root,
+                     record && *record ? (*record)->holders.front() : std::string("another"));
+        error.retry_after = options.name_recheck;
+      }
+      return error;
+    }
+    return {};
+  }
+
+  std::string Holder(const crds::ObjectKey& key) const {
+    return options.claim_scope + " " + key.ToString();
+  }
+
+  void Release(const crds::ObjectKey& key, const std::string& root, const std::string& name) {
+    if (auto r = store::ReleaseName(root, name, Holder(key)); !r) {
+      spdlog::warn("{}: cannot release artifact name {} of store {}: {}", key.ToString(), name,
+                   root, r.error().message);
+    } else {
+      spdlog::info("{}: released artifact name {} of store {}", key.ToString(), name, root);
+    }
+  }
+
+  // A deleted resource frees the name it held: the one it claimed in this process, else (a
+  // restart since) the one its spec names when the deleted object is still known.
+  void ReleaseArtifactName(const Request& request) {
+    const crds::ObjectKey& key = request.key;
+    std::optional<std::pair<std::string, std::string>> held;
+    {
+      std::lock_guard lock(mu);
+      auto it = claimed.find(key);
+      if (it != claimed.end()) {
+        held = it->second;
+        claimed.erase(it);
+      }
+    }
+    if (!held && request.deleting && !options.claim_scope.empty() &&
+        !StoreRoot(request.deleting->spec).empty()) {
+      if (auto opened = store::LocalStore::Open(StoreRoot(request.deleting->spec))) {
+        held.emplace((*opened)->root(), request.deleting->spec.artifact_name);
+      }
+    }
+    if (held) {
+      Release(key, held->first, held->second);
+    }
   }
 
   // The --s3-secret entry: options.read_secret's answer, else the files of the secrets directory
@@ -684,6 +777,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     if (request.source_error) {
       return *request.source_error;
     }
+    impl.ReleaseArtifactName(request);
     std::lock_guard lock(impl.mu);
     impl.last_resolved.erase(key);
     impl.applied_force.erase(key);
@@ -714,6 +808,10 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
   if (!job) {
     if (auto allowed = impl.CheckAllowed(obj.spec); !allowed) {
       return allowed.error();
+    }
+    // Before anything (a job, a heal, a refresh) could move the name's `current`.
+    if (auto owned = impl.ClaimArtifactName(key, obj.spec, stop); !owned) {
+      return owned.error();
     }
   }
 

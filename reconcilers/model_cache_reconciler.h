@@ -67,6 +67,15 @@ struct ReconcilerOptions {
   std::vector<std::string> allowed_stores;
   // No allow-list at all: `modelcache prefetch`, whose spec is the operator's own command line.
   bool allow_any = false;
+  // Who this daemon's resources are to the store's artifact name records (store/name_claims.h):
+  // a resource holds its name as "<claim_scope> <namespace>/<name>" ("kubernetes", or "dir
+  // <watch dir>": keys are unique within one watch directory, not across two). Empty: names are
+  // only checked, never held (`modelcache prefetch`, which must not take a resource's `current`
+  // but owns nothing afterwards).
+  std::string claim_scope;
+  // A resource refused a name (ArtifactNameConflict) tries again this late: the owner's deletion
+  // frees the name without any change to the waiting resource.
+  std::chrono::milliseconds name_recheck{30000};
   // Directory-mode secrets: tokenSecretRef {name, key} is read from <secrets_dir>/<name>/<key>.
   std::string secrets_dir;
   // When set, resolves tokenSecretRef instead of secrets_dir (Kubernetes mode: a Secret in the

@@ -37,6 +37,9 @@ struct Request {
   std::optional<Error> source_error;
   // The status the controller last wrote for this key (empty on first sight).
   crds::ModelCacheStatus status;
+  // With object nullopt: the object being deleted (a deletionTimestamp, held by a finalizer),
+  // when the source still has it; what it held can then be let go after a restart too.
+  std::optional<crds::ModelCache> deleting = std::nullopt;
 };
 
 struct Outcome {

@@ -331,15 +331,18 @@ InUseLock& InUseLock::operator=(InUseLock&& other) noexcept {
   return *this;
 }
 
-Result<InUseLock> LockInUse(const std::string& root, const std::string& kind,
-                            const std::string& name, std::stop_token stop) {
+namespace {
+
+// Takes flock `op` (LOCK_SH or LOCK_EX) on the lock file of (kind, name), waiting for it.
+Result<int> WaitForLock(const std::string& root, const std::string& kind,
+                        const std::string& name, int op, std::stop_token stop) {
   std::string path = LockPath(root, kind, name);
   auto fd = OpenLockFile(path);
   if (!fd) {
     return fd.error();
   }
   // Non-blocking with a short poll, so that a cancel is seen while a GC holds the lock.
-  while (::flock(*fd, LOCK_SH | LOCK_NB) != 0) {
+  while (::flock(*fd, op | LOCK_NB) != 0) {
     if (errno != EWOULDBLOCK && errno != EINTR) {
       int err = errno;
       ::close(*fd);
@@ -350,6 +353,26 @@ Result<InUseLock> LockInUse(const std::string& root, const std::string& kind,
       return Error(Reason::Cancelled, "cancelled while waiting for " + path);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return *fd;
+}
+
+}  // namespace
+
+Result<InUseLock> LockInUse(const std::string& root, const std::string& kind,
+                            const std::string& name, std::stop_token stop) {
+  auto fd = WaitForLock(root, kind, name, LOCK_SH, stop);
+  if (!fd) {
+    return fd.error();
+  }
+  return InUseLock(*fd);
+}
+
+Result<InUseLock> LockExclusive(const std::string& root, const std::string& kind,
+                                const std::string& name, std::stop_token stop) {
+  auto fd = WaitForLock(root, kind, name, LOCK_EX, stop);
+  if (!fd) {
+    return fd.error();
   }
   return InUseLock(*fd);
 }

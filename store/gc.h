@@ -59,6 +59,8 @@ class InUseLock {
                                      std::stop_token);
   friend Result<InUseLock> TryLockExclusive(const std::string&, const std::string&,
                                             const std::string&);
+  friend Result<InUseLock> LockExclusive(const std::string&, const std::string&,
+                                         const std::string&, std::stop_token);
   explicit InUseLock(int fd) : fd_(fd) {}
   int fd_ = -1;
 };
@@ -72,6 +74,11 @@ Result<InUseLock> LockInUse(const std::string& root, const std::string& kind,
 // The exclusive lock GC takes, without waiting: an unheld InUseLock when someone uses it.
 Result<InUseLock> TryLockExclusive(const std::string& root, const std::string& kind,
                                    const std::string& name);
+
+// The exclusive lock, waiting while anyone holds it (a short read-modify-write of a record
+// beside the store, such as an artifact name's owner). Cancelled when `stop` is requested.
+Result<InUseLock> LockExclusive(const std::string& root, const std::string& kind,
+                                const std::string& name, std::stop_token stop = {});
 
 // ---- what the store holds ----
 

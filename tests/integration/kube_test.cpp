@@ -159,13 +159,14 @@ class KubeTest : public ::testing::Test {
     return a.body;
   }
 
-  // Replaces the spec of default/<name>, re-reading on conflict (the daemon writes too).
-  json UpdateSpec(const std::string& name, const json& spec) {
+  // Replaces the spec of <ns>/<name>, re-reading on conflict (the daemon writes too).
+  json UpdateSpec(const std::string& name, const json& spec, const std::string& ns = "default") {
     for (int i = 0; i < 20; ++i) {
-      json current = Get(name);
+      json current = api_.GetModelCache(ns, name).body;
       current["spec"] = spec;
-      ApiAnswer a = api_.Call("PUT", "/apis/modelcache.dev/v1alpha1/namespaces/default/modelcaches/" + name,
-                              current);
+      ApiAnswer a = api_.Call(
+          "PUT", "/apis/modelcache.dev/v1alpha1/namespaces/" + ns + "/modelcaches/" + name,
+          current);
       if (a.status == 200) {
         return a.body;
       }
@@ -410,7 +411,10 @@ TEST_F(KubeTest, TokenSecretRefUsesOnlyLabelledSecretsAndTellsNothingElse) {
     return json{{"source", source}};
   };
   Create(ModelCacheObject("authed", "org/private", with_ref("hf-token", "token", "")));
-  Create(ModelCacheObject("steal", "org/private", with_ref("db-creds", "password", tenant.url())));
+  // Another endpoint is another spec: a name of its own, or it would fail on the name first.
+  json steal = with_ref("db-creds", "password", tenant.url());
+  steal["artifactName"] = "steal";
+  Create(ModelCacheObject("steal", "org/private", steal));
   Create(ModelCacheObject("no-secret", "org/private", with_ref("nope", "t", "")));
   Create(ModelCacheObject("no-key", "org/private", with_ref("hf-token", "other", "")));
   // The tenant's server is reachable: a resource without a token reaches it.
@@ -453,6 +457,87 @@ TEST_F(KubeTest, TokenSecretRefUsesOnlyLabelledSecretsAndTellsNothingElse) {
   ASSERT_TRUE(WaitFor([&] { return !EventsFor("steal", "InvalidSpec").empty(); }, seconds(10)));
   EXPECT_EQ(EventsFor("steal", "InvalidSpec")[0]["type"], "Warning");
   EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+// A tenant in another namespace names the victim's artifact: it fails with ArtifactNameConflict
+// (a Warning Event in its namespace) and the victim's `current`, files and status stay as they
+// were. Default names carry the namespace, so two namespaces caching one repo never meet; the
+// owner's deletion frees the name.
+TEST_F(KubeTest, AnotherNamespaceCannotTakeAnArtifactName) {
+  AddRepo("org/victim", SmallModelFiles(20000, 11));
+  AddRepo("org/tenant", SmallModelFiles(20000, 12));
+  Daemon daemon(DaemonOptions());
+  daemon.Start();
+  auto in = [](const std::string& ns, json object) {
+    object["metadata"]["namespace"] = ns;
+    return object;
+  };
+  auto get = [&](const std::string& ns, const std::string& name) {
+    ApiAnswer a = api_.GetModelCache(ns, name);
+    return a.status == 200 ? a.body : json();
+  };
+  auto wait = [&](const std::string& ns, const std::string& name,
+                  const std::function<bool(const json&)>& pred) {
+    json last;
+    WaitFor([&] {
+      last = get(ns, name);
+      return !last.is_null() && pred(last);
+    });
+    return last;
+  };
+  Create(ModelCacheObject("victim", "org/victim"));
+  json victim = WaitReady("victim");
+  ASSERT_TRUE(IsReadyForGeneration(victim)) << daemon.Log();
+  const json artifact = victim["status"]["artifact"];
+  EXPECT_EQ(artifact["name"], "default--victim");
+  const std::string name_dir = store_dir() + "/artifacts/default--victim";
+  const fs::path current = fs::read_symlink(name_dir + "/current");
+  const std::string config = Slurp(name_dir + "/current/config.json");
+  // The same repo in another namespace, by default: a name of its own.
+  Create(in("team-b", ModelCacheObject("victim", "org/victim")));
+  json neighbour = wait("team-b", "victim", IsReadyForGeneration);
+  ASSERT_TRUE(IsReadyForGeneration(neighbour)) << daemon.Log();
+  EXPECT_EQ(neighbour["status"]["artifact"]["name"], "team-b--victim");
+
+  Create(in("tenant", ModelCacheObject("steal", "org/tenant",
+                                       {{"artifactName", "default--victim"}})));
+  auto conflict = [](const json& o) {
+    return Phase(o) == "Failed" && ReadyCondition(o).value("reason", "") == "ArtifactNameConflict";
+  };
+  json steal = wait("tenant", "steal", conflict);
+  ASSERT_TRUE(conflict(steal)) << steal.dump(2) << daemon.Log();
+  EXPECT_EQ(ReadyCondition(steal)["message"].get<std::string>().find("default/victim"),
+            std::string::npos)
+      << "the status does not say who owns the name";
+  ASSERT_TRUE(WaitFor([&] {
+    json events = api_.ListEvents("tenant").body;
+    for (const json& e : events["items"]) {
+      if (e["involvedObject"].value("name", "") == "steal" &&
+          e.value("reason", "") == "ArtifactNameConflict" && e.value("type", "") == "Warning") {
+        return true;
+      }
+    }
+    return false;
+  }, seconds(10))) << daemon.Log();
+  EXPECT_EQ(hub_.Requests("/api/models/org/tenant"), 0);
+  EXPECT_EQ(fs::read_symlink(name_dir + "/current"), current);
+  EXPECT_EQ(Slurp(name_dir + "/current/config.json"), config);
+  json after = Get("victim");
+  EXPECT_EQ(after["status"]["artifact"], artifact);
+  EXPECT_EQ(Phase(after), "Ready");
+
+  // The owner's deletion (through its finalizer) frees the name: the tenant's next reconcile
+  // (here a spec change that caches the same thing) takes it.
+  ASSERT_EQ(api_.DeleteModelCache("default", "victim").status, 200);
+  ASSERT_TRUE(WaitFor([&] { return Get("victim").is_null(); }, seconds(10))) << daemon.Log();
+  json spec = steal["spec"];
+  spec["refreshInterval"] = "1h";
+  ASSERT_FALSE(UpdateSpec("steal", spec, "tenant").is_null());
+  json taken = wait("tenant", "steal", IsReadyForGeneration);
+  ASSERT_TRUE(IsReadyForGeneration(taken)) << taken.dump(2) << daemon.Log();
+  EXPECT_EQ(taken["status"]["artifact"]["name"], "default--victim");
+  EXPECT_NE(fs::read_symlink(name_dir + "/current"), current);
+  EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 
 TEST_F(KubeTest, NodeNameFilterCachesOnlyWhatTheNodeSelectorGivesThisNode) {

@@ -358,7 +358,8 @@ TEST_F(KubectlTest, ApplyWaitGetDeleteAgainstTheDaemon) {
   ASSERT_EQ(yaml.exit_code, 0) << yaml.err;
   EXPECT_NE(yaml.out.find("phase: Ready"), std::string::npos) << yaml.out;
   EXPECT_NE(yaml.out.find("resolvedRevision: "), std::string::npos) << yaml.out;
-  EXPECT_NE(yaml.out.find("id: model@sha256:"), std::string::npos) << yaml.out;
+  // Kubernetes mode's default artifact name carries the namespace.
+  EXPECT_NE(yaml.out.find("id: default--model@sha256:"), std::string::npos) << yaml.out;
   EXPECT_NE(yaml.out.find("- modelcache.dev/artifact"), std::string::npos) << yaml.out;
 
   // The table from the CRD's printer columns, through the short name.

@@ -210,7 +210,8 @@ TEST_F(S3KubeTest, CredentialsComeOnlyFromTheNamedSecretAndNeverShow) {
       "s3-kube", [](const json& c) { return c.value("status", "") == "True"; }, daemon);
   ASSERT_TRUE(ready.contains("status") && ready["status"].contains("artifact")) << ready.dump();
   std::string uri = ready["status"]["artifact"].value("uri", "");
-  EXPECT_EQ(uri.rfind(store_uri() + "/artifacts/s3-kube/", 0), 0U) << uri;
+  // Kubernetes mode's default artifact name carries the namespace.
+  EXPECT_EQ(uri.rfind(store_uri() + "/artifacts/default--s3-kube/", 0), 0U) << uri;
   std::string shown = Shown("s3-kube", daemon);
   EXPECT_EQ(shown.find(wrong), std::string::npos);
   EXPECT_EQ(shown.find(gw_.secret_key), std::string::npos);

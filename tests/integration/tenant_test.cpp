@@ -2,9 +2,12 @@
 // A second Hub imitation plays the tenant's server and records the Authorization headers it
 // receives. What the operator has not allowed (--allowed-endpoints, --allowed-stores) fails with
 // InvalidSpec before any request or write; an allowed endpoint never receives the daemon's token;
-// the victim next to it becomes Ready.
+// the victim next to it becomes Ready. An artifact name belongs to the resource that claimed it
+// first: another file naming it (or defaulting to it) fails with ArtifactNameConflict and leaves
+// the owner's `current`, files and status alone, until the owner's deletion frees the name.
 
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -97,6 +100,111 @@ TEST_F(TenantTest, AnAllowedEndpointNeverReceivesTheDaemonsToken) {
   EXPECT_EQ(tenant_.RequestsWithAuthorization(std::string("Bearer ") + kDaemonToken), 0);
   EXPECT_EQ(tenant_.RequestsWithAuthorization(""), tenant_.Requests("/"));
   EXPECT_GT(hub_.RequestsWithAuthorization(std::string("Bearer ") + kDaemonToken), 0);
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+// The owner's `current` target and every file of the version it points to, by content.
+std::map<std::string, std::string> ArtifactFiles(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::map<std::string, std::string> files;
+  files["current ->"] = fs::read_symlink(dir + "/current").string();
+  for (const auto& e : fs::recursive_directory_iterator(dir + "/current/")) {
+    if (e.is_regular_file()) {
+      files[fs::relative(e.path(), dir + "/current/").string()] = Slurp(e.path().string());
+    }
+  }
+  return files;
+}
+
+// Two files of one watch directory: meta-llama/Llama-3.1-8B and unsloth/Llama-3.1-8B both default
+// to the artifact name llama-3-1-8b, and a third names it on purpose for another repo. The first
+// one keeps it; `modelcache validate` warned beforehand; deleting the owner frees the name.
+TEST_F(TenantTest, AnArtifactNameBelongsToTheResourceThatClaimedItFirst) {
+  AddRepo("meta-llama/Llama-3.1-8B", SmallModelFiles(20000, 3));
+  AddRepo("unsloth/Llama-3.1-8B", SmallModelFiles(20000, 4));
+  WriteManifest("victim.yaml", Manifest("victim", "meta-llama/Llama-3.1-8B"));
+  Daemon daemon(TenantDaemonOptions());
+  daemon.Start();
+  auto victim = WaitReady("victim");
+  ASSERT_TRUE(victim) << daemon.Log();
+  ASSERT_TRUE(victim->status.artifact);
+  EXPECT_EQ(victim->status.artifact->name, "llama-3-1-8b");
+  const std::string name_dir = store_dir() + "/artifacts/llama-3-1-8b";
+  const auto before = ArtifactFiles(name_dir);
+
+  // The accidental clash (a default) and the deliberate one (an explicit artifactName, another
+  // repo): validate warns about both, at their lines, and still calls the files valid.
+  WriteManifest("copycat.yaml", Manifest("copycat", "unsloth/Llama-3.1-8B"));
+  WriteManifest("tenant.yaml",
+                Manifest("steal", "org/tenant", "  artifactName: llama-3-1-8b\n"));
+  CommandResult validated = RunModelcache({"validate", watch_dir() + "/victim.yaml",
+                                           watch_dir() + "/copycat.yaml",
+                                           watch_dir() + "/tenant.yaml"});
+  EXPECT_EQ(validated.exit_code, 0) << validated.err;
+  EXPECT_NE(validated.out.find(watch_dir() + "/copycat.yaml:7: spec.artifactName: warning: "
+                               "\"llama-3-1-8b\" (the default from spec.source.repo) is also the "
+                               "artifact name of default/victim (" +
+                               watch_dir() + "/victim.yaml:7)"),
+            std::string::npos)
+      << validated.out;
+  EXPECT_NE(validated.out.find(watch_dir() + "/tenant.yaml:8: spec.artifactName: warning:"),
+            std::string::npos)
+      << validated.out;
+  EXPECT_NE(validated.err.find("3 files valid, 2 warnings"), std::string::npos) << validated.err;
+  CommandResult alone = RunModelcache({"validate", watch_dir() + "/copycat.yaml"});
+  EXPECT_EQ(alone.out.find("warning"), std::string::npos) << alone.out;
+
+  auto conflict = [](const crds::ModelCache& mc) {
+    return mc.status.phase == crds::kPhaseFailed && ReadyReason(mc) == "ArtifactNameConflict";
+  };
+  for (const char* name : {"copycat", "steal"}) {
+    auto refused = WaitForStatus(state_dir(), name, conflict);
+    ASSERT_TRUE(refused && conflict(*refused)) << name << "\n" << daemon.Log();
+    EXPECT_EQ(ReadyMessage(*refused).rfind("spec.artifactName: \"llama-3-1-8b\" in store ", 0),
+              0U)
+        << ReadyMessage(*refused);
+    EXPECT_FALSE(refused->status.artifact);
+  }
+  // The log tells the operator who owns the name.
+  EXPECT_NE(daemon.Log().find("is owned by dir " +
+                              std::filesystem::canonical(watch_dir()).string() +
+                              " default/victim; not caching"),
+            std::string::npos)
+      << daemon.Log();
+  // Nothing of the victim moved: the same current, files and status; no other version appeared.
+  EXPECT_EQ(ArtifactFiles(name_dir), before);
+  size_t versions = 0;
+  for (const auto& e : std::filesystem::directory_iterator(name_dir)) {
+    versions += e.is_directory() && !e.is_symlink() ? 1 : 0;
+  }
+  EXPECT_EQ(versions, 1U);
+  auto still = ReadStatus(state_dir(), "default", "victim");
+  ASSERT_TRUE(still);
+  EXPECT_EQ(still->status.phase, crds::kPhaseReady);
+  EXPECT_EQ(still->status.artifact->id, victim->status.artifact->id);
+  // The operator's own `prefetch` of the clashing repo does not take the name either.
+  CommandResult prefetch =
+      RunModelcache({"prefetch", "unsloth/Llama-3.1-8B", "--store", store_dir(), "--hf-endpoint",
+                     hub_.url(), "--no-progress"});
+  EXPECT_NE(prefetch.exit_code, 0);
+  EXPECT_NE(prefetch.err.find("ArtifactNameConflict"), std::string::npos) << prefetch.err;
+  EXPECT_EQ(ArtifactFiles(name_dir), before);
+  EXPECT_EQ(hub_.Requests("/api/models/unsloth/Llama-3.1-8B"), 0);
+
+  // Deleting the owner frees the name: the copycat takes it at its next reconcile (an edit that
+  // does not change what it caches; otherwise the recheck after 30 s).
+  std::filesystem::remove(watch_dir() + "/tenant.yaml");
+  std::filesystem::remove(watch_dir() + "/victim.yaml");
+  ASSERT_TRUE(WaitFor([&] { return !ReadStatus(state_dir(), "default", "victim"); }))
+      << daemon.Log();
+  WriteManifest("copycat.yaml",
+                Manifest("copycat", "unsloth/Llama-3.1-8B", "  refreshInterval: 1h\n"));
+  auto taken = WaitReady("copycat");
+  ASSERT_TRUE(taken) << daemon.Log();
+  EXPECT_EQ(taken->status.artifact->name, "llama-3-1-8b");
+  EXPECT_NE(taken->status.artifact->id, victim->status.artifact->id);
+  EXPECT_EQ(std::filesystem::canonical(name_dir + "/current"),
+            std::filesystem::canonical(taken->status.artifact->path));
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 

@@ -15,7 +15,7 @@ TEST(ReasonTest, NamesRoundTrip) {
                    Reason::Unauthorized, Reason::RateLimited, Reason::NetworkError,
                    Reason::ChecksumMismatch, Reason::InsufficientStorage,
                    Reason::UnsupportedArchitecture, Reason::ShardConfigInvalid,
-                   Reason::StorageError}) {
+                   Reason::StorageError, Reason::ArtifactNameConflict}) {
     auto parsed = ParseReason(ReasonName(r));
     ASSERT_TRUE(parsed.has_value()) << ReasonName(r);
     EXPECT_EQ(*parsed, r);
@@ -30,6 +30,7 @@ TEST(ReasonTest, TransientVersusPermanent) {
   EXPECT_FALSE(IsTransient(Reason::RepoNotFound));
   EXPECT_FALSE(IsTransient(Reason::InvalidSpec));
   EXPECT_FALSE(IsTransient(Reason::Unauthorized));
+  EXPECT_FALSE(IsTransient(Reason::ArtifactNameConflict));
 }
 
 TEST(ResultTest, HoldsValueOrError) {

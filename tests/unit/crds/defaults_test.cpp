@@ -20,6 +20,19 @@ TEST(DefaultArtifactNameTest, DerivesALabelFromTheRepoName) {
   EXPECT_EQ(DefaultArtifactName("s3://bucket/p/artifacts/qwen3/v7"), "qwen3");
 }
 
+TEST(DefaultArtifactNameTest, KubernetesModeCarriesTheNamespace) {
+  EXPECT_EQ(NamespacedArtifactName("team-a", "Qwen/Qwen3-0.6B"), "team-a--qwen3-0-6b");
+  EXPECT_EQ(NamespacedArtifactName("", "gpt2"), "default--gpt2");
+  // Two namespaces, one repo: two names.
+  EXPECT_NE(NamespacedArtifactName("a", "meta-llama/Llama-3.1-8B"),
+            NamespacedArtifactName("b", "meta-llama/Llama-3.1-8B"));
+  EXPECT_EQ(NamespacedArtifactName("team-a", "org/___"), "");  // Validate asks for one
+  std::string cut = NamespacedArtifactName(std::string(58, 'n'), "org/" + std::string(20, 'm'));
+  EXPECT_EQ(cut, std::string(58, 'n') + "--mmm");
+  std::string dash = NamespacedArtifactName(std::string(61, 'n'), "org/model");
+  EXPECT_EQ(dash, std::string(61, 'n'));  // the cut lands in "--", which is trimmed
+}
+
 TEST(DefaultArtifactNameTest, CutsTo63WithoutATrailingDash) {
   std::string name =
       DefaultArtifactName("org/" + std::string(62, 'a') + ".b" + std::string(10, 'c'));

@@ -165,6 +165,59 @@ spec: {source: {repo: Qwen/Qwen3-8B}}
                                  "declared at line 3"));
 }
 
+// Files of one tree that claim one artifact name: a warning on each claim after the first with a
+// different spec (explicit or defaulted); a claim with the same content spec shares the name.
+TEST_F(ManifestCheckTest, ArtifactNameClaimedTwiceIsAWarning) {
+  std::string a = Write("a.yaml", R"(apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: meta}
+spec:
+  source: {repo: meta-llama/Llama-3.1-8B}
+---
+apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: meta-again}
+spec:
+  source: {repo: meta-llama/Llama-3.1-8B}
+  refreshInterval: 1h
+)");
+  std::string b = Write("b.yaml", R"(apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: unsloth}
+spec:
+  source: {repo: unsloth/Llama-3.1-8B}
+---
+apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: mine, namespace: team}
+spec:
+  source: {repo: org/other}
+  artifactName: llama-3-1-8b
+---
+apiVersion: modelcache.dev/v1alpha1
+kind: ModelCache
+metadata: {name: apart}
+spec:
+  source: {repo: unsloth/Llama-3.1-8B}
+  artifactName: unsloth-llama
+)");
+  std::vector<std::string> warnings;
+  for (const ManifestProblem& p : CheckArtifactNames({a, b})) {
+    warnings.push_back(p.ToString());
+  }
+  const std::string tail =
+      "is also the artifact name of default/meta (" + a +
+      ":5) with a different spec; whichever the daemon sees second fails with "
+      "ArtifactNameConflict (set spec.artifactName)";
+  EXPECT_THAT(warnings,
+              ElementsAre(b + ":5: spec.artifactName: warning: \"llama-3-1-8b\" (the default "
+                              "from spec.source.repo) " + tail,
+                          b + ":12: spec.artifactName: warning: \"llama-3-1-8b\" " + tail));
+  // One file alone, or the files' own problems, are not this check's business.
+  EXPECT_THAT(CheckArtifactNames({a}), IsEmpty());
+  EXPECT_THAT(Check(b), IsEmpty());
+}
+
 TEST_F(ManifestCheckTest, SyntaxErrorIsOneProblemWithItsLine) {
   std::string path = Write("syntax.yaml",
                            "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\n"

@@ -12,6 +12,7 @@
 #include "common/files.h"
 #include "common/sha256.h"
 #include "reconcilers/observer.h"
+#include "store/name_claims.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/unit/reconcilers/reconcile_loop.h"
 
@@ -68,14 +69,19 @@ class ReconcilerTest : public ::testing::Test {
     spec.refs["main"] = root_ + "/repo/main";
     hub_.AddRepo(spec);
     ASSERT_TRUE(hub_.Start());
+    ReconcilerOptions o = Options();
+    o.observer = &ends_;
+    reconciler_ = std::make_unique<ModelCacheReconciler>(o);
+  }
+
+  ReconcilerOptions Options() {
     ReconcilerOptions o;
     o.default_store = root_ + "/store";
     o.hf_endpoint = hub_.url();
     o.backoff_base = milliseconds(5);
     o.progress_interval = milliseconds(20);
     o.wake = loop_.WakeCallback();
-    o.observer = &ends_;
-    reconciler_ = std::make_unique<ModelCacheReconciler>(o);
+    return o;
   }
   void TearDown() override {
     reconciler_.reset();
@@ -146,6 +152,58 @@ TEST_F(ReconcilerTest, SameInputsGiveTheSameArtifactId) {
   ASSERT_TRUE(b);
   EXPECT_EQ(a->status.artifact->id, b->status.artifact->id);
   EXPECT_EQ(hub_.BodyBytesServed("model.safetensors"), 0u);
+}
+
+// With a claim scope (a daemon), the first resource owns its artifact name: another one with a
+// different spec is refused before any request, one with the same content spec shares it, and the
+// owner's deletion (or its move to another name) frees it.
+TEST_F(ReconcilerTest, AnArtifactNameBelongsToItsFirstClaimer) {
+  ReconcilerOptions o = Options();
+  o.claim_scope = "test";
+  o.name_recheck = milliseconds(1234);
+  ModelCacheReconciler daemon(o);
+  Request owner{{"default", "owner"}, Object(), std::nullopt, {}};
+  auto ready = loop_.RunToEnd(daemon, owner);
+  ASSERT_TRUE(ready) << ready.error().ToString();
+  ASSERT_EQ(ready->status.phase, crds::kPhaseReady);
+  const std::string current = fs::read_symlink(root_ + "/store/artifacts/model/current");
+
+  // Another revision (the same commit, even) is another spec: refused, nothing asked.
+  hub_.ResetCounters();
+  Request other{{"team", "other"}, Object(hub_.CommitOf("model", "org/model", "main")),
+                std::nullopt, {}};
+  auto refused = daemon.Reconcile(other, {});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().reason, Reason::ArtifactNameConflict);
+  EXPECT_EQ(refused.error().retry_after, milliseconds(1234));
+  EXPECT_EQ(hub_.Requests("/"), 0);
+  EXPECT_EQ(fs::read_symlink(root_ + "/store/artifacts/model/current"), current);
+  // Settings that are not content (refreshInterval) share the name.
+  crds::ModelCache sharer_object = Object();
+  sharer_object.spec.refresh_interval = "1h";
+  Request sharer{{"team", "sharer"}, sharer_object, std::nullopt, {}};
+  auto shared = loop_.RunToEnd(daemon, sharer);
+  ASSERT_TRUE(shared) << shared.error().ToString();
+  EXPECT_EQ(shared->status.artifact->id, ready->status.artifact->id);
+
+  // The owner moves to another name and the sharer inherits this one; the sharer's deletion
+  // frees it, and the refused resource takes it.
+  crds::ModelCache renamed = Object();
+  renamed.spec.artifact_name = "renamed";
+  renamed.metadata.generation = 2;
+  owner.object = renamed;
+  ASSERT_TRUE(loop_.RunToEnd(daemon, owner));
+  auto record = store::ReadNameRecord(root_ + "/store", "model");
+  ASSERT_TRUE(record && *record);
+  EXPECT_EQ((*record)->holders, std::vector<std::string>{"test team/sharer"});
+  EXPECT_FALSE(daemon.Reconcile(other, {}));
+  Request deleted{{"team", "sharer"}, std::nullopt, std::nullopt, {}};
+  ASSERT_TRUE(daemon.Reconcile(deleted, {}));
+  auto taken = loop_.RunToEnd(daemon, other);
+  ASSERT_TRUE(taken) << taken.error().ToString();
+  EXPECT_EQ(taken->status.phase, crds::kPhaseReady);
+  EXPECT_EQ(fs::canonical(root_ + "/store/artifacts/model/current"),
+            fs::canonical(taken->status.artifact->path));
 }
 
 TEST_F(ReconcilerTest, PermanentErrorsComeBackAsErrors) {
