@@ -34,8 +34,19 @@ int64_t MtimeNs(const struct stat& st) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
 
+// A repo of another endpoint's hub cache is named "<hub>/<folder>" (RepoStoreName): one file per
+// name, '/' written as '@' (in no hub key, folder or artifact name).
 std::string LockPath(const std::string& root, const std::string& kind, const std::string& name) {
-  return root + "/locks/inuse/" + kind + "-" + name + ".lock";
+  std::string file = name;
+  std::replace(file.begin(), file.end(), '/', '@');
+  return root + "/locks/inuse/" + kind + "-" + file + ".lock";
+}
+
+// The huggingface_hub folder of a store name ("<hub>/models--x" -> "models--x"): references
+// name a repo and commit, not the endpoint they came from, so they keep it in every hub cache.
+std::string PlainFolder(const std::string& store_name) {
+  size_t slash = store_name.rfind('/');
+  return slash == std::string::npos ? store_name : store_name.substr(slash + 1);
 }
 
 Result<int> OpenLockFile(const std::string& path) {
@@ -132,8 +143,9 @@ void ScanArtifacts(const LocalStore& store, StoreInventory& inv) {
   }
 }
 
-void ScanRepo(StoreInventory& inv, const fs::path& repo) {
-  std::string folder = repo.filename().string();
+// `hub`: "" for <root>/hub, else the key of <root>/hubs/<hub>.
+void ScanRepo(StoreInventory& inv, const fs::path& repo, const std::string& hub) {
+  std::string folder = (hub.empty() ? "" : hub + "/") + repo.filename().string();
   std::error_code ec;
   // snapshots/<commit>/...: links to ../../blobs/<etag>
   for (fs::directory_iterator it(repo / "snapshots", ec), end; !ec && it != end; it.increment(ec)) {
@@ -193,18 +205,6 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
       inv.refs[folder][it->path().string().substr(refs.string().size() + 1)] = *content;
     }
   }
-}
-
-// "models--org--name" -> {model, org/name}; the inverse of RepoFolderName.
-RepoRef RepoFromFolder(const std::string& folder) {
-  RepoRef repo;
-  size_t dashes = folder.find("--");
-  std::string type = folder.substr(0, dashes);
-  repo.type = type.empty() ? type : type.substr(0, type.size() - 1);  // "models" -> "model"
-  std::string rest = dashes == std::string::npos ? "" : folder.substr(dashes + 2);
-  size_t sep = rest.find("--");
-  repo.id = sep == std::string::npos ? rest : rest.substr(0, sep) + "/" + rest.substr(sep + 2);
-  return repo;
 }
 
 // The removal simulation behind PlanGc: links left per inode and per blob, and what is gone.
@@ -382,18 +382,21 @@ Result<StoreInventory> ScanStore(const LocalStore& store) {
     return Error(Reason::StorageError, "cannot scan " + store.root() + ": not a modelcache store");
   }
   ScanArtifacts(store, inv);
-  for (fs::directory_iterator repos(store.hub_dir(), ec), end; !ec && repos != end;
-       repos.increment(ec)) {
-    std::string folder = repos->path().filename().string();
-    std::error_code rec;
-    if (folder.find("--") == std::string::npos || repos->is_symlink(rec) ||
-        !repos->is_directory(rec)) {
-      continue;
+  for (const std::string& hub_dir : store.ListHubDirs()) {
+    std::string hub = hub_dir == store.hub_dir() ? "" : fs::path(hub_dir).filename().string();
+    for (fs::directory_iterator repos(hub_dir, ec), end; !ec && repos != end;
+         repos.increment(ec)) {
+      std::string folder = repos->path().filename().string();
+      std::error_code rec;
+      if (folder.find("--") == std::string::npos || repos->is_symlink(rec) ||
+          !repos->is_directory(rec)) {
+        continue;
+      }
+      ScanRepo(inv, repos->path(), hub);
     }
-    ScanRepo(inv, repos->path());
-  }
-  if (ec) {
-    return Error(Reason::StorageError, "cannot list " + store.hub_dir() + ": " + ec.message());
+    if (ec) {
+      return Error(Reason::StorageError, "cannot list " + hub_dir + ": " + ec.message());
+    }
   }
   return inv;
 }
@@ -478,7 +481,7 @@ GcReport PlanGc(const StoreInventory& inv, const GcReferences& refs, const GcOpt
   });
   std::vector<const SnapshotInfo*> snapshots;
   for (const auto& s : inv.snapshots) {
-    if (kept_snapshots.count({s.folder, s.commit}) == 0) {
+    if (kept_snapshots.count({PlainFolder(s.folder), s.commit}) == 0) {
       snapshots.push_back(&s);
     }
   }
@@ -505,7 +508,7 @@ GcReport PlanGc(const StoreInventory& inv, const GcReferences& refs, const GcOpt
     }
     sim.RemoveVersion(*v, is_current, why);
     for (const SnapshotInfo* s : snapshots) {
-      if (s->folder == v->source_folder && s->commit == v->source_commit &&
+      if (PlainFolder(s->folder) == v->source_folder && s->commit == v->source_commit &&
           !sim.SnapshotRemoved(*s)) {
         sim.RemoveSnapshot(*s, "built the removed version " + v->name + "/" + v->version +
                                    "; no resource uses this commit");
@@ -608,7 +611,7 @@ VoidResult RemoveVersionDir(const LocalStore& store, const GcItem& item) {
 
 VoidResult RemoveSnapshotDir(const LocalStore& store, const StoreInventory& inv,
                              const GcItem& item) {
-  std::string repo_dir = store.hub_dir() + "/" + item.folder;
+  std::string repo_dir = store.RepoDir(RepoFromStoreName(item.folder));
   auto refs = inv.refs.find(item.folder);
   if (refs != inv.refs.end()) {
     for (const auto& [ref, commit] : refs->second) {
@@ -665,7 +668,7 @@ Result<GcReport> RunGc(LocalStore& store, const GcReferences& refs, const GcOpti
         removed = RemoveSnapshotDir(store, *inv, item);
       } else {
         // Also under huggingface_hub's download lock, in case it is fetching this blob now.
-        auto blob_lock = store.TryLockBlob(RepoFromFolder(item.folder), item.id);
+        auto blob_lock = store.TryLockBlob(RepoFromStoreName(item.folder), item.id);
         if (!blob_lock || !*blob_lock) {
           report.busy.push_back("blob " + item.path);
           continue;

@@ -88,8 +88,10 @@ struct VersionInfo {
   std::vector<std::pair<std::string, InodeId>> files;  // every regular file, manifest included
 };
 
+// `folder` is the repo's RepoStoreName: "models--org--name" in <root>/hub, "<hub>/models--org--name"
+// in another endpoint's cache.
 struct SnapshotInfo {
-  std::string folder, commit, path;  // folder: "models--org--name"
+  std::string folder, commit, path;
   int64_t mtime_ns = 0;
   std::set<std::string> etags;  // blobs its links point to
 };
@@ -111,7 +113,7 @@ struct StoreInventory {
   uint64_t used_bytes = 0;              // sum of the sizes of distinct inodes
 };
 
-// Walks <root>/artifacts and <root>/hub. Skips work in progress (.staging-*, .trash-*, temporary
+// Walks <root>/artifacts, <root>/hub and every <root>/hubs/<key>. Skips work in progress (.staging-*, .trash-*, temporary
 // names); counts *.incomplete files in used_bytes but never lists them as blobs.
 Result<StoreInventory> ScanStore(const LocalStore& store);
 
@@ -120,7 +122,8 @@ Result<StoreInventory> ScanStore(const LocalStore& store);
 struct GcReferences {
   std::set<std::string> names;                              // artifact names a resource uses
   std::set<std::pair<std::string, std::string>> versions;   // (name, version) a resource reports
-  std::set<std::pair<std::string, std::string>> snapshots;  // (repo folder, commit)
+  // (huggingface_hub repo folder, commit): kept in every hub cache of the store.
+  std::set<std::pair<std::string, std::string>> snapshots;
 };
 
 // ---- plan and run ----
