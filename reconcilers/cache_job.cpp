@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -712,6 +713,16 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   auto lock = RepoLock::Acquire(lock_path, stop);
   if (!lock) {
     return lock.error();
+  }
+  // Before anything lands: GC removes only links and blobs modelcache recorded as its own.
+  {
+    std::map<std::string, std::string> written;
+    for (const auto& f : files) {
+      written[f.path] = f.etag();
+    }
+    if (auto r = store.RecordWritten(repo, *commit, written); !r) {
+      return r.error();
+    }
   }
   if (spec.shard) {
     if (auto checked = CheckShardConfig(in, hub, store, repo, *commit, files, stop); !checked) {

@@ -94,6 +94,13 @@ struct SnapshotInfo {
   std::string folder, commit, path;
   int64_t mtime_ns = 0;
   std::set<std::string> etags;  // blobs its links point to
+  // modelcache's record of what it wrote (LocalStore::RecordWritten). Only a recorded snapshot is
+  // ever removed, and then only the links the record names (pointing where it says); links of a
+  // huggingface_hub download of the same commit stay. A record whose snapshot is not there (a job
+  // that failed before linking) is listed too, with no links.
+  bool recorded = false;
+  std::map<std::string, std::string> written;  // path -> etag, the record's links present now
+  std::set<std::string> own_etags;  // blobs only those links point to (no other link of it)
 };
 
 struct BlobInfo {
@@ -109,6 +116,8 @@ struct StoreInventory {
   std::vector<SnapshotInfo> snapshots;
   std::vector<BlobInfo> blobs;
   std::map<std::string, std::map<std::string, std::string>> refs;  // folder -> ref path -> commit
+  // (folder, etag) of every blob a record names: only those are ever removed.
+  std::set<std::pair<std::string, std::string>> written_blobs;
   std::map<InodeId, InodeInfo> inodes;  // every regular file under hub/ and artifacts/
   uint64_t used_bytes = 0;              // sum of the sizes of distinct inodes
 };

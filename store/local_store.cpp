@@ -442,6 +442,73 @@ Result<std::string> HubKey(const std::string& endpoint) {
   return readable + "-" + Sha256Hex(*normalized).substr(0, 16);
 }
 
+std::string LocalStore::WrittenRecordPath(const RepoRef& repo, const std::string& commit) const {
+  return root_ + "/written/" + RepoStoreName(repo) + "/" + commit + ".json";
+}
+
+Result<std::optional<std::map<std::string, std::string>>> LocalStore::ReadWritten(
+    const RepoRef& repo, const std::string& commit) const {
+  using Files = std::map<std::string, std::string>;
+  const std::string path = WrittenRecordPath(repo, commit);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return std::optional<Files>();
+    }
+    return IoError("cannot stat", path, errno);
+  }
+  auto text = ReadFile(path);
+  if (!text) {
+    return text.error();
+  }
+  nlohmann::json doc = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!doc.is_object() || !doc.contains("files") || !doc["files"].is_object()) {
+    return Error(Reason::StorageError, path + " is not a record of written files");
+  }
+  Files files;
+  for (const auto& [file, etag] : doc["files"].items()) {
+    if (!etag.is_string()) {
+      return Error(Reason::StorageError, path + ": files." + file + " is not a string");
+    }
+    files[file] = etag.get<std::string>();
+  }
+  return std::optional<Files>(std::move(files));
+}
+
+VoidResult LocalStore::RecordWritten(const RepoRef& repo, const std::string& commit,
+                                     const std::map<std::string, std::string>& files) {
+  if (auto r = ValidateRepo(repo); !r) {
+    return r;
+  }
+  if (auto r = ValidateComponent("commit", commit); !r) {
+    return r;
+  }
+  auto existing = ReadWritten(repo, commit);
+  // An unreadable record is replaced: what this job writes is recorded either way.
+  std::map<std::string, std::string> merged;
+  if (existing && *existing) {
+    merged = **existing;
+  }
+  for (const auto& [path, etag] : files) {
+    if (auto r = ValidateRelPath("file path", path); !r) {
+      return r;
+    }
+    if (auto r = ValidateEtag(etag); !r) {
+      return r;
+    }
+    merged[path] = etag;
+  }
+  if (existing && *existing && **existing == merged) {
+    return {};
+  }
+  nlohmann::json doc = {{"formatVersion", 1}, {"files", merged}};
+  std::string path = WrittenRecordPath(repo, commit);
+  if (auto r = MakeDirs(ParentDir(path)); !r) {
+    return r;
+  }
+  return WriteFileReplacing(path, doc.dump(1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // BlobLock.
 

@@ -213,6 +213,20 @@ class LocalStore {
   // (huggingface_hub never writes a ref for a commit) or when the ref already holds the commit.
   VoidResult WriteRef(const RepoRef& repo, const std::string& revision, const std::string& commit);
 
+  // What modelcache wrote into a hub cache, so that GC removes that and nothing else (a
+  // huggingface_hub download in the same cache is never modelcache's to remove): merges
+  // `files` (path -> etag) into <root>/written/<RepoStoreName>/<commit>.json, written atomically.
+  // Called by a cache job before it downloads and links them, under its repo lock (the merge is a
+  // read-modify-write). InvalidSpec for unsafe names, StorageError on I/O.
+  VoidResult RecordWritten(const RepoRef& repo, const std::string& commit,
+                           const std::map<std::string, std::string>& files);
+  // <root>/written/<RepoStoreName>/<commit>.json (whether or not it exists).
+  std::string WrittenRecordPath(const RepoRef& repo, const std::string& commit) const;
+  // The record's files (path -> etag); nullopt when modelcache recorded nothing for the commit.
+  // StorageError when the record exists but cannot be read.
+  Result<std::optional<std::map<std::string, std::string>>> ReadWritten(
+      const RepoRef& repo, const std::string& commit) const;
+
   // The content of refs/<revision>, or nullopt if there is no such ref.
   Result<std::optional<std::string>> ReadRef(const RepoRef& repo,
                                              const std::string& revision) const;

@@ -147,6 +147,22 @@ TEST_F(GcTest, OverTheLimitWithOnlyReferencedDataKeepsItAndSaysSo) {
   EXPECT_NE(daemon.Log().find("still over the limits"), std::string::npos) << daemon.Log();
 }
 
+// A hand-made huggingface_hub download (`hf download org/handmade`) in the store's hub cache, as
+// it lands when prefetch's store is HF_HOME: blob, snapshot link, ref. Returns the snapshot file.
+std::string PlaceForeignDownload(const std::string& store) {
+  std::string repo = store + "/hub/models--org--handmade";
+  std::string commit(40, 'f');
+  std::string content = "{\"hand\": \"made\"}\n";
+  fs::create_directories(repo + "/blobs");
+  fs::create_directories(repo + "/snapshots/" + commit);
+  fs::create_directories(repo + "/refs");
+  std::ofstream(repo + "/blobs/" + Sha256Hex(content)) << content;
+  fs::create_symlink("../../blobs/" + Sha256Hex(content),
+                     repo + "/snapshots/" + commit + "/config.json");
+  std::ofstream(repo + "/refs/main") << commit;
+  return repo + "/snapshots/" + commit + "/config.json";
+}
+
 // How many GC runs a daemon has logged that found the store over its limits.
 size_t OverLimitRuns(const Daemon& daemon) {
   size_t n = 0;
@@ -163,6 +179,7 @@ TEST_F(GcTest, TwoDaemonsWithQuotasOnOneStoreNeverRemoveEachOthersReadyArtifacts
   AddRepo("org/beta", 1);
   // Two daemons of one store (two watch directories, their own state), each with a quota that
   // the other's artifact alone exceeds.
+  const std::string foreign = PlaceForeignDownload(store_dir());
   Daemon::Options a_options =
       DaemonOptions({"--store-max-bytes", "1KiB", "--gc-interval", "200ms"});
   Daemon::Options b_options = a_options;
@@ -193,6 +210,8 @@ TEST_F(GcTest, TwoDaemonsWithQuotasOnOneStoreNeverRemoveEachOthersReadyArtifacts
         << mc->metadata.name;
     EXPECT_FALSE(fs::is_empty(repo + "/blobs")) << mc->metadata.name;
   }
+  // The quota GC of both never touched the hand-made download either.
+  EXPECT_EQ(Slurp(foreign), "{\"hand\": \"made\"}\n");
   EXPECT_EQ(a.Log().find("gc: removed version"), std::string::npos) << a.Log();
   EXPECT_EQ(b.Log().find("gc: removed version"), std::string::npos) << b.Log();
   auto still = ReadStatus(b_options.state_dir, "default", "beta");
@@ -218,6 +237,7 @@ TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   other.refs["main"] = other_dir;
   hub_.AddRepo(other);
 
+  const std::string foreign = PlaceForeignDownload(store_dir());
   Daemon daemon(DaemonOptions({}));
   daemon.Start();
   auto v1 = CacheRevision("kept", "org/kept", 1);
@@ -265,6 +285,11 @@ TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
                         v2->status.resolved_revision + "/model.safetensors");
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(weights), {}),
             files_[2]["model.safetensors"]);
+
+  // A hand-made huggingface_hub download is not modelcache's to remove.
+  EXPECT_EQ(Slurp(foreign), "{\"hand\": \"made\"}\n");
+  EXPECT_EQ(done.out.find("handmade"), std::string::npos) << done.out;
+  EXPECT_EQ(Slurp(store_dir() + "/hub/models--org--handmade/refs/main"), std::string(40, 'f'));
 
   // A second run has nothing left to do.
   auto again = RunModelcache(args);
