@@ -60,10 +60,10 @@ int CollectGarbage(const GcCommandOptions& options) {
   // The references: every resource with a status record, and every live daemon of the store (its
   // user record). Without either everything would look unreferenced, so that is an error rather
   // than "remove it all".
-  auto users = store::ReadStoreUsers(
-      (*store)->root(), std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count());
+  auto users = store::ReadStoreUsers((*store)->root(),
+                                     std::chrono::duration_cast<std::chrono::seconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
   if (!users) {
     std::cerr << "modelcache: gc: " << users.error().message << "\n";
     return 1;

@@ -86,7 +86,8 @@ void StoreCollector::Start() {
     return;
   }
   thread_ = std::jthread([this](std::stop_token stop) {
-    auto heartbeat = std::chrono::duration_cast<std::chrono::milliseconds>(store::kStoreUserHeartbeat);
+    auto heartbeat =
+        std::chrono::duration_cast<std::chrono::milliseconds>(store::kStoreUserHeartbeat);
     auto period = enabled() ? std::min(heartbeat, options_.interval) : heartbeat;
     auto next_gc = std::chrono::steady_clock::now();
     bool triggered = true;
@@ -173,12 +174,11 @@ void StoreCollector::RunOnce() {
   }
   Publish(*refs);
   // Every other daemon of this store: what they reference is kept too.
-  auto others = store::ReadStoreUsers(
-      (*opened)->root(),
-      std::chrono::duration_cast<std::chrono::seconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count(),
-      options_.user_id);
+  auto others = store::ReadStoreUsers((*opened)->root(),
+                                      std::chrono::duration_cast<std::chrono::seconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count(),
+                                      options_.user_id);
   if (!others) {
     spdlog::warn("gc: skipped, cannot read the store's users: {}", others.error().message);
     return;

@@ -430,7 +430,8 @@ struct ModelCacheReconciler::Impl {
 
   // The endpoint a spec's content comes from (and so the hub cache it lands in).
   std::string EndpointOf(const crds::ModelCacheSpec& spec) const {
-    std::string endpoint = spec.source.endpoint.empty() ? options.hf_endpoint : spec.source.endpoint;
+    std::string endpoint =
+        spec.source.endpoint.empty() ? options.hf_endpoint : spec.source.endpoint;
     while (!endpoint.empty() && endpoint.back() == '/') {
       endpoint.pop_back();
     }

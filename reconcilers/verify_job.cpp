@@ -33,7 +33,8 @@ Result<std::string> FindDrift(const std::string& store_root, const crds::ModelCa
   std::vector<std::string> problems;
   using InodeId = std::pair<dev_t, ino_t>;
   std::set<InodeId> hashed_ok;  // artifact files that hashed to their manifest digest
-  std::map<std::string, std::pair<InodeId, std::string>> served;  // unsharded: path -> inode, sha256
+  std::map<std::string, std::pair<InodeId, std::string>>
+      served;  // unsharded: path -> inode, sha256
 
   auto manifest = store.ReadVersion(artifact.name, artifact.version);
   if (!manifest) {

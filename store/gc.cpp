@@ -443,8 +443,7 @@ Result<StoreInventory> ScanStore(const LocalStore& store) {
   ScanArtifacts(store, inv);
   for (const std::string& hub_dir : store.ListHubDirs()) {
     std::string hub = hub_dir == store.hub_dir() ? "" : fs::path(hub_dir).filename().string();
-    for (fs::directory_iterator repos(hub_dir, ec), end; !ec && repos != end;
-         repos.increment(ec)) {
+    for (fs::directory_iterator repos(hub_dir, ec), end; !ec && repos != end; repos.increment(ec)) {
       std::string folder = repos->path().filename().string();
       std::error_code rec;
       if (folder.find("--") == std::string::npos || repos->is_symlink(rec) ||

@@ -88,8 +88,8 @@ struct VersionInfo {
   std::vector<std::pair<std::string, InodeId>> files;  // every regular file, manifest included
 };
 
-// `folder` is the repo's RepoStoreName: "models--org--name" in <root>/hub, "<hub>/models--org--name"
-// in another endpoint's cache.
+// `folder` is the repo's RepoStoreName: "models--org--name" in <root>/hub,
+// "<hub>/models--org--name" in another endpoint's cache.
 struct SnapshotInfo {
   std::string folder, commit, path;
   int64_t mtime_ns = 0;
@@ -122,8 +122,9 @@ struct StoreInventory {
   uint64_t used_bytes = 0;              // sum of the sizes of distinct inodes
 };
 
-// Walks <root>/artifacts, <root>/hub and every <root>/hubs/<key>. Skips work in progress (.staging-*, .trash-*, temporary
-// names); counts *.incomplete files in used_bytes but never lists them as blobs.
+// Walks <root>/artifacts, <root>/hub and every <root>/hubs/<key>. Skips work in progress
+// (.staging-*, .trash-*, temporary names); counts *.incomplete files in used_bytes but never lists
+// them as blobs.
 Result<StoreInventory> ScanStore(const LocalStore& store);
 
 // ---- references ----

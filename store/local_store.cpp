@@ -91,11 +91,11 @@ bool IsSafeEtag(std::string_view s) {
 
 // A hub key names a directory under <root>/hubs/: HubKey's characters only.
 bool IsSafeHubKey(std::string_view s) {
-  return s.empty() || (IsSafeComponent(s) && s.front() != '.' &&
-                       std::all_of(s.begin(), s.end(), [](char c) {
-                         return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-                                (c >= 'A' && c <= 'Z') || c == '-' || c == '_' || c == '.';
-                       }));
+  return s.empty() ||
+         (IsSafeComponent(s) && s.front() != '.' && std::all_of(s.begin(), s.end(), [](char c) {
+            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                   c == '-' || c == '_' || c == '.';
+          }));
 }
 
 VoidResult ValidateRepo(const RepoRef& repo) {

@@ -121,8 +121,8 @@ TEST_F(TenantTest, AnEndpointClaimingThePinnedCommitNeverChangesWhatTheHubCacheS
   ASSERT_EQ(tenant_.CommitOf("model", "org/victim", "main"), commit);
 
   WriteManifest("victim.yaml", Manifest("victim", "org/victim", "    revision: " + commit + "\n"));
-  Daemon daemon(TenantDaemonOptions(
-      {"--allowed-endpoints", tenant_.url(), "--verify-interval", "300ms"}));
+  Daemon daemon(
+      TenantDaemonOptions({"--allowed-endpoints", tenant_.url(), "--verify-interval", "300ms"}));
   daemon.Start();
   auto victim = WaitReady("victim");
   ASSERT_TRUE(victim && IsReady(*victim)) << daemon.Log();

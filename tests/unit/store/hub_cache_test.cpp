@@ -67,8 +67,9 @@ TEST(HubKeyTest, NormalizedCollisionFreeAndFilesystemSafe) {
     ASSERT_TRUE(k) << other;
     EXPECT_NE(*k, *key) << other;
     EXPECT_TRUE(keys.insert(*k).second) << other;
-    EXPECT_EQ(k->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"),
-              std::string::npos)
+    EXPECT_EQ(
+        k->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"),
+        std::string::npos)
         << *k;
   }
   EXPECT_FALSE(HubKey("https://user@hub.example"));
