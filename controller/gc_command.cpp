@@ -1,6 +1,7 @@
 // `modelcache gc`: store garbage collection from the command line, with the references recorded
 // in the daemon's status records (docs/store-layout.md, "Retention").
 
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 
@@ -12,6 +13,7 @@
 #include "controller/status_store.h"
 #include "controller/store_gc.h"
 #include "store/gc.h"
+#include "store/store_users.h"
 
 namespace modelcache::controller {
 
@@ -55,22 +57,34 @@ int CollectGarbage(const GcCommandOptions& options) {
     std::cerr << "modelcache: --store: " << store.error().message << "\n";
     return 1;
   }
-  // The references: every resource with a status record. Without the records everything would
-  // look unreferenced, so a missing state directory is an error rather than "remove it all".
+  // The references: every resource with a status record, and every live daemon of the store (its
+  // user record). Without either everything would look unreferenced, so that is an error rather
+  // than "remove it all".
+  auto users = store::ReadStoreUsers((*store)->root(),
+                                     std::chrono::duration_cast<std::chrono::seconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
+  if (!users) {
+    std::cerr << "modelcache: gc: " << users.error().message << "\n";
+    return 1;
+  }
   std::string state_dir =
       options.state_dir.empty() ? (*store)->root() + "/state" : options.state_dir;
-  if (!std::filesystem::is_directory(state_dir + "/status", ec)) {
+  store::GcReferences refs = users->refs;
+  if (std::filesystem::is_directory(state_dir + "/status", ec)) {
+    FileStatusStore statuses(state_dir);
+    auto objects = statuses.List();
+    if (!objects) {
+      std::cerr << "modelcache: --state-dir: " << objects.error().message << "\n";
+      return 1;
+    }
+    store::MergeReferences(refs, ReferencesOf(*objects, (*store)->root()));
+  } else if (users->live.empty()) {
     std::cerr << "modelcache: --state-dir: no status records at " << state_dir
-              << "/status; refusing to treat everything in the store as unreferenced\n";
+              << "/status and no live daemon of the store (users/); refusing to treat everything "
+                 "in the store as unreferenced\n";
     return 1;
   }
-  FileStatusStore statuses(state_dir);
-  auto objects = statuses.List();
-  if (!objects) {
-    std::cerr << "modelcache: --state-dir: " << objects.error().message << "\n";
-    return 1;
-  }
-  store::GcReferences refs = ReferencesOf(*objects, (*store)->root());
   auto report = store::RunGc(**store, refs, gc);
   if (!report) {
     std::cerr << "modelcache: gc: " << report.error().message << "\n";

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -30,6 +31,7 @@
 #include "reconcilers/model_cache_reconciler.h"
 #include "store/local_store.h"
 #include "store/s3_store.h"
+#include "store/store_users.h"
 
 namespace modelcache::controller {
 namespace {
@@ -264,6 +266,15 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   gco.gc.max_bytes = options.store_max_bytes;
   gco.gc.min_free = options.min_free;
   gco.interval = options.gc_interval;
+  {
+    // The daemon's record among the store's users: stable across restarts of this daemon (host,
+    // state directory, mode), so a restart takes over its own references.
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    gco.user_id = store::StoreUserId(host, state_dir + "\n" + mode->Describe());
+    gco.user_description = "modelcache run " + mode->Describe() + " (state " + state_dir +
+                           ", pid " + std::to_string(::getpid()) + " on " + host + ")";
+  }
   StoreCollector collector(
       gco,
       [&cache, &mode, root = (*store)->root()]() -> Result<store::GcReferences> {
@@ -297,7 +308,10 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ManagerOptions mo;
   mo.workers = options.workers;
   mo.metrics = &metrics;
-  mo.on_status_change = [&services] { services.StatusChanged(); };
+  mo.on_status_change = [&services, &collector] {
+    services.StatusChanged();
+    collector.Touch();  // a resource came, went or changed: the store user record follows
+  };
   mode->Configure(mo, ro);
   reconcilers::ModelCacheReconciler reconciler(ro);
   Manager manager(mo, mode->source(), cache, mode->statuses(), reconciler, RealClock::Get());

@@ -1,11 +1,14 @@
 #include "controller/store_gc.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "common/guard.h"
 #include "common/units.h"
+#include "store/store_users.h"
 
 namespace modelcache::controller {
 namespace {
@@ -69,32 +72,74 @@ void StoreCollector::Stop() {
     thread_.request_stop();
     cv_.notify_all();
     thread_.join();
+    // The record outlives the daemon (until it expires): make it say what the daemon held last.
+    LogExceptions("store user record", [this] {
+      if (auto refs = references_()) {
+        Publish(*refs);
+      }
+    });
   }
 }
 
 void StoreCollector::Start() {
-  if (!enabled()) {
+  if (!enabled() && options_.user_id.empty()) {
     return;
   }
   thread_ = std::jthread([this](std::stop_token stop) {
+    auto heartbeat =
+        std::chrono::duration_cast<std::chrono::milliseconds>(store::kStoreUserHeartbeat);
+    auto period = enabled() ? std::min(heartbeat, options_.interval) : heartbeat;
+    auto next_gc = std::chrono::steady_clock::now();
+    bool triggered = true;
     while (!stop.stop_requested()) {
-      LogExceptions("store collector", [this] { RunOnce(); });
+      if (enabled() && (triggered || std::chrono::steady_clock::now() >= next_gc)) {
+        LogExceptions("store collector", [this] { RunOnce(); });
+        next_gc = std::chrono::steady_clock::now() + options_.interval;
+      } else if (!options_.user_id.empty()) {
+        LogExceptions("store user record", [this] {
+          if (auto refs = references_()) {
+            Publish(*refs);
+          }
+        });
+      }
       std::unique_lock lock(mu_);
-      cv_.wait_for(lock, stop, options_.interval, [this] { return triggered_; });
-      triggered_ = false;
+      cv_.wait_for(lock, stop, period, [this] { return triggered_ || touched_; });
+      triggered = std::exchange(triggered_, false);
+      touched_ = false;
     }
   });
 }
 
 void StoreCollector::Trigger() {
-  if (!enabled()) {
-    return;
-  }
   {
     std::lock_guard lock(mu_);
     triggered_ = true;
   }
   cv_.notify_all();
+}
+
+void StoreCollector::Touch() {
+  {
+    std::lock_guard lock(mu_);
+    touched_ = true;
+  }
+  cv_.notify_all();
+}
+
+void StoreCollector::Publish(const store::GcReferences& refs) {
+  if (options_.user_id.empty()) {
+    return;
+  }
+  store::StoreUserRecord record;
+  record.id = options_.user_id;
+  record.description = options_.user_description;
+  record.heartbeat = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+  record.refs = refs;
+  if (auto r = store::WriteStoreUser(options_.store_root, record); !r) {
+    spdlog::warn("store user record: {}", r.error().message);
+  }
 }
 
 std::optional<crds::Condition> StoreCollector::ConditionFor(const std::string& name) const {
@@ -127,6 +172,18 @@ void StoreCollector::RunOnce() {
     spdlog::warn("gc: skipped, cannot gather references: {}", refs.error().message);
     return;
   }
+  Publish(*refs);
+  // Every other daemon of this store: what they reference is kept too.
+  auto others = store::ReadStoreUsers((*opened)->root(),
+                                      std::chrono::duration_cast<std::chrono::seconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count(),
+                                      options_.user_id);
+  if (!others) {
+    spdlog::warn("gc: skipped, cannot read the store's users: {}", others.error().message);
+    return;
+  }
+  store::MergeReferences(*refs, others->refs);
   auto report = store::RunGc(**opened, *refs, options_.gc);
   if (!report) {
     spdlog::warn("gc: {}", report.error().message);

@@ -26,9 +26,12 @@ namespace modelcache::controller {
 store::GcReferences ReferencesOf(const std::vector<crds::ModelCache>& objects,
                                  const std::string& store_root);
 
-// The daemon's collector: runs store::RunGc on its own thread every `interval` and whenever
-// Trigger() is called (after each publish), but only when a limit (max_bytes or min_free) is set;
-// without limits the daemon removes nothing and `modelcache gc` is the way to clean up.
+// The daemon's collector, on its own thread. It publishes the daemon's references as its store
+// user record (store/store_users.h) every kStoreUserHeartbeat and whenever Trigger() is called
+// (after each publish), whether or not a limit is set, so that every other user of the store keeps
+// them. When a limit (max_bytes or min_free) is set it also runs store::RunGc every `interval` and
+// on Trigger(), with its own references and every live user's; without limits the daemon removes
+// nothing and `modelcache gc` is the way to clean up.
 // Logs what it removed and the bytes freed, and remembers per artifact name what it did, for the
 // resources' Retained condition.
 //
@@ -39,6 +42,9 @@ class StoreCollector {
     std::string store_root;
     store::GcOptions gc;  // dry_run is ignored
     std::chrono::milliseconds interval{std::chrono::minutes(10)};
+    // This daemon's store user record (store::StoreUserId); empty: none is published.
+    std::string user_id;
+    std::string user_description;
   };
   // `references` gathers the references at the start of each run (an error skips the run: GC
   // never guesses). `affected` is called after a run with the artifact names whose resources
@@ -50,27 +56,37 @@ class StoreCollector {
   StoreCollector& operator=(const StoreCollector&) = delete;
 
   bool enabled() const { return store::HasLimits(options_.gc); }
+  // Starts the thread (publishing the record at once). The record stays when the daemon stops.
   void Start();
-  // Stops the thread and waits for it: `references` and `affected` are not called afterwards.
-  // Idempotent; call from the thread that called Start.
+  // Stops the thread and waits for it, then publishes the record a last time (on the caller's
+  // thread): `references` and `affected` are not called afterwards. Idempotent; call from the
+  // thread that called Start.
   void Stop();
+  // Publishes the record and runs GC (when enabled) soon.
   void Trigger();
+  // Publishes the record soon (coalesced; no GC).
+  void Touch();
 
   // The Retained condition for a resource of artifact `name` after the last run that did
   // something: reason Evicted (older versions removed) or Kept (the store is over its limits and
   // this artifact is referenced). nullopt when GC has nothing to say.
   std::optional<crds::Condition> ConditionFor(const std::string& name) const;
 
-  // Runs once now, on the caller's thread (what the thread does each time).
+  // Runs GC once now, on the caller's thread, with the daemon's and the live users' references
+  // (publishing the daemon's record first).
   void RunOnce();
 
  private:
   Options options_;
+  // Publishes the record with `refs`; logs a failure.
+  void Publish(const store::GcReferences& refs);
+
   std::function<Result<store::GcReferences>()> references_;
   std::function<void(const std::vector<std::string>&, bool)> affected_;
   mutable std::mutex mu_;
   std::condition_variable_any cv_;
   bool triggered_ = false;                      // guarded by mu_
+  bool touched_ = false;                        // guarded by mu_
   std::map<std::string, std::string> evicted_;  // name -> message, guarded by mu_
   std::string over_limits_;                     // message when over the limits, guarded by mu_
   std::jthread thread_;

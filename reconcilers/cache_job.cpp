@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -674,9 +675,16 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     return RunS3SourceJob(in, store, state, stop);
   }
   store::RepoRef repo{spec.source.type, spec.source.repo};
+  // One hub cache per endpoint: what another endpoint serves never lands in (or re-points a
+  // snapshot of) the cache of the store's own endpoint.
+  auto hub_key = store.HubFor(in.hub.endpoint, in.own_endpoint);
+  if (!hub_key) {
+    return hub_key.error();
+  }
+  repo.hub = *hub_key;
 
   // Garbage collection leaves the repo and the artifact name alone while we use them.
-  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoFolderName(repo), stop);
+  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoStoreName(repo), stop);
   if (!repo_in_use) {
     return repo_in_use.error();
   }
@@ -699,11 +707,22 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
 
   // Plan: what the store lacks. The repo lock is held until the blobs are in place and linked;
   // staging and publishing need no lock (the store makes concurrent publishes safe).
-  std::string lock_path =
-      store.root() + "/locks/" + fs::path(store.RepoDir(repo)).filename().string() + ".lock";
+  std::string lock_name = store::RepoStoreName(repo);
+  std::replace(lock_name.begin(), lock_name.end(), '/', '@');
+  std::string lock_path = store.root() + "/locks/" + lock_name + ".lock";
   auto lock = RepoLock::Acquire(lock_path, stop);
   if (!lock) {
     return lock.error();
+  }
+  // Before anything lands: GC removes only links and blobs modelcache recorded as its own.
+  {
+    std::map<std::string, std::string> written;
+    for (const auto& f : files) {
+      written[f.path] = f.etag();
+    }
+    if (auto r = store.RecordWritten(repo, *commit, written); !r) {
+      return r.error();
+    }
   }
   if (spec.shard) {
     if (auto checked = CheckShardConfig(in, hub, store, repo, *commit, files, stop); !checked) {

@@ -521,16 +521,23 @@ struct ModelCacheReconciler::Impl {
     return status;
   }
 
+  // The endpoint a spec's content comes from (and so the hub cache it lands in).
+  std::string EndpointOf(const crds::ModelCacheSpec& spec) const {
+    std::string endpoint =
+        spec.source.endpoint.empty() ? options.hf_endpoint : spec.source.endpoint;
+    while (!endpoint.empty() && endpoint.back() == '/') {
+      endpoint.pop_back();
+    }
+    return endpoint;
+  }
+
   Result<fetch::HubOptions> HubFor(const crds::ModelCache& obj) {
     auto token = Token(obj);
     if (!token) {
       return token.error();
     }
     fetch::HubOptions hub;
-    hub.endpoint = obj.spec.source.endpoint.empty() ? options.hf_endpoint : obj.spec.source.endpoint;
-    while (!hub.endpoint.empty() && hub.endpoint.back() == '/') {
-      hub.endpoint.pop_back();
-    }
+    hub.endpoint = EndpointOf(obj.spec);
     hub.token = *token;
     hub.max_attempts = options.max_attempts;
     hub.backoff_base = options.backoff_base;
@@ -553,14 +560,15 @@ struct ModelCacheReconciler::Impl {
       options.observer->JobStarted(key);
     }
     pool.Submit([this, job, key, spec = obj.spec, root = StoreRoot(obj.spec),
-                 artifact = *status.artifact, commit = status.resolved_revision] {
+                 artifact = *status.artifact, commit = status.resolved_revision,
+                 endpoint = EndpointOf(obj.spec)] {
       std::stop_token stop = job->stop.get_token();
       if (stop.stop_requested()) {
         job->drift = Error(Reason::Cancelled, "cancelled before it started");
       } else {
         // The last resort: an exception fails this resource's verification, not the daemon.
         job->drift = ResultOrInternalError("verify job " + key.ToString(), [&] {
-          return FindDrift(root, spec, artifact, commit, stop);
+          return FindDrift(root, spec, artifact, commit, endpoint, options.hf_endpoint, stop);
         });
       }
       if (options.observer != nullptr && job->drift && *job->drift && !(*job->drift)->empty()) {
@@ -702,6 +710,7 @@ struct ModelCacheReconciler::Impl {
       in.source_aws = std::move(**source_aws);
     }
     in.hub = std::move(*hub);
+    in.own_endpoint = options.hf_endpoint;
     in.verify_existing = verify_existing;
     in.pinned_commit = std::move(pinned_commit);
     in.shard_threads = options.shard_threads;

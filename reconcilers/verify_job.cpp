@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
 #include <utility>
 #include <vector>
@@ -17,15 +18,23 @@ namespace fs = std::filesystem;
 
 Result<std::string> FindDrift(const std::string& store_root, const crds::ModelCacheSpec& spec,
                               const crds::ArtifactStatus& artifact, const std::string& commit,
+                              const std::string& endpoint, const std::string& own_endpoint,
                               std::stop_token stop) {
   auto opened = store::LocalStore::Open(store_root);
   if (!opened) {
     return opened.error();
   }
-  const store::LocalStore& store = **opened;
+  store::LocalStore& store = **opened;
+  // The snapshot's own endpoint's cache: what that endpoint served is what it must still link.
+  auto hub = store.HubFor(endpoint, own_endpoint);
+  if (!hub) {
+    return hub.error();
+  }
   std::vector<std::string> problems;
   using InodeId = std::pair<dev_t, ino_t>;
   std::set<InodeId> hashed_ok;  // artifact files that hashed to their manifest digest
+  std::map<std::string, std::pair<InodeId, std::string>>
+      served;  // unsharded: path -> inode, sha256
 
   auto manifest = store.ReadVersion(artifact.name, artifact.version);
   if (!manifest) {
@@ -57,11 +66,15 @@ Result<std::string> FindDrift(const std::string& store_root, const crds::ModelCa
         continue;
       }
       hashed_ok.insert({st.st_dev, st.st_ino});
+      if ((*manifest)->shard.is_null()) {
+        served[f.path] = {{st.st_dev, st.st_ino}, f.sha256};
+      }
     }
   }
 
   if (!commit.empty()) {
-    store::RepoRef repo{spec.source.type.empty() ? "model" : spec.source.type, spec.source.repo};
+    store::RepoRef repo{spec.source.type.empty() ? "model" : spec.source.type, spec.source.repo,
+                        *hub};
     std::string snapshot = store.RepoDir(repo) + "/snapshots/" + commit;
     std::set<std::string> linked;
     std::error_code ec;
@@ -89,6 +102,17 @@ Result<std::string> FindDrift(const std::string& store_root, const crds::ModelCa
       if (::stat(blob.c_str(), &st) != 0) {
         problems.push_back(rel + ": blob " + etag + " is missing");
         continue;
+      }
+      // The link must name what the endpoint served for this path (the artifact's content), not
+      // just some valid blob: a link re-pointed to another blob of the repo is drift too.
+      if (auto want = served.find(rel);
+          want != served.end() && want->second.first != InodeId{st.st_dev, st.st_ino}) {
+        auto digest = etag.size() == 64 ? Result<std::string>(etag) : Sha256File(blob);
+        if (!digest || *digest != want->second.second) {
+          problems.push_back(rel + ": snapshot links blob " + etag +
+                             ", not the content the artifact was cached with");
+          continue;
+        }
       }
       if (hashed_ok.count({st.st_dev, st.st_ino}) > 0) {
         continue;  // the same inode as an artifact file that was just hashed

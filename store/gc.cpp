@@ -34,8 +34,19 @@ int64_t MtimeNs(const struct stat& st) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
 
+// A repo of another endpoint's hub cache is named "<hub>/<folder>" (RepoStoreName): one file per
+// name, '/' written as '@' (in no hub key, folder or artifact name).
 std::string LockPath(const std::string& root, const std::string& kind, const std::string& name) {
-  return root + "/locks/inuse/" + kind + "-" + name + ".lock";
+  std::string file = name;
+  std::replace(file.begin(), file.end(), '/', '@');
+  return root + "/locks/inuse/" + kind + "-" + file + ".lock";
+}
+
+// The huggingface_hub folder of a store name ("<hub>/models--x" -> "models--x"): references
+// name a repo and commit, not the endpoint they came from, so they keep it in every hub cache.
+std::string PlainFolder(const std::string& store_name) {
+  size_t slash = store_name.rfind('/');
+  return slash == std::string::npos ? store_name : store_name.substr(slash + 1);
 }
 
 Result<int> OpenLockFile(const std::string& path) {
@@ -132,8 +143,38 @@ void ScanArtifacts(const LocalStore& store, StoreInventory& inv) {
   }
 }
 
-void ScanRepo(StoreInventory& inv, const fs::path& repo) {
-  std::string folder = repo.filename().string();
+// Attaches modelcache's record of what it wrote to `s` (path -> link target etag: `links`).
+void AttachRecord(const LocalStore& store, StoreInventory& inv, SnapshotInfo& s,
+                  const std::map<std::string, std::string>& links) {
+  auto record = store.ReadWritten(RepoFromStoreName(s.folder), s.commit);
+  if (!record || !*record) {
+    return;  // not modelcache's (or unreadable): never removed
+  }
+  s.recorded = true;
+  std::set<std::string> foreign;
+  for (const auto& [path, etag] : links) {
+    auto it = (*record)->find(path);
+    if (it != (*record)->end() && it->second == etag) {
+      s.written[path] = etag;
+    } else {
+      foreign.insert(etag);
+    }
+  }
+  for (const auto& [path, etag] : s.written) {
+    if (foreign.count(etag) == 0) {
+      s.own_etags.insert(etag);
+    }
+  }
+  for (const auto& [path, etag] : **record) {
+    inv.written_blobs.insert({s.folder, etag});
+  }
+}
+
+// `hub`: "" for <root>/hub, else the key of <root>/hubs/<hub>.
+void ScanRepo(const LocalStore& store, StoreInventory& inv, const fs::path& repo,
+              const std::string& hub) {
+  std::string folder = (hub.empty() ? "" : hub + "/") + repo.filename().string();
+  std::set<std::string> seen;
   std::error_code ec;
   // snapshots/<commit>/...: links to ../../blobs/<etag>
   for (fs::directory_iterator it(repo / "snapshots", ec), end; !ec && it != end; it.increment(ec)) {
@@ -148,6 +189,7 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
     s.commit = commit;
     s.path = it->path().string();
     s.mtime_ns = MtimeNs(st);
+    std::map<std::string, std::string> links;
     std::error_code wec;
     for (fs::recursive_directory_iterator w(it->path(), wec), e2; !wec && w != e2;
          w.increment(wec)) {
@@ -156,11 +198,39 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
         continue;
       }
       if (auto target = ReadLinkTarget(w->path().string())) {
-        s.etags.insert(fs::path(*target).filename().string());
+        std::string etag = fs::path(*target).filename().string();
+        s.etags.insert(etag);
+        links[w->path().string().substr(s.path.size() + 1)] = etag;
       }
     }
+    AttachRecord(store, inv, s, links);
+    seen.insert(commit);
     inv.snapshots.push_back(std::move(s));
   }
+  // Records of commits with no snapshot (yet): a job that failed before linking left blobs.
+  std::string records = store.root() + "/written/" + folder;
+  for (fs::directory_iterator it(records, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    struct stat st {};
+    if (!EndsWith(name, ".json") || name.find(kTmpMarker) != std::string::npos ||
+        ::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      continue;
+    }
+    std::string commit = name.substr(0, name.size() - 5);
+    if (seen.count(commit) > 0) {
+      continue;
+    }
+    SnapshotInfo s;
+    s.folder = folder;
+    s.commit = commit;
+    s.path = (repo / "snapshots" / commit).string();
+    s.mtime_ns = MtimeNs(st);
+    AttachRecord(store, inv, s, {});
+    if (s.recorded) {
+      inv.snapshots.push_back(std::move(s));
+    }
+  }
+  ec.clear();
   // blobs/
   for (fs::directory_iterator it(repo / "blobs", ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
@@ -193,18 +263,6 @@ void ScanRepo(StoreInventory& inv, const fs::path& repo) {
       inv.refs[folder][it->path().string().substr(refs.string().size() + 1)] = *content;
     }
   }
-}
-
-// "models--org--name" -> {model, org/name}; the inverse of RepoFolderName.
-RepoRef RepoFromFolder(const std::string& folder) {
-  RepoRef repo;
-  size_t dashes = folder.find("--");
-  std::string type = folder.substr(0, dashes);
-  repo.type = type.empty() ? type : type.substr(0, type.size() - 1);  // "models" -> "model"
-  std::string rest = dashes == std::string::npos ? "" : folder.substr(dashes + 2);
-  size_t sep = rest.find("--");
-  repo.id = sep == std::string::npos ? rest : rest.substr(0, sep) + "/" + rest.substr(sep + 2);
-  return repo;
 }
 
 // The removal simulation behind PlanGc: links left per inode and per blob, and what is gone.
@@ -269,10 +327,11 @@ class Simulation {
     item.id = s.commit;
     item.why = why;
     Add(std::move(item));
-    for (const auto& etag : s.etags) {
+    // Only its own links go; a blob goes once nothing links it, if modelcache wrote it.
+    for (const auto& etag : s.own_etags) {
       if (--snapshot_links_[{s.folder, etag}] == 0) {
         auto b = blob_index_.find({s.folder, etag});
-        if (b != blob_index_.end()) {
+        if (b != blob_index_.end() && inv_.written_blobs.count({s.folder, etag}) > 0) {
           RemoveBlob(inv_.blobs[b->second], "no remaining snapshot links it");
         }
       }
@@ -405,18 +464,20 @@ Result<StoreInventory> ScanStore(const LocalStore& store) {
     return Error(Reason::StorageError, "cannot scan " + store.root() + ": not a modelcache store");
   }
   ScanArtifacts(store, inv);
-  for (fs::directory_iterator repos(store.hub_dir(), ec), end; !ec && repos != end;
-       repos.increment(ec)) {
-    std::string folder = repos->path().filename().string();
-    std::error_code rec;
-    if (folder.find("--") == std::string::npos || repos->is_symlink(rec) ||
-        !repos->is_directory(rec)) {
-      continue;
+  for (const std::string& hub_dir : store.ListHubDirs()) {
+    std::string hub = hub_dir == store.hub_dir() ? "" : fs::path(hub_dir).filename().string();
+    for (fs::directory_iterator repos(hub_dir, ec), end; !ec && repos != end; repos.increment(ec)) {
+      std::string folder = repos->path().filename().string();
+      std::error_code rec;
+      if (folder.find("--") == std::string::npos || repos->is_symlink(rec) ||
+          !repos->is_directory(rec)) {
+        continue;
+      }
+      ScanRepo(store, inv, repos->path(), hub);
     }
-    ScanRepo(inv, repos->path());
-  }
-  if (ec) {
-    return Error(Reason::StorageError, "cannot list " + store.hub_dir() + ": " + ec.message());
+    if (ec) {
+      return Error(Reason::StorageError, "cannot list " + hub_dir + ": " + ec.message());
+    }
   }
   return inv;
 }
@@ -501,7 +562,7 @@ GcReport PlanGc(const StoreInventory& inv, const GcReferences& refs, const GcOpt
   });
   std::vector<const SnapshotInfo*> snapshots;
   for (const auto& s : inv.snapshots) {
-    if (kept_snapshots.count({s.folder, s.commit}) == 0) {
+    if (s.recorded && kept_snapshots.count({PlainFolder(s.folder), s.commit}) == 0) {
       snapshots.push_back(&s);
     }
   }
@@ -528,7 +589,7 @@ GcReport PlanGc(const StoreInventory& inv, const GcReferences& refs, const GcOpt
     }
     sim.RemoveVersion(*v, is_current, why);
     for (const SnapshotInfo* s : snapshots) {
-      if (s->folder == v->source_folder && s->commit == v->source_commit &&
+      if (PlainFolder(s->folder) == v->source_folder && s->commit == v->source_commit &&
           !sim.SnapshotRemoved(*s)) {
         sim.RemoveSnapshot(*s, "built the removed version " + v->name + "/" + v->version +
                                    "; no resource uses this commit");
@@ -556,7 +617,9 @@ GcReport PlanGc(const StoreInventory& inv, const GcReferences& refs, const GcOpt
     if (done()) {
       break;
     }
-    if (!sim.Linked(*b)) {
+    // A blob no record names is not modelcache's (a huggingface_hub download, or a store of an
+    // earlier release): never removed.
+    if (!sim.Linked(*b) && inv.written_blobs.count({b->folder, b->etag}) > 0) {
       sim.RemoveBlob(*b, "no snapshot links it");
     }
   }
@@ -631,21 +694,54 @@ VoidResult RemoveVersionDir(const LocalStore& store, const GcItem& item) {
 
 VoidResult RemoveSnapshotDir(const LocalStore& store, const StoreInventory& inv,
                              const GcItem& item) {
-  std::string repo_dir = store.hub_dir() + "/" + item.folder;
+  RepoRef repo = RepoFromStoreName(item.folder);
+  std::string repo_dir = store.RepoDir(repo);
+  auto snapshot = std::find_if(inv.snapshots.begin(), inv.snapshots.end(), [&](const auto& s) {
+    return s.folder == item.folder && s.commit == item.id;
+  });
+  if (snapshot == inv.snapshots.end() || !snapshot->recorded) {
+    return Error(Reason::Internal, "not a snapshot modelcache recorded");
+  }
+  // When every link is ours the whole snapshot goes, refs to it first (a ref must not name a
+  // commit that is gone); links of a huggingface_hub download of the same commit stay, and so do
+  // the refs then.
+  bool whole = true;
+  std::error_code wec;
+  for (fs::recursive_directory_iterator w(item.path, wec), end; !wec && w != end;
+       w.increment(wec)) {
+    std::error_code sec;
+    if (w->is_symlink(sec) &&
+        snapshot->written.count(w->path().string().substr(item.path.size() + 1)) == 0) {
+      whole = false;
+    }
+  }
   auto refs = inv.refs.find(item.folder);
-  if (refs != inv.refs.end()) {
+  if (whole && refs != inv.refs.end()) {
     for (const auto& [ref, commit] : refs->second) {
       std::string path = repo_dir + "/refs/" + ref;
       auto now = ReadFile(path);
       if (now && *now == item.id) {
-        ::unlink(path.c_str());  // a ref to a removed snapshot would resolve to nothing
+        ::unlink(path.c_str());
       }
     }
   }
-  std::error_code ec;
-  fs::remove_all(item.path, ec);
-  if (ec) {
-    return Error(Reason::StorageError, "cannot remove " + item.path + ": " + ec.message());
+  // Our links (still pointing where the record says), then the directories they leave empty.
+  for (const auto& [path, etag] : snapshot->written) {
+    std::string link = item.path + "/" + path;
+    auto target = ReadLinkTarget(link);
+    if (target && fs::path(*target).filename().string() == etag) {
+      ::unlink(link.c_str());
+    }
+    for (fs::path dir = fs::path(link).parent_path(); dir.string().size() > item.path.size();
+         dir = dir.parent_path()) {
+      if (::rmdir(dir.c_str()) != 0) {
+        break;
+      }
+    }
+  }
+  ::unlink(store.WrittenRecordPath(repo, item.id).c_str());
+  if (whole) {
+    ::rmdir(item.path.c_str());
   }
   return {};
 }
@@ -688,7 +784,7 @@ Result<GcReport> RunGc(LocalStore& store, const GcReferences& refs, const GcOpti
         removed = RemoveSnapshotDir(store, *inv, item);
       } else {
         // Also under huggingface_hub's download lock, in case it is fetching this blob now.
-        auto blob_lock = store.TryLockBlob(RepoFromFolder(item.folder), item.id);
+        auto blob_lock = store.TryLockBlob(RepoFromStoreName(item.folder), item.id);
         if (!blob_lock || !*blob_lock) {
           report.busy.push_back("blob " + item.path);
           continue;

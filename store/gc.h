@@ -95,10 +95,19 @@ struct VersionInfo {
   std::vector<std::pair<std::string, InodeId>> files;  // every regular file, manifest included
 };
 
+// `folder` is the repo's RepoStoreName: "models--org--name" in <root>/hub,
+// "<hub>/models--org--name" in another endpoint's cache.
 struct SnapshotInfo {
-  std::string folder, commit, path;  // folder: "models--org--name"
+  std::string folder, commit, path;
   int64_t mtime_ns = 0;
   std::set<std::string> etags;  // blobs its links point to
+  // modelcache's record of what it wrote (LocalStore::RecordWritten). Only a recorded snapshot is
+  // ever removed, and then only the links the record names (pointing where it says); links of a
+  // huggingface_hub download of the same commit stay. A record whose snapshot is not there (a job
+  // that failed before linking) is listed too, with no links.
+  bool recorded = false;
+  std::map<std::string, std::string> written;  // path -> etag, the record's links present now
+  std::set<std::string> own_etags;  // blobs only those links point to (no other link of it)
 };
 
 struct BlobInfo {
@@ -114,12 +123,15 @@ struct StoreInventory {
   std::vector<SnapshotInfo> snapshots;
   std::vector<BlobInfo> blobs;
   std::map<std::string, std::map<std::string, std::string>> refs;  // folder -> ref path -> commit
+  // (folder, etag) of every blob a record names: only those are ever removed.
+  std::set<std::pair<std::string, std::string>> written_blobs;
   std::map<InodeId, InodeInfo> inodes;  // every regular file under hub/ and artifacts/
   uint64_t used_bytes = 0;              // sum of the sizes of distinct inodes
 };
 
-// Walks <root>/artifacts and <root>/hub. Skips work in progress (.staging-*, .trash-*, temporary
-// names); counts *.incomplete files in used_bytes but never lists them as blobs.
+// Walks <root>/artifacts, <root>/hub and every <root>/hubs/<key>. Skips work in progress
+// (.staging-*, .trash-*, temporary names); counts *.incomplete files in used_bytes but never lists
+// them as blobs.
 Result<StoreInventory> ScanStore(const LocalStore& store);
 
 // ---- references ----
@@ -127,7 +139,8 @@ Result<StoreInventory> ScanStore(const LocalStore& store);
 struct GcReferences {
   std::set<std::string> names;                              // artifact names a resource uses
   std::set<std::pair<std::string, std::string>> versions;   // (name, version) a resource reports
-  std::set<std::pair<std::string, std::string>> snapshots;  // (repo folder, commit)
+  // (huggingface_hub repo folder, commit): kept in every hub cache of the store.
+  std::set<std::pair<std::string, std::string>> snapshots;
 };
 
 // ---- plan and run ----

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/allow_list.h"
 #include "common/files.h"
 #include "common/sha256.h"
 #include "store/internal/dir_lock.h"
@@ -88,7 +89,19 @@ bool IsSafeEtag(std::string_view s) {
   });
 }
 
+// A hub key names a directory under <root>/hubs/: HubKey's characters only.
+bool IsSafeHubKey(std::string_view s) {
+  return s.empty() ||
+         (IsSafeComponent(s) && s.front() != '.' && std::all_of(s.begin(), s.end(), [](char c) {
+            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                   c == '-' || c == '_' || c == '.';
+          }));
+}
+
 VoidResult ValidateRepo(const RepoRef& repo) {
+  if (!IsSafeHubKey(repo.hub)) {
+    return Error(Reason::InvalidSpec, "hub key '" + repo.hub + "' is not a safe directory name");
+  }
   if (repo.type != "model" && repo.type != "dataset" && repo.type != "space") {
     return Error(Reason::InvalidSpec,
                  "repo type '" + repo.type + "' is not one of model, dataset, space");
@@ -372,6 +385,130 @@ std::string RepoFolderName(const RepoRef& repo) {
   }
 }
 
+std::string RepoStoreName(const RepoRef& repo) {
+  return repo.hub.empty() ? RepoFolderName(repo) : repo.hub + "/" + RepoFolderName(repo);
+}
+
+RepoRef RepoFromStoreName(const std::string& store_name) {
+  RepoRef repo;
+  size_t slash = store_name.find('/');
+  std::string folder = store_name;
+  if (slash != std::string::npos) {
+    repo.hub = store_name.substr(0, slash);
+    folder = store_name.substr(slash + 1);
+  }
+  // "models--org--name" -> ("model", "org/name"); "models--gpt2" -> ("model", "gpt2").
+  size_t dashes = folder.find("--");
+  std::string type = folder.substr(0, dashes);
+  if (dashes == std::string::npos || type.size() < 2 || type.back() != 's') {
+    return repo;  // empty type: refused by every call that validates
+  }
+  repo.type = type.substr(0, type.size() - 1);
+  std::string rest = folder.substr(dashes + 2);
+  size_t sep = rest.find("--");
+  repo.id = sep == std::string::npos ? rest : rest.substr(0, sep) + "/" + rest.substr(sep + 2);
+  return repo;
+}
+
+Result<std::string> NormalizeEndpoint(const std::string& endpoint) {
+  auto location = AllowList::ParseLocation(endpoint);
+  if (!location) {
+    return location.error();
+  }
+  if (location->scheme != "http" && location->scheme != "https") {
+    return Error(Reason::InvalidSpec, "endpoint '" + endpoint + "' is not an http(s) URL");
+  }
+  std::string out = location->scheme + "://" + location->authority;
+  for (const auto& segment : location->segments) {
+    if (!segment.empty()) {
+      out += "/" + segment;
+    }
+  }
+  return out;
+}
+
+Result<std::string> HubKey(const std::string& endpoint) {
+  auto normalized = NormalizeEndpoint(endpoint);
+  if (!normalized) {
+    return normalized.error();
+  }
+  std::string readable;
+  for (char c : std::string_view(*normalized).substr(normalized->find("://") + 3)) {
+    bool safe = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                c == '-' || c == '.';
+    readable += safe ? c : '_';
+  }
+  readable = normalized->substr(0, normalized->find(':')) + "_" + readable.substr(0, 80);
+  return readable + "-" + Sha256Hex(*normalized).substr(0, 16);
+}
+
+std::string LocalStore::WrittenRecordPath(const RepoRef& repo, const std::string& commit) const {
+  return root_ + "/written/" + RepoStoreName(repo) + "/" + commit + ".json";
+}
+
+Result<std::optional<std::map<std::string, std::string>>> LocalStore::ReadWritten(
+    const RepoRef& repo, const std::string& commit) const {
+  using Files = std::map<std::string, std::string>;
+  const std::string path = WrittenRecordPath(repo, commit);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return std::optional<Files>();
+    }
+    return IoError("cannot stat", path, errno);
+  }
+  auto text = ReadFile(path);
+  if (!text) {
+    return text.error();
+  }
+  nlohmann::json doc = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (!doc.is_object() || !doc.contains("files") || !doc["files"].is_object()) {
+    return Error(Reason::StorageError, path + " is not a record of written files");
+  }
+  Files files;
+  for (const auto& [file, etag] : doc["files"].items()) {
+    if (!etag.is_string()) {
+      return Error(Reason::StorageError, path + ": files." + file + " is not a string");
+    }
+    files[file] = etag.get<std::string>();
+  }
+  return std::optional<Files>(std::move(files));
+}
+
+VoidResult LocalStore::RecordWritten(const RepoRef& repo, const std::string& commit,
+                                     const std::map<std::string, std::string>& files) {
+  if (auto r = ValidateRepo(repo); !r) {
+    return r;
+  }
+  if (auto r = ValidateComponent("commit", commit); !r) {
+    return r;
+  }
+  auto existing = ReadWritten(repo, commit);
+  // An unreadable record is replaced: what this job writes is recorded either way.
+  std::map<std::string, std::string> merged;
+  if (existing && *existing) {
+    merged = **existing;
+  }
+  for (const auto& [path, etag] : files) {
+    if (auto r = ValidateRelPath("file path", path); !r) {
+      return r;
+    }
+    if (auto r = ValidateEtag(etag); !r) {
+      return r;
+    }
+    merged[path] = etag;
+  }
+  if (existing && *existing && **existing == merged) {
+    return {};
+  }
+  nlohmann::json doc = {{"formatVersion", 1}, {"files", merged}};
+  std::string path = WrittenRecordPath(repo, commit);
+  if (auto r = MakeDirs(ParentDir(path)); !r) {
+    return r;
+  }
+  return WriteFileReplacing(path, doc.dump(1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // BlobLock.
 
@@ -452,13 +589,62 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_
 }
 
 std::string LocalStore::hub_dir() const { return root_ + "/hub"; }
+std::string LocalStore::hubs_dir() const { return root_ + "/hubs"; }
 std::string LocalStore::artifacts_dir() const { return root_ + "/artifacts"; }
+
+std::string LocalStore::HubDir(const std::string& hub) const {
+  return hub.empty() ? hub_dir() : hubs_dir() + "/" + hub;
+}
+
+Result<std::string> LocalStore::HubFor(const std::string& endpoint,
+                                       const std::string& own_endpoint) {
+  auto normalized = NormalizeEndpoint(endpoint);
+  if (!normalized) {
+    return normalized.error();
+  }
+  const std::string record = root_ + "/hub-endpoint";
+  auto owner = ReadFile(record);
+  if (!owner) {
+    struct stat st {};
+    if (::stat(record.c_str(), &st) == 0 || errno != ENOENT) {
+      return Error(Reason::StorageError, "cannot read " + record + ": " + owner.error().message);
+    }
+    auto own = NormalizeEndpoint(own_endpoint);
+    if (!own || *own != *normalized) {
+      return HubKey(endpoint);  // only the store's own endpoint may claim hub/
+    }
+    // Claim: write a temporary file, then link() it to the name, which fails if another
+    // process claimed first; either way the record now holds one whole URL.
+    std::string tmp = record + std::string(kTmpMarker) + UniqueSuffix();
+    if (auto w = WriteFileReplacing(tmp, *normalized + "\n"); !w) {
+      return w.error();
+    }
+    int linked = ::link(tmp.c_str(), record.c_str());
+    int err = errno;
+    ::unlink(tmp.c_str());
+    if (linked != 0 && err != EEXIST) {
+      return IoError("cannot write", record, err);
+    }
+    owner = ReadFile(record);
+    if (!owner) {
+      return owner.error();
+    }
+  }
+  std::string claimed = *owner;
+  while (!claimed.empty() && (claimed.back() == '\n' || claimed.back() == '\r')) {
+    claimed.pop_back();
+  }
+  if (claimed == *normalized) {
+    return std::string();
+  }
+  return HubKey(endpoint);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Hub cache.
 
 std::string LocalStore::RepoDir(const RepoRef& repo) const {
-  return hub_dir() + "/" + RepoFolderName(repo);
+  return HubDir(repo.hub) + "/" + RepoFolderName(repo);
 }
 
 std::string LocalStore::BlobPath(const RepoRef& repo, const std::string& etag) const {
@@ -541,10 +727,16 @@ Result<bool> LocalStore::AdoptBlob(const RepoRef& repo, const std::string& etag,
   if (HasBlob(repo, etag, size)) {
     return true;
   }
+  // Within the repo's own hub cache only: a blob name is what an endpoint claimed, and one
+  // endpoint's claims never stand in for another's.
   const std::string own_folder = RepoFolderName(repo);
+  const std::string hub = HubDir(repo.hub);
   std::error_code ec;
   std::string source;
-  for (fs::directory_iterator it(hub_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+  if (!fs::exists(hub, ec)) {
+    return false;  // another endpoint's cache, nothing fetched into it yet
+  }
+  for (fs::directory_iterator it(hub, ec), end; !ec && it != end; it.increment(ec)) {
     std::string folder = it->path().filename().string();
     if (folder == own_folder || !Contains(folder, "--")) {
       continue;
@@ -558,7 +750,7 @@ Result<bool> LocalStore::AdoptBlob(const RepoRef& repo, const std::string& etag,
     }
   }
   if (ec) {
-    return Error(Reason::StorageError, "cannot list " + hub_dir() + ": " + ec.message());
+    return Error(Reason::StorageError, "cannot list " + hub + ": " + ec.message());
   }
   if (source.empty()) {
     return false;
@@ -621,7 +813,7 @@ Result<std::optional<BlobLock>> LocalStore::TryLockBlob(const RepoRef& repo,
   if (auto r = ValidateEtag(etag); !r) {
     return r.error();
   }
-  std::string path = hub_dir() + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
+  std::string path = HubDir(repo.hub) + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
   auto fd = OpenLockFile(path);
   if (!fd) {
     return fd.error();
@@ -644,7 +836,7 @@ Result<BlobLock> LocalStore::LockBlob(const RepoRef& repo, const std::string& et
   if (auto r = ValidateEtag(etag); !r) {
     return r.error();
   }
-  std::string path = hub_dir() + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
+  std::string path = HubDir(repo.hub) + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
   auto fd = OpenLockFile(path);
   if (!fd) {
     return fd.error();
@@ -1182,8 +1374,32 @@ VoidResult LocalStore::CleanupStaging() {
     return Error(Reason::StorageError, "cannot list " + artifacts_dir() + ": " + ec.message());
   }
 
-  // Hub: temporary names in blobs/ (adoptions), snapshots/ (links) and refs/ (ref writes).
-  for (fs::directory_iterator repos(hub_dir(), ec), end; !ec && repos != end; repos.increment(ec)) {
+  // Hubs: temporary names in blobs/ (adoptions), snapshots/ (links) and refs/ (ref writes).
+  for (const std::string& hub : ListHubDirs()) {
+    if (auto r = CleanupHub(hub); !r) {
+      return r;
+    }
+  }
+  return {};
+}
+
+std::vector<std::string> LocalStore::ListHubDirs() const {
+  std::vector<std::string> hubs = {hub_dir()};
+  std::error_code ec;
+  for (fs::directory_iterator it(hubs_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code dec;
+    std::string key = it->path().filename().string();
+    if (IsSafeHubKey(key) && it->is_directory(dec) && !it->is_symlink(dec)) {
+      hubs.push_back(it->path().string());
+    }
+  }
+  std::sort(hubs.begin() + 1, hubs.end());
+  return hubs;
+}
+
+VoidResult LocalStore::CleanupHub(const std::string& hub) {
+  std::error_code ec;
+  for (fs::directory_iterator repos(hub, ec), end; !ec && repos != end; repos.increment(ec)) {
     std::string folder = repos->path().filename().string();
     std::error_code rec;
     if (!Contains(folder, "--") || !repos->is_directory(rec) || repos->is_symlink(rec)) {
@@ -1205,7 +1421,7 @@ VoidResult LocalStore::CleanupStaging() {
     }
   }
   if (ec) {
-    return Error(Reason::StorageError, "cannot list " + hub_dir() + ": " + ec.message());
+    return Error(Reason::StorageError, "cannot list " + hub + ": " + ec.message());
   }
   return {};
 }

@@ -1,7 +1,10 @@
 #pragma once
 
-// The local artifact store: a HuggingFace hub cache plus immutable, versioned artifacts.
+// The local artifact store: a HuggingFace hub cache per Hub endpoint plus immutable, versioned
+// artifacts.
 //
+//   <root>/hub-endpoint         the endpoint <root>/hub/ caches (normalized URL), claimed once
+//   <root>/hubs/<hub-key>/      the same layout as hub/, for every other endpoint (HubKey)
 //   <root>/hub/                 a valid huggingface_hub cache: HF_HUB_CACHE=<root>/hub works as is
 //     CACHEDIR.TAG
 //     .locks/<repo-folder>/<etag>.lock       per-blob download locks (flock, as huggingface_hub)
@@ -41,10 +44,31 @@ namespace modelcache::store {
 struct RepoRef {
   std::string type;  // "model" | "dataset"
   std::string id;    // "org/name" or "name"
+  // The hub cache the repo lives in: empty for <root>/hub (the store's own endpoint), else the
+  // HubKey of another endpoint (<root>/hubs/<hub>). (Initialized so that {type, id} stays valid.)
+  std::string hub = {};
 };
 
 // huggingface_hub's repo_folder_name: "models--org--name", "datasets--org--name", "models--gpt2".
 std::string RepoFolderName(const RepoRef& repo);
+
+// The repo's name within the store, unique across its hub caches: the folder name for <root>/hub,
+// "<hub>/<folder>" for another endpoint's cache. RepoFromStoreName reverses it (an unparsable
+// name gives an empty type, which every mutating call refuses).
+std::string RepoStoreName(const RepoRef& repo);
+RepoRef RepoFromStoreName(const std::string& store_name);
+
+// An endpoint URL in the form hub caches are keyed by: lower-case scheme and host, the port always
+// present, the path's segments without empty ones ("HTTPS://Hub.example/m/" ->
+// "https://hub.example:443/m"). InvalidSpec for a URL AllowList refuses (user information,
+// queries, "." segments…).
+Result<std::string> NormalizeEndpoint(const std::string& endpoint);
+
+// The directory name of an endpoint's hub cache under <root>/hubs/: a readable part (scheme, host,
+// port and path, characters other than [A-Za-z0-9._-] as '_', at most 80 of them), '-', then the
+// first 16 hex digits of the SHA-256 of the normalized URL, which makes it collision-free (the
+// readable part alone is not: "a-b" and "a/b" read alike). InvalidSpec as NormalizeEndpoint.
+Result<std::string> HubKey(const std::string& endpoint);
 
 struct ManifestFile {
   std::string path;  // relative to the artifact directory, '/'-separated
@@ -129,11 +153,22 @@ class LocalStore {
 
   const std::string& root() const { return root_; }
   std::string hub_dir() const;        // <root>/hub
+  std::string hubs_dir() const;       // <root>/hubs
   std::string artifacts_dir() const;  // <root>/artifacts
+  // <root>/hub for "", else <root>/hubs/<hub>.
+  std::string HubDir(const std::string& hub) const;
+
+  // The hub cache (RepoRef::hub) that content fetched from `endpoint` goes to. <root>/hub belongs
+  // to one endpoint, recorded in <root>/hub-endpoint: "" when `endpoint` is that one, else
+  // HubKey(endpoint). A store without the record (new, or made by an older release) is claimed
+  // by the first caller whose `endpoint` is its `own_endpoint` (the daemon's or command's
+  // default endpoint), atomically: a spec's endpoint never claims it. InvalidSpec for an
+  // unparsable endpoint, StorageError when the record cannot be read or written.
+  Result<std::string> HubFor(const std::string& endpoint, const std::string& own_endpoint);
 
   // ---- hub cache ----
   // Path helpers compute names only; they do not validate (the mutating calls do).
-  std::string RepoDir(const RepoRef& repo) const;  // <root>/hub/models--org--name
+  std::string RepoDir(const RepoRef& repo) const;  // HubDir(repo.hub)/models--org--name
   std::string BlobPath(const RepoRef& repo, const std::string& etag) const;  // …/blobs/<etag>
   // …/blobs/<etag>.incomplete: stable across restarts so a download can resume with Range.
   std::string IncompletePath(const RepoRef& repo, const std::string& etag) const;
@@ -177,6 +212,20 @@ class LocalStore {
   // strip), atomically; "refs/pr/1" becomes nested directories. No-op when revision == commit
   // (huggingface_hub never writes a ref for a commit) or when the ref already holds the commit.
   VoidResult WriteRef(const RepoRef& repo, const std::string& revision, const std::string& commit);
+
+  // What modelcache wrote into a hub cache, so that GC removes that and nothing else (a
+  // huggingface_hub download in the same cache is never modelcache's to remove): merges
+  // `files` (path -> etag) into <root>/written/<RepoStoreName>/<commit>.json, written atomically.
+  // Called by a cache job before it downloads and links them, under its repo lock (the merge is a
+  // read-modify-write). InvalidSpec for unsafe names, StorageError on I/O.
+  VoidResult RecordWritten(const RepoRef& repo, const std::string& commit,
+                           const std::map<std::string, std::string>& files);
+  // <root>/written/<RepoStoreName>/<commit>.json (whether or not it exists).
+  std::string WrittenRecordPath(const RepoRef& repo, const std::string& commit) const;
+  // The record's files (path -> etag); nullopt when modelcache recorded nothing for the commit.
+  // StorageError when the record exists but cannot be read.
+  Result<std::optional<std::map<std::string, std::string>>> ReadWritten(
+      const RepoRef& repo, const std::string& commit) const;
 
   // The content of refs/<revision>, or nullopt if there is no such ref.
   Result<std::optional<std::string>> ReadRef(const RepoRef& repo,
@@ -241,7 +290,12 @@ class LocalStore {
   // the first bad file; StorageError if the version or a file is missing or unreadable.
   VoidResult VerifyVersion(const std::string& name, const std::string& version) const;
 
+  // <root>/hub first, then every <root>/hubs/<key> directory, sorted.
+  std::vector<std::string> ListHubDirs() const;
+
  private:
+  VoidResult CleanupHub(const std::string& hub);
+
   explicit LocalStore(std::string root);
 
   // Staging directories this instance owns -> the fd holding their flock. Guarded by mu_.

@@ -42,6 +42,9 @@ struct CacheJobInputs {
   // the configuration to read it with.
   store::AwsConfig source_aws;
   fetch::HubOptions hub;
+  // The daemon's (or command's) own endpoint: the only one that may claim the store's hub/ cache
+  // (LocalStore::HubFor); content of any other endpoint goes to <store>/hubs/<key>.
+  std::string own_endpoint;
   // Re-hash blobs already in the store and re-fetch those that do not match (spec.force).
   bool verify_existing = false;
   // Non-empty: use this commit instead of resolving spec.source.revision, and leave the refs

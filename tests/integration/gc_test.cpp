@@ -147,6 +147,86 @@ TEST_F(GcTest, OverTheLimitWithOnlyReferencedDataKeepsItAndSaysSo) {
   EXPECT_NE(daemon.Log().find("still over the limits"), std::string::npos) << daemon.Log();
 }
 
+// A hand-made huggingface_hub download (`hf download org/handmade`) in the store's hub cache, as
+// it lands when prefetch's store is HF_HOME: blob, snapshot link, ref. Returns the snapshot file.
+std::string PlaceForeignDownload(const std::string& store) {
+  std::string repo = store + "/hub/models--org--handmade";
+  std::string commit(40, 'f');
+  std::string content = "{\"hand\": \"made\"}\n";
+  fs::create_directories(repo + "/blobs");
+  fs::create_directories(repo + "/snapshots/" + commit);
+  fs::create_directories(repo + "/refs");
+  std::ofstream(repo + "/blobs/" + Sha256Hex(content)) << content;
+  fs::create_symlink("../../blobs/" + Sha256Hex(content),
+                     repo + "/snapshots/" + commit + "/config.json");
+  std::ofstream(repo + "/refs/main") << commit;
+  return repo + "/snapshots/" + commit + "/config.json";
+}
+
+// How many GC runs a daemon has logged that found the store over its limits.
+size_t OverLimitRuns(const Daemon& daemon) {
+  size_t n = 0;
+  std::string log = daemon.Log();
+  for (size_t at = log.find("still over the limits"); at != std::string::npos;
+       at = log.find("still over the limits", at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+TEST_F(GcTest, TwoDaemonsWithQuotasOnOneStoreNeverRemoveEachOthersReadyArtifacts) {
+  AddRepo("org/alpha", 1);
+  AddRepo("org/beta", 1);
+  // Two daemons of one store (two watch directories, their own state), each with a quota that
+  // the other's artifact alone exceeds.
+  const std::string foreign = PlaceForeignDownload(store_dir());
+  Daemon::Options a_options =
+      DaemonOptions({"--store-max-bytes", "1KiB", "--gc-interval", "200ms"});
+  Daemon::Options b_options = a_options;
+  b_options.watch_dir = tmp_ / "manifests-b";
+  b_options.state_dir = tmp_ / "state-b";
+  fs::create_directories(b_options.watch_dir);
+  Daemon b(b_options);
+  b.Start();
+  WriteFileRenamed(b_options.watch_dir + "/beta.yaml",
+                   Manifest("beta", "org/beta", "    revision: r1\n"));
+  auto beta = WaitForStatus(b_options.state_dir, "beta", IsReady);
+  ASSERT_TRUE(beta && IsReady(*beta)) << b.Log();
+
+  Daemon a(a_options);
+  a.Start();
+  auto alpha = CacheRevision("alpha", "org/alpha", 1);
+  ASSERT_TRUE(alpha && IsReady(*alpha)) << a.Log();
+  // Both daemons' GC runs again after both artifacts were published.
+  size_t a_runs = OverLimitRuns(a);
+  size_t b_runs = OverLimitRuns(b);
+  ASSERT_TRUE(WaitFor([&] { return OverLimitRuns(a) > a_runs && OverLimitRuns(b) > b_runs; }))
+      << a.Log() << b.Log();
+
+  for (const auto* mc : {&*alpha, &*beta}) {
+    std::string repo = store_dir() + "/hub/models--org--" + mc->spec.source.repo.substr(4);
+    EXPECT_TRUE(Exists(VersionDir(*mc) + "/model.safetensors")) << mc->metadata.name;
+    EXPECT_TRUE(Exists(repo + "/snapshots/" + mc->status.resolved_revision + "/config.json"))
+        << mc->metadata.name;
+    EXPECT_FALSE(fs::is_empty(repo + "/blobs")) << mc->metadata.name;
+  }
+  // The quota GC of both never touched the hand-made download either.
+  EXPECT_EQ(Slurp(foreign), "{\"hand\": \"made\"}\n");
+  EXPECT_EQ(a.Log().find("gc: removed version"), std::string::npos) << a.Log();
+  EXPECT_EQ(b.Log().find("gc: removed version"), std::string::npos) << b.Log();
+  auto still = ReadStatus(b_options.state_dir, "default", "beta");
+  ASSERT_TRUE(still);
+  EXPECT_TRUE(IsReady(*still));
+  // Each daemon's references are in its record under the store.
+  size_t records = 0;
+  for (const auto& e : fs::directory_iterator(store_dir() + "/users")) {
+    records += e.path().extension() == ".json" ? 1 : 0;
+  }
+  EXPECT_EQ(records, 2U);
+  EXPECT_EQ(a.Terminate(), 0);
+  EXPECT_EQ(b.Terminate(), 0);
+}
+
 TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   AddRepo("org/kept", 2);
   FakeRepoSpec other;
@@ -157,6 +237,7 @@ TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   other.refs["main"] = other_dir;
   hub_.AddRepo(other);
 
+  const std::string foreign = PlaceForeignDownload(store_dir());
   Daemon daemon(DaemonOptions({}));
   daemon.Start();
   auto v1 = CacheRevision("kept", "org/kept", 1);
@@ -205,11 +286,23 @@ TEST_F(GcTest, GcCommandDryRunThenRemovesWhatNoResourceReferences) {
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(weights), {}),
             files_[2]["model.safetensors"]);
 
+  // A hand-made huggingface_hub download is not modelcache's to remove.
+  EXPECT_EQ(Slurp(foreign), "{\"hand\": \"made\"}\n");
+  EXPECT_EQ(done.out.find("handmade"), std::string::npos) << done.out;
+  EXPECT_EQ(Slurp(store_dir() + "/hub/models--org--handmade/refs/main"), std::string(40, 'f'));
+
   // A second run has nothing left to do.
   auto again = RunModelcache(args);
   EXPECT_NE(again.out.find("total: removed 0 items"), std::string::npos) << again.out;
 
-  // Without status records gc refuses instead of treating everything as unreferenced.
+  // Without the status records, the daemon's record among the store's users (live for
+  // kStoreUserExpiry after it stopped) still names what it held.
+  auto by_record =
+      RunModelcache({"gc", "--store", store_dir(), "--state-dir", tmp_ / "no-such-state"});
+  ASSERT_EQ(by_record.exit_code, 0) << by_record.err;
+  EXPECT_NE(by_record.out.find("total: removed 0 items"), std::string::npos) << by_record.out;
+  // Without either, gc refuses instead of treating everything as unreferenced.
+  fs::remove_all(store_dir() + "/users");
   auto refused =
       RunModelcache({"gc", "--store", store_dir(), "--state-dir", tmp_ / "no-such-state"});
   EXPECT_EQ(refused.exit_code, 1);

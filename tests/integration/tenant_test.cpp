@@ -5,10 +5,13 @@
 // the victim next to it becomes Ready. An artifact name belongs to the resource that claimed it
 // first: another file naming it (or defaulting to it) fails with ArtifactNameConflict and leaves
 // the owner's `current`, files and status alone, until the owner's deletion frees the name.
+// An allowed endpoint that claims the victim's commit fills its own hub cache, never the one
+// HF_HUB_CACHE=<store>/hub serves.
 
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -205,6 +208,95 @@ TEST_F(TenantTest, AnArtifactNameBelongsToTheResourceThatClaimedItFirst) {
   EXPECT_NE(taken->status.artifact->id, victim->status.artifact->id);
   EXPECT_EQ(std::filesystem::canonical(name_dir + "/current"),
             std::filesystem::canonical(taken->status.artifact->path));
+  EXPECT_EQ(daemon.Terminate(), 0);
+}
+
+std::string VerifiedText(const crds::ModelCache& mc) {
+  const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Verified");
+  return c == nullptr ? "" : c->status + " " + c->reason + ": " + c->message;
+}
+
+TEST_F(TenantTest, AnEndpointClaimingThePinnedCommitNeverChangesWhatTheHubCacheServes) {
+  // The victim pins the commit of org/victim's main on the daemon's Hub. The tenant's server
+  // (allowed for it) serves other files for org/victim under that very commit id, on main too.
+  const std::string commit = hub_.CommitOf("model", "org/victim", "main");
+  const auto victim_files = SmallModelFiles(20000, 1);
+  const auto tenant_files = SmallModelFiles(20000, 2);
+  testing::FakeRepoSpec lie;
+  lie.id = "org/victim";
+  lie.refs["main"] = repos_dir() + "/tenant/main";
+  lie.claimed_commits["main"] = commit;
+  tenant_.AddRepo(lie);
+  ASSERT_EQ(tenant_.CommitOf("model", "org/victim", "main"), commit);
+
+  WriteManifest("victim.yaml", Manifest("victim", "org/victim", "    revision: " + commit + "\n"));
+  Daemon daemon(
+      TenantDaemonOptions({"--allowed-endpoints", tenant_.url(), "--verify-interval", "300ms"}));
+  daemon.Start();
+  auto victim = WaitReady("victim");
+  ASSERT_TRUE(victim && IsReady(*victim)) << daemon.Log();
+  WriteManifest("tenant.yaml",
+                Manifest("tenant", "org/victim",
+                         "    endpoint: " + tenant_.url() + "\n  artifactName: tenant-copy\n") +
+                    "---\n" +
+                    Manifest("tenant-pinned", "org/victim",
+                             "    endpoint: " + tenant_.url() + "\n    revision: " + commit +
+                                 "\n  artifactName: tenant-pinned\n"));
+  auto tenant = WaitReady("tenant");
+  ASSERT_TRUE(tenant && IsReady(*tenant)) << daemon.Log();
+  auto pinned = WaitReady("tenant-pinned");
+  ASSERT_TRUE(pinned && IsReady(*pinned)) << daemon.Log();
+  EXPECT_EQ(tenant->status.resolved_revision, commit);
+
+  // What HF_HUB_CACHE=<store>/hub HF_HUB_OFFLINE=1 resolves for the victim: its own files.
+  const std::string victim_repo = store_dir() + "/hub/models--org--victim";
+  for (const auto& [path, content] : victim_files) {
+    EXPECT_TRUE(Slurp(victim_repo + "/snapshots/" + commit + "/" + path) == content) << path;
+  }
+  // The tenant's main moved the ref of its own cache only.
+  EXPECT_FALSE(std::filesystem::exists(victim_repo + "/refs/main"));
+  std::vector<std::string> hubs;
+  for (const auto& e : std::filesystem::directory_iterator(store_dir() + "/hubs")) {
+    hubs.push_back(e.path().string());
+  }
+  ASSERT_EQ(hubs.size(), 1U);
+  EXPECT_EQ(Slurp(hubs[0] + "/models--org--victim/refs/main"), commit);
+  EXPECT_EQ(Slurp(hubs[0] + "/models--org--victim/snapshots/" + commit + "/config.json"),
+            tenant_files.at("config.json"));
+  EXPECT_EQ(Slurp(tenant->status.artifact->path + "/config.json"), tenant_files.at("config.json"));
+
+  // The victim keeps verifying clean against what its own endpoint served.
+  auto verified = WaitForStatus(state_dir(), "victim", [](const crds::ModelCache& mc) {
+    const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Verified");
+    return c != nullptr && c->status == "True" && c->reason == "Verified";
+  });
+  ASSERT_TRUE(verified) << daemon.Log();
+
+  // A link re-pointed to another valid blob of the repo (the tenant's config.json, as an older
+  // release's shared cache would have it) is drift: healed back to what the endpoint served.
+  const std::string victim_etag = hub_.EtagOf("model", "org/victim", "main", "config.json");
+  std::string foreign_etag;
+  for (const auto& e :
+       std::filesystem::directory_iterator(hubs[0] + "/models--org--victim/blobs")) {
+    if (Slurp(e.path().string()) == tenant_files.at("config.json")) {
+      foreign_etag = e.path().filename().string();
+      std::filesystem::copy_file(e.path(), victim_repo + "/blobs/" + foreign_etag);
+    }
+  }
+  ASSERT_FALSE(foreign_etag.empty());
+  ASSERT_NE(foreign_etag, victim_etag);
+  std::string link = victim_repo + "/snapshots/" + commit + "/config.json";
+  std::filesystem::remove(link);
+  std::filesystem::create_symlink("../../blobs/" + foreign_etag, link);
+  auto healed = WaitForStatus(state_dir(), "victim", [](const crds::ModelCache& mc) {
+    const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Verified");
+    return c != nullptr && c->reason == "Healed";
+  });
+  ASSERT_TRUE(healed) << daemon.Log();
+  EXPECT_NE(VerifiedText(*healed).find("config.json: snapshot links blob " + foreign_etag),
+            std::string::npos)
+      << VerifiedText(*healed);
+  EXPECT_EQ(Slurp(link), victim_files.at("config.json"));
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 

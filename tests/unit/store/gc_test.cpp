@@ -58,6 +58,12 @@ class GcTest : public ::testing::Test {
       }
       ASSERT_TRUE(store_->LinkSnapshot(repo, commit, path, etag));
     }
+    // As a cache job does: what modelcache writes is recorded.
+    std::map<std::string, std::string> written;
+    for (const auto& [path, content] : files) {
+      written[path] = Sha256Hex(content);
+    }
+    ASSERT_TRUE(store_->RecordWritten(repo, commit, written));
     SetMtime(store_->RepoDir(repo) + "/snapshots/" + commit, when);
   }
 
@@ -261,8 +267,10 @@ TEST_F(GcTest, SharedBlobsStayWhileAnySnapshotLinksThem) {
 
 TEST_F(GcTest, OrphanBlobsGoIncompleteFilesStay) {
   AddSnapshot(kRepo, Commit('1'), Rev(1), 1000);
+  // A job that failed after downloading one blob, before linking: recorded, never linked.
   std::string orphan = store_->BlobPath(kRepo, Sha256Hex("orphan"));
   WriteText(orphan, "orphan");
+  ASSERT_TRUE(store_->RecordWritten(kRepo, Commit('1'), {{"orphan.bin", Sha256Hex("orphan")}}));
   std::string partial = store_->IncompletePath(kRepo, Sha256Hex("partial"));
   WriteText(partial, "part");
   GcReferences refs;
@@ -272,6 +280,40 @@ TEST_F(GcTest, OrphanBlobsGoIncompleteFilesStay) {
   EXPECT_EQ(r.items[0].path, orphan);
   EXPECT_FALSE(Exists(orphan));
   EXPECT_TRUE(Exists(partial));
+}
+
+TEST_F(GcTest, AForeignHuggingfaceHubDownloadIsNeverRemoved) {
+  // hf download of org/foreign, and of another file of a commit modelcache also cached: no record
+  // names them.
+  const RepoRef foreign{"model", "org/foreign"};
+  std::string blob = store_->BlobPath(foreign, Sha256Hex("weights"));
+  WriteText(blob, "weights");
+  ASSERT_TRUE(store_->LinkSnapshot(foreign, Commit('9'), "model.bin", Sha256Hex("weights")));
+  ASSERT_TRUE(store_->WriteRef(foreign, "main", Commit('9')));
+  std::string stray = store_->BlobPath(foreign, Sha256Hex("stray"));
+  WriteText(stray, "stray");
+  AddSnapshot(kRepo, Commit('1'), Rev(1), 1000);
+  std::string theirs = store_->BlobPath(kRepo, Sha256Hex("theirs"));
+  WriteText(theirs, "theirs");
+  ASSERT_TRUE(store_->LinkSnapshot(kRepo, Commit('1'), "extra/theirs.txt", Sha256Hex("theirs")));
+  ASSERT_TRUE(store_->WriteRef(kRepo, "main", Commit('1')));
+
+  GcReport r = Run({}, GcOptions());  // nothing referenced, no limits: all that is removable
+  EXPECT_FALSE(r.items.empty());
+  EXPECT_TRUE(Exists(blob));
+  EXPECT_TRUE(Exists(stray));
+  EXPECT_EQ(testing::ReadText(store_->SnapshotPath(foreign, Commit('9'), "model.bin")), "weights");
+  EXPECT_EQ(testing::ReadText(store_->RepoDir(foreign) + "/refs/main"), Commit('9'));
+  // Of the shared commit, modelcache's links and blobs went; the hand-made file and its ref stay.
+  EXPECT_EQ(testing::ReadText(store_->SnapshotPath(kRepo, Commit('1'), "extra/theirs.txt")),
+            "theirs");
+  EXPECT_TRUE(Exists(theirs));
+  EXPECT_EQ(testing::ReadText(store_->RepoDir(kRepo) + "/refs/main"), Commit('1'));
+  for (const auto& [path, content] : Rev(1)) {
+    EXPECT_FALSE(Exists(store_->SnapshotPath(kRepo, Commit('1'), path))) << path;
+    EXPECT_FALSE(Exists(store_->BlobPath(kRepo, Sha256Hex(content)))) << path;
+  }
+  EXPECT_FALSE(Exists(store_->WrittenRecordPath(kRepo, Commit('1'))));
 }
 
 TEST_F(GcTest, DryRunListsEverythingAndChangesNothing) {

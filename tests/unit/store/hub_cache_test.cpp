@@ -1,6 +1,7 @@
 // The <store>/hub half of LocalStore: huggingface_hub's cache layout rules.
 
 #include <filesystem>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -47,6 +48,58 @@ TEST(RepoFolderNameTest, FollowsHuggingfaceHub) {
   EXPECT_EQ(RepoFolderName(kDataset), "datasets--org--data");
   EXPECT_EQ(RepoFolderName(kGpt2), "models--gpt2");
   EXPECT_EQ(RepoFolderName({"model", "Qwen/Qwen3-0.6B"}), "models--Qwen--Qwen3-0.6B");
+}
+
+TEST(HubKeyTest, NormalizedCollisionFreeAndFilesystemSafe) {
+  auto key = HubKey("HTTPS://Hub.Example/mirror/");
+  ASSERT_TRUE(key) << key.error().ToString();
+  EXPECT_EQ(key->rfind("https_hub.example_443_mirror-", 0), 0U) << *key;
+  // Spellings of one endpoint share a key; endpoints that read alike do not.
+  for (const char* same : {"https://hub.example:443/mirror", "https://hub.example/mirror//",
+                           "https://HUB.example/mirror"}) {
+    EXPECT_EQ(HubKey(same).value(), *key) << same;
+  }
+  std::set<std::string> keys;
+  for (const char* other : {"https://hub.example/Mirror", "http://hub.example/mirror",
+                            "https://hub.example:8443/mirror", "https://hub.example/mirror/a",
+                            "https://hub.example/mirror_a", "https://hub.example/mirror%2Fa"}) {
+    auto k = HubKey(other);
+    ASSERT_TRUE(k) << other;
+    EXPECT_NE(*k, *key) << other;
+    EXPECT_TRUE(keys.insert(*k).second) << other;
+    EXPECT_EQ(
+        k->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-"),
+        std::string::npos)
+        << *k;
+  }
+  EXPECT_FALSE(HubKey("https://user@hub.example"));
+  EXPECT_FALSE(HubKey("https://hub.example/a/../b"));
+  EXPECT_FALSE(HubKey("file:///srv/hub"));
+}
+
+TEST_F(HubCacheTest, OnlyTheOwnEndpointClaimsHubAndOthersGoBesideIt) {
+  const std::string own = "https://hub.example";
+  const std::string tenant = "http://127.0.0.1:9/evil";
+  // A spec's endpoint never claims an unclaimed store.
+  auto first = store_->HubFor(tenant, own);
+  ASSERT_TRUE(first) << first.error().ToString();
+  EXPECT_EQ(*first, HubKey(tenant).value());
+  EXPECT_FALSE(fs::exists(store_->root() + "/hub-endpoint"));
+  // The own endpoint claims it, in any spelling, and keeps it against another process's default.
+  EXPECT_EQ(store_->HubFor(own + "/", own).value(), "");
+  EXPECT_EQ(ReadText(store_->root() + "/hub-endpoint"), "https://hub.example:443\n");
+  EXPECT_EQ(store_->HubFor("https://HUB.example:443", tenant).value(), "");
+  EXPECT_EQ(store_->HubFor(tenant, tenant).value(), HubKey(tenant).value());
+
+  RepoRef other{"model", "org/name", *first};
+  EXPECT_EQ(store_->RepoDir(other), store_->root() + "/hubs/" + *first + "/models--org--name");
+  EXPECT_EQ(RepoStoreName(other), *first + "/models--org--name");
+  EXPECT_EQ(RepoFromStoreName(RepoStoreName(other)).hub, *first);
+  EXPECT_EQ(RepoFromStoreName("models--org--name").id, "org/name");
+  // A blob of the default hub is not adopted into another endpoint's cache.
+  PutBlob(kModel, std::string(40, 'a'), "x");
+  EXPECT_FALSE(store_->AdoptBlob(other, std::string(40, 'a'), 1).value());
+  EXPECT_FALSE(store_->LinkSnapshot({"model", "org/name", "../x"}, "c", "f", "e"));
 }
 
 TEST(OpenTest, CreatesLayoutAndCacheDirTag) {
