@@ -267,10 +267,10 @@ Result<std::string> HubClient::GetRange(const std::string& url, uint64_t first, 
   if (count == 0) {
     return std::string();
   }
-  auto answer = Get(url, what, type, repo,
-                    {{"Range", fmt::format("bytes={}-{}", first, first + count - 1)}},
-                    count + kRedirectBodyBytes,
-                    /*leave_origin=*/true, std::move(stop));
+  auto answer =
+      Get(url, what, type, repo, {{"Range", fmt::format("bytes={}-{}", first, first + count - 1)}},
+          count + kRedirectBodyBytes,
+          /*leave_origin=*/true, std::move(stop));
   if (!answer) {
     return answer.error();
   }

@@ -119,10 +119,9 @@ class HubClient {
                                const std::string& type, const std::string& repo,
                                std::stop_token stop);
   // GetJson's request with other headers, a body cap, and (leave_origin) redirects to any host.
-  Result<HttpResponse> Get(const std::string& url, const std::string& what,
-                           const std::string& type, const std::string& repo,
-                           const HttpHeaders& extra, uint64_t max_body, bool leave_origin,
-                           std::stop_token stop);
+  Result<HttpResponse> Get(const std::string& url, const std::string& what, const std::string& type,
+                           const std::string& repo, const HttpHeaders& extra, uint64_t max_body,
+                           bool leave_origin, std::stop_token stop);
 
   HubOptions options_;
 };

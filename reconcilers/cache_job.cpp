@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -134,7 +135,8 @@ void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
 // it is there already. REQUIRES: the repo lock is held.
 VoidResult EnsureBlob(const CacheJobInputs& in, const fetch::HubClient& hub,
                       store::LocalStore& store, const store::RepoRef& repo,
-                      const std::string& commit, const fetch::RepoFile& file, std::stop_token stop) {
+                      const std::string& commit, const fetch::RepoFile& file,
+                      std::stop_token stop) {
   bool present = store.HasBlob(repo, file.etag(), file.size);
   if (!present) {
     auto adopted = store.AdoptBlob(repo, file.etag(), file.size);
@@ -308,10 +310,11 @@ Result<std::unique_ptr<StreamingShard>> StartStreamingShard(
         return bytes.error();
       }
       if (!bytes || bytes->empty()) {
-        spdlog::warn("{}: cannot read the safetensors header of {} ({}); sharding after the "
-                     "download instead",
-                     in.key.ToString(), f.path,
-                     bytes ? std::string("implausible header length") : bytes.error().ToString());
+        spdlog::warn(
+            "{}: cannot read the safetensors header of {} ({}); sharding after the "
+            "download instead",
+            in.key.ToString(), f.path,
+            bytes ? std::string("implausible header length") : bytes.error().ToString());
         return std::unique_ptr<StreamingShard>();
       }
       headers[f.path] = {f.size, std::move(*bytes)};
@@ -367,6 +370,39 @@ Result<shard::ShardResult> ShardAfterDownload(const CacheJobInputs& in,
   std::error_code ec;
   fs::remove_all(*src, ec);
   return sharded;
+}
+
+// The manifest entries of the sharded files: each file's sha256, `threads` files at a time (the
+// rank files are read back once, from the page cache as a rule, and hashing is CPU-bound).
+Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
+                                                        const std::vector<std::string>& files,
+                                                        int threads) {
+  std::vector<std::optional<Result<std::string>>> digests(files.size());
+  std::atomic<size_t> next{0};
+  {
+    std::vector<std::jthread> workers;
+    for (int i = 0; i < std::max(1, threads); ++i) {
+      workers.emplace_back([&] {
+        for (size_t k = next.fetch_add(1); k < files.size(); k = next.fetch_add(1)) {
+          digests[k] = Sha256File(dir + "/" + files[k]);
+        }
+      });
+    }
+  }
+  std::vector<store::ManifestFile> out;
+  for (size_t k = 0; k < files.size(); ++k) {
+    if (!*digests[k]) {
+      return digests[k]->error();
+    }
+    std::error_code ec;
+    auto size = fs::file_size(dir + "/" + files[k], ec);
+    if (ec) {
+      return Error(Reason::StorageError,
+                   "cannot stat " + dir + "/" + files[k] + ": " + ec.message());
+    }
+    out.push_back({files[k], static_cast<uint64_t>(size), **digests[k]});
+  }
+  return out;
 }
 
 // Hands the weight files' bytes to the streaming sharder as the transfer hashes them.
@@ -1050,8 +1086,8 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
 
   // Stage the artifact: the files themselves, or the sharded checkpoint.
   store::ArtifactManifest manifest = SourceManifest(spec, repo, *commit);
-  auto staging = streaming ? Result<std::string>(streaming->staging)
-                           : store.CreateStaging(spec.artifact_name);
+  auto staging =
+      streaming ? Result<std::string>(streaming->staging) : store.CreateStaging(spec.artifact_name);
   if (!staging) {
     return staging.error();
   }
@@ -1072,16 +1108,12 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       discard_staging();
       return sharded.error();
     }
-    std::error_code ec;
-    for (const auto& rel : sharded->files) {
-      std::string path = *staging + "/" + rel;
-      auto h = Sha256File(path);
-      if (!h) {
-        discard_staging();
-        return h.error();
-      }
-      manifest.files.push_back({rel, static_cast<uint64_t>(fs::file_size(path, ec)), *h});
+    auto hashed = HashShardFiles(*staging, sharded->files, in.shard_threads);
+    if (!hashed) {
+      discard_staging();
+      return hashed.error();
     }
+    manifest.files = std::move(*hashed);
     manifest.shard = sharded->settings;
   } else {
     for (size_t i = 0; i < files.size(); ++i) {

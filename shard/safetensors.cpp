@@ -240,8 +240,8 @@ Result<SafetensorsHeader> ParseSafetensors(std::string_view image, std::string_v
 }
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromHeader(const std::string& path,
-                                                                      uint64_t file_size,
-                                                                      std::string_view prefix) {
+                                                                     uint64_t file_size,
+                                                                     std::string_view prefix) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
   auto header = ParsePrefix(prefix, file_size, path);

@@ -117,8 +117,8 @@ class Checkpoint {
   // The checkpoint of `dir` known from its files' headers alone (SafetensorsFile::FromHeader):
   // `index` is the text of model.safetensors.index.json if the checkpoint has one; `headers` maps
   // each top-level *.safetensors file name to its size and first bytes (at least the length
-  // prefix and the header). The files are chosen and checked exactly as Open does; ShardConfigInvalid
-  // also when a file the index names has no entry in `headers`.
+  // prefix and the header). The files are chosen and checked exactly as Open does;
+  // ShardConfigInvalid also when a file the index names has no entry in `headers`.
   struct HeaderBytes {
     uint64_t file_size = 0;
     std::string prefix;

@@ -323,7 +323,6 @@ VoidResult RemoveStaleRankFiles(const std::string& dir) {
   return {};
 }
 
-
 // What both ways of sharding decide before any tensor byte moves: the options checked, the
 // engine layout, config.json and the plan.
 struct Prepared {
@@ -459,8 +458,7 @@ Result<RankFiles> CreateRankFiles(const ShardOptions& options, const Prepared& p
               Job job;
               job.fill = p.kind;
               job.ops.push_back(Op{w, dst + static_cast<uint64_t>(row) * out_row, 0,
-                                   std::min(rows_per_job, p.rows - row), 0, t.row_width(),
-                                   dtype});
+                                   std::min(rows_per_job, p.rows - row), 0, t.row_width(), dtype});
               out.fills.push_back(std::move(job));
             }
             continue;
@@ -556,8 +554,8 @@ Result<ShardResult> FinishOutputs(const ShardOptions& options, const Prepared& p
   json& s = result.settings;
   s["engine"] = layout.engine;
   s["engineRelease"] = layout.release;
-  s["engineReleases"] = layout.engine == "vllm" && plan.model.table->moe ? layout.moe_compatible
-                                                                         : layout.compatible;
+  s["engineReleases"] =
+      layout.engine == "vllm" && plan.model.table->moe ? layout.moe_compatible : layout.compatible;
   s["loadFormat"] = "sharded_state";
   s["filePattern"] = layout.file_pattern;
   s["tensorParallelSize"] = plan.tensor_parallel_size;
@@ -697,10 +695,10 @@ struct Segment {
 struct FedFile {
   std::string name;  // relative to the checkpoint directory
   uint64_t size = 0;
-  std::vector<Segment> segments;  // by src
-  uint64_t fed = 0;               // bytes fed, in order from 0
-  bool gap = false;               // bytes came out of order: Finish reads the file
-  size_t first_live = 0;          // segments before it end at or before `fed`
+  std::vector<Segment> segments;        // by src
+  uint64_t fed = 0;                     // bytes fed, in order from 0
+  bool gap = false;                     // bytes came out of order: Finish reads the file
+  size_t first_live = 0;                // segments before it end at or before `fed`
   std::array<unsigned char, 8> tail{};  // the last tail_len bytes before `fed`
   size_t tail_len = 0;
   uint64_t written = 0;  // rank bytes written from this file, for progress
@@ -799,9 +797,7 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
   return std::unique_ptr<StreamSharder>(new StreamSharder(std::move(state)));
 }
 
-bool StreamSharder::Wants(std::string_view file) const {
-  return state_->by_name.count(file) != 0;
-}
+bool StreamSharder::Wants(std::string_view file) const { return state_->by_name.count(file) != 0; }
 
 uint64_t StreamSharder::bytes_read_back() const { return state_->read_back; }
 

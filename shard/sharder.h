@@ -11,8 +11,8 @@
 // give byte-identical files, whatever the thread count.
 
 #include <atomic>
-#include <memory>
 #include <cstdint>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <string_view>

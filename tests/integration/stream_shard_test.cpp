@@ -43,8 +43,7 @@ TEST_F(StreamShardTest, KillNineAndARefetchStillGiveTheRankFilesOfShardAfterDown
                                    "  shard:\n    tensorParallelSize: 2\n    dtype: float16\n"
                                    "    maxFileSize: 1MiB\n"));
   // Ranges of one 2 MiB block each, so that blocks are handed to the sharder from memory.
-  auto options =
-      DaemonOptions({"--chunk-size", "2MiB", "--max-connections-per-artifact", "2"});
+  auto options = DaemonOptions({"--chunk-size", "2MiB", "--max-connections-per-artifact", "2"});
   auto served = [&] {
     return hub_.BodyBytesServed("model-00001-of-00002.safetensors") +
            hub_.BodyBytesServed("model-00002-of-00002.safetensors");
@@ -56,10 +55,8 @@ TEST_F(StreamShardTest, KillNineAndARefetchStillGiveTheRankFilesOfShardAfterDown
         << daemon.Log();
     daemon.Kill9();
     auto killed = ReadStatus(state_dir(), "default", "llama-tp2");
-    ASSERT_TRUE(killed && !IsReady(*killed))
-        << "the download ended before the kill";
-    EXPECT_NE(daemon.Log().find("sharding while downloading"), std::string::npos)
-        << daemon.Log();
+    ASSERT_TRUE(killed && !IsReady(*killed)) << "the download ended before the kill";
+    EXPECT_NE(daemon.Log().find("sharding while downloading"), std::string::npos) << daemon.Log();
   }
   hub_.ClearFaults();
   // The second file fails verification once (one byte flipped far past its header): it is
@@ -83,11 +80,11 @@ TEST_F(StreamShardTest, KillNineAndARefetchStillGiveTheRankFilesOfShardAfterDown
       << again.Log();
 
   // The same checkpoint sharded after the fact, from the HF cache snapshot.
-  const std::string snapshot = store_dir() + "/hub/models--org--llama-small/snapshots/" +
-                               mc->status.resolved_revision;
+  const std::string snapshot =
+      store_dir() + "/hub/models--org--llama-small/snapshots/" + mc->status.resolved_revision;
   const std::string out = tmp_ / "after";
-  auto r = RunModelcache({"shard", snapshot, out, "--tp", "2", "--dtype", "float16",
-                          "--max-file-size", "1MiB"});
+  auto r = RunModelcache(
+      {"shard", snapshot, out, "--tp", "2", "--dtype", "float16", "--max-file-size", "1MiB"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string& art = mc->status.artifact->path;
   int compared = 0;

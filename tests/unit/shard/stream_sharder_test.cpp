@@ -93,8 +93,8 @@ struct Case {
   std::string arch;
   int64_t tp;
   int files;
-  std::string dtype;         // of the checkpoint
-  std::string target;        // ShardOptions::dtype
+  std::string dtype;   // of the checkpoint
+  std::string target;  // ShardOptions::dtype
   bool tie = false;
   std::string engine = "vllm";
 };
@@ -103,11 +103,15 @@ struct Case {
 // interleaved at random; one file is fed a garbage prefix first and then started over.
 TEST_F(StreamSharderTest, MatchesShardCheckpointAcrossArchitecturesAndTp) {
   const std::vector<Case> cases = {
-      {"llama", 4, 2, "bf16", "auto"},         {"llama", 8, 1, "f32", "bfloat16"},
+      {"llama", 4, 2, "bf16", "auto"},
+      {"llama", 8, 1, "f32", "bfloat16"},
       {"qwen2", 2, 3, "bf16", "float32", true, "sglang"},
-      {"qwen3", 4, 2, "f16", "bfloat16"},      {"phi3", 2, 2, "bf16", "auto"},
-      {"gemma3", 2, 1, "bf16", "float16"},     {"mixtral", 4, 2, "bf16", "auto"},
-      {"qwen2-moe", 2, 2, "f32", "float16"},   {"qwen3-moe", 4, 3, "bf16", "auto"},
+      {"qwen3", 4, 2, "f16", "bfloat16"},
+      {"phi3", 2, 2, "bf16", "auto"},
+      {"gemma3", 2, 1, "bf16", "float16"},
+      {"mixtral", 4, 2, "bf16", "auto"},
+      {"qwen2-moe", 2, 2, "f32", "float16"},
+      {"qwen3-moe", 4, 3, "bf16", "auto"},
   };
   std::mt19937_64 rng(19);
   for (const Case& c : cases) {
@@ -154,7 +158,8 @@ TEST_F(StreamSharderTest, MatchesShardCheckpointAcrossArchitecturesAndTp) {
       if (rng() % 4 == 0) {
         n = std::min<uint64_t>(n, 1 + rng() % 7);
       }
-      auto fed = sharder->Feed(it->first, it->second, std::string_view(bytes).substr(it->second, n));
+      auto fed =
+          sharder->Feed(it->first, it->second, std::string_view(bytes).substr(it->second, n));
       ASSERT_TRUE(fed) << fed.error().ToString();
       it->second += n;
       if (it->second == bytes.size()) {
