@@ -116,6 +116,7 @@ struct PrefetchOptions {
   std::string engine = "vllm";
   std::string dtype = "auto";
   std::string max_file_size = "5GiB";
+  bool shard_after_download = false;  // shard after the download, not while it runs
   bool force = false;
   TransferFlags transfer;
   bool progress = true;      // a progress bar when stderr is a terminal

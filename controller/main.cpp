@@ -266,6 +266,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   prefetch_cmd->add_option("--max-file-size", prefetch.max_file_size, "Largest shard part")
       ->capture_default_str();
+  prefetch_cmd->add_flag("--shard-after-download", prefetch.shard_after_download,
+                         "Shard once the download is done instead of while it runs");
   prefetch_cmd->add_flag("--force", prefetch.force, "Re-verify local files and re-fetch bad ones");
   TransferFlagText prefetch_transfer;
   AddTransferFlags(prefetch_cmd, prefetch.transfer, prefetch_transfer);

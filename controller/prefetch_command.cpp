@@ -103,6 +103,7 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   ro.transfer.chunk_size = options.transfer.chunk_size;
   ro.transfer.stall_timeout = options.transfer.stall_timeout;
   ro.progress_interval = std::chrono::milliseconds(200);
+  ro.shard_while_downloading = !options.shard_after_download;
   ro.wake = [&](const crds::ObjectKey&) {
     std::lock_guard lock(mu);
     woken = true;

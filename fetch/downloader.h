@@ -14,10 +14,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -36,6 +38,13 @@ struct FileTask {
   std::string incomplete_path;
   // Renamed here (after fsync) only once verified; its directory is created if needed.
   std::string final_path;
+  // Optional: the file's bytes in order, as they are hashed (the data on disk, from the
+  // downloader's memory where it still holds it, else read back): `offset` is where `bytes` start.
+  // It starts again from 0 whenever the file does (resumed after a restart: the data already on
+  // disk first; fetched again after a failed verification or a discarded partial). Called on the
+  // Run's thread; an error fails the Run. Bytes handed over are not verified yet: the file is only
+  // verified once Run returns it. Not called for a file that is already in place.
+  std::function<VoidResult(uint64_t offset, std::string_view bytes)> on_data;
 };
 
 struct FileResult {

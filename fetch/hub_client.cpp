@@ -250,24 +250,57 @@ Error HubClient::MapError(const HttpResponse& response, const std::string& what,
                internal::ServerRetryAfter(response));
 }
 
-Result<HttpResponse> HubClient::GetJson(const std::string& start_url, const std::string& what,
+Result<HttpResponse> HubClient::GetJson(const std::string& url, const std::string& what,
                                         const std::string& type, const std::string& repo,
                                         std::stop_token stop) {
+  return Get(url, what, type, repo, {{"Accept", "application/json"}}, kMaxApiAnswerBytes,
+             /*leave_origin=*/false, std::move(stop));
+}
+
+// Room for the body of a redirect (a short HTML page) on the way to a ranged answer.
+constexpr uint64_t kRedirectBodyBytes = 64 << 10;
+
+Result<std::string> HubClient::GetRange(const std::string& url, uint64_t first, uint64_t count,
+                                        std::stop_token stop) {
+  auto [type, repo] = internal::RepoOf(options_.endpoint, url);
+  std::string what = internal::WithoutQuery(url);
+  if (count == 0) {
+    return std::string();
+  }
+  auto answer =
+      Get(url, what, type, repo, {{"Range", fmt::format("bytes={}-{}", first, first + count - 1)}},
+          count + kRedirectBodyBytes,
+          /*leave_origin=*/true, std::move(stop));
+  if (!answer) {
+    return answer.error();
+  }
+  if (answer->status != 206 || answer->body.size() != count) {
+    return Error(Reason::NetworkError,
+                 fmt::format("{} answered HTTP {} with {} bytes to a request for bytes {}-{}", what,
+                             answer->status, answer->body.size(), first, first + count - 1));
+  }
+  return std::move(answer->body);
+}
+
+Result<HttpResponse> HubClient::Get(const std::string& start_url, const std::string& what,
+                                    const std::string& type, const std::string& repo,
+                                    const HttpHeaders& extra, uint64_t max_body, bool leave_origin,
+                                    std::stop_token stop) {
   int failures = 0;
   Error last;
   while (true) {
     std::string url = start_url;
     Result<HttpResponse> answer = Error(Reason::Internal, "no request sent");
-    // Redirects are followed by hand, on the Hub's origin only: a renamed repo answers 307 with
-    // a relative Location (the token is kept).
+    // Redirects are followed by hand: a renamed repo answers 307 with a relative Location (the
+    // token is kept); a file may be redirected to a CDN (HubHeaders sends it no token).
     for (int hop = 0;; ++hop) {
       HttpRequest req;
       req.url = url;
       req.headers = internal::HubHeaders(options_, url);
-      req.headers.emplace_back("Accept", "application/json");
+      req.headers.insert(req.headers.end(), extra.begin(), extra.end());
       req.stall_timeout = options_.stall_timeout;
       req.stall_bytes_per_second = kStallBytesPerSecond;
-      req.max_body_bytes = kMaxApiAnswerBytes;
+      req.max_body_bytes = max_body;
       answer = HttpClient::Send(req, stop);
       if (!answer || answer->status < 300 || answer->status >= 400) {
         break;
@@ -277,7 +310,8 @@ Result<HttpResponse> HubClient::GetJson(const std::string& start_url, const std:
         break;
       }
       std::string next = internal::ResolveLocation(url, *location);
-      if (internal::Origin(next) != internal::Origin(options_.endpoint) || !IsHttpUrl(next)) {
+      if (!IsHttpUrl(next) ||
+          (!leave_origin && internal::Origin(next) != internal::Origin(options_.endpoint))) {
         answer = Error(Reason::NetworkError,
                        fmt::format("{} redirects to {}, outside {}: API answers are only "
                                    "followed on the Hub's own origin",

@@ -101,6 +101,14 @@ class HubClient {
                         const std::string& endpoint, const std::string& repo,
                         const std::string& type = "model");
 
+  // Bytes [first, first + count) of the file at a /resolve URL (ResolveUrl), the way the engines'
+  // loaders read a safetensors header: a GET with Range, redirects followed as http_get does (to
+  // another host without the token), transient failures retried. NetworkError unless the answer
+  // is 206 with exactly `count` bytes (a server that ignores Range is not read much further than
+  // `count` bytes); otherwise the errors of MapError.
+  Result<std::string> GetRange(const std::string& url, uint64_t first, uint64_t count,
+                               std::stop_token stop = {});
+
   const HubOptions& options() const { return options_; }
 
  private:
@@ -111,6 +119,10 @@ class HubClient {
   Result<HttpResponse> GetJson(const std::string& url, const std::string& what,
                                const std::string& type, const std::string& repo,
                                std::stop_token stop);
+  // GetJson's request with other headers, a body cap, and (leave_origin) redirects to any host.
+  Result<HttpResponse> Get(const std::string& url, const std::string& what, const std::string& type,
+                           const std::string& repo, const HttpHeaders& extra, uint64_t max_body,
+                           bool leave_origin, std::stop_token stop);
 
   HubOptions options_;
 };

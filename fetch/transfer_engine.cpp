@@ -1576,12 +1576,18 @@ VoidResult Job::AdvanceHash(FileState& f, uint64_t& budget) {
       break;
     }
   }
-  auto hash = [&f](std::string_view piece) {
+  auto hash = [&f, &t](std::string_view piece) -> VoidResult {
     f.sha256->Update(piece);
     if (f.sha1) {
       f.sha1->Update(piece);
     }
+    if (t.on_data) {
+      if (auto r = t.on_data(f.hashed, piece); !r) {
+        return r;
+      }
+    }
     f.hashed += piece.size();
+    return {};
   };
   std::string buf;
   while (f.hashed < limit && budget > 0) {
@@ -1592,7 +1598,9 @@ VoidResult Job::AdvanceHash(FileState& f, uint64_t& budget) {
       Block* b = held->second;
       if (b->offset + b->len > f.hashed) {
         auto skip = static_cast<size_t>(f.hashed - b->offset);
-        hash(std::string_view(b->data.get() + skip, b->len - skip));
+        if (auto r = hash(std::string_view(b->data.get() + skip, b->len - skip)); !r) {
+          return r;
+        }
         hashed_from_memory_ += b->len - skip;
         budget -= std::min<uint64_t>(budget, b->len - skip);
       }
@@ -1616,7 +1624,9 @@ VoidResult Job::AdvanceHash(FileState& f, uint64_t& budget) {
                    "cannot read " + t.incomplete_path + ": " +
                        (n < 0 ? ErrnoMessage(errno) : std::string("unexpected end of file")));
     }
-    hash(std::string_view(buf.data(), static_cast<size_t>(n)));
+    if (auto r = hash(std::string_view(buf.data(), static_cast<size_t>(n))); !r) {
+      return r;
+    }
     hashed_from_file_ += static_cast<uint64_t>(n);
     budget -= std::min<uint64_t>(budget, static_cast<uint64_t>(n));
   }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
@@ -27,7 +28,9 @@
 #include "common/units.h"
 #include "fetch/s3_pull.h"
 #include "fetch/s3_stream.h"
+#include "shard/safetensors.h"
 #include "shard/shard_plan.h"
+#include "shard/sharder.h"
 #include "store/gc.h"
 
 namespace modelcache::reconcilers {
@@ -129,6 +132,46 @@ void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
   }
 }
 
+// Puts one small file of the selection (config.json, the safetensors index) in the store, unless
+// it is there already. REQUIRES: the repo lock is held.
+VoidResult EnsureBlob(const CacheJobInputs& in, const fetch::HubClient& hub,
+                      store::LocalStore& store, const store::RepoRef& repo,
+                      const std::string& commit, const fetch::RepoFile& file,
+                      std::stop_token stop) {
+  bool present = store.HasBlob(repo, file.etag(), file.size);
+  if (!present) {
+    auto adopted = store.AdoptBlob(repo, file.etag(), file.size);
+    if (!adopted) {
+      return adopted.error();
+    }
+    present = *adopted;
+  }
+  if (present) {
+    return {};
+  }
+  fetch::FileTask t;
+  t.path = file.path;
+  t.url = hub.ResolveUrl(repo.type, repo.id, commit, file.path);
+  t.size = file.size;
+  if (file.lfs_sha256) {
+    t.expected_sha256 = file.lfs_sha256;
+  } else {
+    t.expected_git_sha1 = file.blob_id;
+  }
+  t.incomplete_path = store.IncompletePath(repo, file.etag());
+  t.final_path = store.BlobPath(repo, file.etag());
+  std::vector<fetch::FileTask> tasks = {t};
+  fetch::TransferProgress progress;
+  auto results = in.transfer_factory(in.hub)->Run(tasks, progress, std::move(stop));
+  if (in.observer != nullptr) {
+    ReportDownloaded(tasks, results, in);
+  }
+  if (!results) {
+    return results.error();
+  }
+  return {};
+}
+
 // A sharded artifact is planned from config.json alone (shard::PlanFromConfig): fetch that one
 // file first and refuse an architecture, a quantized checkpoint or a tensor-parallel size the
 // sharder cannot serve before any weight is downloaded. The blob stays in the store; the download
@@ -145,35 +188,8 @@ VoidResult CheckShardConfig(const CacheJobInputs& in, fetch::HubClient& hub,
                  "spec.shard needs config.json, which the selected files of " + repo.id + " at " +
                      commit + " do not include");
   }
-  bool present = store.HasBlob(repo, config->etag(), config->size);
-  if (!present) {
-    auto adopted = store.AdoptBlob(repo, config->etag(), config->size);
-    if (!adopted) {
-      return adopted.error();
-    }
-    present = *adopted;
-  }
-  if (!present) {
-    fetch::FileTask t;
-    t.path = config->path;
-    t.url = hub.ResolveUrl(repo.type, repo.id, commit, config->path);
-    t.size = config->size;
-    if (config->lfs_sha256) {
-      t.expected_sha256 = config->lfs_sha256;
-    } else {
-      t.expected_git_sha1 = config->blob_id;
-    }
-    t.incomplete_path = store.IncompletePath(repo, config->etag());
-    t.final_path = store.BlobPath(repo, config->etag());
-    std::vector<fetch::FileTask> tasks = {t};
-    fetch::TransferProgress progress;
-    auto results = in.transfer_factory(in.hub)->Run(tasks, progress, stop);
-    if (in.observer != nullptr) {
-      ReportDownloaded(tasks, results, in);
-    }
-    if (!results) {
-      return results.error();
-    }
+  if (auto r = EnsureBlob(in, hub, store, repo, commit, *config, std::move(stop)); !r) {
+    return r;
   }
   auto text = ReadFile(store.BlobPath(repo, config->etag()));
   if (!text) {
@@ -190,6 +206,215 @@ VoidResult CheckShardConfig(const CacheJobInputs& in, fetch::HubClient& hub,
     return plan.error();
   }
   return {};
+}
+
+// The sharder's options for this spec, reading `src` and writing `out`.
+Result<shard::ShardOptions> ShardOptionsFor(const CacheJobInputs& in, const std::string& src,
+                                            const std::string& out) {
+  const crds::ShardSpec& shard = *in.spec.shard;
+  auto max_size = ParseByteSize(shard.max_file_size);
+  if (!max_size) {
+    return Error(Reason::InvalidSpec, "spec.shard.maxFileSize: " + max_size.error().message);
+  }
+  shard::ShardOptions opts;
+  opts.src_dir = src;
+  opts.out_dir = out;
+  opts.tensor_parallel_size = shard.tensor_parallel_size.value_or(1);  // defaulted
+  opts.engine = shard.engine;
+  opts.dtype = shard.dtype;
+  opts.max_file_size = *max_size;
+  opts.threads = in.shard_threads;
+  return opts;
+}
+
+// The first bytes of a weight file, through the end of its safetensors header: from the blob if
+// the store has it, else with two ranged requests (the 8-byte length, then the header), as the
+// engines' loaders read a header. An empty string when the length is not a plausible header's
+// (the sharder then reads the file itself and reports what is wrong with it).
+Result<std::string> ReadHeaderBytes(fetch::HubClient& hub, const store::LocalStore& store,
+                                    const store::RepoRef& repo, const std::string& commit,
+                                    const fetch::RepoFile& f, std::stop_token stop) {
+  if (f.size < 8) {
+    return std::string();
+  }
+  std::string blob = store.BlobPath(repo, f.etag());
+  auto read = [&](uint64_t first, uint64_t count) -> Result<std::string> {
+    if (store.HasBlob(repo, f.etag(), f.size)) {
+      auto bytes = ReadFile(blob, first + count);
+      if (!bytes) {
+        return bytes.error();
+      }
+      return bytes->substr(first, count);
+    }
+    return hub.GetRange(hub.ResolveUrl(repo.type, repo.id, commit, f.path), first, count, stop);
+  };
+  auto length = read(0, 8);
+  if (!length) {
+    return length.error();
+  }
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) {
+    n = (n << 8) | static_cast<unsigned char>((*length)[static_cast<size_t>(i)]);
+  }
+  if (n > shard::kMaxHeaderSize || n > f.size - 8) {
+    return std::string();
+  }
+  auto header = read(8, n);
+  if (!header) {
+    return header.error();
+  }
+  return *length + *header;
+}
+
+// Sharding while downloading (docs/sharding.md): the rank files live in a staging directory
+// created before the download and are written as the weight files' bytes are hashed.
+struct StreamingShard {
+  std::string staging;
+  std::string src;  // MakeShardSource's directory: links to the blobs, which may not exist yet
+  std::unique_ptr<shard::StreamSharder> sharder;
+  StreamingShard() = default;
+  StreamingShard(const StreamingShard&) = delete;
+  StreamingShard& operator=(const StreamingShard&) = delete;
+  ~StreamingShard() {
+    std::error_code ec;
+    fs::remove_all(src, ec);
+  }
+};
+
+// Plans the shard from config.json, the index and each weight file's header and creates the rank
+// files, before any weight is downloaded. nullptr (logged) when a header cannot be fetched: the
+// sharder then runs after the download, as without streaming. REQUIRES: the repo lock is held and
+// CheckShardConfig passed.
+Result<std::unique_ptr<StreamingShard>> StartStreamingShard(
+    const CacheJobInputs& in, fetch::HubClient& hub, store::LocalStore& store,
+    const store::RepoRef& repo, const std::string& commit,
+    const std::vector<fetch::RepoFile>& files, CacheJobState& state, std::stop_token stop) {
+  std::optional<std::string> index;
+  std::map<std::string, shard::Checkpoint::HeaderBytes> headers;
+  const fetch::RepoFile* config = nullptr;
+  for (const auto& f : files) {
+    if (f.path == "config.json") {
+      config = &f;
+    } else if (f.path == "model.safetensors.index.json") {
+      if (auto r = EnsureBlob(in, hub, store, repo, commit, f, stop); !r) {
+        return r.error();
+      }
+      auto text = ReadFile(store.BlobPath(repo, f.etag()));
+      if (!text) {
+        return text.error();
+      }
+      index = std::move(*text);
+    } else if (f.path.find('/') == std::string::npos && f.path.size() > 12 &&
+               f.path.substr(f.path.size() - 12) == ".safetensors") {
+      auto bytes = ReadHeaderBytes(hub, store, repo, commit, f, stop);
+      if (!bytes && bytes.error().reason == Reason::Cancelled) {
+        return bytes.error();
+      }
+      if (!bytes || bytes->empty()) {
+        spdlog::warn(
+            "{}: cannot read the safetensors header of {} ({}); sharding after the "
+            "download instead",
+            in.key.ToString(), f.path,
+            bytes ? std::string("implausible header length") : bytes.error().ToString());
+        return std::unique_ptr<StreamingShard>();
+      }
+      headers[f.path] = {f.size, std::move(*bytes)};
+    }
+  }
+  auto config_text = ReadFile(store.BlobPath(repo, config->etag()));
+  if (!config_text) {
+    return config_text.error();
+  }
+  auto streaming = std::make_unique<StreamingShard>();
+  auto src = MakeShardSource(store, repo, files);
+  if (!src) {
+    return src.error();
+  }
+  streaming->src = *src;
+  auto staging = store.CreateStaging(in.spec.artifact_name);
+  if (!staging) {
+    return staging.error();
+  }
+  streaming->staging = *staging;
+  auto opts = ShardOptionsFor(in, streaming->src, streaming->staging);
+  if (!opts) {
+    return opts.error();
+  }
+  auto ckpt = shard::Checkpoint::FromHeaders(streaming->src, index, headers);
+  if (!ckpt) {
+    return ckpt.error();
+  }
+  auto sharder = shard::StreamSharder::Create(*opts, *config_text, std::move(*ckpt), state.shard);
+  if (!sharder) {
+    return sharder.error();
+  }
+  streaming->sharder = std::move(*sharder);
+  spdlog::info("{}: sharding while downloading: {} weight files planned from their headers",
+               in.key.ToString(), headers.size());
+  return streaming;
+}
+
+// Shards the downloaded checkpoint into `staging` (without streaming, or when it fell back).
+Result<shard::ShardResult> ShardAfterDownload(const CacheJobInputs& in,
+                                              const store::LocalStore& store,
+                                              const store::RepoRef& repo,
+                                              const std::vector<fetch::RepoFile>& files,
+                                              const std::string& staging, CacheJobState& state,
+                                              std::stop_token stop) {
+  auto src = MakeShardSource(store, repo, files);
+  if (!src) {
+    return src.error();
+  }
+  auto opts = ShardOptionsFor(in, *src, staging);
+  auto sharded = opts ? shard::ShardCheckpoint(*opts, state.shard, std::move(stop))
+                      : Result<shard::ShardResult>(opts.error());
+  std::error_code ec;
+  fs::remove_all(*src, ec);
+  return sharded;
+}
+
+// The manifest entries of the sharded files: each file's sha256, `threads` files at a time (the
+// rank files are read back once, from the page cache as a rule, and hashing is CPU-bound).
+Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
+                                                        const std::vector<std::string>& files,
+                                                        int threads) {
+  std::vector<std::optional<Result<std::string>>> digests(files.size());
+  std::atomic<size_t> next{0};
+  {
+    std::vector<std::jthread> workers;
+    for (int i = 0; i < std::max(1, threads); ++i) {
+      workers.emplace_back([&] {
+        for (size_t k = next.fetch_add(1); k < files.size(); k = next.fetch_add(1)) {
+          digests[k] = Sha256File(dir + "/" + files[k]);
+        }
+      });
+    }
+  }
+  std::vector<store::ManifestFile> out;
+  for (size_t k = 0; k < files.size(); ++k) {
+    if (!*digests[k]) {
+      return digests[k]->error();
+    }
+    std::error_code ec;
+    auto size = fs::file_size(dir + "/" + files[k], ec);
+    if (ec) {
+      return Error(Reason::StorageError,
+                   "cannot stat " + dir + "/" + files[k] + ": " + ec.message());
+    }
+    out.push_back({files[k], static_cast<uint64_t>(size), **digests[k]});
+  }
+  return out;
+}
+
+// Hands the weight files' bytes to the streaming sharder as the transfer hashes them.
+void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharder) {
+  for (auto& t : tasks) {
+    if (sharder.Wants(t.path)) {
+      t.on_data = [&sharder, path = t.path](uint64_t offset, std::string_view bytes) {
+        return sharder.Feed(path, offset, bytes);
+      };
+    }
+  }
 }
 
 // Uploads a locally published version (sharded, or pulled from another S3 store) to the S3 store
@@ -724,9 +949,17 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       return r.error();
     }
   }
+  std::unique_ptr<StreamingShard> streaming;
   if (spec.shard) {
     if (auto checked = CheckShardConfig(in, hub, store, repo, *commit, files, stop); !checked) {
       return checked.error();
+    }
+    if (in.shard_while_downloading) {
+      auto started = StartStreamingShard(in, hub, store, repo, *commit, files, state, stop);
+      if (!started) {
+        return started.error();
+      }
+      streaming = std::move(*started);
     }
   }
   std::vector<fetch::FileTask> tasks;
@@ -780,6 +1013,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
 
   // Download.
   state.phase = JobPhase::Downloading;
+  if (streaming) {
+    FeedShard(tasks, *streaming->sharder);
+  }
   uint64_t total = 0;
   for (const auto& f : files) {
     total += f.size;
@@ -869,51 +1105,34 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
 
   // Stage the artifact: the files themselves, or the sharded checkpoint.
   store::ArtifactManifest manifest = SourceManifest(spec, repo, *commit);
-  auto staging = store.CreateStaging(spec.artifact_name);
+  auto staging =
+      streaming ? Result<std::string>(streaming->staging) : store.CreateStaging(spec.artifact_name);
   if (!staging) {
     return staging.error();
   }
   auto discard_staging = [&] { (void)store.DiscardStaging(*staging); };
   if (spec.shard) {
     state.phase = JobPhase::Sharding;
-    auto src = MakeShardSource(store, repo, files);
-    if (!src) {
-      discard_staging();
-      return src.error();
-    }
-    auto max_size = ParseByteSize(spec.shard->max_file_size);
-    if (!max_size) {
-      discard_staging();
-      return Error(Reason::InvalidSpec, "spec.shard.maxFileSize: " + max_size.error().message);
-    }
-    shard::ShardOptions opts;
-    opts.src_dir = *src;
-    opts.out_dir = *staging;
-    opts.tensor_parallel_size = spec.shard->tensor_parallel_size.value_or(1);  // defaulted
-    opts.engine = spec.shard->engine;
-    opts.dtype = spec.shard->dtype;
-    opts.max_file_size = *max_size;
-    opts.threads = in.shard_threads;
     auto shard_start = std::chrono::steady_clock::now();
-    auto sharded = shard::ShardCheckpoint(opts, state.shard, stop);
+    auto sharded = streaming ? streaming->sharder->Finish(stop)
+                             : ShardAfterDownload(in, store, repo, files, *staging, state, stop);
     if (sharded && in.observer != nullptr) {
       in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
     }
-    std::error_code ec;
-    fs::remove_all(*src, ec);
+    if (sharded && streaming) {
+      spdlog::info("{}: sharded while downloading; {} of the weights read back from the store",
+                   in.key.ToString(), FormatBytes(streaming->sharder->bytes_read_back()));
+    }
     if (!sharded) {
       discard_staging();
       return sharded.error();
     }
-    for (const auto& rel : sharded->files) {
-      std::string path = *staging + "/" + rel;
-      auto h = Sha256File(path);
-      if (!h) {
-        discard_staging();
-        return h.error();
-      }
-      manifest.files.push_back({rel, static_cast<uint64_t>(fs::file_size(path, ec)), *h});
+    auto hashed = HashShardFiles(*staging, sharded->files, in.shard_threads);
+    if (!hashed) {
+      discard_staging();
+      return hashed.error();
     }
+    manifest.files = std::move(*hashed);
     manifest.shard = sharded->settings;
   } else {
     for (size_t i = 0; i < files.size(); ++i) {

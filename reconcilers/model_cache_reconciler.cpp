@@ -714,6 +714,7 @@ struct ModelCacheReconciler::Impl {
     in.verify_existing = verify_existing;
     in.pinned_commit = std::move(pinned_commit);
     in.shard_threads = options.shard_threads;
+    in.shard_while_downloading = options.shard_while_downloading;
     in.transfer_factory = options.transfer_factory;
     in.observer = options.observer;
     {

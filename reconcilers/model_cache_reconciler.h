@@ -90,6 +90,8 @@ struct ReconcilerOptions {
   fetch::TransferEngineOptions transfer;
   // Threads a shard job uses.
   int shard_threads = 2;
+  // spec.shard: write the rank files while the weights download (false: after the download).
+  bool shard_while_downloading = true;
   // How often a running job's progress is reported.
   std::chrono::milliseconds progress_interval{1000};
   // Retry policy of Hub requests within a job.

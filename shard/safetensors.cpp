@@ -207,21 +207,53 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(std::string_view text, uint64_t
   return header;
 }
 
-Result<SafetensorsHeader> ParseSafetensors(std::string_view image, std::string_view file) {
-  if (image.size() < 8) {
+namespace {
+
+// Validates the length prefix and header at the start of `prefix`, the first bytes of a file of
+// `file_size` bytes.
+Result<SafetensorsHeader> ParsePrefix(std::string_view prefix, uint64_t file_size,
+                                      std::string_view file) {
+  if (file_size < 8 || prefix.size() < 8) {
     return Invalid(
-        file, "shorter than the 8-byte header length (" + std::to_string(image.size()) + " bytes)");
+        file, "shorter than the 8-byte header length (" + std::to_string(file_size) + " bytes)");
   }
-  uint64_t n = ReadLe64(reinterpret_cast<const unsigned char*>(image.data()));
+  uint64_t n = ReadLe64(reinterpret_cast<const unsigned char*>(prefix.data()));
   if (n > kMaxHeaderSize) {
     return Invalid(file, "header length " + std::to_string(n) + " exceeds the limit of " +
                              std::to_string(kMaxHeaderSize));
   }
-  if (n > image.size() - 8) {
+  if (n > file_size - 8) {
     return Invalid(file, "header length " + std::to_string(n) + " runs past the end of the file (" +
-                             std::to_string(image.size()) + " bytes)");
+                             std::to_string(file_size) + " bytes)");
   }
-  return ParseSafetensorsHeader(image.substr(8, n), image.size() - 8 - n, file);
+  if (n > prefix.size() - 8) {
+    return Invalid(file, "only " + std::to_string(prefix.size()) + " bytes of its " +
+                             std::to_string(n + 8) + "-byte header were given");
+  }
+  return ParseSafetensorsHeader(prefix.substr(8, n), file_size - 8 - n, file);
+}
+
+}  // namespace
+
+Result<SafetensorsHeader> ParseSafetensors(std::string_view image, std::string_view file) {
+  return ParsePrefix(image, image.size(), file);
+}
+
+Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromHeader(const std::string& path,
+                                                                     uint64_t file_size,
+                                                                     std::string_view prefix) {
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = path;
+  auto header = ParsePrefix(prefix, file_size, path);
+  if (!header) {
+    return header.error();
+  }
+  f->header_ = std::move(*header);
+  f->data_offset_ = 8 + ReadLe64(reinterpret_cast<const unsigned char*>(prefix.data()));
+  for (size_t i = 0; i < f->header_.tensors.size(); ++i) {
+    f->by_name_.emplace(f->header_.tensors[i].name, i);
+  }
+  return f;
 }
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
@@ -287,24 +319,68 @@ void SafetensorsFile::Release(uint64_t begin, uint64_t end) const {
 
 Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
   namespace fs = std::filesystem;
-  std::unique_ptr<Checkpoint> ckpt(new Checkpoint());
-  std::vector<std::string> names;
   std::string index_path = dir + "/model.safetensors.index.json";
   std::error_code ec;
-  std::map<std::string, std::string> weight_map;
+  std::optional<std::string> index;
+  std::vector<std::string> listed;
   if (fs::exists(index_path, ec)) {
     auto text = ReadFile(index_path);
     if (!text) {
       return text.error();
     }
-    json index = json::parse(*text, nullptr, /*allow_exceptions=*/false);
-    if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
-        !index["weight_map"].is_object()) {
+    index = std::move(*text);
+  } else {
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      if (e.is_regular_file() && e.path().extension() == ".safetensors") {
+        listed.push_back(e.path().filename().string());
+      }
+    }
+    if (ec) {
+      return Error(Reason::StorageError, "cannot list " + dir + ": " + ec.message());
+    }
+  }
+  return Assemble(dir, index, std::move(listed),
+                  [](const std::string& path) { return SafetensorsFile::Open(path); });
+}
+
+Result<std::unique_ptr<Checkpoint>> Checkpoint::FromHeaders(
+    const std::string& dir, const std::optional<std::string>& index,
+    const std::map<std::string, HeaderBytes>& headers) {
+  std::vector<std::string> listed;
+  for (const auto& [name, bytes] : headers) {
+    if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") {
+      listed.push_back(name);
+    }
+  }
+  const size_t prefix = dir.size() + 1;
+  return Assemble(dir, index, std::move(listed),
+                  [&](const std::string& path) -> Result<std::unique_ptr<SafetensorsFile>> {
+                    auto it = headers.find(path.substr(prefix));
+                    if (it == headers.end()) {
+                      return Error(Reason::ShardConfigInvalid, path + ": no header was read");
+                    }
+                    return SafetensorsFile::FromHeader(path, it->second.file_size,
+                                                       it->second.prefix);
+                  });
+}
+
+Result<std::unique_ptr<Checkpoint>> Checkpoint::Assemble(
+    const std::string& dir, const std::optional<std::string>& index,
+    std::vector<std::string> listed,
+    const std::function<Result<std::unique_ptr<SafetensorsFile>>(const std::string&)>& open) {
+  std::unique_ptr<Checkpoint> ckpt(new Checkpoint());
+  std::vector<std::string> names;
+  std::string index_path = dir + "/model.safetensors.index.json";
+  std::map<std::string, std::string> weight_map;
+  if (index) {
+    json parsed = json::parse(*index, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_discarded() || !parsed.is_object() || !parsed.contains("weight_map") ||
+        !parsed["weight_map"].is_object()) {
       return Error(Reason::ShardConfigInvalid,
                    index_path + ": not a safetensors index (no weight_map object)");
     }
     std::set<std::string> files;
-    for (const auto& [tensor, file] : index["weight_map"].items()) {
+    for (const auto& [tensor, file] : parsed["weight_map"].items()) {
       if (!file.is_string()) {
         return Error(Reason::ShardConfigInvalid,
                      Cat({index_path, ": weight_map entry for '", tensor, "' is not a file name"}));
@@ -319,21 +395,14 @@ Result<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
     }
     names.assign(files.begin(), files.end());
   } else {
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-      if (e.is_regular_file() && e.path().extension() == ".safetensors") {
-        names.push_back(e.path().filename().string());
-      }
-    }
-    if (ec) {
-      return Error(Reason::StorageError, "cannot list " + dir + ": " + ec.message());
-    }
+    names = std::move(listed);
     std::sort(names.begin(), names.end());
   }
   if (names.empty()) {
     return Error(Reason::ShardConfigInvalid, dir + " holds no *.safetensors weights");
   }
   for (size_t i = 0; i < names.size(); ++i) {
-    auto file = SafetensorsFile::Open(dir + "/" + names[i]);
+    auto file = open(dir + "/" + names[i]);
     if (!file) {
       return file.error();
     }

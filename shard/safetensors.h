@@ -15,8 +15,10 @@
 // ShardConfigInvalid naming the file and, where there is one, the tensor.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -61,6 +63,13 @@ class SafetensorsFile {
   // Maps and validates `path`. StorageError if it cannot be opened or mapped; ShardConfigInvalid
   // if it is not a valid safetensors file.
   static Result<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // The same file known from its first bytes only (the length prefix and the header, as a loader
+  // reads them with a ranged request), validated against `file_size`: nothing is mapped, so data(),
+  // fd() and Release() must not be used. ShardConfigInvalid as for Open, or if `prefix` is shorter
+  // than the header it announces.
+  static Result<std::unique_ptr<SafetensorsFile>> FromHeader(const std::string& path,
+                                                             uint64_t file_size,
+                                                             std::string_view prefix);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -105,6 +114,18 @@ class Checkpoint {
   };
 
   static Result<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
+  // The checkpoint of `dir` known from its files' headers alone (SafetensorsFile::FromHeader):
+  // `index` is the text of model.safetensors.index.json if the checkpoint has one; `headers` maps
+  // each top-level *.safetensors file name to its size and first bytes (at least the length
+  // prefix and the header). The files are chosen and checked exactly as Open does;
+  // ShardConfigInvalid also when a file the index names has no entry in `headers`.
+  struct HeaderBytes {
+    uint64_t file_size = 0;
+    std::string prefix;
+  };
+  static Result<std::unique_ptr<Checkpoint>> FromHeaders(
+      const std::string& dir, const std::optional<std::string>& index,
+      const std::map<std::string, HeaderBytes>& headers);
 
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   // nullptr if absent.
@@ -116,6 +137,12 @@ class Checkpoint {
 
  private:
   Checkpoint() = default;
+  // Open and FromHeaders: the file names chosen (by the index, or every listed name), each opened
+  // by `open`, the weight map checked.
+  static Result<std::unique_ptr<Checkpoint>> Assemble(
+      const std::string& dir, const std::optional<std::string>& index,
+      std::vector<std::string> listed,
+      const std::function<Result<std::unique_ptr<SafetensorsFile>>(const std::string&)>& open);
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, Entry, std::less<>> entries_;
 };

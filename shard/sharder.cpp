@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -321,6 +323,254 @@ VoidResult RemoveStaleRankFiles(const std::string& dir) {
   return {};
 }
 
+// What both ways of sharding decide before any tensor byte moves: the options checked, the
+// engine layout, config.json and the plan.
+struct Prepared {
+  std::optional<DType> target;
+  EngineLayout layout;
+  json config;
+  ShardPlan plan;
+};
+
+Result<Prepared> Prepare(const ShardOptions& options, std::string_view config_text,
+                         const std::string& config_path) {
+  if (options.tensor_parallel_size < 1) {
+    return Error(Reason::InvalidSpec, "tensorParallelSize must be at least 1, not " +
+                                          std::to_string(options.tensor_parallel_size));
+  }
+  if (options.max_file_size == 0) {
+    return Error(Reason::InvalidSpec, "maxFileSize must be positive");
+  }
+  if (options.threads < 1) {
+    return Error(Reason::InvalidSpec, "threads must be at least 1");
+  }
+  {
+    std::error_code ec;
+    if (fs::exists(options.out_dir, ec) && fs::equivalent(options.src_dir, options.out_dir, ec)) {
+      return Error(Reason::InvalidSpec, "output directory " + options.out_dir +
+                                            " is the checkpoint directory; shard into another one");
+    }
+  }
+  auto target = ParseTargetDType(options.dtype);
+  if (!target) {
+    return target.error();
+  }
+  auto layout = ResolveEngineLayout(options.engine, options.engine_release);
+  if (!layout) {
+    return layout.error();
+  }
+  json config = json::parse(config_text, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) {
+    return Error(Reason::ShardConfigInvalid, config_path + " is not valid JSON");
+  }
+  auto plan = PlanFromConfig(config, layout->engine, layout->release, options.tensor_parallel_size);
+  if (!plan) {
+    // PlanFromConfig knows the file only as "config.json"; the user needs to know which one.
+    return Error(plan.error().reason, config_path + ": " + plan.error().message);
+  }
+  return Prepared{*target, std::move(*layout), std::move(config), std::move(*plan)};
+}
+
+// One piece of a rank tensor read from the checkpoint: `op.rows` source rows from `op.src_row`,
+// columns [op.src_col, op.src_col + op.width).
+struct SourceOp {
+  const Checkpoint::Entry* src = nullptr;
+  Op op;
+};
+
+// The rank files, created with their headers and sizes, and every copy and fill that fills them.
+struct RankFiles {
+  std::vector<std::unique_ptr<SafetensorsWriter>> writers;
+  std::vector<std::string> files;
+  std::vector<int64_t> parts_per_rank;
+  std::vector<SourceOp> copies;  // in plan order
+  std::vector<Job> fills;
+  uint64_t total_bytes = 0;
+};
+
+Result<RankFiles> CreateRankFiles(const ShardOptions& options, const Prepared& prep,
+                                  const Checkpoint& ckpt) {
+  const ShardPlan& plan = prep.plan;
+  if (auto r = CheckSources(plan, ckpt, options.src_dir); !r) {
+    return r.error();
+  }
+  if (auto r = MakeDirs(options.out_dir); !r) {
+    return r.error();
+  }
+  if (auto r = RemoveStaleRankFiles(options.out_dir); !r) {
+    return r.error();
+  }
+  // Cut each rank into parts the way save_model does: walk the state dict in order and start a
+  // new part when the next tensor would take this one past max_file_size.
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  RankFiles out;
+  for (int64_t rank = 0; rank < plan.tensor_parallel_size; ++rank) {
+    const auto& tensors = plan.ranks[static_cast<size_t>(rank)];
+    std::vector<std::vector<size_t>> parts;  // indices into tensors
+    uint64_t part_bytes = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      TensorSpec spec{tensors[i].name, ResolveDType(tensors[i], prep.target, ckpt),
+                      tensors[i].shape};
+      uint64_t bytes = SpecBytes(spec);
+      if (parts.empty() || (part_bytes + bytes > options.max_file_size && !parts.back().empty())) {
+        parts.emplace_back();
+        part_bytes = 0;
+      }
+      parts.back().push_back(i);
+      part_bytes += bytes;
+    }
+    out.parts_per_rank.push_back(static_cast<int64_t>(parts.size()));
+    for (size_t part = 0; part < parts.size(); ++part) {
+      std::vector<TensorSpec> specs;
+      for (size_t i : parts[part]) {
+        specs.push_back(
+            {tensors[i].name, ResolveDType(tensors[i], prep.target, ckpt), tensors[i].shape});
+      }
+      auto file_layout = SafetensorsLayout::Make(std::move(specs), metadata);
+      if (!file_layout) {
+        return file_layout.error();
+      }
+      std::string name = RankFileName(prep.layout, rank, static_cast<int64_t>(part));
+      auto writer =
+          SafetensorsWriter::Create(options.out_dir + "/" + name, std::move(*file_layout));
+      if (!writer) {
+        return writer.error();
+      }
+      out.files.push_back(name);
+      SafetensorsWriter* w = writer->get();
+      out.writers.push_back(std::move(*writer));
+      for (size_t i : parts[part]) {
+        const RankTensor& t = tensors[i];
+        const TensorInfo* info = w->layout().Find(t.name);
+        const DType dtype = info->dtype;
+        const uint64_t out_row = static_cast<uint64_t>(t.row_width()) * DTypeSize(dtype);
+        const uint64_t base = w->layout().data_offset() + info->begin;
+        out.total_bytes += info->size();
+        int64_t dst_row = 0;
+        for (const Piece& p : t.pieces) {
+          const uint64_t dst = base + static_cast<uint64_t>(dst_row) * out_row;
+          dst_row += p.rows;
+          if (p.kind != Piece::Kind::Copy) {
+            // Fills are tiny (vocab padding rows, scalar buffers); split only to bound buffers.
+            int64_t rows_per_job =
+                std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / out_row));
+            for (int64_t row = 0; row < p.rows; row += rows_per_job) {
+              Job job;
+              job.fill = p.kind;
+              job.ops.push_back(Op{w, dst + static_cast<uint64_t>(row) * out_row, 0,
+                                   std::min(rows_per_job, p.rows - row), 0, t.row_width(), dtype});
+              out.fills.push_back(std::move(job));
+            }
+            continue;
+          }
+          const Checkpoint::Entry* e = ckpt.Find(p.source);
+          const int64_t src_rows = e->info->shape.empty() ? 1 : e->info->shape[0];
+          const int64_t src_cols = e->info->shape.size() >= 2 ? e->info->shape[1] : 1;
+          if (p.src_row < 0 || p.rows < 0 || p.src_row + p.rows > src_rows ||
+              p.src_col + t.row_width() > src_cols) {
+            return Error(Reason::Internal, "plan reads outside '" + p.source + "' for " + t.name);
+          }
+          out.copies.push_back(
+              SourceOp{e, Op{w, dst, p.src_row, p.rows, p.src_col, t.row_width(), dtype}});
+        }
+        if (dst_row != t.rows()) {
+          return Error(Reason::Internal, "plan for " + t.name + " fills " +
+                                             std::to_string(dst_row) + " of " +
+                                             std::to_string(t.rows()) + " rows");
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// The checkpoint's non-weight files to carry over, sorted, and their total size.
+Result<std::pair<std::vector<std::string>, uint64_t>> ListExtraFiles(const std::string& dir) {
+  std::vector<std::string> extra;
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (e.is_regular_file() && IsNonWeightFile(name)) {
+      extra.push_back(name);
+      bytes += e.file_size();
+    }
+  }
+  if (ec) {
+    return Error(Reason::StorageError, "cannot list " + dir + ": " + ec.message());
+  }
+  std::sort(extra.begin(), extra.end());
+  return std::make_pair(std::move(extra), bytes);
+}
+
+// Once every tensor byte is written: closes the rank files, copies the non-weight files and
+// describes the result.
+Result<ShardResult> FinishOutputs(const ShardOptions& options, const Prepared& prep,
+                                  RankFiles& rank_files, const std::vector<std::string>& extra,
+                                  ShardProgress& progress, const std::stop_token& stop) {
+  for (auto& w : rank_files.writers) {
+    if (auto r = w->Finish(options.fsync); !r) {
+      return r.error();
+    }
+  }
+  std::vector<std::string> files = rank_files.files;
+  for (const auto& name : extra) {
+    if (stop.stop_requested()) {
+      return Error(Reason::Cancelled, "sharding cancelled");
+    }
+    auto content = ReadFile(options.src_dir + "/" + name);
+    if (!content) {
+      return content.error();
+    }
+    uint64_t size = content->size();
+    if (name == "config.json" && prep.target) {
+      // The weights are now in the target dtype; say so, or `--dtype auto` would build the model
+      // in the old dtype and round every weight a second time while loading.
+      json out = prep.config;
+      std::string dtype_name(TargetDTypeName(*prep.target));
+      out["torch_dtype"] = dtype_name;
+      if (out.contains("dtype")) {
+        out["dtype"] = dtype_name;
+      }
+      *content = out.dump(2) + "\n";
+    }
+    if (auto r = WriteWholeFile(options.out_dir + "/" + name, *content, options.fsync); !r) {
+      return r.error();
+    }
+    progress.bytes_done.fetch_add(size);
+    files.push_back(name);
+  }
+  if (options.fsync) {
+    if (auto r = SyncDir(options.out_dir); !r) {
+      return r.error();
+    }
+  }
+  std::sort(files.begin(), files.end());
+
+  const EngineLayout& layout = prep.layout;
+  const ShardPlan& plan = prep.plan;
+  ShardResult result;
+  result.files = std::move(files);
+  json& s = result.settings;
+  s["engine"] = layout.engine;
+  s["engineRelease"] = layout.release;
+  s["engineReleases"] =
+      layout.engine == "vllm" && plan.model.table->moe ? layout.moe_compatible : layout.compatible;
+  s["loadFormat"] = "sharded_state";
+  s["filePattern"] = layout.file_pattern;
+  s["tensorParallelSize"] = plan.tensor_parallel_size;
+  s["dtype"] = prep.target ? std::string(TargetDTypeName(*prep.target)) : std::string("auto");
+  s["maxFileSize"] = options.max_file_size;
+  s["architecture"] = plan.model.architecture;
+  s["modelType"] = plan.model.model_type;
+  s["vocabSize"] = plan.model.vocab_size;
+  s["paddedVocabSize"] = plan.padded_vocab;
+  s["attentionScaleBuffers"] = layout.attention_scale_buffers;
+  s["partsPerRank"] = rank_files.parts_per_rank;
+  s["sharder"] = "modelcache-shard/1";
+  return result;
+}
+
 }  // namespace
 
 bool IsNonWeightFile(std::string_view name) {
@@ -352,255 +602,374 @@ bool IsNonWeightFile(std::string_view name) {
 Result<ShardResult> ShardCheckpoint(
     const ShardOptions& options, ShardProgress& progress,
     std::stop_token stop) {  // NOLINT(performance-unnecessary-value-param)
-  if (options.tensor_parallel_size < 1) {
-    return Error(Reason::InvalidSpec, "tensorParallelSize must be at least 1, not " +
-                                          std::to_string(options.tensor_parallel_size));
-  }
-  if (options.max_file_size == 0) {
-    return Error(Reason::InvalidSpec, "maxFileSize must be positive");
-  }
-  if (options.threads < 1) {
-    return Error(Reason::InvalidSpec, "threads must be at least 1");
-  }
-  {
-    std::error_code ec;
-    if (fs::exists(options.out_dir, ec) && fs::equivalent(options.src_dir, options.out_dir, ec)) {
-      return Error(Reason::InvalidSpec, "output directory " + options.out_dir +
-                                            " is the checkpoint directory; shard into another one");
-    }
-  }
-  auto target = ParseTargetDType(options.dtype);
-  if (!target) {
-    return target.error();
-  }
-  auto layout = ResolveEngineLayout(options.engine, options.engine_release);
-  if (!layout) {
-    return layout.error();
-  }
   const std::string config_path = options.src_dir + "/config.json";
   auto config_text = ReadFile(config_path);
   if (!config_text) {
     return config_text.error();
   }
-  json config = json::parse(*config_text, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded()) {
-    return Error(Reason::ShardConfigInvalid, config_path + " is not valid JSON");
+  auto prep = Prepare(options, *config_text, config_path);
+  if (!prep) {
+    return prep.error();
   }
-  auto plan = PlanFromConfig(config, layout->engine, layout->release, options.tensor_parallel_size);
-  if (!plan) {
-    // PlanFromConfig knows the file only as "config.json"; the user needs to know which one.
-    return Error(plan.error().reason, config_path + ": " + plan.error().message);
+  auto ckpt = Checkpoint::Open(options.src_dir);
+  if (!ckpt) {
+    return ckpt.error();
   }
-  auto ckpt_or = Checkpoint::Open(options.src_dir);
-  if (!ckpt_or) {
-    return ckpt_or.error();
+  auto rank_files = CreateRankFiles(options, *prep, **ckpt);
+  if (!rank_files) {
+    return rank_files.error();
   }
-  const Checkpoint& ckpt = **ckpt_or;
-  if (auto r = CheckSources(*plan, ckpt, options.src_dir); !r) {
-    return r.error();
-  }
-  if (auto r = MakeDirs(options.out_dir); !r) {
-    return r.error();
-  }
-  if (auto r = RemoveStaleRankFiles(options.out_dir); !r) {
-    return r.error();
-  }
-
-  // Cut each rank into parts the way save_model does: walk the state dict in order and start a
-  // new part when the next tensor would take this one past max_file_size.
-  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
-  std::vector<std::unique_ptr<SafetensorsWriter>> writers;
-  std::vector<std::string> files;
-  std::vector<int64_t> parts_per_rank;
+  // Each piece cut into jobs of at most kChunkBytes of its source tensor, one job per chunk with
+  // every destination that needs it.
   std::map<std::tuple<size_t, uint64_t, uint64_t>, Job> source_jobs;
-  std::vector<Job> fill_jobs;
-  uint64_t total_bytes = 0;
-  for (int64_t rank = 0; rank < plan->tensor_parallel_size; ++rank) {
-    const auto& tensors = plan->ranks[static_cast<size_t>(rank)];
-    std::vector<std::vector<size_t>> parts;  // indices into tensors
-    uint64_t part_bytes = 0;
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      TensorSpec spec{tensors[i].name, ResolveDType(tensors[i], *target, ckpt), tensors[i].shape};
-      uint64_t bytes = SpecBytes(spec);
-      if (parts.empty() || (part_bytes + bytes > options.max_file_size && !parts.back().empty())) {
-        parts.emplace_back();
-        part_bytes = 0;
-      }
-      parts.back().push_back(i);
-      part_bytes += bytes;
-    }
-    parts_per_rank.push_back(static_cast<int64_t>(parts.size()));
-    for (size_t part = 0; part < parts.size(); ++part) {
-      std::vector<TensorSpec> specs;
-      for (size_t i : parts[part]) {
-        specs.push_back(
-            {tensors[i].name, ResolveDType(tensors[i], *target, ckpt), tensors[i].shape});
-      }
-      auto file_layout = SafetensorsLayout::Make(std::move(specs), metadata);
-      if (!file_layout) {
-        return file_layout.error();
-      }
-      std::string name = RankFileName(*layout, rank, static_cast<int64_t>(part));
-      auto writer =
-          SafetensorsWriter::Create(options.out_dir + "/" + name, std::move(*file_layout));
-      if (!writer) {
-        return writer.error();
-      }
-      files.push_back(name);
-      SafetensorsWriter* out = writer->get();
-      writers.push_back(std::move(*writer));
-      for (size_t i : parts[part]) {
-        const RankTensor& t = tensors[i];
-        const TensorInfo* info = out->layout().Find(t.name);
-        const DType dtype = info->dtype;
-        const uint64_t out_row = static_cast<uint64_t>(t.row_width()) * DTypeSize(dtype);
-        const uint64_t base = out->layout().data_offset() + info->begin;
-        total_bytes += info->size();
-        int64_t dst_row = 0;
-        for (const Piece& p : t.pieces) {
-          if (p.kind != Piece::Kind::Copy) {
-            // Fills are tiny (vocab padding rows, scalar buffers); split only to bound buffers.
-            int64_t rows_per_job =
-                std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / out_row));
-            for (int64_t row = 0; row < p.rows; row += rows_per_job) {
-              Job job;
-              job.fill = p.kind;
-              Op op{out,  base + static_cast<uint64_t>(dst_row + row) * out_row,
-                    0,    std::min(rows_per_job, p.rows - row),
-                    0,    t.row_width(),
-                    dtype};
-              job.ops.push_back(op);
-              fill_jobs.push_back(std::move(job));
-            }
-            dst_row += p.rows;
-            continue;
-          }
-          const Checkpoint::Entry* e = ckpt.Find(p.source);
-          const int64_t src_rows = e->info->shape.empty() ? 1 : e->info->shape[0];
-          const int64_t src_cols = e->info->shape.size() >= 2 ? e->info->shape[1] : 1;
-          if (p.src_row < 0 || p.rows < 0 || p.src_row + p.rows > src_rows ||
-              p.src_col + t.row_width() > src_cols) {
-            return Error(Reason::Internal, "plan reads outside '" + p.source + "' for " + t.name);
-          }
-          const uint64_t row_bytes = static_cast<uint64_t>(src_cols) * DTypeSize(e->info->dtype);
-          const int64_t rows_per_chunk =
-              std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / row_bytes));
-          for (int64_t row = p.src_row; row < p.src_row + p.rows;) {
-            const int64_t chunk = row / rows_per_chunk;
-            const int64_t end = std::min(p.src_row + p.rows, (chunk + 1) * rows_per_chunk);
-            Job& job = source_jobs[{e->file_index, e->info->begin, static_cast<uint64_t>(chunk)}];
-            job.src = e;
-            job.src_begin =
-                e->info->begin + static_cast<uint64_t>(chunk * rows_per_chunk) * row_bytes;
-            job.src_end = std::min(
-                e->info->end, job.src_begin + static_cast<uint64_t>(rows_per_chunk) * row_bytes);
-            Op op{out,       base + static_cast<uint64_t>(dst_row + (row - p.src_row)) * out_row,
-                  row,       end - row,
-                  p.src_col, t.row_width(),
-                  dtype};
-            job.ops.push_back(op);
-            row = end;
-          }
-          dst_row += p.rows;
-        }
-        if (dst_row != t.rows()) {
-          return Error(Reason::Internal, "plan for " + t.name + " fills " +
-                                             std::to_string(dst_row) + " of " +
-                                             std::to_string(t.rows()) + " rows");
-        }
-      }
+  for (const SourceOp& c : rank_files->copies) {
+    const Checkpoint::Entry* e = c.src;
+    const int64_t src_cols = e->info->shape.size() >= 2 ? e->info->shape[1] : 1;
+    const uint64_t row_bytes = static_cast<uint64_t>(src_cols) * DTypeSize(e->info->dtype);
+    const uint64_t out_row = static_cast<uint64_t>(c.op.width) * DTypeSize(c.op.dtype);
+    const int64_t rows_per_chunk =
+        std::max<int64_t>(1, static_cast<int64_t>(kChunkBytes / row_bytes));
+    const int64_t first = c.op.src_row;
+    const int64_t last = c.op.src_row + c.op.rows;
+    for (int64_t row = first; row < last;) {
+      const int64_t chunk = row / rows_per_chunk;
+      const int64_t end = std::min(last, (chunk + 1) * rows_per_chunk);
+      Job& job = source_jobs[{e->file_index, e->info->begin, static_cast<uint64_t>(chunk)}];
+      job.src = e;
+      job.src_begin = e->info->begin + static_cast<uint64_t>(chunk * rows_per_chunk) * row_bytes;
+      job.src_end =
+          std::min(e->info->end, job.src_begin + static_cast<uint64_t>(rows_per_chunk) * row_bytes);
+      Op op = c.op;
+      op.dst_offset += static_cast<uint64_t>(row - first) * out_row;
+      op.src_row = row;
+      op.rows = end - row;
+      job.ops.push_back(op);
+      row = end;
     }
   }
-
-  // Non-weight files to carry over, counted in the progress total up front.
-  std::vector<std::string> extra;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(options.src_dir, ec)) {
-    std::string name = e.path().filename().string();
-    if (e.is_regular_file() && IsNonWeightFile(name)) {
-      extra.push_back(name);
-      total_bytes += e.file_size();
-    }
+  auto extra = ListExtraFiles(options.src_dir);
+  if (!extra) {
+    return extra.error();
   }
-  if (ec) {
-    return Error(Reason::StorageError, "cannot list " + options.src_dir + ": " + ec.message());
-  }
-  std::sort(extra.begin(), extra.end());
-  progress.bytes_total.store(total_bytes);
+  progress.bytes_total.store(rank_files->total_bytes + extra->second);
   progress.bytes_done.store(0);
 
   // Source jobs in file order so reads sweep each file once, front to back.
   std::vector<Job> jobs;
-  jobs.reserve(source_jobs.size() + fill_jobs.size());
+  jobs.reserve(source_jobs.size() + rank_files->fills.size());
   for (auto& [key, job] : source_jobs) {
     jobs.push_back(std::move(job));
   }
-  for (auto& job : fill_jobs) {
+  for (auto& job : rank_files->fills) {
     jobs.push_back(std::move(job));
   }
   Executor executor(jobs, progress, stop);
   if (auto r = executor.Run(options.threads); !r) {
     return r.error();
   }
-  for (auto& w : writers) {
-    if (auto r = w->Finish(options.fsync); !r) {
-      return r.error();
+  return FinishOutputs(options, *prep, *rank_files, extra->first, progress, stop);
+}
+
+}  // namespace modelcache::shard
+
+namespace modelcache::shard {
+namespace {
+
+// One piece of a rank tensor as byte ranges of its source file: `rows` rows of `len` bytes, one
+// every `stride` bytes from absolute offset `src`, written as rows of `dst_row` bytes from `dst`
+// (converted from `from` to `to`).
+struct Segment {
+  uint64_t src = 0;
+  uint64_t stride = 0;
+  uint64_t len = 0;
+  uint64_t end = 0;  // one past the last source byte
+  int64_t rows = 0;
+  SafetensorsWriter* out = nullptr;
+  uint64_t dst = 0;
+  uint64_t dst_row = 0;
+  DType from = DType::F32;
+  DType to = DType::F32;
+};
+
+// A weight file as it is fed.
+struct FedFile {
+  std::string name;  // relative to the checkpoint directory
+  uint64_t size = 0;
+  std::vector<Segment> segments;        // by src
+  uint64_t fed = 0;                     // bytes fed, in order from 0
+  bool gap = false;                     // bytes came out of order: Finish reads the file
+  size_t first_live = 0;                // segments before it end at or before `fed`
+  std::array<unsigned char, 8> tail{};  // the last tail_len bytes before `fed`
+  size_t tail_len = 0;
+  uint64_t written = 0;  // rank bytes written from this file, for progress
+};
+
+constexpr uint64_t kReadBackBytes = 8ULL << 20;
+
+struct FdCloser {
+  int fd;
+  explicit FdCloser(int f) : fd(f) {}
+  ~FdCloser() { ::close(fd); }
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+};
+
+}  // namespace
+
+struct StreamSharder::State {
+  ShardOptions options;
+  Prepared prep;
+  std::unique_ptr<Checkpoint> ckpt;
+  RankFiles rank_files;
+  std::vector<FedFile> files;
+  std::map<std::string, size_t, std::less<>> by_name;
+  ShardProgress* progress = nullptr;
+  std::vector<unsigned char> buffer;
+  uint64_t read_back = 0;
+
+  VoidResult Write(FedFile& f, const Segment& seg, uint64_t o, std::string_view bytes);
+};
+
+StreamSharder::StreamSharder(std::unique_ptr<State> state) : state_(std::move(state)) {}
+StreamSharder::~StreamSharder() = default;
+
+Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions& options,
+                                                             std::string_view config_text,
+                                                             std::unique_ptr<Checkpoint> headers,
+                                                             ShardProgress& progress) {
+  auto prep = Prepare(options, config_text, options.src_dir + "/config.json");
+  if (!prep) {
+    return prep.error();
+  }
+  auto rank_files = CreateRankFiles(options, *prep, *headers);
+  if (!rank_files) {
+    return rank_files.error();
+  }
+  progress.bytes_total.store(rank_files->total_bytes);
+  progress.bytes_done.store(0);
+  // The fills need no source byte: written now.
+  Executor fills(rank_files->fills, progress, {});
+  if (auto r = fills.Run(1); !r) {
+    return r.error();
+  }
+  auto state = std::make_unique<State>();
+  state->options = options;
+  state->progress = &progress;
+  for (const auto& file : headers->files()) {
+    FedFile f;
+    f.name = file->path().substr(options.src_dir.size() + 1);
+    f.size = file->data_offset();
+    for (const auto& t : file->tensors()) {
+      f.size = std::max(f.size, file->data_offset() + t.end);
+    }
+    state->by_name.emplace(f.name, state->files.size());
+    state->files.push_back(std::move(f));
+  }
+  for (const SourceOp& c : rank_files->copies) {
+    const Checkpoint::Entry* e = c.src;
+    if (c.op.rows == 0) {
+      continue;
+    }
+    const uint64_t in_es = DTypeSize(e->info->dtype);
+    const int64_t src_cols = e->info->shape.size() >= 2 ? e->info->shape[1] : 1;
+    Segment seg;
+    seg.stride = static_cast<uint64_t>(src_cols) * in_es;
+    seg.src = e->file->data_offset() + e->info->begin +
+              static_cast<uint64_t>(c.op.src_row) * seg.stride +
+              static_cast<uint64_t>(c.op.src_col) * in_es;
+    seg.len = static_cast<uint64_t>(c.op.width) * in_es;
+    seg.rows = c.op.rows;
+    seg.end = seg.src + static_cast<uint64_t>(c.op.rows - 1) * seg.stride + seg.len;
+    seg.out = c.op.out;
+    seg.dst = c.op.dst_offset;
+    seg.dst_row = static_cast<uint64_t>(c.op.width) * DTypeSize(c.op.dtype);
+    seg.from = e->info->dtype;
+    seg.to = c.op.dtype;
+    state->files[e->file_index].segments.push_back(seg);
+  }
+  for (auto& f : state->files) {
+    std::stable_sort(f.segments.begin(), f.segments.end(),
+                     [](const Segment& a, const Segment& b) { return a.src < b.src; });
+  }
+  state->prep = std::move(*prep);
+  state->ckpt = std::move(headers);
+  state->rank_files = std::move(*rank_files);
+  return std::unique_ptr<StreamSharder>(new StreamSharder(std::move(state)));
+}
+
+bool StreamSharder::Wants(std::string_view file) const { return state_->by_name.count(file) != 0; }
+
+uint64_t StreamSharder::bytes_read_back() const { return state_->read_back; }
+
+VoidResult StreamSharder::Feed(std::string_view file, uint64_t offset, std::string_view bytes) {
+  State& s = *state_;
+  auto it = s.by_name.find(file);
+  if (it == s.by_name.end()) {
+    return {};
+  }
+  FedFile& f = s.files[it->second];
+  if (offset == 0 && (f.fed != 0 || f.gap)) {
+    // The file starts over (fetched again): every slice of it is written again.
+    s.progress->bytes_done.fetch_sub(std::min(f.written, s.progress->bytes_done.load()));
+    f.fed = 0;
+    f.gap = false;
+    f.first_live = 0;
+    f.tail_len = 0;
+    f.written = 0;
+  }
+  if (f.gap || bytes.empty()) {
+    return {};
+  }
+  if (offset != f.fed || offset + bytes.size() > f.size) {
+    f.gap = true;
+    return {};
+  }
+  const uint64_t o = offset;
+  const uint64_t e = o + bytes.size();
+  while (f.first_live < f.segments.size() && f.segments[f.first_live].end <= o) {
+    f.first_live += 1;
+  }
+  for (size_t k = f.first_live; k < f.segments.size() && f.segments[k].src < e; ++k) {
+    if (f.segments[k].end <= o) {
+      continue;
+    }
+    if (auto r = s.Write(f, f.segments[k], o, bytes); !r) {
+      return r;
     }
   }
+  // Keep the last bytes: an element cut by the end of these bytes is completed by the next ones.
+  if (bytes.size() >= f.tail.size()) {
+    std::memcpy(f.tail.data(), bytes.data() + bytes.size() - f.tail.size(), f.tail.size());
+    f.tail_len = f.tail.size();
+  } else {
+    size_t keep = std::min(f.tail_len, f.tail.size() - bytes.size());
+    std::memmove(f.tail.data(), f.tail.data() + f.tail_len - keep, keep);
+    std::memcpy(f.tail.data() + keep, bytes.data(), bytes.size());
+    f.tail_len = keep + bytes.size();
+  }
+  f.fed = e;
+  return {};
+}
 
-  for (const auto& name : extra) {
-    if (stop.stop_requested()) {
-      return Error(Reason::Cancelled, "sharding cancelled");
+// Writes the part of `seg` that bytes [o, o + bytes.size()) complete: whole-row copies in the
+// same dtype straight from `bytes`; column windows and conversions gathered into one contiguous
+// destination range (only the first row can start, and only the last end, inside the window).
+VoidResult StreamSharder::State::Write(FedFile& f, const Segment& seg, uint64_t o,
+                                       std::string_view bytes) {
+  const uint64_t e = o + bytes.size();
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  const bool same = seg.from == seg.to;
+  uint64_t written = 0;
+  if (same && seg.stride == seg.len) {
+    const uint64_t a = std::max(o, seg.src);
+    const uint64_t b = std::min(e, seg.end);
+    if (auto r = PWriteAll(seg.out->fd(), data + (a - o), b - a, seg.dst + (a - seg.src),
+                           seg.out->path());
+        !r) {
+      return r;
     }
-    auto content = ReadFile(options.src_dir + "/" + name);
-    if (!content) {
-      return content.error();
-    }
-    uint64_t size = content->size();
-    if (name == "config.json" && *target) {
-      // The weights are now in the target dtype; say so, or `--dtype auto` would build the model
-      // in the old dtype and round every weight a second time while loading.
-      json out = config;
-      std::string dtype_name(TargetDTypeName(**target));
-      out["torch_dtype"] = dtype_name;
-      if (out.contains("dtype")) {
-        out["dtype"] = dtype_name;
+    written = b - a;
+  } else {
+    // A unit is what is converted at once: a byte when the dtype stays, else an element.
+    const uint64_t in_unit = same ? 1 : DTypeSize(seg.from);
+    const uint64_t out_unit = same ? 1 : DTypeSize(seg.to);
+    const uint64_t units = seg.len / in_unit;
+    const auto rows = static_cast<uint64_t>(seg.rows);
+    uint64_t r = o >= seg.src + seg.len ? (o - seg.src - seg.len) / seg.stride + 1 : 0;
+    const uint64_t r_end = std::min(rows, (e - seg.src + seg.stride - 1) / seg.stride);
+    buffer.clear();
+    uint64_t dst = 0;
+    bool started = false;
+    for (; r < r_end; ++r) {
+      const uint64_t rs = seg.src + r * seg.stride;
+      uint64_t k = o > rs ? (o - rs) / in_unit : 0;
+      const uint64_t k_end = e > rs ? std::min(units, (e - rs) / in_unit) : 0;
+      if (k >= k_end) {
+        continue;
       }
-      *content = out.dump(2) + "\n";
+      if (!started) {
+        dst = seg.dst + r * seg.dst_row + k * out_unit;
+        started = true;
+      }
+      size_t at = buffer.size();
+      buffer.resize(at + (k_end - k) * out_unit);
+      if (rs + k * in_unit < o) {
+        // An element begun in the bytes fed before: its start is in the tail.
+        std::array<unsigned char, 8> element{};
+        const auto before = static_cast<size_t>(o - (rs + k * in_unit));
+        std::memcpy(element.data(), f.tail.data() + f.tail_len - before, before);
+        std::memcpy(element.data() + before, data, in_unit - before);
+        ConvertElements(seg.from, element.data(), seg.to, buffer.data() + at, 1);
+        at += out_unit;
+        k += 1;
+      }
+      const unsigned char* src = data + (rs + k * in_unit - o);
+      if (same) {
+        std::memcpy(buffer.data() + at, src, k_end - k);
+      } else {
+        ConvertElements(seg.from, src, seg.to, buffer.data() + at, k_end - k);
+      }
     }
-    if (auto r = WriteWholeFile(options.out_dir + "/" + name, *content, options.fsync); !r) {
-      return r.error();
+    if (buffer.empty()) {
+      return {};
     }
-    progress.bytes_done.fetch_add(size);
-    files.push_back(name);
+    if (auto r2 = PWriteAll(seg.out->fd(), buffer.data(), buffer.size(), dst, seg.out->path());
+        !r2) {
+      return r2;
+    }
+    written = buffer.size();
   }
-  if (options.fsync) {
-    if (auto r = SyncDir(options.out_dir); !r) {
-      return r.error();
-    }
-  }
-  std::sort(files.begin(), files.end());
+  f.written += written;
+  progress->bytes_done.fetch_add(written);
+  return {};
+}
 
-  ShardResult result;
-  result.files = std::move(files);
-  json& s = result.settings;
-  s["engine"] = layout->engine;
-  s["engineRelease"] = layout->release;
-  s["engineReleases"] = layout->engine == "vllm" && plan->model.table->moe ? layout->moe_compatible
-                                                                           : layout->compatible;
-  s["loadFormat"] = "sharded_state";
-  s["filePattern"] = layout->file_pattern;
-  s["tensorParallelSize"] = plan->tensor_parallel_size;
-  s["dtype"] = *target ? std::string(TargetDTypeName(**target)) : std::string("auto");
-  s["maxFileSize"] = options.max_file_size;
-  s["architecture"] = plan->model.architecture;
-  s["modelType"] = plan->model.model_type;
-  s["vocabSize"] = plan->model.vocab_size;
-  s["paddedVocabSize"] = plan->padded_vocab;
-  s["attentionScaleBuffers"] = layout->attention_scale_buffers;
-  s["partsPerRank"] = parts_per_rank;
-  s["sharder"] = "modelcache-shard/1";
-  return result;
+// The stop_token is taken by value, as std::jthread passes it.
+Result<ShardResult> StreamSharder::Finish(
+    std::stop_token stop) {  // NOLINT(performance-unnecessary-value-param)
+  State& s = *state_;
+  std::vector<char> chunk;
+  for (auto& f : s.files) {
+    if (f.fed == f.size && !f.gap) {
+      continue;
+    }
+    const std::string path = s.options.src_dir + "/" + f.name;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
+    }
+    FdCloser closer(fd);
+    chunk.resize(kReadBackBytes);
+    for (uint64_t at = 0; at < f.size;) {
+      if (stop.stop_requested()) {
+        return Error(Reason::Cancelled, "sharding cancelled");
+      }
+      auto want = static_cast<size_t>(std::min<uint64_t>(chunk.size(), f.size - at));
+      ssize_t n = ::pread(fd, chunk.data(), want, static_cast<off_t>(at));
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        return Error(Reason::StorageError,
+                     "cannot read " + path + ": " +
+                         (n < 0 ? ErrnoMessage(errno) : std::string("unexpected end of file")));
+      }
+      if (auto r = Feed(f.name, at, std::string_view(chunk.data(), static_cast<size_t>(n))); !r) {
+        return r.error();
+      }
+      at += static_cast<uint64_t>(n);
+      s.read_back += static_cast<uint64_t>(n);
+    }
+    if (f.fed != f.size || f.gap) {
+      return Error(Reason::Internal, "sharding " + path + " stopped short of its end");
+    }
+  }
+  auto extra = ListExtraFiles(s.options.src_dir);
+  if (!extra) {
+    return extra.error();
+  }
+  s.progress->bytes_total.fetch_add(extra->second);
+  return FinishOutputs(s.options, s.prep, s.rank_files, extra->first, *s.progress, stop);
 }
 
 }  // namespace modelcache::shard

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -74,6 +75,53 @@ struct ShardResult {  // NOLINT(bugprone-exception-escape): json's defaulted mem
 // number of calls may run at once on different directories.
 Result<ShardResult> ShardCheckpoint(const ShardOptions& options, ShardProgress& progress,
                                     std::stop_token stop = {});
+
+class Checkpoint;
+
+// Sharding while the checkpoint downloads (docs/sharding.md, "Sharding while downloading"). The
+// layout of every rank file depends only on config.json and the weight files' headers, so Create
+// writes every rank file's header, size and fills (vocab padding, scale buffers) before any
+// weight byte is there; Feed then writes each tensor slice to its planned offset as the source
+// bytes that complete it arrive (in order per file, as the downloader hashes them); Finish reads
+// from disk only the files that were not fed completely, and copies the non-weight files. The
+// rank files are byte-identical to ShardCheckpoint's on the same checkpoint. Memory: one gather
+// buffer about the size of the largest Feed.
+class StreamSharder {
+ public:
+  // `options` as for ShardCheckpoint (threads unused); options.src_dir is where Finish finds the
+  // checkpoint, which need not exist yet. `config_text` is config.json; `headers` the checkpoint
+  // known from its headers (Checkpoint::FromHeaders with options.src_dir). Errors as
+  // ShardCheckpoint's before it copies anything.
+  static Result<std::unique_ptr<StreamSharder>> Create(const ShardOptions& options,
+                                                       std::string_view config_text,
+                                                       std::unique_ptr<Checkpoint> headers,
+                                                       ShardProgress& progress);
+  ~StreamSharder();
+  StreamSharder(const StreamSharder&) = delete;
+  StreamSharder& operator=(const StreamSharder&) = delete;
+
+  // True if `file` (a path relative to the checkpoint directory) is one of the weight files.
+  bool Wants(std::string_view file) const;
+  // Bytes [offset, offset + bytes.size()) of weight file `file`. A file's bytes must come in order
+  // from offset 0 on; offset 0 again starts the file over (a file fetched again after a failed
+  // verification rewrites all its slices). Bytes after a gap are ignored and Finish reads that file
+  // from disk. Writes every slice the bytes complete (a dtype conversion keeps the few bytes of an
+  // element cut by the end of `bytes`). StorageError / InsufficientStorage from the rank files.
+  // Not thread-safe: one caller at a time.
+  VoidResult Feed(std::string_view file, uint64_t offset, std::string_view bytes);
+  // Reads from options.src_dir every weight file not fed to its end (already in the store before
+  // the download, or fed with a gap), then closes the rank files, copies the non-weight files and
+  // returns as ShardCheckpoint. The caller publishes only after every source file verified.
+  Result<ShardResult> Finish(std::stop_token stop = {});
+  // Weight bytes Finish read from disk because they were not fed.
+  uint64_t bytes_read_back() const;
+
+  struct State;
+
+ private:
+  explicit StreamSharder(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
 
 // True for the top-level checkpoint files a sharded artifact carries besides the weights:
 // config.json, generation_config.json, tokenizer*, special_tokens_map.json, vocab*/merges* files,

@@ -51,6 +51,9 @@ struct CacheJobInputs {
   // alone (healing re-publishes exactly what the status reports).
   std::string pinned_commit;
   int shard_threads = 2;
+  // spec.shard: write the rank files while the weights download (docs/sharding.md, "Sharding
+  // while downloading"); false shards after the download.
+  bool shard_while_downloading = true;
   std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
   ReconcileObserver* observer = nullptr;  // may be null
 };

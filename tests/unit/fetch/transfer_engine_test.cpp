@@ -318,6 +318,19 @@ TEST_F(TransferEngineTest, CorruptByteOnceIsRefetched) {
   testing::Fault corrupt = MakeFault(testing::Fault::Kind::Corrupt, 1);
   corrupt.bytes = kBigSize / 2 + 3;
   hub_->AddFault(corrupt);
+  // The data callback sees the file in order, twice: the corrupt copy, then from 0 again.
+  std::string seen;
+  int starts = 0;
+  bool in_order = true;
+  task.on_data = [&](uint64_t offset, std::string_view bytes) -> VoidResult {
+    if (offset == 0) {
+      starts += 1;
+      seen.clear();
+    }
+    in_order = in_order && offset == seen.size();
+    seen.append(bytes);
+    return {};
+  };
   TransferEngine engine(EngineOptions());
   TransferProgress progress;
   auto results = RunWith(engine, {task}, &progress);
@@ -325,6 +338,43 @@ TEST_F(TransferEngineTest, CorruptByteOnceIsRefetched) {
   EXPECT_EQ(ReadTestFile(task.final_path), *big_);
   EXPECT_EQ(progress.bytes_done.load(), kBigSize);
   EXPECT_EQ(hub_->BodyBytesServed("big.safetensors"), 2 * kBigSize);
+  EXPECT_TRUE(in_order);
+  EXPECT_EQ(starts, 2);
+  EXPECT_TRUE(seen == *big_);
+}
+
+TEST_F(TransferEngineTest, DataCallbackErrorFailsTheRun) {
+  FileTask task = BigTask();
+  task.on_data = [](uint64_t offset, std::string_view) -> VoidResult {
+    if (offset > 0) {
+      return Error(Reason::InsufficientStorage, "rank files: no space left");
+    }
+    return {};
+  };
+  TransferEngine engine(EngineOptions());
+  auto results = RunWith(engine, {task});
+  ASSERT_FALSE(results);
+  EXPECT_EQ(results.error().reason, Reason::InsufficientStorage);
+  EXPECT_FALSE(Exists(task.final_path));
+}
+
+// A header read the way the engines' loaders read it: two ranged requests, following the
+// redirect to the CDN (which refuses the token).
+TEST_F(TransferEngineTest, GetRangeReadsBytesThroughTheCdn) {
+  FileTask task = BigTask();
+  HubClient client(Options());
+  auto first = client.GetRange(task.url, 0, 8);
+  ASSERT_TRUE(first) << first.error().ToString();
+  EXPECT_EQ(*first, big_->substr(0, 8));
+  auto middle = client.GetRange(task.url, kBigSize / 3, 1000);
+  ASSERT_TRUE(middle) << middle.error().ToString();
+  EXPECT_EQ(*middle, big_->substr(kBigSize / 3, 1000));
+  // A server that ignores Range is not read to the end of the file.
+  hub_->AddFault(MakeFault(testing::Fault::Kind::IgnoreRange, -1));
+  auto ignored = client.GetRange(task.url, 0, 8);
+  hub_->ClearFaults();
+  ASSERT_FALSE(ignored);
+  EXPECT_EQ(ignored.error().reason, Reason::NetworkError);
 }
 
 TEST_F(TransferEngineTest, PersistentCorruptionIsChecksumMismatch) {
