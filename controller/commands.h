@@ -54,6 +54,8 @@ struct RunOptions {
   std::chrono::milliseconds node_liveness_window{std::chrono::minutes(3)};
   // Node mode without a controller: elect one node daemon to write the ModelCache statuses.
   bool fleet_writer_elect = false;
+  // Node mode next to a controller: wait for the controller's artifact of every resource.
+  bool fill_from_controller = false;
   // Kubernetes mode: only the holder of a coordination.k8s.io Lease reconciles
   // (controller/leader_election.h); client-go's timings by default.
   bool leader_elect = false;

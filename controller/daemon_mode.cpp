@@ -54,6 +54,7 @@ Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
   ko.node_heartbeat_interval = options.node_heartbeat_interval;
   ko.node_liveness_window = options.node_liveness_window;
   ko.fleet_writer_elect = options.fleet_writer_elect;
+  ko.fill_from_controller = options.fill_from_controller;
   auto mode = NewKubernetesMode(ko, env.kube);
   if (!mode) {
     return Error(mode.error().reason, "--kubernetes: " + mode.error().message);

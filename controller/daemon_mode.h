@@ -65,6 +65,9 @@ struct KubernetesModeOptions {
   // Node mode, DaemonSet-only install: take part in the election of the fleet writer
   // (fleet_writer.h; --fleet-writer-elect).
   bool fleet_writer_elect = false;
+  // Node mode with a controller (--fill-from-controller): every resource waits for the
+  // controller's artifact before the node caches it.
+  bool fill_from_controller = false;
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
   std::string component = "modelcache";  // Events' source.component
   // --s3-secret: the Secret "NAME" (in the configuration's namespace) or "NAMESPACE/NAME" that

@@ -302,11 +302,15 @@ class KubernetesMode final : public DaemonMode {
     if (!options_.node_name.empty()) {
       // An object without spec.nodeSelector is for every node, as a DaemonSet pod template
       // without one.
-      source_options.filter = [box = node_labels_](const crds::ModelCache& object) {
-        // A resource the controller handles (its finalizer is on it) waits for the controller's
-        // artifact: the node then copies that version (UseCommittedVersion) or, when it is not in
-        // a bucket, fetches from the source itself; never the Hub while the controller fills.
-        if (HasFinalizer(object.metadata.finalizers) && !object.status.artifact) {
+      source_options.filter = [box = node_labels_, fill_from_controller =
+                                   options_.fill_from_controller](const crds::ModelCache& object) {
+        // A resource the controller handles waits for the controller's artifact: the node then
+        // copies that version (UseCommittedVersion) or, when it is not in a bucket, fetches from
+        // the source itself; never the Hub while the controller fills. The controller handles
+        // every resource with --fill-from-controller (the fleet overlay), and any that carries its
+        // finalizer (which a new resource does not have yet: hence the flag).
+        if ((fill_from_controller || HasFinalizer(object.metadata.finalizers)) &&
+            !object.status.artifact) {
           return false;
         }
         std::lock_guard lock(box->mu);

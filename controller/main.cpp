@@ -113,6 +113,11 @@ int main(int argc, char** argv) {
                     "Kubernetes mode with --node-name, DaemonSet-only install (no controller): "
                     "the node daemons elect one of themselves with the Lease "
                     "modelcache-fleet-writer to write the ModelCache statuses (default: off)");
+  run_cmd->add_flag("--fill-from-controller", run.fill_from_controller,
+                    "Kubernetes mode with --node-name, next to a controller: cache a resource "
+                    "only once the controller's status names its artifact, copying an s3:// "
+                    "version from the bucket (default: off; a resource carrying the controller's "
+                    "finalizer waits anyway)");
   std::string node_liveness = "3m";
   run_cmd->add_option("--node-liveness-window", node_liveness,
                       "Kubernetes mode: a node counts in a resource's status.nodes while its "
@@ -237,7 +242,7 @@ int main(int argc, char** argv) {
 
   for (const char* flag :
        {"--kubeconfig", "--namespace", "--node-name", "--node-heartbeat-interval",
-        "--node-liveness-window", "--fleet-writer-elect"}) {
+        "--node-liveness-window", "--fleet-writer-elect", "--fill-from-controller"}) {
     run_cmd->get_option(flag)->needs(kube);
   }
 

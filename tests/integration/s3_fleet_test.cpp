@@ -106,7 +106,8 @@ class S3FleetTest : public ::testing::Test {
 
   std::unique_ptr<Daemon> StartNode(const std::string& node) {
     auto d = std::make_unique<Daemon>(Options(
-        tmp_ / node, {"--node-name", node, "--node-heartbeat-interval", "1s"}));
+        tmp_ / node,
+        {"--node-name", node, "--node-heartbeat-interval", "1s", "--fill-from-controller"}));
     d->Start();
     return d;
   }
