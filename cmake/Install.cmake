@@ -27,7 +27,7 @@ install(FILES ${CMAKE_BINARY_DIR}/install/modelcache.service
 install(FILES manifests/systemd/config.yaml manifests/systemd/modelcache.env DESTINATION ${mc_etc})
 install(DIRECTORY DESTINATION ${mc_etc}/models)
 
-install(FILES crds/modelcache.yaml DESTINATION ${CMAKE_INSTALL_DATADIR}/modelcache/crds)
+install(FILES crds/modelcache.yaml crds/modelcachenode.yaml DESTINATION ${CMAKE_INSTALL_DATADIR}/modelcache/crds)
 install(DIRECTORY manifests/kubernetes manifests/examples manifests/systemd
         DESTINATION ${CMAKE_INSTALL_DATADIR}/modelcache/manifests)
 install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})

@@ -48,6 +48,14 @@ struct RunOptions {
   std::string kubeconfig;    // default: KUBECONFIG, else in-cluster, else ~/.kube/config
   std::string namespace_;    // Kubernetes mode: "" = all namespaces
   std::string node_name;     // Kubernetes mode: only what spec.nodeSelector gives this node
+  // Node mode: an idle node refreshes its ModelCacheNode's heartbeat this often.
+  std::chrono::milliseconds node_heartbeat_interval{std::chrono::minutes(1)};
+  // The fleet aggregate: a node is live while its heartbeat is younger than this.
+  std::chrono::milliseconds node_liveness_window{std::chrono::minutes(3)};
+  // Node mode without a controller: elect one node daemon to write the ModelCache statuses.
+  bool fleet_writer_elect = false;
+  // Node mode next to a controller: wait for the controller's artifact of every resource.
+  bool fill_from_controller = false;
   // Kubernetes mode: only the holder of a coordination.k8s.io Lease reconciles
   // (controller/leader_election.h); client-go's timings by default.
   bool leader_elect = false;

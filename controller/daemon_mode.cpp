@@ -46,7 +46,8 @@ std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,
 
 Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
                                                   const Environment& env,
-                                                  const std::string& state_dir) {
+                                                  const std::string& state_dir,
+                                                  const std::string& store_root) {
   if (!options.kubernetes) {
     return NewDirectoryMode(options.watch_dir, state_dir, options.resync_period);
   }
@@ -57,6 +58,11 @@ Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
   ko.resync_period = options.resync_period;
   ko.s3_secret = options.s3_secret;
   ko.api_limit = {options.kube_api_qps, options.kube_api_burst};
+  ko.store_root = store_root;
+  ko.node_heartbeat_interval = options.node_heartbeat_interval;
+  ko.node_liveness_window = options.node_liveness_window;
+  ko.fleet_writer_elect = options.fleet_writer_elect;
+  ko.fill_from_controller = options.fill_from_controller;
   auto mode = NewKubernetesMode(ko, env.kube);
   if (!mode) {
     return Error(mode.error().reason, "--kubernetes: " + mode.error().message);

@@ -47,7 +47,8 @@ struct Environment;
 // `state_dir`). The error's message starts with the flag at fault ("--kubernetes: ...").
 Result<std::unique_ptr<DaemonMode>> NewDaemonMode(const RunOptions& options,
                                                   const Environment& env,
-                                                  const std::string& state_dir);
+                                                  const std::string& state_dir,
+                                                  const std::string& store_root);
 
 // Directory mode: `watch_dir` watched with inotify (and rescanned every `resync_period`), status
 // files under `state_dir`. Nothing to configure.
@@ -58,7 +59,20 @@ std::unique_ptr<DaemonMode> NewDirectoryMode(const std::string& watch_dir,
 struct KubernetesModeOptions {
   std::string kubeconfig;   // --kubeconfig; "" = KUBECONFIG, in-cluster, ~/.kube/config
   std::string ns;           // --namespace; "" = all namespaces
-  std::string node_name;    // --node-name; "" = no node filter
+  std::string node_name;    // --node-name; "" = no node filter (and no node report)
+  // Node mode: the local store measured for the node report, and how often an idle node
+  // refreshes the report's heartbeat (--node-heartbeat-interval).
+  std::string store_root;
+  std::chrono::milliseconds node_heartbeat_interval{std::chrono::minutes(1)};
+  // The controller: a node counts as live while its report's heartbeat is younger than this
+  // (--node-liveness-window).
+  std::chrono::milliseconds node_liveness_window{std::chrono::minutes(3)};
+  // Node mode, DaemonSet-only install: take part in the election of the fleet writer
+  // (fleet_writer.h; --fleet-writer-elect).
+  bool fleet_writer_elect = false;
+  // Node mode with a controller (--fill-from-controller): every resource waits for the
+  // controller's artifact before the node caches it.
+  bool fill_from_controller = false;
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
   std::string component = "modelcache";  // Events' source.component
   // --s3-secret: the Secret "NAME" (in the configuration's namespace) or "NAMESPACE/NAME" that
@@ -70,7 +84,8 @@ struct KubernetesModeOptions {
 };
 
 // Kubernetes mode (kube_daemon.cpp). Loads the configuration (client-go's loading rules), and
-// with a node name reads that Node's labels. InvalidSpec naming the flag or file when the
+// with a node name reads that Node, creates or takes over its ModelCacheNode and starts watching
+// the Node's labels and publishing the report (node_watch.h, node_report.h). InvalidSpec naming the flag or file when the
 // configuration is unusable; Unauthorized/NetworkError when the Node cannot be read.
 Result<std::unique_ptr<DaemonMode>> NewKubernetesMode(
     const KubernetesModeOptions& options, const std::map<std::string, std::string>& env);

@@ -255,7 +255,17 @@ VoidResult KubeClient::Watch(const std::string& ns, const std::string& resource_
                              std::chrono::seconds timeout,
                              const std::function<bool(const WatchEvent&)>& on_event,
                              std::stop_token stop) const {
-  std::string url = ModelCacheUrl(ns) + "?watch=1&allowWatchBookmarks=true&timeoutSeconds=" +
+  return WatchCollection(ModelCacheUrl(ns), resource_version, timeout, on_event, stop);
+}
+
+VoidResult KubeClient::WatchCollection(const std::string& collection_url,
+                                       const std::string& resource_version,
+                                       std::chrono::seconds timeout,
+                                       const std::function<bool(const WatchEvent&)>& on_event,
+                                       std::stop_token stop) const {
+  std::string url = collection_url +
+                    (collection_url.find('?') == std::string::npos ? "?" : "&") +
+                    "watch=1&allowWatchBookmarks=true&timeoutSeconds=" +
                     std::to_string(timeout.count());
   if (!resource_version.empty()) {
     url += "&resourceVersion=" + UrlEncode(resource_version);
@@ -298,7 +308,7 @@ VoidResult KubeClient::Watch(const std::string& ns, const std::string& resource_
       if (j.is_discarded() || !j.is_object() || !j.contains("type") || !j["type"].is_string() ||
           !j.contains("object")) {
         parse_error = Error(Reason::NetworkError,
-                            "watch " + ModelCacheUrl(ns) +
+                            "watch " + collection_url +
                                 ": not a watch event: " + std::string(line.substr(0, 200)));
         return false;
       }
@@ -334,7 +344,7 @@ VoidResult KubeClient::Watch(const std::string& ns, const std::string& resource_
       on_event(WatchEvent{"ERROR", gone});
       return {};
     }
-    return ReplyError(reply, "watch " + ModelCacheUrl(ns));
+    return ReplyError(reply, "watch " + collection_url);
   }
   return {};
 }

@@ -113,6 +113,13 @@ class KubeClient {
                    const std::function<bool(const WatchEvent&)>& on_event,
                    std::stop_token stop = {}) const;
 
+  // Watch of another collection: `collection_url` is the server + path of a list, optionally
+  // with a query (fieldSelector=…), as ModelCacheUrl(ns) for Watch.
+  VoidResult WatchCollection(const std::string& collection_url,
+                             const std::string& resource_version, std::chrono::seconds timeout,
+                             const std::function<bool(const WatchEvent&)>& on_event,
+                             std::stop_token stop = {}) const;
+
   Result<KubeReply> Get(const std::string& ns, const std::string& name,
                         std::stop_token stop = {}) const;
   // PUT of the whole object (metadata.resourceVersion is the precondition): changes metadata

@@ -103,7 +103,7 @@ VoidResult KubernetesSource::ListOnce(bool enqueue_all, std::stop_token stop) {
   std::vector<CachedObject> entries;
   entries.reserve(body["items"].size());
   for (const json& item : body["items"]) {
-    CachedObject entry = CachedObjectFromJson(item);
+    CachedObject entry = Convert(item);
     if (!options_.filter || options_.filter(entry.object)) {
       entries.push_back(std::move(entry));
     }
@@ -118,6 +118,22 @@ VoidResult KubernetesSource::ListOnce(bool enqueue_all, std::stop_token stop) {
     enqueue_(key);
   }
   return {};
+}
+
+CachedObject KubernetesSource::Convert(const json& object) const {
+  CachedObject entry = CachedObjectFromJson(object);
+  if (options_.transform && !entry.source_error) {
+    options_.transform(entry.object);
+  }
+  return entry;
+}
+
+VoidResult KubernetesSource::Relist() {
+  std::lock_guard lock(start_mu_);
+  if (cache_ == nullptr || !synced_) {
+    return {};  // the initial list will apply the filter as it is then
+  }
+  return ListOnce(/*enqueue_all=*/false, {});
 }
 
 VoidResult KubernetesSource::Start(ObjectCache& cache, EnqueueFn enqueue) {
@@ -218,7 +234,7 @@ void KubernetesSource::Run(std::stop_token stop) {
       }
       std::string rv = StringAt(event.object, "metadata", "resourceVersion");
       if (event.type == "ADDED" || event.type == "MODIFIED") {
-        CachedObject entry = CachedObjectFromJson(event.object);
+        CachedObject entry = Convert(event.object);
         crds::ObjectKey key = entry.object.key();
         if (options_.filter && !options_.filter(entry.object)) {
           if (cache_->Delete(key)) {

@@ -58,6 +58,9 @@ struct KubernetesSourceOptions {
   // When set, only objects it accepts are cached; one that stops being accepted is removed from
   // the cache (and its key enqueued) as if deleted. The DaemonSet mode's node filter.
   std::function<bool(const crds::ModelCache&)> filter;
+  // When set, applied to each valid object after conversion and before the filter and the cache
+  // (the node daemon's "copy the controller's committed version", kube_daemon.cpp).
+  std::function<void(crds::ModelCache&)> transform;
 };
 
 // The cache entry for one API object (see the header comment).
@@ -79,6 +82,10 @@ class KubernetesSource final : public Source {
   bool HasSynced() const override;
   void Stop() override;
 
+  // Lists again now, from the caller's thread, so that a changed filter applies: objects it now
+  // accepts are added, those it rejects removed (as if deleted); their keys are enqueued. The
+  // watch goes on (its later events pass the same filter). Before Start(): nothing to do.
+  VoidResult Relist();
   // Successful lists (the initial one included), watch requests started, and relists caused by
   // 410; for tests and metrics.
   uint64_t lists() const;
@@ -92,6 +99,8 @@ class KubernetesSource final : public Source {
  private:
   // Lists into the cache; enqueues every key if `enqueue_all`, else the changed ones.
   VoidResult ListOnce(bool enqueue_all, std::stop_token stop);
+  // CachedObjectFromJson, then options_.transform.
+  CachedObject Convert(const nlohmann::json& object) const;
   void Run(std::stop_token stop);
   void Resync(std::stop_token stop);
   // Sleeps for `d` unless stopped first; false if stopped.

@@ -104,6 +104,25 @@ int main(int argc, char** argv) {
                       "Kubernetes mode, one daemon per node: cache only resources whose "
                       "spec.nodeSelector matches this Node's labels (default: NODE_NAME, else "
                       "no node filter)");
+  std::string node_heartbeat = "1m";
+  run_cmd->add_option("--node-heartbeat-interval", node_heartbeat,
+                      "Kubernetes mode with --node-name: refresh this node's ModelCacheNode "
+                      "heartbeat this often when nothing changes")
+      ->capture_default_str();
+  run_cmd->add_flag("--fleet-writer-elect", run.fleet_writer_elect,
+                    "Kubernetes mode with --node-name, DaemonSet-only install (no controller): "
+                    "the node daemons elect one of themselves with the Lease "
+                    "modelcache-fleet-writer to write the ModelCache statuses (default: off)");
+  run_cmd->add_flag("--fill-from-controller", run.fill_from_controller,
+                    "Kubernetes mode with --node-name, next to a controller: cache a resource "
+                    "only once the controller's status names its artifact, copying an s3:// "
+                    "version from the bucket (default: off; a resource carrying the controller's "
+                    "finalizer waits anyway)");
+  std::string node_liveness = "3m";
+  run_cmd->add_option("--node-liveness-window", node_liveness,
+                      "Kubernetes mode: a node counts in a resource's status.nodes while its "
+                      "ModelCacheNode heartbeat is younger than this")
+      ->capture_default_str();
   run_cmd->add_flag("--leader-elect", run.leader_elect,
                     "Kubernetes mode: reconcile only while holding a coordination.k8s.io/v1 "
                     "Lease, so that several replicas can run (one leads, the others wait; default: off)");
@@ -233,7 +252,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   for (const char* flag :
-       {"--kubeconfig", "--namespace", "--node-name", "--kube-api-qps", "--kube-api-burst"}) {
+       {"--kubeconfig", "--namespace", "--node-name", "--kube-api-qps", "--kube-api-burst",
+        "--node-heartbeat-interval", "--node-liveness-window", "--fleet-writer-elect",
+        "--fill-from-controller"}) {
     run_cmd->get_option(flag)->needs(kube);
   }
 
@@ -359,6 +380,18 @@ int main(int argc, char** argv) {
       return 2;
     }
     run.resync_period = *period;
+    auto heartbeat = modelcache::ParseDuration(node_heartbeat);
+    if (!heartbeat || heartbeat->count() <= 0) {
+      std::cerr << "modelcache: --node-heartbeat-interval: must be a positive duration like 1m\n";
+      return 2;
+    }
+    run.node_heartbeat_interval = *heartbeat;
+    auto liveness = modelcache::ParseDuration(node_liveness);
+    if (!liveness || liveness->count() <= 0) {
+      std::cerr << "modelcache: --node-liveness-window: must be a positive duration like 3m\n";
+      return 2;
+    }
+    run.node_liveness_window = *liveness;
     auto retry = modelcache::ParseDuration(retry_base);
     if (!retry || retry->count() <= 0) {
       std::cerr << "modelcache: --retry-base-delay: must be a positive duration like 500ms\n";

@@ -205,9 +205,12 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
   }
 
   const crds::ModelCache& object = *request.object;
-  crds::ModelCacheStatus status = ComposeStatus(request.status, result,
-                                                object.metadata.generation,
-                                                FormatRfc3339(clock_.WallNow()));
+  const std::string now = FormatRfc3339(clock_.WallNow());
+  crds::ModelCacheStatus status =
+      ComposeStatus(request.status, result, object.metadata.generation, now);
+  if (options_.amend_status) {
+    options_.amend_status(object, status, now);
+  }
   bool changed = crds::StatusToJson(status) != crds::StatusToJson(request.status);
   // A failed reconcile is an error whatever happens to its status: counted before the status is
   // published, so whoever sees the status (a watch, a test reading /metrics next) finds the

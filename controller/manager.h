@@ -70,6 +70,12 @@ struct ManagerOptions {
   // deleted (work cancelled, reference dropped): e.g. removing the finalizer. An error requeues
   // the key with rate limiting.
   std::function<VoidResult(const crds::ModelCache& object)> finalize;
+  // After the status of a live object is composed, before it is compared and written: adds what
+  // the mode knows beyond the reconcile (the fleet aggregate: status.nodes and NodesReady).
+  // `now` is the RFC 3339 time of the composition.
+  std::function<void(const crds::ModelCache& object, crds::ModelCacheStatus& status,
+                     const std::string& now)>
+      amend_status;
   // After each status write: `object` carries the new status, `before` the previous one
   // (e.g. recording an Event when the phase or the Ready condition moved).
   std::function<void(const crds::ModelCache& object, const crds::ModelCacheStatus& before)>

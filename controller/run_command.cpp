@@ -223,7 +223,7 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
 
   // The mode decides where desired state comes from and where status goes; the Manager and the
   // reconciler below are the same for both.
-  auto made = NewDaemonMode(options, env, state_dir);
+  auto made = NewDaemonMode(options, env, state_dir, (*store)->root());
   if (!made) {
     std::cerr << "modelcache: " << made.error().message << "\n";
     return 1;

@@ -149,12 +149,24 @@ struct ProgressStatus {
   bool operator==(const ProgressStatus&) const = default;
 };
 
+// Fleets: node copies, folded from the ModelCacheNode reports (DESIGN.md "Fleets").
+struct NodesStatus {
+  int64_t desired = 0;  // Nodes with a live report whose labels match spec.nodeSelector
+  int64_t ready = 0;    // of those, the ones whose copy is Ready
+  int64_t failed = 0;   // of those, the ones whose copy Failed
+  bool operator==(const NodesStatus&) const = default;
+};
+
+// The condition type of the fleet aggregate.
+inline constexpr std::string_view kConditionNodesReady = "NodesReady";
+
 struct ModelCacheStatus {
   int64_t observed_generation = 0;
   std::string phase;
   std::string resolved_revision;
   std::optional<ArtifactStatus> artifact;
   std::optional<ProgressStatus> progress;
+  std::optional<NodesStatus> nodes;
   std::vector<Condition> conditions;
   bool operator==(const ModelCacheStatus&) const = default;
 };

@@ -373,6 +373,17 @@ class Converter {
         s->progress = pr;
       }
     }
+    Loc nodes_loc = loc.Child("nodes");
+    if (const json* n = Field(v, "nodes", nodes_loc)) {
+      if (IsObject(*n, nodes_loc)) {
+        NodesStatus ns;
+        Int(*n, "desired", nodes_loc, &ns.desired);
+        Int(*n, "ready", nodes_loc, &ns.ready);
+        Int(*n, "failed", nodes_loc, &ns.failed);
+        ReportUnknown(*n, nodes_loc, {"desired", "ready", "failed"});
+        s->nodes = ns;
+      }
+    }
     Loc conditions_loc = loc.Child("conditions");
     if (const json* cs = Field(v, "conditions", conditions_loc)) {
       if (!cs->is_array()) {
@@ -403,7 +414,8 @@ class Converter {
     }
     ReportUnknown(
         v, loc,
-        {"observedGeneration", "phase", "resolvedRevision", "artifact", "progress", "conditions"});
+        {"observedGeneration", "phase", "resolvedRevision", "artifact", "progress", "nodes",
+         "conditions"});
   }
 
   void Object(const json& j, ModelCache* mc) {
@@ -570,6 +582,13 @@ J StatusJson(const ModelCacheStatus& s) {
     pj["filesTotal"] = p.files_total;
     pj["bytesPerSecond"] = p.bytes_per_second;
     j["progress"] = std::move(pj);
+  }
+  if (s.nodes) {
+    J nj = J::object();
+    nj["desired"] = s.nodes->desired;
+    nj["ready"] = s.nodes->ready;
+    nj["failed"] = s.nodes->failed;
+    j["nodes"] = std::move(nj);
   }
   if (!s.conditions.empty()) {
     J cs = J::array();

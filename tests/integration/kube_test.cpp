@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <tuple>
@@ -305,7 +306,8 @@ TEST_F(KubeTest, DroppedWatchAndExpiredHistoryRelistWithoutMissingChanges) {
   for (const char* name : {"kept", "changed", "removed"}) {
     ASSERT_TRUE(IsReadyForGeneration(WaitReady(name))) << name << daemon.Log();
   }
-  ASSERT_TRUE(WaitFor([&] { return api_.open_watches() == 1; }, seconds(5)));
+  // The ModelCaches' watch, and the fleet aggregate's of Nodes and ModelCacheNodes.
+  ASSERT_TRUE(WaitFor([&] { return api_.open_watches() == 3; }, seconds(5)));
   uint64_t gones = api_.stats().gones;
 
   // While the watch is down, three changes happen and the history is forgotten: the re-watch
@@ -540,9 +542,14 @@ TEST_F(KubeTest, AnotherNamespaceCannotTakeAnArtifactName) {
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 
-TEST_F(KubeTest, NodeNameFilterCachesOnlyWhatTheNodeSelectorGivesThisNode) {
+// The node daemon (--node-name): it caches what spec.nodeSelector gives its Node, reports in its
+// own ModelCacheNode (owned by the Node) and never writes a ModelCache (no status, no
+// finalizer); a relabelled Node takes effect without a restart; a deleted resource leaves the
+// report; a restarted daemon takes its report over.
+TEST_F(KubeTest, NodeDaemonReportsInItsModelCacheNodeAndFollowsItsNodesLabels) {
   AddRepo("org/model", SmallModelFiles(20000, 9));
-  ASSERT_EQ(api_.CreateNode("gpu-node-1", {{"gpu", "l40s"}, {"zone", "a"}}).status, 201);
+  ApiAnswer node = api_.CreateNode("gpu-node-1", {{"gpu", "l40s"}, {"zone", "a"}});
+  ASSERT_EQ(node.status, 201);
   Create(ModelCacheObject("mine", "org/model",
                           {{"nodeSelector", {{"gpu", "l40s"}}}, {"artifactName", "mine"}}));
   Create(ModelCacheObject("everyone", "org/model", {{"artifactName", "everyone"}}));
@@ -555,24 +562,152 @@ TEST_F(KubeTest, NodeNameFilterCachesOnlyWhatTheNodeSelectorGivesThisNode) {
   EXPECT_EQ(ghost.exit_code, 1);
   EXPECT_NE(ghost.err.find("node \"ghost\" not found"), std::string::npos) << ghost.err;
 
+  // The report's caches by name -> phase.
+  auto report = [&] {
+    std::map<std::string, std::string> phases;
+    ApiAnswer a = api_.GetModelCacheNode("gpu-node-1");
+    if (a.status == 200 && a.body.contains("status")) {
+      for (const json& c : a.body["status"].value("caches", json::array())) {
+        phases[c.value("name", "")] = c.value("phase", "");
+      }
+    }
+    return phases;
+  };
+  using Phases = std::map<std::string, std::string>;
+  // The Node's cache.modelcache.dev/ labels.
+  auto cache_labels = [&] {
+    std::map<std::string, std::string> out;
+    json labels = api_.GetNode("gpu-node-1").body["metadata"].value("labels", json::object());
+    for (const auto& [key, value] : labels.items()) {
+      if (key.rfind("cache.modelcache.dev/", 0) == 0) {
+        out[key] = value;
+      }
+    }
+    return out;
+  };
+
   // NODE_NAME (as a DaemonSet's downward API sets it) is the default for --node-name.
   Daemon::Options options = DaemonOptions();
   options.env["NODE_NAME"] = "gpu-node-1";
-  Daemon daemon(options);
-  daemon.Start();
-  EXPECT_TRUE(IsReadyForGeneration(WaitReady("mine"))) << daemon.Log();
-  EXPECT_TRUE(IsReadyForGeneration(WaitReady("everyone"))) << daemon.Log();
-  // The one for other nodes is never written to: no status, no finalizer, no event.
-  json other = Get("other");
-  EXPECT_FALSE(other.contains("status")) << other.dump(2);
-  EXPECT_FALSE(HasFinalizer(other));
-  EXPECT_EQ(other["metadata"]["resourceVersion"], Get("other")["metadata"]["resourceVersion"]);
+  auto daemon = std::make_unique<Daemon>(options);
+  daemon->Start();
+  ASSERT_TRUE(WaitFor([&] { return report() == Phases{{"everyone", "Ready"}, {"mine", "Ready"}}; }))
+      << api_.GetModelCacheNode("gpu-node-1").body.dump(2) << daemon->Log();
+  json mcn = api_.GetModelCacheNode("gpu-node-1").body;
+  ASSERT_EQ(mcn["metadata"]["ownerReferences"].size(), 1u);
+  EXPECT_EQ(mcn["metadata"]["ownerReferences"][0]["kind"], "Node");
+  EXPECT_EQ(mcn["metadata"]["ownerReferences"][0]["uid"], node.body["metadata"]["uid"]);
+  EXPECT_EQ(mcn["status"]["cachesReady"], 2);
+  EXPECT_EQ(mcn["status"]["cachesTotal"], 2);
+  EXPECT_GT(mcn["status"]["store"].value("usedBytes", uint64_t{0}), 20000u);
+  EXPECT_GT(mcn["status"]["store"].value("freeBytes", uint64_t{0}), 0u);
+  EXPECT_FALSE(mcn["status"].value("heartbeatTime", "").empty());
+  for (const json& c : mcn["status"]["caches"]) {
+    EXPECT_EQ(c["reason"], "ArtifactReady") << c;
+    EXPECT_EQ(c["path"], store_dir() + "/artifacts/" + c["name"].get<std::string>() + "/current")
+        << c;
+    EXPECT_EQ(c["resolvedRevision"].get<std::string>().size(), 40u) << c;
+    EXPECT_EQ(c["bytesDone"], c["bytesTotal"]) << c;
+  }
+  // Schedulable: one label per Ready copy.
+  ASSERT_TRUE(WaitFor([&] {
+    return cache_labels() == Phases{{"cache.modelcache.dev/default.everyone", "Ready"},
+                                    {"cache.modelcache.dev/default.mine", "Ready"}};
+  })) << api_.GetNode("gpu-node-1").body.dump(2);
+  // The node writes no ModelCache: no status, no finalizer.
+  for (const char* name : {"mine", "everyone", "other"}) {
+    json o = Get(name);
+    EXPECT_FALSE(o.contains("status")) << o.dump(2);
+    EXPECT_FALSE(HasFinalizer(o)) << name;
+  }
   for (const json& e : Events()) {
     EXPECT_NE(e["involvedObject"].value("name", ""), "other");
     EXPECT_EQ(e["source"].value("host", ""), "gpu-node-1");
   }
   EXPECT_FALSE(fs::exists(store_dir() + "/artifacts/other"));
-  EXPECT_EQ(daemon.Terminate(), 0);
+
+  // Relabelled: "other" starts matching and "mine" stops, without a restart.
+  ASSERT_EQ(api_.LabelNode("gpu-node-1", {{"gpu", "h100"}}).status, 200);
+  ASSERT_TRUE(WaitFor([&] { return report() == Phases{{"everyone", "Ready"}, {"other", "Ready"}}; }))
+      << api_.GetModelCacheNode("gpu-node-1").body.dump(2) << daemon->Log();
+  EXPECT_TRUE(fs::exists(store_dir() + "/artifacts/other/current"));
+  ASSERT_TRUE(WaitFor([&] {
+    return cache_labels() == Phases{{"cache.modelcache.dev/default.everyone", "Ready"},
+                                    {"cache.modelcache.dev/default.other", "Ready"}};
+  })) << api_.GetNode("gpu-node-1").body.dump(2);
+
+  // Deleted while the daemon runs: the entry goes.
+  ASSERT_EQ(api_.DeleteModelCache("default", "other").status, 200);
+  ASSERT_TRUE(WaitFor([&] { return report() == Phases{{"everyone", "Ready"}}; }))
+      << daemon->Log();
+  EXPECT_EQ(Get("other"), json()) << "no finalizer held it";
+
+  // Deleted while the daemon is down: the restarted daemon drops it (level-based).
+  EXPECT_EQ(daemon->Terminate(), 0);
+  ASSERT_EQ(api_.DeleteModelCache("default", "everyone").status, 200);
+  Create(ModelCacheObject("later", "org/model", {{"artifactName", "later"}}));
+  daemon = std::make_unique<Daemon>(options);
+  daemon->Start();
+  ASSERT_TRUE(WaitFor([&] { return report() == Phases{{"later", "Ready"}}; }))
+      << api_.GetModelCacheNode("gpu-node-1").body.dump(2) << daemon->Log();
+  ASSERT_TRUE(WaitFor([&] {
+    return cache_labels() == Phases{{"cache.modelcache.dev/default.later", "Ready"}};
+  })) << api_.GetNode("gpu-node-1").body.dump(2);
+  // The user's own labels were never touched.
+  EXPECT_EQ(api_.GetNode("gpu-node-1").body["metadata"]["labels"]["gpu"], "h100");
+
+  // The report goes with its Node (the garbage collector's work).
+  EXPECT_EQ(daemon->Terminate(), 0);
+  ASSERT_EQ(api_.DeleteNode("gpu-node-1").status, 200);
+  EXPECT_EQ(api_.GetModelCacheNode("gpu-node-1").status, 404);
+}
+
+// A DaemonSet-only install (no controller): the node daemons elect one of themselves with a Lease
+// to write the ModelCache's status, which follows the nodes (DESIGN.md "Fleets").
+TEST_F(KubeTest, DaemonSetOnlyNodesElectOneWriterOfTheStatus) {
+  AddRepo("org/model", SmallModelFiles(20000, 12));
+  for (const char* n : {"node-a", "node-b"}) {
+    ASSERT_EQ(api_.CreateNode(n, {{"gpu", "l40s"}}).status, 201);
+  }
+  Create(ModelCacheObject("m", "org/model", {{"nodeSelector", {{"gpu", "l40s"}}}}));
+  std::vector<std::unique_ptr<Daemon>> daemons;
+  for (const char* n : {"node-a", "node-b"}) {
+    Daemon::Options o = DaemonOptions({"--node-name", n, "--fleet-writer-elect",
+                                       "--node-heartbeat-interval", "1s"});
+    o.store = tmp_ / (std::string("store-") + n);
+    daemons.push_back(std::make_unique<Daemon>(o));
+    daemons.back()->Start();
+  }
+  json m = WaitObject("m", [](const json& o) {
+    return IsReadyForGeneration(o) && o["status"].contains("nodes") &&
+           o["status"]["nodes"] == json({{"desired", 2}, {"ready", 2}, {"failed", 0}});
+  });
+  ASSERT_TRUE(IsReadyForGeneration(m)) << m.dump(2) << daemons[0]->Log() << daemons[1]->Log();
+  json nodes_ready;
+  for (const json& c : m["status"]["conditions"]) {
+    if (c["type"] == "NodesReady") {
+      nodes_ready = c;
+    }
+  }
+  EXPECT_EQ(nodes_ready.value("status", ""), "True") << m.dump(2);
+  EXPECT_EQ(nodes_ready.value("message", ""), "2 of 2 nodes ready");
+  EXPECT_EQ(m["status"]["resolvedRevision"].get<std::string>().size(), 40u);
+  EXPECT_FALSE(HasFinalizer(m));
+  // One holder of the Lease, and one writer.
+  ApiAnswer lease =
+      api_.Call("GET", "/apis/coordination.k8s.io/v1/namespaces/default/leases/"
+                       "modelcache-fleet-writer");
+  ASSERT_EQ(lease.status, 200);
+  std::string holder = lease.body["spec"].value("holderIdentity", "");
+  EXPECT_TRUE(holder.rfind("node-a_", 0) == 0 || holder.rfind("node-b_", 0) == 0) << holder;
+  int elected = 0;
+  for (auto& d : daemons) {
+    elected += d->Log().find("fleet writer: elected") != std::string::npos ? 1 : 0;
+  }
+  EXPECT_EQ(elected, 1);
+  for (auto& d : daemons) {
+    EXPECT_EQ(d->Terminate(), 0);
+  }
 }
 
 TEST_F(KubeTest, RestartTrustsTheStatusOnTheServerAndWritesNothingNew) {

@@ -26,8 +26,10 @@ using modelcache::testing::FakeRepoSpec;
 using nlohmann::json;
 
 // What manifests/'s ClusterRole grants the controller.
-const std::vector<std::string> kControllerResources = {"modelcaches", "secrets", "events",
-                                                       "leases"};
+// What manifests/kubernetes/base/rbac.yaml grants (the fleet aggregate reads Nodes and
+// ModelCacheNodes).
+const std::vector<std::string> kControllerResources = {
+    "modelcaches", "secrets", "events", "leases", "nodes", "modelcachenodes"};
 
 FakeApiServerOptions TlsOptions() {
   FakeApiServerOptions o;

@@ -11,12 +11,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -159,6 +161,13 @@ TEST(ManifestsTest, TheCrdInManifestsIsByteIdenticalToCrdsModelcacheYaml) {
   EXPECT_EQ(ReadFile(std::string(MC_SOURCE_DIR) + "/manifests/kubernetes/base/crd.yaml"), crd)
       << "manifests/kubernetes/base/crd.yaml differs from crds/modelcache.yaml: copy it again "
          "(cp crds/modelcache.yaml manifests/kubernetes/base/crd.yaml)";
+  std::string node_crd = ReadFile(std::string(MC_SOURCE_DIR) + "/crds/modelcachenode.yaml");
+  ASSERT_FALSE(node_crd.empty());
+  EXPECT_EQ(ReadFile(std::string(MC_SOURCE_DIR) +
+                     "/manifests/kubernetes/base/crd-modelcachenode.yaml"),
+            node_crd)
+      << "manifests/kubernetes/base/crd-modelcachenode.yaml differs from "
+         "crds/modelcachenode.yaml: copy it again";
 }
 
 class KubectlTest : public ::testing::Test {
@@ -332,7 +341,10 @@ TEST_F(KubectlTest, ApplyWaitGetDeleteAgainstTheDaemon) {
             std::string::npos)
       << crd.out;
 
-  api_->AddToken(kDaemonToken, {"modelcaches", "secrets", "events", "leases"});
+  // What manifests/kubernetes/base/rbac.yaml grants (the fleet aggregate reads Nodes and
+  // ModelCacheNodes).
+  api_->AddToken(kDaemonToken,
+                 {"modelcaches", "secrets", "events", "leases", "nodes", "modelcachenodes"});
   WriteKubeconfig(tmp_ / "daemon-kubeconfig", kDaemonToken);
   Daemon::Options o;
   o.store = tmp_ / "store";
@@ -424,6 +436,83 @@ TEST_F(KubectlTest, AWrongTokenIsUnauthorizedTokensAreScopedAndOnlyItsCaIsTruste
   EXPECT_NE(untrusted.exit_code, 0);
   EXPECT_NE(untrusted.err.find("x509"), std::string::npos) << untrusted.err;
   EXPECT_EQ(api_->stats().lists, lists);
+}
+
+// Fleets with the real kubectl: the ModelCacheNode CRD applies, `kubectl get modelcachenodes`
+// prints its printer columns, and `kubectl wait --for=condition=NodesReady` returns once the
+// aggregate writer sets the condition (written here through the status subresource, as the
+// controller does; S3FleetTest runs the daemons).
+TEST_F(KubectlTest, GetModelCacheNodesAndWaitForNodesReady) {
+  CommandResult crd =
+      Run({"apply", "-f", std::string(MC_SOURCE_DIR) + "/crds/modelcachenode.yaml"});
+  ASSERT_EQ(crd.exit_code, 0) << crd.err;
+  EXPECT_NE(crd.out.find("modelcachenodes.modelcache.dev"), std::string::npos) << crd.out;
+
+  ApiAnswer node = api_->CreateNode("gpu-node-1", {{"gpu", "l40s"}});
+  ASSERT_EQ(node.status, 201);
+  const std::string path = "/apis/modelcache.dev/v1alpha1/modelcachenodes";
+  json report = {{"apiVersion", "modelcache.dev/v1alpha1"},
+                 {"kind", "ModelCacheNode"},
+                 {"metadata",
+                  {{"name", "gpu-node-1"},
+                   {"ownerReferences",
+                    {{{"apiVersion", "v1"},
+                      {"kind", "Node"},
+                      {"name", "gpu-node-1"},
+                      {"uid", node.body["metadata"]["uid"]}}}}}}};
+  ASSERT_EQ(api_->Call("POST", path, report).status, 201);
+  ASSERT_EQ(api_->Call("PATCH", path + "/gpu-node-1/status",
+                       {{"status",
+                         {{"heartbeatTime", "2026-12-06T10:00:00Z"},
+                          {"store", {{"usedBytes", 10}, {"freeBytes", 123456}}},
+                          {"cachesReady", 1},
+                          {"cachesTotal", 2}}}},
+                       "application/merge-patch+json")
+                .status,
+            200);
+  CommandResult table = Run({"get", "modelcachenodes"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_EQ(table.out.rfind("NAME         READY   CACHES   FREE     HEARTBEAT   AGE\n", 0), 0u)
+      << table.out;
+  EXPECT_NE(table.out.find("gpu-node-1   1       2        123456   "), std::string::npos)
+      << table.out;
+  CommandResult short_name = Run({"get", "mcn", "-o", "name"});
+  EXPECT_EQ(short_name.out, "modelcachenode.modelcache.dev/gpu-node-1\n") << short_name.err;
+
+  ASSERT_EQ(api_->CreateModelCache(json::parse(R"({"apiVersion":"modelcache.dev/v1alpha1",
+      "kind":"ModelCache","metadata":{"name":"model"},"spec":{"source":{"repo":"org/model"}}})"))
+                .status,
+            201);
+  std::atomic<bool> done{false};
+  CommandResult wait;
+  std::thread waiter([&] {
+    wait = Run({"wait", "--for=condition=NodesReady", "modelcache/model", "--timeout=60s"});
+    done = true;
+  });
+  // Not met before the condition is True.
+  auto write = [&](const std::string& status) {
+    json current = api_->GetModelCache("default", "model").body;
+    current["status"] = {{"phase", "Ready"},
+                         {"nodes", {{"desired", 1}, {"ready", status == "True" ? 1 : 0},
+                                    {"failed", 0}}},
+                         {"conditions",
+                          {{{"type", "NodesReady"},
+                            {"status", status},
+                            {"reason", status == "True" ? "NodesReady" : "NodesNotReady"},
+                            {"message", "..."},
+                            {"lastTransitionTime", "2026-12-06T10:00:00Z"}}}}};
+    return api_->Call("PUT", "/apis/modelcache.dev/v1alpha1/namespaces/default/modelcaches/model/status",
+                      current)
+        .status;
+  };
+  ASSERT_EQ(write("False"), 200);
+  EXPECT_FALSE(done.load());
+  ASSERT_EQ(write("True"), 200);
+  waiter.join();
+  EXPECT_EQ(wait.exit_code, 0) << wait.err;
+  EXPECT_EQ(wait.out, "modelcache.modelcache.dev/model condition met\n");
+  CommandResult mc = Run({"get", "mc", "model"});
+  EXPECT_NE(mc.out.find("NODES-READY   NODES-DESIRED"), std::string::npos) << mc.out;
 }
 
 }  // namespace

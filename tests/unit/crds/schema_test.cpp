@@ -107,6 +107,8 @@ TEST_F(SchemaTest, DefinitionIdentity) {
                   std::pair<std::string, std::string>{"Phase", ".status.phase"},
                   std::pair<std::string, std::string>{"Revision", ".status.resolvedRevision"},
                   std::pair<std::string, std::string>{"Artifact", ".status.artifact.id"},
+                  std::pair<std::string, std::string>{"Nodes-Ready", ".status.nodes.ready"},
+                  std::pair<std::string, std::string>{"Nodes-Desired", ".status.nodes.desired"},
                   std::pair<std::string, std::string>{"Age", ".metadata.creationTimestamp"}));
 }
 

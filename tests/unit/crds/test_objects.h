@@ -49,6 +49,7 @@ inline ModelCache FullObject() {
                                1'234'567'890'123ULL,
                                7};
   st.progress = ProgressStatus{100, 200, 1, 2, 50};
+  st.nodes = NodesStatus{3, 2, 1};
   st.conditions = {
       Condition{"Ready", "True", "Ready", "artifact published", "2026-01-02T03:05:00Z", 3}};
   return mc;
