@@ -22,6 +22,7 @@ constexpr std::array kReasonWords{
     ReasonWord{Reason::UnsupportedArchitecture, "UnsupportedArchitecture"},
     ReasonWord{Reason::ShardConfigInvalid, "ShardConfigInvalid"},
     ReasonWord{Reason::StorageError, "StorageError"},
+    ReasonWord{Reason::EndpointStalled, "EndpointStalled"},
     ReasonWord{Reason::Cancelled, "Cancelled"},
     ReasonWord{Reason::Internal, "InternalError"},
 };
@@ -62,6 +63,7 @@ bool IsTransient(Reason reason) {
     case Reason::Unauthorized:
     case Reason::UnsupportedArchitecture:
     case Reason::ShardConfigInvalid:
+    case Reason::EndpointStalled:
       return false;
   }
   return true;

@@ -307,6 +307,7 @@ Result<HttpResponse> HubClient::GetJson(const std::string& start_url, const std:
         return answer.error();  // Cancelled
       }
       last = Error(Reason::NetworkError, internal::ScrubUrl(answer.error().message, url));
+      last.stalled = answer.error().stalled;
     }
     ++failures;
     if (failures >= options_.max_attempts) {

@@ -206,6 +206,58 @@ TEST_F(ReconcilerTest, AFailedJobIsNotRunAgainUntilItsSpecChangesOrItsBackoffPas
   EXPECT_EQ(hub_.Requests("/api/models/org/model/revision"), asked);
 }
 
+TEST_F(ReconcilerTest, AnEndpointThatStallsJobAfterJobFailsWithEndpointStalled) {
+  // The weights drip far below the stall floor (1 KiB/s): every job stalls after the stall
+  // timeout (one attempt per request). Each stalled job backs off longer than the one before;
+  // the --stall-limit'th in a row is permanent, and only a spec change (force) runs a job again.
+  ReconcileLoop loop;
+  ReconcilerOptions o;
+  o.default_store = root_ + "/store";
+  o.hf_endpoint = hub_.url();
+  o.max_attempts = 1;
+  o.backoff_base = milliseconds(5);
+  o.transfer.stall_timeout = std::chrono::seconds(1);
+  o.stall_limit = 3;
+  o.progress_interval = milliseconds(20);
+  o.wake = loop.WakeCallback();
+  ModelCacheReconciler reconciler(o);
+  Fault drip;
+  drip.kind = Fault::Kind::Slow;
+  drip.path_glob = "model.safetensors";
+  drip.bytes_per_second = 64;
+  drip.count = -1;
+  hub_.AddFault(drip);
+  Request request{{"default", "m"}, Object(), std::nullopt, {}};
+  std::chrono::milliseconds last_wait{0};
+  for (int job = 1; job < o.stall_limit; ++job) {
+    auto stalled = loop.RunToEnd(reconciler, request);
+    ASSERT_FALSE(stalled);
+    ASSERT_EQ(stalled.error().reason, Reason::NetworkError) << stalled.error().ToString();
+    EXPECT_NE(stalled.error().message.find("stalled: less than"), std::string::npos);
+    ASSERT_TRUE(stalled.error().retry_after.has_value());
+    EXPECT_GT(*stalled.error().retry_after, last_wait);  // the backoff grows
+    last_wait = *stalled.error().retry_after;
+    std::this_thread::sleep_for(last_wait);
+  }
+  auto failed = loop.RunToEnd(reconciler, request);
+  ASSERT_FALSE(failed);
+  ASSERT_EQ(failed.error().reason, Reason::EndpointStalled) << failed.error().ToString();
+  EXPECT_NE(failed.error().message.find("stalled in 3 jobs in a row"), std::string::npos)
+      << failed.error().message;
+  EXPECT_FALSE(IsTransient(failed.error().reason));
+  int asked = hub_.Requests("/org/model/resolve");
+  auto again = reconciler.Reconcile(request, {});
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().reason, Reason::EndpointStalled);
+  EXPECT_EQ(hub_.Requests("/org/model/resolve"), asked);  // no job, no request
+  // A manual retry: spec.force incremented runs a job (which stalls again, but asks).
+  request.object->spec.force = 1;
+  auto retried = loop.RunToEnd(reconciler, request);
+  ASSERT_FALSE(retried);
+  EXPECT_EQ(retried.error().reason, Reason::NetworkError) << retried.error().ToString();
+  EXPECT_GT(hub_.Requests("/org/model/resolve"), asked);
+}
+
 TEST_F(ReconcilerTest, SourceErrorIsReportedWithoutAnyStep) {
   Request request{{"default", "m"}, Object(), Error(Reason::InvalidSpec, "declared twice"), {}};
   auto r = reconciler_->Reconcile(request, {});
