@@ -45,6 +45,12 @@ class Jobs {
       return true;
     };
   }
+  // Submits a preemptible job `name` of `tenant` and waits until it runs.
+  bool Started(JobPool& pool, const std::string& tenant, const std::string& name,
+               bool refuse = false) {
+    pool.Submit(tenant, Job(name), Preempt(name, refuse));
+    return Await("start " + name);
+  }
   void Release(const std::string& name) {
     std::lock_guard lock(mu_);
     released_[name] = true;
@@ -133,10 +139,8 @@ TEST(JobPoolTest, AFreeSlotGoesToTheWaitingTenantWithFewestRunningJobs) {
 TEST(JobPoolTest, ATenantAboveItsShareGivesItsLastStartedJobBackWhenAnotherWaits) {
   Jobs jobs;
   JobPool pool(2);
-  pool.Submit("a", jobs.Job("a1"), jobs.Preempt("a1"));
-  ASSERT_TRUE(jobs.Await("start a1"));
-  pool.Submit("a", jobs.Job("a2"), jobs.Preempt("a2"));
-  ASSERT_TRUE(jobs.Await("start a2"));
+  ASSERT_TRUE(jobs.Started(pool, "a", "a1"));
+  ASSERT_TRUE(jobs.Started(pool, "a", "a2"));
   pool.Submit("b", jobs.Job("b1"), jobs.Preempt("b1"));
   // b1 starts while a1 still runs: a2 (started last) gave its slot back, a1 was never asked.
   ASSERT_TRUE(jobs.Await("start b1"));
@@ -154,12 +158,9 @@ TEST(JobPoolTest, ATenantAboveItsShareGivesItsLastStartedJobBackWhenAnotherWaits
 TEST(JobPoolTest, AJobThatCannotStopKeepsItsSlotAndTheNextIsAsked) {
   Jobs jobs;
   JobPool pool(3);
-  pool.Submit("a", jobs.Job("a1"), jobs.Preempt("a1"));
-  ASSERT_TRUE(jobs.Await("start a1"));
-  pool.Submit("a", jobs.Job("a2"), jobs.Preempt("a2"));
-  ASSERT_TRUE(jobs.Await("start a2"));
-  pool.Submit("a", jobs.Job("a3"), jobs.Preempt("a3", /*refuse=*/true));
-  ASSERT_TRUE(jobs.Await("start a3"));
+  ASSERT_TRUE(jobs.Started(pool, "a", "a1"));
+  ASSERT_TRUE(jobs.Started(pool, "a", "a2"));
+  ASSERT_TRUE(jobs.Started(pool, "a", "a3", /*refuse=*/true));
   pool.Submit("b", jobs.Job("b1"));
   ASSERT_TRUE(jobs.Await("start b1"));
   EXPECT_EQ(jobs.asked(), (std::vector<std::string>{"a3", "a2"}));
