@@ -296,7 +296,11 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
     return Error(Reason::Cancelled, "transfer of " + req.url + " aborted");
   }
   std::string detail = errbuf[0] != 0 ? errbuf : curl_easy_strerror(rc);
-  return Error(Reason::NetworkError, req.method + " " + req.url + ": " + detail);
+  Error failed(Reason::NetworkError, req.method + " " + req.url + ": " + detail);
+  // Without a total timeout, only the low-speed limit times a transfer out.
+  failed.stalled = rc == CURLE_OPERATION_TIMEDOUT && req.stall_timeout.count() > 0 &&
+                   req.total_timeout.count() == 0;
+  return failed;
 }
 
 }  // namespace

@@ -23,6 +23,7 @@ constexpr std::array kReasonWords{
     ReasonWord{Reason::ShardConfigInvalid, "ShardConfigInvalid"},
     ReasonWord{Reason::StorageError, "StorageError"},
     ReasonWord{Reason::ArtifactNameConflict, "ArtifactNameConflict"},
+    ReasonWord{Reason::EndpointStalled, "EndpointStalled"},
     ReasonWord{Reason::Cancelled, "Cancelled"},
     ReasonWord{Reason::Internal, "InternalError"},
 };
@@ -64,6 +65,7 @@ bool IsTransient(Reason reason) {
     case Reason::UnsupportedArchitecture:
     case Reason::ShardConfigInvalid:
     case Reason::ArtifactNameConflict:
+    case Reason::EndpointStalled:
       return false;
   }
   return true;

@@ -30,6 +30,9 @@ enum class Reason {
   StorageError,
   // The spec's artifactName belongs to another resource of the store with a different spec.
   ArtifactNameConflict,
+  // The resource's endpoint stalled (sent less than the stall floor for --stall-timeout) in
+  // --stall-limit consecutive jobs: permanent until the spec changes (spec.force counts).
+  EndpointStalled,
   // Not failures of the resource: work stopped because the spec changed, the resource was
   // deleted or the daemon is shutting down. Never written as a condition reason.
   Cancelled,
@@ -52,6 +55,9 @@ struct Error {
   std::string message;
   // Set when the server said how long to wait (Retry-After).
   std::optional<std::chrono::milliseconds> retry_after;
+  // Set on a NetworkError when the peer stalled: it sent less than the stall floor for the
+  // stall timeout (a server dripping bytes), as opposed to refusing or breaking the connection.
+  bool stalled = false;
 
   Error() = default;
   Error(Reason r, std::string m) : reason(r), message(std::move(m)) {}

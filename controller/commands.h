@@ -84,6 +84,8 @@ struct RunOptions {
   double kube_api_qps = 0;
   int kube_api_burst = 100;
   int max_concurrent_jobs = 4;
+  // Consecutive stalled jobs of a resource before it fails with EndpointStalled; 0 = never.
+  int stall_limit = 5;
   TransferFlags transfer;
   std::chrono::milliseconds resync_period{std::chrono::minutes(10)};
   // First wait between attempts of a failed Hub request; doubles per attempt up to 30 s.

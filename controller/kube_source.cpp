@@ -33,7 +33,7 @@ int64_t StatusCode(const json& status) {
 
 CachedObject CachedObjectFromJson(const json& object) {
   CachedObject entry;
-  entry.origin = "kubernetes";
+  entry.origin = std::string(kKubernetesOrigin);
   auto converted = crds::FromJson(object);
   if (!converted) {
     entry.object.metadata.name = StringAt(object, "metadata", "name");

@@ -204,6 +204,11 @@ int main(int argc, char** argv) {
                       "Downloads/shards that run at once; others wait as Pending")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  run_cmd->add_option("--stall-limit", run.stall_limit,
+                      "Consecutive jobs of a resource whose endpoint stalls before it fails "
+                      "with EndpointStalled (0 = never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
   TransferFlagText run_transfer;
   AddTransferFlags(run_cmd, run.transfer, run_transfer);
   run_cmd->add_option("--resync-period", resync,

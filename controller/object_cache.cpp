@@ -16,6 +16,15 @@ std::string_view OriginFile(std::string_view origin) {
   return digits ? origin.substr(0, colon) : origin;
 }
 
+std::string TenantOf(const CachedObject& entry) {
+  if (entry.origin == kKubernetesOrigin || entry.origin.empty()) {
+    return entry.object.metadata.namespace_;
+  }
+  std::string_view file = OriginFile(entry.origin);
+  size_t slash = file.find('/');
+  return std::string(slash == std::string_view::npos ? file : file.substr(0, slash + 1));
+}
+
 namespace {
 
 bool SameError(const std::optional<Error>& a, const std::optional<Error>& b) {

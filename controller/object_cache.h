@@ -33,8 +33,18 @@ struct CachedObject {
   std::optional<Error> source_error;
 };
 
+// The origin of every object of the Kubernetes source.
+inline constexpr std::string_view kKubernetesOrigin = "kubernetes";
+
 // "models/qwen.yaml:12" -> "models/qwen.yaml": the origin without a trailing ":<line>".
 std::string_view OriginFile(std::string_view origin);
+
+// Who declared the entry, for sharing job slots fairly (ReconcilerOptions::tenant_of): in
+// Kubernetes mode its namespace ("team-a"); in directory mode the top-level entry of the watched
+// directory its file lies in: the directory ("team-a/" for team-a/models/qwen.yaml) or, for a
+// file at the top, the file ("qwen.yaml"). Whoever may write below one top-level directory (a
+// GitOps repo's team folder, one ConfigMap mount) is one tenant.
+std::string TenantOf(const CachedObject& entry);
 
 // True if `a` and `b` differ in what a reconcile depends on: the spec, metadata.generation,
 // metadata.deletionTimestamp or source_error. Only the origin or labels changing is not a change

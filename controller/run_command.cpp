@@ -251,6 +251,11 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   ro.allowed_stores = options.allowed_stores;
   ro.secrets_dir = options.secrets_dir;
   ro.max_concurrent_jobs = options.max_concurrent_jobs;
+  ro.tenant_of = [&cache](const crds::ObjectKey& key) {
+    auto entry = cache.Get(key);
+    return entry ? TenantOf(*entry) : key.namespace_;
+  };
+  ro.stall_limit = options.stall_limit;
   ro.transfer.max_connections = options.transfer.max_connections;
   ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
   ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;

@@ -341,6 +341,7 @@ Result<HttpResponse> HubClient::Get(const std::string& start_url, const std::str
         return answer.error();  // Cancelled
       }
       last = Error(Reason::NetworkError, internal::ScrubUrl(answer.error().message, url));
+      last.stalled = answer.error().stalled;
     }
     ++failures;
     if (failures >= options_.max_attempts) {

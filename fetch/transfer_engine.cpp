@@ -951,6 +951,12 @@ class Job {
   void Retry(FileState& f, Chunk& c, Error error, bool progressed);
   // Why a request ended early, in words ("stalled: ..." for the stall timeout).
   std::string TransferFailure(CURLcode code) const;
+  // A NetworkError for a request that ended with `code`, marked stalled for the stall timeout.
+  static Error NetworkFailure(std::string message, CURLcode code) {
+    Error e(Reason::NetworkError, std::move(message));
+    e.stalled = code == CURLE_OPERATION_TIMEDOUT;
+    return e;
+  }
   void StartReset(FileState& f, bool single_stream, const std::string& new_etag);
   VoidResult FinishReset(FileState& f);
   VoidResult AdvanceHash(FileState& f, uint64_t& budget);
@@ -1472,11 +1478,11 @@ void Job::Handle(Request* r) {
         return;
       }
       Retry(f, c,
-            Error(Reason::NetworkError,
-                  r->code != CURLE_OK
-                      ? internal::ScrubUrl(
-                            fmt::format("{}: {}", what, TransferFailure(r->code)), r->url)
-                      : fmt::format("{} ended at byte {} of {}", what, r->pos, c.end)),
+            NetworkFailure(r->code != CURLE_OK
+                               ? internal::ScrubUrl(
+                                     fmt::format("{}: {}", what, TransferFailure(r->code)), r->url)
+                               : fmt::format("{} ended at byte {} of {}", what, r->pos, c.end),
+                           r->code),
             progressed);
       return;
     case V::None:
@@ -1484,9 +1490,7 @@ void Job::Handle(Request* r) {
       break;
   }
   if (r->code != CURLE_OK || status == 0) {
-    Retry(f, c,
-          Error(Reason::NetworkError,
-                fmt::format("{}: {}", what, TransferFailure(r->code))),
+    Retry(f, c, NetworkFailure(fmt::format("{}: {}", what, TransferFailure(r->code)), r->code),
           progressed);
     return;
   }

@@ -44,12 +44,33 @@ struct JobEntry {
   std::optional<Result<std::string>> drift;
   // Non-empty: this cache job heals what a drift check (or a missing version) found.
   std::string heal;
+  // Set when the job pool asked the job to give its slot to another tenant (JobPool's preempt).
+  std::atomic<bool> preempted{false};
   // A reconcile waiting for the job (ReconcilerOptions::settle) takes its result itself, so the
   // job's end does not wake the key then. Set before the job is submitted (so that a job that
   // ends before the wait begins does not wake the key either); cleared when the wait ends.
   std::mutex done_mu;
   std::condition_variable_any done_cv;
   bool awaited = false;  // guarded by done_mu
+
+  // True for a finished cache job that stopped because the pool preempted it (not a failure: it
+  // is started again, behind its tenant's other jobs).
+  bool Preempted() const {
+    return preempted && result && !*result && result->error().reason == Reason::Cancelled;
+  }
+
+  // Asks a resolving or downloading job to stop for another tenant; a job sharding or uploading
+  // keeps its slot (that work would be lost).
+  bool Preempt() {
+    JobPhase phase = state.phase.load();
+    if (phase != JobPhase::Pending && phase != JobPhase::Resolving &&
+        phase != JobPhase::Downloading) {
+      return false;
+    }
+    preempted = true;
+    stop.request_stop();
+    return true;
+  }
 
   // Marks the job finished; true if a reconcile was waiting for it.
   bool Finish() {
@@ -185,6 +206,11 @@ struct ModelCacheReconciler::Impl {
     return {};
   }
   JobPool pool;
+
+  std::string TenantOf(const crds::ObjectKey& key) const {
+    return options.tenant_of ? options.tenant_of(key) : key.namespace_;
+  }
+
   std::mutex mu;
   std::map<crds::ObjectKey, std::shared_ptr<JobEntry>> jobs;         // guarded by mu
   std::map<crds::ObjectKey, Clock::time_point> last_resolved;        // guarded by mu
@@ -200,6 +226,7 @@ struct ModelCacheReconciler::Impl {
     std::string spec_hash;
     Error error;
     int count = 0;
+    int stalls = 0;  // of the last `count` failures, how many in a row the endpoint stalled
     Clock::time_point retry_at{};
   };
   std::map<crds::ObjectKey, JobFailure> job_failures;  // guarded by mu
@@ -212,8 +239,19 @@ struct ModelCacheReconciler::Impl {
     }
     std::lock_guard lock(mu);
     JobFailure& f = job_failures[key];
-    f.count = f.spec_hash == spec_hash ? f.count + 1 : 1;
+    bool same_spec = f.spec_hash == spec_hash;
+    f.count = same_spec ? f.count + 1 : 1;
+    f.stalls = !error.stalled ? 0 : same_spec ? f.stalls + 1 : 1;
     f.spec_hash = spec_hash;
+    if (options.stall_limit > 0 && f.stalls >= options.stall_limit) {
+      // A pattern, not an accident: the endpoint holds a job slot until the stall timeout, job
+      // after job. Permanent, so the resource stops taking slots until someone changes it.
+      error = Error(Reason::EndpointStalled,
+                    fmt::format("the endpoint stalled in {} {} in a row (--stall-limit); not "
+                                "retried until the spec changes (increment spec.force to retry "
+                                "as it is): {}",
+                                f.stalls, f.stalls == 1 ? "job" : "jobs", error.message));
+    }
     if (IsTransient(error.reason)) {
       milliseconds wait = std::max(options.backoff_base, milliseconds(1));
       for (int i = 1; i < f.count && wait < options.backoff_cap; ++i) {
@@ -559,9 +597,9 @@ struct ModelCacheReconciler::Impl {
     if (options.observer != nullptr) {
       options.observer->JobStarted(key);
     }
-    pool.Submit([this, job, key, spec = obj.spec, root = StoreRoot(obj.spec),
-                 artifact = *status.artifact, commit = status.resolved_revision,
-                 endpoint = EndpointOf(obj.spec)] {
+    pool.Submit(TenantOf(key), [this, job, key, spec = obj.spec, root = StoreRoot(obj.spec),
+                                artifact = *status.artifact, commit = status.resolved_revision,
+                                endpoint = EndpointOf(obj.spec)] {
       std::stop_token stop = job->stop.get_token();
       if (stop.stop_requested()) {
         job->drift = Error(Reason::Cancelled, "cancelled before it started");
@@ -724,7 +762,7 @@ struct ModelCacheReconciler::Impl {
     if (options.observer != nullptr) {
       options.observer->JobStarted(key);
     }
-    pool.Submit([this, job, in = std::move(in)] {
+    pool.Submit(TenantOf(key), [this, job, in = std::move(in)] {
       std::stop_token stop = job->stop.get_token();
       if (stop.stop_requested()) {
         job->result = Error(Reason::Cancelled, "cancelled before it started");
@@ -741,7 +779,7 @@ struct ModelCacheReconciler::Impl {
       if (options.wake && !taken) {
         options.wake(in.key);
       }
-    });
+    }, [job] { return job->Preempt(); });
     return {};
   }
 };
@@ -811,6 +849,13 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     }
     impl.EraseJob(key, job);
     job = nullptr;
+  }
+
+  if (job && job->finished && job->Preempted()) {
+    // It gave its slot to another tenant: start it again below (it resumes its partial files).
+    impl.EraseJob(key, job);
+    job = nullptr;
+    spdlog::info("{}: gave its job slot to another tenant; waiting for the next", key.ToString());
   }
 
   // A job runs only for an allowed spec (the allow-lists do not change while the daemon runs), so

@@ -83,8 +83,17 @@ struct ReconcilerOptions {
   // but never a value. Called from reconcile workers; must be thread-safe.
   std::function<Result<std::string>(const crds::ObjectKey& owner, const crds::SecretKeyRef& ref)>
       secret_lookup;
-  // Jobs (downloads, shards) that run at once; more wait in phase Pending.
+  // Jobs (downloads, shards) that run at once; more wait in phase Pending. The slots are shared
+  // fairly between tenants (reconcilers/internal/job_pool.h): a tenant above its share gives a
+  // resolving or downloading job back when another tenant waits.
   int max_concurrent_jobs = 4;
+  // Who declared a resource (controller::TenantOf: the namespace in Kubernetes mode, the
+  // top-level entry of the watched directory in directory mode). Called from reconcile workers;
+  // must be thread-safe. Unset: the key's namespace.
+  std::function<std::string(const crds::ObjectKey&)> tenant_of;
+  // Consecutive jobs of a resource that end with its endpoint stalled (Error::stalled) before it
+  // fails with EndpointStalled, which waits for the spec to change; 0 = never (--stall-limit).
+  int stall_limit = 5;
   // The transfer engine's settings (connections, per-artifact connections, chunk size, bandwidth
   // limit); used when transfer_factory is not set.
   fetch::TransferEngineOptions transfer;

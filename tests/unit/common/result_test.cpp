@@ -15,7 +15,8 @@ TEST(ReasonTest, NamesRoundTrip) {
                    Reason::Unauthorized, Reason::RateLimited, Reason::NetworkError,
                    Reason::ChecksumMismatch, Reason::InsufficientStorage,
                    Reason::UnsupportedArchitecture, Reason::ShardConfigInvalid,
-                   Reason::StorageError, Reason::ArtifactNameConflict}) {
+                   Reason::StorageError, Reason::ArtifactNameConflict,
+                   Reason::EndpointStalled}) {
     auto parsed = ParseReason(ReasonName(r));
     ASSERT_TRUE(parsed.has_value()) << ReasonName(r);
     EXPECT_EQ(*parsed, r);
@@ -28,6 +29,7 @@ TEST(ReasonTest, TransientVersusPermanent) {
   EXPECT_TRUE(IsTransient(Reason::NetworkError));
   EXPECT_TRUE(IsTransient(Reason::RateLimited));
   EXPECT_FALSE(IsTransient(Reason::RepoNotFound));
+  EXPECT_FALSE(IsTransient(Reason::EndpointStalled));
   EXPECT_FALSE(IsTransient(Reason::InvalidSpec));
   EXPECT_FALSE(IsTransient(Reason::Unauthorized));
   EXPECT_FALSE(IsTransient(Reason::ArtifactNameConflict));

@@ -24,6 +24,20 @@ TEST(OriginFileTest, StripsTheLine) {
   EXPECT_EQ(OriginFile("odd:name.yaml:3"), "odd:name.yaml");
 }
 
+TEST(TenantOfTest, NamespaceInKubernetesModeTopLevelEntryInDirectoryMode) {
+  CachedObject kube = Entry("a", std::string(kKubernetesOrigin), "org/a");
+  kube.object.metadata.namespace_ = "team-a";
+  EXPECT_EQ(TenantOf(kube), "team-a");
+  // Directory mode: every file below one top-level directory is one tenant; a file at the top
+  // is a tenant of its own. Namespaces declared in the files do not matter.
+  CachedObject nested = Entry("b", "team-b/models/qwen.yaml:12", "org/b");
+  nested.object.metadata.namespace_ = "team-a";
+  EXPECT_EQ(TenantOf(nested), "team-b/");
+  EXPECT_EQ(TenantOf(Entry("c", "team-b/llama.yml:1", "org/c")), "team-b/");
+  EXPECT_EQ(TenantOf(Entry("d", "canary.yaml:3", "org/d")), "canary.yaml");
+  EXPECT_NE(TenantOf(Entry("e", "team-b.yaml:1", "org/e")), TenantOf(nested));
+}
+
 TEST(ObjectCacheTest, UpsertGetDelete) {
   ObjectCache cache;
   EXPECT_TRUE(cache.Upsert(Entry("a", "a.yaml:1", "org/a")));

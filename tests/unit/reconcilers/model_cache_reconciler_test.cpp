@@ -264,6 +264,120 @@ TEST_F(ReconcilerTest, AFailedJobIsNotRunAgainUntilItsSpecChangesOrItsBackoffPas
   EXPECT_EQ(hub_.Requests("/api/models/org/model/revision"), asked);
 }
 
+TEST_F(ReconcilerTest, AnEndpointThatStallsJobAfterJobFailsWithEndpointStalled) {
+  // The weights drip far below the stall floor (1 KiB/s): every job stalls after the stall
+  // timeout (one attempt per request). Each stalled job backs off longer than the one before;
+  // the --stall-limit'th in a row is permanent, and only a spec change (force) runs a job again.
+  ReconcileLoop loop;
+  ReconcilerOptions o;
+  o.default_store = root_ + "/store";
+  o.hf_endpoint = hub_.url();
+  o.max_attempts = 1;
+  o.backoff_base = milliseconds(5);
+  o.transfer.stall_timeout = std::chrono::seconds(1);
+  o.stall_limit = 3;
+  o.progress_interval = milliseconds(20);
+  o.wake = loop.WakeCallback();
+  ModelCacheReconciler reconciler(o);
+  Fault drip;
+  drip.kind = Fault::Kind::Slow;
+  drip.path_glob = "model.safetensors";
+  drip.bytes_per_second = 64;
+  drip.count = -1;
+  hub_.AddFault(drip);
+  Request request{{"default", "m"}, Object(), std::nullopt, {}};
+  std::chrono::milliseconds last_wait{0};
+  for (int job = 1; job < o.stall_limit; ++job) {
+    auto stalled = loop.RunToEnd(reconciler, request);
+    ASSERT_FALSE(stalled);
+    ASSERT_EQ(stalled.error().reason, Reason::NetworkError) << stalled.error().ToString();
+    EXPECT_NE(stalled.error().message.find("stalled: less than"), std::string::npos);
+    ASSERT_TRUE(stalled.error().retry_after.has_value());
+    EXPECT_GT(*stalled.error().retry_after, last_wait);  // the backoff grows
+    last_wait = *stalled.error().retry_after;
+    std::this_thread::sleep_for(last_wait);
+  }
+  auto failed = loop.RunToEnd(reconciler, request);
+  ASSERT_FALSE(failed);
+  ASSERT_EQ(failed.error().reason, Reason::EndpointStalled) << failed.error().ToString();
+  EXPECT_NE(failed.error().message.find("stalled in 3 jobs in a row"), std::string::npos)
+      << failed.error().message;
+  EXPECT_FALSE(IsTransient(failed.error().reason));
+  int asked = hub_.Requests("/org/model/resolve");
+  auto again = reconciler.Reconcile(request, {});
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().reason, Reason::EndpointStalled);
+  EXPECT_EQ(hub_.Requests("/org/model/resolve"), asked);  // no job, no request
+  // A manual retry: spec.force incremented runs a job (which stalls again, but asks).
+  request.object->spec.force = 1;
+  auto retried = loop.RunToEnd(reconciler, request);
+  ASSERT_FALSE(retried);
+  EXPECT_EQ(retried.error().reason, Reason::NetworkError) << retried.error().ToString();
+  EXPECT_GT(hub_.Requests("/org/model/resolve"), asked);
+}
+
+TEST_F(ReconcilerTest, AJobPreemptedForAnotherTenantStartsAgainAndFinishes) {
+  // Two slots; namespaces are tenants. Tenant a's two downloads are slow; tenant b's resource
+  // takes a slot from a's job started last at once (it would otherwise wait for a whole
+  // download), and that job, given back, is started again rather than reported as a failure.
+  WriteRepo("other", 2);
+  FakeRepoSpec other;
+  other.id = "org/other";
+  other.refs["main"] = root_ + "/repo/other";
+  hub_.AddRepo(other);
+  ReconcileLoop loop;
+  ReconcilerOptions o;
+  o.default_store = root_ + "/store";
+  o.hf_endpoint = hub_.url();
+  o.backoff_base = milliseconds(5);
+  o.max_concurrent_jobs = 2;
+  o.progress_interval = milliseconds(20);
+  o.wake = loop.WakeCallback();
+  ModelCacheReconciler reconciler(o);
+  Fault slow;
+  slow.kind = Fault::Kind::Slow;
+  slow.path_glob = "model.safetensors";
+  slow.bytes_per_second = 1000;  // 300 s for the weights
+  slow.count = -1;
+  hub_.AddFault(slow);
+  auto request = [&](const std::string& ns, const std::string& name, const std::string& repo) {
+    Request r{{ns, name}, Object(), std::nullopt, {}};
+    r.object->metadata.namespace_ = ns;
+    r.object->metadata.name = name;
+    r.object->spec.source.repo = repo;
+    return r;
+  };
+  auto downloading = [&](Request& r) {
+    for (int i = 0; i < 2000; ++i) {
+      auto step = reconciler.Reconcile(r, {});
+      if (!step) {
+        return false;
+      }
+      r.status = step->status;
+      if (step->status.phase == crds::kPhaseDownloading) {
+        return true;
+      }
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return false;
+  };
+  Request first = request("a", "first", "org/model");
+  Request last = request("a", "last", "org/other");
+  ASSERT_TRUE(downloading(first));
+  ASSERT_TRUE(downloading(last));
+  hub_.ClearFaults();  // what starts from now on goes at full speed
+  Request b = request("b", "m", "org/other");
+  auto other_tenant = loop.RunToEnd(reconciler, b);
+  ASSERT_TRUE(other_tenant) << other_tenant.error().ToString();
+  EXPECT_EQ(other_tenant->status.phase, crds::kPhaseReady);
+  auto again = loop.RunToEnd(reconciler, last);
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ(again->status.phase, crds::kPhaseReady);
+  auto still = reconciler.Reconcile(first, {});  // never asked: still on its slow download
+  ASSERT_TRUE(still) << still.error().ToString();
+  EXPECT_EQ(still->status.phase, crds::kPhaseDownloading);
+}
+
 TEST_F(ReconcilerTest, SourceErrorIsReportedWithoutAnyStep) {
   Request request{{"default", "m"}, Object(), Error(Reason::InvalidSpec, "declared twice"), {}};
   auto r = reconciler_->Reconcile(request, {});
