@@ -41,8 +41,9 @@ foreach(module ${modules})
   endforeach()
 endforeach()
 
-# internal/ headers are a module's private parts: nobody else includes them, tests and benchmarks
-# included (they test through the module's header).
+# internal/ headers are a module's private parts: nobody else includes them, except the module's
+# own unit tests (tests/unit/<module>/, which test its parts one by one, as leveldb's *_test.cc
+# beside their sources do).
 file(GLOB_RECURSE all_files "${SOURCE_DIR}/*.h" "${SOURCE_DIR}/*.cpp")
 list(FILTER all_files EXCLUDE REGEX "^${SOURCE_DIR}/build[^/]*/")
 foreach(file ${all_files})
@@ -50,7 +51,8 @@ foreach(file ${all_files})
   foreach(line ${includes})
     string(REGEX MATCH "\"([a-z_]+)/internal/" _ "${line}")
     set(owner "${CMAKE_MATCH_1}")
-    if(NOT file MATCHES "^${SOURCE_DIR}/${owner}/")
+    if(NOT file MATCHES "^${SOURCE_DIR}/${owner}/" AND
+       NOT file MATCHES "^${SOURCE_DIR}/tests/unit/${owner}/")
       file(RELATIVE_PATH rel "${SOURCE_DIR}" "${file}")
       message(SEND_ERROR "${rel}: includes ${owner}/'s internal header (${line}); use ${owner}'s interface")
       math(EXPR violations "${violations} + 1")
