@@ -7,7 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:-$here/build-tsan}"
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
-  -DMODELCACHE_TSAN=ON -DMODELCACHE_BUILD_BENCH=OFF >/dev/null
+  -DMODELCACHE_TSAN=ON -DMODELCACHE_BUILD_TESTS=ON -DMODELCACHE_BUILD_BENCH=OFF >/dev/null
 # Every test executable labelled unit, the daemon and what the integration tests start.
 targets=(modelcache mc-fake-hub integration_tests fake_hub_test kube_test)
 for t in unit_common unit_crds unit_store unit_fetch unit_shard unit_reconcilers unit_controller; do
