@@ -320,7 +320,12 @@ TEST_F(ReconcilerTest, AJobPreemptedForAnotherTenantStartsAgainAndFinishes) {
   // Two slots; namespaces are tenants. Tenant a's two downloads are slow; tenant b's resource
   // takes a slot from a's job started last at once (it would otherwise wait for a whole
   // download), and that job, given back, is started again rather than reported as a failure.
-  WriteRepo("other", 2);
+  // org/other's weights have a name of their own, so that the fault slowing org/model's can be
+  // kept while org/other's is lifted.
+  const std::string other_dir = root_ + "/repo/other";
+  fs::create_directories(other_dir);
+  std::ofstream(other_dir + "/config.json") << "{\"seed\": 2}";
+  std::ofstream(other_dir + "/other.safetensors", std::ios::binary) << Bytes(300000, 2);
   FakeRepoSpec other;
   other.id = "org/other";
   other.refs["main"] = root_ + "/repo/other";
@@ -336,7 +341,7 @@ TEST_F(ReconcilerTest, AJobPreemptedForAnotherTenantStartsAgainAndFinishes) {
   ModelCacheReconciler reconciler(o);
   Fault slow;
   slow.kind = Fault::Kind::Slow;
-  slow.path_glob = "model.safetensors";
+  slow.path_glob = "*.safetensors";
   slow.bytes_per_second = 1000;  // 300 s for the weights
   slow.count = -1;
   hub_.AddFault(slow);
@@ -365,7 +370,11 @@ TEST_F(ReconcilerTest, AJobPreemptedForAnotherTenantStartsAgainAndFinishes) {
   Request last = request("a", "last", "org/other");
   ASSERT_TRUE(downloading(first));
   ASSERT_TRUE(downloading(last));
-  hub_.ClearFaults();  // what starts from now on goes at full speed
+  // What starts from now on goes at full speed, except org/model's weights: the first job keeps
+  // its slow download even if its request has not reached the Hub yet.
+  hub_.ClearFaults();
+  slow.path_glob = "model.safetensors";
+  hub_.AddFault(slow);
   Request b = request("b", "m", "org/other");
   auto other_tenant = loop.RunToEnd(reconciler, b);
   ASSERT_TRUE(other_tenant) << other_tenant.error().ToString();
