@@ -806,8 +806,11 @@ Result<CacheJobOutput> RunStreamingS3Job(const CacheJobInputs& in, const fetch::
     cv.notify_all();
   };
   std::vector<std::jthread> workers;
-  running = std::min(kStreamedFilesAtOnce, files.size());
-  for (size_t w = 0; w < running; ++w) {
+  // Counted before the first worker starts: a worker that finishes at once decrements `running`
+  // under the lock while later ones are still being started.
+  const size_t worker_count = std::min(kStreamedFilesAtOnce, files.size());
+  running = worker_count;
+  for (size_t w = 0; w < worker_count; ++w) {
     workers.emplace_back(work);
   }
   {
