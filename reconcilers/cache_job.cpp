@@ -132,21 +132,26 @@ void ReportDownloaded(const std::vector<fetch::FileTask>& tasks,
   }
 }
 
+// Whether `repo` holds `file`'s blob, linking it in from another repo of the store that has it.
+Result<bool> HasOrAdoptBlob(store::LocalStore& store, const store::RepoRef& repo,
+                            const fetch::RepoFile& file) {
+  if (store.HasBlob(repo, file.etag(), file.size)) {
+    return true;
+  }
+  return store.AdoptBlob(repo, file.etag(), file.size);
+}
+
 // Puts one small file of the selection (config.json, the safetensors index) in the store, unless
 // it is there already. REQUIRES: the repo lock is held.
 VoidResult EnsureBlob(const CacheJobInputs& in, const fetch::HubClient& hub,
                       store::LocalStore& store, const store::RepoRef& repo,
                       const std::string& commit, const fetch::RepoFile& file,
                       std::stop_token stop) {
-  bool present = store.HasBlob(repo, file.etag(), file.size);
+  auto present = HasOrAdoptBlob(store, repo, file);
   if (!present) {
-    auto adopted = store.AdoptBlob(repo, file.etag(), file.size);
-    if (!adopted) {
-      return adopted.error();
-    }
-    present = *adopted;
+    return present.error();
   }
-  if (present) {
+  if (*present) {
     return {};
   }
   fetch::FileTask t;
@@ -971,14 +976,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   for (size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     std::string blob = store.BlobPath(repo, f.etag());
-    bool present = store.HasBlob(repo, f.etag(), f.size);
-    if (!present) {
-      auto adopted = store.AdoptBlob(repo, f.etag(), f.size);
-      if (!adopted) {
-        return adopted.error();
-      }
-      present = *adopted;
+    auto has = HasOrAdoptBlob(store, repo, f);
+    if (!has) {
+      return has.error();
     }
+    bool present = *has;
     if (present && in.verify_existing) {
       if (auto verified = store.VerifyBlob(repo, f.etag(), f.size); !verified) {
         if (verified.error().reason != Reason::ChecksumMismatch) {
