@@ -44,12 +44,6 @@ constexpr std::string_view kCacheDirTag =
     "# For information about cache directory tags, see:\n"
     "#\thttps://bford.info/cachedir/\n";
 
-Error IoError(const std::string& what, const std::string& path, int err) {
-  Reason reason =
-      (err == ENOSPC || err == EDQUOT) ? Reason::InsufficientStorage : Reason::StorageError;
-  return {reason, what + " " + path + ": " + ErrnoMessage(err)};
-}
-
 bool IsSafeComponent(std::string_view s) {
   return !s.empty() && s != "." && s != ".." && s.find('/') == std::string_view::npos &&
          s.find('\0') == std::string_view::npos;
@@ -185,56 +179,10 @@ VoidResult ReplaceSymlink(const std::string& target, const std::string& link_pat
                "cannot replace symlink " + link_path + ": temporary name removed repeatedly");
 }
 
-// Writes `fd` fully; errno-style result.
-int WriteAll(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return errno;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return 0;
-}
-
-// Like WriteFileAtomic, but the temporary name carries kTmpMarker so a crash leftover is
+// WriteFileAtomic with a temporary name that carries kTmpMarker, so a crash leftover is
 // recognisable (a stray "refs/main.tmp.123" would read as a ref to huggingface_hub).
 VoidResult WriteFileReplacing(const std::string& path, std::string_view content) {
-  if (auto r = MakeDirs(ParentDir(path)); !r) {
-    return r.error();
-  }
-  for (int attempt = 0; attempt < kTmpNameAttempts; ++attempt) {
-    std::string tmp = TmpNameFor(path);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return IoError("cannot create", tmp, errno);
-    }
-    int err = WriteAll(fd, content.data(), content.size());
-    if (err == 0 && ::fsync(fd) != 0) {
-      err = errno;
-    }
-    if (::close(fd) != 0 && err == 0) {
-      err = errno;
-    }
-    if (err != 0) {
-      ::unlink(tmp.c_str());
-      return IoError("cannot write", tmp, err);
-    }
-    if (::rename(tmp.c_str(), path.c_str()) == 0) {
-      return SyncDir(ParentDir(path));
-    }
-    err = errno;
-    ::unlink(tmp.c_str());
-    if (err != ENOENT) {
-      return IoError("cannot rename onto", path, err);
-    }
-  }
-  return Error(Reason::StorageError,
-               "cannot write " + path + ": temporary name removed repeatedly");
+  return WriteFileAtomic(path, content, TmpNameFor);
 }
 
 // Copies src to dst (created exclusively) and fsyncs it.
@@ -265,7 +213,7 @@ VoidResult CopyFileSynced(const std::string& src, const std::string& dst) {
     if (n == 0) {
       break;
     }
-    err = WriteAll(out, buf.data(), static_cast<size_t>(n));
+    err = WriteAll(out, std::string_view(buf.data(), static_cast<size_t>(n)));
   }
   if (err == 0 && ::fsync(out) != 0) {
     err = errno;
