@@ -1,7 +1,6 @@
 #include "store/local_store.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -458,27 +457,6 @@ VoidResult LocalStore::RecordWritten(const RepoRef& repo, const std::string& com
 }
 
 // ---------------------------------------------------------------------------------------------
-// BlobLock.
-
-BlobLock::~BlobLock() {
-  if (fd_ >= 0) {
-    ::close(fd_);  // closing the last fd of the open file description releases the flock
-  }
-}
-
-BlobLock::BlobLock(BlobLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-
-BlobLock& BlobLock::operator=(BlobLock&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-    fd_ = std::exchange(other.fd_, -1);
-  }
-  return *this;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Open.
 
 LocalStore::LocalStore(std::string root) : root_(std::move(root)) {}
@@ -738,21 +716,6 @@ Result<bool> LocalStore::AdoptBlob(const RepoRef& repo, const std::string& etag,
                "cannot adopt blob " + dest + ": temporary name removed repeatedly");
 }
 
-namespace {
-
-Result<int> OpenLockFile(const std::string& path) {
-  if (auto r = MakeDirs(ParentDir(path)); !r) {
-    return r.error();
-  }
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return IoError("cannot open lock file", path, errno);
-  }
-  return fd;
-}
-
-}  // namespace
-
 Result<std::optional<BlobLock>> LocalStore::TryLockBlob(const RepoRef& repo,
                                                         const std::string& etag) {
   if (auto r = ValidateRepo(repo); !r) {
@@ -762,19 +725,14 @@ Result<std::optional<BlobLock>> LocalStore::TryLockBlob(const RepoRef& repo,
     return r.error();
   }
   std::string path = HubDir(repo.hub) + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
-  auto fd = OpenLockFile(path);
-  if (!fd) {
-    return fd.error();
+  auto lock = FileLock::TryLock(path, LockMode::Exclusive);
+  if (!lock) {
+    return lock.error();
   }
-  if (::flock(*fd, LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    ::close(*fd);
-    if (err == EWOULDBLOCK) {
-      return std::optional<BlobLock>();
-    }
-    return IoError("cannot lock", path, err);
+  if (!lock->held()) {
+    return std::optional<BlobLock>();
   }
-  return std::optional<BlobLock>(BlobLock(*fd));
+  return std::optional<BlobLock>(std::move(*lock));
 }
 
 Result<BlobLock> LocalStore::LockBlob(const RepoRef& repo, const std::string& etag) {
@@ -785,18 +743,7 @@ Result<BlobLock> LocalStore::LockBlob(const RepoRef& repo, const std::string& et
     return r.error();
   }
   std::string path = HubDir(repo.hub) + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
-  auto fd = OpenLockFile(path);
-  if (!fd) {
-    return fd.error();
-  }
-  while (::flock(*fd, LOCK_EX) != 0) {
-    if (errno != EINTR) {
-      int err = errno;
-      ::close(*fd);
-      return IoError("cannot lock", path, err);
-    }
-  }
-  return BlobLock(*fd);
+  return FileLock::Lock(path, LockMode::Exclusive);
 }
 
 VoidResult LocalStore::LinkSnapshot(const RepoRef& repo, const std::string& commit,
