@@ -24,10 +24,6 @@ namespace {
 constexpr std::string_view kTmpMarker = ".modelcache-tmp-";
 constexpr std::string_view kIncompleteSuffix = ".incomplete";
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 int64_t MtimeNs(const struct stat& st) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
@@ -199,7 +195,7 @@ void ScanRepo(const LocalStore& store, StoreInventory& inv, const fs::path& repo
   for (fs::directory_iterator it(records, ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
     struct stat st {};
-    if (!EndsWith(name, ".json") || name.find(kTmpMarker) != std::string::npos ||
+    if (!name.ends_with(".json") || name.find(kTmpMarker) != std::string::npos ||
         ::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
       continue;
     }
@@ -226,7 +222,7 @@ void ScanRepo(const LocalStore& store, StoreInventory& inv, const fs::path& repo
       continue;
     }
     AddInode(inv, st);  // .incomplete files take space too
-    if (EndsWith(name, kIncompleteSuffix) || name.find(kTmpMarker) != std::string::npos) {
+    if (name.ends_with(kIncompleteSuffix) || name.find(kTmpMarker) != std::string::npos) {
       continue;
     }
     BlobInfo b;

@@ -309,10 +309,6 @@ bool Contains(std::string_view s, std::string_view part) {
   return s.find(part) != std::string_view::npos;
 }
 
-bool StartsWith(std::string_view s, std::string_view prefix) {
-  return s.substr(0, prefix.size()) == prefix;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -472,9 +468,9 @@ LocalStore::~LocalStore() {
 
 Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_uri) {
   std::string path = root_or_uri;
-  if (StartsWith(path, "file://")) {
+  if (path.starts_with("file://")) {
     std::string rest = path.substr(7);
-    if (StartsWith(rest, "localhost/")) {
+    if (rest.starts_with("localhost/")) {
       rest = rest.substr(9);
     }
     bool ok = false;
@@ -1251,14 +1247,14 @@ VoidResult LocalStore::CleanupStaging() {
     for (fs::directory_iterator it(names->path(), nec), e2; !nec && it != e2; it.increment(nec)) {
       std::string entry = it->path().filename().string();
       std::string path = it->path().string();
-      if (StartsWith(entry, kStagingPrefix)) {
+      if (entry.starts_with(kStagingPrefix)) {
         int fd = LockDirAt(path);
         if (fd < 0) {
           continue;  // locked: a live staging directory of this or another process
         }
         RemoveTree(path);
         ::close(fd);
-      } else if (StartsWith(entry, kTrashPrefix)) {
+      } else if (entry.starts_with(kTrashPrefix)) {
         RemoveTree(path);
       } else if (Contains(entry, kTmpMarker)) {
         ::unlink(path.c_str());
