@@ -4,19 +4,14 @@
 #include <cctype>
 #include <filesystem>
 
+#include "common/strings.h"
+
 namespace modelcache {
 namespace {
 
-std::string Lower(std::string s) {
-  for (char& c : s) {
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
-
 // "." and ".." as a segment, literally or percent-encoded ("%2e", "%2E", ".%2e", …).
 bool IsDotSegment(const std::string& segment) {
-  std::string lower = Lower(segment);
+  std::string lower = AsciiLower(segment);
   std::string s;  // with "%2e" decoded (built by appending: GCC 12's -Wrestrict misfires on replace)
   for (size_t i = 0; i < lower.size(); ++i) {
     if (lower.compare(i, 3, "%2e") == 0) {
@@ -64,7 +59,7 @@ Result<AllowList::Location> AllowList::ParseLocation(const std::string& url) {
   Location loc;
   size_t sep = url.find("://");
   std::string path;
-  if (sep == std::string::npos || Lower(url.substr(0, sep)) == "file") {
+  if (sep == std::string::npos || AsciiLower(url.substr(0, sep)) == "file") {
     // A local path, or file:///path (file://host/path is refused: only this machine's files).
     path = sep == std::string::npos ? url : url.substr(sep + 3);
     if (sep != std::string::npos && (path.empty() || path.front() != '/')) {
@@ -90,7 +85,7 @@ Result<AllowList::Location> AllowList::ParseLocation(const std::string& url) {
     loc.segments = std::move(*again);
     return loc;
   }
-  loc.scheme = Lower(url.substr(0, sep));
+  loc.scheme = AsciiLower(url.substr(0, sep));
   bool scheme_ok = !loc.scheme.empty() &&
                    std::all_of(loc.scheme.begin(), loc.scheme.end(), [](char c) {
                      return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '-' ||
@@ -100,7 +95,7 @@ Result<AllowList::Location> AllowList::ParseLocation(const std::string& url) {
     return Error(Reason::InvalidSpec, "\"" + url + "\" has no valid scheme");
   }
   size_t path_start = url.find('/', sep + 3);
-  std::string authority = Lower(url.substr(sep + 3, path_start == std::string::npos
+  std::string authority = AsciiLower(url.substr(sep + 3, path_start == std::string::npos
                                                         ? std::string::npos
                                                         : path_start - sep - 3));
   if (authority.find('@') != std::string::npos) {

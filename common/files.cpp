@@ -20,6 +20,17 @@ std::string ErrnoMessage(int err) {
   return msg;
 }
 
+Reason IoReason(int err) {
+  return err == ENOSPC || err == EDQUOT ? Reason::InsufficientStorage : Reason::StorageError;
+}
+
+Error IoError(std::string_view what, std::string_view path, int err) {
+  std::string message;
+  message.reserve(what.size() + path.size() + 40);
+  message.append(what).append(" ").append(path).append(": ").append(ErrnoMessage(err));
+  return {IoReason(err), std::move(message)};
+}
+
 std::string UniqueSuffix() {
   static std::atomic<uint64_t> counter{0};
   thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -49,46 +60,67 @@ VoidResult MakeDirs(const std::string& path) {
   return {};
 }
 
-VoidResult WriteFileAtomic(const std::string& path, std::string_view content) {
+namespace {
+
+constexpr int kTmpNameAttempts = 5;
+
+}  // namespace
+
+int WriteAll(int fd, std::string_view content) {
+  while (!content.empty()) {
+    ssize_t n = ::write(fd, content.data(), content.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      return errno;
+    }
+    content.remove_prefix(static_cast<size_t>(n));
+  }
+  return 0;
+}
+
+VoidResult WriteFileAtomic(const std::string& path, std::string_view content,
+                           const TmpNameFn& tmp_name) {
   std::filesystem::path target(path);
   std::string dir = target.parent_path().empty() ? "." : target.parent_path().string();
   if (auto r = MakeDirs(dir); !r) {
     return r.error();
   }
-  std::string tmp = path + ".tmp." + UniqueSuffix();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return Error(Reason::StorageError, "cannot create " + tmp + ": " + ErrnoMessage(errno));
-  }
-  const char* p = content.data();
-  size_t left = content.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      int err = errno;
+  for (int attempt = 0; attempt < kTmpNameAttempts; ++attempt) {
+    std::string tmp = tmp_name ? tmp_name(path) : path + ".tmp." + UniqueSuffix();
+    // O_EXCL: a name that exists belongs to someone else (or to a crash); never write into it.
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EEXIST) {
+      continue;
+    }
+    if (fd < 0) {
+      return IoError("cannot create", tmp, errno);
+    }
+    if (int err = WriteAll(fd, content); err != 0) {
       ::close(fd);
       ::unlink(tmp.c_str());
-      Reason reason = err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError;
-      return Error(reason, "cannot write " + tmp + ": " + ErrnoMessage(err));
+      return IoError("cannot write", tmp, err);
     }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
+    int err = ::fsync(fd) == 0 ? 0 : errno;
+    if (::close(fd) != 0 && err == 0) {
+      err = errno;
+    }
+    if (err != 0) {
+      ::unlink(tmp.c_str());
+      return IoError("cannot sync", tmp, err);
+    }
+    if (::rename(tmp.c_str(), path.c_str()) == 0) {
+      return SyncDir(dir);
+    }
+    err = errno;
     ::unlink(tmp.c_str());
-    return Error(Reason::StorageError, "cannot sync " + tmp + ": " + ErrnoMessage(err));
+    if (err != ENOENT) {
+      return IoError("cannot rename " + tmp + " to", path, err);
+    }
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    return Error(Reason::StorageError, "cannot rename " + tmp + " to " + path + ": " +
-                                           ErrnoMessage(err));
-  }
-  return SyncDir(dir);
+  return Error(Reason::StorageError,
+               "cannot write " + path + ": temporary name removed repeatedly");
 }
 
 Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {

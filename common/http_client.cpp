@@ -7,26 +7,14 @@
 
 #include <curl/curl.h>
 
+#include "common/strings.h"
+
 namespace modelcache {
 namespace {
 
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
-
-std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
-    s.remove_prefix(1);
-  }
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' ||
-                        s.back() == '\n')) {
-    s.remove_suffix(1);
-  }
-  return s;
-}
+// A header field's name or value without the optional white space around it (spaces and tabs)
+// and, at the end of the line, its CRLF.
+std::string_view TrimHeaderPart(std::string_view s) { return TrimRight(TrimLeft(s, " \t")); }
 
 struct GlobalInit {
   GlobalInit() { curl_global_init(CURL_GLOBAL_DEFAULT); }
@@ -116,8 +104,8 @@ size_t OnHeader(char* data, size_t size, size_t nitems, void* user) {
   }
   auto colon = line.find(':');
   if (colon != std::string_view::npos) {
-    t->response->headers.emplace_back(Lower(Trim(line.substr(0, colon))),
-                                      std::string(Trim(line.substr(colon + 1))));
+    t->response->headers.emplace_back(AsciiLower(TrimHeaderPart(line.substr(0, colon))),
+                                      std::string(TrimHeaderPart(line.substr(colon + 1))));
   }
   return n;
 }
@@ -306,7 +294,7 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
 }  // namespace
 
 const std::string* HttpResponse::Header(std::string_view name) const {
-  std::string lower = Lower(name);
+  std::string lower = AsciiLower(name);
   for (const auto& [k, v] : headers) {
     if (k == lower) {
       return &v;
@@ -325,7 +313,7 @@ Result<HttpResponse> HttpClient::Stream(const HttpRequest& request, HttpStreamHa
 }
 
 bool IsHttpUrl(std::string_view url) {
-  std::string head = Lower(url.substr(0, 8));
+  std::string head = AsciiLower(url.substr(0, 8));
   return head.rfind("http://", 0) == 0 || head.rfind("https://", 0) == 0;
 }
 

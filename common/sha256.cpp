@@ -6,10 +6,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <memory>
-#include "common/files.h"
 #include <vector>
 
 #include <openssl/evp.h>
+
+#include "common/files.h"
 
 namespace modelcache {
 
@@ -18,9 +19,32 @@ struct Hasher::Impl {
   ~Impl() { EVP_MD_CTX_free(ctx); }
 };
 
+namespace {
+
+const EVP_MD* Digest(Hasher::Kind kind) {
+  switch (kind) {
+    case Hasher::Kind::Sha256:
+      return EVP_sha256();
+    case Hasher::Kind::Sha1:
+      return EVP_sha1();
+    case Hasher::Kind::Md5:
+      return EVP_md5();
+  }
+  return EVP_sha256();
+}
+
+std::string DigestRaw(const EVP_MD* md, std::string_view data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), out, &len, md, nullptr);
+  return std::string(reinterpret_cast<const char*>(out), len);
+}
+
+}  // namespace
+
 Hasher::Hasher(Kind kind) : impl_(std::make_unique<Impl>()) {
   impl_->ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(impl_->ctx, kind == Kind::Sha256 ? EVP_sha256() : EVP_sha1(), nullptr);
+  EVP_DigestInit_ex(impl_->ctx, Digest(kind), nullptr);
 }
 Hasher::~Hasher() = default;
 Hasher::Hasher(Hasher&&) noexcept = default;
@@ -32,15 +56,21 @@ void Hasher::Update(const void* data, size_t size) {
   EVP_DigestUpdate(impl_->ctx, data, size);
 }
 
-std::string Hasher::FinalHex() {
+std::string Hasher::FinalRaw() {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(impl_->ctx, md, &len);
+  return std::string(reinterpret_cast<const char*>(md), len);
+}
+
+std::string Hasher::FinalHex() {
+  std::string raw = FinalRaw();
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string out(static_cast<size_t>(len) * 2, '0');
-  for (unsigned int i = 0; i < len; ++i) {
-    out[2 * i] = kHex[md[i] >> 4];
-    out[2 * i + 1] = kHex[md[i] & 0xf];
+  std::string out(raw.size() * 2, '0');
+  for (size_t i = 0; i < raw.size(); ++i) {
+    auto byte = static_cast<unsigned char>(raw[i]);
+    out[2 * i] = kHex[byte >> 4];
+    out[2 * i + 1] = kHex[byte & 0xf];
   }
   return out;
 }
@@ -57,6 +87,10 @@ std::string Sha256Hex(std::string_view data) {
   h.Update(data);
   return h.FinalHex();
 }
+
+std::string Sha256Raw(std::string_view data) { return DigestRaw(EVP_sha256(), data); }
+
+std::string Md5Raw(std::string_view data) { return DigestRaw(EVP_md5(), data); }
 
 namespace {
 

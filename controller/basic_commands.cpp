@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/files.h"
+#include "common/strings.h"
 #include "common/units.h"
 #include "controller/commands.h"
 #include "controller/progress_bar.h"
@@ -33,11 +34,7 @@ std::string TrimmedFile(const std::string& path) {
   if (!content) {
     return "";
   }
-  std::string s = *content;
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) {
-    s.pop_back();
-  }
-  return s;
+  return std::string(TrimRight(*content, "\n\r "));
 }
 
 }  // namespace

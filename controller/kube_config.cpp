@@ -13,6 +13,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "common/strings.h"
 #include "controller/kube_client.h"
 
 namespace modelcache::controller {
@@ -29,12 +30,6 @@ std::optional<std::string> ReadWholeFile(const std::string& path) {
     return std::nullopt;
   }
   return s.str();
-}
-
-std::string Trim(std::string s) {
-  size_t b = s.find_first_not_of(" \t\r\n");
-  size_t e = s.find_last_not_of(" \t\r\n");
-  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
 }
 
 // A token read from a file and re-read when the file changes (kubelet rotates projected

@@ -1,5 +1,10 @@
 // `modelcache prefetch`: one reconcile of a ModelCache built from flags, run to completion in the
 // foreground, like `union cache model-from-hf --wait`.
+//
+// It calls the reconciler in its own short loop rather than through a Manager: a Manager retries
+// a transient error forever (rate-limited) and reports through a StatusStore, while prefetch
+// gives up after its third transient error, exits 1 on a permanent one, draws a progress bar
+// from each status and prints the artifact id once Ready.
 
 #include <unistd.h>
 
@@ -16,6 +21,7 @@
 #include "common/units.h"
 #include "controller/commands.h"
 #include "controller/progress_bar.h"
+#include "controller/run_config.h"
 #include "crds/model_cache.h"
 #include "reconcilers/model_cache_reconciler.h"
 
@@ -82,26 +88,16 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   std::mutex mu;
   std::condition_variable cv;
   bool woken = false;
-  reconcilers::ReconcilerOptions ro;
+  reconcilers::ReconcilerOptions ro =
+      CommandReconcilerOptions(options.hf_endpoint, options.s3_endpoint, options.transfer, env);
   ro.default_store = obj.spec.storage.uri;
   if (obj.spec.storage.uri.rfind("s3://", 0) == 0) {
     // A sharded artifact's downloads and shards are staged in a local store first (an unsharded
     // one streams from the Hub to the bucket): by default the same one a local prefetch would use.
     ro.local_cache = options.cache_dir.empty() ? DefaultPrefetchStore(env) : options.cache_dir;
   }
-  ro.aws_env = env.aws;
-  ro.aws_overrides.endpoint_url = options.s3_endpoint;
-  ro.hf_endpoint = !options.hf_endpoint.empty() ? options.hf_endpoint
-                   : !env.hf_endpoint.empty()   ? env.hf_endpoint
-                                                : "https://huggingface.co";
-  ro.hf_token = env.hf_token;
   ro.allow_any = true;  // the operator's own command: no allow-list applies
   ro.max_concurrent_jobs = 1;
-  ro.transfer.max_connections = options.transfer.max_connections;
-  ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
-  ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
-  ro.transfer.chunk_size = options.transfer.chunk_size;
-  ro.transfer.stall_timeout = options.transfer.stall_timeout;
   ro.progress_interval = std::chrono::milliseconds(200);
   ro.shard_while_downloading = !options.shard_after_download;
   ro.wake = [&](const crds::ObjectKey&) {

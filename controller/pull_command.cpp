@@ -12,6 +12,7 @@
 #include "common/units.h"
 #include "controller/commands.h"
 #include "controller/progress_bar.h"
+#include "controller/run_config.h"
 #include "fetch/s3_pull.h"
 #include "fetch/transfer_engine.h"
 #include "store/aws_config.h"
@@ -39,13 +40,7 @@ int Pull(const PullOptions& options, const Environment& env) {
   store::S3ArtifactStore s3(ref->store, std::make_shared<store::S3Client>(std::move(*config)));
 
   // The files come through the transfer engine (presigned URLs, parallel ranges, verified).
-  fetch::TransferEngineOptions eo;
-  eo.max_connections = options.transfer.max_connections;
-  eo.max_connections_per_job = options.transfer.max_connections_per_artifact;
-  eo.max_bytes_per_second = options.transfer.max_bandwidth;
-  eo.chunk_size = options.transfer.chunk_size;
-  eo.stall_timeout = options.transfer.stall_timeout;
-  fetch::TransferEngine engine(eo);
+  fetch::TransferEngine engine(TransferEngineOptionsFrom(options.transfer));
   auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
   fetch::TransferProgress downloaded;
 

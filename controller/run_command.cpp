@@ -26,6 +26,7 @@
 #include "controller/leader_election.h"
 #include "controller/manager.h"
 #include "controller/object_cache.h"
+#include "controller/run_config.h"
 #include "controller/shutdown_deadline.h"
 #include "controller/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
@@ -237,16 +238,11 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
   // collector from on_synced) and never reset. Both are stopped and joined (reconciler.Shutdown,
   // collector.Stop) before the Manager is destroyed, so no callback outlives it.
   Manager* manager_ptr = nullptr;
-  reconcilers::ReconcilerOptions ro;
+  reconcilers::ReconcilerOptions ro =
+      CommandReconcilerOptions(options.hf_endpoint, options.s3_endpoint, options.transfer, env);
   ro.default_store = s3_store ? options.store : (*store)->root();
   ro.local_cache = cache_root;
-  ro.aws_env = env.aws;
-  ro.aws_overrides.endpoint_url = options.s3_endpoint;
   ro.s3_secret = options.s3_secret;
-  ro.hf_endpoint = !options.hf_endpoint.empty() ? options.hf_endpoint
-                   : !env.hf_endpoint.empty()   ? env.hf_endpoint
-                                                : "https://huggingface.co";
-  ro.hf_token = env.hf_token;
   ro.allowed_endpoints = options.allowed_endpoints;
   ro.allowed_stores = options.allowed_stores;
   ro.secrets_dir = options.secrets_dir;
@@ -256,11 +252,6 @@ int RunDaemon(const RunOptions& options, const Environment& env) {
     return entry ? TenantOf(*entry) : key.namespace_;
   };
   ro.stall_limit = options.stall_limit;
-  ro.transfer.max_connections = options.transfer.max_connections;
-  ro.transfer.max_connections_per_job = options.transfer.max_connections_per_artifact;
-  ro.transfer.max_bytes_per_second = options.transfer.max_bandwidth;
-  ro.transfer.chunk_size = options.transfer.chunk_size;
-  ro.transfer.stall_timeout = options.transfer.stall_timeout;
   ro.backoff_base = options.retry_base_delay;
   ro.observer = &jobs;
   ro.wake = [&manager_ptr](const crds::ObjectKey& key) { manager_ptr->Enqueue(key); };

@@ -187,4 +187,29 @@ Result<ConfigValues> Reparse(CLI::App& app, const CLI::App& command, int argc, c
   return OptionValues(command);
 }
 
+fetch::TransferEngineOptions TransferEngineOptionsFrom(const TransferFlags& flags) {
+  fetch::TransferEngineOptions options;
+  options.max_connections = flags.max_connections;
+  options.max_connections_per_job = flags.max_connections_per_artifact;
+  options.max_bytes_per_second = flags.max_bandwidth;
+  options.chunk_size = flags.chunk_size;
+  options.stall_timeout = flags.stall_timeout;
+  return options;
+}
+
+reconcilers::ReconcilerOptions CommandReconcilerOptions(const std::string& hf_endpoint,
+                                                        const std::string& s3_endpoint,
+                                                        const TransferFlags& transfer,
+                                                        const Environment& env) {
+  reconcilers::ReconcilerOptions ro;
+  ro.aws_env = env.aws;
+  ro.aws_overrides.endpoint_url = s3_endpoint;
+  ro.hf_endpoint = !hf_endpoint.empty()       ? hf_endpoint
+                   : !env.hf_endpoint.empty() ? env.hf_endpoint
+                                              : "https://huggingface.co";
+  ro.hf_token = env.hf_token;
+  ro.transfer = TransferEngineOptionsFrom(transfer);
+  return ro;
+}
+
 }  // namespace modelcache::controller

@@ -15,12 +15,15 @@
 // options' own validators check the file's values. An unknown key, a nested mapping, a key without
 // a value or malformed YAML fails the parse with one line naming the file (and the key or line).
 //
-// Also the option snapshot that SIGHUP compares: every option's value as text.
+// Also the option snapshot that SIGHUP compares: every option's value as text, and the reconciler
+// and transfer-engine settings that `run`, `prefetch` and `pull` derive alike from their flags.
 
 #include <CLI/CLI.hpp>
 
 #include "common/result.h"
 #include "controller/commands.h"
+#include "fetch/transfer_engine.h"
+#include "reconcilers/model_cache_reconciler.h"
 
 namespace modelcache::controller {
 
@@ -51,5 +54,18 @@ ConfigValues OptionValues(const CLI::App& command);
 // InvalidSpec with CLI11's message. Writes the variables the options are bound to: the caller
 // must not be reading them concurrently.
 Result<ConfigValues> Reparse(CLI::App& app, const CLI::App& command, int argc, char** argv);
+
+// The transfer engine's settings from the --max-connections … --stall-timeout flags.
+fetch::TransferEngineOptions TransferEngineOptionsFrom(const TransferFlags& flags);
+
+// The reconciler settings `run` and `prefetch` derive alike: the Hub endpoint (`hf_endpoint`, the
+// --hf-endpoint flag, else HF_ENDPOINT, else https://huggingface.co) with the environment's token,
+// the S3 settings (the AWS_* environment; `s3_endpoint`, the --s3-endpoint flag, wins over
+// AWS_ENDPOINT_URL and the profile) and the transfer engine's flags. Every other field keeps its
+// default: the caller sets stores, limits and callbacks.
+reconcilers::ReconcilerOptions CommandReconcilerOptions(const std::string& hf_endpoint,
+                                                        const std::string& s3_endpoint,
+                                                        const TransferFlags& transfer,
+                                                        const Environment& env);
 
 }  // namespace modelcache::controller

@@ -68,10 +68,6 @@ Result<std::vector<std::string>> ListDir(const std::string& dir) {
   return names;
 }
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 }  // namespace
 
 VoidResult CheckKeyIsPathSafe(const crds::ObjectKey& key) {
@@ -141,7 +137,7 @@ Result<std::vector<crds::ModelCache>> FileStatusStore::List() const {
     }
     for (const auto& file : *names) {
       // Temporary files of an unfinished WriteFileAtomic end in ".tmp.<suffix>", not ".json".
-      if (!EndsWith(file, ".json") || file.front() == '.') {
+      if (!file.ends_with(".json") || file.front() == '.') {
         continue;
       }
       std::string path = ns_dir;

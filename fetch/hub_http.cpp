@@ -14,16 +14,10 @@
 #include <fmt/format.h>
 
 #include "common/files.h"
+#include "common/strings.h"
 
 namespace modelcache::fetch::internal {
 namespace {
-
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
-}
 
 // Position just after "scheme://", or npos.
 size_t AuthorityStart(std::string_view url) {
@@ -52,9 +46,9 @@ std::string Origin(std::string_view url) {
   // Drop "user:pass@" so that it can never make two hosts look alike.
   size_t at = authority.rfind('@');
   if (at != std::string_view::npos && at >= start) {
-    return Lower(url.substr(0, start)) + Lower(authority.substr(at + 1));
+    return AsciiLower(url.substr(0, start)) + AsciiLower(authority.substr(at + 1));
   }
-  return Lower(authority);
+  return AsciiLower(authority);
 }
 
 std::string ResolveLocation(const std::string& base, const std::string& location) {

@@ -308,9 +308,7 @@ class BlockWriter {
         continue;
       }
       if (int err = WriteBlock(*r, *b); err != 0) {
-        r->write_error = Error(err == ENOSPC || err == EDQUOT ? Reason::InsufficientStorage
-                                                              : Reason::StorageError,
-                               ErrnoMessage(err));
+        r->write_error = Error(IoReason(err), ErrnoMessage(err));
         r->abort.store(true);
         pool_.Put(b);
         continue;
@@ -560,9 +558,7 @@ size_t OnData(char* data, size_t size, size_t n, void* user) {
     }
     if (w <= 0) {
       int err = w < 0 ? errno : EIO;
-      r.write_error = Error(err == ENOSPC || err == EDQUOT ? Reason::InsufficientStorage
-                                                           : Reason::StorageError,
-                            ErrnoMessage(err));
+      r.write_error = Error(IoReason(err), ErrnoMessage(err));
       return 0;
     }
     auto wn = static_cast<uint64_t>(w);
@@ -1119,7 +1115,7 @@ VoidResult Job::Activate(FileState& f) {
   }
   if (f.mapped) {
     int err = ::posix_fallocate(f.fd, 0, static_cast<off_t>(t.size));
-    if (err == ENOSPC || err == EDQUOT) {
+    if (IoReason(err) == Reason::InsufficientStorage) {
       return Error(Reason::InsufficientStorage,
                    fmt::format("no space left to allocate {} bytes for {} in {}", t.size, t.path,
                                t.incomplete_path));

@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +22,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/file_lock.h"
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/units.h"
@@ -37,56 +37,6 @@ namespace modelcache::reconcilers {
 namespace {
 
 namespace fs = std::filesystem;
-
-// An exclusive flock held for the lifetime of the object. Two jobs (in this process or another
-// modelcache process on the same store, such as `prefetch` next to the daemon) that fetch the
-// same repo would otherwise write the same .incomplete files; the second one waits, then finds
-// the blobs in place.
-class RepoLock {
- public:
-  static Result<RepoLock> Acquire(const std::string& path, std::stop_token stop) {
-    if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
-      return r.error();
-    }
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return Error(Reason::StorageError, "cannot open lock " + path + ": " + ErrnoMessage(errno));
-    }
-    // Jobs of one repo mostly hold the lock for milliseconds (everything already present), so
-    // the wait starts short and backs off to 50 ms for a download that holds it long.
-    auto wait = std::chrono::milliseconds(1);
-    while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      if (errno != EWOULDBLOCK && errno != EINTR) {
-        int err = errno;
-        ::close(fd);
-        return Error(Reason::StorageError, "cannot lock " + path + ": " + ErrnoMessage(err));
-      }
-      if (stop.stop_requested()) {
-        ::close(fd);
-        return Error(Reason::Cancelled, "cancelled while waiting for " + path);
-      }
-      std::this_thread::sleep_for(wait);
-      wait = std::min(wait * 2, std::chrono::milliseconds(50));
-    }
-    return RepoLock(fd);
-  }
-  RepoLock(RepoLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  RepoLock& operator=(RepoLock&&) = delete;
-  RepoLock(const RepoLock&) = delete;
-  RepoLock& operator=(const RepoLock&) = delete;
-  ~RepoLock() { Release(); }
-
-  void Release() {
-    if (fd_ >= 0) {
-      ::close(fd_);  // releases the flock
-      fd_ = -1;
-    }
-  }
-
- private:
-  explicit RepoLock(int fd) : fd_(fd) {}
-  int fd_;
-};
 
 // A directory of symlinks to exactly the selected files, so that the sharder sees the files this
 // spec selected and not others that the same commit's snapshot holds for another spec.
@@ -943,7 +893,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
   std::string lock_name = store::RepoStoreName(repo);
   std::replace(lock_name.begin(), lock_name.end(), '/', '@');
   std::string lock_path = store.root() + "/locks/" + lock_name + ".lock";
-  auto lock = RepoLock::Acquire(lock_path, stop);
+  // Two jobs (in this process or another modelcache process on the same store, such as `prefetch`
+  // next to the daemon) that fetch the same repo would otherwise write the same .incomplete
+  // files; the second one waits, then finds the blobs in place. They mostly hold it for
+  // milliseconds (everything already present), hence the short first polls of FileLock::Lock.
+  auto lock = FileLock::Lock(lock_path, LockMode::Exclusive, stop);
   if (!lock) {
     return lock.error();
   }

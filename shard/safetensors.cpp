@@ -38,11 +38,6 @@ Error InvalidTensor(std::string_view file, std::string_view tensor, const std::s
                                           std::string(tensor) + "': " + what};
 }
 
-Error Io(const std::string& what, const std::string& path, int err) {
-  Reason reason = err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError;
-  return {reason, what + " " + path + ": " + ErrnoMessage(err)};
-}
-
 uint64_t ReadLe64(const unsigned char* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) {
@@ -261,11 +256,11 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
   f->path_ = path;
   f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (f->fd_ < 0) {
-    return Io("cannot open", path, errno);
+    return IoError("cannot open", path, errno);
   }
   struct stat st {};
   if (::fstat(f->fd_, &st) != 0) {
-    return Io("cannot stat", path, errno);
+    return IoError("cannot stat", path, errno);
   }
   f->map_size_ = static_cast<uint64_t>(st.st_size);
   if (f->map_size_ < 8) {
@@ -274,7 +269,7 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
   }
   void* map = ::mmap(nullptr, f->map_size_, PROT_READ, MAP_SHARED, f->fd_, 0);
   if (map == MAP_FAILED) {
-    return Io("cannot map", path, errno);
+    return IoError("cannot map", path, errno);
   }
   f->map_ = map;
   std::string_view image(static_cast<const char*>(map), f->map_size_);
@@ -516,7 +511,7 @@ VoidResult PWriteAll(int fd, const void* data, uint64_t size, uint64_t offset,
       if (errno == EINTR) {
         continue;
       }
-      return Io("cannot write", path, errno);
+      return IoError("cannot write", path, errno);
     }
     p += n;
     size -= static_cast<uint64_t>(n);
@@ -532,14 +527,14 @@ Result<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(const std::
   w->layout_ = std::move(layout);
   w->fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (w->fd_ < 0) {
-    return Io("cannot create", path, errno);
+    return IoError("cannot create", path, errno);
   }
   const std::string& header = w->layout_.header();
   if (auto r = PWriteAll(w->fd_, header.data(), header.size(), 0, path); !r) {
     return r.error();
   }
   if (::ftruncate(w->fd_, static_cast<off_t>(w->layout_.file_size())) != 0) {
-    return Io("cannot size", path, errno);
+    return IoError("cannot size", path, errno);
   }
   return w;
 }
@@ -569,10 +564,10 @@ VoidResult SafetensorsWriter::Finish(bool sync) {
   if (sync && ::fsync(fd) != 0) {
     int err = errno;
     ::close(fd);
-    return Io("cannot sync", path_, err);
+    return IoError("cannot sync", path_, err);
   }
   if (::close(fd) != 0) {
-    return Io("cannot close", path_, errno);
+    return IoError("cannot close", path_, errno);
   }
   return {};
 }

@@ -65,11 +65,6 @@ uint64_t OpBytes(const Op& op) {
   return static_cast<uint64_t>(op.rows * op.width) * DTypeSize(op.dtype);
 }
 
-Error FromCopy(const std::string& path, int err) {
-  return {err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError,
-          "cannot write " + path + ": " + ErrnoMessage(err)};
-}
-
 // Copies `len` bytes between files inside the kernel. Returns false (nothing or part copied; the
 // caller falls back for the rest) when the filesystem pair does not support it.
 Result<bool> CopyRange(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_t len,
@@ -87,7 +82,7 @@ Result<bool> CopyRange(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off,
           errno == EBADF) {
         return false;
       }
-      return FromCopy(out_path, errno);
+      return IoError("cannot write", out_path, errno);
     }
     if (n == 0) {
       return false;
@@ -292,14 +287,14 @@ uint64_t SpecBytes(const TensorSpec& s) {
 VoidResult WriteWholeFile(const std::string& path, std::string_view content, bool sync) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    return FromCopy(path, errno);
+    return IoError("cannot write", path, errno);
   }
   auto written = PWriteAll(fd, content.data(), content.size(), 0, path);
   if (written && sync && ::fsync(fd) != 0) {
-    written = FromCopy(path, errno);
+    written = IoError("cannot write", path, errno);
   }
   if (::close(fd) != 0 && written) {
-    written = FromCopy(path, errno);
+    written = IoError("cannot write", path, errno);
   }
   return written;
 }

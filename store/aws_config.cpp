@@ -7,22 +7,11 @@
 
 #include <spdlog/fmt/fmt.h>
 
+#include "common/strings.h"
+
 namespace modelcache::store {
 namespace {
 
-std::string Trim(std::string_view s) {
-  size_t b = s.find_first_not_of(" \t\r");
-  if (b == std::string_view::npos) return "";
-  size_t e = s.find_last_not_of(" \t\r");
-  return std::string(s.substr(b, e - b + 1));
-}
-
-std::string Lower(std::string s) {
-  for (char& c : s) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return s;
-}
 
 std::string Get(const Environment& env, const char* name) {
   auto it = env.find(name);
@@ -73,7 +62,7 @@ IniSections ParseAwsIni(const std::string& text) {
   std::istringstream lines(text);
   std::string raw;
   while (std::getline(lines, raw)) {
-    std::string line = Trim(raw);
+    std::string line(Trim(raw));
     if (line.empty() || line[0] == '#' || line[0] == ';') continue;
     if (line.front() == '[' && line.back() == ']') {
       section = Trim(std::string_view(line).substr(1, line.size() - 2));
@@ -85,8 +74,8 @@ IniSections ParseAwsIni(const std::string& text) {
     if (!in_section) continue;
     size_t eq = line.find('=');
     if (eq == std::string::npos) continue;
-    std::string key = Lower(Trim(std::string_view(line).substr(0, eq)));
-    std::string value = Trim(std::string_view(line).substr(eq + 1));
+    std::string key = AsciiLower(Trim(std::string_view(line).substr(0, eq)));
+    std::string value(Trim(std::string_view(line).substr(eq + 1)));
     bool indented = !raw.empty() && (raw[0] == ' ' || raw[0] == '\t');
     if (indented && !parent.empty()) {
       out[section][parent + "." + key] = value;

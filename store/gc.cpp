@@ -1,7 +1,5 @@
 #include "store/gc.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,10 +24,6 @@ namespace {
 constexpr std::string_view kTmpMarker = ".modelcache-tmp-";
 constexpr std::string_view kIncompleteSuffix = ".incomplete";
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 int64_t MtimeNs(const struct stat& st) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
@@ -47,17 +41,6 @@ std::string LockPath(const std::string& root, const std::string& kind, const std
 std::string PlainFolder(const std::string& store_name) {
   size_t slash = store_name.rfind('/');
   return slash == std::string::npos ? store_name : store_name.substr(slash + 1);
-}
-
-Result<int> OpenLockFile(const std::string& path) {
-  if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
-    return r.error();
-  }
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return Error(Reason::StorageError, "cannot open lock " + path + ": " + ErrnoMessage(errno));
-  }
-  return fd;
 }
 
 // Records a regular file's inode (lstat: a symlink is not content).
@@ -212,7 +195,7 @@ void ScanRepo(const LocalStore& store, StoreInventory& inv, const fs::path& repo
   for (fs::directory_iterator it(records, ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
     struct stat st {};
-    if (!EndsWith(name, ".json") || name.find(kTmpMarker) != std::string::npos ||
+    if (!name.ends_with(".json") || name.find(kTmpMarker) != std::string::npos ||
         ::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
       continue;
     }
@@ -239,7 +222,7 @@ void ScanRepo(const LocalStore& store, StoreInventory& inv, const fs::path& repo
       continue;
     }
     AddInode(inv, st);  // .incomplete files take space too
-    if (EndsWith(name, kIncompleteSuffix) || name.find(kTmpMarker) != std::string::npos) {
+    if (name.ends_with(kIncompleteSuffix) || name.find(kTmpMarker) != std::string::npos) {
       continue;
     }
     BlobInfo b;
@@ -372,86 +355,24 @@ class Simulation {
 // ---------------------------------------------------------------------------------------------
 // In-use locks.
 
-InUseLock::~InUseLock() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-  }
-}
-
-InUseLock::InUseLock(InUseLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-
-InUseLock& InUseLock::operator=(InUseLock&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-    fd_ = std::exchange(other.fd_, -1);
-  }
-  return *this;
-}
-
-namespace {
-
-// Takes flock `op` (LOCK_SH or LOCK_EX) on the lock file of (kind, name), waiting for it.
-Result<int> WaitForLock(const std::string& root, const std::string& kind,
-                        const std::string& name, int op, std::stop_token stop) {
-  std::string path = LockPath(root, kind, name);
-  auto fd = OpenLockFile(path);
-  if (!fd) {
-    return fd.error();
-  }
-  // Non-blocking with a short poll, so that a cancel is seen while a GC holds the lock.
-  while (::flock(*fd, op | LOCK_NB) != 0) {
-    if (errno != EWOULDBLOCK && errno != EINTR) {
-      int err = errno;
-      ::close(*fd);
-      return Error(Reason::StorageError, "cannot lock " + path + ": " + ErrnoMessage(err));
-    }
-    if (stop.stop_requested()) {
-      ::close(*fd);
-      return Error(Reason::Cancelled, "cancelled while waiting for " + path);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return *fd;
-}
-
-}  // namespace
+// GC holds the exclusive lock for the few milliseconds its removals take: a waiter polls every
+// 20 ms at most.
+constexpr std::chrono::milliseconds kInUsePoll{20};
 
 Result<InUseLock> LockInUse(const std::string& root, const std::string& kind,
                             const std::string& name, std::stop_token stop) {
-  auto fd = WaitForLock(root, kind, name, LOCK_SH, stop);
-  if (!fd) {
-    return fd.error();
-  }
-  return InUseLock(*fd);
+  return FileLock::Lock(LockPath(root, kind, name), LockMode::Shared, std::move(stop), kInUsePoll);
 }
 
 Result<InUseLock> LockExclusive(const std::string& root, const std::string& kind,
                                 const std::string& name, std::stop_token stop) {
-  auto fd = WaitForLock(root, kind, name, LOCK_EX, stop);
-  if (!fd) {
-    return fd.error();
-  }
-  return InUseLock(*fd);
+  return FileLock::Lock(LockPath(root, kind, name), LockMode::Exclusive, std::move(stop),
+                        kInUsePoll);
 }
 
 Result<InUseLock> TryLockExclusive(const std::string& root, const std::string& kind,
                                    const std::string& name) {
-  std::string path = LockPath(root, kind, name);
-  auto fd = OpenLockFile(path);
-  if (!fd) {
-    return fd.error();
-  }
-  if (::flock(*fd, LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    ::close(*fd);
-    if (err == EWOULDBLOCK || err == EINTR) {
-      return InUseLock();
-    }
-    return Error(Reason::StorageError, "cannot lock " + path + ": " + ErrnoMessage(err));
-  }
-  return InUseLock(*fd);
+  return FileLock::TryLock(LockPath(root, kind, name), LockMode::Exclusive);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/file_lock.h"
 #include "common/result.h"
 #include "store/local_store.h"
 
@@ -43,27 +44,9 @@ namespace modelcache::store {
 
 // ---- in-use locks ----
 
-// A shared flock on <root>/locks/inuse/<kind>-<name>.lock, released by the destructor. Move-only.
-class InUseLock {
- public:
-  InUseLock() = default;
-  ~InUseLock();
-  InUseLock(InUseLock&& other) noexcept;
-  InUseLock& operator=(InUseLock&& other) noexcept;
-  InUseLock(const InUseLock&) = delete;
-  InUseLock& operator=(const InUseLock&) = delete;
-  bool held() const { return fd_ >= 0; }
-
- private:
-  friend Result<InUseLock> LockInUse(const std::string&, const std::string&, const std::string&,
-                                     std::stop_token);
-  friend Result<InUseLock> TryLockExclusive(const std::string&, const std::string&,
-                                            const std::string&);
-  friend Result<InUseLock> LockExclusive(const std::string&, const std::string&,
-                                         const std::string&, std::stop_token);
-  explicit InUseLock(int fd) : fd_(fd) {}
-  int fd_ = -1;
-};
+// A flock on <root>/locks/inuse/<kind>-<name>.lock (common/file_lock.h), released by the
+// destructor. Move-only.
+using InUseLock = FileLock;
 
 // kind "repo" with a repo folder name ("models--org--name"), or "artifact" with an artifact name.
 // Takes the shared lock, waiting while a GC holds it exclusively (GC holds it for the few

@@ -1,7 +1,6 @@
 #include "store/local_store.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,12 +42,6 @@ constexpr std::string_view kCacheDirTag =
     "# This file is a cache directory tag created by huggingface_hub.\n"
     "# For information about cache directory tags, see:\n"
     "#\thttps://bford.info/cachedir/\n";
-
-Error IoError(const std::string& what, const std::string& path, int err) {
-  Reason reason =
-      (err == ENOSPC || err == EDQUOT) ? Reason::InsufficientStorage : Reason::StorageError;
-  return {reason, what + " " + path + ": " + ErrnoMessage(err)};
-}
 
 bool IsSafeComponent(std::string_view s) {
   return !s.empty() && s != "." && s != ".." && s.find('/') == std::string_view::npos &&
@@ -185,56 +178,10 @@ VoidResult ReplaceSymlink(const std::string& target, const std::string& link_pat
                "cannot replace symlink " + link_path + ": temporary name removed repeatedly");
 }
 
-// Writes `fd` fully; errno-style result.
-int WriteAll(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return errno;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return 0;
-}
-
-// Like WriteFileAtomic, but the temporary name carries kTmpMarker so a crash leftover is
+// WriteFileAtomic with a temporary name that carries kTmpMarker, so a crash leftover is
 // recognisable (a stray "refs/main.tmp.123" would read as a ref to huggingface_hub).
 VoidResult WriteFileReplacing(const std::string& path, std::string_view content) {
-  if (auto r = MakeDirs(ParentDir(path)); !r) {
-    return r.error();
-  }
-  for (int attempt = 0; attempt < kTmpNameAttempts; ++attempt) {
-    std::string tmp = TmpNameFor(path);
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return IoError("cannot create", tmp, errno);
-    }
-    int err = WriteAll(fd, content.data(), content.size());
-    if (err == 0 && ::fsync(fd) != 0) {
-      err = errno;
-    }
-    if (::close(fd) != 0 && err == 0) {
-      err = errno;
-    }
-    if (err != 0) {
-      ::unlink(tmp.c_str());
-      return IoError("cannot write", tmp, err);
-    }
-    if (::rename(tmp.c_str(), path.c_str()) == 0) {
-      return SyncDir(ParentDir(path));
-    }
-    err = errno;
-    ::unlink(tmp.c_str());
-    if (err != ENOENT) {
-      return IoError("cannot rename onto", path, err);
-    }
-  }
-  return Error(Reason::StorageError,
-               "cannot write " + path + ": temporary name removed repeatedly");
+  return WriteFileAtomic(path, content, TmpNameFor);
 }
 
 // Copies src to dst (created exclusively) and fsyncs it.
@@ -265,7 +212,7 @@ VoidResult CopyFileSynced(const std::string& src, const std::string& dst) {
     if (n == 0) {
       break;
     }
-    err = WriteAll(out, buf.data(), static_cast<size_t>(n));
+    err = WriteAll(out, std::string_view(buf.data(), static_cast<size_t>(n)));
   }
   if (err == 0 && ::fsync(out) != 0) {
     err = errno;
@@ -360,10 +307,6 @@ std::string PercentEncodePath(std::string_view s) {
 
 bool Contains(std::string_view s, std::string_view part) {
   return s.find(part) != std::string_view::npos;
-}
-
-bool StartsWith(std::string_view s, std::string_view prefix) {
-  return s.substr(0, prefix.size()) == prefix;
 }
 
 }  // namespace
@@ -510,27 +453,6 @@ VoidResult LocalStore::RecordWritten(const RepoRef& repo, const std::string& com
 }
 
 // ---------------------------------------------------------------------------------------------
-// BlobLock.
-
-BlobLock::~BlobLock() {
-  if (fd_ >= 0) {
-    ::close(fd_);  // closing the last fd of the open file description releases the flock
-  }
-}
-
-BlobLock::BlobLock(BlobLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-
-BlobLock& BlobLock::operator=(BlobLock&& other) noexcept {
-  if (this != &other) {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-    fd_ = std::exchange(other.fd_, -1);
-  }
-  return *this;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Open.
 
 LocalStore::LocalStore(std::string root) : root_(std::move(root)) {}
@@ -546,9 +468,9 @@ LocalStore::~LocalStore() {
 
 Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_uri) {
   std::string path = root_or_uri;
-  if (StartsWith(path, "file://")) {
+  if (path.starts_with("file://")) {
     std::string rest = path.substr(7);
-    if (StartsWith(rest, "localhost/")) {
+    if (rest.starts_with("localhost/")) {
       rest = rest.substr(9);
     }
     bool ok = false;
@@ -790,21 +712,6 @@ Result<bool> LocalStore::AdoptBlob(const RepoRef& repo, const std::string& etag,
                "cannot adopt blob " + dest + ": temporary name removed repeatedly");
 }
 
-namespace {
-
-Result<int> OpenLockFile(const std::string& path) {
-  if (auto r = MakeDirs(ParentDir(path)); !r) {
-    return r.error();
-  }
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return IoError("cannot open lock file", path, errno);
-  }
-  return fd;
-}
-
-}  // namespace
-
 Result<std::optional<BlobLock>> LocalStore::TryLockBlob(const RepoRef& repo,
                                                         const std::string& etag) {
   if (auto r = ValidateRepo(repo); !r) {
@@ -814,19 +721,14 @@ Result<std::optional<BlobLock>> LocalStore::TryLockBlob(const RepoRef& repo,
     return r.error();
   }
   std::string path = HubDir(repo.hub) + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
-  auto fd = OpenLockFile(path);
-  if (!fd) {
-    return fd.error();
+  auto lock = FileLock::TryLock(path, LockMode::Exclusive);
+  if (!lock) {
+    return lock.error();
   }
-  if (::flock(*fd, LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    ::close(*fd);
-    if (err == EWOULDBLOCK) {
-      return std::optional<BlobLock>();
-    }
-    return IoError("cannot lock", path, err);
+  if (!lock->held()) {
+    return std::optional<BlobLock>();
   }
-  return std::optional<BlobLock>(BlobLock(*fd));
+  return std::optional<BlobLock>(std::move(*lock));
 }
 
 Result<BlobLock> LocalStore::LockBlob(const RepoRef& repo, const std::string& etag) {
@@ -837,18 +739,7 @@ Result<BlobLock> LocalStore::LockBlob(const RepoRef& repo, const std::string& et
     return r.error();
   }
   std::string path = HubDir(repo.hub) + "/.locks/" + RepoFolderName(repo) + "/" + etag + ".lock";
-  auto fd = OpenLockFile(path);
-  if (!fd) {
-    return fd.error();
-  }
-  while (::flock(*fd, LOCK_EX) != 0) {
-    if (errno != EINTR) {
-      int err = errno;
-      ::close(*fd);
-      return IoError("cannot lock", path, err);
-    }
-  }
-  return BlobLock(*fd);
+  return FileLock::Lock(path, LockMode::Exclusive);
 }
 
 VoidResult LocalStore::LinkSnapshot(const RepoRef& repo, const std::string& commit,
@@ -1356,14 +1247,14 @@ VoidResult LocalStore::CleanupStaging() {
     for (fs::directory_iterator it(names->path(), nec), e2; !nec && it != e2; it.increment(nec)) {
       std::string entry = it->path().filename().string();
       std::string path = it->path().string();
-      if (StartsWith(entry, kStagingPrefix)) {
+      if (entry.starts_with(kStagingPrefix)) {
         int fd = LockDirAt(path);
         if (fd < 0) {
           continue;  // locked: a live staging directory of this or another process
         }
         RemoveTree(path);
         ::close(fd);
-      } else if (StartsWith(entry, kTrashPrefix)) {
+      } else if (entry.starts_with(kTrashPrefix)) {
         RemoveTree(path);
       } else if (Contains(entry, kTmpMarker)) {
         ::unlink(path.c_str());

@@ -37,6 +37,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/file_lock.h"
 #include "common/result.h"
 
 namespace modelcache::store {
@@ -121,22 +122,8 @@ enum class PublishMode {
 
 // An exclusive flock on <root>/hub/.locks/<repo-folder>/<etag>.lock, the same file and lock kind
 // huggingface_hub's WeakFileLock takes, so a download here excludes one by huggingface_hub on the
-// same cache. Released by the destructor. Move-only.
-class BlobLock {
- public:
-  BlobLock() = default;
-  ~BlobLock();
-  BlobLock(BlobLock&& other) noexcept;
-  BlobLock& operator=(BlobLock&& other) noexcept;
-  BlobLock(const BlobLock&) = delete;
-  BlobLock& operator=(const BlobLock&) = delete;
-  bool held() const { return fd_ >= 0; }
-
- private:
-  friend class LocalStore;
-  explicit BlobLock(int fd) : fd_(fd) {}
-  int fd_ = -1;
-};
+// same cache (common/file_lock.h). Released by the destructor. Move-only.
+using BlobLock = FileLock;
 
 class LocalStore {
  public:

@@ -139,25 +139,6 @@ Result<ArtifactManifest> ParseManifest(const std::string& text, const std::strin
   return manifest;
 }
 
-Error IoError(const std::string& what, const std::string& path, int err) {
-  return {err == ENOSPC ? Reason::InsufficientStorage : Reason::StorageError,
-          what + " " + path + ": " + ErrnoMessage(err)};
-}
-
-VoidResult WriteAll(int fd, const std::string& path, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n < 0) {
-      return IoError("cannot write", path, errno);
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return {};
-}
-
 class Fd {
  public:
   explicit Fd(int fd) : fd_(fd) {}
@@ -910,8 +891,8 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
                                 location_.bucket, key, chunk->size(), written, last, f.size)));
         }
         hasher.Update(*chunk);
-        if (auto r = WriteAll(fd.get(), path, *chunk); !r) {
-          return fail(r.error());
+        if (int err = WriteAll(fd.get(), *chunk); err != 0) {
+          return fail(IoError("cannot write", path, err));
         }
         written += chunk->size();
         progress.bytes_done += chunk->size();

@@ -18,10 +18,10 @@
 #include <utility>
 #include <vector>
 
-#include <openssl/evp.h>
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
+#include "common/files.h"
 #include "common/guard.h"
 #include "common/sha256.h"
 #include "store/sigv4.h"
@@ -40,25 +40,6 @@ constexpr size_t kChunkSize = 64 << 10;
 // parts cover about 1000 x min_part_size x 1023 bytes.
 constexpr uint64_t kPartsPerDoubling = 1000;
 
-std::string ErrnoText(int err) { return std::strerror(err); }
-
-class Md5 {
- public:
-  Md5() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_md5(), nullptr); }
-  ~Md5() { EVP_MD_CTX_free(ctx_); }
-  Md5(const Md5&) = delete;
-  Md5& operator=(const Md5&) = delete;
-  void Update(const char* data, size_t n) { EVP_DigestUpdate(ctx_, data, n); }
-  std::string FinalRaw() {
-    unsigned char out[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, out, &len);
-    return std::string(reinterpret_cast<const char*>(out), len);
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 // Reads exactly n bytes at `offset` (short only at end of file).
 Result<size_t> PreadFull(int fd, const std::string& path, uint64_t offset, char* out, size_t n) {
@@ -66,7 +47,9 @@ Result<size_t> PreadFull(int fd, const std::string& path, uint64_t offset, char*
   while (done < n) {
     ssize_t r = ::pread(fd, out + done, n - done, static_cast<off_t>(offset + done));
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return Error(Reason::StorageError, "cannot read " + path + ": " + ErrnoText(errno));
+    if (r < 0) {
+      return Error(Reason::StorageError, "cannot read " + path + ": " + ErrnoMessage(errno));
+    }
     if (r == 0) break;
     done += static_cast<size_t>(r);
   }
@@ -277,8 +260,8 @@ class MultipartRun {
     // is recognised by (its ETag), so it is computed for those too.
     auto listed = existing_.find(job.number);
     const bool reusable = listed != existing_.end() && listed->second.size == job.size;
-    std::optional<Md5> md5;
-    if (!options_.sign_payload || reusable) md5.emplace();
+    std::optional<Hasher> md5;
+    if (!options_.sign_payload || reusable) md5.emplace(Hasher::Kind::Md5);
     std::optional<Hasher> sha256;
     if (options_.sign_payload) sha256.emplace(Hasher::Kind::Sha256);
     if (job.buffer) {
@@ -456,14 +439,16 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
                              path, target, expected_sha256_hex));
   }
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoText(errno));
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
+  }
   struct FdCloser {
     int fd;
     ~FdCloser() { ::close(fd); }
   } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    return Error(Reason::StorageError, "cannot stat " + path + ": " + ErrnoText(errno));
+    return Error(Reason::StorageError, "cannot stat " + path + ": " + ErrnoMessage(errno));
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
 
@@ -485,12 +470,7 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
     if (!expected_sha256_hex.empty() && sha256 != expected_sha256_hex) {
       return ChecksumError(path, expected_sha256_hex, sha256);
     }
-    std::string md5;
-    {
-      Md5 m;
-      m.Update(body.data(), body.size());
-      md5 = m.FinalRaw();
-    }
+    std::string md5 = Md5Raw(body);
     S3Request put{"PutObject", "PUT", bucket, key, {},
                   {{"content-type", "application/octet-stream"},
                    {"content-md5", Base64(md5)},
@@ -638,7 +618,7 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
     }
     auto sha256 = check_end();
     if (!sha256) return sha256.error();
-    Md5 md5;
+    Hasher md5(Hasher::Kind::Md5);
     md5.Update(first.data(), first.size());
     S3Body body;
     body.chunk_size = kChunkSize;

@@ -9,6 +9,7 @@
 #include <spdlog/fmt/fmt.h>
 
 #include "common/sha256.h"
+#include "common/strings.h"
 
 namespace modelcache::store {
 namespace {
@@ -22,14 +23,6 @@ std::string FormatTime(std::chrono::system_clock::time_point t, const char* form
   char buf[32];
   size_t n = std::strftime(buf, sizeof(buf), format, &tm);
   return std::string(buf, n);
-}
-
-std::string ToLower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
 }
 
 // The AWS rule for header values: strip leading and trailing spaces and collapse runs of spaces
@@ -58,7 +51,7 @@ struct Canonical {
 // which is why a map of vectors rather than a sort of the pairs (a sort would reorder values).
 Canonical CanonicalizeHeaders(const HttpHeaders& headers) {
   std::map<std::string, std::vector<std::string>> by_name;
-  for (const auto& [name, value] : headers) by_name[ToLower(name)].push_back(TrimAll(value));
+  for (const auto& [name, value] : headers) by_name[AsciiLower(name)].push_back(TrimAll(value));
   Canonical out;
   for (const auto& [name, values] : by_name) {
     out.headers += name;

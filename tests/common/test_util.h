@@ -1,13 +1,19 @@
 #pragma once
 
-// Helpers every test binary may use: a temporary directory removed at scope exit, whole-file
-// writes and reads, and a bounded poll for work done by other threads.
+// Helpers every test binary may use (unit, fixture and integration tests alike): a temporary
+// directory removed at scope exit, whole-file writes and reads, deterministic pseudo-random
+// bytes, and a bounded poll for work done by other threads or processes. Each helper exists here
+// once; a test folder's own test_util.h adds only what is particular to its module.
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -29,6 +35,7 @@ class TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   const std::string& path() const { return path_; }
+  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
 
  private:
   std::string path_;
@@ -49,16 +56,28 @@ inline std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-// Polls `condition` until it holds or `limit` passes; returns whether it held. For waiting on
-// work other threads or processes do; never for measuring time.
+// `n` pseudo-random bytes, the same for the same seed on every run and machine (mt19937_64).
+inline std::string RandomBytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
+  }
+  return out;
+}
+
+// Polls `condition` every `poll` until it holds or `limit` passes; returns whether it held. For
+// waiting on work other threads or processes do; never for measuring time.
 template <typename F>
-bool WaitFor(F condition, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+bool WaitFor(F condition, std::chrono::milliseconds limit = std::chrono::seconds(5),
+             std::chrono::milliseconds poll = std::chrono::milliseconds(2)) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
     if (condition()) {
       return true;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::this_thread::sleep_for(poll);
   }
   return condition();
 }

@@ -24,26 +24,6 @@ extern char** environ;
 namespace modelcache::itest {
 namespace fs = std::filesystem;
 
-TempDir::TempDir() {
-  path_ = ::testing::TempDir() + "mc-it-" + UniqueSuffix();
-  fs::create_directories(path_);
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  fs::remove_all(path_, ec);
-}
-
-std::string RandomBytes(size_t size, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(size, '\0');
-  for (size_t i = 0; i < size; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, size - i));
-  }
-  return out;
-}
-
 void WriteTree(const std::string& dir, const std::map<std::string, std::string>& files) {
   for (const auto& [path, content] : files) {
     fs::path p = fs::path(dir) / path;
@@ -299,19 +279,6 @@ std::optional<crds::ModelCache> ReadStatus(const std::string& state_dir, const s
     return *mc;
   } catch (...) {
     return std::nullopt;
-  }
-}
-
-bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
-    if (condition()) {
-      return true;
-    }
-    if (std::chrono::steady_clock::now() >= deadline) {
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
 

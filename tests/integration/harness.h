@@ -15,26 +15,18 @@
 #include <gtest/gtest.h>
 
 #include "crds/model_cache.h"
+#include "tests/common/test_util.h"
 #include "tests/fixtures/hub/fake_hub.h"
 
 namespace modelcache::itest {
 
-// A fresh directory under the test temp dir, removed when it goes out of scope.
-class TempDir {
+// A fresh directory (mc-it-XXXXXX) under the temp dir, removed when it goes out of scope.
+class TempDir : public test_util::TempDir {
  public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  std::string path_;
+  TempDir() : test_util::TempDir("mc-it") {}
 };
 
-// Deterministic pseudo-random bytes.
-std::string RandomBytes(size_t size, uint64_t seed);
+using test_util::RandomBytes;
 
 // The whole file at `path` ("" if it cannot be read).
 std::string Slurp(const std::string& path);
@@ -111,9 +103,12 @@ class Daemon {
 std::optional<crds::ModelCache> ReadStatus(const std::string& state_dir, const std::string& ns,
                                            const std::string& name);
 
-// Polls `condition` every 20 ms until it holds or `timeout` passes.
-bool WaitFor(const std::function<bool()>& condition,
-             std::chrono::milliseconds timeout = std::chrono::seconds(30));
+// test_util::WaitFor with the integration tests' defaults: a daemon process does the work, so
+// the bound is 30 s and the poll 20 ms.
+inline bool WaitFor(const std::function<bool()>& condition,
+                    std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  return test_util::WaitFor(condition, timeout, std::chrono::milliseconds(20));
+}
 
 // Waits until the status of default/<name> satisfies `pred`; returns the last status read.
 std::optional<crds::ModelCache> WaitForStatus(

@@ -13,11 +13,14 @@
 #include <thread>
 #include <vector>
 
+#include "tests/common/test_util.h"
+
 namespace modelcache::controller {
 namespace {
 
 using reconcilers::Outcome;
 using reconcilers::Requeue;
+using test_util::WaitFor;
 
 const crds::Condition& Ready(const crds::ModelCacheStatus& s) {
   const crds::Condition* c = crds::FindCondition(s.conditions, "Ready");
@@ -147,14 +150,6 @@ CachedObject Cached(const std::string& name, bool deleting) {
   return c;
 }
 
-template <typename F>
-bool Eventually(F condition) {
-  for (int i = 0; i < 2000 && !condition(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  return condition();
-}
-
 TEST(ManagerHooksTest, DeletingObjectsAreReconciledAsGoneThenFinalized) {
   FixedSource source({Cached("live", false), Cached("going", true)});
   ObjectCache cache;
@@ -180,7 +175,7 @@ TEST(ManagerHooksTest, DeletingObjectsAreReconciledAsGoneThenFinalized) {
   Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
   std::stop_source stop;
   std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
-  EXPECT_TRUE(Eventually([&] {
+  EXPECT_TRUE(WaitFor([&] {
     std::lock_guard lock(mu);
     return finalized.size() == 1 && written.size() == 1;
   }));
@@ -212,7 +207,7 @@ TEST(ManagerHooksTest, AFailingPrepareSkipsTheReconcileAndRetries) {
   Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
   std::stop_source stop;
   std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
-  EXPECT_TRUE(Eventually([&] { return statuses.writes() == 1; }));
+  EXPECT_TRUE(WaitFor([&] { return statuses.writes() == 1; }));
   stop.request_stop();
   run.join();
   EXPECT_EQ(attempts.load(), 3);
@@ -228,7 +223,7 @@ TEST(ManagerHooksTest, APermanentErrorWithRetryAfterIsLookedAtAgain) {
   Manager manager({}, source, cache, statuses, reconciler, RealClock::Get());
   std::stop_source stop;
   std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
-  EXPECT_TRUE(Eventually([&] {
+  EXPECT_TRUE(WaitFor([&] {
     std::lock_guard lock(reconciler.mu);
     return reconciler.calls.size() >= 3;
   }));
@@ -256,7 +251,7 @@ TEST(ManagerHooksTest, AFailedReconcileIsCountedBeforeItsStatusIsPublished) {
   Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
   std::stop_source stop;
   std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
-  EXPECT_TRUE(Eventually([&] {
+  EXPECT_TRUE(WaitFor([&] {
     std::lock_guard lock(mu);
     return !errors_counted.empty();
   }));
@@ -361,14 +356,14 @@ TEST(ManagerStatusWritersTest, AWriteNeverOvertakesAnEarlierOneOfItsObjectWhileO
   std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
   // While slow's first write hangs, the workers go on: slow's second status is composed (and
   // queued behind the first), and the other object's writes are done on their own lane.
-  EXPECT_TRUE(Eventually([&] {
+  EXPECT_TRUE(WaitFor([&] {
     auto done = statuses.Done();
     return statuses.Holding() && reconciler.Calls("slow") == 2 &&
            std::count(done.begin(), done.end(), other + ":Ready") == 1;
   }));
   EXPECT_TRUE(statuses.Holding());
   statuses.Release();
-  EXPECT_TRUE(Eventually([&] { return statuses.Done().size() == 4; }));
+  EXPECT_TRUE(WaitFor([&] { return statuses.Done().size() == 4; }));
   stop.request_stop();
   run.join();
   std::vector<std::string> slow;
@@ -407,7 +402,7 @@ TEST(ManagerStatusWritersTest, APrepareOnTheLanesRunsOnceBeforeTheReconcileAndIt
   Manager manager(options, source, cache, statuses, reconciler, RealClock::Get());
   std::stop_source stop;
   std::thread run([&] { ASSERT_TRUE(manager.Run(stop.get_token())); });
-  EXPECT_TRUE(Eventually([&] {
+  EXPECT_TRUE(WaitFor([&] {
     std::lock_guard lock(mu);
     return log.size() == 3;
   }));

@@ -13,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,19 +21,13 @@
 
 #include "common/http_client.h"
 #include "common/sha256.h"
+#include "tests/common/test_util.h"
 #include "fetch/hub_client.h"
 #include "tests/fixtures/hub/fake_hub.h"
 
 namespace modelcache::fetch {
 
-inline std::string RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) {
-    c = static_cast<char>(rng() & 0xff);
-  }
-  return s;
-}
+using test_util::RandomBytes;
 
 inline void WriteTestFile(const std::string& path, const std::string& content) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());

@@ -33,16 +33,7 @@ inline void WriteText(const std::string& path, const std::string& content) {
 
 inline std::string ReadText(const std::string& path) { return test_util::ReadFile(path); }
 
-// n deterministic pseudo-random bytes.
-inline std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
-  }
-  return out;
-}
+using test_util::RandomBytes;
 
 inline ino_t Inode(const std::string& path) {
   struct stat st {};

@@ -1,4 +1,5 @@
-// The spine end to end: the real daemon in directory mode against the Hub imitation.
+// Directory mode end to end: the real daemon watching a folder of manifests, against the Hub
+// imitation.
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,9 +28,9 @@ using modelcache::testing::Fault;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-class SpineTest : public DaemonTest {};
+class DirectoryModeTest : public DaemonTest {};
 
-TEST_F(SpineTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {
+TEST_F(DirectoryModeTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {
   auto files = SmallModelFiles(2 << 20, 1);
   AddRepo("org/tiny-model", files);
   WriteManifest("tiny.yaml", Manifest("tiny", "org/tiny-model"));
@@ -105,7 +106,7 @@ TEST_F(SpineTest, ModelBecomesReadyAsValidHubCacheAndArtifact) {
   EXPECT_EQ(daemon.Terminate(), 0) << daemon.Log();
 }
 
-TEST_F(SpineTest, DatasetRepo) {
+TEST_F(DirectoryModeTest, DatasetRepo) {
   FakeRepoSpec spec;
   spec.type = "dataset";
   std::map<std::string, std::string> files{{"data/train.parquet", RandomBytes(300000, 7)},
@@ -126,7 +127,7 @@ TEST_F(SpineTest, DatasetRepo) {
   EXPECT_EQ(mc->status.artifact->files, 2);
 }
 
-TEST_F(SpineTest, IncludeAndExcludeSelectFiles) {
+TEST_F(DirectoryModeTest, IncludeAndExcludeSelectFiles) {
   AddRepo("org/filtered", SmallModelFiles(100000, 3));
   WriteManifest("f.yaml", Manifest("filtered", "org/filtered",
                                    "    include: [\"*.json\", \"*.safetensors\", \"original/*\"]\n"
@@ -145,7 +146,7 @@ TEST_F(SpineTest, IncludeAndExcludeSelectFiles) {
   EXPECT_EQ(hub_.BodyBytesServed("original/consolidated.pth"), 0u);
 }
 
-TEST_F(SpineTest, PrivateRepoNeedsTheSecretToken) {
+TEST_F(DirectoryModeTest, PrivateRepoNeedsTheSecretToken) {
   FakeRepoSpec spec;
   spec.is_private = true;
   spec.tokens = {"hf_private_secret_token"};
@@ -174,7 +175,7 @@ TEST_F(SpineTest, PrivateRepoNeedsTheSecretToken) {
   }
 }
 
-TEST_F(SpineTest, GatedRepoIsUnauthorizedWithAccessHint) {
+TEST_F(DirectoryModeTest, GatedRepoIsUnauthorizedWithAccessHint) {
   FakeRepoSpec spec;
   spec.gated = "manual";
   spec.tokens = {"hf_granted"};
@@ -190,7 +191,7 @@ TEST_F(SpineTest, GatedRepoIsUnauthorizedWithAccessHint) {
   EXPECT_NE(c->message.find("org/gated"), std::string::npos) << c->message;
 }
 
-TEST_F(SpineTest, UnknownRepoAndRevisionFailPermanently) {
+TEST_F(DirectoryModeTest, UnknownRepoAndRevisionFailPermanently) {
   AddRepo("org/exists", SmallModelFiles(1000, 6));
   WriteManifest("a.yaml", Manifest("norepo", "org/does-not-exist"));
   WriteManifest("b.yaml", Manifest("norev", "org/exists", "    revision: no-such-branch\n"));
@@ -216,7 +217,7 @@ struct FaultCase {
 
 void PrintTo(const FaultCase& c, std::ostream* os) { *os << c.name; }
 
-class FaultTest : public SpineTest, public ::testing::WithParamInterface<FaultCase> {};
+class FaultTest : public DirectoryModeTest, public ::testing::WithParamInterface<FaultCase> {};
 
 TEST_P(FaultTest, RecoversToReady) {
   auto files = SmallModelFiles(3 << 20, 11);
@@ -254,7 +255,7 @@ INSTANTIATE_TEST_SUITE_P(
                       FaultCase{"IgnoresRange", MakeFault(Fault::Kind::IgnoreRange, 0, 0, -1), 1.0}),
     [](const ::testing::TestParamInfo<FaultCase>& param_info) { return param_info.param.name; });
 
-TEST_F(SpineTest, PersistentCorruptionIsChecksumMismatch) {
+TEST_F(DirectoryModeTest, PersistentCorruptionIsChecksumMismatch) {
   AddRepo("org/corrupt", SmallModelFiles(200000, 12));
   Fault f;
   f.kind = Fault::Kind::Corrupt;
@@ -275,7 +276,7 @@ TEST_F(SpineTest, PersistentCorruptionIsChecksumMismatch) {
   EXPECT_FALSE(fs::exists(blobs + "/" + sha));
 }
 
-TEST_F(SpineTest, SlowDownloadReportsProgress) {
+TEST_F(DirectoryModeTest, SlowDownloadReportsProgress) {
   auto files = SmallModelFiles(4 << 20, 13);
   AddRepo("org/slow", files);
   hub_.AddFault(SlowWeights(1 << 20));
@@ -294,7 +295,7 @@ TEST_F(SpineTest, SlowDownloadReportsProgress) {
   ASSERT_TRUE(done && IsReady(*done)) << daemon.Log();
 }
 
-TEST_F(SpineTest, KillNineMidDownloadResumesAfterRestart) {
+TEST_F(DirectoryModeTest, KillNineMidDownloadResumesAfterRestart) {
   auto files = SmallModelFiles(16 << 20, 14);
   AddRepo("org/big", files);
   hub_.AddFault(SlowWeights(4 << 20));
@@ -326,7 +327,7 @@ TEST_F(SpineTest, KillNineMidDownloadResumesAfterRestart) {
   EXPECT_LT(total_served, (16u << 20) + (2u << 20)) << "served " << total_served;
 }
 
-TEST_F(SpineTest, RevisionChangeMidDownloadSwitchesToTheNewCommit) {
+TEST_F(DirectoryModeTest, RevisionChangeMidDownloadSwitchesToTheNewCommit) {
   auto files = SmallModelFiles(8 << 20, 15);
   std::string main_dir = AddRepo("org/moving", files);
   std::string v2_dir = repos_dir() + "/org/moving/v2";
@@ -353,7 +354,7 @@ TEST_F(SpineTest, RevisionChangeMidDownloadSwitchesToTheNewCommit) {
   EXPECT_EQ(Slurp(mc->status.artifact->path + "/model.safetensors"), files2["model.safetensors"]);
 }
 
-TEST_F(SpineTest, DeletedManifestCancelsWorkAndRemovesStatus) {
+TEST_F(DirectoryModeTest, DeletedManifestCancelsWorkAndRemovesStatus) {
   AddRepo("org/deleted", SmallModelFiles(8 << 20, 17));
   hub_.AddFault(SlowWeights(1 << 20));
   WriteManifest("d.yaml", Manifest("deleted", "org/deleted"));
@@ -377,7 +378,7 @@ TEST_F(SpineTest, DeletedManifestCancelsWorkAndRemovesStatus) {
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 
-TEST_F(SpineTest, MalformedYamlAffectsOnlyItsFile) {
+TEST_F(DirectoryModeTest, MalformedYamlAffectsOnlyItsFile) {
   AddRepo("org/good", SmallModelFiles(1000, 18));
   WriteManifest("good.yaml", Manifest("good", "org/good"));
   WriteManifest("bad.yaml", "apiVersion: modelcache.dev/v1alpha1\nkind: ModelCache\n"
@@ -393,7 +394,7 @@ TEST_F(SpineTest, MalformedYamlAffectsOnlyItsFile) {
   EXPECT_NE(v.out.find("bad.yaml:"), std::string::npos) << v.out;
 }
 
-TEST_F(SpineTest, DuplicateNamesFailBothNamingBothFiles) {
+TEST_F(DirectoryModeTest, DuplicateNamesFailBothNamingBothFiles) {
   AddRepo("org/dup", SmallModelFiles(1000, 19));
   WriteManifest("one.yaml", Manifest("dup", "org/dup"));
   WriteManifest("two.yaml", Manifest("dup", "org/dup", "    revision: main\n"));
@@ -409,7 +410,7 @@ TEST_F(SpineTest, DuplicateNamesFailBothNamingBothFiles) {
   EXPECT_EQ(hub_.Requests("/api/models/org/dup"), 0);
 }
 
-TEST_F(SpineTest, InvalidSpecIsReportedWithFieldPaths) {
+TEST_F(DirectoryModeTest, InvalidSpecIsReportedWithFieldPaths) {
   WriteManifest("inv.yaml", Manifest("invalid", "a//b",
                                      "  shard:\n    engine: tgi\n    dtype: fp8\n"));
   Daemon daemon(DaemonOptions());
@@ -424,7 +425,7 @@ TEST_F(SpineTest, InvalidSpecIsReportedWithFieldPaths) {
   EXPECT_NE(c->message.find("spec.shard.dtype"), std::string::npos) << c->message;
 }
 
-TEST_F(SpineTest, ReadyResourcesNeedNoNetworkAfterRestart) {
+TEST_F(DirectoryModeTest, ReadyResourcesNeedNoNetworkAfterRestart) {
   AddRepo("org/cached", SmallModelFiles(100000, 20));
   WriteManifest("c.yaml", Manifest("cached", "org/cached"));
   auto options = DaemonOptions();
@@ -454,7 +455,7 @@ TEST_F(SpineTest, ReadyResourcesNeedNoNetworkAfterRestart) {
   EXPECT_EQ(hub_.Requests("/api/models/org/cached/revision"), 1);
 }
 
-TEST_F(SpineTest, ForceReverifiesAndRepairsTheStore) {
+TEST_F(DirectoryModeTest, ForceReverifiesAndRepairsTheStore) {
   auto files = SmallModelFiles(200000, 21);
   AddRepo("org/force", files);
   WriteManifest("f.yaml", Manifest("force", "org/force"));
@@ -479,7 +480,7 @@ TEST_F(SpineTest, ForceReverifiesAndRepairsTheStore) {
   EXPECT_EQ(*Sha256File(blob), Sha256Hex(files["model.safetensors"]));
 }
 
-TEST_F(SpineTest, RefreshIntervalPublishesANewVersionWhenTheBranchMoves) {
+TEST_F(DirectoryModeTest, RefreshIntervalPublishesANewVersionWhenTheBranchMoves) {
   AddRepo("org/refresh", SmallModelFiles(1000, 22));
   WriteManifest("r.yaml", Manifest("refresh", "org/refresh", "  refreshInterval: 1s\n"));
   Daemon daemon(DaemonOptions());
@@ -499,7 +500,7 @@ TEST_F(SpineTest, RefreshIntervalPublishesANewVersionWhenTheBranchMoves) {
   EXPECT_EQ(Slurp(store_dir() + "/hub/models--org--refresh/refs/main"), next);
 }
 
-TEST_F(SpineTest, ThousandManifestsAllReachAStatus) {
+TEST_F(DirectoryModeTest, ThousandManifestsAllReachAStatus) {
   AddRepo("org/shared", SmallModelFiles(1000, 24));
   for (int i = 0; i < 1000; ++i) {
     std::ofstream(watch_dir() + "/m" + std::to_string(i) + ".yaml")
@@ -529,23 +530,7 @@ TEST_F(SpineTest, ThousandManifestsAllReachAStatus) {
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 
-TEST_F(SpineTest, PrefetchPrintsTheArtifactIdAndIsIdempotent) {
-  AddRepo("org/pre", SmallModelFiles(100000, 25));
-  std::vector<std::string> args{"prefetch", "org/pre:main", "--store", store_dir(),
-                                "--hf-endpoint", hub_.url()};
-  auto first = RunModelcache(args);
-  ASSERT_EQ(first.exit_code, 0) << first.err;
-  EXPECT_EQ(first.out.rfind("pre@sha256:", 0), 0u) << first.out;
-  auto second = RunModelcache(args);
-  ASSERT_EQ(second.exit_code, 0) << second.err;
-  EXPECT_EQ(first.out, second.out);
-  auto missing = RunModelcache({"prefetch", "org/missing", "--store", store_dir(),
-                                "--hf-endpoint", hub_.url()});
-  EXPECT_EQ(missing.exit_code, 1);
-  EXPECT_NE(missing.err.find("RepoNotFound"), std::string::npos) << missing.err;
-}
-
-TEST_F(SpineTest, ShardedArtifactForTwoGpus) {
+TEST_F(DirectoryModeTest, ShardedArtifactForTwoGpus) {
   std::string dir = repos_dir() + "/org/qwen3-tiny/main";
   auto gen = std::system((std::string(MC_MAKE_CHECKPOINT) + " " + dir +
                           " --arch qwen3 --size tiny > /dev/null").c_str());
@@ -582,45 +567,7 @@ TEST_F(SpineTest, ShardedArtifactForTwoGpus) {
             mc->status.artifact->id.substr(mc->status.artifact->id.find('@')));
 }
 
-TEST_F(SpineTest, ShardCommandWritesRankFilesAtomically) {
-  std::string src = tmp_ / "llama";
-  ASSERT_EQ(std::system((std::string(MC_MAKE_CHECKPOINT) + " " + src +
-                         " --arch llama3 --size tiny --files 2 > /dev/null")
-                            .c_str()),
-            0);
-  std::string out = tmp_ / "llama-tp4";
-  auto r = RunModelcache({"shard", src, out, "--tp", "4", "--dtype", "float16",
-                          "--max-file-size", "1MiB"});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  for (int rank = 0; rank < 4; ++rank) {
-    EXPECT_TRUE(fs::exists(out + "/model-rank-" + std::to_string(rank) + "-part-0.safetensors"))
-        << rank;
-  }
-  EXPECT_TRUE(fs::exists(out + "/config.json"));
-  EXPECT_NE(r.out.find("model-rank-3-part-0.safetensors"), std::string::npos) << r.out;
-  // Nothing partial is left next to the output.
-  for (const auto& e : fs::directory_iterator(tmp_.path())) {
-    EXPECT_EQ(e.path().filename().string().find(".partial-"), std::string::npos) << e.path();
-  }
-  // Same inputs, byte-identical outputs.
-  std::string again = tmp_ / "llama-tp4-again";
-  ASSERT_EQ(RunModelcache({"shard", src, again, "--tp", "4", "--dtype", "float16",
-                           "--max-file-size", "1MiB"})
-                .exit_code,
-            0);
-  for (const auto& e : fs::directory_iterator(out)) {
-    EXPECT_EQ(Slurp(e.path().string()), Slurp(again + "/" + e.path().filename().string()))
-        << e.path();
-  }
-  // A tp that does not divide the heads fails cleanly, leaving nothing behind.
-  std::string bad = tmp_ / "llama-tp3";
-  auto invalid = RunModelcache({"shard", src, bad, "--tp", "3"});
-  EXPECT_EQ(invalid.exit_code, 1);
-  EXPECT_NE(invalid.err.find("ShardConfigInvalid"), std::string::npos) << invalid.err;
-  EXPECT_FALSE(fs::exists(bad));
-}
-
-TEST_F(SpineTest, ShardingErrorsAreReportedWithTheirReason) {
+TEST_F(DirectoryModeTest, ShardingErrorsAreReportedWithTheirReason) {
   auto files = SmallModelFiles(1000, 28);
   files["config.json"] = R"({"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"})";
   AddRepo("org/gpt2ish", files);
@@ -639,7 +586,7 @@ TEST_F(SpineTest, ShardingErrorsAreReportedWithTheirReason) {
   EXPECT_EQ(HubCacheBlobs(store_dir()).size(), 1u) << daemon.Log();
 }
 
-TEST_F(SpineTest, JsonLogsAreOneObjectPerLineWithTheKey) {
+TEST_F(DirectoryModeTest, JsonLogsAreOneObjectPerLineWithTheKey) {
   AddRepo("org/logged", SmallModelFiles(1000, 26));
   WriteManifest("l.yaml", Manifest("logged", "org/logged"));
   auto options = DaemonOptions();
@@ -664,7 +611,7 @@ TEST_F(SpineTest, JsonLogsAreOneObjectPerLineWithTheKey) {
   EXPECT_GE(transitions, 2) << daemon.Log();
 }
 
-TEST_F(SpineTest, SigtermMidDownloadExitsCleanlyAndResumes) {
+TEST_F(DirectoryModeTest, SigtermMidDownloadExitsCleanlyAndResumes) {
   auto files = SmallModelFiles(8 << 20, 27);
   AddRepo("org/term", files);
   hub_.AddFault(SlowWeights(2 << 20));
@@ -689,22 +636,6 @@ TEST_F(SpineTest, SigtermMidDownloadExitsCleanlyAndResumes) {
   auto mc = WaitReady("term");
   ASSERT_TRUE(mc && IsReady(*mc)) << again.Log();
   EXPECT_LT(hub_.BodyBytesServed("model.safetensors"), (8u << 20) + (2u << 20));
-}
-
-TEST_F(SpineTest, ValidateReportsEveryProblemWithFileAndLine) {
-  std::string good = tmp_ / "good.yaml";
-  std::ofstream(good) << Manifest("fine", "org/fine");
-  auto ok = RunModelcache({"validate", good});
-  EXPECT_EQ(ok.exit_code, 0) << ok.out << ok.err;
-  std::string bad = tmp_ / "bad.yaml";
-  std::ofstream(bad) << "kind: ConfigMap\napiVersion: v1\n---\n"
-                     << Manifest("Bad_Name", "a//b", "  shard:\n    dtype: fp8\n");
-  auto r = RunModelcache({"validate", bad});
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.out.find("metadata.name"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("spec.source.repo: Invalid value: \"a//b\""), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("spec.shard.dtype"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find(bad + ":"), std::string::npos) << r.out;
 }
 
 }  // namespace
