@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/unit/controller/memory_status_store.h"
+
 namespace modelcache::controller {
 namespace {
 
