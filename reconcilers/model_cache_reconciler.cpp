@@ -22,7 +22,6 @@ namespace modelcache::reconcilers {
 namespace {
 
 using std::chrono::milliseconds;
-using Clock = std::chrono::steady_clock;
 
 // What an --s3-secret entry may set (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are required).
 constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -147,6 +146,9 @@ std::string TrimRight(std::string s) {
 
 struct ModelCacheReconciler::Impl {
   explicit Impl(ReconcilerOptions o) : options(std::move(o)), pool(options.max_concurrent_jobs) {
+    if (options.clock == nullptr) {
+      options.clock = &RealClock::Get();
+    }
     if (!options.transfer_factory) {
       // Each Transfer keeps the engine alive while it runs, so the engine outlives every job.
       auto engine = std::make_shared<fetch::TransferEngine>(options.transfer);
@@ -177,6 +179,7 @@ struct ModelCacheReconciler::Impl {
   }
 
   ReconcilerOptions options;
+  Clock::TimePoint Now() const { return options.clock->Now(); }
   AllowList allowed_endpoints;
   AllowList allowed_stores;
   AllowList own_endpoint;  // where the daemon's own token may go
@@ -213,9 +216,9 @@ struct ModelCacheReconciler::Impl {
 
   std::mutex mu;
   std::map<crds::ObjectKey, std::shared_ptr<JobEntry>> jobs;         // guarded by mu
-  std::map<crds::ObjectKey, Clock::time_point> last_resolved;        // guarded by mu
+  std::map<crds::ObjectKey, Clock::TimePoint> last_resolved;        // guarded by mu
   std::map<crds::ObjectKey, int64_t> applied_force;                  // guarded by mu
-  std::map<crds::ObjectKey, Clock::time_point> last_verified;        // guarded by mu
+  std::map<crds::ObjectKey, Clock::TimePoint> last_verified;        // guarded by mu
   // The artifact name each resource holds: (local store root, name). Guarded by mu.
   std::map<crds::ObjectKey, std::pair<std::string, std::string>> claimed;
   // The last failed job of a resource, for the spec it ran: a permanent failure is not run again
@@ -227,7 +230,7 @@ struct ModelCacheReconciler::Impl {
     Error error;
     int count = 0;
     int stalls = 0;  // of the last `count` failures, how many in a row the endpoint stalled
-    Clock::time_point retry_at{};
+    Clock::TimePoint retry_at{};
   };
   std::map<crds::ObjectKey, JobFailure> job_failures;  // guarded by mu
 
@@ -260,7 +263,7 @@ struct ModelCacheReconciler::Impl {
       wait = std::min(wait, std::max(options.backoff_cap, milliseconds(1)));
       wait = std::max(wait, error.retry_after.value_or(milliseconds(0)));
       error.retry_after = wait;
-      f.retry_at = Clock::now() + wait;
+      f.retry_at = Now() + wait;
     }
     f.error = error;
     return error;
@@ -278,7 +281,7 @@ struct ModelCacheReconciler::Impl {
     if (!IsTransient(error.reason)) {
       return error;
     }
-    auto left = std::chrono::duration_cast<milliseconds>(it->second.retry_at - Clock::now());
+    auto left = std::chrono::duration_cast<milliseconds>(it->second.retry_at - Now());
     if (left.count() <= 0) {
       return std::nullopt;
     }
@@ -509,8 +512,8 @@ struct ModelCacheReconciler::Impl {
     std::lock_guard lock(mu);
     // First sight (after a restart): the refresh clock starts now, rather than every Ready
     // resource resolving at once.
-    auto [it, inserted] = last_resolved.try_emplace(key, Clock::now());
-    return std::chrono::duration_cast<milliseconds>(it->second + *interval - Clock::now());
+    auto [it, inserted] = last_resolved.try_emplace(key, Now());
+    return std::chrono::duration_cast<milliseconds>(it->second + *interval - Now());
   }
 
   // Time until a Ready resource's artifact should be re-verified: nullopt when never.
@@ -520,14 +523,13 @@ struct ModelCacheReconciler::Impl {
     }
     std::lock_guard lock(mu);
     // First sight: the clock starts now, so a restart does not re-hash everything at once.
-    auto [it, inserted] = last_verified.try_emplace(key, Clock::now());
-    return std::chrono::duration_cast<milliseconds>(it->second + options.verify_interval -
-                                                    Clock::now());
+    auto [it, inserted] = last_verified.try_emplace(key, Now());
+    return std::chrono::duration_cast<milliseconds>(it->second + options.verify_interval - Now());
   }
 
   void MarkVerified(const crds::ObjectKey& key) {
     std::lock_guard lock(mu);
-    last_verified[key] = Clock::now();
+    last_verified[key] = Now();
   }
 
   // The next time a Ready resource needs a look: its refresh or its verification.
@@ -914,7 +916,7 @@ Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::sto
     {
       std::lock_guard lock(impl.mu);
       impl.job_failures.erase(key);
-      impl.last_resolved[key] = Clock::now();
+      impl.last_resolved[key] = impl.Now();
       impl.applied_force[key] = job->force;
     }
     crds::ModelCacheStatus status = request.status;
