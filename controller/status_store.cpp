@@ -162,44 +162,4 @@ Result<std::vector<crds::ModelCache>> FileStatusStore::List() const {
   return out;
 }
 
-Result<std::optional<crds::ModelCache>> MemoryStatusStore::Read(const crds::ObjectKey& key) const {
-  std::lock_guard lock(mu_);
-  auto it = objects_.find(key);
-  if (it == objects_.end()) {
-    return std::optional<crds::ModelCache>();
-  }
-  return std::optional<crds::ModelCache>(it->second);
-}
-
-VoidResult MemoryStatusStore::Write(const crds::ModelCache& object_with_status) {
-  crds::ObjectKey key = object_with_status.key();
-  if (auto ok = CheckKeyIsPathSafe(key); !ok) {
-    return ok.error();
-  }
-  std::lock_guard lock(mu_);
-  objects_.insert_or_assign(key, object_with_status);
-  ++writes_;
-  return {};
-}
-
-VoidResult MemoryStatusStore::Remove(const crds::ObjectKey& key) {
-  std::lock_guard lock(mu_);
-  objects_.erase(key);
-  return {};
-}
-
-Result<std::vector<crds::ModelCache>> MemoryStatusStore::List() const {
-  std::lock_guard lock(mu_);
-  std::vector<crds::ModelCache> out;
-  for (const auto& [key, object] : objects_) {
-    out.push_back(object);
-  }
-  return out;
-}
-
-int MemoryStatusStore::writes() const {
-  std::lock_guard lock(mu_);
-  return writes_;
-}
-
 }  // namespace modelcache::controller

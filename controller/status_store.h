@@ -5,9 +5,7 @@
 // restarted daemon can carry metadata (generation, uid, creationTimestamp, the spec-hash
 // annotation) and status across restarts.
 
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,23 +56,6 @@ class FileStatusStore final : public StatusStore {
 
  private:
   std::string status_dir_;  // <state-dir>/status
-};
-
-// An in-memory StatusStore for tests and for `prefetch`. Thread-safe.
-class MemoryStatusStore final : public StatusStore {
- public:
-  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
-  VoidResult Write(const crds::ModelCache& object_with_status) override;
-  VoidResult Remove(const crds::ObjectKey& key) override;
-  Result<std::vector<crds::ModelCache>> List() const override;
-
-  // How many Write() calls succeeded, so tests can assert that nothing was written needlessly.
-  int writes() const;
-
- private:
-  mutable std::mutex mu_;
-  std::map<crds::ObjectKey, crds::ModelCache> objects_;  // GUARDED_BY(mu_)
-  int writes_ = 0;                                       // GUARDED_BY(mu_)
 };
 
 // InvalidSpec unless `key`'s namespace and name are usable as path components.

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <variant>
 
 #include <spdlog/spdlog.h>
 
@@ -22,7 +23,6 @@ namespace modelcache::reconcilers {
 namespace {
 
 using std::chrono::milliseconds;
-using Clock = std::chrono::steady_clock;
 
 // What an --s3-secret entry may set (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are required).
 constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -31,19 +31,35 @@ constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS
 // A missing secret or key may appear without any change to the resource: look again this late.
 constexpr std::chrono::seconds kSecretRecheck{30};
 
+// What a job is for.
+enum class JobKind {
+  Cache,       // resolve, download, shard and publish: a new spec, a refresh, spec.force
+  Heal,        // a cache job that repairs what a drift check (or a missing version) showed
+  DriftCheck,  // re-hashes a Ready artifact and its blobs (--verify-interval)
+};
+
+// How a cache or heal job ended: what it published, or why it did not.
+struct CacheJobEnd {
+  Result<CacheJobOutput> output;
+};
+// How a drift check ended: "" when the artifact is intact, else what changed on disk.
+struct DriftCheckEnd {
+  Result<std::string> drift;
+};
+// Its alternative says which kind of job ended: CacheJobEnd for Cache and Heal jobs.
+using JobEnd = std::variant<CacheJobEnd, DriftCheckEnd>;
+
 struct JobEntry {
+  JobKind kind = JobKind::Cache;
   std::string spec_hash;
   int64_t force = 0;
+  // Kind Heal: what it repairs (the drift found, or the missing version), for its status.
+  std::string heal;
   std::stop_source stop;
-  CacheJobState state;
+  CacheJobState state;  // a cache or heal job's progress
   std::atomic<bool> finished{false};
   // Written by the job thread before `finished` is set; read by reconciles after.
-  std::optional<Result<CacheJobOutput>> result;
-  // A drift check (--verify-interval) rather than a cache job: its finding ("" = intact).
-  bool verify_only = false;
-  std::optional<Result<std::string>> drift;
-  // Non-empty: this cache job heals what a drift check (or a missing version) found.
-  std::string heal;
+  std::optional<JobEnd> end;
   // Set when the job pool asked the job to give its slot to another tenant (JobPool's preempt).
   std::atomic<bool> preempted{false};
   // A reconcile waiting for the job (ReconcilerOptions::settle) takes its result itself, so the
@@ -56,7 +72,9 @@ struct JobEntry {
   // True for a finished cache job that stopped because the pool preempted it (not a failure: it
   // is started again, behind its tenant's other jobs).
   bool Preempted() const {
-    return preempted && result && !*result && result->error().reason == Reason::Cancelled;
+    const CacheJobEnd* cache = end ? std::get_if<CacheJobEnd>(&*end) : nullptr;
+    return preempted && cache != nullptr && !cache->output &&
+           cache->output.error().reason == Reason::Cancelled;
   }
 
   // Asks a resolving or downloading job to stop for another tenant; a job sharding or uploading
@@ -147,6 +165,9 @@ std::string TrimRight(std::string s) {
 
 struct ModelCacheReconciler::Impl {
   explicit Impl(ReconcilerOptions o) : options(std::move(o)), pool(options.max_concurrent_jobs) {
+    if (options.clock == nullptr) {
+      options.clock = &RealClock::Get();
+    }
     if (!options.transfer_factory) {
       // Each Transfer keeps the engine alive while it runs, so the engine outlives every job.
       auto engine = std::make_shared<fetch::TransferEngine>(options.transfer);
@@ -177,6 +198,7 @@ struct ModelCacheReconciler::Impl {
   }
 
   ReconcilerOptions options;
+  Clock::TimePoint Now() const { return options.clock->Now(); }
   AllowList allowed_endpoints;
   AllowList allowed_stores;
   AllowList own_endpoint;  // where the daemon's own token may go
@@ -213,9 +235,9 @@ struct ModelCacheReconciler::Impl {
 
   std::mutex mu;
   std::map<crds::ObjectKey, std::shared_ptr<JobEntry>> jobs;         // guarded by mu
-  std::map<crds::ObjectKey, Clock::time_point> last_resolved;        // guarded by mu
+  std::map<crds::ObjectKey, Clock::TimePoint> last_resolved;        // guarded by mu
   std::map<crds::ObjectKey, int64_t> applied_force;                  // guarded by mu
-  std::map<crds::ObjectKey, Clock::time_point> last_verified;        // guarded by mu
+  std::map<crds::ObjectKey, Clock::TimePoint> last_verified;        // guarded by mu
   // The artifact name each resource holds: (local store root, name). Guarded by mu.
   std::map<crds::ObjectKey, std::pair<std::string, std::string>> claimed;
   // The last failed job of a resource, for the spec it ran: a permanent failure is not run again
@@ -227,7 +249,7 @@ struct ModelCacheReconciler::Impl {
     Error error;
     int count = 0;
     int stalls = 0;  // of the last `count` failures, how many in a row the endpoint stalled
-    Clock::time_point retry_at{};
+    Clock::TimePoint retry_at{};
   };
   std::map<crds::ObjectKey, JobFailure> job_failures;  // guarded by mu
 
@@ -260,7 +282,7 @@ struct ModelCacheReconciler::Impl {
       wait = std::min(wait, std::max(options.backoff_cap, milliseconds(1)));
       wait = std::max(wait, error.retry_after.value_or(milliseconds(0)));
       error.retry_after = wait;
-      f.retry_at = Clock::now() + wait;
+      f.retry_at = Now() + wait;
     }
     f.error = error;
     return error;
@@ -278,7 +300,7 @@ struct ModelCacheReconciler::Impl {
     if (!IsTransient(error.reason)) {
       return error;
     }
-    auto left = std::chrono::duration_cast<milliseconds>(it->second.retry_at - Clock::now());
+    auto left = std::chrono::duration_cast<milliseconds>(it->second.retry_at - Now());
     if (left.count() <= 0) {
       return std::nullopt;
     }
@@ -509,8 +531,8 @@ struct ModelCacheReconciler::Impl {
     std::lock_guard lock(mu);
     // First sight (after a restart): the refresh clock starts now, rather than every Ready
     // resource resolving at once.
-    auto [it, inserted] = last_resolved.try_emplace(key, Clock::now());
-    return std::chrono::duration_cast<milliseconds>(it->second + *interval - Clock::now());
+    auto [it, inserted] = last_resolved.try_emplace(key, Now());
+    return std::chrono::duration_cast<milliseconds>(it->second + *interval - Now());
   }
 
   // Time until a Ready resource's artifact should be re-verified: nullopt when never.
@@ -520,14 +542,13 @@ struct ModelCacheReconciler::Impl {
     }
     std::lock_guard lock(mu);
     // First sight: the clock starts now, so a restart does not re-hash everything at once.
-    auto [it, inserted] = last_verified.try_emplace(key, Clock::now());
-    return std::chrono::duration_cast<milliseconds>(it->second + options.verify_interval -
-                                                    Clock::now());
+    auto [it, inserted] = last_verified.try_emplace(key, Now());
+    return std::chrono::duration_cast<milliseconds>(it->second + options.verify_interval - Now());
   }
 
   void MarkVerified(const crds::ObjectKey& key) {
     std::lock_guard lock(mu);
-    last_verified[key] = Clock::now();
+    last_verified[key] = Now();
   }
 
   // The next time a Ready resource needs a look: its refresh or its verification.
@@ -537,7 +558,9 @@ struct ModelCacheReconciler::Impl {
     if (!refresh && !verify) {
       return Requeue::Done();
     }
-    milliseconds in = refresh && verify ? std::min(*refresh, *verify) : refresh ? *refresh : *verify;
+    milliseconds in = refresh && verify ? std::min(*refresh, *verify)
+                      : refresh         ? *refresh
+                                        : *verify;
     return Requeue::After(std::max(in, milliseconds(1)));
   }
 
@@ -569,7 +592,7 @@ struct ModelCacheReconciler::Impl {
     return endpoint;
   }
 
-  Result<fetch::HubOptions> HubFor(const crds::ModelCache& obj) {
+  Result<fetch::HubOptions> HubFor(const crds::ModelCache& obj) const {
     auto token = Token(obj);
     if (!token) {
       return token.error();
@@ -584,40 +607,52 @@ struct ModelCacheReconciler::Impl {
     return hub;
   }
 
-  void StartVerify(const crds::ObjectKey& key, const crds::ModelCache& obj, std::string spec_hash,
-                   const crds::ModelCacheStatus& status) {
-    auto job = std::make_shared<JobEntry>();
-    job->spec_hash = std::move(spec_hash);
-    job->force = obj.spec.force;
-    job->verify_only = true;
+  // Tells the observer about each problem a drift check found (FindDrift joins them with "; ").
+  void ReportDrift(const crds::ObjectKey& key, const Result<std::string>& drift) {
+    if (options.observer == nullptr || !drift || drift->empty()) {
+      return;
+    }
+    std::string_view rest = *drift;
+    while (!rest.empty()) {
+      size_t end = rest.find("; ");
+      options.observer->VerificationFailed(key, std::string(rest.substr(0, end)));
+      rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 2);
+    }
+  }
+
+  // Makes `job` the key's job and tells the observer; the caller then submits it.
+  void AddJob(const crds::ObjectKey& key, std::shared_ptr<JobEntry> job) {
     {
       std::lock_guard lock(mu);
-      jobs[key] = job;
+      jobs[key] = std::move(job);
     }
     if (options.observer != nullptr) {
       options.observer->JobStarted(key);
     }
+  }
+
+  // Starts a drift check of the Ready artifact `status` reports, on the pool.
+  // REQUIRES: the caller set `verifying`; the check clears it when it ends.
+  void StartDriftCheck(const crds::ObjectKey& key, const crds::ModelCache& obj,
+                       std::string spec_hash, const crds::ModelCacheStatus& status) {
+    auto job = std::make_shared<JobEntry>();
+    job->kind = JobKind::DriftCheck;
+    job->spec_hash = std::move(spec_hash);
+    job->force = obj.spec.force;
+    AddJob(key, job);
     pool.Submit(TenantOf(key), [this, job, key, spec = obj.spec, root = StoreRoot(obj.spec),
                                 artifact = *status.artifact, commit = status.resolved_revision,
                                 endpoint = EndpointOf(obj.spec)] {
       std::stop_token stop = job->stop.get_token();
-      if (stop.stop_requested()) {
-        job->drift = Error(Reason::Cancelled, "cancelled before it started");
-      } else {
+      Result<std::string> drift = Error(Reason::Cancelled, "cancelled before it started");
+      if (!stop.stop_requested()) {
         // The last resort: an exception fails this resource's verification, not the daemon.
-        job->drift = ResultOrInternalError("verify job " + key.ToString(), [&] {
+        drift = ResultOrInternalError("verify job " + key.ToString(), [&] {
           return FindDrift(root, spec, artifact, commit, endpoint, options.hf_endpoint, stop);
         });
       }
-      if (options.observer != nullptr && job->drift && *job->drift && !(*job->drift)->empty()) {
-        // FindDrift joins one problem per file with "; ".
-        std::string_view rest = **job->drift;
-        while (!rest.empty()) {
-          size_t end = rest.find("; ");
-          options.observer->VerificationFailed(key, std::string(rest.substr(0, end)));
-          rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 2);
-        }
-      }
+      ReportDrift(key, drift);
+      job->end = DriftCheckEnd{std::move(drift)};
       verifying = false;
       job->finished = true;
       if (options.observer != nullptr) {
@@ -712,13 +747,18 @@ struct ModelCacheReconciler::Impl {
     return status;
   }
 
-  // Starts the cache job for `obj` on the pool. Fails (nothing started) when the spec's Hub, S3
-  // or source settings cannot be resolved. `pinned_commit`: fetch this commit instead of
-  // resolving the revision (a heal); `heal`: what the job repairs, for its status.
-  // `awaited`: the caller will AwaitFinish() the job.
-  VoidResult StartJob(const crds::ObjectKey& key, const crds::ModelCache& obj,
-                      std::string spec_hash, bool verify_existing, std::string pinned_commit = {},
-                      std::string heal = {}, bool awaited = false) {
+  // What a cache job does besides caching the spec.
+  struct CachePlan {
+    bool verify_existing = false;  // re-hash the blobs already in the store (spec.force, a heal)
+    std::string pinned_commit;     // fetch this commit instead of resolving the revision (a heal)
+    std::string heal;              // non-empty: a heal job, repairing this (for its status)
+    bool awaited = false;          // the caller will AwaitFinish() the job
+  };
+
+  // The inputs of a cache job for `obj`. Fails when the spec's S3, source or Hub settings cannot
+  // be resolved.
+  Result<CacheJobInputs> CacheInputs(const crds::ObjectKey& key, const crds::ModelCache& obj,
+                                     const CachePlan& plan) const {
     auto aws = S3ConfigFor(obj.spec);
     if (!aws) {
       return aws.error();
@@ -731,11 +771,6 @@ struct ModelCacheReconciler::Impl {
     if (!hub) {
       return hub.error();
     }
-    auto job = std::make_shared<JobEntry>();
-    job->spec_hash = std::move(spec_hash);
-    job->force = obj.spec.force;
-    job->heal = std::move(heal);
-    job->awaited = awaited;
     CacheJobInputs in;
     in.key = key;
     in.spec = obj.spec;
@@ -749,29 +784,40 @@ struct ModelCacheReconciler::Impl {
     }
     in.hub = std::move(*hub);
     in.own_endpoint = options.hf_endpoint;
-    in.verify_existing = verify_existing;
-    in.pinned_commit = std::move(pinned_commit);
+    in.verify_existing = plan.verify_existing;
+    in.pinned_commit = plan.pinned_commit;
     in.shard_threads = options.shard_threads;
     in.shard_while_downloading = options.shard_while_downloading;
     in.transfer_factory = options.transfer_factory;
     in.observer = options.observer;
-    {
-      std::lock_guard lock(mu);
-      jobs[key] = job;
+    return in;
+  }
+
+  // Starts the cache job for `obj` on the pool. Fails (nothing started) when its inputs cannot be
+  // resolved.
+  VoidResult StartCacheJob(const crds::ObjectKey& key, const crds::ModelCache& obj,
+                           std::string spec_hash, const CachePlan& plan) {
+    auto in = CacheInputs(key, obj, plan);
+    if (!in) {
+      return in.error();
     }
-    if (options.observer != nullptr) {
-      options.observer->JobStarted(key);
-    }
-    pool.Submit(TenantOf(key), [this, job, in = std::move(in)] {
+    auto job = std::make_shared<JobEntry>();
+    job->kind = plan.heal.empty() ? JobKind::Cache : JobKind::Heal;
+    job->spec_hash = std::move(spec_hash);
+    job->force = obj.spec.force;
+    job->heal = plan.heal;
+    job->awaited = plan.awaited;
+    AddJob(key, job);
+    pool.Submit(TenantOf(key), [this, job, in = std::move(*in)] {
       std::stop_token stop = job->stop.get_token();
-      if (stop.stop_requested()) {
-        job->result = Error(Reason::Cancelled, "cancelled before it started");
-      } else {
+      Result<CacheJobOutput> output = Error(Reason::Cancelled, "cancelled before it started");
+      if (!stop.stop_requested()) {
         // The last resort: an exception fails this resource (InternalError, its message in the
         // status) while the daemon and every other resource go on.
-        job->result = ResultOrInternalError("cache job " + in.key.ToString(),
-                                            [&] { return RunCacheJob(in, job->state, stop); });
+        output = ResultOrInternalError("cache job " + in.key.ToString(),
+                                       [&] { return RunCacheJob(in, job->state, stop); });
       }
+      job->end = CacheJobEnd{std::move(output)};
       bool taken = job->Finish();  // by a reconcile waiting for it
       if (options.observer != nullptr) {
         options.observer->JobFinished(in.key);
@@ -781,6 +827,361 @@ struct ModelCacheReconciler::Impl {
       }
     }, [job] { return job->Preempt(); });
     return {};
+  }
+
+  // ---- The reconcile: one look at the resource, then the one step its situation calls for.
+
+  // The situation a reconcile finds a resource in, in the order the look tells them apart.
+  enum class Situation {
+    Gone,             // deleted, or refused by its source: cancel its job, let go of its name
+    OldJobStopping,   // a job for an earlier spec has not returned yet: wait for it
+    Refused,          // the spec names what the operator does not allow, or another's name
+    JobRunning,       // a job for this spec runs: report its progress
+    CacheJobEnded,    // report the artifact the cache (or heal) job published, or its failure
+    DriftCheckEnded,  // report the artifact intact, or start healing what changed
+    Current,          // Ready and in the store, nothing due: wait for the next check
+    VerifyDue,        // Ready and in the store, its verification due: start a drift check
+    RefreshDue,       // Ready and in the store, its branch due to be resolved again
+    ArtifactMissing,  // Ready, but its version is gone from the store: cache it again
+    NotReady,         // no Ready artifact for this generation (new, changed, failed): cache it
+  };
+
+  struct Look {
+    Situation situation = Situation::NotReady;
+    std::string spec_hash;          // of request.object's spec; empty when Gone
+    std::shared_ptr<JobEntry> job;  // the key's job: when running or ended, and when Gone
+    std::optional<Error> refusal;   // Refused: why
+  };
+
+  // Tells the situation apart. Drops a job that no longer counts (one for an earlier spec once
+  // it returned, one that gave its slot to another tenant), and before any step that could move
+  // the artifact name's `current`, checks the spec against the allow-lists and claims the name.
+  Look LookAt(const Request& request, std::stop_token stop) {
+    const crds::ObjectKey& key = request.key;
+    Look look;
+    look.job = FindJob(key);
+    if (!request.object || request.source_error) {
+      look.situation = Situation::Gone;
+      return look;
+    }
+    look.spec_hash = crds::SpecHash(request.object->spec);
+    if (look.job && look.job->spec_hash != look.spec_hash) {
+      // The spec moved on: stop the old job, and start the new one only once the old one has
+      // returned, so that two jobs never write the same partial files.
+      look.job->stop.request_stop();
+      if (!look.job->finished) {
+        look.situation = Situation::OldJobStopping;
+        return look;
+      }
+      EraseJob(key, look.job);
+      look.job = nullptr;
+    }
+    if (look.job && look.job->finished && look.job->Preempted()) {
+      // It gave its slot to another tenant: start it again (it resumes its partial files).
+      EraseJob(key, look.job);
+      look.job = nullptr;
+      spdlog::info("{}: gave its job slot to another tenant; waiting for the next", key.ToString());
+    }
+    if (look.job) {
+      look.situation = !look.job->finished                   ? Situation::JobRunning
+                       : look.job->kind == JobKind::DriftCheck ? Situation::DriftCheckEnded
+                                                               : Situation::CacheJobEnded;
+      return look;
+    }
+    // A job runs only for an allowed spec (the allow-lists do not change while the daemon runs),
+    // so one running for this spec needs no check.
+    VoidResult allowed = CheckAllowed(request.object->spec);
+    if (allowed) {
+      allowed = ClaimArtifactName(key, request.object->spec, stop);
+    }
+    if (!allowed) {
+      look.situation = Situation::Refused;
+      look.refusal = allowed.error();
+      return look;
+    }
+    look.situation = StoreSituation(request);
+    return look;
+  }
+
+  // The situation of a resource without a job: what its last status and the store say. A
+  // restart lands here for every Ready resource.
+  Situation StoreSituation(const Request& request) {
+    const crds::ModelCache& obj = *request.object;
+    const crds::ModelCacheStatus& prev = request.status;
+    if (prev.phase != crds::kPhaseReady || prev.observed_generation != obj.metadata.generation ||
+        !prev.artifact) {
+      return Situation::NotReady;
+    }
+    if (!ArtifactPresent(obj.spec, *prev.artifact)) {
+      return Situation::ArtifactMissing;
+    }
+    auto refresh_in = RefreshIn(request.key, obj.spec);
+    if (refresh_in && refresh_in->count() <= 0) {
+      return Situation::RefreshDue;
+    }
+    auto verify_in = VerifyIn(request.key);
+    if (verify_in && verify_in->count() <= 0 && !prev.resolved_revision.empty()) {
+      return Situation::VerifyDue;
+    }
+    return Situation::Current;
+  }
+
+  Result<Outcome> Reconcile(const Request& request, std::stop_token stop) {
+    Look look = LookAt(request, stop);
+    switch (look.situation) {
+      case Situation::Gone:
+        return LetGo(request, look.job);
+      case Situation::OldJobStopping:
+        return WaitForOldJob(request);
+      case Situation::Refused:
+        return *look.refusal;
+      case Situation::JobRunning:
+        return ReportProgress(request, *look.job);
+      case Situation::CacheJobEnded:
+        return ReportCacheJob(request, look);
+      case Situation::DriftCheckEnded:
+        return ReportDriftCheck(request, look);
+      case Situation::Current:
+        return Outcome{WithRetention(request.status, *request.object),
+                       NextCheck(request.key, request.object->spec)};
+      case Situation::VerifyDue:
+        return StartVerification(request, look.spec_hash);
+      case Situation::RefreshDue:
+        spdlog::info("{}: refreshing revision {}", request.key.ToString(),
+                     request.object->spec.source.revision);
+        return StartCaching(request, look.spec_hash, /*heal=*/"", stop);
+      case Situation::ArtifactMissing:
+        return HealMissingVersion(request, look.spec_hash, stop);
+      case Situation::NotReady:
+        return StartCaching(request, look.spec_hash, /*heal=*/"", stop);
+    }
+    return Error(Reason::Internal, "unknown reconcile situation");
+  }
+
+  // Gone: cancels the key's job (its partial files go: nothing will resume them). A deleted
+  // resource also lets go of its artifact name and of everything remembered about it; a refused
+  // one reports its source's error.
+  Result<Outcome> LetGo(const Request& request, const std::shared_ptr<JobEntry>& job) {
+    const crds::ObjectKey& key = request.key;
+    if (job) {
+      job->state.discard_partial = true;
+      job->stop.request_stop();
+      EraseJob(key, job);
+      spdlog::info("{}: cancelled its running job", key.ToString());
+    }
+    if (request.source_error) {
+      return *request.source_error;
+    }
+    ReleaseArtifactName(request);
+    std::lock_guard lock(mu);
+    last_resolved.erase(key);
+    applied_force.erase(key);
+    last_verified.erase(key);
+    job_failures.erase(key);
+    return Outcome{{}, Requeue::Done()};
+  }
+
+  // OldJobStopping: Pending until the old job has returned.
+  static Outcome WaitForOldJob(const Request& request) {
+    crds::ModelCacheStatus status = request.status;
+    status.phase = std::string(crds::kPhasePending);
+    status.progress.reset();
+    return Outcome{status, Requeue::After(milliseconds(100))};
+  }
+
+  // JobRunning: a cache job's phase and progress; a drift check leaves the status as it is.
+  Outcome ReportProgress(const Request& request, JobEntry& job) {
+    if (job.kind == JobKind::DriftCheck) {
+      return Outcome{WithRetention(request.status, *request.object),
+                     Requeue::After(options.progress_interval)};
+    }
+    return Outcome{RunningStatus(request.status, job), Requeue::After(options.progress_interval)};
+  }
+
+  // CacheJobEnded: Ready with the artifact published (and Healed when the job repaired one), or
+  // the job's failure, recorded for its backoff.
+  Result<Outcome> ReportCacheJob(const Request& request, const Look& look) {
+    const crds::ObjectKey& key = request.key;
+    const crds::ModelCache& obj = *request.object;
+    const JobEntry& job = *look.job;
+    EraseJob(key, look.job);
+    const Result<CacheJobOutput>& result = std::get<CacheJobEnd>(*job.end).output;
+    if (!result) {
+      return RecordJobFailure(key, look.spec_hash, result.error());
+    }
+    {
+      std::lock_guard lock(mu);
+      job_failures.erase(key);
+      last_resolved[key] = Now();
+      applied_force[key] = job.force;
+    }
+    crds::ModelCacheStatus status = ReadyStatus(key, request.status, *result, job.state);
+    NoteHealed(key, job, *result, obj.metadata.generation, status);
+    if (options.published) {
+      options.published();
+    }
+    return Outcome{WithRetention(status, obj), NextCheck(key, obj.spec)};
+  }
+
+  // `previous` turned Ready with the artifact a cache job published.
+  static crds::ModelCacheStatus ReadyStatus(const crds::ObjectKey& key,
+                                            const crds::ModelCacheStatus& previous,
+                                            const CacheJobOutput& result,
+                                            const CacheJobState& state) {
+    crds::ModelCacheStatus status = previous;
+    bool changed = !status.artifact || status.artifact->id != result.artifact.id;
+    status.phase = std::string(crds::kPhaseReady);
+    status.resolved_revision = result.commit;
+    status.artifact = ToArtifactStatus(result.artifact);
+    crds::ProgressStatus done;
+    done.bytes_total = done.bytes_done = state.transfer.bytes_total;
+    done.files_total = done.files_done = state.transfer.files_total;
+    status.progress = done;
+    if (changed) {
+      spdlog::info("{}: artifact {} published at {}", key.ToString(), result.artifact.id,
+                   result.artifact.path.empty() ? result.artifact.uri : result.artifact.path);
+    }
+    return status;
+  }
+
+  // A heal that ended here (or a plain job after a heal that failed part-way) says so:
+  // Verified=True, Healed, with what was repaired and how; it counts as a verification.
+  void NoteHealed(const crds::ObjectKey& key, const JobEntry& job, const CacheJobOutput& result,
+                  int64_t generation, crds::ModelCacheStatus& status) {
+    std::string healed = job.heal;
+    const crds::Condition* verified = crds::FindCondition(status.conditions, "Verified");
+    if (healed.empty() && verified != nullptr && verified->status == "False") {
+      healed = verified->message;
+    }
+    if (healed.empty()) {
+      return;
+    }
+    std::string fetched;
+    for (const auto& path : result.fetched) {
+      fetched += (fetched.empty() ? "" : ", ") + path;
+    }
+    std::string message =
+        "healed: " + healed + "; " +
+        (fetched.empty() ? "re-published from the verified blobs" : "re-fetched " + fetched);
+    spdlog::info("{}: {}", key.ToString(), message);
+    MarkVerified(key);
+    PutCondition(status.conditions, Verified(true, "Healed", message, generation));
+  }
+
+  // DriftCheckEnded: Verified=True when nothing changed on disk, else a heal job for what did.
+  Result<Outcome> ReportDriftCheck(const Request& request, const Look& look) {
+    const crds::ObjectKey& key = request.key;
+    const crds::ModelCache& obj = *request.object;
+    EraseJob(key, look.job);
+    const Result<std::string>& drift = std::get<DriftCheckEnd>(*look.job->end).drift;
+    if (!drift) {
+      return drift.error();
+    }
+    crds::ModelCacheStatus status = request.status;
+    if (drift->empty()) {
+      MarkVerified(key);
+      PutCondition(status.conditions,
+                   Verified(true, "Verified",
+                            "every file of " + status.artifact->id +
+                                " and its blobs match their checksums",
+                            obj.metadata.generation));
+      return Outcome{WithRetention(status, obj), NextCheck(key, obj.spec)};
+    }
+    spdlog::warn("{}: drift found: {}; healing", key.ToString(), *drift);
+    CachePlan plan;
+    plan.verify_existing = true;
+    plan.pinned_commit = status.resolved_revision;
+    plan.heal = *drift;
+    if (auto r = StartCacheJob(key, obj, look.spec_hash, plan); !r) {
+      return r.error();
+    }
+    return CacheJobStarted(status, plan.heal, obj.metadata.generation);
+  }
+
+  // VerifyDue: a drift check, when no other artifact is being verified.
+  Outcome StartVerification(const Request& request, const std::string& spec_hash) {
+    const crds::ModelCache& obj = *request.object;
+    if (verifying.exchange(true)) {
+      // Another artifact is being verified: wait for our turn.
+      return Outcome{WithRetention(request.status, obj), Requeue::After(milliseconds(1000))};
+    }
+    StartDriftCheck(request.key, obj, spec_hash, request.status);
+    return Outcome{WithRetention(request.status, obj), Requeue::After(options.progress_interval)};
+  }
+
+  // ArtifactMissing: a heal job that publishes the version again.
+  Result<Outcome> HealMissingVersion(const Request& request, const std::string& spec_hash,
+                                     std::stop_token stop) {
+    const crds::ArtifactStatus& artifact = *request.status.artifact;
+    std::string heal = "artifact version " + artifact.name + "/" + artifact.version +
+                       " is missing from the store";
+    spdlog::warn("{}: {}; caching it again", request.key.ToString(), heal);
+    return StartCaching(request, spec_hash, std::move(heal), stop);
+  }
+
+  // NotReady, RefreshDue, ArtifactMissing: starts a cache job (a heal when `heal` says what it
+  // repairs) unless a failure of this spec waits for a change or its backoff, and reports it as
+  // Resolving; or, settling, reports its result when it ends in time.
+  Result<Outcome> StartCaching(const Request& request, const std::string& spec_hash,
+                               std::string heal, std::stop_token stop) {
+    const crds::ObjectKey& key = request.key;
+    const crds::ModelCache& obj = *request.object;
+    const crds::ModelCacheStatus& prev = request.status;
+    CachePlan plan = PlanCacheJob(request, std::move(heal));
+    {
+      std::lock_guard lock(mu);
+      if (shut_down) {
+        return Error(Reason::Cancelled, "shutting down");
+      }
+    }
+    if (auto failed = PendingFailure(key, spec_hash)) {
+      return *failed;  // a permanent failure waits for the spec; a transient one for its backoff
+    }
+    // Only for a resource not reported on yet: a spec change of a reported one is acknowledged
+    // (observedGeneration) at once.
+    plan.awaited = options.settle.count() > 0 && prev.phase.empty() && pool.HasFreeThread();
+    if (auto r = StartCacheJob(key, obj, spec_hash, plan); !r) {
+      return r.error();
+    }
+    if (auto started = FindJob(key);
+        plan.awaited && started && started->AwaitFinish(options.settle, stop)) {
+      return Reconcile(request, stop);  // finds the finished job and reports its result
+    }
+    return CacheJobStarted(prev, plan.heal, obj.metadata.generation);
+  }
+
+  // The plan of the next cache job: re-hash the blobs when spec.force moved; resume a heal that
+  // failed part-way as a heal (blobs re-hashed, not merely found present, or a same-size
+  // corrupted blob would be published again).
+  CachePlan PlanCacheJob(const Request& request, std::string heal) {
+    const crds::ModelCache& obj = *request.object;
+    CachePlan plan;
+    plan.heal = std::move(heal);
+    if (obj.spec.force > 0) {
+      std::lock_guard lock(mu);
+      auto it = applied_force.find(request.key);
+      plan.verify_existing = it == applied_force.end() || it->second != obj.spec.force;
+    }
+    const crds::Condition* healing = crds::FindCondition(request.status.conditions, "Verified");
+    if (plan.heal.empty() && healing != nullptr && healing->status == "False" &&
+        healing->observed_generation == obj.metadata.generation) {
+      plan.heal = healing->message;
+      plan.verify_existing = true;
+      plan.pinned_commit = request.status.resolved_revision;
+    }
+    return plan;
+  }
+
+  // The status of a resource whose cache job was just started: Resolving, and Healing when the
+  // job repairs something.
+  Outcome CacheJobStarted(crds::ModelCacheStatus status, const std::string& heal,
+                          int64_t generation) const {
+    status.phase = std::string(crds::kPhaseResolving);
+    status.progress.reset();
+    if (!heal.empty()) {
+      PutCondition(status.conditions, Verified(false, "Healing", heal, generation));
+    }
+    return Outcome{status, Requeue::After(options.progress_interval)};
   }
 };
 
@@ -811,221 +1212,7 @@ void ModelCacheReconciler::Shutdown() {
 }
 
 Result<Outcome> ModelCacheReconciler::Reconcile(const Request& request, std::stop_token stop) {
-  Impl& impl = *impl_;
-  const crds::ObjectKey& key = request.key;
-  auto job = impl.FindJob(key);
-
-  if (!request.object || request.source_error) {
-    if (job) {
-      job->state.discard_partial = true;  // nothing will resume what it fetched
-      job->stop.request_stop();
-      impl.EraseJob(key, job);
-      spdlog::info("{}: cancelled its running job", key.ToString());
-    }
-    if (request.source_error) {
-      return *request.source_error;
-    }
-    impl.ReleaseArtifactName(request);
-    std::lock_guard lock(impl.mu);
-    impl.last_resolved.erase(key);
-    impl.applied_force.erase(key);
-    impl.last_verified.erase(key);
-    impl.job_failures.erase(key);
-    return Outcome{{}, Requeue::Done()};
-  }
-
-  const crds::ModelCache& obj = *request.object;
-  std::string spec_hash = crds::SpecHash(obj.spec);
-
-  if (job && job->spec_hash != spec_hash) {
-    // The spec moved on: stop the old job, and start the new one only once the old one has
-    // returned, so that two jobs never write the same partial files.
-    job->stop.request_stop();
-    if (!job->finished) {
-      crds::ModelCacheStatus status = request.status;
-      status.phase = std::string(crds::kPhasePending);
-      status.progress.reset();
-      return Outcome{status, Requeue::After(milliseconds(100))};
-    }
-    impl.EraseJob(key, job);
-    job = nullptr;
-  }
-
-  if (job && job->finished && job->Preempted()) {
-    // It gave its slot to another tenant: start it again below (it resumes its partial files).
-    impl.EraseJob(key, job);
-    job = nullptr;
-    spdlog::info("{}: gave its job slot to another tenant; waiting for the next", key.ToString());
-  }
-
-  // A job runs only for an allowed spec (the allow-lists do not change while the daemon runs), so
-  // one running for this spec needs no check; nothing else happens before it.
-  if (!job) {
-    if (auto allowed = impl.CheckAllowed(obj.spec); !allowed) {
-      return allowed.error();
-    }
-    // Before anything (a job, a heal, a refresh) could move the name's `current`.
-    if (auto owned = impl.ClaimArtifactName(key, obj.spec, stop); !owned) {
-      return owned.error();
-    }
-  }
-
-  if (job) {
-    if (!job->finished) {
-      if (job->verify_only) {
-        return Outcome{impl.WithRetention(request.status, obj),
-                       Requeue::After(impl.options.progress_interval)};
-      }
-      return Outcome{impl.RunningStatus(request.status, *job),
-                     Requeue::After(impl.options.progress_interval)};
-    }
-    impl.EraseJob(key, job);
-    if (job->verify_only) {
-      Result<std::string>& drift = *job->drift;
-      if (!drift) {
-        return drift.error();
-      }
-      crds::ModelCacheStatus status = request.status;
-      if (drift->empty()) {
-        impl.MarkVerified(key);
-        PutCondition(status.conditions,
-                     Verified(true, "Verified",
-                              "every file of " + status.artifact->id +
-                                  " and its blobs match their checksums",
-                              obj.metadata.generation));
-        return Outcome{impl.WithRetention(status, obj), impl.NextCheck(key, obj.spec)};
-      }
-      spdlog::warn("{}: drift found: {}; healing", key.ToString(), *drift);
-      if (auto r = impl.StartJob(key, obj, spec_hash, /*verify_existing=*/true,
-                                 status.resolved_revision, *drift);
-          !r) {
-        return r.error();
-      }
-      status.phase = std::string(crds::kPhaseResolving);
-      status.progress.reset();
-      PutCondition(status.conditions,
-                   Verified(false, "Healing", *drift, obj.metadata.generation));
-      return Outcome{status, Requeue::After(impl.options.progress_interval)};
-    }
-    Result<CacheJobOutput>& result = *job->result;
-    if (!result) {
-      return impl.RecordJobFailure(key, spec_hash, result.error());
-    }
-    {
-      std::lock_guard lock(impl.mu);
-      impl.job_failures.erase(key);
-      impl.last_resolved[key] = Clock::now();
-      impl.applied_force[key] = job->force;
-    }
-    crds::ModelCacheStatus status = request.status;
-    bool changed = !status.artifact || status.artifact->id != result->artifact.id;
-    status.phase = std::string(crds::kPhaseReady);
-    status.resolved_revision = result->commit;
-    status.artifact = ToArtifactStatus(result->artifact);
-    crds::ProgressStatus done;
-    done.bytes_total = done.bytes_done = job->state.transfer.bytes_total;
-    done.files_total = done.files_done = job->state.transfer.files_total;
-    status.progress = done;
-    if (changed) {
-      spdlog::info("{}: artifact {} published at {}", key.ToString(), result->artifact.id,
-                   result->artifact.path.empty() ? result->artifact.uri : result->artifact.path);
-    }
-    // A heal that ended here (or a plain job after a heal that failed part-way) says so.
-    std::string healed = job->heal;
-    const crds::Condition* verified = crds::FindCondition(status.conditions, "Verified");
-    if (healed.empty() && verified != nullptr && verified->status == "False") {
-      healed = verified->message;
-    }
-    if (!healed.empty()) {
-      std::string fetched;
-      for (const auto& path : result->fetched) {
-        fetched += (fetched.empty() ? "" : ", ") + path;
-      }
-      std::string message = "healed: " + healed + "; " +
-                            (fetched.empty() ? "re-published from the verified blobs"
-                                             : "re-fetched " + fetched);
-      spdlog::info("{}: {}", key.ToString(), message);
-      impl.MarkVerified(key);
-      PutCondition(status.conditions, Verified(true, "Healed", message, obj.metadata.generation));
-    }
-    if (impl.options.published) {
-      impl.options.published();
-    }
-    return Outcome{impl.WithRetention(status, obj), impl.NextCheck(key, obj.spec)};
-  }
-
-  // No job. Already in the desired state? (A restart lands here for every Ready resource.)
-  const crds::ModelCacheStatus& prev = request.status;
-  std::string heal;
-  if (prev.phase == crds::kPhaseReady && prev.observed_generation == obj.metadata.generation &&
-      prev.artifact) {
-    if (impl.ArtifactPresent(obj.spec, *prev.artifact)) {
-      auto refresh_in = impl.RefreshIn(key, obj.spec);
-      if (!refresh_in || refresh_in->count() > 0) {
-        auto verify_in = impl.VerifyIn(key);
-        if (verify_in && verify_in->count() <= 0 && !prev.resolved_revision.empty()) {
-          if (impl.verifying.exchange(true)) {
-            // Another artifact is being verified: wait for our turn.
-            return Outcome{impl.WithRetention(prev, obj), Requeue::After(milliseconds(1000))};
-          }
-          impl.StartVerify(key, obj, spec_hash, prev);
-          return Outcome{impl.WithRetention(prev, obj),
-                         Requeue::After(impl.options.progress_interval)};
-        }
-        return Outcome{impl.WithRetention(prev, obj), impl.NextCheck(key, obj.spec)};
-      }
-      spdlog::info("{}: refreshing revision {}", key.ToString(), obj.spec.source.revision);
-    } else {
-      heal = "artifact version " + prev.artifact->name + "/" + prev.artifact->version +
-             " is missing from the store";
-      spdlog::warn("{}: {}; caching it again", key.ToString(), heal);
-    }
-  }
-
-  bool verify_existing = false;
-  if (obj.spec.force > 0) {
-    std::lock_guard lock(impl.mu);
-    auto it = impl.applied_force.find(key);
-    verify_existing = it == impl.applied_force.end() || it->second != obj.spec.force;
-  }
-  // A heal that failed part-way (network, disk) resumes as a heal: blobs re-hashed, not merely
-  // found present, or a same-size corrupted blob would be published again.
-  std::string pinned;
-  const crds::Condition* healing = crds::FindCondition(prev.conditions, "Verified");
-  if (heal.empty() && healing != nullptr && healing->status == "False" &&
-      healing->observed_generation == obj.metadata.generation) {
-    heal = healing->message;
-    verify_existing = true;
-    pinned = prev.resolved_revision;
-  }
-  {
-    std::lock_guard lock(impl.mu);
-    if (impl.shut_down) {
-      return Error(Reason::Cancelled, "shutting down");
-    }
-  }
-  if (auto failed = impl.PendingFailure(key, spec_hash)) {
-    return *failed;  // a permanent failure waits for the spec; a transient one for its backoff
-  }
-  // Only for a resource not reported on yet: a spec change of a reported one is acknowledged
-  // (observedGeneration) at once.
-  bool settle = impl.options.settle.count() > 0 && prev.phase.empty() &&
-                impl.pool.HasFreeThread();
-  if (auto r = impl.StartJob(key, obj, spec_hash, verify_existing, std::move(pinned), heal, settle);
-      !r) {
-    return r.error();
-  }
-  if (auto started = impl.FindJob(key);
-      settle && started && started->AwaitFinish(impl.options.settle, stop)) {
-    return Reconcile(request, stop);  // finds the finished job and reports its result
-  }
-  crds::ModelCacheStatus status = prev;
-  status.phase = std::string(crds::kPhaseResolving);
-  status.progress.reset();
-  if (!heal.empty()) {
-    PutCondition(status.conditions, Verified(false, "Healing", heal, obj.metadata.generation));
-  }
-  return Outcome{status, Requeue::After(impl.options.progress_interval)};
+  return impl_->Reconcile(request, stop);
 }
 
 }  // namespace modelcache::reconcilers

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/clock.h"
 #include "fetch/downloader.h"
 #include "fetch/hub_client.h"
 #include "fetch/transfer_engine.h"
@@ -133,6 +134,10 @@ struct ReconcilerOptions {
   // A condition the store's garbage collector reports for this resource (Retained), added to
   // the status of Ready resources; may return nullopt.
   std::function<std::optional<crds::Condition>(const crds::ModelCache&)> retention;
+  // Steady time for the reconciler's schedules: refreshInterval, verify_interval and the
+  // backoff of failed jobs (not the jobs' own timeouts, nor the settle wait). Not owned; must
+  // outlive the reconciler. Tests pass a FakeClock and advance it instead of waiting.
+  const Clock* clock = &RealClock::Get();
 };
 
 class ModelCacheReconciler final : public Reconciler {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tests/common/test_util.h"
+#include "tests/unit/controller/memory_status_store.h"
 
 namespace modelcache::controller {
 namespace {

@@ -10,6 +10,7 @@
 
 #include "controller/manager.h"
 #include "controller/metrics.h"
+#include "tests/unit/controller/memory_status_store.h"
 #include "tests/unit/controller/test_util.h"
 
 namespace modelcache::controller {
@@ -52,40 +53,6 @@ class ListSource final : public Source {
  private:
   std::vector<crds::ModelCache> objects_;
   std::atomic<bool> synced_{false};
-};
-
-class MemoryStatusStore final : public StatusStore {
- public:
-  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override {
-    std::lock_guard lock(mu_);
-    auto it = objects_.find(key);
-    if (it == objects_.end()) {
-      return std::optional<crds::ModelCache>();
-    }
-    return std::optional<crds::ModelCache>(it->second);
-  }
-  VoidResult Write(const crds::ModelCache& object) override {
-    std::lock_guard lock(mu_);
-    objects_[KeyOf(object)] = object;
-    return {};
-  }
-  VoidResult Remove(const crds::ObjectKey& key) override {
-    std::lock_guard lock(mu_);
-    objects_.erase(key);
-    return {};
-  }
-  Result<std::vector<crds::ModelCache>> List() const override {
-    std::lock_guard lock(mu_);
-    std::vector<crds::ModelCache> out;
-    for (const auto& [k, v] : objects_) {
-      out.push_back(v);
-    }
-    return out;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::map<crds::ObjectKey, crds::ModelCache> objects_;
 };
 
 // Reports "downloading" for keys named "dl-*", "ready" for the others; a key named "stuck" blocks

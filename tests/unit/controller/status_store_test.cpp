@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/files.h"
+#include "tests/unit/controller/memory_status_store.h"
 #include "tests/unit/controller/test_util.h"
 
 namespace modelcache::controller {

@@ -25,6 +25,16 @@ class ReconcileLoop {
 
   // Reconciles until the status is Ready, a result asks for no requeue, or an error comes back.
   Result<Outcome> RunToEnd(ModelCacheReconciler& reconciler, Request& request) {
+    return RunUntil(reconciler, request, [](const Outcome& o) {
+      return o.status.phase == crds::kPhaseReady;
+    });
+  }
+
+  // Reconciles until `done` holds for an outcome, a result asks for no requeue or one later than
+  // 30 s (a schedule: with a FakeClock nothing happens before the test advances it), or an error
+  // comes back. Between calls it waits for the requeue's delay or the wake callback.
+  Result<Outcome> RunUntil(ModelCacheReconciler& reconciler, Request& request,
+                           const std::function<bool(const Outcome&)>& done) {
     for (int i = 0; i < 2000; ++i) {
       auto r = reconciler.Reconcile(request, {});
       if (!r) {
@@ -32,7 +42,8 @@ class ReconcileLoop {
       }
       request.status = r->status;
       request.status.observed_generation = request.object->metadata.generation;
-      if (r->status.phase == crds::kPhaseReady || r->requeue.after.count() == 0) {
+      if (done(*r) || r->requeue.after.count() == 0 ||
+          r->requeue.after > std::chrono::seconds(30)) {
         return r;
       }
       std::unique_lock lock(mu_);
