@@ -1,9 +1,10 @@
 #pragma once
 
-// Where the controller keeps each resource's status when there is no API server (directory
-// mode): the full object, metadata + spec + status, so that `modelcache get` can print it and a
-// restarted daemon can carry metadata (generation, uid, creationTimestamp, the spec-hash
-// annotation) and status across restarts.
+// Where the controller keeps each resource's status: the full object, metadata + spec + status.
+// Directory mode stores it in files (controller/directory/file_status_store.h), so that
+// `modelcache get` can print it and a restarted daemon can carry metadata (generation, uid,
+// creationTimestamp, the spec-hash annotation) and status across restarts; Kubernetes mode writes
+// the status subresource (controller/kube/kube_status_store.h).
 
 #include <memory>
 #include <optional>
@@ -36,29 +37,5 @@ class StatusStore {
   // with a warning in the log.
   virtual Result<std::vector<crds::ModelCache>> List() const = 0;
 };
-
-// <state-dir>/status/<namespace>/<name>.json, each written atomically (temp file + fsync +
-// rename + fsync of the directory) as crds::ToJson of the full object, pretty-printed.
-//
-// Thread-safe: every write is an atomic rename, so no lock is needed; concurrent Write()s of the
-// same key leave one of them whole.
-class FileStatusStore final : public StatusStore {
- public:
-  explicit FileStatusStore(std::string state_dir);
-
-  Result<std::optional<crds::ModelCache>> Read(const crds::ObjectKey& key) const override;
-  VoidResult Write(const crds::ModelCache& object_with_status) override;
-  VoidResult Remove(const crds::ObjectKey& key) override;
-  Result<std::vector<crds::ModelCache>> List() const override;
-
-  // "<state-dir>/status/<namespace>/<name>.json" (whether or not it exists).
-  std::string PathFor(const crds::ObjectKey& key) const;
-
- private:
-  std::string status_dir_;  // <state-dir>/status
-};
-
-// InvalidSpec unless `key`'s namespace and name are usable as path components.
-VoidResult CheckKeyIsPathSafe(const crds::ObjectKey& key);
 
 }  // namespace modelcache::controller

@@ -1,7 +1,7 @@
 #pragma once
 
 // What the reconciler reports for the daemon's metrics and shutdown log, without knowing about
-// either: the controller implements this interface (controller/job_metrics.h) and passes it in
+// either: the controller implements this interface (daemon/job_metrics.h) and passes it in
 // ReconcilerOptions::observer. Every method has an empty default, so an implementation overrides
 // only what it counts.
 //

@@ -11,7 +11,7 @@ build="${MODELCACHE_BUILD_DIR:-$here/build}"
 echo "== building in $build: modelcache and the demo's two fixtures (not the test suite)"
 cmake -S "$here" -B "$build" >/dev/null
 cmake --build "$build" -j"$(nproc)" --target modelcache mc-fake-hub mc-make-checkpoint
-bin="$build/controller/modelcache"
+bin="$build/cli/modelcache"
 hubbin="$build/tests/fixtures/hub/mc-fake-hub"
 gen="$build/tests/fixtures/checkpoint/mc-make-checkpoint"
 

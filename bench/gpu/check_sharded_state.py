@@ -90,7 +90,7 @@ def main():
     release = vllm.__version__.split("+")[0]
     work = args.work or tempfile.mkdtemp(prefix="mc-gpu-check-")
     gen = os.path.join(args.bin, "tests/fixtures/checkpoint/mc-make-checkpoint")
-    mc = os.path.join(args.bin, "controller/modelcache")
+    mc = os.path.join(args.bin, "cli/modelcache")
     failures = 0
     print(f"vLLM {release}, tp {args.tp}, work dir {work}")
     for arch in args.arch.split(","):

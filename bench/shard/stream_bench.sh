@@ -28,7 +28,7 @@ MODES=${MODES:-unsharded sharded sharded-after}
 MC_FLAGS=${MC_FLAGS:-}
 WORK=${WORK:-$(mktemp -d /tmp/mc-stream-shard-bench.XXXXXX)}
 HUB_BIN=$BUILD/tests/fixtures/hub/mc-fake-hub
-MC_BIN=$BUILD/controller/modelcache
+MC_BIN=$BUILD/cli/modelcache
 GEN_BIN=$BUILD/tests/fixtures/checkpoint/mc-make-checkpoint
 command -v nginx >/dev/null || { echo "nginx is required (apt-get install nginx-light)" >&2; exit 1; }
 

@@ -23,7 +23,7 @@ RUNS=${RUNS:-1}
 FLAG_SETS=${FLAG_SETS:-"--max-connections 4;"}
 WORK=${WORK:-$(mktemp -d /tmp/mc-resume-bench.XXXXXX)}
 HUB_BIN=$BUILD/tests/fixtures/hub/mc-fake-hub
-MC_BIN=$BUILD/controller/modelcache
+MC_BIN=$BUILD/cli/modelcache
 command -v nginx >/dev/null || { echo "nginx is required (apt-get install nginx-light)" >&2; exit 1; }
 
 mkdir -p "$WORK/src/large"

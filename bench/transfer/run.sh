@@ -30,7 +30,7 @@ TOOLS=${TOOLS:-modelcache aria2c aria2c+sync curl hf-hub-js}
 MC_FLAGS=${MC_FLAGS:-}
 WORK=${WORK:-$(mktemp -d /tmp/mc-transfer-bench.XXXXXX)}
 HUB_BIN=$BUILD/tests/fixtures/hub/mc-fake-hub
-MC_BIN=$BUILD/controller/modelcache
+MC_BIN=$BUILD/cli/modelcache
 
 # The bench installs its own tools.
 if ! command -v aria2c >/dev/null; then

@@ -1,4 +1,4 @@
-#include "controller/directory_source.h"
+#include "controller/directory/directory_source.h"
 
 #include <unistd.h>
 
@@ -10,8 +10,8 @@
 #include <gtest/gtest.h>
 
 #include "common/clock.h"
+#include "controller/directory/file_status_store.h"
 #include "controller/object_cache.h"
-#include "controller/status_store.h"
 #include "tests/unit/controller/test_util.h"
 
 namespace modelcache::controller {

@@ -1,7 +1,7 @@
-// The fleet fold (controller/fleet_status.h): which nodes are desired, ready, failed, and what
+// The fleet fold (controller/kube/fleet_status.h): which nodes are desired, ready, failed, and what
 // NodesReady says.
 
-#include "controller/fleet_status.h"
+#include "controller/kube/fleet_status.h"
 
 #include <chrono>
 #include <string>
@@ -11,8 +11,8 @@
 
 #include "common/clock.h"
 #include "common/sha256.h"
-#include "controller/fleet_writer.h"
-#include "controller/node_report.h"
+#include "controller/kube/fleet_writer.h"
+#include "controller/kube/node_report.h"
 
 namespace modelcache::controller {
 namespace {

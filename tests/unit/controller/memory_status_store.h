@@ -8,7 +8,7 @@
 #include <optional>
 #include <vector>
 
-#include "controller/status_store.h"
+#include "controller/directory/file_status_store.h"
 
 namespace modelcache::controller {
 

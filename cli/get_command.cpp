@@ -1,0 +1,53 @@
+// `modelcache get`: the status files of directory mode as kubectl prints ModelCaches.
+
+#include <chrono>
+#include <iostream>
+#include <string_view>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/status_table.h"
+#include "controller/directory/file_status_store.h"
+
+namespace modelcache::controller {
+
+int Get(const GetOptions& options) {
+  if (!options.output.empty() && options.output != "wide" && options.output != "json" &&
+      options.output != "yaml") {
+    std::cerr << "error: unable to match a printer suitable for the output format \""
+              << options.output << "\", allowed formats are: json,wide,yaml\n";
+    return 2;
+  }
+  FileStatusStore statuses(options.state_dir);
+  auto all = statuses.List();
+  if (!all) {
+    std::cerr << "error: " << all.error().message << "\n";
+    return 1;
+  }
+  std::vector<crds::ModelCache> selected;
+  for (auto& obj : *all) {
+    if (!options.all_namespaces && obj.metadata.namespace_ != options.namespace_) {
+      continue;
+    }
+    if (!options.name.empty() && obj.metadata.name != options.name) {
+      continue;
+    }
+    selected.push_back(std::move(obj));
+  }
+  if (!options.name.empty() && selected.empty()) {
+    std::cerr << "Error from server (NotFound): modelcaches.modelcache.dev \"" << options.name
+              << "\" not found\n";
+    return 1;
+  }
+  if (options.output == "json" || options.output == "yaml") {
+    std::cout << FormatList(selected, options.output == "yaml");
+    return 0;
+  }
+  std::string table =
+      FormatTable(selected, options.output == "wide", std::chrono::system_clock::now(),
+                  options.all_namespaces ? std::string_view() : options.namespace_);
+  (selected.empty() ? std::cerr : std::cout) << table;
+  return 0;
+}
+
+}  // namespace modelcache::controller
