@@ -17,6 +17,7 @@
 #include "common/allow_list.h"
 #include "common/files.h"
 #include "common/sha256.h"
+#include "common/strings.h"
 #include "store/internal/dir_lock.h"
 
 namespace modelcache::store {
@@ -552,10 +553,7 @@ Result<std::string> LocalStore::HubFor(const std::string& endpoint,
       return owner.error();
     }
   }
-  std::string claimed = *owner;
-  while (!claimed.empty() && (claimed.back() == '\n' || claimed.back() == '\r')) {
-    claimed.pop_back();
-  }
+  std::string claimed(TrimRight(*owner, "\n\r"));
   if (claimed == *normalized) {
     return std::string();
   }

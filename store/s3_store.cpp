@@ -19,6 +19,7 @@
 #include "common/guard.h"
 #include "common/files.h"
 #include "common/sha256.h"
+#include "common/strings.h"
 #include "store/internal/dir_lock.h"
 #include "store/s3_uploader.h"
 
@@ -503,10 +504,7 @@ Result<std::optional<std::string>> S3ArtifactStore::ReadCurrentVersion(const std
   if (!body) {
     return body.error();
   }
-  std::string version = *body;
-  while (!version.empty() && (version.back() == '\n' || version.back() == '\r')) {
-    version.pop_back();
-  }
+  std::string version(TrimRight(*body, "\n\r"));
   if (!SafeComponent(version)) {
     return Error(Reason::StorageError,
                  fmt::format("s3://{}/{} does not hold a version name", location_.bucket, key));
