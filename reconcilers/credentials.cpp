@@ -15,8 +15,8 @@ constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS
 constexpr std::chrono::seconds kSecretRecheck{30};
 
 std::string TrimRight(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' ||
-                        s.back() == '\t')) {
+  while (!s.empty() &&
+         (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
     s.pop_back();
   }
   return s;

@@ -42,8 +42,7 @@ Error JobFailures::Record(const crds::ObjectKey& key, const std::string& spec_ha
   return error;
 }
 
-std::optional<Error> JobFailures::Pending(const crds::ObjectKey& key,
-                                          const std::string& spec_hash,
+std::optional<Error> JobFailures::Pending(const crds::ObjectKey& key, const std::string& spec_hash,
                                           Clock::TimePoint now) const {
   std::lock_guard lock(mu_);
   auto it = failures_.find(key);

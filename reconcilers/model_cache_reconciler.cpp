@@ -548,7 +548,7 @@ struct ModelCacheReconciler::Impl {
       spdlog::info("{}: gave its job slot to another tenant; waiting for the next", key.ToString());
     }
     if (look.job) {
-      look.situation = !look.job->finished                   ? Situation::JobRunning
+      look.situation = !look.job->finished                     ? Situation::JobRunning
                        : look.job->kind == JobKind::DriftCheck ? Situation::DriftCheckEnded
                                                                : Situation::CacheJobEnded;
       return look;
