@@ -145,65 +145,113 @@ crds::ModelCacheStatus Manager::LastStatus(const crds::ObjectKey& key) {
   return status;
 }
 
+Manager::QueueStep Manager::QueueStepFor(const Result<reconcilers::Outcome>& result,
+                                         bool stopping) {
+  if (!result) {
+    const Error& err = result.error();
+    if (err.reason == Reason::Cancelled && stopping) {
+      return {QueueStep::Kind::Leave};  // shutting down
+    }
+    if (err.retry_after) {
+      // A transient error whose server said how long to wait; or a permanent one that something
+      // outside the spec (a Secret) may still cure: look again then.
+      return {QueueStep::Kind::AddAfter, *err.retry_after};
+    }
+    return {IsTransient(err.reason) ? QueueStep::Kind::AddRateLimited
+                                    : QueueStep::Kind::Forget};  // waits for the spec to change
+  }
+  if (result->requeue.after.count() > 0) {
+    return {QueueStep::Kind::AddAfter, result->requeue.after};
+  }
+  return {QueueStep::Kind::Forget};
+}
+
+void Manager::Requeue(const crds::ObjectKey& key, QueueStep step) {
+  switch (step.kind) {
+    case QueueStep::Kind::Forget:
+      queue_.Forget(key);
+      break;
+    case QueueStep::Kind::AddAfter:
+      queue_.Forget(key);
+      queue_.AddAfter(key, step.after);
+      break;
+    case QueueStep::Kind::AddRateLimited:
+      queue_.AddRateLimited(key);
+      break;
+    case QueueStep::Kind::Leave:
+      break;
+  }
+}
+
 void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
+  reconcilers::Request request = RequestFor(key);
+  if (request.object && !request.source_error && options_.before_reconcile &&
+      !Prepare(*request.object)) {
+    return;  // requeued by Prepare, or queued again when its lane is done
+  }
+  Result<reconcilers::Outcome> result = ReconcileGuarded(request, stop);
+  Requeue(key, request.object ? ReportLive(request, result, stop) : ReportDeleted(request));
+}
+
+reconcilers::Request Manager::RequestFor(const crds::ObjectKey& key) {
   auto cached = cache_.Get(key);
   reconcilers::Request request;
   request.key = key;
   // An object with a deletionTimestamp is reconciled as deleted, then finalized.
-  std::optional<crds::ModelCache> deleting;
   if (cached && cached->object.metadata.deletion_timestamp) {
-    deleting = cached->object;
+    request.deleting = cached->object;
   } else if (cached) {
     request.object = cached->object;
     request.source_error = cached->source_error;
   }
-  request.deleting = deleting;
   request.status = LastStatus(key);
-  if (request.object && !request.source_error && options_.before_reconcile &&
-      !Prepare(*request.object)) {
-    return;
-  }
+  return request;
+}
 
-  Result<reconcilers::Outcome> result = Error(Reason::Internal, "reconcile did not run");
+Result<reconcilers::Outcome> Manager::ReconcileGuarded(const reconcilers::Request& request,
+                                                       std::stop_token stop) {
   try {
-    result = reconciler_.Reconcile(request, stop);
+    return reconciler_.Reconcile(request, stop);
   } catch (const std::exception& e) {
     // controller-runtime's RecoverPanic: a bug in one reconcile must not take the daemon down.
-    result = Error(Reason::Internal, std::string("reconcile threw: ") + e.what());
+    return Error(Reason::Internal, std::string("reconcile threw: ") + e.what());
   } catch (...) {
-    result = Error(Reason::Internal, "reconcile threw an unknown exception");
+    return Error(Reason::Internal, "reconcile threw an unknown exception");
   }
+}
 
-  if (!request.object) {
-    // Deleted: its status goes too. The artifact stays for store garbage collection.
-    if (auto r = statuses_.Remove(key); !r) {
-      spdlog::warn("{}: cannot remove status: {}", key.ToString(), r.error().message);
-    }
-    {
-      std::lock_guard lock(mu_);
-      ForgetWritten(key);
-      prepared_.erase(key);
-      preparing_.erase(key);
-    }
-    if (deleting && options_.finalize) {
-      if (auto r = options_.finalize(*deleting); !r) {
-        spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
-        queue_.AddRateLimited(key);
-        stats_.reconciles_error++;
-        CountResult(ControllerMetrics::kError);
-        return;
-      }
-    }
-    spdlog::info("{}: deleted", key.ToString());
-    queue_.Forget(key);
-    stats_.reconciles_ok++;
-    CountResult(ControllerMetrics::kSuccess);
-    if (options_.on_status_change) {
-      options_.on_status_change();
-    }
-    return;
+Manager::QueueStep Manager::ReportDeleted(const reconcilers::Request& request) {
+  const crds::ObjectKey& key = request.key;
+  // Deleted: its status goes too. The artifact stays for store garbage collection.
+  if (auto r = statuses_.Remove(key); !r) {
+    spdlog::warn("{}: cannot remove status: {}", key.ToString(), r.error().message);
   }
+  {
+    std::lock_guard lock(mu_);
+    ForgetWritten(key);
+    prepared_.erase(key);
+    preparing_.erase(key);
+  }
+  if (request.deleting && options_.finalize) {
+    if (auto r = options_.finalize(*request.deleting); !r) {
+      spdlog::warn("{}: {}", key.ToString(), r.error().ToString());
+      stats_.reconciles_error++;
+      CountResult(ControllerMetrics::kError);
+      return {QueueStep::Kind::AddRateLimited};
+    }
+  }
+  spdlog::info("{}: deleted", key.ToString());
+  stats_.reconciles_ok++;
+  CountResult(ControllerMetrics::kSuccess);
+  if (options_.on_status_change) {
+    options_.on_status_change();
+  }
+  return {QueueStep::Kind::Forget};
+}
 
+Manager::QueueStep Manager::ReportLive(const reconcilers::Request& request,
+                                       const Result<reconcilers::Outcome>& result,
+                                       std::stop_token stop) {
   const crds::ModelCache& object = *request.object;
   const std::string now = FormatRfc3339(clock_.WallNow());
   crds::ModelCacheStatus status =
@@ -223,46 +271,27 @@ void Manager::ProcessKey(const crds::ObjectKey& key, std::stop_token stop) {
     crds::ModelCache out = object;
     out.status = status;
     if (!WriteStatus(std::move(out), request.status, result.has_value())) {
-      return;
+      return {QueueStep::Kind::AddRateLimited};  // the write failed: try again
     }
   }
-
-  if (!result) {
-    const Error& err = result.error();
-    if (err.reason == Reason::Cancelled && stop.stop_requested()) {
-      return;
+  if (result) {
+    stats_.reconciles_ok++;
+    // The metric's results are exclusive, as controller-runtime's: a success that asks to be
+    // requeued counts as "requeue" only.
+    bool requeue = result->requeue.after.count() > 0;
+    CountResult(requeue ? ControllerMetrics::kRequeue : ControllerMetrics::kSuccess);
+    if (requeue) {
+      stats_.reconciles_requeue++;
     }
-    if (!IsTransient(err.reason)) {
-      queue_.Forget(key);  // waits for the spec to change
-      if (err.retry_after) {
-        // Something outside the spec (a Secret) may still appear: look again later.
-        queue_.AddAfter(key, *err.retry_after);
-      }
-    } else if (err.retry_after) {
-      queue_.Forget(key);
-      queue_.AddAfter(key, *err.retry_after);
-    } else {
-      queue_.AddRateLimited(key);
-    }
-    return;
   }
-  stats_.reconciles_ok++;
-  queue_.Forget(key);
-  // The metric's results are exclusive, as controller-runtime's: a success that asks to be
-  // requeued counts as "requeue" only.
-  CountResult(result->requeue.after.count() > 0 ? ControllerMetrics::kRequeue
-                                                : ControllerMetrics::kSuccess);
-  if (result->requeue.after.count() > 0) {
-    stats_.reconciles_requeue++;
-    queue_.AddAfter(key, result->requeue.after);
-  }
+  return QueueStepFor(result, stop.stop_requested());
 }
 
 bool Manager::Prepare(const crds::ModelCache& object) {
   const crds::ObjectKey key = object.key();
   auto failed = [this, key](const Error& error) {
     spdlog::warn("{}: {}", key.ToString(), error.ToString());
-    queue_.AddRateLimited(key);
+    Requeue(key, {QueueStep::Kind::AddRateLimited});
     stats_.reconciles_error++;
     CountResult(ControllerMetrics::kError);
   };
@@ -344,7 +373,9 @@ bool Manager::FinishWrite(const crds::ModelCache& out, const crds::ModelCacheSta
         ForgetWritten(key);
       }
     }
-    queue_.AddRateLimited(key);
+    if (queued) {
+      Requeue(key, {QueueStep::Kind::AddRateLimited});  // ProcessKey requeues a write done now
+    }
     // A queued write's reconcile was counted already; one written now turns into an error.
     if (reconcile_ok && !queued) {
       stats_.reconciles_error++;

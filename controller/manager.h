@@ -126,6 +126,22 @@ class Manager {
   // shutdown runs out of time).
   std::vector<std::string> BusyWorkers() const;
 
+  // What the queue does with a key once its reconcile is over; Requeue() is the one switch
+  // that turns it into queue operations (controller-runtime's reconcileHandler).
+  struct QueueStep {
+    enum class Kind {
+      Forget,          // done until the next event: reset the key's backoff
+      AddAfter,        // Forget, then queue the key again after `after`
+      AddRateLimited,  // queue it again after the key's next backoff
+      Leave,           // nothing (shutting down)
+    };
+    Kind kind;
+    std::chrono::milliseconds after{0};
+  };
+  // The step for a reconcile's result, as reconcilers/reconciler.h states the contract
+  // (exposed for tests).
+  static QueueStep QueueStepFor(const Result<reconcilers::Outcome>& result, bool stopping);
+
   // The status the manager composes from a reconcile result (exposed for tests).
   static crds::ModelCacheStatus ComposeStatus(const crds::ModelCacheStatus& previous,
                                               const Result<reconcilers::Outcome>& result,
@@ -135,7 +151,18 @@ class Manager {
   void Worker(int slot, std::stop_token stop);
   // Writes, for every resource whose job the shutdown interrupted, a status that says so.
   void FlushInterrupted();
+  void Requeue(const crds::ObjectKey& key, QueueStep step);
+  // Reconciles `key` and moves it in the queue: one exit, through Requeue().
   void ProcessKey(const crds::ObjectKey& key, std::stop_token stop);
+  reconcilers::Request RequestFor(const crds::ObjectKey& key);
+  // The reconciler's result; an exception becomes an Internal error.
+  Result<reconcilers::Outcome> ReconcileGuarded(const reconcilers::Request& request,
+                                                std::stop_token stop);
+  // Drops a deleted object's status and finalizes it; its reconcile's queue step.
+  QueueStep ReportDeleted(const reconcilers::Request& request);
+  // Composes, counts and writes a live object's status; its reconcile's queue step.
+  QueueStep ReportLive(const reconcilers::Request& request,
+                       const Result<reconcilers::Outcome>& result, std::stop_token stop);
   // Runs options_.before_reconcile for `object` as the options say (see there). True when the
   // reconcile may go ahead now; false when it failed (the key is requeued with rate limiting) or
   // was queued on the writer lanes (the key is queued again when it is done).
@@ -147,10 +174,10 @@ class Manager {
   void ForgetWritten(const crds::ObjectKey& key);
   // Writes `out` (composed from a reconcile that succeeded if `reconcile_ok`; `before` is the
   // previous status) now, or queues it on the writer lanes. False if a write done now failed
-  // (the key is then requeued with rate limiting).
+  // (the caller requeues the key with rate limiting; a queued write that fails requeues it).
   bool WriteStatus(crds::ModelCache out, const crds::ModelCacheStatus& before, bool reconcile_ok);
-  // What follows a status write: on failure, the log and the rate-limited requeue; on success,
-  // the counters, hooks and the phase log line.
+  // What follows a status write: on failure, the log (and for a queued write the rate-limited
+  // requeue); on success, the counters, hooks and the phase log line.
   bool FinishWrite(const crds::ModelCache& out, const crds::ModelCacheStatus& before,
                    bool reconcile_ok, bool queued, const VoidResult& written);
 

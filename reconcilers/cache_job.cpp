@@ -846,157 +846,187 @@ bool IsCommitId(const std::string& revision) {
          });
 }
 
-Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& state,
-                                   std::stop_token stop) {
-  const crds::ModelCacheSpec& spec = in.spec;
-  auto opened = store::LocalStore::Open(in.store_root);
-  if (!opened) {
-    return opened.error();
+namespace {
+
+// A Hub repo's cache job on its way through RunCacheJob's pipeline (plan, download, link
+// snapshot, stage or shard, publish, upload): each step reads what the steps before it left here.
+struct CacheRun {
+  CacheRun(const CacheJobInputs& inputs, CacheJobState& job_state, std::stop_token token,
+           store::LocalStore& local, store::RepoRef repo_ref, SelectedFiles selected)
+      : in(inputs),
+        state(job_state),
+        stop(std::move(token)),
+        store(local),
+        repo(std::move(repo_ref)),
+        commit(std::move(selected.commit)),
+        files(std::move(selected.files)) {}
+
+  const CacheJobInputs& in;
+  CacheJobState& state;
+  std::stop_token stop;
+  store::LocalStore& store;
+  store::RepoRef repo;
+  std::string commit;
+  std::vector<fetch::RepoFile> files;  // selected, sorted by path
+  // Plan: the sharder writing the rank files while the weights download, if it does.
+  std::unique_ptr<StreamingShard> streaming;
+  // Plan: the downloads of the files the store lacks (tasks[k] fetches files[task_file[k]]),
+  // and the bytes of the files it has.
+  std::vector<fetch::FileTask> tasks;
+  std::vector<size_t> task_file;
+  uint64_t bytes_present = 0;
+  // Download and link: each file's sha256, and the files as the manifest lists them.
+  std::vector<std::string> sha256;
+  std::vector<store::ManifestFile> manifest_files;
+
+  // What the job returns for `artifact`: the commit, and the files it had to download.
+  CacheJobOutput Output(store::PublishedArtifact artifact) const {
+    CacheJobOutput output{commit, std::move(artifact), {}};
+    for (const auto& t : tasks) {
+      output.fetched.push_back(t.path);
+    }
+    return output;
   }
-  store::LocalStore& store = **opened;
-  if (spec.source.repo.rfind("s3://", 0) == 0) {
-    return RunS3SourceJob(in, store, state, stop);
-  }
-  store::RepoRef repo{spec.source.type, spec.source.repo};
-  // One hub cache per endpoint: what another endpoint serves never lands in (or re-points a
-  // snapshot of) the cache of the store's own endpoint.
+};
+
+// The artifact in staging: its directory and its manifest.
+struct Staged {
+  std::string dir;
+  store::ArtifactManifest manifest;
+};
+
+// The spec's repo in the hub cache of its endpoint. One hub cache per endpoint: what another
+// endpoint serves never lands in (or re-points a snapshot of) the cache of the store's own one.
+Result<store::RepoRef> RepoOf(const CacheJobInputs& in, store::LocalStore& store) {
+  store::RepoRef repo{in.spec.source.type, in.spec.source.repo};
   auto hub_key = store.HubFor(in.hub.endpoint, in.own_endpoint);
   if (!hub_key) {
     return hub_key.error();
   }
   repo.hub = *hub_key;
+  return repo;
+}
 
-  // Garbage collection leaves the repo and the artifact name alone while we use them.
-  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoStoreName(repo), stop);
-  if (!repo_in_use) {
-    return repo_in_use.error();
-  }
-  auto name_in_use = store::LockInUse(store.root(), "artifact", spec.artifact_name, stop);
-  if (!name_in_use) {
-    return name_in_use.error();
-  }
-
-  fetch::HubClient hub(in.hub);
-  auto selected = ResolveFiles(in, hub, repo, state, stop);
-  if (!selected) {
-    return selected.error();
-  }
-  const std::string* commit = &selected->commit;
-  std::vector<fetch::RepoFile>& files = selected->files;
-  if (!spec.shard && !in.s3_uri.empty()) {
-    // Nothing of an unsharded S3 artifact needs the local copy: Hub -> bucket directly.
-    return RunStreamingS3Job(in, hub, repo, *selected, state, stop);
-  }
-
-  // Plan: what the store lacks. The repo lock is held until the blobs are in place and linked;
-  // staging and publishing need no lock (the store makes concurrent publishes safe).
+std::string RepoLockPath(const store::LocalStore& store, const store::RepoRef& repo) {
   std::string lock_name = store::RepoStoreName(repo);
   std::replace(lock_name.begin(), lock_name.end(), '/', '@');
-  std::string lock_path = store.root() + "/locks/" + lock_name + ".lock";
-  // Two jobs (in this process or another modelcache process on the same store, such as `prefetch`
-  // next to the daemon) that fetch the same repo would otherwise write the same .incomplete
-  // files; the second one waits, then finds the blobs in place. They mostly hold it for
-  // milliseconds (everything already present), hence the short first polls of FileLock::Lock.
-  auto lock = FileLock::Lock(lock_path, LockMode::Exclusive, stop);
-  if (!lock) {
-    return lock.error();
+  return store.root() + "/locks/" + lock_name + ".lock";
+}
+
+// Whether the store holds `f`'s blob (adopting it when another hub cache of the store does);
+// with verify_existing it is re-hashed too, and removed (to be fetched again) if it does not
+// match.
+Result<bool> HasVerifiedBlob(CacheRun& run, const fetch::RepoFile& f) {
+  auto has = HasOrAdoptBlob(run.store, run.repo, f);
+  if (!has || !*has || !run.in.verify_existing) {
+    return has;
   }
-  // Before anything lands: GC removes only links and blobs modelcache recorded as its own.
-  {
-    std::map<std::string, std::string> written;
-    for (const auto& f : files) {
-      written[f.path] = f.etag();
-    }
-    if (auto r = store.RecordWritten(repo, *commit, written); !r) {
-      return r.error();
-    }
+  auto verified = run.store.VerifyBlob(run.repo, f.etag(), f.size);
+  if (verified) {
+    return true;
   }
-  std::unique_ptr<StreamingShard> streaming;
-  if (spec.shard) {
-    if (auto checked = CheckShardConfig(in, hub, store, repo, *commit, files, stop); !checked) {
+  if (verified.error().reason != Reason::ChecksumMismatch) {
+    return verified.error();
+  }
+  spdlog::warn("{}: {} does not match its checksum; fetching it again", run.in.key.ToString(),
+               f.path);
+  if (run.in.observer != nullptr) {
+    run.in.observer->VerificationFailed(run.in.key, f.path);
+  }
+  if (auto removed = run.store.RemoveBlob(run.repo, f.etag()); !removed) {
+    return removed.error();
+  }
+  return false;
+}
+
+fetch::FileTask DownloadTask(const CacheRun& run, const fetch::HubClient& hub,
+                             const fetch::RepoFile& f) {
+  fetch::FileTask t;
+  t.path = f.path;
+  t.url = hub.ResolveUrl(run.repo.type, run.repo.id, run.commit, f.path);
+  t.size = f.size;
+  if (f.lfs_sha256) {
+    t.expected_sha256 = f.lfs_sha256;
+  } else {
+    t.expected_git_sha1 = f.blob_id;
+  }
+  t.incomplete_path = run.store.IncompletePath(run.repo, f.etag());
+  t.final_path = run.store.BlobPath(run.repo, f.etag());
+  return t;
+}
+
+// Plan (under the repo lock): records the files as modelcache's before anything lands (GC
+// removes only links and blobs modelcache recorded as its own), checks the shard settings and
+// starts sharding while downloading when asked, and lists what the store lacks.
+VoidResult Plan(CacheRun& run, fetch::HubClient& hub) {
+  std::map<std::string, std::string> written;
+  for (const auto& f : run.files) {
+    written[f.path] = f.etag();
+  }
+  if (auto r = run.store.RecordWritten(run.repo, run.commit, written); !r) {
+    return r.error();
+  }
+  if (run.in.spec.shard) {
+    if (auto checked =
+            CheckShardConfig(run.in, hub, run.store, run.repo, run.commit, run.files, run.stop);
+        !checked) {
       return checked.error();
     }
-    if (in.shard_while_downloading) {
-      auto started = StartStreamingShard(in, hub, store, repo, *commit, files, state, stop);
+    if (run.in.shard_while_downloading) {
+      auto started = StartStreamingShard(run.in, hub, run.store, run.repo, run.commit, run.files,
+                                         run.state, run.stop);
       if (!started) {
         return started.error();
       }
-      streaming = std::move(*started);
+      run.streaming = std::move(*started);
     }
   }
-  std::vector<fetch::FileTask> tasks;
-  std::vector<size_t> task_file;  // index into files
-  uint64_t bytes_present = 0;
-  for (size_t i = 0; i < files.size(); ++i) {
-    const auto& f = files[i];
-    std::string blob = store.BlobPath(repo, f.etag());
-    auto has = HasOrAdoptBlob(store, repo, f);
-    if (!has) {
-      return has.error();
+  for (size_t i = 0; i < run.files.size(); ++i) {
+    auto present = HasVerifiedBlob(run, run.files[i]);
+    if (!present) {
+      return present.error();
     }
-    bool present = *has;
-    if (present && in.verify_existing) {
-      if (auto verified = store.VerifyBlob(repo, f.etag(), f.size); !verified) {
-        if (verified.error().reason != Reason::ChecksumMismatch) {
-          return verified.error();
-        }
-        spdlog::warn("{}: {} does not match its checksum; fetching it again", in.key.ToString(),
-                     f.path);
-        if (in.observer != nullptr) {
-          in.observer->VerificationFailed(in.key, f.path);
-        }
-        if (auto removed = store.RemoveBlob(repo, f.etag()); !removed) {
-          return removed.error();
-        }
-        present = false;
-      }
-    }
-    if (present) {
-      bytes_present += f.size;
+    if (*present) {
+      run.bytes_present += run.files[i].size;
       continue;
     }
-    fetch::FileTask t;
-    t.path = f.path;
-    t.url = hub.ResolveUrl(repo.type, repo.id, *commit, f.path);
-    t.size = f.size;
-    if (f.lfs_sha256) {
-      t.expected_sha256 = f.lfs_sha256;
-    } else {
-      t.expected_git_sha1 = f.blob_id;
-    }
-    t.incomplete_path = store.IncompletePath(repo, f.etag());
-    t.final_path = blob;
-    tasks.push_back(std::move(t));
-    task_file.push_back(i);
+    run.tasks.push_back(DownloadTask(run, hub, run.files[i]));
+    run.task_file.push_back(i);
   }
+  return {};
+}
 
-  // Download.
+// Download (under the repo lock): fetches and verifies what the store lacks, feeding the sharder
+// as the weights arrive; the job's progress counts what was already present.
+VoidResult Download(CacheRun& run) {
+  CacheJobState& state = run.state;
   state.phase = JobPhase::Downloading;
-  if (streaming) {
-    FeedShard(tasks, *streaming->sharder);
+  if (run.streaming) {
+    FeedShard(run.tasks, *run.streaming->sharder);
   }
   uint64_t total = 0;
-  for (const auto& f : files) {
+  for (const auto& f : run.files) {
     total += f.size;
   }
-  state.transfer.files_total = static_cast<int64_t>(files.size());
-  state.transfer.files_done = static_cast<int64_t>(files.size() - tasks.size());
+  state.transfer.files_total = static_cast<int64_t>(run.files.size());
+  state.transfer.files_done = static_cast<int64_t>(run.files.size() - run.tasks.size());
   state.transfer.bytes_total = total;
-  state.transfer.bytes_done = bytes_present;
-  std::vector<std::string> sha256(files.size());
-  if (!tasks.empty()) {
-    spdlog::info("{}: downloading {} of {} files ({}) of {}@{}", in.key.ToString(), tasks.size(),
-                 files.size(), FormatBytes(total - bytes_present), repo.id, commit->substr(0, 12));
-    auto transfer = in.transfer_factory(in.hub);
+  state.transfer.bytes_done = run.bytes_present;
+  run.sha256.assign(run.files.size(), std::string());
+  if (!run.tasks.empty()) {
+    spdlog::info("{}: downloading {} of {} files ({}) of {}@{}", run.in.key.ToString(),
+                 run.tasks.size(), run.files.size(), FormatBytes(total - run.bytes_present),
+                 run.repo.id, run.commit.substr(0, 12));
+    auto transfer = run.in.transfer_factory(run.in.hub);
     // The transfer counts its own bytes; seed it with what is already in the store.
-    auto results = transfer->Run(tasks, state.transfer, stop);
-    if (in.observer != nullptr) {
-      ReportDownloaded(tasks, results, in);
+    auto results = transfer->Run(run.tasks, state.transfer, run.stop);
+    if (run.in.observer != nullptr) {
+      ReportDownloaded(run.tasks, results, run.in);
     }
     if (!results) {
       if (DiscardsPartial(results.error(), state)) {
         // Under the repo lock: no other job writes these files now.
-        for (const auto& t : tasks) {
+        for (const auto& t : run.tasks) {
           ::unlink(t.incomplete_path.c_str());
           ::unlink((t.incomplete_path + ".chunks").c_str());
         }
@@ -1004,130 +1034,224 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       return results.error();
     }
     for (size_t k = 0; k < results->size(); ++k) {
-      sha256[task_file[k]] = (*results)[k].sha256;
+      run.sha256[run.task_file[k]] = (*results)[k].sha256;
     }
   }
   state.transfer.bytes_done = total;
-  state.transfer.files_done = static_cast<int64_t>(files.size());
+  state.transfer.files_done = static_cast<int64_t>(run.files.size());
+  return {};
+}
 
-  // Link the snapshot (the HF cache view) and the ref.
-  std::vector<store::ManifestFile> manifest_files;
-  for (size_t i = 0; i < files.size(); ++i) {
-    const auto& f = files[i];
-    if (auto r = store.LinkSnapshot(repo, *commit, f.path, f.etag()); !r) {
+// Link snapshot (under the repo lock): the HF cache view of the commit and its ref, and each
+// file's sha256 for the manifest.
+VoidResult LinkSnapshot(CacheRun& run) {
+  for (size_t i = 0; i < run.files.size(); ++i) {
+    const auto& f = run.files[i];
+    if (auto r = run.store.LinkSnapshot(run.repo, run.commit, f.path, f.etag()); !r) {
       return r.error();
     }
-    if (sha256[i].empty()) {
+    if (run.sha256[i].empty()) {
       if (f.lfs_sha256) {
-        sha256[i] = *f.lfs_sha256;
+        run.sha256[i] = *f.lfs_sha256;
       } else {
-        auto h = Sha256File(store.BlobPath(repo, f.etag()));
+        auto h = Sha256File(run.store.BlobPath(run.repo, f.etag()));
         if (!h) {
           return h.error();
         }
-        sha256[i] = *h;
+        run.sha256[i] = *h;
       }
     }
-    manifest_files.push_back({f.path, f.size, sha256[i]});
+    run.manifest_files.push_back({f.path, f.size, run.sha256[i]});
   }
-  if (in.pinned_commit.empty()) {
-    if (auto r = store.WriteRef(repo, spec.source.revision, *commit); !r) {
+  if (run.in.pinned_commit.empty()) {
+    if (auto r = run.store.WriteRef(run.repo, run.in.spec.source.revision, run.commit); !r) {
       return r.error();
     }
   }
-  lock->Release();
-  if (stop.stop_requested()) {
-    return Error(Reason::Cancelled, "cancelled");
-  }
+  return {};
+}
 
-  // Already published and current (many resources of one model, a restart, a resync): the
-  // version is content-addressed, so staging and publishing it again would only rename onto an
-  // identical directory after fsyncing a copy. Return it as Publish(ReuseExisting) would.
-  auto output_for = [&](store::PublishedArtifact artifact) {
-    CacheJobOutput output{*commit, std::move(artifact), {}};
-    for (const auto& t : tasks) {
-      output.fetched.push_back(t.path);
-    }
-    return output;
-  };
-  // (An S3 artifact is confirmed against its bucket by the upload, which skips what is there.)
-  if (!spec.shard && !in.verify_existing && in.s3_uri.empty()) {
-    store::ArtifactManifest wanted = SourceManifest(spec, repo, *commit);
-    wanted.files = manifest_files;
-    store::FinalizeIdentity(wanted);
-    auto current = store.ReadCurrent(spec.artifact_name);
-    if (current && current->has_value() && (*current)->id == wanted.id) {
-      state.phase = JobPhase::Done;
-      return output_for(store.Describe(**current));
+// Already published and current (many resources of one model, a restart, a resync): the
+// version is content-addressed, so staging and publishing it again would only rename onto an
+// identical directory after fsyncing a copy. The version as Publish(ReuseExisting) would return
+// it; nullopt when it must be staged. (An S3 artifact is confirmed against its bucket by the
+// upload, which skips what is there.)
+std::optional<store::PublishedArtifact> CurrentVersion(const CacheRun& run) {
+  const crds::ModelCacheSpec& spec = run.in.spec;
+  if (spec.shard || run.in.verify_existing || !run.in.s3_uri.empty()) {
+    return std::nullopt;
+  }
+  store::ArtifactManifest wanted = SourceManifest(spec, run.repo, run.commit);
+  wanted.files = run.manifest_files;
+  store::FinalizeIdentity(wanted);
+  auto current = run.store.ReadCurrent(spec.artifact_name);
+  if (current && current->has_value() && (*current)->id == wanted.id) {
+    return run.store.Describe(**current);
+  }
+  return std::nullopt;
+}
+
+// Shard: the sharded checkpoint in `staged` (finished by the streaming sharder, or sharded now
+// from the downloaded blobs), hashed for the manifest.
+VoidResult StageShards(CacheRun& run, Staged& staged) {
+  run.state.phase = JobPhase::Sharding;
+  auto shard_start = std::chrono::steady_clock::now();
+  auto sharded = run.streaming ? run.streaming->sharder->Finish(run.stop)
+                               : ShardAfterDownload(run.in, run.store, run.repo, run.files,
+                                                    staged.dir, run.state, run.stop);
+  if (sharded && run.in.observer != nullptr) {
+    run.in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
+  }
+  if (sharded && run.streaming) {
+    spdlog::info("{}: sharded while downloading; {} of the weights read back from the store",
+                 run.in.key.ToString(), FormatBytes(run.streaming->sharder->bytes_read_back()));
+  }
+  if (!sharded) {
+    return sharded.error();
+  }
+  auto hashed = HashShardFiles(staged.dir, sharded->files, run.in.shard_threads);
+  if (!hashed) {
+    return hashed.error();
+  }
+  staged.manifest.files = std::move(*hashed);
+  staged.manifest.shard = sharded->settings;
+  return {};
+}
+
+// Stage: the repo's files themselves, linked from their blobs.
+VoidResult StageFiles(CacheRun& run, Staged& staged) {
+  for (const auto& f : run.files) {
+    if (auto r = run.store.StageFile(staged.dir, f.path, run.store.BlobPath(run.repo, f.etag()));
+        !r) {
+      return r.error();
     }
   }
+  staged.manifest.files = std::move(run.manifest_files);
+  return {};
+}
 
-  // Stage the artifact: the files themselves, or the sharded checkpoint.
-  store::ArtifactManifest manifest = SourceManifest(spec, repo, *commit);
-  auto staging =
-      streaming ? Result<std::string>(streaming->staging) : store.CreateStaging(spec.artifact_name);
+// Stage or shard: the artifact in a staging directory (the one the streaming sharder writes, or
+// a new one), discarded when a step fails or the job is cancelled.
+Result<Staged> Stage(CacheRun& run) {
+  const crds::ModelCacheSpec& spec = run.in.spec;
+  Staged staged{"", SourceManifest(spec, run.repo, run.commit)};
+  auto staging = run.streaming ? Result<std::string>(run.streaming->staging)
+                               : run.store.CreateStaging(spec.artifact_name);
   if (!staging) {
     return staging.error();
   }
-  auto discard_staging = [&] { (void)store.DiscardStaging(*staging); };
-  if (spec.shard) {
-    state.phase = JobPhase::Sharding;
-    auto shard_start = std::chrono::steady_clock::now();
-    auto sharded = streaming ? streaming->sharder->Finish(stop)
-                             : ShardAfterDownload(in, store, repo, files, *staging, state, stop);
-    if (sharded && in.observer != nullptr) {
-      in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
-    }
-    if (sharded && streaming) {
-      spdlog::info("{}: sharded while downloading; {} of the weights read back from the store",
-                   in.key.ToString(), FormatBytes(streaming->sharder->bytes_read_back()));
-    }
-    if (!sharded) {
-      discard_staging();
-      return sharded.error();
-    }
-    auto hashed = HashShardFiles(*staging, sharded->files, in.shard_threads);
-    if (!hashed) {
-      discard_staging();
-      return hashed.error();
-    }
-    manifest.files = std::move(*hashed);
-    manifest.shard = sharded->settings;
-  } else {
-    for (size_t i = 0; i < files.size(); ++i) {
-      auto r = store.StageFile(*staging, files[i].path, store.BlobPath(repo, files[i].etag()));
-      if (!r) {
-        discard_staging();
-        return r.error();
-      }
-    }
-    manifest.files = std::move(manifest_files);
+  staged.dir = *staging;
+  VoidResult filled = spec.shard ? StageShards(run, staged) : StageFiles(run, staged);
+  if (filled && run.stop.stop_requested()) {
+    filled = Error(Reason::Cancelled, "cancelled");
   }
-  if (stop.stop_requested()) {
-    discard_staging();
+  if (!filled) {
+    (void)run.store.DiscardStaging(staged.dir);
+    return filled.error();
+  }
+  return staged;
+}
+
+// Publish: the staged version, by one rename. Under force the version may exist with damaged
+// files (artifact files are hard links of the blobs that were just re-fetched), so it is
+// replaced rather than reused.
+Result<store::PublishedArtifact> Publish(CacheRun& run, Staged staged) {
+  auto published = run.store.Publish(staged.dir, std::move(staged.manifest),
+                                     run.in.verify_existing ? store::PublishMode::ReplaceExisting
+                                                            : store::PublishMode::ReuseExisting);
+  if (!published) {
+    (void)run.store.DiscardStaging(staged.dir);
+  }
+  return published;
+}
+
+// Upload, for an S3 store: a sharded artifact's local version is the staging area of the upload
+// (the sharder needs the files on disk); the bucket is the artifact's home.
+Result<store::PublishedArtifact> Upload(CacheRun& run, const store::PublishedArtifact& local) {
+  run.state.phase = JobPhase::Uploading;
+  return PublishToS3(run.in, run.store, local, run.state, run.stop);
+}
+
+// The pipeline after the revision is resolved. The repo lock is held until the blobs are in
+// place and linked; staging and publishing need no lock (the store makes concurrent publishes
+// safe).
+Result<CacheJobOutput> RunPipeline(CacheRun& run, fetch::HubClient& hub) {
+  // Two jobs (in this process or another modelcache process on the same store, such as `prefetch`
+  // next to the daemon) that fetch the same repo would otherwise write the same .incomplete
+  // files; the second one waits, then finds the blobs in place. They mostly hold it for
+  // milliseconds (everything already present), hence the short first polls of FileLock::Lock.
+  auto lock = FileLock::Lock(RepoLockPath(run.store, run.repo), LockMode::Exclusive, run.stop);
+  if (!lock) {
+    return lock.error();
+  }
+  if (auto planned = Plan(run, hub); !planned) {
+    return planned.error();
+  }
+  if (auto downloaded = Download(run); !downloaded) {
+    return downloaded.error();
+  }
+  if (auto linked = LinkSnapshot(run); !linked) {
+    return linked.error();
+  }
+  lock->Release();
+  if (run.stop.stop_requested()) {
     return Error(Reason::Cancelled, "cancelled");
   }
-  // Under force the version may exist with damaged files (artifact files are hard links of the
-  // blobs that were just re-fetched), so it is replaced rather than reused.
-  auto published = store.Publish(*staging, std::move(manifest),
-                                 in.verify_existing ? store::PublishMode::ReplaceExisting
-                                                    : store::PublishMode::ReuseExisting);
+  if (auto current = CurrentVersion(run)) {
+    run.state.phase = JobPhase::Done;
+    return run.Output(std::move(*current));
+  }
+  auto staged = Stage(run);
+  if (!staged) {
+    return staged.error();
+  }
+  auto published = Publish(run, std::move(*staged));
+  if (published && !run.in.s3_uri.empty()) {
+    published = Upload(run, *published);
+  }
   if (!published) {
-    discard_staging();
     return published.error();
   }
-  if (!in.s3_uri.empty()) {
-    // A sharded artifact: the local version is the staging area of the upload (the sharder
-    // needs the files on disk); the bucket is the artifact's home.
-    state.phase = JobPhase::Uploading;
-    auto uploaded = PublishToS3(in, store, *published, state, stop);
-    if (!uploaded) {
-      return uploaded.error();
-    }
-    published = std::move(uploaded);
+  run.state.phase = JobPhase::Done;
+  return run.Output(std::move(*published));
+}
+
+}  // namespace
+
+Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& state,
+                                   std::stop_token stop) {
+  auto opened = store::LocalStore::Open(in.store_root);
+  if (!opened) {
+    return opened.error();
   }
-  state.phase = JobPhase::Done;
-  return output_for(std::move(*published));
+  store::LocalStore& store = **opened;
+  if (in.spec.source.repo.rfind("s3://", 0) == 0) {
+    return RunS3SourceJob(in, store, state, stop);
+  }
+  auto repo = RepoOf(in, store);
+  if (!repo) {
+    return repo.error();
+  }
+  // Garbage collection leaves the repo and the artifact name alone while we use them.
+  auto repo_in_use = store::LockInUse(store.root(), "repo", store::RepoStoreName(*repo), stop);
+  if (!repo_in_use) {
+    return repo_in_use.error();
+  }
+  auto name_in_use = store::LockInUse(store.root(), "artifact", in.spec.artifact_name, stop);
+  if (!name_in_use) {
+    return name_in_use.error();
+  }
+  fetch::HubClient hub(in.hub);
+  auto selected = ResolveFiles(in, hub, *repo, state, stop);
+  if (!selected) {
+    return selected.error();
+  }
+  if (!in.spec.shard && !in.s3_uri.empty()) {
+    // Nothing of an unsharded S3 artifact needs the local copy: Hub -> bucket directly.
+    return RunStreamingS3Job(in, hub, *repo, *selected, state, stop);
+  }
+  CacheRun run(in, state, std::move(stop), store, std::move(*repo), std::move(*selected));
+  return RunPipeline(run, hub);
 }
 
 }  // namespace modelcache::reconcilers

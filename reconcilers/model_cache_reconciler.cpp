@@ -12,104 +12,20 @@
 #include "common/files.h"
 #include "common/guard.h"
 #include "common/units.h"
+#include "reconcilers/internal/artifact_names.h"
 #include "reconcilers/internal/cache_job.h"
+#include "reconcilers/internal/credentials.h"
+#include "reconcilers/internal/job_entry.h"
+#include "reconcilers/internal/job_failures.h"
 #include "reconcilers/internal/job_pool.h"
 #include "reconcilers/internal/verify_job.h"
 #include "store/local_store.h"
-#include "store/name_claims.h"
 #include "store/s3_store.h"
 
 namespace modelcache::reconcilers {
 namespace {
 
 using std::chrono::milliseconds;
-
-// What an --s3-secret entry may set (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are required).
-constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                         "AWS_SESSION_TOKEN", "AWS_REGION",
-                                         "AWS_ENDPOINT_URL",  "AWS_PROFILE"};
-// A missing secret or key may appear without any change to the resource: look again this late.
-constexpr std::chrono::seconds kSecretRecheck{30};
-
-// What a job is for.
-enum class JobKind {
-  Cache,       // resolve, download, shard and publish: a new spec, a refresh, spec.force
-  Heal,        // a cache job that repairs what a drift check (or a missing version) showed
-  DriftCheck,  // re-hashes a Ready artifact and its blobs (--verify-interval)
-};
-
-// How a cache or heal job ended: what it published, or why it did not.
-struct CacheJobEnd {
-  Result<CacheJobOutput> output;
-};
-// How a drift check ended: "" when the artifact is intact, else what changed on disk.
-struct DriftCheckEnd {
-  Result<std::string> drift;
-};
-// Its alternative says which kind of job ended: CacheJobEnd for Cache and Heal jobs.
-using JobEnd = std::variant<CacheJobEnd, DriftCheckEnd>;
-
-struct JobEntry {
-  JobKind kind = JobKind::Cache;
-  std::string spec_hash;
-  int64_t force = 0;
-  // Kind Heal: what it repairs (the drift found, or the missing version), for its status.
-  std::string heal;
-  std::stop_source stop;
-  CacheJobState state;  // a cache or heal job's progress
-  std::atomic<bool> finished{false};
-  // Written by the job thread before `finished` is set; read by reconciles after.
-  std::optional<JobEnd> end;
-  // Set when the job pool asked the job to give its slot to another tenant (JobPool's preempt).
-  std::atomic<bool> preempted{false};
-  // A reconcile waiting for the job (ReconcilerOptions::settle) takes its result itself, so the
-  // job's end does not wake the key then. Set before the job is submitted (so that a job that
-  // ends before the wait begins does not wake the key either); cleared when the wait ends.
-  std::mutex done_mu;
-  std::condition_variable_any done_cv;
-  bool awaited = false;  // guarded by done_mu
-
-  // True for a finished cache job that stopped because the pool preempted it (not a failure: it
-  // is started again, behind its tenant's other jobs).
-  bool Preempted() const {
-    const CacheJobEnd* cache = end ? std::get_if<CacheJobEnd>(&*end) : nullptr;
-    return preempted && cache != nullptr && !cache->output &&
-           cache->output.error().reason == Reason::Cancelled;
-  }
-
-  // Asks a resolving or downloading job to stop for another tenant; a job sharding or uploading
-  // keeps its slot (that work would be lost).
-  bool Preempt() {
-    JobPhase phase = state.phase.load();
-    if (phase != JobPhase::Pending && phase != JobPhase::Resolving &&
-        phase != JobPhase::Downloading) {
-      return false;
-    }
-    preempted = true;
-    stop.request_stop();
-    return true;
-  }
-
-  // Marks the job finished; true if a reconcile was waiting for it.
-  bool Finish() {
-    bool was_awaited = false;
-    {
-      std::lock_guard lock(done_mu);
-      finished = true;
-      was_awaited = awaited;
-    }
-    done_cv.notify_all();
-    return was_awaited;
-  }
-
-  // Waits up to `d` (or until `cancel`) for the job to finish; true if it did.
-  bool AwaitFinish(milliseconds d, std::stop_token cancel) {
-    std::unique_lock lock(done_mu);
-    bool done = done_cv.wait_for(lock, cancel, d, [this] { return finished.load(); });
-    awaited = false;
-    return done;
-  }
-};
 
 // Sets condition `c` (by type) in `conditions` without a transition time: the manager merges it
 // into the written status and stamps the time when its status changes.
@@ -151,14 +67,6 @@ crds::ArtifactStatus ToArtifactStatus(const store::PublishedArtifact& a) {
 
 bool StartsWith(const std::string& s, std::string_view prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
-}
-
-std::string TrimRight(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' ||
-                        s.back() == '\t')) {
-    s.pop_back();
-  }
-  return s;
 }
 
 }  // namespace
@@ -238,75 +146,8 @@ struct ModelCacheReconciler::Impl {
   std::map<crds::ObjectKey, Clock::TimePoint> last_resolved;        // guarded by mu
   std::map<crds::ObjectKey, int64_t> applied_force;                  // guarded by mu
   std::map<crds::ObjectKey, Clock::TimePoint> last_verified;        // guarded by mu
-  // The artifact name each resource holds: (local store root, name). Guarded by mu.
-  std::map<crds::ObjectKey, std::pair<std::string, std::string>> claimed;
-  // The last failed job of a resource, for the spec it ran: a permanent failure is not run again
-  // until the spec changes, a transient one only after an exponential backoff, during which the
-  // failure stays the resource's condition (a hostile mirror is not hammered, and its reason
-  // stays visible).
-  struct JobFailure {
-    std::string spec_hash;
-    Error error;
-    int count = 0;
-    int stalls = 0;  // of the last `count` failures, how many in a row the endpoint stalled
-    Clock::TimePoint retry_at{};
-  };
-  std::map<crds::ObjectKey, JobFailure> job_failures;  // guarded by mu
-
-  // Records a failed job and returns the error to report: a transient one carries the wait
-  // before the next attempt as retry_after.
-  Error RecordJobFailure(const crds::ObjectKey& key, const std::string& spec_hash, Error error) {
-    if (error.reason == Reason::Cancelled) {
-      return error;
-    }
-    std::lock_guard lock(mu);
-    JobFailure& f = job_failures[key];
-    bool same_spec = f.spec_hash == spec_hash;
-    f.count = same_spec ? f.count + 1 : 1;
-    f.stalls = !error.stalled ? 0 : same_spec ? f.stalls + 1 : 1;
-    f.spec_hash = spec_hash;
-    if (options.stall_limit > 0 && f.stalls >= options.stall_limit) {
-      // A pattern, not an accident: the endpoint holds a job slot until the stall timeout, job
-      // after job. Permanent, so the resource stops taking slots until someone changes it.
-      error = Error(Reason::EndpointStalled,
-                    fmt::format("the endpoint stalled in {} {} in a row (--stall-limit); not "
-                                "retried until the spec changes (increment spec.force to retry "
-                                "as it is): {}",
-                                f.stalls, f.stalls == 1 ? "job" : "jobs", error.message));
-    }
-    if (IsTransient(error.reason)) {
-      milliseconds wait = std::max(options.backoff_base, milliseconds(1));
-      for (int i = 1; i < f.count && wait < options.backoff_cap; ++i) {
-        wait *= 2;
-      }
-      wait = std::min(wait, std::max(options.backoff_cap, milliseconds(1)));
-      wait = std::max(wait, error.retry_after.value_or(milliseconds(0)));
-      error.retry_after = wait;
-      f.retry_at = Now() + wait;
-    }
-    f.error = error;
-    return error;
-  }
-
-  // The failure to report instead of starting a job for `spec_hash`: a permanent one, or a
-  // transient one whose backoff has not passed (retry_after: what is left of it).
-  std::optional<Error> PendingFailure(const crds::ObjectKey& key, const std::string& spec_hash) {
-    std::lock_guard lock(mu);
-    auto it = job_failures.find(key);
-    if (it == job_failures.end() || it->second.spec_hash != spec_hash) {
-      return std::nullopt;
-    }
-    Error error = it->second.error;
-    if (!IsTransient(error.reason)) {
-      return error;
-    }
-    auto left = std::chrono::duration_cast<milliseconds>(it->second.retry_at - Now());
-    if (left.count() <= 0) {
-      return std::nullopt;
-    }
-    error.retry_after = left;
-    return error;
-  }
+  ArtifactNames names{options.claim_scope, options.hf_endpoint, options.name_recheck};
+  JobFailures failures{{options.stall_limit, options.backoff_base, options.backoff_cap}};
   // One drift check at a time, so verification never takes more than one pool thread.
   std::atomic<bool> verifying{false};
   bool shut_down = false;                                            // guarded by mu
@@ -335,186 +176,10 @@ struct ModelCacheReconciler::Impl {
     return StartsWith(uri, "s3://") ? options.local_cache : uri;
   }
 
-  // Claims the spec's artifact name in its local store (for an S3 store: the local cache, where
-  // its versions are staged under the same name) before anything can move its `current`, and
-  // lets go of the name the resource held before if it named another. ArtifactNameConflict (a
-  // log line names the owner; the status does not) when another resource owns it.
-  VoidResult ClaimArtifactName(const crds::ObjectKey& key, const crds::ModelCacheSpec& spec,
-                               std::stop_token stop) {
-    if (StoreRoot(spec).empty()) {
-      return {};  // an S3 store without a local cache: refused when its job would start
-    }
-    auto opened = store::LocalStore::Open(StoreRoot(spec));
-    if (!opened) {
-      return opened.error();
-    }
-    std::string root = (*opened)->root();
-    std::string id = crds::ArtifactSpecIdentity(spec, options.hf_endpoint);
-    if (options.claim_scope.empty()) {
-      return store::CheckName(root, spec.artifact_name, id);
-    }
-    auto claim = store::ClaimName(root, spec.artifact_name, Holder(key), id, stop);
-    if (!claim && claim.error().reason == Reason::Cancelled) {
-      return claim.error();
-    }
-    std::pair<std::string, std::string> held(root, spec.artifact_name);
-    std::optional<std::pair<std::string, std::string>> previous;
-    {
-      std::lock_guard lock(mu);
-      auto it = claimed.find(key);
-      if (it != claimed.end() && it->second != held) {
-        previous = it->second;
-      }
-      if (claim) {
-        claimed[key] = held;
-      } else if (previous) {
-        claimed.erase(key);
-      }
-    }
-    if (previous) {
-      Release(key, previous->first, previous->second);
-    }
-    if (!claim) {
-      Error error = claim.error();
-      if (error.reason == Reason::ArtifactNameConflict) {
-        auto record = store::ReadNameRecord(root, spec.artifact_name);
-        spdlog::warn("{}: artifact name {} of store {} is owned by {}; not caching", key.ToString(),
-                     spec.artifact_name, root,
-                     record && *record ? (*record)->holders.front() : std::string("another"));
-        error.retry_after = options.name_recheck;
-      }
-      return error;
-    }
-    return {};
-  }
-
-  std::string Holder(const crds::ObjectKey& key) const {
-    return options.claim_scope + " " + key.ToString();
-  }
-
-  void Release(const crds::ObjectKey& key, const std::string& root, const std::string& name) {
-    if (auto r = store::ReleaseName(root, name, Holder(key)); !r) {
-      spdlog::warn("{}: cannot release artifact name {} of store {}: {}", key.ToString(), name,
-                   root, r.error().message);
-    } else {
-      spdlog::info("{}: released artifact name {} of store {}", key.ToString(), name, root);
-    }
-  }
-
-  // A deleted resource frees the name it held: the one it claimed in this process, else (a
-  // restart since) the one its spec names when the deleted object is still known.
+  // A deleted resource frees the name it held (ArtifactNames::Release).
   void ReleaseArtifactName(const Request& request) {
-    const crds::ObjectKey& key = request.key;
-    std::optional<std::pair<std::string, std::string>> held;
-    {
-      std::lock_guard lock(mu);
-      auto it = claimed.find(key);
-      if (it != claimed.end()) {
-        held = it->second;
-        claimed.erase(it);
-      }
-    }
-    if (!held && request.deleting && !options.claim_scope.empty() &&
-        !StoreRoot(request.deleting->spec).empty()) {
-      if (auto opened = store::LocalStore::Open(StoreRoot(request.deleting->spec))) {
-        held.emplace((*opened)->root(), request.deleting->spec.artifact_name);
-      }
-    }
-    if (held) {
-      Release(key, held->first, held->second);
-    }
-  }
-
-  // The --s3-secret entry: options.read_secret's answer, else the files of the secrets directory
-  // (only the keys it may hold are read).
-  Result<SecretData> ReadS3Secret() const {
-    if (options.read_secret) {
-      return options.read_secret(options.s3_secret);
-    }
-    if (options.secrets_dir.empty()) {
-      return Error(Reason::InvalidSpec, "--s3-secret " + options.s3_secret +
-                                            ": the daemon has no --secrets-dir to read it from");
-    }
-    SecretData secret;
-    std::string dir = options.secrets_dir + "/" + options.s3_secret;
-    secret.what = "secret directory " + dir;
-    std::error_code dir_ec;
-    if (!std::filesystem::is_directory(dir, dir_ec)) {
-      return Error(Reason::InvalidSpec, secret.what + " not found", kSecretRecheck);
-    }
-    for (const char* key : kS3SecretKeys) {
-      if (auto value = ReadFile(dir + "/" + key)) {
-        secret.data[key] = std::move(*value);
-      }
-    }
-    return secret;
-  }
-
-  // The AWS configuration for an S3 store: the environment, overridden by the --s3-secret entry.
-  // Errors name variables, files and the secret, never a value.
-  Result<store::AwsConfig> AwsConfigFor(const std::string& uri) const {
-    store::Environment env = options.aws_env;
-    if (!options.s3_secret.empty()) {
-      std::string what = "S3 credentials for " + uri + ": ";
-      auto secret = ReadS3Secret();
-      if (!secret) {
-        return Error(secret.error().reason, what + secret.error().message,
-                     secret.error().retry_after);
-      }
-      // The secret exists to hold a key pair; one without is a mistake, not a reason to fall back
-      // to whatever the daemon's environment holds.
-      for (const char* key : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}) {
-        auto it = secret->data.find(key);
-        if (it == secret->data.end() || TrimRight(it->second).empty()) {
-          return Error(Reason::InvalidSpec, what + secret->what + " has no key " + key,
-                       kSecretRecheck);
-        }
-      }
-      // A key pair from the secret replaces the environment's, session token included.
-      env.erase("AWS_SESSION_TOKEN");
-      for (const char* key : kS3SecretKeys) {
-        auto it = secret->data.find(key);
-        if (it != secret->data.end()) {
-          env[key] = TrimRight(it->second);
-        }
-      }
-    }
-    auto config = store::LoadAwsConfig(env, options.aws_overrides);
-    if (!config) {
-      return Error(config.error().reason,
-                   "S3 credentials for " + uri + ": " + config.error().message);
-    }
-    return config;
-  }
-
-  Result<std::string> Token(const crds::ModelCache& obj) const {
-    const auto& ref = obj.spec.source.token_secret_ref;
-    if (!ref) {
-      // The daemon's token is for the daemon's endpoint only, never for one a spec names.
-      if (!obj.spec.source.endpoint.empty() && !own_endpoint.Allows(obj.spec.source.endpoint)) {
-        return std::string();
-      }
-      return options.hf_token;
-    }
-    if (options.secret_lookup) {
-      auto token = options.secret_lookup(obj.key(), *ref);
-      if (!token) {
-        return token.error();
-      }
-      return TrimRight(*token);
-    }
-    if (options.secrets_dir.empty()) {
-      return Error(Reason::InvalidSpec,
-                   "spec.source.tokenSecretRef: the daemon has no --secrets-dir to read secret \"" +
-                       ref->name + "\" from");
-    }
-    std::string path = options.secrets_dir + "/" + ref->name + "/" + ref->key;
-    auto token = ReadFile(path);
-    if (!token) {
-      return Error(Reason::InvalidSpec, "spec.source.tokenSecretRef: secret \"" + ref->name +
-                                            "\" key \"" + ref->key + "\" not found at " + path);
-    }
-    return TrimRight(*token);
+    std::string root = request.deleting ? StoreRoot(request.deleting->spec) : std::string();
+    names.Release(request.key, root, request.deleting ? request.deleting->spec.artifact_name : "");
   }
 
   // Time until a Ready resource's branch should be resolved again: nullopt when it never is
@@ -593,7 +258,7 @@ struct ModelCacheReconciler::Impl {
   }
 
   Result<fetch::HubOptions> HubFor(const crds::ModelCache& obj) const {
-    auto token = Token(obj);
+    auto token = HubTokenFor(options, own_endpoint, obj);
     if (!token) {
       return token.error();
     }
@@ -676,7 +341,7 @@ struct ModelCacheReconciler::Impl {
                                               " needs a local cache directory to stage downloads "
                                               "(the daemon's --cache-dir)");
       }
-      auto config = AwsConfigFor(uri);
+      auto config = AwsConfigFor(options, uri);
       if (!config) {
         return config.error();
       }
@@ -689,7 +354,7 @@ struct ModelCacheReconciler::Impl {
   Result<std::optional<store::AwsConfig>> SourceConfigFor(const crds::ModelCacheSpec& spec) const {
     std::optional<store::AwsConfig> aws;
     if (StartsWith(spec.source.repo, "s3://")) {
-      auto config = AwsConfigFor(spec.source.repo);
+      auto config = AwsConfigFor(options, spec.source.repo);
       if (!config) {
         return config.error();
       }
@@ -703,7 +368,7 @@ struct ModelCacheReconciler::Impl {
     if (StartsWith(uri, "s3://")) {
       // Committed in the bucket (modelcache.json present and matching its id) is present; any
       // error re-runs the job, which finds the local copy and the objects and only re-checks.
-      auto config = AwsConfigFor(uri);
+      auto config = AwsConfigFor(options, uri);
       auto s3 = config ? store::S3ArtifactStore::Open(uri, *config)
                        : Result<std::unique_ptr<store::S3ArtifactStore>>(config.error());
       if (!s3 || artifact.uri != (*s3)->location().Uri("artifacts/" + artifact.name + "/" +
@@ -883,7 +548,7 @@ struct ModelCacheReconciler::Impl {
       spdlog::info("{}: gave its job slot to another tenant; waiting for the next", key.ToString());
     }
     if (look.job) {
-      look.situation = !look.job->finished                   ? Situation::JobRunning
+      look.situation = !look.job->finished                     ? Situation::JobRunning
                        : look.job->kind == JobKind::DriftCheck ? Situation::DriftCheckEnded
                                                                : Situation::CacheJobEnded;
       return look;
@@ -892,7 +557,7 @@ struct ModelCacheReconciler::Impl {
     // so one running for this spec needs no check.
     VoidResult allowed = CheckAllowed(request.object->spec);
     if (allowed) {
-      allowed = ClaimArtifactName(key, request.object->spec, stop);
+      allowed = names.Claim(key, request.object->spec, StoreRoot(request.object->spec), stop);
     }
     if (!allowed) {
       look.situation = Situation::Refused;
@@ -977,7 +642,7 @@ struct ModelCacheReconciler::Impl {
     last_resolved.erase(key);
     applied_force.erase(key);
     last_verified.erase(key);
-    job_failures.erase(key);
+    failures.Forget(key);
     return Outcome{{}, Requeue::Done()};
   }
 
@@ -1007,11 +672,11 @@ struct ModelCacheReconciler::Impl {
     EraseJob(key, look.job);
     const Result<CacheJobOutput>& result = std::get<CacheJobEnd>(*job.end).output;
     if (!result) {
-      return RecordJobFailure(key, look.spec_hash, result.error());
+      return failures.Record(key, look.spec_hash, result.error(), Now());
     }
+    failures.Forget(key);
     {
       std::lock_guard lock(mu);
-      job_failures.erase(key);
       last_resolved[key] = Now();
       applied_force[key] = job.force;
     }
@@ -1134,7 +799,7 @@ struct ModelCacheReconciler::Impl {
         return Error(Reason::Cancelled, "shutting down");
       }
     }
-    if (auto failed = PendingFailure(key, spec_hash)) {
+    if (auto failed = failures.Pending(key, spec_hash, Now())) {
       return *failed;  // a permanent failure waits for the spec; a transient one for its backoff
     }
     // Only for a resource not reported on yet: a spec change of a reported one is acknowledged

@@ -416,5 +416,31 @@ TEST(ManagerStatusWritersTest, APrepareOnTheLanesRunsOnceBeforeTheReconcileAndIt
   EXPECT_EQ(reconciler.Calls("live"), 2);
 }
 
+// Every reconcile outcome moves its key in the queue as reconcilers/reconciler.h says.
+TEST(QueueStepTest, EachOutcomeMapsToTheQueueAsTheContractSays) {
+  using Kind = Manager::QueueStep::Kind;
+  using std::chrono::milliseconds;
+  auto step = [](const Result<Outcome>& result, bool stopping = false) {
+    auto s = Manager::QueueStepFor(result, stopping);
+    return std::make_pair(s.kind, s.after);
+  };
+  const auto none = milliseconds(0);
+  EXPECT_EQ(step(Outcome{{}, Requeue::Done()}), std::make_pair(Kind::Forget, none));
+  EXPECT_EQ(step(Outcome{{}, Requeue::After(milliseconds(250))}),
+            std::make_pair(Kind::AddAfter, milliseconds(250)));
+  // Transient: rate-limited, unless the server said how long to wait.
+  EXPECT_EQ(step(Error(Reason::NetworkError, "reset")), std::make_pair(Kind::AddRateLimited, none));
+  EXPECT_EQ(step(Error(Reason::RateLimited, "429", milliseconds(7000))),
+            std::make_pair(Kind::AddAfter, milliseconds(7000)));
+  // Permanent: waits for the spec, unless something outside it may still appear.
+  EXPECT_EQ(step(Error(Reason::RepoNotFound, "gone")), std::make_pair(Kind::Forget, none));
+  EXPECT_EQ(step(Error(Reason::InvalidSpec, "no secret", milliseconds(30000))),
+            std::make_pair(Kind::AddAfter, milliseconds(30000)));
+  // A reconcile cancelled by the shutdown leaves the key alone; one cancelled otherwise does not.
+  EXPECT_EQ(step(Error(Reason::Cancelled, "shutting down"), true),
+            std::make_pair(Kind::Leave, none));
+  EXPECT_NE(step(Error(Reason::Cancelled, "stopped"), false).first, Kind::Leave);
+}
+
 }  // namespace
 }  // namespace modelcache::controller

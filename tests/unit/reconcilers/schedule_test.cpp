@@ -276,8 +276,8 @@ TEST_F(ScheduleTest, AFailedJobWaitsOutItsBackoffOnTheClock) {
   o.backoff_base = minutes(1);
   o.backoff_cap = minutes(4);
   Start(o);
-  hub_.AddFault(Fault{Fault::Kind::Status, "/api/models/org/model/revision/*", 503, 0, 0, 0, -1,
-                      true});
+  hub_.AddFault(
+      Fault{Fault::Kind::Status, "/api/models/org/model/revision/*", 503, 0, 0, 0, -1, true});
   Request request = NewRequest();
   auto failed = loop_.RunToEnd(*reconciler_, request);
   ASSERT_FALSE(failed);
