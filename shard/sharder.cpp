@@ -685,6 +685,7 @@ struct Segment {
   uint64_t end = 0;  // one past the last source byte
   int64_t rows = 0;
   SafetensorsWriter* out = nullptr;
+  size_t out_index = 0;  // of `out` in RankFiles::writers
   uint64_t dst = 0;
   uint64_t dst_row = 0;
   DType from = DType::F32;
@@ -726,6 +727,8 @@ struct StreamSharder::State {
   ShardProgress* progress = nullptr;
   std::vector<unsigned char> buffer;
   uint64_t read_back = 0;
+  std::vector<StreamSharder::RankFileLayout> layouts;
+  StreamSharder::WriteObserver observer;
 
   VoidResult Write(FedFile& f, const Segment& seg, uint64_t o, std::string_view bytes);
 };
@@ -765,6 +768,14 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
     state->by_name.emplace(f.name, state->files.size());
     state->files.push_back(std::move(f));
   }
+  std::map<const SafetensorsWriter*, size_t> writer_index;
+  for (size_t i = 0; i < rank_files->writers.size(); ++i) {
+    writer_index[rank_files->writers[i].get()] = i;
+    StreamSharder::RankFileLayout layout;
+    layout.path = rank_files->files[i];
+    layout.size = rank_files->writers[i]->layout().file_size();
+    state->layouts.push_back(std::move(layout));
+  }
   for (const SourceOp& c : rank_files->copies) {
     const Checkpoint::Entry* e = c.src;
     if (c.op.rows == 0) {
@@ -781,8 +792,13 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
     seg.rows = c.op.rows;
     seg.end = seg.src + static_cast<uint64_t>(c.op.rows - 1) * seg.stride + seg.len;
     seg.out = c.op.out;
+    seg.out_index = writer_index.at(c.op.out);
     seg.dst = c.op.dst_offset;
     seg.dst_row = static_cast<uint64_t>(c.op.width) * DTypeSize(c.op.dtype);
+    if (seg.dst_row > 0) {
+      state->layouts[seg.out_index].pending.emplace_back(
+          seg.dst, seg.dst + static_cast<uint64_t>(seg.rows) * seg.dst_row);
+    }
     seg.from = e->info->dtype;
     seg.to = c.op.dtype;
     state->files[e->file_index].segments.push_back(seg);
@@ -790,6 +806,19 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
   for (auto& f : state->files) {
     std::stable_sort(f.segments.begin(), f.segments.end(),
                      [](const Segment& a, const Segment& b) { return a.src < b.src; });
+  }
+  for (auto& layout : state->layouts) {
+    auto& ranges = layout.pending;
+    std::sort(ranges.begin(), ranges.end());
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& r : ranges) {
+      if (!merged.empty() && r.first <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, r.second);
+      } else {
+        merged.push_back(r);
+      }
+    }
+    ranges = std::move(merged);
   }
   state->prep = std::move(*prep);
   state->ckpt = std::move(headers);
@@ -800,6 +829,14 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
 bool StreamSharder::Wants(std::string_view file) const { return state_->by_name.count(file) != 0; }
 
 uint64_t StreamSharder::bytes_read_back() const { return state_->read_back; }
+
+std::vector<StreamSharder::RankFileLayout> StreamSharder::RankFileLayouts() const {
+  return state_->layouts;
+}
+
+void StreamSharder::SetWriteObserver(WriteObserver observer) {
+  state_->observer = std::move(observer);
+}
 
 VoidResult StreamSharder::Feed(std::string_view file, uint64_t offset, std::string_view bytes) {
   State& s = *state_;
@@ -869,6 +906,9 @@ VoidResult StreamSharder::State::Write(FedFile& f, const Segment& seg, uint64_t 
       return r;
     }
     written = b - a;
+    if (observer && written > 0) {
+      observer(seg.out_index, seg.dst + (a - seg.src), written);
+    }
   } else {
     // A unit is what is converted at once: a byte when the dtype stays, else an element.
     const uint64_t in_unit = same ? 1 : DTypeSize(seg.from);
@@ -918,6 +958,9 @@ VoidResult StreamSharder::State::Write(FedFile& f, const Segment& seg, uint64_t 
       return r2;
     }
     written = buffer.size();
+    if (observer) {
+      observer(seg.out_index, dst, written);
+    }
   }
   f.written += written;
   progress->bytes_done.fetch_add(written);

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -115,6 +116,22 @@ class StreamSharder {
   Result<ShardResult> Finish(std::stop_token stop = {});
   // Weight bytes Finish read from disk because they were not fed.
   uint64_t bytes_read_back() const;
+
+  // The rank files as Create laid them out, for a caller that ships them while they fill (the
+  // S3 upload of docs/sharding.md): path relative to options.out_dir, size, and the byte ranges
+  // [first, second) that Feed (or Finish) will write, sorted and merged. Every other byte (the
+  // header, the fills) is on disk already.
+  struct RankFileLayout {
+    std::string path;
+    uint64_t size = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> pending;
+  };
+  std::vector<RankFileLayout> RankFileLayouts() const;
+  // Called after every write Feed (or Finish) makes to a rank file, once the bytes are in the
+  // file: the file's index in RankFileLayouts(), the offset and the length. Runs on the feeding
+  // thread, so it must be quick. A range may be written again (a file fed again from offset 0).
+  using WriteObserver = std::function<void(size_t file, uint64_t offset, uint64_t length)>;
+  void SetWriteObserver(WriteObserver observer);
 
   struct State;
 

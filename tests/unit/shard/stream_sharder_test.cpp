@@ -210,6 +210,74 @@ TEST_F(StreamSharderTest, FinishReadsWhatWasNotFed) {
   ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
 }
 
+// RankFileLayouts and the write observer (what an upload of the rank files while they fill
+// relies on): every byte Feed writes is inside a pending range, every pending byte is written by
+// the time the file is fed, and the bytes outside the pending ranges are final from Create on.
+TEST_F(StreamSharderTest, PendingRangesAreExactlyWhatFeedWrites) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen2";
+  spec.files = 2;
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  ShardOptions opts;
+  opts.src_dir = dir_ + "/ckpt";
+  opts.tensor_parallel_size = 2;
+  opts.dtype = "float16";
+  opts.max_file_size = 64 << 10;  // several parts per rank
+  opts.fsync = false;
+  opts.out_dir = dir_ + "/after";
+  ShardProgress p1;
+  ASSERT_TRUE(ShardCheckpoint(opts, p1));
+
+  opts.out_dir = dir_ + "/streamed";
+  Source src = ReadSource(opts.src_dir);
+  ShardProgress p2;
+  auto sharder = Create(opts, src, p2);
+  ASSERT_NE(sharder, nullptr);
+  auto layouts = sharder->RankFileLayouts();
+  ASSERT_GE(layouts.size(), 4u);
+  // Bytes outside the pending ranges are already those of the finished file.
+  for (const auto& layout : layouts) {
+    std::string created = *ReadFile(opts.out_dir + "/" + layout.path);
+    std::string final_bytes = *ReadFile(dir_ + "/after/" + layout.path);
+    ASSERT_EQ(created.size(), layout.size);
+    ASSERT_EQ(final_bytes.size(), layout.size);
+    uint64_t at = 0;
+    for (const auto& [a, b] : layout.pending) {
+      ASSERT_LE(at, a);
+      ASSERT_LT(a, b);
+      ASSERT_LE(b, layout.size);
+      EXPECT_TRUE(created.substr(at, a - at) == final_bytes.substr(at, a - at)) << layout.path;
+      at = b;
+    }
+    EXPECT_TRUE(created.substr(at) == final_bytes.substr(at)) << layout.path;
+  }
+  std::vector<std::map<uint64_t, uint64_t>> written(layouts.size());  // offset -> length
+  sharder->SetWriteObserver([&](size_t file, uint64_t offset, uint64_t length) {
+    ASSERT_LT(file, written.size());
+    written[file][offset] = std::max(written[file][offset], length);
+  });
+  for (const auto& [name, bytes] : src.files) {
+    for (size_t at = 0; at < bytes.size(); at += 100000) {
+      ASSERT_TRUE(sharder->Feed(name, at, std::string_view(bytes).substr(at, 100000)));
+    }
+  }
+  ASSERT_TRUE(sharder->Finish());
+  EXPECT_EQ(sharder->bytes_read_back(), 0u);
+  ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  for (size_t i = 0; i < layouts.size(); ++i) {
+    // The union of the writes is the union of the pending ranges.
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& [offset, length] : written[i]) {
+      if (!merged.empty() && offset <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, offset + length);
+      } else {
+        merged.emplace_back(offset, offset + length);
+      }
+    }
+    EXPECT_EQ(merged, layouts[i].pending) << layouts[i].path;
+  }
+}
+
 // Headers that disagree with config.json are refused before any weight byte is needed.
 TEST_F(StreamSharderTest, RefusesBadHeadersAtCreate) {
   fixtures::CheckpointSpec spec;
