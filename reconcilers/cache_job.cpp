@@ -32,6 +32,7 @@
 #include "shard/shard_plan.h"
 #include "shard/sharder.h"
 #include "store/gc.h"
+#include "store/s3_filling_upload.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -277,6 +278,11 @@ struct StreamingShard {
   std::string staging;
   std::string src;  // MakeShardSource's directory: links to the blobs, which may not exist yet
   std::unique_ptr<shard::StreamSharder> sharder;
+  // An S3 store: the rank files go to the bucket as they are written (StartS3Upload), then
+  // `staged` maps each rank file's path to the object holding its bytes.
+  std::unique_ptr<store::S3ArtifactStore> s3;
+  std::unique_ptr<store::S3FillingUpload> upload;
+  std::map<std::string, std::string> staged;
   StreamingShard() = default;
   StreamingShard(const StreamingShard&) = delete;
   StreamingShard& operator=(const StreamingShard&) = delete;
@@ -359,6 +365,78 @@ Result<std::unique_ptr<StreamingShard>> StartStreamingShard(
   return streaming;
 }
 
+// The name of the inputs of a sharded artifact (repo, commit, the selected files' contents, the
+// shard settings): the rank files' bytes are a function of these alone, so a restarted job finds
+// the multipart uploads of the same rank files under the same keys.
+std::string IncomingStream(const CacheJobInputs& in, const store::RepoRef& repo,
+                           const std::string& commit, const std::vector<fetch::RepoFile>& files) {
+  const crds::ShardSpec& shard = *in.spec.shard;
+  nlohmann::json j = {{"repo", repo.type + "/" + repo.id},
+                      {"commit", commit},
+                      {"engine", shard.engine},
+                      {"tp", shard.tensor_parallel_size.value_or(1)},
+                      {"dtype", shard.dtype},
+                      {"maxFileSize", shard.max_file_size},
+                      {"sharder", "modelcache-shard/1"}};
+  nlohmann::json listed = nlohmann::json::array();
+  for (const auto& f : files) {
+    listed.push_back({f.path, f.size, f.etag()});
+  }
+  j["files"] = std::move(listed);
+  return Sha256Hex(j.dump()).substr(0, 16);
+}
+
+// Starts uploading the rank files to the S3 store's incoming area as they are written
+// (docs/sharding.md, "S3 targets"). False (logged) when the bucket cannot be reached now: the
+// artifact is then uploaded after the download, as before. REQUIRES: streaming->sharder exists.
+Result<bool> StartS3Upload(const CacheJobInputs& in, const store::RepoRef& repo,
+                           const std::string& commit, const std::vector<fetch::RepoFile>& files,
+                           StreamingShard& streaming, std::stop_token stop) {
+  auto s3 = store::S3ArtifactStore::Open(in.s3_uri, in.aws);
+  if (!s3) {
+    return s3.error();
+  }
+  const std::string stream = IncomingStream(in, repo, commit, files);
+  std::vector<store::S3FillingUpload::File> uploads;
+  std::map<std::string, std::string> staged;
+  for (auto& layout : streaming.sharder->RankFileLayouts()) {
+    store::S3FillingUpload::File f;
+    f.local_path = streaming.staging + "/" + layout.path;
+    f.key = (*s3)->IncomingKey(in.spec.artifact_name, stream, layout.path);
+    f.size = layout.size;
+    f.pending = std::move(layout.pending);
+    staged[layout.path] = f.key;
+    uploads.push_back(std::move(f));
+  }
+  store::UploadOptions options;
+  options.parallel_parts = 2;  // the download and the sharder share the machine
+  auto upload = std::make_unique<store::S3FillingUpload>((*s3)->client(),
+                                                         (*s3)->location().bucket,
+                                                         std::move(uploads), options);
+  if (auto r = upload->Start(stop); !r) {
+    if (r.error().reason == Reason::Cancelled) {
+      return r.error();
+    }
+    spdlog::warn("{}: cannot start uploading the rank files while they are written ({}); "
+                 "uploading them after the download instead",
+                 in.key.ToString(), r.error().ToString());
+    return false;
+  }
+  store::S3FillingUpload* target = upload.get();
+  streaming.sharder->SetWriteObserver(
+      [target](size_t file, uint64_t offset, uint64_t length) {
+        target->Written(file, offset, length);
+      });
+  streaming.s3 = std::move(*s3);
+  streaming.upload = std::move(upload);
+  streaming.staged = std::move(staged);
+  spdlog::info("{}: uploading {} rank files to {} while they are written", in.key.ToString(),
+               streaming.staged.size(),
+               streaming.s3->location().Uri("artifacts/" + in.spec.artifact_name +
+                                            "/.incoming/" + stream));
+  return true;
+}
+
 // Shards the downloaded checkpoint into `staging` (without streaming, or when it fell back).
 Result<shard::ShardResult> ShardAfterDownload(const CacheJobInputs& in,
                                               const store::LocalStore& store,
@@ -422,11 +500,58 @@ void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharde
   }
 }
 
+// S3ArtifactStore::Publish for a version whose rank files are in the bucket already (`staged`):
+// those are copied server-side to their keys with their sha256, the other files uploaded from the
+// local version; then the version is committed and the staged objects removed.
+Result<store::PublishedArtifact> PublishStagedToS3(
+    const CacheJobInputs& in, store::S3ArtifactStore& s3, const store::PublishedArtifact& published,
+    const store::ArtifactManifest& manifest, CacheJobState& state, std::stop_token stop,
+    const std::map<std::string, std::string>& staged) {
+  state.upload.files_total = static_cast<int64_t>(manifest.files.size());
+  state.upload.bytes_total = manifest.size_bytes;
+  auto sources = s3.CopySources(manifest.name, stop);
+  if (!sources) {
+    return sources.error();
+  }
+  for (const store::ManifestFile& f : manifest.files) {
+    if (stop.stop_requested()) {
+      return Error(Reason::Cancelled, "upload cancelled");
+    }
+    auto at = staged.find(f.path);
+    auto outcome = at != staged.end()
+                       ? s3.PutStaged(manifest, f, at->second, *sources, state.upload.bytes_done,
+                                      stop)
+                       : s3.PutFile(manifest, f, published.path + "/" + f.path, *sources,
+                                    state.upload.bytes_done, stop);
+    if (!outcome) {
+      return outcome.error();
+    }
+    if (*outcome != store::S3ArtifactStore::PutOutcome::Uploaded) {
+      ++state.upload.files_deduplicated;
+    }
+    ++state.upload.files_done;
+  }
+  auto committed = s3.Commit(manifest, stop);
+  if (!committed) {
+    return committed.error();
+  }
+  for (const auto& [path, key] : staged) {
+    if (auto r = s3.client().DeleteObject(s3.location().bucket, key, stop); !r) {
+      spdlog::warn("{}: cannot remove the staged object of {}: {}", in.key.ToString(), path,
+                   r.error().ToString());
+    }
+  }
+  return committed;
+}
+
 // Uploads a locally published version (sharded, or pulled from another S3 store) to the S3 store
 // and commits it there. Unsharded Hub artifacts stream instead (RunStreamingS3Job).
-Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::LocalStore& local,
-                                             const store::PublishedArtifact& published,
-                                             CacheJobState& state, std::stop_token stop) {
+// `staged` (a sharded artifact uploaded while it was written) maps paths to the objects that hold
+// those files' bytes already: they are copied server-side instead of uploaded, then removed.
+Result<store::PublishedArtifact> PublishToS3(
+    const CacheJobInputs& in, store::LocalStore& local, const store::PublishedArtifact& published,
+    CacheJobState& state, std::stop_token stop,
+    const std::map<std::string, std::string>& staged = {}) {
   auto manifest = local.ReadVersion(published.name, published.version);
   if (!manifest) {
     return manifest.error();
@@ -440,6 +565,9 @@ Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::Lo
   }
   spdlog::info("{}: uploading {} ({} files, {}) to {}", in.key.ToString(), published.id,
                published.files, FormatBytes(published.size_bytes), (*s3)->Describe(**manifest).uri);
+  if (!staged.empty()) {
+    return PublishStagedToS3(in, **s3, published, **manifest, state, stop, staged);
+  }
   auto uploaded = (*s3)->Publish(published.path, **manifest, state.upload, stop);
   if (uploaded) {
     spdlog::info("{}: {} of {} files were already in the bucket or copied there", in.key.ToString(),
@@ -969,6 +1097,12 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       }
       streaming = std::move(*started);
     }
+    if (streaming && streaming->sharder && !in.s3_uri.empty()) {
+      auto uploading = StartS3Upload(in, repo, *commit, files, *streaming, stop);
+      if (!uploading) {
+        return uploading.error();
+      }
+    }
   }
   std::vector<fetch::FileTask> tasks;
   std::vector<size_t> task_file;  // index into files
@@ -1139,6 +1273,30 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     }
     manifest.files = std::move(*hashed);
     manifest.shard = sharded->settings;
+    if (streaming && streaming->upload) {
+      // Before Publish moves the staging directory: the last parts are read from it.
+      auto uploaded = streaming->upload->Finish();
+      if (!uploaded && uploaded.error().reason == Reason::Cancelled) {
+        discard_staging();
+        return uploaded.error();
+      }
+      if (!uploaded) {
+        spdlog::warn("{}: the upload of the rank files while they were written failed ({}); "
+                     "uploading them again after the download",
+                     in.key.ToString(), uploaded.error().ToString());
+        streaming->staged.clear();
+      } else {
+        spdlog::info(
+            "{}: rank files in the bucket: {} sent while downloading, {} after, {} parts "
+            "found from an earlier run, {} parts sent again after a rewrite",
+            in.key.ToString(), FormatBytes(streaming->upload->bytes_sent_before_finish()),
+            FormatBytes(streaming->upload->bytes_sent() -
+                        streaming->upload->bytes_sent_before_finish()),
+            streaming->upload->parts_reused(), streaming->upload->parts_sent_again());
+      }
+      streaming->sharder->SetWriteObserver({});
+      streaming->upload.reset();
+    }
   } else {
     for (size_t i = 0; i < files.size(); ++i) {
       auto r = store.StageFile(*staging, files[i].path, store.BlobPath(repo, files[i].etag()));
@@ -1166,7 +1324,8 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     // A sharded artifact: the local version is the staging area of the upload (the sharder
     // needs the files on disk); the bucket is the artifact's home.
     state.phase = JobPhase::Uploading;
-    auto uploaded = PublishToS3(in, store, *published, state, stop);
+    auto uploaded = PublishToS3(in, store, *published, state, stop,
+                                streaming ? streaming->staged : std::map<std::string, std::string>());
     if (!uploaded) {
       return uploaded.error();
     }
