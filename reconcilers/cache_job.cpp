@@ -458,9 +458,10 @@ Result<shard::ShardResult> ShardAfterDownload(const CacheJobInputs& in,
 
 // The manifest entries of the sharded files: each file's sha256, `threads` files at a time (the
 // rank files are read back once, from the page cache as a rule, and hashing is CPU-bound).
-Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
-                                                        const std::vector<std::string>& files,
-                                                        int threads) {
+// `known`: digests the sharder computed while the files filled (not read again).
+Result<std::vector<store::ManifestFile>> HashShardFiles(
+    const std::string& dir, const std::vector<std::string>& files, int threads,
+    const std::map<std::string, std::string>& known) {
   std::vector<std::optional<Result<std::string>>> digests(files.size());
   std::atomic<size_t> next{0};
   {
@@ -468,7 +469,9 @@ Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
     for (int i = 0; i < std::max(1, threads); ++i) {
       workers.emplace_back([&] {
         for (size_t k = next.fetch_add(1); k < files.size(); k = next.fetch_add(1)) {
-          digests[k] = Sha256File(dir + "/" + files[k]);
+          auto it = known.find(files[k]);
+          digests[k] = it != known.end() ? Result<std::string>(it->second)
+                                         : Sha256File(dir + "/" + files[k]);
         }
       });
     }
@@ -490,11 +493,18 @@ Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
 }
 
 // Hands the weight files' bytes to the streaming sharder as the transfer hashes them.
-void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharder) {
+// `feed_time` sums the time the transfer's thread spends in the sharder (logged: what sharding
+// adds to the download itself).
+void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharder,
+               std::chrono::steady_clock::duration& feed_time) {
   for (auto& t : tasks) {
     if (sharder.Wants(t.path)) {
-      t.on_data = [&sharder, path = t.path](uint64_t offset, std::string_view bytes) {
-        return sharder.Feed(path, offset, bytes);
+      t.on_data = [&sharder, &feed_time, path = t.path](uint64_t offset,
+                                                         std::string_view bytes) {
+        auto start = std::chrono::steady_clock::now();
+        auto fed = sharder.Feed(path, offset, bytes);
+        feed_time += std::chrono::steady_clock::now() - start;
+        return fed;
       };
     }
   }
@@ -1152,8 +1162,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
 
   // Download.
   state.phase = JobPhase::Downloading;
+  std::chrono::steady_clock::duration feed_time{};
   if (streaming) {
-    FeedShard(tasks, *streaming->sharder);
+    FeedShard(tasks, *streaming->sharder, feed_time);
   }
   uint64_t total = 0;
   for (const auto& f : files) {
@@ -1169,7 +1180,16 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
                  files.size(), FormatBytes(total - bytes_present), repo.id, commit->substr(0, 12));
     auto transfer = in.transfer_factory(in.hub);
     // The transfer counts its own bytes; seed it with what is already in the store.
+    auto download_start = std::chrono::steady_clock::now();
     auto results = transfer->Run(tasks, state.transfer, stop);
+    if (streaming) {
+      spdlog::info("{}: download took {:.1f} s, of which {:.1f} s writing rank files",
+                   in.key.ToString(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                 download_start)
+                       .count(),
+                   std::chrono::duration<double>(feed_time).count());
+    }
     if (in.observer != nullptr) {
       ReportDownloaded(tasks, results, in);
     }
@@ -1259,23 +1279,35 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
     }
     if (sharded && streaming) {
-      spdlog::info("{}: sharded while downloading; {} of the weights read back from the store",
-                   in.key.ToString(), FormatBytes(streaming->sharder->bytes_read_back()));
+      spdlog::info("{}: sharded while downloading; {} of the weights read back from the store, "
+                   "{} of the rank files hashed while they filled",
+                   in.key.ToString(), FormatBytes(streaming->sharder->bytes_read_back()),
+                   FormatBytes(streaming->sharder->bytes_hashed_early()));
     }
     if (!sharded) {
       discard_staging();
       return sharded.error();
     }
-    auto hashed = HashShardFiles(*staging, sharded->files, in.shard_threads);
+    auto hash_start = std::chrono::steady_clock::now();
+    auto hashed = HashShardFiles(*staging, sharded->files, in.shard_threads, sharded->sha256);
     if (!hashed) {
       discard_staging();
       return hashed.error();
     }
+    spdlog::info("{}: sharding took {:.1f} s after the download, hashing the artifact {:.1f} s",
+                 in.key.ToString(),
+                 std::chrono::duration<double>(hash_start - shard_start).count(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - hash_start)
+                     .count());
     manifest.files = std::move(*hashed);
     manifest.shard = sharded->settings;
     if (streaming && streaming->upload) {
       // Before Publish moves the staging directory: the last parts are read from it.
+      auto wait_start = std::chrono::steady_clock::now();
       auto uploaded = streaming->upload->Finish();
+      spdlog::info("{}: waited {:.1f} s for the last parts of the rank files", in.key.ToString(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start)
+                       .count());
       if (!uploaded && uploaded.error().reason == Reason::Cancelled) {
         discard_staging();
         return uploaded.error();

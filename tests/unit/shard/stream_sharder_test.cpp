@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "common/files.h"
+#include "common/sha256.h"
 #include "shard/safetensors.h"
 #include "shard/sharder.h"
 #include "tests/fixtures/checkpoint/checkpoint_gen.h"
@@ -84,6 +85,21 @@ class StreamSharderTest : public ::testing::Test {
       ASSERT_EQ(right.count(name), 1u) << name;
       EXPECT_TRUE(bytes == right[name]) << name << " differs";
     }
+  }
+
+  // ShardResult::sha256 holds the sha256 of every rank file, as on disk.
+  static void ExpectDigestsOfRankFiles(const ShardResult& result, const std::string& dir) {
+    size_t ranks = 0;
+    for (const auto& name : result.files) {
+      if (name.rfind("model-rank-", 0) != 0) {
+        continue;
+      }
+      ranks += 1;
+      auto it = result.sha256.find(name);
+      ASSERT_NE(it, result.sha256.end()) << name;
+      EXPECT_EQ(it->second, *Sha256File(dir + "/" + name)) << name;
+    }
+    EXPECT_EQ(result.sha256.size(), ranks);
   }
 
   std::string dir_;
@@ -173,6 +189,8 @@ TEST_F(StreamSharderTest, MatchesShardCheckpointAcrossArchitecturesAndTp) {
     EXPECT_EQ(streamed->settings, after->settings);
     EXPECT_EQ(p2.bytes_done.load(), p2.bytes_total.load());
     ExpectSameFiles(base + "/after", base + "/streamed");
+    // Every rank file hashed while it filled (one restarted after its garbage prefix).
+    ExpectDigestsOfRankFiles(*streamed, base + "/streamed");
   }
 }
 
@@ -208,6 +226,7 @@ TEST_F(StreamSharderTest, FinishReadsWhatWasNotFed) {
   ASSERT_TRUE(streamed) << streamed.error().ToString();
   EXPECT_EQ(sharder->bytes_read_back(), second.size() + file->second.size());
   ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
 }
 
 // RankFileLayouts and the write observer (what an upload of the rank files while they fill
@@ -261,9 +280,11 @@ TEST_F(StreamSharderTest, PendingRangesAreExactlyWhatFeedWrites) {
       ASSERT_TRUE(sharder->Feed(name, at, std::string_view(bytes).substr(at, 100000)));
     }
   }
-  ASSERT_TRUE(sharder->Finish());
+  auto streamed = sharder->Finish();
+  ASSERT_TRUE(streamed) << streamed.error().ToString();
   EXPECT_EQ(sharder->bytes_read_back(), 0u);
   ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
   for (size_t i = 0; i < layouts.size(); ++i) {
     // The union of the writes is the union of the pending ranges.
     std::vector<std::pair<uint64_t, uint64_t>> merged;
