@@ -493,18 +493,124 @@ Result<std::vector<store::ManifestFile>> HashShardFiles(
 }
 
 // Hands the weight files' bytes to the streaming sharder as the transfer hashes them.
-// `feed_time` sums the time the transfer's thread spends in the sharder (logged: what sharding
-// adds to the download itself).
+// Feeds the streaming sharder on a thread of its own (docs/sharding.md): the transfer's thread
+// copies each piece it hashed into a queue of at most kFeedQueueBytes and goes on, waiting only
+// when the queue is full, so that writing the slices (pwrite into the page cache, which the kernel
+// throttles while it writes back) does not hold up the download. Pieces are fed in the order they
+// were queued, as StreamSharder::Feed needs.
+class ShardFeeder {
+ public:
+  static constexpr uint64_t kFeedQueueBytes = 64ULL << 20;
+
+  explicit ShardFeeder(shard::StreamSharder& sharder) : sharder_(sharder) {
+    thread_ = std::thread([this] {
+      if (!LogExceptions("shard feeder", [this] { Loop(); })) {
+        std::lock_guard lock(mu_);
+        if (!error_) {
+          error_ = Error(Reason::Internal, "the shard feeder stopped on an exception");
+        }
+        failed_ = true;
+        cv_.notify_all();
+      }
+    });
+  }
+  ~ShardFeeder() { (void)Drain(); }
+  ShardFeeder(const ShardFeeder&) = delete;
+  ShardFeeder& operator=(const ShardFeeder&) = delete;
+
+  // Called on the transfer's thread. The first error of Feed, once it happened.
+  VoidResult Push(const std::string& path, uint64_t offset, std::string_view bytes) {
+    auto start = std::chrono::steady_clock::now();
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] {
+      return error_.has_value() || failed_ || queue_.empty() ||
+             queued_ + bytes.size() <= kFeedQueueBytes;
+    });
+    waited_ += std::chrono::steady_clock::now() - start;
+    if (error_) {
+      return *error_;
+    }
+    queue_.push_back({path, offset, std::string(bytes)});
+    queued_ += bytes.size();
+    cv_.notify_all();
+    return {};
+  }
+
+  // Feeds what is queued, stops the thread; the first error of Feed.
+  VoidResult Drain() {
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+    std::lock_guard lock(mu_);
+    return error_ ? VoidResult(*error_) : VoidResult();
+  }
+
+  // Time the transfer waited for room in the queue, and the feeder spent in Feed.
+  std::chrono::steady_clock::duration waited() const { return waited_; }
+  std::chrono::steady_clock::duration feeding() const { return feeding_; }
+
+ private:
+  struct Piece {
+    std::string path;
+    uint64_t offset = 0;
+    std::string bytes;
+  };
+
+  void Loop() {
+    for (;;) {
+      Piece piece;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+        if (queue_.empty()) {
+          return;
+        }
+        piece = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      VoidResult fed;
+      if (!error_seen_) {
+        auto start = std::chrono::steady_clock::now();
+        fed = sharder_.Feed(piece.path, piece.offset, piece.bytes);
+        feeding_ += std::chrono::steady_clock::now() - start;
+      }
+      std::lock_guard lock(mu_);
+      queued_ -= piece.bytes.size();
+      if (!fed && !error_) {
+        error_ = fed.error();
+        error_seen_ = true;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  shard::StreamSharder& sharder_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Piece> queue_;
+  uint64_t queued_ = 0;
+  bool closing_ = false;
+  bool failed_ = false;
+  bool error_seen_ = false;  // the feeder thread's copy: skip feeding after an error
+  std::optional<Error> error_;
+  std::chrono::steady_clock::duration waited_{};   // the transfer's thread only
+  std::chrono::steady_clock::duration feeding_{};  // the feeder's thread only
+  std::thread thread_;
+};
+
+// Hands the weight files' bytes to the streaming sharder (through `feeder`) as the transfer
+// hashes them.
 void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharder,
-               std::chrono::steady_clock::duration& feed_time) {
+               ShardFeeder& feeder) {
   for (auto& t : tasks) {
     if (sharder.Wants(t.path)) {
-      t.on_data = [&sharder, &feed_time, path = t.path](uint64_t offset,
-                                                         std::string_view bytes) {
-        auto start = std::chrono::steady_clock::now();
-        auto fed = sharder.Feed(path, offset, bytes);
-        feed_time += std::chrono::steady_clock::now() - start;
-        return fed;
+      t.on_data = [&feeder, path = t.path](uint64_t offset, std::string_view bytes) {
+        return feeder.Push(path, offset, bytes);
       };
     }
   }
@@ -1162,9 +1268,10 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
 
   // Download.
   state.phase = JobPhase::Downloading;
-  std::chrono::steady_clock::duration feed_time{};
+  std::optional<ShardFeeder> feeder;  // destroyed before `streaming`'s sharder
   if (streaming) {
-    FeedShard(tasks, *streaming->sharder, feed_time);
+    feeder.emplace(*streaming->sharder);
+    FeedShard(tasks, *streaming->sharder, *feeder);
   }
   uint64_t total = 0;
   for (const auto& f : files) {
@@ -1182,13 +1289,20 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     // The transfer counts its own bytes; seed it with what is already in the store.
     auto download_start = std::chrono::steady_clock::now();
     auto results = transfer->Run(tasks, state.transfer, stop);
-    if (streaming) {
-      spdlog::info("{}: download took {:.1f} s, of which {:.1f} s writing rank files",
+    if (feeder) {
+      auto downloaded = std::chrono::steady_clock::now();
+      auto fed = feeder->Drain();
+      spdlog::info("{}: download took {:.1f} s; the feeder wrote rank files for {:.1f} s, the "
+                   "transfer waited {:.1f} s for it, and {:.1f} s after the download",
                    in.key.ToString(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                 download_start)
-                       .count(),
-                   std::chrono::duration<double>(feed_time).count());
+                   std::chrono::duration<double>(downloaded - download_start).count(),
+                   std::chrono::duration<double>(feeder->feeding()).count(),
+                   std::chrono::duration<double>(feeder->waited()).count(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - downloaded)
+                       .count());
+      if (!fed && results) {
+        results = fed.error();
+      }
     }
     if (in.observer != nullptr) {
       ReportDownloaded(tasks, results, in);
