@@ -7,6 +7,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -297,6 +298,56 @@ TEST_F(StreamSharderTest, PendingRangesAreExactlyWhatFeedWrites) {
     }
     EXPECT_EQ(merged, layouts[i].pending) << layouts[i].path;
   }
+}
+
+// Rank files of tens of MiB, so that the hasher advances while they fill (8 MiB steps): a weight
+// file fed with other bytes, hashed, then fed again from offset 0 with its own bytes starts the
+// hashes over, and the digests are those of the final files.
+TEST_F(StreamSharderTest, DigestsFollowAFileFedAgain) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "llama";
+  spec.hidden = 1024;
+  spec.intermediate = 2816;
+  spec.heads = 8;
+  spec.kv_heads = 8;
+  spec.layers = 4;
+  spec.vocab = 16000;
+  spec.files = 2;
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  ShardOptions opts;
+  opts.src_dir = dir_ + "/ckpt";
+  opts.tensor_parallel_size = 2;
+  opts.fsync = false;
+  opts.out_dir = dir_ + "/after";
+  ShardProgress p1;
+  ASSERT_TRUE(ShardCheckpoint(opts, p1));
+
+  opts.out_dir = dir_ + "/streamed";
+  Source src = ReadSource(opts.src_dir);
+  ShardProgress p2;
+  auto sharder = Create(opts, src, p2);
+  ASSERT_NE(sharder, nullptr);
+  auto feed = [&](const std::string& name, const std::string& bytes) {
+    for (size_t at = 0; at < bytes.size(); at += 2 << 20) {
+      ASSERT_TRUE(sharder->Feed(name, at, std::string_view(bytes).substr(at, 2 << 20)));
+    }
+  };
+  // The first file fed with other bytes, the second with its own: the hasher hashes the rank
+  // files, other bytes included; then the first file is fed again with its own bytes.
+  const auto& [name, bytes] = *src.files.begin();
+  std::string other = bytes;
+  for (size_t i = 4096; i < other.size(); i += 997) {
+    other[i] = static_cast<char>(other[i] ^ 0x5a);
+  }
+  feed(name, other);
+  feed(std::next(src.files.begin())->first, std::next(src.files.begin())->second);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  feed(name, bytes);
+  auto streamed = sharder->Finish();
+  ASSERT_TRUE(streamed) << streamed.error().ToString();
+  EXPECT_GT(sharder->bytes_hashed_early(), 0u);
+  ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
 }
 
 // Headers that disagree with config.json are refused before any weight byte is needed.
