@@ -410,30 +410,29 @@ Result<bool> StartS3Upload(const CacheJobInputs& in, const store::RepoRef& repo,
   }
   store::UploadOptions options;
   options.parallel_parts = 2;  // the download and the sharder share the machine
-  auto upload = std::make_unique<store::S3FillingUpload>((*s3)->client(),
-                                                         (*s3)->location().bucket,
+  auto upload = std::make_unique<store::S3FillingUpload>((*s3)->client(), (*s3)->location().bucket,
                                                          std::move(uploads), options);
   if (auto r = upload->Start(stop); !r) {
     if (r.error().reason == Reason::Cancelled) {
       return r.error();
     }
-    spdlog::warn("{}: cannot start uploading the rank files while they are written ({}); "
-                 "uploading them after the download instead",
-                 in.key.ToString(), r.error().ToString());
+    spdlog::warn(
+        "{}: cannot start uploading the rank files while they are written ({}); "
+        "uploading them after the download instead",
+        in.key.ToString(), r.error().ToString());
     return false;
   }
   store::S3FillingUpload* target = upload.get();
-  streaming.sharder->SetWriteObserver(
-      [target](size_t file, uint64_t offset, uint64_t length) {
-        target->Written(file, offset, length);
-      });
+  streaming.sharder->SetWriteObserver([target](size_t file, uint64_t offset, uint64_t length) {
+    target->Written(file, offset, length);
+  });
   streaming.s3 = std::move(*s3);
   streaming.upload = std::move(upload);
   streaming.staged = std::move(staged);
-  spdlog::info("{}: uploading {} rank files to {} while they are written", in.key.ToString(),
-               streaming.staged.size(),
-               streaming.s3->location().Uri("artifacts/" + in.spec.artifact_name +
-                                            "/.incoming/" + stream));
+  spdlog::info(
+      "{}: uploading {} rank files to {} while they are written", in.key.ToString(),
+      streaming.staged.size(),
+      streaming.s3->location().Uri("artifacts/" + in.spec.artifact_name + "/.incoming/" + stream));
   return true;
 }
 
@@ -634,11 +633,10 @@ Result<store::PublishedArtifact> PublishStagedToS3(
       return Error(Reason::Cancelled, "upload cancelled");
     }
     auto at = staged.find(f.path);
-    auto outcome = at != staged.end()
-                       ? s3.PutStaged(manifest, f, at->second, *sources, state.upload.bytes_done,
-                                      stop)
-                       : s3.PutFile(manifest, f, published.path + "/" + f.path, *sources,
-                                    state.upload.bytes_done, stop);
+    auto outcome = at != staged.end() ? s3.PutStaged(manifest, f, at->second, *sources,
+                                                     state.upload.bytes_done, stop)
+                                      : s3.PutFile(manifest, f, published.path + "/" + f.path,
+                                                   *sources, state.upload.bytes_done, stop);
     if (!outcome) {
       return outcome.error();
     }
@@ -1292,14 +1290,13 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     if (feeder) {
       auto downloaded = std::chrono::steady_clock::now();
       auto fed = feeder->Drain();
-      spdlog::info("{}: download took {:.1f} s; the feeder wrote rank files for {:.1f} s, the "
-                   "transfer waited {:.1f} s for it, and {:.1f} s after the download",
-                   in.key.ToString(),
-                   std::chrono::duration<double>(downloaded - download_start).count(),
-                   std::chrono::duration<double>(feeder->feeding()).count(),
-                   std::chrono::duration<double>(feeder->waited()).count(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - downloaded)
-                       .count());
+      spdlog::info(
+          "{}: download took {:.1f} s; the feeder wrote rank files for {:.1f} s, the "
+          "transfer waited {:.1f} s for it, and {:.1f} s after the download",
+          in.key.ToString(), std::chrono::duration<double>(downloaded - download_start).count(),
+          std::chrono::duration<double>(feeder->feeding()).count(),
+          std::chrono::duration<double>(feeder->waited()).count(),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - downloaded).count());
       if (!fed && results) {
         results = fed.error();
       }
@@ -1393,10 +1390,11 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
     }
     if (sharded && streaming) {
-      spdlog::info("{}: sharded while downloading; {} of the weights read back from the store, "
-                   "{} of the rank files hashed while they filled",
-                   in.key.ToString(), FormatBytes(streaming->sharder->bytes_read_back()),
-                   FormatBytes(streaming->sharder->bytes_hashed_early()));
+      spdlog::info(
+          "{}: sharded while downloading; {} of the weights read back from the store, "
+          "{} of the rank files hashed while they filled",
+          in.key.ToString(), FormatBytes(streaming->sharder->bytes_read_back()),
+          FormatBytes(streaming->sharder->bytes_hashed_early()));
     }
     if (!sharded) {
       discard_staging();
@@ -1408,28 +1406,28 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
       discard_staging();
       return hashed.error();
     }
-    spdlog::info("{}: sharding took {:.1f} s after the download, hashing the artifact {:.1f} s",
-                 in.key.ToString(),
-                 std::chrono::duration<double>(hash_start - shard_start).count(),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - hash_start)
-                     .count());
+    spdlog::info(
+        "{}: sharding took {:.1f} s after the download, hashing the artifact {:.1f} s",
+        in.key.ToString(), std::chrono::duration<double>(hash_start - shard_start).count(),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - hash_start).count());
     manifest.files = std::move(*hashed);
     manifest.shard = sharded->settings;
     if (streaming && streaming->upload) {
       // Before Publish moves the staging directory: the last parts are read from it.
       auto wait_start = std::chrono::steady_clock::now();
       auto uploaded = streaming->upload->Finish();
-      spdlog::info("{}: waited {:.1f} s for the last parts of the rank files", in.key.ToString(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start)
-                       .count());
+      spdlog::info(
+          "{}: waited {:.1f} s for the last parts of the rank files", in.key.ToString(),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count());
       if (!uploaded && uploaded.error().reason == Reason::Cancelled) {
         discard_staging();
         return uploaded.error();
       }
       if (!uploaded) {
-        spdlog::warn("{}: the upload of the rank files while they were written failed ({}); "
-                     "uploading them again after the download",
-                     in.key.ToString(), uploaded.error().ToString());
+        spdlog::warn(
+            "{}: the upload of the rank files while they were written failed ({}); "
+            "uploading them again after the download",
+            in.key.ToString(), uploaded.error().ToString());
         streaming->staged.clear();
       } else {
         spdlog::info(
@@ -1470,8 +1468,9 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     // A sharded artifact: the local version is the staging area of the upload (the sharder
     // needs the files on disk); the bucket is the artifact's home.
     state.phase = JobPhase::Uploading;
-    auto uploaded = PublishToS3(in, store, *published, state, stop,
-                                streaming ? streaming->staged : std::map<std::string, std::string>());
+    auto uploaded =
+        PublishToS3(in, store, *published, state, stop,
+                    streaming ? streaming->staged : std::map<std::string, std::string>());
     if (!uploaded) {
       return uploaded.error();
     }

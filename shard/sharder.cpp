@@ -16,8 +16,8 @@
 #include <thread>
 #include <tuple>
 
-#include "common/guard.h"
 #include "common/files.h"
+#include "common/guard.h"
 #include "common/sha256.h"
 #include "shard/dtype.h"
 #include "shard/engine_layout.h"
@@ -719,7 +719,8 @@ VoidResult PreadAll(const std::string& path, uint64_t offset, std::vector<char>&
   }
   size_t done = 0;
   while (done < out.size()) {
-    ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -847,8 +848,8 @@ class PrefixHasher {
     uint64_t hashed = 0;       // sha covers [0, hashed)
     uint64_t reading_end = 0;  // the hasher is reading [hashed, reading_end)
     uint64_t gen = 0;
-    bool reset = false;             // start over: bytes below `hashed` were written again
-    std::unique_ptr<Hasher> sha;    // touched by the hashing thread only (then by Finish)
+    bool reset = false;           // start over: bytes below `hashed` were written again
+    std::unique_ptr<Hasher> sha;  // touched by the hashing thread only (then by Finish)
   };
 
   void Stop() {

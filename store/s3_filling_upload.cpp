@@ -36,7 +36,8 @@ VoidResult ReadRange(const std::string& path, uint64_t offset, std::string& out)
   }
   size_t done = 0;
   while (done < out.size()) {
-    ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -122,8 +123,8 @@ VoidResult S3FillingUpload::Start(std::stop_token stop) {
       for (UploadedPart& p : *parts) {
         f->existing[p.number] = std::move(p);
       }
-      spdlog::info("s3://{}/{}: resuming multipart upload with {} parts already uploaded",
-                   bucket_, key, f->existing.size());
+      spdlog::info("s3://{}/{}: resuming multipart upload with {} parts already uploaded", bucket_,
+                   key, f->existing.size());
       break;
     }
     if (f->upload_id.empty()) {
@@ -351,8 +352,8 @@ VoidResult S3FillingUpload::Finish() {
     std::vector<UploadedPart> parts;
     for (const Part& p : f->parts) {
       if (p.state != PartState::Done) {
-        return Error(Reason::Internal, fmt::format("{}: part at {} was never uploaded",
-                                                   f->file.local_path, p.first));
+        return Error(Reason::Internal,
+                     fmt::format("{}: part at {} was never uploaded", f->file.local_path, p.first));
       }
       parts.push_back(p.uploaded);
     }

@@ -2,9 +2,9 @@
 // parts reach the bucket while the weights still download; a daemon killed (SIGKILL) in the middle
 // resumes the multipart uploads after the restart (parts already in the bucket are not sent
 // again), a weight file that fails verification once is fetched again and its slices rewritten,
-// nothing is committed before every weight file verified, and the committed version holds exactly the rank
-// files `modelcache shard` makes from the downloaded snapshot. The daemon reaches radosgw (the
-// shared ctest fixture) through tests/fixtures/s3proxy/s3proxy.py, which counts the requests.
+// nothing is committed before every weight file verified, and the committed version holds exactly
+// the rank files `modelcache shard` makes from the downloaded snapshot. The daemon reaches radosgw
+// (the shared ctest fixture) through tests/fixtures/s3proxy/s3proxy.py, which counts the requests.
 
 #include <cstdlib>
 #include <filesystem>
@@ -96,17 +96,24 @@ TEST(S3StreamShardTest, RankFilesReachTheBucketWhileDownloadingAndSurviveKillNin
                                          {"AWS_EC2_METADATA_DISABLED", "true"}};
   const std::string store_uri = "s3://" + bucket + "/" + prefix;
   fs::create_directories(tmp / "manifests");
-  WriteFileRenamed(tmp / "manifests/m.yaml",
-                   Manifest("llama-s3", "org/llama-s3",
-                            "  shard:\n    tensorParallelSize: 2\n  storage:\n    uri: " +
-                                store_uri + "\n"));
+  WriteFileRenamed(
+      tmp / "manifests/m.yaml",
+      Manifest("llama-s3", "org/llama-s3",
+               "  shard:\n    tensorParallelSize: 2\n  storage:\n    uri: " + store_uri + "\n"));
   Daemon::Options options;
   options.watch_dir = tmp / "manifests";
   options.store = tmp / "cache";
   options.state_dir = tmp / "state";
   options.hf_endpoint = hub.url();
-  options.extra_args = {"--retry-base-delay", "20ms", "--listen", "off", "--allowed-stores",
-                        store_uri, "--chunk-size", "2MiB", "--max-connections-per-artifact",
+  options.extra_args = {"--retry-base-delay",
+                        "20ms",
+                        "--listen",
+                        "off",
+                        "--allowed-stores",
+                        store_uri,
+                        "--chunk-size",
+                        "2MiB",
+                        "--max-connections-per-artifact",
                         "2"};
   options.env = env;
 
@@ -115,8 +122,8 @@ TEST(S3StreamShardTest, RankFilesReachTheBucketWhileDownloadingAndSurviveKillNin
     Daemon daemon(options);
     daemon.Start();
     // Parts of rank files reach the bucket while the weights are still downloading.
-    ASSERT_TRUE(WaitFor([&] { return proxy.Stats()["UploadPart.done"] >= 2; },
-                        std::chrono::seconds(90)))
+    ASSERT_TRUE(
+        WaitFor([&] { return proxy.Stats()["UploadPart.done"] >= 2; }, std::chrono::seconds(90)))
         << "proxy: " << proxy.StatsText() << "\n"
         << daemon.Log();
     served_at_kill = served();

@@ -4,6 +4,8 @@
 // multipart upload and sends only the parts radosgw does not have; the object is the file's
 // final bytes.
 
+#include "store/s3_filling_upload.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -12,7 +14,6 @@
 
 #include <gtest/gtest.h>
 
-#include "store/s3_filling_upload.h"
 #include "tests/unit/store/s3_test_env.h"
 #include "tests/unit/store/test_util.h"
 
