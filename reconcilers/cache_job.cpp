@@ -32,6 +32,7 @@
 #include "shard/shard_plan.h"
 #include "shard/sharder.h"
 #include "store/gc.h"
+#include "store/s3_filling_upload.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -227,6 +228,11 @@ struct StreamingShard {
   std::string staging;
   std::string src;  // MakeShardSource's directory: links to the blobs, which may not exist yet
   std::unique_ptr<shard::StreamSharder> sharder;
+  // An S3 store: the rank files go to the bucket as they are written (StartS3Upload), then
+  // `staged` maps each rank file's path to the object holding its bytes.
+  std::unique_ptr<store::S3ArtifactStore> s3;
+  std::unique_ptr<store::S3FillingUpload> upload;
+  std::map<std::string, std::string> staged;
   StreamingShard() = default;
   StreamingShard(const StreamingShard&) = delete;
   StreamingShard& operator=(const StreamingShard&) = delete;
@@ -309,6 +315,77 @@ Result<std::unique_ptr<StreamingShard>> StartStreamingShard(
   return streaming;
 }
 
+// The name of the inputs of a sharded artifact (repo, commit, the selected files' contents, the
+// shard settings): the rank files' bytes are a function of these alone, so a restarted job finds
+// the multipart uploads of the same rank files under the same keys.
+std::string IncomingStream(const CacheJobInputs& in, const store::RepoRef& repo,
+                           const std::string& commit, const std::vector<fetch::RepoFile>& files) {
+  const crds::ShardSpec& shard = *in.spec.shard;
+  nlohmann::json j = {{"repo", repo.type + "/" + repo.id},
+                      {"commit", commit},
+                      {"engine", shard.engine},
+                      {"tp", shard.tensor_parallel_size.value_or(1)},
+                      {"dtype", shard.dtype},
+                      {"maxFileSize", shard.max_file_size},
+                      {"sharder", "modelcache-shard/1"}};
+  nlohmann::json listed = nlohmann::json::array();
+  for (const auto& f : files) {
+    listed.push_back({f.path, f.size, f.etag()});
+  }
+  j["files"] = std::move(listed);
+  return Sha256Hex(j.dump()).substr(0, 16);
+}
+
+// Starts uploading the rank files to the S3 store's incoming area as they are written
+// (docs/sharding.md, "S3 targets"). False (logged) when the bucket cannot be reached now: the
+// artifact is then uploaded after the download, as before. REQUIRES: streaming->sharder exists.
+Result<bool> StartS3Upload(const CacheJobInputs& in, const store::RepoRef& repo,
+                           const std::string& commit, const std::vector<fetch::RepoFile>& files,
+                           StreamingShard& streaming, std::stop_token stop) {
+  auto s3 = store::S3ArtifactStore::Open(in.s3_uri, in.aws);
+  if (!s3) {
+    return s3.error();
+  }
+  const std::string stream = IncomingStream(in, repo, commit, files);
+  std::vector<store::S3FillingUpload::File> uploads;
+  std::map<std::string, std::string> staged;
+  for (auto& layout : streaming.sharder->RankFileLayouts()) {
+    store::S3FillingUpload::File f;
+    f.local_path = streaming.staging + "/" + layout.path;
+    f.key = (*s3)->IncomingKey(in.spec.artifact_name, stream, layout.path);
+    f.size = layout.size;
+    f.pending = std::move(layout.pending);
+    staged[layout.path] = f.key;
+    uploads.push_back(std::move(f));
+  }
+  store::UploadOptions options;
+  options.parallel_parts = 2;  // the download and the sharder share the machine
+  auto upload = std::make_unique<store::S3FillingUpload>((*s3)->client(), (*s3)->location().bucket,
+                                                         std::move(uploads), options);
+  if (auto r = upload->Start(stop); !r) {
+    if (r.error().reason == Reason::Cancelled) {
+      return r.error();
+    }
+    spdlog::warn(
+        "{}: cannot start uploading the rank files while they are written ({}); "
+        "uploading them after the download instead",
+        in.key.ToString(), r.error().ToString());
+    return false;
+  }
+  store::S3FillingUpload* target = upload.get();
+  streaming.sharder->SetWriteObserver([target](size_t file, uint64_t offset, uint64_t length) {
+    target->Written(file, offset, length);
+  });
+  streaming.s3 = std::move(*s3);
+  streaming.upload = std::move(upload);
+  streaming.staged = std::move(staged);
+  spdlog::info(
+      "{}: uploading {} rank files to {} while they are written", in.key.ToString(),
+      streaming.staged.size(),
+      streaming.s3->location().Uri("artifacts/" + in.spec.artifact_name + "/.incoming/" + stream));
+  return true;
+}
+
 // Shards the downloaded checkpoint into `staging` (without streaming, or when it fell back).
 Result<shard::ShardResult> ShardAfterDownload(const CacheJobInputs& in,
                                               const store::LocalStore& store,
@@ -330,9 +407,10 @@ Result<shard::ShardResult> ShardAfterDownload(const CacheJobInputs& in,
 
 // The manifest entries of the sharded files: each file's sha256, `threads` files at a time (the
 // rank files are read back once, from the page cache as a rule, and hashing is CPU-bound).
-Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
-                                                        const std::vector<std::string>& files,
-                                                        int threads) {
+// `known`: digests the sharder computed while the files filled (not read again).
+Result<std::vector<store::ManifestFile>> HashShardFiles(
+    const std::string& dir, const std::vector<std::string>& files, int threads,
+    const std::map<std::string, std::string>& known) {
   std::vector<std::optional<Result<std::string>>> digests(files.size());
   std::atomic<size_t> next{0};
   {
@@ -340,7 +418,9 @@ Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
     for (int i = 0; i < std::max(1, threads); ++i) {
       workers.emplace_back([&] {
         for (size_t k = next.fetch_add(1); k < files.size(); k = next.fetch_add(1)) {
-          digests[k] = Sha256File(dir + "/" + files[k]);
+          auto it = known.find(files[k]);
+          digests[k] = it != known.end() ? Result<std::string>(it->second)
+                                         : Sha256File(dir + "/" + files[k]);
         }
       });
     }
@@ -362,21 +442,180 @@ Result<std::vector<store::ManifestFile>> HashShardFiles(const std::string& dir,
 }
 
 // Hands the weight files' bytes to the streaming sharder as the transfer hashes them.
-void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharder) {
+// Feeds the streaming sharder on a thread of its own (docs/sharding.md): the transfer's thread
+// copies each piece it hashed into a queue of at most kFeedQueueBytes and goes on, waiting only
+// when the queue is full, so that writing the slices (pwrite into the page cache, which the kernel
+// throttles while it writes back) does not hold up the download. Pieces are fed in the order they
+// were queued, as StreamSharder::Feed needs.
+class ShardFeeder {
+ public:
+  static constexpr uint64_t kFeedQueueBytes = 64ULL << 20;
+
+  explicit ShardFeeder(shard::StreamSharder& sharder) : sharder_(sharder) {
+    thread_ = std::thread([this] {
+      if (!LogExceptions("shard feeder", [this] { Loop(); })) {
+        std::lock_guard lock(mu_);
+        if (!error_) {
+          error_ = Error(Reason::Internal, "the shard feeder stopped on an exception");
+        }
+        failed_ = true;
+        cv_.notify_all();
+      }
+    });
+  }
+  ~ShardFeeder() { (void)Drain(); }
+  ShardFeeder(const ShardFeeder&) = delete;
+  ShardFeeder& operator=(const ShardFeeder&) = delete;
+
+  // Called on the transfer's thread. The first error of Feed, once it happened.
+  VoidResult Push(const std::string& path, uint64_t offset, std::string_view bytes) {
+    auto start = std::chrono::steady_clock::now();
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] {
+      return error_.has_value() || failed_ || queue_.empty() ||
+             queued_ + bytes.size() <= kFeedQueueBytes;
+    });
+    waited_ += std::chrono::steady_clock::now() - start;
+    if (error_) {
+      return *error_;
+    }
+    queue_.push_back({path, offset, std::string(bytes)});
+    queued_ += bytes.size();
+    cv_.notify_all();
+    return {};
+  }
+
+  // Feeds what is queued, stops the thread; the first error of Feed.
+  VoidResult Drain() {
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+    std::lock_guard lock(mu_);
+    return error_ ? VoidResult(*error_) : VoidResult();
+  }
+
+  // Time the transfer waited for room in the queue, and the feeder spent in Feed.
+  std::chrono::steady_clock::duration waited() const { return waited_; }
+  std::chrono::steady_clock::duration feeding() const { return feeding_; }
+
+ private:
+  struct Piece {
+    std::string path;
+    uint64_t offset = 0;
+    std::string bytes;
+  };
+
+  void Loop() {
+    for (;;) {
+      Piece piece;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+        if (queue_.empty()) {
+          return;
+        }
+        piece = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      VoidResult fed;
+      if (!error_seen_) {
+        auto start = std::chrono::steady_clock::now();
+        fed = sharder_.Feed(piece.path, piece.offset, piece.bytes);
+        feeding_ += std::chrono::steady_clock::now() - start;
+      }
+      std::lock_guard lock(mu_);
+      queued_ -= piece.bytes.size();
+      if (!fed && !error_) {
+        error_ = fed.error();
+        error_seen_ = true;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  shard::StreamSharder& sharder_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Piece> queue_;
+  uint64_t queued_ = 0;
+  bool closing_ = false;
+  bool failed_ = false;
+  bool error_seen_ = false;  // the feeder thread's copy: skip feeding after an error
+  std::optional<Error> error_;
+  std::chrono::steady_clock::duration waited_{};   // the transfer's thread only
+  std::chrono::steady_clock::duration feeding_{};  // the feeder's thread only
+  std::thread thread_;
+};
+
+// Hands the weight files' bytes to the streaming sharder (through `feeder`) as the transfer
+// hashes them.
+void FeedShard(std::vector<fetch::FileTask>& tasks, shard::StreamSharder& sharder,
+               ShardFeeder& feeder) {
   for (auto& t : tasks) {
     if (sharder.Wants(t.path)) {
-      t.on_data = [&sharder, path = t.path](uint64_t offset, std::string_view bytes) {
-        return sharder.Feed(path, offset, bytes);
+      t.on_data = [&feeder, path = t.path](uint64_t offset, std::string_view bytes) {
+        return feeder.Push(path, offset, bytes);
       };
     }
   }
 }
 
+// S3ArtifactStore::Publish for a version whose rank files are in the bucket already (`staged`):
+// those are copied server-side to their keys with their sha256, the other files uploaded from the
+// local version; then the version is committed and the staged objects removed.
+Result<store::PublishedArtifact> PublishStagedToS3(
+    const CacheJobInputs& in, store::S3ArtifactStore& s3, const store::PublishedArtifact& published,
+    const store::ArtifactManifest& manifest, CacheJobState& state, std::stop_token stop,
+    const std::map<std::string, std::string>& staged) {
+  state.upload.files_total = static_cast<int64_t>(manifest.files.size());
+  state.upload.bytes_total = manifest.size_bytes;
+  auto sources = s3.CopySources(manifest.name, stop);
+  if (!sources) {
+    return sources.error();
+  }
+  for (const store::ManifestFile& f : manifest.files) {
+    if (stop.stop_requested()) {
+      return Error(Reason::Cancelled, "upload cancelled");
+    }
+    auto at = staged.find(f.path);
+    auto outcome = at != staged.end() ? s3.PutStaged(manifest, f, at->second, *sources,
+                                                     state.upload.bytes_done, stop)
+                                      : s3.PutFile(manifest, f, published.path + "/" + f.path,
+                                                   *sources, state.upload.bytes_done, stop);
+    if (!outcome) {
+      return outcome.error();
+    }
+    if (*outcome != store::S3ArtifactStore::PutOutcome::Uploaded) {
+      ++state.upload.files_deduplicated;
+    }
+    ++state.upload.files_done;
+  }
+  auto committed = s3.Commit(manifest, stop);
+  if (!committed) {
+    return committed.error();
+  }
+  for (const auto& [path, key] : staged) {
+    if (auto r = s3.client().DeleteObject(s3.location().bucket, key, stop); !r) {
+      spdlog::warn("{}: cannot remove the staged object of {}: {}", in.key.ToString(), path,
+                   r.error().ToString());
+    }
+  }
+  return committed;
+}
+
 // Uploads a locally published version (sharded, or pulled from another S3 store) to the S3 store
 // and commits it there. Unsharded Hub artifacts stream instead (RunStreamingS3Job).
-Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::LocalStore& local,
-                                             const store::PublishedArtifact& published,
-                                             CacheJobState& state, std::stop_token stop) {
+// `staged` (a sharded artifact uploaded while it was written) maps paths to the objects that hold
+// those files' bytes already: they are copied server-side instead of uploaded, then removed.
+Result<store::PublishedArtifact> PublishToS3(
+    const CacheJobInputs& in, store::LocalStore& local, const store::PublishedArtifact& published,
+    CacheJobState& state, std::stop_token stop,
+    const std::map<std::string, std::string>& staged = {}) {
   auto manifest = local.ReadVersion(published.name, published.version);
   if (!manifest) {
     return manifest.error();
@@ -390,6 +629,9 @@ Result<store::PublishedArtifact> PublishToS3(const CacheJobInputs& in, store::Lo
   }
   spdlog::info("{}: uploading {} ({} files, {}) to {}", in.key.ToString(), published.id,
                published.files, FormatBytes(published.size_bytes), (*s3)->Describe(**manifest).uri);
+  if (!staged.empty()) {
+    return PublishStagedToS3(in, **s3, published, **manifest, state, stop, staged);
+  }
   auto uploaded = (*s3)->Publish(published.path, **manifest, state.upload, stop);
   if (uploaded) {
     spdlog::info("{}: {} of {} files were already in the bucket or copied there", in.key.ToString(),
@@ -980,6 +1222,13 @@ VoidResult Plan(CacheRun& run, fetch::HubClient& hub) {
       }
       run.streaming = std::move(*started);
     }
+    if (run.streaming && run.streaming->sharder && !run.in.s3_uri.empty()) {
+      auto uploading =
+          StartS3Upload(run.in, run.repo, run.commit, run.files, *run.streaming, run.stop);
+      if (!uploading) {
+        return uploading.error();
+      }
+    }
   }
   for (size_t i = 0; i < run.files.size(); ++i) {
     auto present = HasVerifiedBlob(run, run.files[i]);
@@ -1001,8 +1250,10 @@ VoidResult Plan(CacheRun& run, fetch::HubClient& hub) {
 VoidResult Download(CacheRun& run) {
   CacheJobState& state = run.state;
   state.phase = JobPhase::Downloading;
+  std::optional<ShardFeeder> feeder;  // destroyed before the sharder (run.streaming)
   if (run.streaming) {
-    FeedShard(run.tasks, *run.streaming->sharder);
+    feeder.emplace(*run.streaming->sharder);
+    FeedShard(run.tasks, *run.streaming->sharder, *feeder);
   }
   uint64_t total = 0;
   for (const auto& f : run.files) {
@@ -1019,7 +1270,22 @@ VoidResult Download(CacheRun& run) {
                  run.repo.id, run.commit.substr(0, 12));
     auto transfer = run.in.transfer_factory(run.in.hub);
     // The transfer counts its own bytes; seed it with what is already in the store.
+    auto download_start = std::chrono::steady_clock::now();
     auto results = transfer->Run(run.tasks, state.transfer, run.stop);
+    if (feeder) {
+      auto downloaded = std::chrono::steady_clock::now();
+      auto fed = feeder->Drain();
+      spdlog::info(
+          "{}: download took {:.1f} s; the feeder wrote rank files for {:.1f} s, the "
+          "transfer waited {:.1f} s for it, and {:.1f} s after the download",
+          run.in.key.ToString(), std::chrono::duration<double>(downloaded - download_start).count(),
+          std::chrono::duration<double>(feeder->feeding()).count(),
+          std::chrono::duration<double>(feeder->waited()).count(),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - downloaded).count());
+      if (!fed && results) {
+        results = fed.error();
+      }
+    }
     if (run.in.observer != nullptr) {
       ReportDownloaded(run.tasks, results, run.in);
     }
@@ -1091,6 +1357,39 @@ std::optional<store::PublishedArtifact> CurrentVersion(const CacheRun& run) {
   return std::nullopt;
 }
 
+// The rank files' upload while they were written (StartS3Upload): waits for its last parts,
+// before Publish moves the staging directory they are read from. A failed upload only loses the
+// head start: the files are uploaded again after the download (Upload).
+VoidResult FinishRankFileUpload(CacheRun& run) {
+  StreamingShard& streaming = *run.streaming;
+  auto wait_start = std::chrono::steady_clock::now();
+  auto uploaded = streaming.upload->Finish();
+  spdlog::info(
+      "{}: waited {:.1f} s for the last parts of the rank files", run.in.key.ToString(),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count());
+  if (!uploaded && uploaded.error().reason == Reason::Cancelled) {
+    return uploaded.error();
+  }
+  if (!uploaded) {
+    spdlog::warn(
+        "{}: the upload of the rank files while they were written failed ({}); "
+        "uploading them again after the download",
+        run.in.key.ToString(), uploaded.error().ToString());
+    streaming.staged.clear();
+  } else {
+    const store::S3FillingUpload& upload = *streaming.upload;
+    spdlog::info(
+        "{}: rank files in the bucket: {} sent while downloading, {} after, {} parts "
+        "found from an earlier run, {} parts sent again after a rewrite",
+        run.in.key.ToString(), FormatBytes(upload.bytes_sent_before_finish()),
+        FormatBytes(upload.bytes_sent() - upload.bytes_sent_before_finish()),
+        upload.parts_reused(), upload.parts_sent_again());
+  }
+  streaming.sharder->SetWriteObserver({});
+  streaming.upload.reset();
+  return {};
+}
+
 // Shard: the sharded checkpoint in `staged` (finished by the streaming sharder, or sharded now
 // from the downloaded blobs), hashed for the manifest.
 VoidResult StageShards(CacheRun& run, Staged& staged) {
@@ -1103,18 +1402,29 @@ VoidResult StageShards(CacheRun& run, Staged& staged) {
     run.in.observer->ShardFinished(std::chrono::steady_clock::now() - shard_start);
   }
   if (sharded && run.streaming) {
-    spdlog::info("{}: sharded while downloading; {} of the weights read back from the store",
-                 run.in.key.ToString(), FormatBytes(run.streaming->sharder->bytes_read_back()));
+    spdlog::info(
+        "{}: sharded while downloading; {} of the weights read back from the store, "
+        "{} of the rank files hashed while they filled",
+        run.in.key.ToString(), FormatBytes(run.streaming->sharder->bytes_read_back()),
+        FormatBytes(run.streaming->sharder->bytes_hashed_early()));
   }
   if (!sharded) {
     return sharded.error();
   }
-  auto hashed = HashShardFiles(staged.dir, sharded->files, run.in.shard_threads);
+  auto hash_start = std::chrono::steady_clock::now();
+  auto hashed = HashShardFiles(staged.dir, sharded->files, run.in.shard_threads, sharded->sha256);
   if (!hashed) {
     return hashed.error();
   }
+  spdlog::info(
+      "{}: sharding took {:.1f} s after the download, hashing the artifact {:.1f} s",
+      run.in.key.ToString(), std::chrono::duration<double>(hash_start - shard_start).count(),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - hash_start).count());
   staged.manifest.files = std::move(*hashed);
   staged.manifest.shard = sharded->settings;
+  if (run.streaming && run.streaming->upload) {
+    return FinishRankFileUpload(run);
+  }
   return {};
 }
 
@@ -1169,7 +1479,8 @@ Result<store::PublishedArtifact> Publish(CacheRun& run, Staged staged) {
 // (the sharder needs the files on disk); the bucket is the artifact's home.
 Result<store::PublishedArtifact> Upload(CacheRun& run, const store::PublishedArtifact& local) {
   run.state.phase = JobPhase::Uploading;
-  return PublishToS3(run.in, run.store, local, run.state, run.stop);
+  return PublishToS3(run.in, run.store, local, run.state, run.stop,
+                     run.streaming ? run.streaming->staged : std::map<std::string, std::string>());
 }
 
 // The pipeline after the revision is resolved. The repo lock is held until the blobs are in

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -15,8 +16,9 @@
 #include <thread>
 #include <tuple>
 
-#include "common/guard.h"
 #include "common/files.h"
+#include "common/guard.h"
+#include "common/sha256.h"
 #include "shard/dtype.h"
 #include "shard/engine_layout.h"
 #include "shard/safetensors.h"
@@ -680,6 +682,7 @@ struct Segment {
   uint64_t end = 0;  // one past the last source byte
   int64_t rows = 0;
   SafetensorsWriter* out = nullptr;
+  size_t out_index = 0;  // of `out` in RankFiles::writers
   uint64_t dst = 0;
   uint64_t dst_row = 0;
   DType from = DType::F32;
@@ -700,6 +703,218 @@ struct FedFile {
 };
 
 constexpr uint64_t kReadBackBytes = 8ULL << 20;
+// The rank files' hashes advance in steps of this many bytes.
+constexpr uint64_t kHashStep = 8ULL << 20;
+
+// Reads [offset, offset + out.size()) of `path`.
+VoidResult PreadAll(const std::string& path, uint64_t offset, std::vector<char>& out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
+  }
+  size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      return Error(Reason::StorageError,
+                   "cannot read " + path + ": " +
+                       (n < 0 ? ErrnoMessage(err) : std::string("unexpected end of file")));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return {};
+}
+
+// Hashes the rank files while they fill (see StreamSharder): per file, the sha256 of the prefix
+// whose bytes are all written, advanced by one thread as the prefix grows.
+class PrefixHasher {
+ public:
+  PrefixHasher(const std::string& dir, const std::vector<StreamSharder::RankFileLayout>& layouts) {
+    for (const auto& l : layouts) {
+      auto f = std::make_unique<File>();
+      f->path = dir + "/" + l.path;
+      f->name = l.path;
+      f->size = l.size;
+      for (const auto& [a, b] : l.pending) {
+        f->pending[a] = b;
+      }
+      files_.push_back(std::move(f));
+    }
+    thread_ = std::thread([this] {
+      if (!LogExceptions("rank file hasher", [this] { Loop(); })) {
+        std::lock_guard lock(mu_);
+        failed_ = Error(Reason::Internal, "the rank file hasher stopped on an exception");
+      }
+    });
+  }
+  ~PrefixHasher() { Stop(); }
+  PrefixHasher(const PrefixHasher&) = delete;
+  PrefixHasher& operator=(const PrefixHasher&) = delete;
+
+  void Written(size_t file, uint64_t offset, uint64_t length) {
+    std::lock_guard lock(mu_);
+    File& f = *files_[file];
+    const uint64_t end = offset + length;
+    if (offset < std::max(f.hashed, f.reading_end)) {
+      f.reset = true;  // bytes already hashed (or being hashed) changed
+      f.gen += 1;
+    }
+    auto it = f.pending.upper_bound(offset);
+    if (it != f.pending.begin() && std::prev(it)->second > offset) {
+      --it;
+    }
+    while (it != f.pending.end() && it->first < end) {
+      const uint64_t first = it->first;
+      const uint64_t last = it->second;
+      it = f.pending.erase(it);
+      if (first < offset) {
+        f.pending.emplace(first, offset);
+      }
+      if (end < last) {
+        it = f.pending.emplace(end, last).first;
+      }
+    }
+    cv_.notify_all();
+  }
+
+  // Stops the thread, hashes what is left of every file (`threads` files at a time) and returns
+  // the digests by path relative to the output directory.
+  Result<std::map<std::string, std::string>> Finish(int threads) {
+    Stop();
+    if (failed_) {
+      return *failed_;
+    }
+    std::vector<std::optional<Error>> errors(files_.size());
+    std::atomic<size_t> next{0};
+    {
+      std::vector<std::jthread> workers;
+      for (int t = 0; t < std::max(1, threads); ++t) {
+        workers.emplace_back([&] {
+          std::vector<char> buffer;
+          for (size_t i = next.fetch_add(1); i < files_.size(); i = next.fetch_add(1)) {
+            File& f = *files_[i];
+            if (!f.pending.empty()) {
+              errors[i] = Error(Reason::Internal, f.path + " has bytes never written");
+              continue;
+            }
+            if (f.reset || !f.sha) {
+              f.sha = std::make_unique<Hasher>(Hasher::Kind::Sha256);
+              f.hashed = 0;
+            }
+            while (f.hashed < f.size) {
+              buffer.resize(static_cast<size_t>(std::min(kHashStep, f.size - f.hashed)));
+              if (auto r = PreadAll(f.path, f.hashed, buffer); !r) {
+                errors[i] = r.error();
+                break;
+              }
+              f.sha->Update(buffer.data(), buffer.size());
+              f.hashed += buffer.size();
+            }
+          }
+        });
+      }
+    }
+    std::map<std::string, std::string> out;
+    for (size_t i = 0; i < files_.size(); ++i) {
+      if (errors[i]) {
+        return *errors[i];
+      }
+      out[files_[i]->name] = files_[i]->sha->FinalHex();
+    }
+    return out;
+  }
+
+  // Bytes hashed while the files filled (before Finish).
+  uint64_t hashed_early() const { return hashed_early_; }
+
+ private:
+  struct File {
+    std::string path;
+    std::string name;
+    uint64_t size = 0;
+    std::map<uint64_t, uint64_t> pending;
+    uint64_t hashed = 0;       // sha covers [0, hashed)
+    uint64_t reading_end = 0;  // the hasher is reading [hashed, reading_end)
+    uint64_t gen = 0;
+    bool reset = false;           // start over: bytes below `hashed` were written again
+    std::unique_ptr<Hasher> sha;  // touched by the hashing thread only (then by Finish)
+  };
+
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+  }
+
+  void Loop() {
+    std::vector<char> buffer;
+    std::unique_lock lock(mu_);
+    while (!closing_) {
+      File* pick = nullptr;
+      for (auto& f : files_) {
+        uint64_t from = f->reset ? 0 : f->hashed;
+        uint64_t prefix = f->pending.empty() ? f->size : f->pending.begin()->first;
+        if (prefix >= from + kHashStep || (prefix == f->size && from < f->size)) {
+          pick = f.get();
+          break;
+        }
+      }
+      if (pick == nullptr) {
+        cv_.wait(lock);
+        continue;
+      }
+      File& f = *pick;
+      if (f.reset || !f.sha) {
+        f.sha = std::make_unique<Hasher>(Hasher::Kind::Sha256);
+        f.hashed = 0;
+        f.reset = false;
+      }
+      const uint64_t prefix = f.pending.empty() ? f.size : f.pending.begin()->first;
+      const uint64_t start = f.hashed;
+      const uint64_t end = std::min(prefix, start + kHashStep);
+      const uint64_t gen = f.gen;
+      f.reading_end = end;
+      lock.unlock();
+      buffer.resize(static_cast<size_t>(end - start));
+      VoidResult read = PreadAll(f.path, start, buffer);
+      if (read) {
+        f.sha->Update(buffer.data(), buffer.size());
+      }
+      lock.lock();
+      f.reading_end = 0;
+      if (!read) {
+        failed_ = read.error();
+        return;
+      }
+      if (f.gen == gen) {
+        f.hashed = end;
+        hashed_early_ += end - start;
+      } else {
+        f.reset = true;
+      }
+    }
+  }
+
+  std::vector<std::unique_ptr<File>> files_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closing_ = false;
+  std::optional<Error> failed_;
+  uint64_t hashed_early_ = 0;
+  std::thread thread_;
+};
 
 struct FdCloser {
   int fd;
@@ -721,6 +936,9 @@ struct StreamSharder::State {
   ShardProgress* progress = nullptr;
   std::vector<unsigned char> buffer;
   uint64_t read_back = 0;
+  std::vector<StreamSharder::RankFileLayout> layouts;
+  StreamSharder::WriteObserver observer;
+  std::unique_ptr<PrefixHasher> hasher;
 
   VoidResult Write(FedFile& f, const Segment& seg, uint64_t o, std::string_view bytes);
 };
@@ -760,6 +978,14 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
     state->by_name.emplace(f.name, state->files.size());
     state->files.push_back(std::move(f));
   }
+  std::map<const SafetensorsWriter*, size_t> writer_index;
+  for (size_t i = 0; i < rank_files->writers.size(); ++i) {
+    writer_index[rank_files->writers[i].get()] = i;
+    StreamSharder::RankFileLayout layout;
+    layout.path = rank_files->files[i];
+    layout.size = rank_files->writers[i]->layout().file_size();
+    state->layouts.push_back(std::move(layout));
+  }
   for (const SourceOp& c : rank_files->copies) {
     const Checkpoint::Entry* e = c.src;
     if (c.op.rows == 0) {
@@ -776,8 +1002,13 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
     seg.rows = c.op.rows;
     seg.end = seg.src + static_cast<uint64_t>(c.op.rows - 1) * seg.stride + seg.len;
     seg.out = c.op.out;
+    seg.out_index = writer_index.at(c.op.out);
     seg.dst = c.op.dst_offset;
     seg.dst_row = static_cast<uint64_t>(c.op.width) * DTypeSize(c.op.dtype);
+    if (seg.dst_row > 0) {
+      state->layouts[seg.out_index].pending.emplace_back(
+          seg.dst, seg.dst + static_cast<uint64_t>(seg.rows) * seg.dst_row);
+    }
     seg.from = e->info->dtype;
     seg.to = c.op.dtype;
     state->files[e->file_index].segments.push_back(seg);
@@ -786,15 +1017,37 @@ Result<std::unique_ptr<StreamSharder>> StreamSharder::Create(const ShardOptions&
     std::stable_sort(f.segments.begin(), f.segments.end(),
                      [](const Segment& a, const Segment& b) { return a.src < b.src; });
   }
+  for (auto& layout : state->layouts) {
+    auto& ranges = layout.pending;
+    std::sort(ranges.begin(), ranges.end());
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& r : ranges) {
+      if (!merged.empty() && r.first <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, r.second);
+      } else {
+        merged.push_back(r);
+      }
+    }
+    ranges = std::move(merged);
+  }
   state->prep = std::move(*prep);
   state->ckpt = std::move(headers);
   state->rank_files = std::move(*rank_files);
+  state->hasher = std::make_unique<PrefixHasher>(options.out_dir, state->layouts);
   return std::unique_ptr<StreamSharder>(new StreamSharder(std::move(state)));
 }
 
 bool StreamSharder::Wants(std::string_view file) const { return state_->by_name.count(file) != 0; }
 
 uint64_t StreamSharder::bytes_read_back() const { return state_->read_back; }
+
+std::vector<StreamSharder::RankFileLayout> StreamSharder::RankFileLayouts() const {
+  return state_->layouts;
+}
+
+void StreamSharder::SetWriteObserver(WriteObserver observer) {
+  state_->observer = std::move(observer);
+}
 
 VoidResult StreamSharder::Feed(std::string_view file, uint64_t offset, std::string_view bytes) {
   State& s = *state_;
@@ -864,6 +1117,12 @@ VoidResult StreamSharder::State::Write(FedFile& f, const Segment& seg, uint64_t 
       return r;
     }
     written = b - a;
+    if (written > 0) {
+      hasher->Written(seg.out_index, seg.dst + (a - seg.src), written);
+      if (observer) {
+        observer(seg.out_index, seg.dst + (a - seg.src), written);
+      }
+    }
   } else {
     // A unit is what is converted at once: a byte when the dtype stays, else an element.
     const uint64_t in_unit = same ? 1 : DTypeSize(seg.from);
@@ -913,6 +1172,10 @@ VoidResult StreamSharder::State::Write(FedFile& f, const Segment& seg, uint64_t 
       return r2;
     }
     written = buffer.size();
+    hasher->Written(seg.out_index, dst, written);
+    if (observer) {
+      observer(seg.out_index, dst, written);
+    }
   }
   f.written += written;
   progress->bytes_done.fetch_add(written);
@@ -964,7 +1227,18 @@ Result<ShardResult> StreamSharder::Finish(
     return extra.error();
   }
   s.progress->bytes_total.fetch_add(extra->second);
-  return FinishOutputs(s.options, s.prep, s.rank_files, extra->first, *s.progress, stop);
+  auto result = FinishOutputs(s.options, s.prep, s.rank_files, extra->first, *s.progress, stop);
+  if (!result) {
+    return result;
+  }
+  auto digests = s.hasher->Finish(s.options.threads);
+  if (!digests) {
+    return digests.error();
+  }
+  result->sha256 = std::move(*digests);
+  return result;
 }
+
+uint64_t StreamSharder::bytes_hashed_early() const { return state_->hasher->hashed_early(); }
 
 }  // namespace modelcache::shard

@@ -12,6 +12,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -57,6 +59,9 @@ struct ShardProgress {
 struct ShardResult {  // NOLINT(bugprone-exception-escape): json's defaulted members
   // Relative paths written into out_dir (rank files and copied non-weight files), sorted.
   std::vector<std::string> files;
+  // The sha256 of rank files, by path, when the sharder knows them without reading the files
+  // again (StreamSharder hashes them while they fill); empty from ShardCheckpoint.
+  std::map<std::string, std::string> sha256;
   // For modelcache.json "shard": engine, engineRelease, engineReleases, loadFormat, filePattern,
   // tensorParallelSize, dtype, maxFileSize, architecture, modelType, vocabSize, paddedVocabSize,
   // attentionScaleBuffers, partsPerRank, sharder.
@@ -84,8 +89,11 @@ class Checkpoint;
 // weight byte is there; Feed then writes each tensor slice to its planned offset as the source
 // bytes that complete it arrive (in order per file, as the downloader hashes them); Finish reads
 // from disk only the files that were not fed completely, and copies the non-weight files. The
-// rank files are byte-identical to ShardCheckpoint's on the same checkpoint. Memory: one gather
-// buffer about the size of the largest Feed.
+// rank files are byte-identical to ShardCheckpoint's on the same checkpoint. Each rank file is
+// hashed (sha256) while it fills, on a thread of its own, over the prefix of it that is completely
+// written; a write below what is hashed (a file fed again) starts that file's hash over; Finish
+// hashes the rest and returns the digests in ShardResult::sha256. Memory: one gather buffer about
+// the size of the largest Feed, and the hasher's 8 MiB.
 class StreamSharder {
  public:
   // `options` as for ShardCheckpoint (threads unused); options.src_dir is where Finish finds the
@@ -115,6 +123,24 @@ class StreamSharder {
   Result<ShardResult> Finish(std::stop_token stop = {});
   // Weight bytes Finish read from disk because they were not fed.
   uint64_t bytes_read_back() const;
+  // Rank file bytes hashed while the files filled, before Finish (valid after Finish).
+  uint64_t bytes_hashed_early() const;
+
+  // The rank files as Create laid them out, for a caller that ships them while they fill (the
+  // S3 upload of docs/sharding.md): path relative to options.out_dir, size, and the byte ranges
+  // [first, second) that Feed (or Finish) will write, sorted and merged. Every other byte (the
+  // header, the fills) is on disk already.
+  struct RankFileLayout {
+    std::string path;
+    uint64_t size = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> pending;
+  };
+  std::vector<RankFileLayout> RankFileLayouts() const;
+  // Called after every write Feed (or Finish) makes to a rank file, once the bytes are in the
+  // file: the file's index in RankFileLayouts(), the offset and the length. Runs on the feeding
+  // thread, so it must be quick. A range may be written again (a file fed again from offset 0).
+  using WriteObserver = std::function<void(size_t file, uint64_t offset, uint64_t length)>;
+  void SetWriteObserver(WriteObserver observer);
 
   struct State;
 

@@ -537,11 +537,16 @@ Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::s
 }
 
 VoidResult S3Client::CopyObject(const std::string& bucket, const std::string& source_key,
-                                const std::string& key, std::stop_token stop) {
+                                const std::string& key, std::stop_token stop,
+                                const ObjectMetadata* replace_metadata) {
   Call call{"CopyObject", "PUT", bucket, key, {}, {}, {}};
   // The copy source is "/bucket/key", URL-encoded like a path.
   call.headers.emplace_back("x-amz-copy-source", EncodePath("/" + bucket + "/" + source_key));
-  call.headers.emplace_back("x-amz-metadata-directive", "COPY");
+  call.headers.emplace_back("x-amz-metadata-directive", replace_metadata ? "REPLACE" : "COPY");
+  if (replace_metadata != nullptr) {
+    call.headers.emplace_back("content-type", "application/octet-stream");
+    AddMetadata(call.headers, *replace_metadata);
+  }
   auto r = Execute(call, stop);
   if (!r) return r.error();
   return {};

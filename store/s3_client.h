@@ -149,9 +149,11 @@ class S3Client {
                                  std::stop_token stop = {});
 
   // Server-side copy of a whole object (at most 5 GiB, S3's limit for one CopyObject) with its
-  // metadata; no data passes through the client. A 200 answer with an <Error> body is a failure.
+  // metadata, or with `replace_metadata` instead when given (x-amz-metadata-directive REPLACE);
+  // no data passes through the client. A 200 answer with an <Error> body is a failure.
   VoidResult CopyObject(const std::string& bucket, const std::string& source_key,
-                        const std::string& key, std::stop_token stop = {});
+                        const std::string& key, std::stop_token stop = {},
+                        const ObjectMetadata* replace_metadata = nullptr);
 
   // Returns the upload id. `metadata` is stored with the completed object.
   Result<std::string> CreateMultipartUpload(const std::string& bucket, const std::string& key,

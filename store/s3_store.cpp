@@ -402,6 +402,29 @@ Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutObject(
   return PutOutcome::Uploaded;
 }
 
+Result<S3ArtifactStore::PutOutcome> S3ArtifactStore::PutStaged(
+    const ArtifactManifest& manifest, const ManifestFile& file, const std::string& staged_key,
+    const std::map<std::string, std::string>& copy_sources, std::atomic<uint64_t>& bytes_done,
+    std::stop_token stop) {
+  ObjectUploadFn copy = [&](S3Uploader&, const std::string& bucket, const std::string& key,
+                            const UploadProgressFn& on_bytes) -> VoidResult {
+    const ObjectMetadata metadata{{std::string(kSha256MetaKey), file.sha256}};
+    VoidResult r = file.size <= options_.max_copy_object_size
+                       ? client_->CopyObject(bucket, staged_key, key, stop, &metadata)
+                       : CopyInParts(staged_key, key, file, stop);
+    if (r) {
+      on_bytes(file.size);
+    }
+    return r;
+  };
+  return PutObject(manifest, file, copy, copy_sources, bytes_done, stop);
+}
+
+std::string S3ArtifactStore::IncomingKey(const std::string& name, const std::string& stream,
+                                         const std::string& path) const {
+  return location_.Key("artifacts/" + name + "/.incoming/" + stream + "/" + path);
+}
+
 Result<PublishedArtifact> S3ArtifactStore::Publish(const std::string& local_dir,
                                                    const ArtifactManifest& manifest,
                                                    S3TransferProgress& progress,

@@ -177,6 +177,22 @@ class S3ArtifactStore {
                                const std::map<std::string, std::string>& copy_sources,
                                std::atomic<uint64_t>& bytes_done, std::stop_token stop = {});
 
+  // PutObject for a file whose bytes are in the bucket already at `staged_key`, without
+  // x-amz-meta-sha256 (a rank file uploaded while it was written, store/s3_filling_upload.h):
+  // the same dedupe, else a server-side copy to the file's key with its sha256 as metadata
+  // (CopyObject, or UploadPartCopy parts over max_copy_object_size), confirmed with HeadObject.
+  // The caller vouches that the staged object holds the file's bytes.
+  Result<PutOutcome> PutStaged(const ArtifactManifest& manifest, const ManifestFile& file,
+                               const std::string& staged_key,
+                               const std::map<std::string, std::string>& copy_sources,
+                               std::atomic<uint64_t>& bytes_done, std::stop_token stop = {});
+
+  // Where the rank files of a version still being sharded are uploaded while they are written:
+  // <prefix>/artifacts/<name>/.incoming/<stream>/<path> (`stream` names the inputs, so that a
+  // restarted job finds its unfinished uploads). Never a version: versions are hex.
+  std::string IncomingKey(const std::string& name, const std::string& stream,
+                          const std::string& path) const;
+
   // sha256 -> key of every file of the artifact's current version (empty if none): sources for
   // server-side copies.
   Result<std::map<std::string, std::string>> CopySources(const std::string& name,

@@ -37,7 +37,7 @@ if [ ! -s "$SRC/config.json" ]; then
   "$GEN_BIN" "$SRC" --arch llama --size full --layers "$LAYERS" --files "$FILES" >/dev/null
 fi
 chmod -R a+rX "$WORK"
-model_bytes=$(find "$SRC" -name '*.safetensors' -printf '%s\n' | awk '{s += $1} END {printf "%d", s}')
+model_bytes=$(find "$SRC" -name '*.safetensors' -printf '%s\n' | awk '{s += $1} END {printf "%.0f", s}')
 
 # shellcheck source=bench/transfer/servers.sh
 . "$HERE/../transfer/servers.sh"

@@ -7,11 +7,13 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "common/files.h"
+#include "common/sha256.h"
 #include "shard/safetensors.h"
 #include "shard/sharder.h"
 #include "tests/fixtures/checkpoint/checkpoint_gen.h"
@@ -84,6 +86,21 @@ class StreamSharderTest : public ::testing::Test {
       ASSERT_EQ(right.count(name), 1u) << name;
       EXPECT_TRUE(bytes == right[name]) << name << " differs";
     }
+  }
+
+  // ShardResult::sha256 holds the sha256 of every rank file, as on disk.
+  static void ExpectDigestsOfRankFiles(const ShardResult& result, const std::string& dir) {
+    size_t ranks = 0;
+    for (const auto& name : result.files) {
+      if (name.rfind("model-rank-", 0) != 0) {
+        continue;
+      }
+      ranks += 1;
+      auto it = result.sha256.find(name);
+      ASSERT_NE(it, result.sha256.end()) << name;
+      EXPECT_EQ(it->second, *Sha256File(dir + "/" + name)) << name;
+    }
+    EXPECT_EQ(result.sha256.size(), ranks);
   }
 
   std::string dir_;
@@ -173,6 +190,8 @@ TEST_F(StreamSharderTest, MatchesShardCheckpointAcrossArchitecturesAndTp) {
     EXPECT_EQ(streamed->settings, after->settings);
     EXPECT_EQ(p2.bytes_done.load(), p2.bytes_total.load());
     ExpectSameFiles(base + "/after", base + "/streamed");
+    // Every rank file hashed while it filled (one restarted after its garbage prefix).
+    ExpectDigestsOfRankFiles(*streamed, base + "/streamed");
   }
 }
 
@@ -208,6 +227,127 @@ TEST_F(StreamSharderTest, FinishReadsWhatWasNotFed) {
   ASSERT_TRUE(streamed) << streamed.error().ToString();
   EXPECT_EQ(sharder->bytes_read_back(), second.size() + file->second.size());
   ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
+}
+
+// RankFileLayouts and the write observer (what an upload of the rank files while they fill
+// relies on): every byte Feed writes is inside a pending range, every pending byte is written by
+// the time the file is fed, and the bytes outside the pending ranges are final from Create on.
+TEST_F(StreamSharderTest, PendingRangesAreExactlyWhatFeedWrites) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "qwen2";
+  spec.files = 2;
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  ShardOptions opts;
+  opts.src_dir = dir_ + "/ckpt";
+  opts.tensor_parallel_size = 2;
+  opts.dtype = "float16";
+  opts.max_file_size = 64 << 10;  // several parts per rank
+  opts.fsync = false;
+  opts.out_dir = dir_ + "/after";
+  ShardProgress p1;
+  ASSERT_TRUE(ShardCheckpoint(opts, p1));
+
+  opts.out_dir = dir_ + "/streamed";
+  Source src = ReadSource(opts.src_dir);
+  ShardProgress p2;
+  auto sharder = Create(opts, src, p2);
+  ASSERT_NE(sharder, nullptr);
+  auto layouts = sharder->RankFileLayouts();
+  ASSERT_GE(layouts.size(), 4u);
+  // Bytes outside the pending ranges are already those of the finished file.
+  for (const auto& layout : layouts) {
+    std::string created = *ReadFile(opts.out_dir + "/" + layout.path);
+    std::string final_bytes = *ReadFile(dir_ + "/after/" + layout.path);
+    ASSERT_EQ(created.size(), layout.size);
+    ASSERT_EQ(final_bytes.size(), layout.size);
+    uint64_t at = 0;
+    for (const auto& [a, b] : layout.pending) {
+      ASSERT_LE(at, a);
+      ASSERT_LT(a, b);
+      ASSERT_LE(b, layout.size);
+      EXPECT_TRUE(created.substr(at, a - at) == final_bytes.substr(at, a - at)) << layout.path;
+      at = b;
+    }
+    EXPECT_TRUE(created.substr(at) == final_bytes.substr(at)) << layout.path;
+  }
+  std::vector<std::map<uint64_t, uint64_t>> written(layouts.size());  // offset -> length
+  sharder->SetWriteObserver([&](size_t file, uint64_t offset, uint64_t length) {
+    ASSERT_LT(file, written.size());
+    written[file][offset] = std::max(written[file][offset], length);
+  });
+  for (const auto& [name, bytes] : src.files) {
+    for (size_t at = 0; at < bytes.size(); at += 100000) {
+      ASSERT_TRUE(sharder->Feed(name, at, std::string_view(bytes).substr(at, 100000)));
+    }
+  }
+  auto streamed = sharder->Finish();
+  ASSERT_TRUE(streamed) << streamed.error().ToString();
+  EXPECT_EQ(sharder->bytes_read_back(), 0u);
+  ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
+  for (size_t i = 0; i < layouts.size(); ++i) {
+    // The union of the writes is the union of the pending ranges.
+    std::vector<std::pair<uint64_t, uint64_t>> merged;
+    for (const auto& [offset, length] : written[i]) {
+      if (!merged.empty() && offset <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, offset + length);
+      } else {
+        merged.emplace_back(offset, offset + length);
+      }
+    }
+    EXPECT_EQ(merged, layouts[i].pending) << layouts[i].path;
+  }
+}
+
+// Rank files of tens of MiB, so that the hasher advances while they fill (8 MiB steps): a weight
+// file fed with other bytes, hashed, then fed again from offset 0 with its own bytes starts the
+// hashes over, and the digests are those of the final files.
+TEST_F(StreamSharderTest, DigestsFollowAFileFedAgain) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "llama";
+  spec.hidden = 1024;
+  spec.intermediate = 2816;
+  spec.heads = 8;
+  spec.kv_heads = 8;
+  spec.layers = 4;
+  spec.vocab = 16000;
+  spec.files = 2;
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  ShardOptions opts;
+  opts.src_dir = dir_ + "/ckpt";
+  opts.tensor_parallel_size = 2;
+  opts.fsync = false;
+  opts.out_dir = dir_ + "/after";
+  ShardProgress p1;
+  ASSERT_TRUE(ShardCheckpoint(opts, p1));
+
+  opts.out_dir = dir_ + "/streamed";
+  Source src = ReadSource(opts.src_dir);
+  ShardProgress p2;
+  auto sharder = Create(opts, src, p2);
+  ASSERT_NE(sharder, nullptr);
+  auto feed = [&](const std::string& name, const std::string& bytes) {
+    for (size_t at = 0; at < bytes.size(); at += 2 << 20) {
+      ASSERT_TRUE(sharder->Feed(name, at, std::string_view(bytes).substr(at, 2 << 20)));
+    }
+  };
+  // The first file fed with other bytes, the second with its own: the hasher hashes the rank
+  // files, other bytes included; then the first file is fed again with its own bytes.
+  const auto& [name, bytes] = *src.files.begin();
+  std::string other = bytes;
+  for (size_t i = 4096; i < other.size(); i += 997) {
+    other[i] = static_cast<char>(other[i] ^ 0x5a);
+  }
+  feed(name, other);
+  feed(std::next(src.files.begin())->first, std::next(src.files.begin())->second);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  feed(name, bytes);
+  auto streamed = sharder->Finish();
+  ASSERT_TRUE(streamed) << streamed.error().ToString();
+  EXPECT_GT(sharder->bytes_hashed_early(), 0u);
+  ExpectSameFiles(dir_ + "/after", dir_ + "/streamed");
+  ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
 }
 
 // Headers that disagree with config.json are refused before any weight byte is needed.
