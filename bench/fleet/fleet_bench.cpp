@@ -734,8 +734,12 @@ int main(int argc, char** argv) {
           rc = 1;
           break;
         }
-        std::fprintf(stderr, "  %.1f s, Hub %s, bucket read %s\n", r.seconds,
-                     Gb(r.hub_bytes).c_str(), Gb(r.bucket_read).c_str());
+        std::fprintf(stderr,
+                     "  NodesReady %.1f s (fill %.1f s), Hub %s in %d requests, bucket read %s "
+                     "written %s in %llu GETs, daemons CPU %.1f s, radosgw+OSD CPU %.1f s\n",
+                     r.seconds, r.fill_seconds, Gb(r.hub_bytes).c_str(), r.hub_requests,
+                     Gb(r.bucket_read).c_str(), Gb(r.bucket_written).c_str(),
+                     static_cast<unsigned long long>(r.bucket_gets), r.daemon_cpu, r.rgw_cpu);
         results[{n, mode}].push_back(r);
       }
     }
