@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -42,7 +43,15 @@ namespace modelcache::controller {
 struct FleetView {
   std::map<std::string, nlohmann::json> nodes;
   std::map<std::string, nlohmann::json> reports;
+  // When `indexed` (IndexFleetView), every report's status.caches entries by resource, then by
+  // node name: a fold looks its resource up instead of scanning each node's whole report, so
+  // folding all M resources over N nodes costs O(N·M) rather than O(N·M²).
+  std::map<crds::ObjectKey, std::map<std::string, nlohmann::json>> entries;
+  bool indexed = false;
 };
+
+// Builds view.entries from view.reports (again after reports changed) and sets view.indexed.
+void IndexFleetView(FleetView& view);
 
 struct NodesFold {
   crds::NodesStatus counts;
@@ -91,7 +100,9 @@ class FleetAggregator {
   NodesFold Fold(const crds::ModelCache& object, const std::string& artifact_id);
 
  private:
-  FleetView View() const;
+  // The indexed view, rebuilt only when a Node or a report changed since the last one (so
+  // that a reconcile's Fold costs O(nodes), not a copy of every report).
+  std::shared_ptr<const FleetView> View();
   void Run(std::stop_token stop);
 
   const Options options_;
@@ -101,6 +112,9 @@ class FleetAggregator {
   std::mutex mu_;
   std::condition_variable_any cv_;
   bool changed_ = false;                                // GUARDED_BY(mu_)
+  uint64_t version_ = 0;       // GUARDED_BY(mu_): bumped on every change of either collection
+  uint64_t view_version_ = 0;  // GUARDED_BY(mu_): version_ when view_ was built
+  std::shared_ptr<const FleetView> view_;                // GUARDED_BY(mu_)
   std::map<crds::ObjectKey, crds::NodesStatus> folded_;  // GUARDED_BY(mu_): last Fold()
   std::map<crds::ObjectKey, std::string> messages_;      // GUARDED_BY(mu_): its message
   std::jthread thread_;
