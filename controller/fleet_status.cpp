@@ -28,9 +28,9 @@ size_t PhaseRank(const std::string& phase) {
 }
 
 // Why a node's copy is not ready, from its report entry (null: none).
-std::string WhyNotReady(const json& entry, const std::string& artifact_id) {
+std::string WhyNotReady(const json& entry, const std::string& artifact_id, bool fill_pending) {
   if (entry.is_null()) {
-    return "no copy reported yet";
+    return fill_pending ? "waiting for the fill" : "no copy reported yet";
   }
   std::string phase = entry.value("phase", "");
   if (phase == crds::kPhaseReady) {
@@ -70,7 +70,7 @@ void IndexFleetView(FleetView& view) {
 
 NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_id,
                     const FleetView& view, std::chrono::system_clock::time_point now,
-                    std::chrono::milliseconds liveness_window) {
+                    std::chrono::milliseconds liveness_window, bool fill_pending) {
   NodesFold fold;
   std::vector<std::string> not_ready;
   const std::map<std::string, json>* by_node = nullptr;
@@ -125,7 +125,7 @@ NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_
     if (phase == crds::kPhaseFailed) {
       ++fold.counts.failed;
     }
-    not_ready.push_back(name + " (" + WhyNotReady(entry, artifact_id) + ")");
+    not_ready.push_back(name + " (" + WhyNotReady(entry, artifact_id, fill_pending) + ")");
   }
   crds::Condition& c = fold.condition;
   c.type = std::string(crds::kConditionNodesReady);
@@ -228,7 +228,8 @@ std::shared_ptr<const FleetView> FleetAggregator::View() {
 NodesFold FleetAggregator::Fold(const crds::ModelCache& object, const std::string& artifact_id) {
   std::shared_ptr<const FleetView> view = View();
   NodesFold fold =
-      FoldNodes(object, artifact_id, *view, clock_.WallNow(), options_.liveness_window);
+      FoldNodes(object, artifact_id, *view, clock_.WallNow(), options_.liveness_window,
+                options_.writer_fills && artifact_id.empty());
   std::lock_guard lock(mu_);
   folded_[object.key()] = fold.counts;
   messages_[object.key()] = fold.condition.message;
@@ -268,7 +269,8 @@ void FleetAggregator::Run(std::stop_token stop) {
     }
     for (const crds::ModelCache& object : resources) {
       std::string artifact_id = object.status.artifact ? object.status.artifact->id : "";
-      NodesFold fold = FoldNodes(object, artifact_id, *view, now, options_.liveness_window);
+      NodesFold fold = FoldNodes(object, artifact_id, *view, now, options_.liveness_window,
+                                 options_.writer_fills && artifact_id.empty());
       bool moved = false;
       {
         std::lock_guard lock(mu_);

@@ -64,9 +64,12 @@ struct NodesFold {
 };
 
 // The fold for `object` (see the header comment). `artifact_id` "" = any version counts.
+// A desired node without an entry for the resource is not ready: "no copy reported yet", or,
+// with `fill_pending` (the controller has not committed the version the nodes copy), "waiting
+// for the fill".
 NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_id,
                     const FleetView& view, std::chrono::system_clock::time_point now,
-                    std::chrono::milliseconds liveness_window);
+                    std::chrono::milliseconds liveness_window, bool fill_pending = false);
 
 // Sets status.nodes and the NodesReady condition of `status` from `fold`; true if either changed.
 bool ApplyNodesFold(crds::ModelCacheStatus& status, const NodesFold& fold, const std::string& now);
@@ -75,6 +78,9 @@ class FleetAggregator {
  public:
   struct Options {
     std::chrono::milliseconds liveness_window{std::chrono::minutes(3)};
+    // The writer fills the storage the nodes copy from (the controller): until a resource's
+    // status names an artifact, nodes without an entry are "waiting for the fill".
+    bool writer_fills = false;
     // The resources to look at (the source's cache) and how to ask for a reconcile of one.
     std::function<std::vector<crds::ModelCache>()> resources;
     std::function<void(const crds::ObjectKey&)> enqueue;

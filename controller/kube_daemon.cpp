@@ -92,6 +92,7 @@ class ControllerSource final : public Source {
     }
     FleetAggregator::Options o;
     o.liveness_window = liveness_window_;
+    o.writer_fills = true;
     o.resources = [&cache] {
       std::vector<crds::ModelCache> out;
       for (const CachedObject& entry : cache.List()) {

@@ -148,6 +148,16 @@ TEST(FleetFoldTest, TrueOnlyWhenEveryDesiredNodeIsReadyAndThereIsOne) {
             "yet), n2 (no copy reported yet), n3 (no copy reported yet), n4 (no copy reported "
             "yet) and 3 more");
 
+  // While the controller fills, a node without an entry waits for it (the node copies the
+  // committed version only): still not ready, and said so.
+  view.nodes["n0"] = Node({{"gpu", "l40s"}});
+  NodesFold waiting =
+      FoldNodes(Object({{"gpu", "l40s"}}), "", view, kNow, minutes(3), /*fill_pending=*/true);
+  EXPECT_EQ(waiting.counts, (crds::NodesStatus{1, 0, 0}));
+  EXPECT_EQ(waiting.condition.status, "False");
+  EXPECT_EQ(waiting.condition.message, "0 of 1 nodes ready; not ready: n0 (waiting for the fill)");
+  view.nodes["n0"] = Node({});
+
   crds::ModelCacheStatus status;
   EXPECT_TRUE(ApplyNodesFold(status, fold, "2026-12-07T00:00:00Z"));
   EXPECT_FALSE(ApplyNodesFold(status, fold, "2026-12-07T00:01:00Z"));
