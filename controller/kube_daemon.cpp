@@ -2,9 +2,12 @@
 // reconciler (see daemon_mode.h).
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include <fmt/format.h>
@@ -64,6 +67,28 @@ void UseCommittedVersion(crds::ModelCache& object) {
   spec.shard.reset();  // the version is sharded already, if the spec asked for it
   spec.storage.uri.clear();  // the node's own store
   spec.refresh_interval.clear();  // a new version arrives as a new status.artifact.uri
+}
+
+// A start-up step of the node daemon (reading its Node, creating or taking over its report) that
+// fails transiently — the API server restarting or overloaded, a kept-alive connection it closed
+// under us — is tried again with backoff for up to kStartupRetryFor, as the reflectors retry
+// theirs, instead of ending the daemon (a DaemonSet would restart it, into CrashLoopBackOff). A
+// permanent error (no such Node, forbidden) ends it at once.
+constexpr std::chrono::seconds kStartupRetryFor{60};
+
+VoidResult RetryTransient(const std::string& what, const std::function<VoidResult()>& step) {
+  std::chrono::milliseconds delay{500};
+  const auto deadline = std::chrono::steady_clock::now() + kStartupRetryFor;
+  while (true) {
+    VoidResult r = step();
+    if (r || !IsTransient(r.error().reason) || r.error().reason == Reason::Cancelled ||
+        std::chrono::steady_clock::now() + delay > deadline) {
+      return r;
+    }
+    spdlog::warn("{}: {}; retrying in {} ms", what, r.error().message, delay.count());
+    std::this_thread::sleep_for(delay);
+    delay = std::min<std::chrono::milliseconds>(delay * 2, std::chrono::seconds(8));
+  }
 }
 
 // The node daemon's parts (--node-name): its own Node watched for labels, and its report.
@@ -170,14 +195,18 @@ class KubernetesMode final : public DaemonMode {
     ro.source_synced = [this] { return source_.HasSynced(); };
     ro.source_has = [this](const crds::ObjectKey& key) { return source_.Cached(key).has_value(); };
     auto watch = std::make_unique<NodeWatch>(client_, options_.node_name);
-    if (auto r = watch->Read(); !r) {
+    if (auto r = RetryTransient("node " + options_.node_name + ": read the Node",
+                                [&] { return watch->Read(); });
+        !r) {
       return r;
     }
     ro.node_uid = watch->uid();
     ro.cache_labels = [w = watch.get()] { return w->cache_labels(); };
     node_ = std::make_unique<NodeParts>(std::move(watch), client_, std::move(ro));
     SetNodeLabels(node_->watch->labels());
-    if (auto r = node_->report.Start(); !r) {
+    if (auto r = RetryTransient("node " + options_.node_name + ": its ModelCacheNode",
+                                [&] { return node_->report.Start(); });
+        !r) {
       return r;
     }
     if (options_.fleet_writer_elect) {
