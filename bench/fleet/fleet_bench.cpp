@@ -397,13 +397,24 @@ struct Bench {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    std::fprintf(stderr, "the daemons did not all start reporting; logs in %s\n", f->dir.c_str());
-    f->Stop();
+    std::fprintf(stderr, "the daemons did not all start reporting\n");
+    Cleanup(*f, /*keep_logs=*/true);
     return nullptr;
   }
 
-  void Cleanup(Fleet& f) {
+  // Stops the daemons, deletes their stores and the run's objects in the bucket; with
+  // `keep_logs`, the daemons' logs move to <work>/failed-run-K/ first.
+  void Cleanup(Fleet& f, bool keep_logs = false) {
     f.Stop();
+    if (keep_logs) {
+      std::string kept = work + "/failed-" + fs::path(f.dir).filename().string();
+      fs::create_directories(kept);
+      for (const std::string& log : f.logs) {
+        std::error_code ec;
+        fs::rename(log, kept + "/" + fs::path(log).filename().string(), ec);
+      }
+      std::fprintf(stderr, "logs kept in %s\n", kept.c_str());
+    }
     if (!f.store_uri.empty()) {
       rgw.DeletePrefix(fs::path(f.dir).filename().string());
     }
@@ -467,9 +478,8 @@ struct Bench {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     if (!r.ok) {
-      std::fprintf(stderr, "%s N=%d: not NodesReady; logs in %s\n", fleet ? "fleet" : "peer", n,
-                   f->dir.c_str());
-      f->Stop();
+      std::fprintf(stderr, "%s N=%d: not NodesReady\n", fleet ? "fleet" : "peer", n);
+      Cleanup(*f, /*keep_logs=*/true);
       return r;
     }
     r.daemon_cpu = f->Cpu();
@@ -532,9 +542,8 @@ struct Bench {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     if (!synced) {
-      std::fprintf(stderr, "control plane: not all %d NodesReady; logs in %s\n", caches,
-                   f->dir.c_str());
-      f->Stop();
+      std::fprintf(stderr, "control plane: not all %d NodesReady\n", caches);
+      Cleanup(*f, /*keep_logs=*/true);
       return r;
     }
     r.sync_seconds = Ms(Clock::now() - start) / 1000;
@@ -724,15 +733,19 @@ int main(int argc, char** argv) {
   }
   // (N, mode) -> runs
   std::map<std::pair<int, std::string>, std::vector<Bench::FanOut>> results;
-  for (int run = 0; run < runs && rc == 0; ++run) {
+  std::map<std::pair<int, std::string>, int> failed;
+  const bool setup_ok = rc == 0;
+  for (int run = 0; run < runs && setup_ok; ++run) {
     for (int n : ns) {
       for (const std::string& mode : mode_list) {
         std::fprintf(stderr, "run %d: %s, N=%d …\n", run, mode.c_str(), n);
         Bench::FanOut r = b.RunFanOut(n, mode == "fleet", model_dir,
                                       std::chrono::minutes(timeout_minutes));
         if (!r.ok) {
+          // Counted and shown; the other runs go on.
+          ++failed[{n, mode}];
           rc = 1;
-          break;
+          continue;
         }
         std::fprintf(stderr,
                      "  NodesReady %.1f s (fill %.1f s), Hub %s in %d requests, bucket read %s "
@@ -775,6 +788,9 @@ int main(int argc, char** argv) {
           every += buf;
         }
         bool fleet = mode == "fleet";
+        if (failed.count({n, mode}) != 0) {
+          every += "; " + std::to_string(failed[{n, mode}]) + " failed";
+        }
         std::printf("| %d | %s | %.1f s (%s) | %s | %s | %.2f | %s | %s | %.1f s | %.1f s |\n", n,
                     fleet ? "fleet: controller + nodes from the bucket"
                           : "peer: nodes from the Hub, no controller",
@@ -804,7 +820,7 @@ int main(int argc, char** argv) {
     std::printf("\n\n");
   }
 
-  if (idle_minutes > 0 && rc == 0) {
+  if (idle_minutes > 0 && setup_ok) {
     Bench::ControlPlane cp = b.RunControlPlane(cp_nodes, cp_caches, idle_minutes);
     if (!cp.ok) {
       rc = 1;
