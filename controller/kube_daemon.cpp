@@ -69,28 +69,6 @@ void UseCommittedVersion(crds::ModelCache& object) {
   spec.refresh_interval.clear();  // a new version arrives as a new status.artifact.uri
 }
 
-// A start-up step of the node daemon (reading its Node, creating or taking over its report) that
-// fails transiently — the API server restarting or overloaded, a kept-alive connection it closed
-// under us — is tried again with backoff for up to kStartupRetryFor, as the reflectors retry
-// theirs, instead of ending the daemon (a DaemonSet would restart it, into CrashLoopBackOff). A
-// permanent error (no such Node, forbidden) ends it at once.
-constexpr std::chrono::seconds kStartupRetryFor{60};
-
-VoidResult RetryTransient(const std::string& what, const std::function<VoidResult()>& step) {
-  std::chrono::milliseconds delay{500};
-  const auto deadline = std::chrono::steady_clock::now() + kStartupRetryFor;
-  while (true) {
-    VoidResult r = step();
-    if (r || !IsTransient(r.error().reason) || r.error().reason == Reason::Cancelled ||
-        std::chrono::steady_clock::now() + delay > deadline) {
-      return r;
-    }
-    spdlog::warn("{}: {}; retrying in {} ms", what, r.error().message, delay.count());
-    std::this_thread::sleep_for(delay);
-    delay = std::min<std::chrono::milliseconds>(delay * 2, std::chrono::seconds(8));
-  }
-}
-
 // The node daemon's parts (--node-name): its own Node watched for labels, and its report.
 struct NodeParts {
   NodeParts(std::unique_ptr<NodeWatch> node_watch, const KubeClient& client,
@@ -127,7 +105,11 @@ class ControllerSource final : public Source {
     };
     o.enqueue = enqueue;
     auto fleet = std::make_unique<FleetAggregator>(client_, std::move(o), RealClock::Get());
-    if (auto r = fleet->Start(); !r) {
+    // A transient failure is tried again (RetryAtStartup): given up, the aggregate stays off for
+    // the life of the process.
+    if (auto r = RetryAtStartup("fleet aggregate: list Nodes and ModelCacheNodes",
+                                [&] { return fleet->Start(); });
+        !r) {
       // An install without the ModelCacheNode CRD or the RBAC for it has no fleet: the
       // resources get no status.nodes, and everything else works as before.
       spdlog::warn("fleet aggregate off (no status.nodes, no NodesReady): {}",
@@ -195,7 +177,7 @@ class KubernetesMode final : public DaemonMode {
     ro.source_synced = [this] { return source_.HasSynced(); };
     ro.source_has = [this](const crds::ObjectKey& key) { return source_.Cached(key).has_value(); };
     auto watch = std::make_unique<NodeWatch>(client_, options_.node_name);
-    if (auto r = RetryTransient("node " + options_.node_name + ": read the Node",
+    if (auto r = RetryAtStartup("node " + options_.node_name + ": read the Node",
                                 [&] { return watch->Read(); });
         !r) {
       return r;
@@ -204,7 +186,7 @@ class KubernetesMode final : public DaemonMode {
     ro.cache_labels = [w = watch.get()] { return w->cache_labels(); };
     node_ = std::make_unique<NodeParts>(std::move(watch), client_, std::move(ro));
     SetNodeLabels(node_->watch->labels());
-    if (auto r = RetryTransient("node " + options_.node_name + ": its ModelCacheNode",
+    if (auto r = RetryAtStartup("node " + options_.node_name + ": its ModelCacheNode",
                                 [&] { return node_->report.Start(); });
         !r) {
       return r;

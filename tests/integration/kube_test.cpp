@@ -543,8 +543,9 @@ TEST_F(KubeTest, AnotherNamespaceCannotTakeAnArtifactName) {
 }
 
 // A node daemon that starts while the API server does not answer (restarting, overloaded, or a
-// kept-alive connection closed under it: the fleet benchmark saw 1 of 16 daemons exit so) keeps
-// trying its start-up requests instead of exiting, and reports once the server is back.
+// kept-alive connection closed under it: the fleet benchmark saw 1 of 16 daemons exit so) tries
+// its start-up requests again for a few seconds instead of exiting, and reports once the server
+// is back.
 TEST_F(KubeTest, NodeDaemonStartsThroughAnApiServerThatIsNotUpYet) {
   AddRepo("org/model", SmallModelFiles(20000, 11));
   ASSERT_EQ(api_.CreateNode("gpu-node-1", {{"gpu", "l40s"}}).status, 201);
