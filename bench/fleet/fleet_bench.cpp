@@ -222,9 +222,14 @@ bool NodesReady(const json& o, int n) {
          nodes.value("ready", -1) == n && nodes.value("desired", -1) == n;
 }
 
+// The median (of an even count, the mean of the middle two).
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
+  if (v.empty()) {
+    return 0;
+  }
+  size_t m = v.size() / 2;
+  return v.size() % 2 == 1 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
 std::string Gb(uint64_t bytes) {
