@@ -2,9 +2,12 @@
 // reconciler (see daemon_mode.h).
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include <fmt/format.h>
@@ -93,6 +96,7 @@ class ControllerSource final : public Source {
     }
     FleetAggregator::Options o;
     o.liveness_window = liveness_window_;
+    o.writer_fills = true;
     o.resources = [&cache] {
       std::vector<crds::ModelCache> out;
       for (const CachedObject& entry : cache.List()) {
@@ -102,7 +106,11 @@ class ControllerSource final : public Source {
     };
     o.enqueue = enqueue;
     auto fleet = std::make_unique<FleetAggregator>(client_, std::move(o), RealClock::Get());
-    if (auto r = fleet->Start(); !r) {
+    // A transient failure is tried again (RetryAtStartup): given up, the aggregate stays off for
+    // the life of the process.
+    if (auto r = RetryAtStartup("fleet aggregate: list Nodes and ModelCacheNodes",
+                                [&] { return fleet->Start(); });
+        !r) {
       // An install without the ModelCacheNode CRD or the RBAC for it has no fleet: the
       // resources get no status.nodes, and everything else works as before.
       spdlog::warn("fleet aggregate off (no status.nodes, no NodesReady): {}",
@@ -178,14 +186,18 @@ class KubernetesMode final : public DaemonMode {
     ro.source_synced = [this] { return source_.HasSynced(); };
     ro.source_has = [this](const crds::ObjectKey& key) { return source_.Cached(key).has_value(); };
     auto watch = std::make_unique<NodeWatch>(client_, options_.node_name);
-    if (auto r = watch->Read(); !r) {
+    if (auto r = RetryAtStartup("node " + options_.node_name + ": read the Node",
+                                [&] { return watch->Read(); });
+        !r) {
       return r;
     }
     ro.node_uid = watch->uid();
     ro.cache_labels = [w = watch.get()] { return w->cache_labels(); };
     node_ = std::make_unique<NodeParts>(std::move(watch), client_, std::move(ro));
     SetNodeLabels(node_->watch->labels());
-    if (auto r = node_->report.Start(); !r) {
+    if (auto r = RetryAtStartup("node " + options_.node_name + ": its ModelCacheNode",
+                                [&] { return node_->report.Start(); });
+        !r) {
       return r;
     }
     if (options_.fleet_writer_elect) {

@@ -28,9 +28,9 @@ size_t PhaseRank(const std::string& phase) {
 }
 
 // Why a node's copy is not ready, from its report entry (null: none).
-std::string WhyNotReady(const json& entry, const std::string& artifact_id) {
+std::string WhyNotReady(const json& entry, const std::string& artifact_id, bool fill_pending) {
   if (entry.is_null()) {
-    return "no copy reported yet";
+    return fill_pending ? "waiting for the fill" : "no copy reported yet";
   }
   std::string phase = entry.value("phase", "");
   if (phase == crds::kPhaseReady) {
@@ -46,11 +46,39 @@ std::string WhyNotReady(const json& entry, const std::string& artifact_id) {
 
 }  // namespace
 
+void IndexFleetView(FleetView& view) {
+  view.entries.clear();
+  for (const auto& [name, report] : view.reports) {
+    auto status = report.find("status");
+    if (status == report.end() || !status->is_object()) {
+      continue;
+    }
+    auto caches = status->find("caches");
+    if (caches == status->end() || !caches->is_array()) {
+      continue;
+    }
+    for (const json& c : *caches) {
+      if (!c.is_object()) {
+        continue;
+      }
+      crds::ObjectKey key{c.value("namespace", ""), c.value("name", "")};
+      view.entries[key].emplace(name, c);  // the first entry of a resource wins, as in a scan
+    }
+  }
+  view.indexed = true;
+}
+
 NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_id,
                     const FleetView& view, std::chrono::system_clock::time_point now,
-                    std::chrono::milliseconds liveness_window) {
+                    std::chrono::milliseconds liveness_window, bool fill_pending) {
   NodesFold fold;
   std::vector<std::string> not_ready;
+  const std::map<std::string, json>* by_node = nullptr;
+  if (view.indexed) {
+    if (auto it = view.entries.find(object.key()); it != view.entries.end()) {
+      by_node = &it->second;
+    }
+  }
   for (const auto& [name, node] : view.nodes) {
     auto report = view.reports.find(name);
     if (report == view.reports.end() || !report->second.contains("status")) {
@@ -66,11 +94,19 @@ NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_
     }
     ++fold.counts.desired;
     json entry;
-    for (const json& c : status.value("caches", json::array())) {
-      if (c.value("namespace", "") == object.metadata.namespace_ &&
-          c.value("name", "") == object.metadata.name) {
-        entry = c;
-        break;
+    if (view.indexed) {
+      if (by_node != nullptr) {
+        if (auto e = by_node->find(name); e != by_node->end()) {
+          entry = e->second;
+        }
+      }
+    } else if (auto caches = status.find("caches"); caches != status.end() && caches->is_array()) {
+      for (const json& c : *caches) {
+        if (c.value("namespace", "") == object.metadata.namespace_ &&
+            c.value("name", "") == object.metadata.name) {
+          entry = c;
+          break;
+        }
       }
     }
     std::string phase = entry.is_null() ? "" : entry.value("phase", "");
@@ -89,7 +125,7 @@ NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_
     if (phase == crds::kPhaseFailed) {
       ++fold.counts.failed;
     }
-    not_ready.push_back(name + " (" + WhyNotReady(entry, artifact_id) + ")");
+    not_ready.push_back(name + " (" + WhyNotReady(entry, artifact_id, fill_pending) + ")");
   }
   crds::Condition& c = fold.condition;
   c.type = std::string(crds::kConditionNodesReady);
@@ -142,6 +178,7 @@ VoidResult FleetAggregator::Start() {
   auto changed = [this] {
     std::lock_guard lock(mu_);
     changed_ = true;
+    ++version_;
     cv_.notify_all();
   };
   nodes_.Start(changed);
@@ -165,11 +202,34 @@ void FleetAggregator::Stop() {
 
 bool FleetAggregator::AnyReports() const { return reports_.Size() > 0; }
 
-FleetView FleetAggregator::View() const { return {nodes_.Snapshot(), reports_.Snapshot()}; }
+std::shared_ptr<const FleetView> FleetAggregator::View() {
+  uint64_t version = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (view_ && view_version_ == version_) {
+      return view_;
+    }
+    version = version_;
+  }
+  // Built outside the lock (the collections have their own). A change that lands meanwhile may
+  // already be in it; it bumped version_, so the next call builds again.
+  auto view = std::make_shared<FleetView>();
+  view->nodes = nodes_.Snapshot();
+  view->reports = reports_.Snapshot();
+  IndexFleetView(*view);
+  std::lock_guard lock(mu_);
+  if (!view_ || version >= view_version_) {
+    view_ = view;
+    view_version_ = version;
+  }
+  return view;
+}
 
 NodesFold FleetAggregator::Fold(const crds::ModelCache& object, const std::string& artifact_id) {
+  std::shared_ptr<const FleetView> view = View();
   NodesFold fold =
-      FoldNodes(object, artifact_id, View(), clock_.WallNow(), options_.liveness_window);
+      FoldNodes(object, artifact_id, *view, clock_.WallNow(), options_.liveness_window,
+                options_.writer_fills && artifact_id.empty());
   std::lock_guard lock(mu_);
   folded_[object.key()] = fold.counts;
   messages_[object.key()] = fold.condition.message;
@@ -190,7 +250,7 @@ void FleetAggregator::Run(std::stop_token stop) {
     }
     // Coalesce a burst of report writes (every node reports each change) into one look.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    FleetView view = View();
+    std::shared_ptr<const FleetView> view = View();
     auto now = clock_.WallNow();
     std::vector<crds::ModelCache> resources = options_.resources();
     {
@@ -209,7 +269,8 @@ void FleetAggregator::Run(std::stop_token stop) {
     }
     for (const crds::ModelCache& object : resources) {
       std::string artifact_id = object.status.artifact ? object.status.artifact->id : "";
-      NodesFold fold = FoldNodes(object, artifact_id, view, now, options_.liveness_window);
+      NodesFold fold = FoldNodes(object, artifact_id, *view, now, options_.liveness_window,
+                                 options_.writer_fills && artifact_id.empty());
       bool moved = false;
       {
         std::lock_guard lock(mu_);

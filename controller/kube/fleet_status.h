@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -42,7 +43,15 @@ namespace modelcache::controller {
 struct FleetView {
   std::map<std::string, nlohmann::json> nodes;
   std::map<std::string, nlohmann::json> reports;
+  // When `indexed` (IndexFleetView), every report's status.caches entries by resource, then by
+  // node name: a fold looks its resource up instead of scanning each node's whole report, so
+  // folding all M resources over N nodes costs O(N·M) rather than O(N·M²).
+  std::map<crds::ObjectKey, std::map<std::string, nlohmann::json>> entries;
+  bool indexed = false;
 };
+
+// Builds view.entries from view.reports (again after reports changed) and sets view.indexed.
+void IndexFleetView(FleetView& view);
 
 struct NodesFold {
   crds::NodesStatus counts;
@@ -55,9 +64,12 @@ struct NodesFold {
 };
 
 // The fold for `object` (see the header comment). `artifact_id` "" = any version counts.
+// A desired node without an entry for the resource is not ready: "no copy reported yet", or,
+// with `fill_pending` (the controller has not committed the version the nodes copy), "waiting
+// for the fill".
 NodesFold FoldNodes(const crds::ModelCache& object, const std::string& artifact_id,
                     const FleetView& view, std::chrono::system_clock::time_point now,
-                    std::chrono::milliseconds liveness_window);
+                    std::chrono::milliseconds liveness_window, bool fill_pending = false);
 
 // Sets status.nodes and the NodesReady condition of `status` from `fold`; true if either changed.
 bool ApplyNodesFold(crds::ModelCacheStatus& status, const NodesFold& fold, const std::string& now);
@@ -66,6 +78,9 @@ class FleetAggregator {
  public:
   struct Options {
     std::chrono::milliseconds liveness_window{std::chrono::minutes(3)};
+    // The writer fills the storage the nodes copy from (the controller): until a resource's
+    // status names an artifact, nodes without an entry are "waiting for the fill".
+    bool writer_fills = false;
     // The resources to look at (the source's cache) and how to ask for a reconcile of one.
     std::function<std::vector<crds::ModelCache>()> resources;
     std::function<void(const crds::ObjectKey&)> enqueue;
@@ -91,7 +106,9 @@ class FleetAggregator {
   NodesFold Fold(const crds::ModelCache& object, const std::string& artifact_id);
 
  private:
-  FleetView View() const;
+  // The indexed view, rebuilt only when a Node or a report changed since the last one (so
+  // that a reconcile's Fold costs O(nodes), not a copy of every report).
+  std::shared_ptr<const FleetView> View();
   void Run(std::stop_token stop);
 
   const Options options_;
@@ -101,6 +118,9 @@ class FleetAggregator {
   std::mutex mu_;
   std::condition_variable_any cv_;
   bool changed_ = false;                                // GUARDED_BY(mu_)
+  uint64_t version_ = 0;       // GUARDED_BY(mu_): bumped on every change of either collection
+  uint64_t view_version_ = 0;  // GUARDED_BY(mu_): version_ when view_ was built
+  std::shared_ptr<const FleetView> view_;                // GUARDED_BY(mu_)
   std::map<crds::ObjectKey, crds::NodesStatus> folded_;  // GUARDED_BY(mu_): last Fold()
   std::map<crds::ObjectKey, std::string> messages_;      // GUARDED_BY(mu_): its message
   std::jthread thread_;

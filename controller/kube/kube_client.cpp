@@ -1,7 +1,9 @@
 #include "controller/kube/kube_client.h"
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -34,6 +36,20 @@ Error ReplyError(const KubeReply& reply, std::string_view what) {
     reason = Reason::RateLimited;
   }
   return Error(reason, text);
+}
+
+VoidResult RetryAtStartup(const std::string& what, const std::function<VoidResult()>& step) {
+  std::chrono::milliseconds delay{500};
+  for (int attempt = 1;; ++attempt) {
+    VoidResult r = step();
+    if (r || !IsTransient(r.error().reason) || r.error().reason == Reason::Cancelled ||
+        attempt == 5) {
+      return r;
+    }
+    spdlog::warn("{}: {}; retrying in {} ms", what, r.error().message, delay.count());
+    std::this_thread::sleep_for(delay);
+    delay *= 2;
+  }
 }
 
 std::map<std::string, std::string> MetadataLabels(const json& object) {

@@ -16,8 +16,8 @@
 // Thread-safe: a client holds its configuration and the limiter, which its copies share.
 
 #include <chrono>
-#include <functional>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,6 +45,13 @@ struct KubeReply {
 // An error answer as an Error: 401/403 Unauthorized, 429 RateLimited, 5xx and anything else
 // unexpected NetworkError; the message is "<what>: HTTP <code> <reason>: <message>".
 Error ReplyError(const KubeReply& reply, std::string_view what);
+
+// A start-up request of the daemon (the first list of ModelCaches; a node's read of its Node and
+// of its report) that fails transiently — the API server restarting or overloaded, a kept-alive
+// connection closed under us — is run again after 0.5, 1, 2 and 4 s (logging `what` and the
+// error at warn) before its error ends the daemon, as client-go's reflectors retry theirs. A
+// permanent error (Unauthorized, InvalidSpec) is returned at once; so is Cancelled.
+VoidResult RetryAtStartup(const std::string& what, const std::function<VoidResult()>& step);
 
 // The string values of an object's metadata.labels (empty when it has none).
 std::map<std::string, std::string> MetadataLabels(const nlohmann::json& object);

@@ -140,7 +140,9 @@ VoidResult KubernetesSource::Start(ObjectCache& cache, EnqueueFn enqueue) {
   std::lock_guard lock(start_mu_);
   cache_ = &cache;
   enqueue_ = std::move(enqueue);
-  if (auto r = ListOnce(/*enqueue_all=*/true, {}); !r) {
+  if (auto r = RetryAtStartup("kubernetes: the first list of modelcaches",
+                              [&] { return ListOnce(/*enqueue_all=*/true, {}); });
+      !r) {
     return r.error();
   }
   synced_ = true;

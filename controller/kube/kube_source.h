@@ -75,9 +75,10 @@ class KubernetesSource final : public Source {
   KubernetesSource(const KubernetesSource&) = delete;
   KubernetesSource& operator=(const KubernetesSource&) = delete;
 
-  // Does the initial list in the caller's thread: the error of ReplyError (Unauthorized on
-  // 401/403), NetworkError if the server cannot be reached, InvalidSpec if the answer is not a
-  // list. Then starts the watch thread.
+  // Does the initial list in the caller's thread, a transient failure tried again as
+  // RetryAtStartup does (kube_client.h): the error of ReplyError (Unauthorized on 401/403),
+  // NetworkError if the server cannot be reached, InvalidSpec if the answer is not a list. Then
+  // starts the watch thread.
   VoidResult Start(ObjectCache& cache, EnqueueFn enqueue) override;
   bool HasSynced() const override;
   void Stop() override;

@@ -80,6 +80,45 @@ TEST(FleetFoldTest, CountsLiveMatchingNodesAndNamesThoseNotReady) {
       << fold.condition.message;
 }
 
+// The aggregator folds from an index of the report entries by resource (IndexFleetView): the
+// same answers as a scan of every report, for this resource and for the others beside it.
+TEST(FleetFoldTest, TheIndexedViewFoldsAsTheScanDoes) {
+  FleetView view;
+  json other = Entry("Downloading");
+  other["name"] = "other";
+  json elsewhere = Entry("Ready");
+  elsewhere["namespace"] = "team";
+  view.nodes = {{"a", Node({})}, {"b", Node({})}, {"c", Node({})}, {"d", Node({})}};
+  view.reports = {
+      {"a", Report(kNow, json::array({other, Entry("Ready")}))},
+      {"b", Report(kNow, json::array({Entry("Failed", "", "ChecksumMismatch", "bad"), other}))},
+      {"c", Report(kNow, json::array({other, elsewhere}))},  // m of another namespace only
+      {"d", {{"status", {{"heartbeatTime", FormatRfc3339(kNow)}, {"caches", "not a list"}}}}},
+  };
+  FleetView indexed = view;
+  IndexFleetView(indexed);
+  ASSERT_TRUE(indexed.indexed);
+  crds::ModelCache m = Object({});
+  crds::ModelCache o = Object({});
+  o.metadata.name = "other";
+  crds::ModelCache t = Object({});
+  t.metadata.namespace_ = "team";
+  for (const crds::ModelCache& object : {m, o, t}) {
+    for (const std::string& id : {std::string(), std::string("m@sha256:1")}) {
+      NodesFold scanned = FoldNodes(object, id, view, kNow, minutes(3));
+      NodesFold looked_up = FoldNodes(object, id, indexed, kNow, minutes(3));
+      EXPECT_EQ(looked_up.counts, scanned.counts) << object.key().ToString();
+      EXPECT_EQ(looked_up.condition.message, scanned.condition.message);
+      EXPECT_EQ(looked_up.phase, scanned.phase);
+    }
+  }
+  EXPECT_EQ(FoldNodes(m, "", indexed, kNow, minutes(3)).counts, (crds::NodesStatus{4, 1, 1}));
+  EXPECT_EQ(FoldNodes(o, "", indexed, kNow, minutes(3)).condition.message,
+            "0 of 4 nodes ready; not ready: a (Downloading), b (Downloading), c (Downloading), "
+            "d (no copy reported yet)");
+  EXPECT_EQ(FoldNodes(t, "", indexed, kNow, minutes(3)).counts, (crds::NodesStatus{4, 1, 0}));
+}
+
 TEST(FleetFoldTest, TrueOnlyWhenEveryDesiredNodeIsReadyAndThereIsOne) {
   FleetView view;
   view.nodes = {{"a", Node({})}, {"b", Node({})}};
@@ -108,6 +147,16 @@ TEST(FleetFoldTest, TrueOnlyWhenEveryDesiredNodeIsReadyAndThereIsOne) {
             "2 of 10 nodes ready; not ready: n0 (no copy reported yet), n1 (no copy reported "
             "yet), n2 (no copy reported yet), n3 (no copy reported yet), n4 (no copy reported "
             "yet) and 3 more");
+
+  // While the controller fills, a node without an entry waits for it (the node copies the
+  // committed version only): still not ready, and said so.
+  view.nodes["n0"] = Node({{"gpu", "l40s"}});
+  NodesFold waiting =
+      FoldNodes(Object({{"gpu", "l40s"}}), "", view, kNow, minutes(3), /*fill_pending=*/true);
+  EXPECT_EQ(waiting.counts, (crds::NodesStatus{1, 0, 0}));
+  EXPECT_EQ(waiting.condition.status, "False");
+  EXPECT_EQ(waiting.condition.message, "0 of 1 nodes ready; not ready: n0 (waiting for the fill)");
+  view.nodes["n0"] = Node({});
 
   crds::ModelCacheStatus status;
   EXPECT_TRUE(ApplyNodesFold(status, fold, "2026-12-07T00:00:00Z"));
