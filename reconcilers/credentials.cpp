@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "common/files.h"
+#include "common/strings.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -13,14 +14,6 @@ constexpr const char* kS3SecretKeys[] = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS
                                          "AWS_ENDPOINT_URL",  "AWS_PROFILE"};
 // A missing secret or key may appear without any change to the resource: look again this late.
 constexpr std::chrono::seconds kSecretRecheck{30};
-
-std::string TrimRight(std::string s) {
-  while (!s.empty() &&
-         (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) {
-    s.pop_back();
-  }
-  return s;
-}
 
 // The --s3-secret entry: options.read_secret's answer, else the files of the secrets directory
 // (only the keys it may hold are read).
@@ -72,7 +65,7 @@ Result<store::AwsConfig> AwsConfigFor(const ReconcilerOptions& options, const st
     for (const char* key : kS3SecretKeys) {
       auto it = secret->data.find(key);
       if (it != secret->data.end()) {
-        env[key] = TrimRight(it->second);
+        env[key] = std::string(TrimRight(it->second));
       }
     }
   }
@@ -99,7 +92,7 @@ Result<std::string> HubTokenFor(const ReconcilerOptions& options, const AllowLis
     if (!token) {
       return token.error();
     }
-    return TrimRight(*token);
+    return std::string(TrimRight(*token));
   }
   if (options.secrets_dir.empty()) {
     return Error(Reason::InvalidSpec,
@@ -112,7 +105,7 @@ Result<std::string> HubTokenFor(const ReconcilerOptions& options, const AllowLis
     return Error(Reason::InvalidSpec, "spec.source.tokenSecretRef: secret \"" + ref->name +
                                           "\" key \"" + ref->key + "\" not found at " + path);
   }
-  return TrimRight(*token);
+  return std::string(TrimRight(*token));
 }
 
 }  // namespace modelcache::reconcilers

@@ -65,10 +65,6 @@ crds::ArtifactStatus ToArtifactStatus(const store::PublishedArtifact& a) {
   return s;
 }
 
-bool StartsWith(const std::string& s, std::string_view prefix) {
-  return s.compare(0, prefix.size(), prefix) == 0;
-}
-
 }  // namespace
 
 struct ModelCacheReconciler::Impl {
@@ -83,7 +79,7 @@ struct ModelCacheReconciler::Impl {
         return engine->NewTransfer(hub);
       };
     }
-    if (options.local_cache.empty() && !StartsWith(options.default_store, "s3://")) {
+    if (options.local_cache.empty() && !options.default_store.starts_with("s3://")) {
       options.local_cache = options.default_store;
     }
     if (!options.local_cache.empty()) {
@@ -130,7 +126,7 @@ struct ModelCacheReconciler::Impl {
       return refuse("spec.storage.uri", spec.storage.uri, "stores", "--allowed-stores");
     }
     // An S3 artifact as the source is read with the daemon's S3 credentials.
-    if (StartsWith(spec.source.repo, "s3://") && !allowed_stores.Allows(spec.source.repo)) {
+    if (spec.source.repo.starts_with("s3://") && !allowed_stores.Allows(spec.source.repo)) {
       return refuse("spec.source.repo", spec.source.repo, "stores", "--allowed-stores");
     }
     return {};
@@ -173,7 +169,7 @@ struct ModelCacheReconciler::Impl {
   // The local store of a spec: its storage, or the local cache that stages an S3 store's uploads.
   std::string StoreRoot(const crds::ModelCacheSpec& spec) const {
     std::string uri = StorageUri(spec);
-    return StartsWith(uri, "s3://") ? options.local_cache : uri;
+    return uri.starts_with("s3://") ? options.local_cache : uri;
   }
 
   // A deleted resource frees the name it held (ArtifactNames::Release).
@@ -332,7 +328,7 @@ struct ModelCacheReconciler::Impl {
   // The S3 settings of a spec whose storage is an s3:// URI; nullopt for a local store.
   Result<std::optional<store::AwsConfig>> S3ConfigFor(const crds::ModelCacheSpec& spec) const {
     std::optional<store::AwsConfig> aws;
-    if (std::string uri = StorageUri(spec); StartsWith(uri, "s3://")) {
+    if (std::string uri = StorageUri(spec); uri.starts_with("s3://")) {
       if (auto loc = store::ParseS3StoreUri(uri); !loc) {
         return Error(Reason::InvalidSpec, "spec.storage.uri: " + loc.error().message);
       }
@@ -353,7 +349,7 @@ struct ModelCacheReconciler::Impl {
   // The AWS configuration to read a source that is an S3 artifact with; nullopt for a Hub repo.
   Result<std::optional<store::AwsConfig>> SourceConfigFor(const crds::ModelCacheSpec& spec) const {
     std::optional<store::AwsConfig> aws;
-    if (StartsWith(spec.source.repo, "s3://")) {
+    if (spec.source.repo.starts_with("s3://")) {
       auto config = AwsConfigFor(options, spec.source.repo);
       if (!config) {
         return config.error();
@@ -365,7 +361,7 @@ struct ModelCacheReconciler::Impl {
 
   bool ArtifactPresent(const crds::ModelCacheSpec& spec, const crds::ArtifactStatus& artifact) {
     std::string uri = StorageUri(spec);
-    if (StartsWith(uri, "s3://")) {
+    if (uri.starts_with("s3://")) {
       // Committed in the bucket (modelcache.json present and matching its id) is present; any
       // error re-runs the job, which finds the local copy and the objects and only re-checks.
       auto config = AwsConfigFor(options, uri);
