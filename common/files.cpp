@@ -123,6 +123,31 @@ VoidResult WriteFileAtomic(const std::string& path, std::string_view content,
                "cannot write " + path + ": temporary name removed repeatedly");
 }
 
+VoidResult ReadAt(const std::string& path, uint64_t offset, std::span<char> out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
+  }
+  size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      return Error(Reason::StorageError,
+                   "cannot read " + path + ": " +
+                       (n < 0 ? ErrnoMessage(err) : std::string("unexpected end of file")));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return {};
+}
+
 Result<std::string> ReadFile(const std::string& path, uint64_t max_bytes) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -52,6 +53,10 @@ VoidResult WriteFileAtomic(const std::string& path, std::string_view content,
 // holding) all of a huge file.
 Result<std::string> ReadFile(const std::string& path,
                              uint64_t max_bytes = std::numeric_limits<uint64_t>::max() - 1);
+
+// Reads exactly out.size() bytes of `path` from `offset` (pread, restarted after EINTR).
+// StorageError "cannot open|read <path>: ..." ("unexpected end of file" when the file is shorter).
+VoidResult ReadAt(const std::string& path, uint64_t offset, std::span<char> out);
 
 // mkdir -p. OK if it already exists as a directory.
 VoidResult MakeDirs(const std::string& path);

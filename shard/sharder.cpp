@@ -706,32 +706,6 @@ constexpr uint64_t kReadBackBytes = 8ULL << 20;
 // The rank files' hashes advance in steps of this many bytes.
 constexpr uint64_t kHashStep = 8ULL << 20;
 
-// Reads [offset, offset + out.size()) of `path`.
-VoidResult PreadAll(const std::string& path, uint64_t offset, std::vector<char>& out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return Error(Reason::StorageError, "cannot open " + path + ": " + ErrnoMessage(errno));
-  }
-  size_t done = 0;
-  while (done < out.size()) {
-    ssize_t n =
-        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      return Error(Reason::StorageError,
-                   "cannot read " + path + ": " +
-                       (n < 0 ? ErrnoMessage(err) : std::string("unexpected end of file")));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return {};
-}
-
 // Hashes the rank files while they fill (see StreamSharder): per file, the sha256 of the prefix
 // whose bytes are all written, advanced by one thread as the prefix grows.
 class PrefixHasher {
@@ -810,7 +784,7 @@ class PrefixHasher {
             }
             while (f.hashed < f.size) {
               buffer.resize(static_cast<size_t>(std::min(kHashStep, f.size - f.hashed)));
-              if (auto r = PreadAll(f.path, f.hashed, buffer); !r) {
+              if (auto r = ReadAt(f.path, f.hashed, buffer); !r) {
                 errors[i] = r.error();
                 break;
               }
@@ -888,7 +862,7 @@ class PrefixHasher {
       f.reading_end = end;
       lock.unlock();
       buffer.resize(static_cast<size_t>(end - start));
-      VoidResult read = PreadAll(f.path, start, buffer);
+      VoidResult read = ReadAt(f.path, start, buffer);
       if (read) {
         f.sha->Update(buffer.data(), buffer.size());
       }

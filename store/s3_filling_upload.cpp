@@ -1,58 +1,19 @@
 #include "store/s3_filling_upload.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 
-#include <openssl/evp.h>
 #include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
+#include "common/files.h"
 #include "common/guard.h"
 #include "common/sha256.h"
 #include "store/sigv4.h"
 
 namespace modelcache::store {
 namespace {
-
-std::string Md5Hex(std::string_view data) {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_md5(), nullptr);
-  EVP_DigestUpdate(ctx, data.data(), data.size());
-  EVP_DigestFinal_ex(ctx, out, &len);
-  EVP_MD_CTX_free(ctx);
-  return HexEncode(std::string_view(reinterpret_cast<const char*>(out), len));
-}
-
-VoidResult ReadRange(const std::string& path, uint64_t offset, std::string& out) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return Error(Reason::StorageError, "cannot open " + path + ": " + std::strerror(errno));
-  }
-  size_t done = 0;
-  while (done < out.size()) {
-    ssize_t n =
-        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      return Error(Reason::StorageError,
-                   "cannot read " + path + ": " +
-                       (n < 0 ? std::string(std::strerror(err)) : std::string("file too short")));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return {};
-}
 
 }  // namespace
 
@@ -273,12 +234,12 @@ VoidResult S3FillingUpload::UploadPart(size_t file, size_t part, std::string& bu
   const Part& p = f.parts[part];  // first and size never change
   const int number = static_cast<int>(part) + 1;
   buffer.resize(static_cast<size_t>(p.size));
-  if (auto r = ReadRange(f.file.local_path, p.first, buffer); !r) {
+  if (auto r = ReadAt(f.file.local_path, p.first, buffer); !r) {
     return r;
   }
   auto listed = f.existing.find(number);
   if (listed != f.existing.end() && listed->second.size == p.size &&
-      listed->second.etag == Md5Hex(buffer)) {
+      listed->second.etag == HexEncode(Md5Raw(buffer))) {
     parts_reused_.fetch_add(1);
     std::lock_guard lock(mu_);
     f.parts[part].uploaded = listed->second;

@@ -34,6 +34,23 @@ TEST(FilesTest, WriteAtomicCreatesParentsAndReplaces) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(FilesTest, ReadAtReadsExactlyTheRangeAndNamesAShortFile) {
+  test_util::TempDir dir;
+  std::string path = dir.path() + "/data";
+  ASSERT_TRUE(WriteFileAtomic(path, "0123456789"));
+  std::string out(4, '\0');
+  ASSERT_TRUE(ReadAt(path, 3, out));
+  EXPECT_EQ(out, "3456");
+  std::vector<char> past(4);
+  auto short_read = ReadAt(path, 8, past);
+  ASSERT_FALSE(short_read);
+  EXPECT_EQ(short_read.error().reason, Reason::StorageError);
+  EXPECT_EQ(short_read.error().message, "cannot read " + path + ": unexpected end of file");
+  auto missing = ReadAt(dir.path() + "/none", 0, past);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().message.rfind("cannot open " + dir.path() + "/none: ", 0), 0U);
+}
+
 TEST(FilesTest, FailuresNameThePath) {
   auto r = ReadFile("/nonexistent/modelcache/file");
   ASSERT_FALSE(r);
