@@ -10,7 +10,8 @@ cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-
   -DMODELCACHE_TSAN=ON -DMODELCACHE_BUILD_TESTS=ON -DMODELCACHE_BUILD_BENCH=OFF >/dev/null
 # Every test executable labelled unit, the daemon and what the integration tests start.
 targets=(modelcache mc-fake-hub integration_tests fake_hub_test kube_test)
-for t in unit_common unit_crds unit_store unit_fetch unit_shard unit_reconcilers unit_controller; do
+for t in unit_common unit_crds unit_store unit_fetch unit_shard unit_reconcilers unit_controller \
+    unit_daemon unit_cli; do
   targets+=("$t")
 done
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"
