@@ -191,11 +191,15 @@ uint64_t TreeBytes(const fs::path& dir) {
   return sum;
 }
 
+// The regular files under `dir`, relative to it (what can be listed: an unreadable tree lists
+// short, and the copies then fail their comparison).
 std::vector<std::string> RelativeFiles(const fs::path& dir) {
   std::vector<std::string> out;
-  for (const auto& e : fs::recursive_directory_iterator(dir)) {
-    if (e.is_regular_file()) {
-      out.push_back(fs::relative(e.path(), dir).string());
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code ec2;
+    if (it->is_regular_file(ec2)) {
+      out.push_back(it->path().lexically_relative(dir).string());
     }
   }
   return out;
@@ -331,7 +335,10 @@ struct Bench {
   std::unique_ptr<Fleet> StartFleet(int n, bool with_controller, bool fill_from_controller) {
     auto f = std::make_unique<Fleet>();
     f->dir = work + "/run-" + std::to_string(run_counter++);
-    fs::create_directories(f->dir);
+    if (std::error_code ec; !fs::create_directories(f->dir, ec) && ec) {
+      std::fprintf(stderr, "cannot create %s: %s\n", f->dir.c_str(), ec.message().c_str());
+      return nullptr;
+    }
     FakeApiServerOptions options;
     options.history_limit = 200000;  // as etcd's 5 minutes: no watch of these runs expires
     f->api = std::make_unique<FakeApiServer>(options);
@@ -413,12 +420,13 @@ struct Bench {
     f.Stop();
     if (keep_logs) {
       std::string kept = work + "/failed-" + fs::path(f.dir).filename().string();
-      fs::create_directories(kept);
+      std::error_code ec;
+      fs::create_directories(kept, ec);
       for (const std::string& log : f.logs) {
-        std::error_code ec;
         fs::rename(log, kept + "/" + fs::path(log).filename().string(), ec);
       }
-      std::fprintf(stderr, "logs kept in %s\n", kept.c_str());
+      std::fprintf(stderr, "logs kept in %s%s\n", kept.c_str(),
+                   ec ? (" (not all: " + ec.message() + ")").c_str() : "");
     }
     if (!f.store_uri.empty()) {
       rgw.DeletePrefix(fs::path(f.dir).filename().string());
@@ -653,11 +661,19 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   std::vector<int> ns = nodes_list.empty() ? std::vector<int>{} : ParseList(nodes_list);
   bool keep = !b.work.empty();
+  std::error_code ec;
   if (b.work.empty()) {
-    b.work = fs::temp_directory_path() / ("mc-fleet-bench-" + std::to_string(getpid()));
+    fs::path tmp = fs::temp_directory_path(ec);
+    b.work = (ec ? fs::path("/tmp") : tmp) / ("mc-fleet-bench-" + std::to_string(getpid()));
   }
-  fs::create_directories(b.work);
-  b.work = fs::absolute(b.work);
+  fs::create_directories(b.work, ec);
+  fs::path absolute = ec ? fs::path() : fs::absolute(b.work, ec);
+  if (ec) {
+    std::fprintf(stderr, "mc-fleet-bench: --work-dir %s: %s\n", b.work.c_str(),
+                 ec.message().c_str());
+    return 2;
+  }
+  b.work = absolute.string();
 
   // The model: a Llama-2-7B-shaped checkpoint with `layers` layers, in 2 files.
   std::string src = b.work + "/src";
@@ -869,7 +885,6 @@ int main(int argc, char** argv) {
   }
   b.nginx->Stop();
   if (!keep && rc == 0) {
-    std::error_code ec;
     fs::remove_all(b.work, ec);
   }
   return rc;
