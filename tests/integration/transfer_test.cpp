@@ -230,7 +230,17 @@ TEST_F(TransferTest, EtagChangeMidDownloadStartsOverWithTheNewObject) {
   }
   constexpr uint64_t kSize = 128ULL << 20;
   std::string dir = AddRepo("org/etag", [](const std::string& p) { WriteLargeFile(p, kSize, 34); });
-  NginxServer cdn(repos_dir(), tmp_ / "nginx", "limit_rate 4m;");
+  // The CDN's object will be replaced by an upload of the same bytes: a new inode and mtime, so
+  // nginx answers with another ETag; the ranges on disk came with the old one. The copy is made
+  // before the download starts, so that the swap mid-download is one rename, however slow the
+  // machine: a 128 MiB copy made after the first progress report could land after the download.
+  std::string weights = dir + "/model.safetensors";
+  fs::copy_file(weights, weights + ".new");
+  struct timeval times[2] = {{1'000'000'000, 0}, {1'000'000'000, 0}};
+  ASSERT_EQ(::utimes((weights + ".new").c_str(), times), 0);
+  // 2 MB/s per connection: the download takes several seconds, long past the first progress
+  // report (written about once a second).
+  NginxServer cdn(repos_dir(), tmp_ / "nginx", "limit_rate 2m;");
   ASSERT_TRUE(cdn.Start());
   hub_.SetExternalCdn(cdn.url(), repos_dir());
   WriteManifest("e.yaml", Manifest("etag", "org/etag"));
@@ -239,12 +249,6 @@ TEST_F(TransferTest, EtagChangeMidDownloadStartsOverWithTheNewObject) {
   ASSERT_TRUE(WaitForStatus(state_dir(), "etag", [](const auto& m) {
     return m.status.progress && m.status.progress->bytes_done > (8u << 20);
   })) << daemon.Log();
-  // The CDN's object is replaced by an upload of the same bytes: a new inode and mtime, so nginx
-  // answers with another ETag; the ranges on disk came with the old one.
-  std::string weights = dir + "/model.safetensors";
-  fs::copy_file(weights, weights + ".new");
-  struct timeval times[2] = {{1'000'000'000, 0}, {1'000'000'000, 0}};
-  ASSERT_EQ(::utimes((weights + ".new").c_str(), times), 0);
   fs::rename(weights + ".new", weights);
   auto mc = WaitReady("etag");
   ASSERT_TRUE(mc && IsReady(*mc)) << daemon.Log();
