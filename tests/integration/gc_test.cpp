@@ -23,14 +23,6 @@ bool Exists(const std::string& path) {
   return fs::exists(fs::symlink_status(path, ec));
 }
 
-size_t TotalSize(const std::map<std::string, std::string>& files) {
-  size_t n = 0;
-  for (const auto& [path, content] : files) {
-    n += content.size();
-  }
-  return n;
-}
-
 std::string ConditionText(const crds::ModelCache& mc, const std::string& type) {
   const crds::Condition* c = crds::FindCondition(mc.status.conditions, type);
   return c == nullptr ? "" : c->status + " " + c->reason + ": " + c->message;

@@ -300,6 +300,19 @@ std::string ReadyReason(const crds::ModelCache& mc) {
   return c == nullptr ? "" : c->reason;
 }
 
+std::string ReadyMessage(const crds::ModelCache& mc) {
+  const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
+  return c == nullptr ? "" : c->message;
+}
+
+uint64_t TotalSize(const std::map<std::string, std::string>& files) {
+  uint64_t total = 0;
+  for (const auto& [path, content] : files) {
+    total += content.size();
+  }
+  return total;
+}
+
 std::string Manifest(const std::string& name, const std::string& repo,
                      const std::string& extra_spec) {
   return "apiVersion: modelcache.dev/v1alpha1\n"

@@ -41,6 +41,9 @@ void WriteTree(const std::string& dir, const std::map<std::string, std::string>&
 // and original/consolidated.pth (LFS, for exclude tests). `weights_size` bytes of weights.
 std::map<std::string, std::string> SmallModelFiles(size_t weights_size, uint64_t seed);
 
+// The bytes of all the files' contents.
+uint64_t TotalSize(const std::map<std::string, std::string>& files);
+
 // Names of the files in every <cache>/hub/<repo folder>/blobs directory (blobs and .incomplete
 // downloads), sorted: what a job left in the local hub cache.
 std::vector<std::string> HubCacheBlobs(const std::string& cache_dir);
@@ -118,6 +121,9 @@ std::optional<crds::ModelCache> WaitForStatus(
 
 // Ready condition's reason ("" if none).
 std::string ReadyReason(const crds::ModelCache& mc);
+
+// Ready condition's message ("" if none).
+std::string ReadyMessage(const crds::ModelCache& mc);
 
 // A minimal ModelCache manifest.
 std::string Manifest(const std::string& name, const std::string& repo,

@@ -16,6 +16,7 @@
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/fixtures/kube/fake_apiserver.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/kube_objects.h"
 
 namespace modelcache::itest {
 namespace {
@@ -31,42 +32,13 @@ using nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-constexpr char kToken[] = "controller-token";
 constexpr char kFinalizer[] = "modelcache.dev/artifact";
-
-FakeApiServerOptions ApiOptions() {
-  FakeApiServerOptions o;
-  o.bookmark_interval = milliseconds(200);
-  return o;
-}
-
-json ModelCacheObject(const std::string& name, const std::string& repo,
-                      const json& extra_spec = json::object()) {
-  json spec = {{"source", {{"repo", repo}}}};
-  spec.update(extra_spec);
-  return {{"apiVersion", "modelcache.dev/v1alpha1"},
-          {"kind", "ModelCache"},
-          {"metadata", {{"name", name}, {"namespace", "default"}}},
-          {"spec", spec}};
-}
 
 std::string Phase(const json& object) {
   if (object.contains("status") && object["status"].contains("phase")) {
     return object["status"]["phase"].get<std::string>();
   }
   return "";
-}
-
-// The Ready condition of `object` (null if none).
-json ReadyCondition(const json& object) {
-  if (object.contains("status") && object["status"].contains("conditions")) {
-    for (const json& c : object["status"]["conditions"]) {
-      if (c.value("type", "") == "Ready") {
-        return c;
-      }
-    }
-  }
-  return nullptr;
 }
 
 bool HasFinalizer(const json& object) {
@@ -92,7 +64,7 @@ class KubeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_TRUE(hub_.Start());
-    api_.AddToken(kToken);
+    api_.AddToken(kControllerToken);
     ASSERT_TRUE(api_.Start());
     std::ofstream(kubeconfig()) << "apiVersion: v1\n"
                                    "kind: Config\n"
@@ -104,7 +76,7 @@ class KubeTest : public ::testing::Test {
                                    "users:\n"
                                    "- name: controller\n"
                                    "  user: {token: "
-                                << kToken
+                                << kControllerToken
                                 << "}\n"
                                    "contexts:\n"
                                    "- name: fake\n"

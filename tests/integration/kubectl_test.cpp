@@ -40,7 +40,7 @@ using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 using nlohmann::json;
 
-constexpr char kToken[] = "kubectl-user";
+constexpr char kUserToken[] = "kubectl-user";
 // The daemon's own token, limited to what manifests/'s ClusterRole grants it.
 constexpr char kDaemonToken[] = "daemon-token";
 
@@ -184,9 +184,9 @@ class KubectlTest : public ::testing::Test {
     // tokens only over TLS, and with a token registered every request is authenticated.
     o.tls = true;
     api_ = std::make_unique<FakeApiServer>(o);
-    api_->AddToken(kToken);
+    api_->AddToken(kUserToken);
     ASSERT_TRUE(api_->Start());
-    WriteKubeconfig(tmp_ / "kubeconfig", kToken);
+    WriteKubeconfig(tmp_ / "kubeconfig", kUserToken);
     RecordProperty("kubectl", kubectl_ + ": " + Run({"version", "--client"}).out);
   }
 
@@ -395,7 +395,7 @@ TEST_F(KubectlTest, ApplyWaitGetDeleteAgainstTheDaemon) {
   EXPECT_EQ(daemon.Terminate(), 0);
   // Everything went over TLS with bearer tokens, kubectl's and the daemon's, and none was
   // refused.
-  EXPECT_GT(api_->requests_by(kToken, "modelcaches"), 0u);
+  EXPECT_GT(api_->requests_by(kUserToken, "modelcaches"), 0u);
   EXPECT_GT(api_->requests_by(kDaemonToken, "modelcaches"), 0u);
   EXPECT_EQ(api_->stats().unauthorized, 0u);
   EXPECT_EQ(api_->stats().forbidden, 0u);
@@ -430,7 +430,7 @@ TEST_F(KubectlTest, AWrongTokenIsUnauthorizedTokensAreScopedAndOnlyItsCaIsTruste
   // The server's certificate does not verify against another CA: no request reaches it.
   auto other = testing::MakeTestCertificates();
   ASSERT_TRUE(other) << other.error().ToString();
-  WriteKubeconfig(tmp_ / "other-ca-kubeconfig", kToken, other->ca_pem);
+  WriteKubeconfig(tmp_ / "other-ca-kubeconfig", kUserToken, other->ca_pem);
   uint64_t lists = api_->stats().lists;
   CommandResult untrusted = RunWith(tmp_ / "other-ca-kubeconfig", {"get", "modelcache", "model"});
   EXPECT_NE(untrusted.exit_code, 0);

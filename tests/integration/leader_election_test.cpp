@@ -12,6 +12,7 @@
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/fixtures/kube/fake_apiserver.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/kube_objects.h"
 
 namespace modelcache::itest {
 namespace {
@@ -27,19 +28,6 @@ using std::chrono::seconds;
 
 constexpr char kLeasePath[] =
     "/apis/coordination.k8s.io/v1/namespaces/modelcache-system/leases/modelcache-controller";
-
-FakeApiServerOptions ApiOptions() {
-  FakeApiServerOptions o;
-  o.bookmark_interval = milliseconds(200);
-  return o;
-}
-
-json ModelCacheObject(const std::string& name, const std::string& repo) {
-  return {{"apiVersion", "modelcache.dev/v1alpha1"},
-          {"kind", "ModelCache"},
-          {"metadata", {{"name", name}, {"namespace", "default"}}},
-          {"spec", {{"source", {{"repo", repo}}}}}};
-}
 
 bool IsReady(const json& object) {
   if (!object.contains("status") || !object["status"].contains("conditions")) {

@@ -43,14 +43,6 @@ std::map<std::string, std::string> DistinctModelFiles(size_t weights_size, uint6
   return files;
 }
 
-uint64_t TotalSize(const std::map<std::string, std::string>& files) {
-  uint64_t total = 0;
-  for (const auto& [path, content] : files) {
-    total += content.size();
-  }
-  return total;
-}
-
 // systemd's end of sd_notify(3): a unix datagram socket that NOTIFY_SOCKET names. Keeps every
 // datagram received, in order.
 class NotifySocket {

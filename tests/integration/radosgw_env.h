@@ -12,6 +12,10 @@
 
 namespace modelcache::itest {
 
+// The S3 tests' boto3 scripts run with Debian's python3-boto3, which lives with /usr/bin/python3
+// (a python3 earlier on PATH may lack it).
+inline constexpr const char* kPython = "/usr/bin/python3";
+
 struct RadosGw {
   std::string endpoint, access_key, secret_key, region, bucket;
 };

@@ -31,7 +31,7 @@ using modelcache::testing::FakeRepoSpec;
 using nlohmann::json;
 using std::chrono::seconds;
 
-constexpr char kToken[] = "fleet-token";
+constexpr char kFleetToken[] = "fleet-token";
 constexpr size_t kWeights = 3'000'000;
 
 json Condition(const json& object, const std::string& type) {
@@ -70,12 +70,12 @@ class S3FleetTest : public ::testing::Test {
       c = c == '.' ? '-' : c;
     }
     ASSERT_TRUE(hub_.Start());
-    api_.AddToken(kToken);
+    api_.AddToken(kFleetToken);
     ASSERT_TRUE(api_.Start());
     std::ofstream(tmp_ / "kubeconfig")
         << "apiVersion: v1\nkind: Config\n"
         << "clusters:\n- name: fake\n  cluster: {server: \"" << api_.url() << "\"}\n"
-        << "users:\n- name: u\n  user: {token: " << kToken << "}\n"
+        << "users:\n- name: u\n  user: {token: " << kFleetToken << "}\n"
         << "contexts:\n- name: fake\n"
         << "  context: {cluster: fake, user: u, namespace: modelcache-system}\n"
         << "current-context: fake\n";

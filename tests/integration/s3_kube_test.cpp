@@ -14,6 +14,7 @@
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/fixtures/kube/fake_apiserver.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/kube_objects.h"
 #include "tests/integration/radosgw_env.h"
 
 namespace modelcache::itest {
@@ -26,19 +27,6 @@ using modelcache::testing::FakeRepoSpec;
 using nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-
-constexpr char kToken[] = "controller-token";
-
-json ReadyCondition(const json& object) {
-  if (object.contains("status") && object["status"].contains("conditions")) {
-    for (const json& c : object["status"]["conditions"]) {
-      if (c.value("type", "") == "Ready") {
-        return c;
-      }
-    }
-  }
-  return json::object();
-}
 
 class S3KubeTest : public ::testing::Test {
  protected:
@@ -63,13 +51,13 @@ class S3KubeTest : public ::testing::Test {
     }
     fs::create_directories(tmp_ / "home");
     ASSERT_TRUE(hub_.Start());
-    api_.AddToken(kToken);
+    api_.AddToken(kControllerToken);
     ASSERT_TRUE(api_.Start());
     // The context's namespace is the daemon's own: where `--s3-secret NAME` is looked up.
     std::ofstream(tmp_ / "kubeconfig")
         << "apiVersion: v1\nkind: Config\n"
         << "clusters:\n- name: fake\n  cluster: {server: \"" << api_.url() << "\"}\n"
-        << "users:\n- name: controller\n  user: {token: " << kToken << "}\n"
+        << "users:\n- name: controller\n  user: {token: " << kControllerToken << "}\n"
         << "contexts:\n- name: fake\n"
         << "  context: {cluster: fake, user: controller, namespace: modelcache-system}\n"
         << "current-context: fake\n";

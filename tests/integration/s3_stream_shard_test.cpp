@@ -18,6 +18,7 @@
 #include "common/files.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/radosgw_env.h"
 #include "tests/integration/s3_proxy.h"
 
 namespace modelcache::itest {
@@ -28,20 +29,6 @@ using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 using modelcache::testing::Fault;
 
-constexpr const char* kPython = "/usr/bin/python3";
-
-std::map<std::string, std::string> ReadEnvFile() {
-  const char* override_path = std::getenv("MC_RADOSGW_ENV");  // NOLINT(concurrency-mt-unsafe)
-  std::ifstream in(override_path != nullptr ? override_path : MC_RADOSGW_ENV);
-  std::map<std::string, std::string> kv;
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t eq = line.find('=');
-    if (eq != std::string::npos && line[0] != '#') kv[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  return kv;
-}
-
 // A number the log line "rank files in the bucket: ..." gives before `what`.
 int LoggedCount(const std::string& log, const std::string& what) {
   std::smatch m;
@@ -50,12 +37,11 @@ int LoggedCount(const std::string& log, const std::string& what) {
 }
 
 TEST(S3StreamShardTest, RankFilesReachTheBucketWhileDownloadingAndSurviveKillNine) {
-  auto kv = ReadEnvFile();
-  ASSERT_FALSE(kv["S3_ENDPOINT"].empty())
-      << "no radosgw: run through ctest (fixture radosgw_start) or set MC_RADOSGW_ENV";
-  const std::string bucket = kv["S3_BUCKET"];
+  auto gw = LoadRadosGw();
+  ASSERT_TRUE(gw) << "no radosgw: run through ctest (fixture radosgw_start) or set MC_RADOSGW_ENV";
+  const std::string bucket = gw->bucket;
   const std::string prefix = "streamshard-" + UniqueSuffix();
-  S3Proxy proxy(kv["S3_ENDPOINT"]);
+  S3Proxy proxy(gw->endpoint);
 
   TempDir tmp;
   FakeHub hub;
@@ -87,9 +73,9 @@ TEST(S3StreamShardTest, RankFilesReachTheBucketWhileDownloadingAndSurviveKillNin
            hub.BodyBytesServed("model-00002-of-00002.safetensors");
   };
 
-  std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", kv["AWS_ACCESS_KEY_ID"]},
-                                         {"AWS_SECRET_ACCESS_KEY", kv["AWS_SECRET_ACCESS_KEY"]},
-                                         {"AWS_REGION", kv["AWS_REGION"]},
+  std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", gw->access_key},
+                                         {"AWS_SECRET_ACCESS_KEY", gw->secret_key},
+                                         {"AWS_REGION", gw->region},
                                          {"AWS_ENDPOINT_URL", proxy.url()},
                                          {"AWS_CONFIG_FILE", "/dev/null"},
                                          {"AWS_SHARED_CREDENTIALS_FILE", "/dev/null"},
@@ -145,8 +131,8 @@ uploads = [u['Key'] for u in s3.list_multipart_uploads(Bucket=sys.argv[2], Prefi
 print(json.dumps({'keys': keys, 'uploads': uploads}))
 )";
   auto direct_env = env;
-  direct_env["AWS_ENDPOINT_URL"] = kv["S3_ENDPOINT"];
-  auto listed = RunProgram({kPython, script, kv["S3_ENDPOINT"], bucket, prefix + "/"}, direct_env);
+  direct_env["AWS_ENDPOINT_URL"] = gw->endpoint;
+  auto listed = RunProgram({kPython, script, gw->endpoint, bucket, prefix + "/"}, direct_env);
   ASSERT_EQ(listed.exit_code, 0) << listed.err;
   auto before = nlohmann::json::parse(listed.out);
   for (const auto& key : before["keys"]) {
@@ -187,7 +173,7 @@ print(json.dumps({'keys': keys, 'uploads': uploads}))
       << mc->status.artifact->uri;
 
   // Nothing staged is left: no incoming object, no unfinished upload.
-  auto after = RunProgram({kPython, script, kv["S3_ENDPOINT"], bucket, prefix + "/"}, direct_env);
+  auto after = RunProgram({kPython, script, gw->endpoint, bucket, prefix + "/"}, direct_env);
   ASSERT_EQ(after.exit_code, 0) << after.err;
   auto left = nlohmann::json::parse(after.out);
   for (const auto& key : left["keys"]) {

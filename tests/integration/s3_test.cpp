@@ -30,14 +30,6 @@ using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 using std::chrono::seconds;
 
-// Debian's python3-boto3 lives with /usr/bin/python3; a python3 earlier on PATH may lack it.
-constexpr const char* kPython = "/usr/bin/python3";
-
-std::string ReadyMessage(const crds::ModelCache& mc) {
-  const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
-  return c == nullptr ? "" : c->message;
-}
-
 class S3Test : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -21,6 +21,7 @@
 #include "common/sha256.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/radosgw_env.h"
 #include "tests/integration/s3_proxy.h"
 
 namespace modelcache::itest {
@@ -29,27 +30,12 @@ namespace {
 using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 
-constexpr const char* kPython = "/usr/bin/python3";
-
-std::map<std::string, std::string> ReadEnvFile() {
-  const char* override_path = std::getenv("MC_RADOSGW_ENV");  // NOLINT(concurrency-mt-unsafe)
-  std::ifstream in(override_path != nullptr ? override_path : MC_RADOSGW_ENV);
-  std::map<std::string, std::string> kv;
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t eq = line.find('=');
-    if (eq != std::string::npos && line[0] != '#') kv[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  return kv;
-}
-
 TEST(S3UploadResumeTest, KilledMidMultipartUploadResumesWithOnlyTheMissingParts) {
-  auto kv = ReadEnvFile();
-  ASSERT_FALSE(kv["S3_ENDPOINT"].empty())
-      << "no radosgw: run through ctest (fixture radosgw_start) or set MC_RADOSGW_ENV";
-  const std::string bucket = kv["S3_BUCKET"];
+  auto gw = LoadRadosGw();
+  ASSERT_TRUE(gw) << "no radosgw: run through ctest (fixture radosgw_start) or set MC_RADOSGW_ENV";
+  const std::string bucket = gw->bucket;
   const std::string prefix = "resume-" + UniqueSuffix();
-  S3Proxy proxy(kv["S3_ENDPOINT"]);
+  S3Proxy proxy(gw->endpoint);
 
   TempDir tmp;
   FakeHub hub;
@@ -64,9 +50,9 @@ TEST(S3UploadResumeTest, KilledMidMultipartUploadResumesWithOnlyTheMissingParts)
   hub.AddRepo(spec);
   ASSERT_TRUE(hub.Start());
 
-  std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", kv["AWS_ACCESS_KEY_ID"]},
-                                         {"AWS_SECRET_ACCESS_KEY", kv["AWS_SECRET_ACCESS_KEY"]},
-                                         {"AWS_REGION", kv["AWS_REGION"]},
+  std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", gw->access_key},
+                                         {"AWS_SECRET_ACCESS_KEY", gw->secret_key},
+                                         {"AWS_REGION", gw->region},
                                          {"AWS_ENDPOINT_URL", proxy.url()},
                                          {"AWS_CONFIG_FILE", "/dev/null"},
                                          {"AWS_SHARED_CREDENTIALS_FILE", "/dev/null"},
@@ -112,8 +98,8 @@ for u in s3.list_multipart_uploads(Bucket=sys.argv[2], Prefix=sys.argv[3]).get('
 print(json.dumps(out))
 )";
   auto direct_env = env;
-  direct_env["AWS_ENDPOINT_URL"] = kv["S3_ENDPOINT"];
-  auto listed = RunProgram({kPython, script, kv["S3_ENDPOINT"], bucket, prefix + "/"}, direct_env);
+  direct_env["AWS_ENDPOINT_URL"] = gw->endpoint;
+  auto listed = RunProgram({kPython, script, gw->endpoint, bucket, prefix + "/"}, direct_env);
   ASSERT_EQ(listed.exit_code, 0) << listed.err;
   auto uploads = nlohmann::json::parse(listed.out);
   ASSERT_EQ(uploads.size(), 1u) << listed.out;
@@ -140,7 +126,7 @@ print(json.dumps(out))
   EXPECT_EQ(stats["CreateMultipartUpload"], 0) << proxy.StatsText();
   EXPECT_EQ(stats["CompleteMultipartUpload"], 1) << proxy.StatsText();
 
-  auto after = RunProgram({kPython, script, kv["S3_ENDPOINT"], bucket, prefix + "/"}, direct_env);
+  auto after = RunProgram({kPython, script, gw->endpoint, bucket, prefix + "/"}, direct_env);
   ASSERT_EQ(after.exit_code, 0) << after.err;
   EXPECT_EQ(nlohmann::json::parse(after.out).size(), 0u) << after.out;
 

@@ -20,12 +20,7 @@
 namespace modelcache::itest {
 namespace {
 
-constexpr const char* kDaemonToken = "hf_daemon_own_token";
-
-std::string ReadyMessage(const crds::ModelCache& mc) {
-  const crds::Condition* c = crds::FindCondition(mc.status.conditions, "Ready");
-  return c == nullptr ? "" : c->message;
-}
+constexpr const char* kHubToken = "hf_daemon_own_token";
 
 class TenantTest : public DaemonTest {
  protected:
@@ -35,7 +30,7 @@ class TenantTest : public DaemonTest {
     // Public repos on both servers, and both know the daemon's token: a token sent where it
     // must not go would be accepted there, so only the recorded headers can tell.
     testing::FakeRepoSpec spec;
-    spec.tokens = {kDaemonToken};
+    spec.tokens = {kHubToken};
     AddRepo("org/victim", SmallModelFiles(20000, 1), spec);
     std::string dir = repos_dir() + "/tenant/main";
     WriteTree(dir, SmallModelFiles(20000, 2));
@@ -46,7 +41,7 @@ class TenantTest : public DaemonTest {
 
   Daemon::Options TenantDaemonOptions(const std::vector<std::string>& extra = {}) const {
     Daemon::Options o = DaemonOptions(extra);
-    o.env["HF_TOKEN"] = kDaemonToken;
+    o.env["HF_TOKEN"] = kHubToken;
     return o;
   }
 
@@ -84,7 +79,7 @@ TEST_F(TenantTest, EndpointAndStoreOutsideTheAllowListsFailBeforeAnyRequestOrWri
 
   EXPECT_EQ(tenant_.Requests("/"), 0);
   EXPECT_FALSE(std::filesystem::exists(elsewhere));
-  EXPECT_GT(hub_.RequestsWithAuthorization(std::string("Bearer ") + kDaemonToken), 0);
+  EXPECT_GT(hub_.RequestsWithAuthorization(std::string("Bearer ") + kHubToken), 0);
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 
@@ -100,9 +95,9 @@ TEST_F(TenantTest, AnAllowedEndpointNeverReceivesTheDaemonsToken) {
   // The tenant's server served revision, tree and files, every one without the daemon's token;
   // the daemon's own endpoint received it.
   EXPECT_GT(tenant_.Requests("/"), 0);
-  EXPECT_EQ(tenant_.RequestsWithAuthorization(std::string("Bearer ") + kDaemonToken), 0);
+  EXPECT_EQ(tenant_.RequestsWithAuthorization(std::string("Bearer ") + kHubToken), 0);
   EXPECT_EQ(tenant_.RequestsWithAuthorization(""), tenant_.Requests("/"));
-  EXPECT_GT(hub_.RequestsWithAuthorization(std::string("Bearer ") + kDaemonToken), 0);
+  EXPECT_GT(hub_.RequestsWithAuthorization(std::string("Bearer ") + kHubToken), 0);
   EXPECT_EQ(daemon.Terminate(), 0);
 }
 

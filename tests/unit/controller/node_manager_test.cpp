@@ -25,7 +25,7 @@ crds::ObjectKey KeyOf(const crds::ModelCache& mc) {
   return crds::ObjectKey{mc.metadata.namespace_, mc.metadata.name};
 }
 
-crds::ModelCache Object(const std::string& name) {
+crds::ModelCache NamedObject(const std::string& name) {
   crds::ModelCache mc;
   mc.metadata.name = name;
   mc.metadata.namespace_ = "default";
@@ -95,7 +95,7 @@ class ScriptedReconciler final : public reconcilers::Reconciler {
 };
 
 TEST(NodeManagerTest, AStuckWorkerMakesTheManagerUnhealthy) {
-  ListSource source({Object("stuck")});
+  ListSource source({NamedObject("stuck")});
   ObjectCache cache;
   MemoryStatusStore statuses;
   ScriptedReconciler reconciler;
@@ -128,7 +128,7 @@ TEST(NodeManagerTest, AStuckWorkerMakesTheManagerUnhealthy) {
 }
 
 TEST(NodeManagerTest, CountsResultsTimesReconcilesAndReportsStatuses) {
-  ListSource source({Object("a"), Object("b"), Object("dl-c")});
+  ListSource source({NamedObject("a"), NamedObject("b"), NamedObject("dl-c")});
   ObjectCache cache;
   MemoryStatusStore statuses;
   ScriptedReconciler reconciler;

@@ -15,6 +15,7 @@
 #include "store/name_claims.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/unit/reconcilers/reconcile_loop.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -24,15 +25,7 @@ using std::chrono::milliseconds;
 using testing::FakeHub;
 using testing::FakeRepoSpec;
 using testing::Fault;
-
-std::string Bytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) {
-    c = static_cast<char>(rng());
-  }
-  return s;
-}
+using test_util::RandomBytes;
 
 // Counts finished jobs, so that a test can wait for a job's end.
 class JobEnds : public ReconcileObserver {
@@ -92,7 +85,7 @@ class ReconcilerTest : public ::testing::Test {
     std::string dir = root_ + "/repo/" + rev;
     fs::create_directories(dir);
     std::ofstream(dir + "/config.json") << "{\"seed\": " << seed << "}";
-    std::ofstream(dir + "/model.safetensors", std::ios::binary) << Bytes(300000, seed);
+    std::ofstream(dir + "/model.safetensors", std::ios::binary) << RandomBytes(300000, seed);
   }
 
   crds::ModelCache Object(const std::string& revision = "main") {
@@ -325,7 +318,7 @@ TEST_F(ReconcilerTest, AJobPreemptedForAnotherTenantStartsAgainAndFinishes) {
   const std::string other_dir = root_ + "/repo/other";
   fs::create_directories(other_dir);
   std::ofstream(other_dir + "/config.json") << "{\"seed\": 2}";
-  std::ofstream(other_dir + "/other.safetensors", std::ios::binary) << Bytes(300000, 2);
+  std::ofstream(other_dir + "/other.safetensors", std::ios::binary) << RandomBytes(300000, 2);
   FakeRepoSpec other;
   other.id = "org/other";
   other.refs["main"] = root_ + "/repo/other";
@@ -415,7 +408,7 @@ TEST_F(ReconcilerTest, SpecChangeCancelsTheRunningJob) {
   std::string v2 = root_ + "/repo/v2";
   fs::create_directories(v2);
   std::ofstream(v2 + "/config.json") << "{\"seed\": 2}";
-  std::ofstream(v2 + "/weights.safetensors", std::ios::binary) << Bytes(3000, 2);
+  std::ofstream(v2 + "/weights.safetensors", std::ios::binary) << RandomBytes(3000, 2);
   hub_.SetRef("model", "org/model", "v2", v2);
   Request request{{"default", "m"}, Object(), std::nullopt, {}};
   ASSERT_TRUE(reconciler_->Reconcile(request, {}));

@@ -15,6 +15,7 @@
 #include "reconcilers/model_cache_reconciler.h"
 #include "tests/fixtures/hub/fake_hub.h"
 #include "tests/unit/reconcilers/reconcile_loop.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -25,15 +26,7 @@ using std::chrono::minutes;
 using testing::FakeHub;
 using testing::FakeRepoSpec;
 using testing::Fault;
-
-std::string Bytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) {
-    c = static_cast<char>(rng());
-  }
-  return s;
-}
+using test_util::RandomBytes;
 
 const crds::Condition* Verified(const Outcome& o) {
   return crds::FindCondition(o.status.conditions, "Verified");
@@ -43,7 +36,7 @@ class ScheduleTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = ::testing::TempDir() + "schedule-" + UniqueSuffix();
-    weights_ = Bytes(300000, 1);
+    weights_ = RandomBytes(300000, 1);
     WriteRepo("main", 1, weights_);
     FakeRepoSpec spec;
     spec.id = "org/model";
@@ -124,7 +117,7 @@ TEST_F(ScheduleTest, ABranchIsResolvedAgainOnceItsRefreshIntervalHasPassed) {
   ASSERT_EQ(first_commit, hub_.CommitOf("model", "org/model", "main"));
 
   // The branch moves on the Hub; nothing is asked before the interval has passed.
-  WriteRepo("main2", 2, Bytes(300000, 2));
+  WriteRepo("main2", 2, RandomBytes(300000, 2));
   hub_.SetRef("model", "org/model", "main", root_ + "/repo/main2");
   hub_.ResetCounters();
   auto idle = Step(request);

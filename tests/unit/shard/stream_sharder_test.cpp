@@ -106,7 +106,7 @@ class StreamSharderTest : public ::testing::Test {
   std::string dir_;
 };
 
-struct Case {
+struct StreamCase {
   std::string arch;
   int64_t tp;
   int files;
@@ -119,7 +119,7 @@ struct Case {
 // Feeds every file in random pieces (1 byte to 300 KiB, so elements are cut in two), the files
 // interleaved at random; one file is fed a garbage prefix first and then started over.
 TEST_F(StreamSharderTest, MatchesShardCheckpointAcrossArchitecturesAndTp) {
-  const std::vector<Case> cases = {
+  const std::vector<StreamCase> cases = {
       {"llama", 4, 2, "bf16", "auto"},
       {"llama", 8, 1, "f32", "bfloat16"},
       {"qwen2", 2, 3, "bf16", "float32", true, "sglang"},
@@ -131,7 +131,7 @@ TEST_F(StreamSharderTest, MatchesShardCheckpointAcrossArchitecturesAndTp) {
       {"qwen3-moe", 4, 3, "bf16", "auto"},
   };
   std::mt19937_64 rng(19);
-  for (const Case& c : cases) {
+  for (const StreamCase& c : cases) {
     SCOPED_TRACE(c.arch + " tp " + std::to_string(c.tp) + " " + c.dtype + " -> " + c.target);
     const std::string base = dir_ + "/" + c.arch + "-" + std::to_string(c.tp);
     fixtures::CheckpointSpec spec;
