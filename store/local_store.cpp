@@ -1,11 +1,13 @@
 #include "store/local_store.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -467,7 +469,10 @@ LocalStore::~LocalStore() {
   staging_locks_.clear();
 }
 
-Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_uri) {
+namespace {
+
+// The absolute, normalized directory `root_or_uri` names (a path or a file:// URI).
+Result<std::string> RootOf(const std::string& root_or_uri) {
   std::string path = root_or_uri;
   if (path.starts_with("file://")) {
     std::string rest = path.substr(7);
@@ -496,7 +501,22 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_
   while (root.size() > 1 && root.back() == '/') {
     root.pop_back();
   }
-  std::unique_ptr<LocalStore> store(new LocalStore(root));
+  return root;
+}
+
+// The scratch directories RemoveOrphanedScratch may remove: <prefix><pid>…
+constexpr std::string_view kShardSourcePrefix = "shard-src-";
+constexpr std::string_view kPullScratchPrefix = "s3-pull-";
+
+}  // namespace
+
+Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_uri) {
+  auto root = RootOf(root_or_uri);
+  if (!root) {
+    return root.error();
+  }
+  std::error_code ec;
+  std::unique_ptr<LocalStore> store(new LocalStore(*root));
   for (const std::string& dir : {store->hub_dir(), store->artifacts_dir()}) {
     if (auto r = MakeDirs(dir); !r) {
       return r.error();
@@ -509,6 +529,54 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& root_or_
     }
   }
   return store;
+}
+
+bool LocalStore::Exists(const std::string& root_or_uri) {
+  auto root = RootOf(root_or_uri);
+  std::error_code ec;
+  return root && fs::is_directory(*root + "/artifacts", ec) && fs::is_directory(*root + "/hub", ec);
+}
+
+std::string LocalStore::DefaultStateDir() const { return root_ + "/state"; }
+
+std::string LocalStore::RepoLockPath(const RepoRef& repo) const {
+  std::string lock_name = RepoStoreName(repo);
+  std::replace(lock_name.begin(), lock_name.end(), '/', '@');
+  return root_ + "/locks/" + lock_name + ".lock";
+}
+
+std::string LocalStore::ShardSourceDir() const {
+  // UniqueSuffix starts with our pid: RemoveOrphanedScratch removes the ones of dead processes.
+  return root_ + "/tmp/" + std::string(kShardSourcePrefix) + UniqueSuffix();
+}
+
+std::string LocalStore::PullScratchDir(std::string_view tag) const {
+  return root_ + "/tmp/" + std::string(kPullScratchPrefix) + std::to_string(::getpid()) + "_" +
+         std::string(tag);
+}
+
+void LocalStore::RemoveOrphanedScratch(const std::string& root_or_uri) {
+  auto root = RootOf(root_or_uri);
+  if (!root) {
+    return;
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(*root + "/tmp", ec)) {
+    std::string name = entry.path().filename().string();
+    std::string_view prefix;
+    for (std::string_view p : {kShardSourcePrefix, kPullScratchPrefix}) {
+      if (name.starts_with(p)) {
+        prefix = p;
+      }
+    }
+    if (prefix.empty()) {
+      continue;
+    }
+    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + prefix.size()));
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
 }
 
 std::string LocalStore::hub_dir() const { return root_ + "/hub"; }
@@ -1098,6 +1166,31 @@ PublishedArtifact LocalStore::Describe(const ArtifactManifest& manifest) const {
   a.size_bytes = manifest.size_bytes;
   a.files = static_cast<int64_t>(manifest.files.size());
   return a;
+}
+
+std::string LocalStore::Uri() const { return "file://" + PercentEncodePath(root_); }
+
+Result<std::optional<std::string>> LocalStore::ReadCurrentVersion(const std::string& name,
+                                                                  std::stop_token /*stop*/) {
+  auto current = ReadCurrent(name);
+  if (!current) {
+    return current.error();
+  }
+  if (!*current) {
+    return std::optional<std::string>();
+  }
+  return std::optional<std::string>((*current)->version);
+}
+
+Result<std::optional<ArtifactManifest>> LocalStore::ReadVersion(const std::string& name,
+                                                                const std::string& version,
+                                                                std::stop_token /*stop*/) {
+  return static_cast<const LocalStore&>(*this).ReadVersion(name, version);
+}
+
+bool LocalStore::Holds(const PublishedArtifact& artifact, std::stop_token /*stop*/) {
+  auto version = static_cast<const LocalStore&>(*this).ReadVersion(artifact.name, artifact.version);
+  return version && version->has_value();
 }
 
 Result<std::optional<ArtifactManifest>> LocalStore::ReadCurrent(const std::string& name) const {

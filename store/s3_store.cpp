@@ -612,6 +612,20 @@ Result<std::vector<std::string>> S3ArtifactStore::ListVersions(const std::string
   return versions;
 }
 
+std::string S3ArtifactStore::Uri() const { return location_.Uri(); }
+
+std::string S3ArtifactStore::IncomingUri(const std::string& name, const std::string& stream) const {
+  return location_.Uri("artifacts/" + name + "/.incoming/" + stream);
+}
+
+bool S3ArtifactStore::Holds(const PublishedArtifact& artifact, std::stop_token stop) {
+  if (artifact.uri != location_.Uri("artifacts/" + artifact.name + "/" + artifact.version)) {
+    return false;
+  }
+  auto version = ReadVersion(artifact.name, artifact.version, std::move(stop));
+  return version && version->has_value() && (*version)->id == artifact.id;
+}
+
 PublishedArtifact S3ArtifactStore::Describe(const ArtifactManifest& manifest) const {
   PublishedArtifact a;
   a.name = manifest.name;
