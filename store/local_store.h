@@ -17,8 +17,17 @@
 //       modelcache.json                      the ArtifactManifest
 //       <files…>                             hard links of blobs, or sharded outputs
 //     current -> <version>                   relative symlink, switched atomically
+//   <root>/locks/<repo>.lock                 a cache job's lock on its repo (RepoLockPath); GC's
+//                                            in-use locks under locks/inuse/ (store/gc.h)
+//   <root>/tmp/                              running jobs' scratch (ShardSourceDir, PullScratchDir)
+//   <root>/state/                            a daemon's state directory by default (DefaultStateDir)
 //
 // docs/store-layout.md describes the layout, the manifest and what is safe to read when.
+//
+// LocalStore is the local ArtifactStore (store/artifact_store.h). Its code is in three files: the
+// hub cache (local_hub_cache.cpp), the artifacts (local_artifacts.cpp), and opening, the rest of
+// the layout (tmp/, locks/, state/) and cleanup (local_store.cpp). Callers never build a path
+// under <root> themselves: they ask for it (BlobPath, RepoLockPath, ShardSourceDir, …).
 //
 // Thread-safety: a LocalStore is safe for concurrent use from many threads without external
 // synchronization, and several processes may share one root. Every change becomes visible through
@@ -121,9 +130,10 @@ class LocalStore : public ArtifactStore {
   std::string BlobPath(const RepoRef& repo, const std::string& etag) const;  // …/blobs/<etag>
   // …/blobs/<etag>.incomplete: stable across restarts so a download can resume with Range.
   std::string IncompletePath(const RepoRef& repo, const std::string& etag) const;
-  // …/snapshots/<commit>/<path>
+  // …/snapshots/<commit>/<path>, and the snapshot's directory …/snapshots/<commit>.
   std::string SnapshotPath(const RepoRef& repo, const std::string& commit,
                            const std::string& path) const;
+  std::string SnapshotDir(const RepoRef& repo, const std::string& commit) const;
 
   // True iff blobs/<etag> is a regular file of exactly `size` bytes. Blobs only appear through a
   // rename after verification, so this is "present and verified"; it does not re-hash.
@@ -181,6 +191,9 @@ class LocalStore : public ArtifactStore {
                                              const std::string& revision) const;
 
   // ---- artifacts ----
+  // <root>/artifacts/<name>/<version> (whether or not it exists; names only, not validated).
+  std::string VersionDir(const std::string& name, const std::string& version) const;
+
   // Creates <root>/artifacts/<name>/.staging-<unique>/ and returns its path. The caller fills it
   // with StageFile (or writes sharded outputs into it), then calls Publish or DiscardStaging.
   // The directory is flock-ed while this instance owns it, so CleanupStaging in any process

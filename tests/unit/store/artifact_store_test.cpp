@@ -207,6 +207,11 @@ TEST(LocalStoreLayoutTest, PathsAreUnderTheRoot) {
   ASSERT_TRUE(store);
   const std::string root = (*store)->root();
   EXPECT_EQ((*store)->DefaultStateDir(), root + "/state");
+  EXPECT_EQ((*store)->VersionDir("tiny", "0123456789ab"), root + "/artifacts/tiny/0123456789ab");
+  EXPECT_EQ((*store)->SnapshotDir({"model", "org/name"}, std::string(40, 'c')),
+            root + "/hub/models--org--name/snapshots/" + std::string(40, 'c'));
+  EXPECT_EQ((*store)->SnapshotPath({"model", "org/name"}, std::string(40, 'c'), "a/b.json"),
+            (*store)->SnapshotDir({"model", "org/name"}, std::string(40, 'c')) + "/a/b.json");
   EXPECT_EQ((*store)->RepoLockPath({"model", "org/name"}), root + "/locks/models--org--name.lock");
   RepoRef other_hub{"model", "org/name", "example-0123456789abcdef"};
   EXPECT_EQ((*store)->RepoLockPath(other_hub),
