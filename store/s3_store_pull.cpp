@@ -58,7 +58,6 @@ class Fd {
   int fd_;
 };
 
-
 // True iff `dir` holds exactly `manifest` already: its modelcache.json has the same id and every
 // file has its size and sha256.
 bool AlreadyPulled(const std::string& dir, const ArtifactManifest& manifest) {
@@ -107,6 +106,161 @@ void RemoveStaleStagings(const std::string& prefix, const std::string& keep) {
     std::error_code ignored;
     fs::remove_all(path, ignored);
   }
+}
+
+// The committed manifest of `version` of `name` (empty: the current one). StorageError when
+// there is no current version or the version is not committed.
+Result<ArtifactManifest> CommittedManifest(S3ArtifactStore& store, const std::string& name,
+                                           const std::string& version, std::stop_token stop) {
+  if (auto r = CheckNameVersion(name, version); !r) {
+    return r.error();
+  }
+  std::string wanted = version;
+  if (wanted.empty()) {
+    auto current = store.ReadCurrentVersion(name, stop);
+    if (!current) {
+      return current.error();
+    }
+    if (!*current) {
+      return Error(Reason::StorageError, fmt::format("{} has no current version (nothing was "
+                                                     "published under this name)",
+                                                     store.location().Uri("artifacts/" + name)));
+    }
+    wanted = **current;
+  }
+  auto manifest = store.ReadVersion(name, wanted, stop);
+  if (!manifest) {
+    return manifest.error();
+  }
+  if (!*manifest) {
+    return Error(Reason::StorageError,
+                 fmt::format("{} has no modelcache.json: it is not a published version (an upload "
+                             "that never committed, or one still in progress)",
+                             store.location().Uri("artifacts/" + name + "/" + wanted)));
+  }
+  return std::move(**manifest);
+}
+
+// What a pull finds at its target directory.
+enum class Target {
+  Absent,         // nothing there: the staging directory is renamed to it
+  Replaceable,    // an empty directory, or an earlier pull: exchanged for the new tree
+  AlreadyPulled,  // this version, every file verified: nothing to do
+};
+
+// InvalidSpec when `target` is not a directory, or holds files that are not a pull's.
+Result<Target> LookAtTarget(const fs::path& target, const ArtifactManifest& m) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(target, ec))) {
+    return Target::Absent;
+  }
+  if (!fs::is_directory(fs::symlink_status(target, ec))) {
+    return Error(Reason::InvalidSpec, target.string() + " exists and is not a directory");
+  }
+  bool is_pull = fs::exists(target / kManifestName, ec);
+  if (!is_pull && !fs::is_empty(target, ec)) {
+    return Error(Reason::InvalidSpec, target.string() +
+                                          " exists, is not empty and holds no modelcache.json: "
+                                          "pull never overwrites other files");
+  }
+  return is_pull && AlreadyPulled(target.string(), m) ? Target::AlreadyPulled
+                                                      : Target::Replaceable;
+}
+
+// Downloads `f` into `path` with ranged GETs of kPullRangeSize (bounded memory), verifying its
+// size and sha256, and fsyncs it.
+VoidResult DownloadRanged(S3ArtifactStore& store, const std::string& name,
+                          const ArtifactManifest& m, const ManifestFile& f, const std::string& path,
+                          S3TransferProgress& progress, std::stop_token stop) {
+  if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
+    return r.error();
+  }
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) {
+    return IoError("cannot create", path, errno);
+  }
+  const std::string& bucket = store.location().bucket;
+  std::string key = store.FileKey(name, m.version, f.path);
+  Hasher hasher(Hasher::Kind::Sha256);
+  uint64_t written = 0;
+  while (written < f.size) {
+    uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
+    auto chunk = store.client().GetObject(bucket, key, ByteRange{written, last}, stop);
+    if (!chunk) {
+      return chunk.error();
+    }
+    if (chunk->empty() || chunk->size() > last - written + 1) {
+      return Error(Reason::ChecksumMismatch,
+                   fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte file",
+                               bucket, key, chunk->size(), written, last, f.size));
+    }
+    hasher.Update(*chunk);
+    if (int err = WriteAll(fd.get(), *chunk); err != 0) {
+      return IoError("cannot write", path, err);
+    }
+    written += chunk->size();
+    progress.bytes_done += chunk->size();
+  }
+  // A zero-length object is one GET of nothing; the size check above covers the rest.
+  std::string sha = hasher.FinalHex();
+  if (sha != f.sha256) {
+    return Error(Reason::ChecksumMismatch,
+                 fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path, bucket,
+                             key, sha, f.sha256));
+  }
+  if (::fsync(fd.get()) != 0) {
+    return IoError("cannot fsync", path, errno);
+  }
+  return {};
+}
+
+// Writes modelcache.json into `staging` (last, as in the bucket) and fsyncs every directory.
+VoidResult SealStaging(const std::string& staging, const ArtifactManifest& m) {
+  if (auto r = WriteFileAtomic(staging + "/" + std::string(kManifestName), ManifestDocument(m));
+      !r) {
+    return r;
+  }
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(staging, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_directory(ec)) {
+      (void)SyncDir(it->path().string());
+    }
+  }
+  (void)SyncDir(staging);
+  return {};
+}
+
+// Makes `staging` the `target` directory: one rename when there is none, else an atomic exchange
+// (or, where the filesystem cannot exchange, the old tree moved aside first), after which the
+// old tree is removed. On an error `staging` is still there and `target` is as it was.
+VoidResult ReplaceTarget(const std::string& staging, const fs::path& target, bool exists) {
+  if (!exists) {
+    if (::rename(staging.c_str(), target.c_str()) != 0) {
+      return IoError("cannot rename " + staging + " to", target.string(), errno);
+    }
+    return {};
+  }
+  std::string old = staging;  // after the exchange, the old tree has the staging name
+  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
+    int err = errno;
+    if (err != EINVAL && err != ENOSYS) {
+      return IoError("cannot exchange " + staging + " with", target.string(), err);
+    }
+    // No exchange on this filesystem: move the old tree aside, then rename.
+    old = target.string() + ".old-" + UniqueSuffix();
+    if (::rename(target.c_str(), old.c_str()) != 0) {
+      return IoError("cannot move aside", target.string(), errno);
+    }
+    if (::rename(staging.c_str(), target.c_str()) != 0) {
+      int rename_err = errno;
+      (void)::rename(old.c_str(), target.c_str());
+      return IoError("cannot rename " + staging + " to", target.string(), rename_err);
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(old, ec);
+  return {};
 }
 
 }  // namespace
@@ -169,61 +323,28 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
                                              const std::string& dir, S3TransferProgress& progress,
                                              std::stop_token stop,
                                              const PullDownloadFn& download) {
-  if (auto r = CheckNameVersion(name, version); !r) {
-    return r.error();
-  }
-  std::string wanted = version;
-  if (wanted.empty()) {
-    auto current = ReadCurrentVersion(name, stop);
-    if (!current) {
-      return current.error();
-    }
-    if (!*current) {
-      return Error(Reason::StorageError, fmt::format("{} has no current version (nothing was "
-                                                     "published under this name)",
-                                                     location_.Uri("artifacts/" + name)));
-    }
-    wanted = **current;
-  }
-  auto manifest = ReadVersion(name, wanted, stop);
+  auto manifest = CommittedManifest(*this, name, version, stop);
   if (!manifest) {
     return manifest.error();
   }
-  if (!*manifest) {
-    return Error(Reason::StorageError,
-                 fmt::format("{} has no modelcache.json: it is not a published version (an upload "
-                             "that never committed, or one still in progress)",
-                             location_.Uri("artifacts/" + name + "/" + wanted)));
-  }
-  const ArtifactManifest& m = **manifest;
-  PulledArtifact out{
-      m.name, m.version, m.id, dir, m.size_bytes, static_cast<int64_t>(m.files.size()), false};
-  progress.files_total = static_cast<int64_t>(m.files.size());
-  progress.bytes_total = m.size_bytes;
-
+  const ArtifactManifest& m = *manifest;
   fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
   if (!target.has_filename()) {
     target = target.parent_path();
   }
-  std::error_code ec;
-  bool exists = fs::exists(fs::symlink_status(target, ec));
-  if (exists) {
-    if (!fs::is_directory(fs::symlink_status(target, ec))) {
-      return Error(Reason::InvalidSpec, target.string() + " exists and is not a directory");
-    }
-    bool is_pull = fs::exists(target / kManifestName, ec);
-    if (!is_pull && !fs::is_empty(target, ec)) {
-      return Error(Reason::InvalidSpec, target.string() +
-                                            " exists, is not empty and holds no modelcache.json: "
-                                            "pull never overwrites other files");
-    }
-    if (is_pull && AlreadyPulled(target.string(), m)) {
-      progress.bytes_done = m.size_bytes;
-      progress.files_done = progress.files_total.load();
-      out.dir = target.string();
-      out.already_present = true;
-      return out;
-    }
+  PulledArtifact out{m.name,       m.version, m.id, target.string(), m.size_bytes,
+                     static_cast<int64_t>(m.files.size()), false};
+  progress.files_total = static_cast<int64_t>(m.files.size());
+  progress.bytes_total = m.size_bytes;
+  auto found = LookAtTarget(target, m);
+  if (!found) {
+    return found.error();
+  }
+  if (*found == Target::AlreadyPulled) {
+    progress.bytes_done = m.size_bytes;
+    progress.files_done = progress.files_total.load();
+    out.already_present = true;
+    return out;
   }
 
   // Stage next to the target (same filesystem, so the final rename is atomic). Through a
@@ -267,88 +388,19 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
       if (stop.stop_requested()) {
         return fail(Error(Reason::Cancelled, "pull cancelled"));
       }
-      std::string path = staging + "/" + f.path;
-      if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
+      if (auto r = DownloadRanged(*this, name, m, f, staging + "/" + f.path, progress, stop); !r) {
         return fail(r.error());
-      }
-      Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-      if (fd.get() < 0) {
-        return fail(IoError("cannot create", path, errno));
-      }
-      std::string key = FileKey(name, m.version, f.path);
-      Hasher hasher(Hasher::Kind::Sha256);
-      uint64_t written = 0;
-      while (written < f.size) {
-        uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
-        auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
-        if (!chunk) {
-          return fail(chunk.error());
-        }
-        if (chunk->empty() || chunk->size() > last - written + 1) {
-          return fail(
-              Error(Reason::ChecksumMismatch,
-                    fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                                "file",
-                                location_.bucket, key, chunk->size(), written, last, f.size)));
-        }
-        hasher.Update(*chunk);
-        if (int err = WriteAll(fd.get(), *chunk); err != 0) {
-          return fail(IoError("cannot write", path, err));
-        }
-        written += chunk->size();
-        progress.bytes_done += chunk->size();
-      }
-      std::string sha = hasher.FinalHex();
-      if (sha != f.sha256) {
-        return fail(Error(Reason::ChecksumMismatch,
-                          fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
-                                      location_.bucket, key, sha, f.sha256)));
-      }
-      if (::fsync(fd.get()) != 0) {
-        return fail(IoError("cannot fsync", path, errno));
       }
       ++progress.files_done;
     }
   }
-  // A zero-length object is one GET of nothing; the size check above covers the rest. The
-  // manifest goes in last, like in the bucket.
-  if (auto r = WriteFileAtomic(staging + "/" + std::string(kManifestName), ManifestDocument(m));
-      !r) {
+  if (auto r = SealStaging(staging, m); !r) {
     return fail(r.error());
   }
-  for (auto it = fs::recursive_directory_iterator(staging, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->is_directory(ec)) {
-      (void)SyncDir(it->path().string());
-    }
-  }
-  (void)SyncDir(staging);
-
-  if (exists) {
-    // Swap the new tree in place of the old one in one step, then remove the old one.
-    if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
-      int err = errno;
-      if (err != EINVAL && err != ENOSYS) {
-        return fail(IoError("cannot exchange " + staging + " with", target.string(), err));
-      }
-      // No exchange on this filesystem: move the old tree aside, then rename.
-      std::string aside = target.string() + ".old-" + UniqueSuffix();
-      if (::rename(target.c_str(), aside.c_str()) != 0) {
-        return fail(IoError("cannot move aside", target.string(), errno));
-      }
-      if (::rename(staging.c_str(), target.c_str()) != 0) {
-        int rename_err = errno;
-        (void)::rename(aside.c_str(), target.c_str());
-        return fail(IoError("cannot rename " + staging + " to", target.string(), rename_err));
-      }
-      staging = aside;
-    }
-    fs::remove_all(staging, ec);  // the old tree
-  } else if (::rename(staging.c_str(), target.c_str()) != 0) {
-    return fail(IoError("cannot rename " + staging + " to", target.string(), errno));
+  if (auto r = ReplaceTarget(staging, target, *found == Target::Replaceable); !r) {
+    return fail(r.error());
   }
   (void)SyncDir(target.parent_path().string());
-  out.dir = target.string();
   return out;
 }
 
