@@ -4,7 +4,6 @@
 #include "store/local_store.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

@@ -3,7 +3,6 @@
 #include "store/internal/local_files.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

@@ -4,7 +4,6 @@
 #include "store/local_store.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -183,7 +182,6 @@ VoidResult LocalStore::RecordWritten(const RepoRef& repo, const std::string& com
   }
   return WriteFileReplacing(path, doc.dump(1));
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Hub cache.

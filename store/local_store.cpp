@@ -5,12 +5,12 @@
 #include "store/local_store.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -158,7 +158,7 @@ void LocalStore::RemoveOrphanedScratch(const std::string& root_or_uri) {
     if (prefix.empty()) {
       continue;
     }
-    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + prefix.size()));
+    auto pid = static_cast<pid_t>(std::atol(name.c_str() + prefix.size()));
     if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
       fs::remove_all(entry.path(), ec);
     }
@@ -213,7 +213,6 @@ Result<std::string> LocalStore::HubFor(const std::string& endpoint,
   }
   return HubKey(endpoint);
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup.

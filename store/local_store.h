@@ -20,7 +20,7 @@
 //   <root>/locks/<repo>.lock                 a cache job's lock on its repo (RepoLockPath); GC's
 //                                            in-use locks under locks/inuse/ (store/gc.h)
 //   <root>/tmp/                              running jobs' scratch (ShardSourceDir, PullScratchDir)
-//   <root>/state/                            a daemon's state directory by default (DefaultStateDir)
+//   <root>/state/                            by default a daemon's state (DefaultStateDir)
 //
 // docs/store-layout.md describes the layout, the manifest and what is safe to read when.
 //

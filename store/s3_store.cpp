@@ -99,8 +99,6 @@ bool SafeComponent(std::string_view s) {
   return ValidSegment(s) && s.find_first_of("/ ") == std::string_view::npos;
 }
 
-
-
 // The uploader every object of the store goes through.
 UploadOptions StoreUploadOptions() {
   UploadOptions options;

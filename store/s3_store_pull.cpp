@@ -4,12 +4,12 @@
 #include "store/s3_store.h"
 
 #include <fcntl.h>
-#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -111,7 +111,8 @@ void RemoveStaleStagings(const std::string& prefix, const std::string& keep) {
 // The committed manifest of `version` of `name` (empty: the current one). StorageError when
 // there is no current version or the version is not committed.
 Result<ArtifactManifest> CommittedManifest(S3ArtifactStore& store, const std::string& name,
-                                           const std::string& version, std::stop_token stop) {
+                                           const std::string& version,
+                                           const std::stop_token& stop) {
   if (auto r = CheckNameVersion(name, version); !r) {
     return r.error();
   }
@@ -163,15 +164,14 @@ Result<Target> LookAtTarget(const fs::path& target, const ArtifactManifest& m) {
                                           " exists, is not empty and holds no modelcache.json: "
                                           "pull never overwrites other files");
   }
-  return is_pull && AlreadyPulled(target.string(), m) ? Target::AlreadyPulled
-                                                      : Target::Replaceable;
+  return is_pull && AlreadyPulled(target.string(), m) ? Target::AlreadyPulled : Target::Replaceable;
 }
 
 // Downloads `f` into `path` with ranged GETs of kPullRangeSize (bounded memory), verifying its
 // size and sha256, and fsyncs it.
 VoidResult DownloadRanged(S3ArtifactStore& store, const std::string& name,
                           const ArtifactManifest& m, const ManifestFile& f, const std::string& path,
-                          S3TransferProgress& progress, std::stop_token stop) {
+                          S3TransferProgress& progress, const std::stop_token& stop) {
   if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
     return r.error();
   }
@@ -332,8 +332,9 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
   if (!target.has_filename()) {
     target = target.parent_path();
   }
-  PulledArtifact out{m.name,       m.version, m.id, target.string(), m.size_bytes,
-                     static_cast<int64_t>(m.files.size()), false};
+  PulledArtifact out{
+      m.name, m.version, m.id, target.string(), m.size_bytes, static_cast<int64_t>(m.files.size()),
+      false};
   progress.files_total = static_cast<int64_t>(m.files.size());
   progress.bytes_total = m.size_bytes;
   auto found = LookAtTarget(target, m);

@@ -4,7 +4,6 @@
 
 #include "store/artifact_store.h"
 
-#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
