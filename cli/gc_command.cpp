@@ -12,7 +12,9 @@
 #include "common/units.h"
 #include "controller/directory/file_status_store.h"
 #include "daemon/store_gc.h"
+#include "store/artifact_store.h"
 #include "store/gc.h"
+#include "store/local_store.h"
 #include "store/store_users.h"
 
 namespace modelcache::controller {
@@ -37,17 +39,11 @@ int CollectGarbage(const GcCommandOptions& options) {
   }
   gc.max_bytes = *max_bytes;
   gc.min_free = *min_free;
-  if (options.store.rfind("s3://", 0) == 0) {
+  if (store::IsSharedStoreUri(options.store)) {
     std::cerr << "modelcache: --store: gc works on local stores only\n";
     return 2;
   }
-  std::error_code ec;
-  std::string root = options.store;
-  if (root.rfind("file://", 0) == 0) {
-    root = root.substr(7);
-  }
-  if (!std::filesystem::is_directory(root + "/artifacts", ec) ||
-      !std::filesystem::is_directory(root + "/hub", ec)) {
+  if (!store::LocalStore::Exists(options.store)) {
     std::cerr << "modelcache: --store: " << options.store
               << " is not a modelcache store (no artifacts/ and hub/)\n";
     return 1;
@@ -69,8 +65,9 @@ int CollectGarbage(const GcCommandOptions& options) {
     return 1;
   }
   std::string state_dir =
-      options.state_dir.empty() ? (*store)->root() + "/state" : options.state_dir;
+      options.state_dir.empty() ? (*store)->DefaultStateDir() : options.state_dir;
   store::GcReferences refs = users->refs;
+  std::error_code ec;
   if (std::filesystem::is_directory(state_dir + "/status", ec)) {
     FileStatusStore statuses(state_dir);
     auto objects = statuses.List();

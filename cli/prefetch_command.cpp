@@ -24,6 +24,7 @@
 #include "common/units.h"
 #include "crds/model_cache.h"
 #include "reconcilers/model_cache_reconciler.h"
+#include "store/artifact_store.h"
 
 namespace modelcache::controller {
 namespace {
@@ -52,7 +53,8 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   crds::ModelCache obj;
   std::string repo = options.repo;
   std::string revision;
-  if (auto colon = repo.find(':'); colon != std::string::npos && repo.rfind("s3://", 0) != 0) {
+  // REPO[:REVISION], or an artifact of a shared store (whose URI has a ':' of its own).
+  if (auto colon = repo.find(':'); colon != std::string::npos && !store::IsSharedStoreUri(repo)) {
     revision = repo.substr(colon + 1);
     repo = repo.substr(0, colon);
   }
@@ -91,7 +93,7 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
   reconcilers::ReconcilerOptions ro =
       CommandReconcilerOptions(options.hf_endpoint, options.s3_endpoint, options.transfer, env);
   ro.default_store = obj.spec.storage.uri;
-  if (obj.spec.storage.uri.rfind("s3://", 0) == 0) {
+  if (store::IsSharedStoreUri(obj.spec.storage.uri)) {
     // A sharded artifact's downloads and shards are staged in a local store first (an unsharded
     // one streams from the Hub to the bucket): by default the same one a local prefetch would use.
     ro.local_cache = options.cache_dir.empty() ? DefaultPrefetchStore(env) : options.cache_dir;

@@ -27,6 +27,7 @@
 #include "controller/kube/node_report.h"
 #include "controller/kube/node_watch.h"
 #include "daemon/daemon_mode.h"
+#include "store/artifact_store.h"
 #include "store/usage.h"
 
 namespace modelcache::controller {
@@ -57,7 +58,7 @@ bool HasFinalizer(const std::vector<std::string>& finalizers) {
 // spec stays as written and the node fetches from its source.
 void UseCommittedVersion(crds::ModelCache& object) {
   const std::optional<crds::ArtifactStatus>& artifact = object.status.artifact;
-  if (!artifact || artifact->uri.rfind("s3://", 0) != 0 || artifact->version.empty()) {
+  if (!artifact || !store::IsSharedStoreUri(artifact->uri) || artifact->version.empty()) {
     return;
   }
   crds::ModelCacheSpec& spec = object.spec;

@@ -29,8 +29,8 @@
 #include "daemon/shutdown_deadline.h"
 #include "daemon/store_gc.h"
 #include "reconcilers/model_cache_reconciler.h"
+#include "store/artifact_store.h"
 #include "store/local_store.h"
-#include "store/s3_store.h"
 #include "store/store_users.h"
 
 namespace modelcache::controller {
@@ -134,26 +134,24 @@ int RunDaemon(const RunOptions& options, reconcilers::ReconcilerOptions base,
       return 2;
     }
   }
-  // An s3:// store keeps a local cache for downloads and shards (--cache-dir); a local store is
-  // its own cache.
-  bool s3_store = options.store.rfind("s3://", 0) == 0;
-  if (s3_store) {
-    if (auto loc = store::ParseS3StoreUri(options.store); !loc) {
-      std::cerr << "modelcache: --store: " << loc.error().message << "\n";
-      return 2;
-    }
+  // A shared (s3://) store keeps a local cache for downloads and shards (--cache-dir); a local
+  // store is its own cache.
+  bool shared_store = store::IsSharedStoreUri(options.store);
+  if (auto checked = store::CheckStoreUri(options.store); !checked) {
+    std::cerr << "modelcache: --store: " << checked.error().message << "\n";
+    return 2;
   }
-  std::string local_root = !s3_store                   ? options.store
+  std::string local_root = !shared_store                   ? options.store
                            : !options.cache_dir.empty() ? options.cache_dir
                                                         : "/var/lib/modelcache";
   auto store = store::LocalStore::Open(local_root);
   if (!store) {
-    std::cerr << "modelcache: " << (s3_store ? "--cache-dir: " : "--store: ")
+    std::cerr << "modelcache: " << (shared_store ? "--cache-dir: " : "--store: ")
               << store.error().message << "\n";
     return 1;
   }
   std::string cache_root = (*store)->root();
-  if (!s3_store && !options.cache_dir.empty()) {
+  if (!shared_store && !options.cache_dir.empty()) {
     // Specs whose storage.uri is s3:// stage in --cache-dir rather than in the local --store.
     auto cache = store::LocalStore::Open(options.cache_dir);
     if (!cache) {
@@ -172,8 +170,8 @@ int RunDaemon(const RunOptions& options, reconcilers::ReconcilerOptions base,
   if (!options.leader_elect) {
     cleanup_staging();
   }
-  std::string state_dir = options.state_dir.empty() ? (*store)->root() + "/state"
-                                                    : options.state_dir;
+  std::string state_dir =
+      options.state_dir.empty() ? (*store)->DefaultStateDir() : options.state_dir;
 
   std::optional<LeaderElectionOptions> election_options;
   std::optional<KubeConfig> election_config;
@@ -239,7 +237,7 @@ int RunDaemon(const RunOptions& options, reconcilers::ReconcilerOptions base,
   // collector.Stop) before the Manager is destroyed, so no callback outlives it.
   Manager* manager_ptr = nullptr;
   reconcilers::ReconcilerOptions ro = std::move(base);
-  ro.default_store = s3_store ? options.store : (*store)->root();
+  ro.default_store = shared_store ? options.store : (*store)->root();
   ro.local_cache = cache_root;
   ro.s3_secret = options.s3_secret;
   ro.allowed_endpoints = options.allowed_endpoints;
@@ -333,7 +331,7 @@ int RunDaemon(const RunOptions& options, reconcilers::ReconcilerOptions base,
   });
 
   spdlog::info("modelcache {} (store {}, state {}, hub {}, {} workers)", mode->Describe(),
-               s3_store ? options.store + ", cache " + cache_root : (*store)->root(), state_dir,
+               shared_store ? options.store + ", cache " + cache_root : (*store)->root(), state_dir,
                ro.hf_endpoint, options.workers);
   if (collector.enabled()) {
     spdlog::info("store limits: {} max, {} min free, keeping {} versions; gc every {}",

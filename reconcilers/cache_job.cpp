@@ -1,7 +1,6 @@
 #include "reconcilers/internal/cache_job.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -187,26 +186,6 @@ std::string_view JobPhaseName(JobPhase phase) {
   return crds::kPhasePending;
 }
 
-void CleanupShardSources(const std::string& store_root) {
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(store_root + "/tmp", ec)) {
-    std::string name = entry.path().filename().string();
-    std::string_view prefix;
-    for (std::string_view p : {std::string_view("shard-src-"), std::string_view("s3-pull-")}) {
-      if (name.rfind(p, 0) == 0) {
-        prefix = p;
-      }
-    }
-    if (prefix.empty()) {
-      continue;
-    }
-    pid_t pid = static_cast<pid_t>(std::atol(name.c_str() + prefix.size()));
-    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) {
-      fs::remove_all(entry.path(), ec);
-    }
-  }
-}
-
 bool IsCommitId(const std::string& revision) {
   return revision.size() == 40 &&
          std::all_of(revision.begin(), revision.end(), [](char c) {
@@ -273,12 +252,6 @@ Result<store::RepoRef> RepoOf(const CacheJobInputs& in, store::LocalStore& store
   }
   repo.hub = *hub_key;
   return repo;
-}
-
-std::string RepoLockPath(const store::LocalStore& store, const store::RepoRef& repo) {
-  std::string lock_name = store::RepoStoreName(repo);
-  std::replace(lock_name.begin(), lock_name.end(), '/', '@');
-  return store.root() + "/locks/" + lock_name + ".lock";
 }
 
 // Whether the store holds `f`'s blob (adopting it when another hub cache of the store does);
@@ -617,7 +590,7 @@ Result<CacheJobOutput> RunPipeline(CacheRun& run, fetch::HubClient& hub) {
   // next to the daemon) that fetch the same repo would otherwise write the same .incomplete
   // files; the second one waits, then finds the blobs in place. They mostly hold it for
   // milliseconds (everything already present), hence the short first polls of FileLock::Lock.
-  auto lock = FileLock::Lock(RepoLockPath(run.store, run.repo), LockMode::Exclusive, run.stop);
+  auto lock = FileLock::Lock(run.store.RepoLockPath(run.repo), LockMode::Exclusive, run.stop);
   if (!lock) {
     return lock.error();
   }
@@ -662,7 +635,8 @@ Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& stat
     return opened.error();
   }
   store::LocalStore& store = **opened;
-  if (in.spec.source.repo.rfind("s3://", 0) == 0) {
+  if (store::IsSharedStoreUri(in.spec.source.repo)) {
+    // The source is an artifact of a shared store, not a Hub repo.
     return RunS3SourceJob(in, store, state, stop);
   }
   auto repo = RepoOf(in, store);

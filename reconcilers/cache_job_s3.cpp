@@ -186,11 +186,10 @@ Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStor
     state.transfer.files_done = static_cast<int64_t>(m.files.size());
   } else {
     state.phase = JobPhase::Downloading;
-    // Named by our pid (CleanupShardSources removes the ones of dead processes) and the resource,
-    // not by the attempt: a retry of this job resumes what an interrupted pull left (Pull's
-    // staging, <pulled>.partial-<version>). '_' is in no namespace or name.
-    std::string pulled = local.root() + "/tmp/s3-pull-" + std::to_string(::getpid()) + "_" +
-                         in.key.namespace_ + "_" + in.key.name;
+    // Named by the resource, not by the attempt: a retry of this job resumes what an
+    // interrupted pull left (Pull's staging, <pulled>.partial-<version>). '_' is in no
+    // namespace or name.
+    std::string pulled = local.PullScratchDir(in.key.namespace_ + "_" + in.key.name);
     store::S3TransferProgress progress;
     // Through the job's transfer layer: parallel ranges, counted in the job's progress.
     auto transfer = in.transfer_factory(fetch::S3PullHubOptions(in.hub));

@@ -27,8 +27,7 @@ namespace fs = std::filesystem;
 // spec selected and not others that the same commit's snapshot holds for another spec.
 Result<std::string> MakeShardSource(const store::LocalStore& store, const store::RepoRef& repo,
                                     const std::vector<fetch::RepoFile>& files) {
-  // UniqueSuffix starts with our pid: CleanupShardSources removes the ones of dead processes.
-  std::string dir = store.root() + "/tmp/shard-src-" + UniqueSuffix();
+  std::string dir = store.ShardSourceDir();  // removed by the job, or after a crash by the store
   for (const auto& f : files) {
     fs::path link = fs::path(dir) / f.path;
     std::error_code ec;
@@ -282,7 +281,7 @@ Result<bool> StartS3Upload(const CacheJobInputs& in, const store::RepoRef& repo,
   spdlog::info(
       "{}: uploading {} rank files to {} while they are written", in.key.ToString(),
       streaming.staged.size(),
-      streaming.s3->location().Uri("artifacts/" + in.spec.artifact_name + "/.incoming/" + stream));
+      streaming.s3->IncomingUri(in.spec.artifact_name, stream));
   return true;
 }
 

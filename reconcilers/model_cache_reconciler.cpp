@@ -19,8 +19,8 @@
 #include "reconcilers/internal/job_failures.h"
 #include "reconcilers/internal/job_pool.h"
 #include "reconcilers/internal/verify_job.h"
+#include "store/artifact_store.h"
 #include "store/local_store.h"
-#include "store/s3_store.h"
 
 namespace modelcache::reconcilers {
 namespace {
@@ -79,11 +79,11 @@ struct ModelCacheReconciler::Impl {
         return engine->NewTransfer(hub);
       };
     }
-    if (options.local_cache.empty() && !options.default_store.starts_with("s3://")) {
+    if (options.local_cache.empty() && !store::IsSharedStoreUri(options.default_store)) {
       options.local_cache = options.default_store;
     }
     if (!options.local_cache.empty()) {
-      CleanupShardSources(options.local_cache);
+      store::LocalStore::RemoveOrphanedScratch(options.local_cache);
     }
     std::vector<std::string> endpoints = options.allowed_endpoints;
     endpoints.push_back(options.hf_endpoint);
@@ -126,7 +126,7 @@ struct ModelCacheReconciler::Impl {
       return refuse("spec.storage.uri", spec.storage.uri, "stores", "--allowed-stores");
     }
     // An S3 artifact as the source is read with the daemon's S3 credentials.
-    if (spec.source.repo.starts_with("s3://") && !allowed_stores.Allows(spec.source.repo)) {
+    if (store::IsSharedStoreUri(spec.source.repo) && !allowed_stores.Allows(spec.source.repo)) {
       return refuse("spec.source.repo", spec.source.repo, "stores", "--allowed-stores");
     }
     return {};
@@ -169,7 +169,7 @@ struct ModelCacheReconciler::Impl {
   // The local store of a spec: its storage, or the local cache that stages an S3 store's uploads.
   std::string StoreRoot(const crds::ModelCacheSpec& spec) const {
     std::string uri = StorageUri(spec);
-    return uri.starts_with("s3://") ? options.local_cache : uri;
+    return store::IsSharedStoreUri(uri) ? options.local_cache : uri;
   }
 
   // A deleted resource frees the name it held (ArtifactNames::Release).
@@ -325,12 +325,12 @@ struct ModelCacheReconciler::Impl {
     });
   }
 
-  // The S3 settings of a spec whose storage is an s3:// URI; nullopt for a local store.
+  // The S3 settings of a spec whose storage is shared (an S3 bucket); nullopt for a local store.
   Result<std::optional<store::AwsConfig>> S3ConfigFor(const crds::ModelCacheSpec& spec) const {
     std::optional<store::AwsConfig> aws;
-    if (std::string uri = StorageUri(spec); uri.starts_with("s3://")) {
-      if (auto loc = store::ParseS3StoreUri(uri); !loc) {
-        return Error(Reason::InvalidSpec, "spec.storage.uri: " + loc.error().message);
+    if (std::string uri = StorageUri(spec); store::IsSharedStoreUri(uri)) {
+      if (auto checked = store::CheckStoreUri(uri); !checked) {
+        return Error(Reason::InvalidSpec, "spec.storage.uri: " + checked.error().message);
       }
       if (options.local_cache.empty()) {
         return Error(Reason::InvalidSpec, "spec.storage.uri: " + uri +
@@ -349,7 +349,7 @@ struct ModelCacheReconciler::Impl {
   // The AWS configuration to read a source that is an S3 artifact with; nullopt for a Hub repo.
   Result<std::optional<store::AwsConfig>> SourceConfigFor(const crds::ModelCacheSpec& spec) const {
     std::optional<store::AwsConfig> aws;
-    if (spec.source.repo.starts_with("s3://")) {
+    if (store::IsSharedStoreUri(spec.source.repo)) {
       auto config = AwsConfigFor(options, spec.source.repo);
       if (!config) {
         return config.error();
@@ -360,26 +360,27 @@ struct ModelCacheReconciler::Impl {
   }
 
   bool ArtifactPresent(const crds::ModelCacheSpec& spec, const crds::ArtifactStatus& artifact) {
+    // A shared store is read with the credentials for the resource's storage. Any error re-runs
+    // the job, which finds what is there and only re-checks it.
     std::string uri = StorageUri(spec);
-    if (uri.starts_with("s3://")) {
-      // Committed in the bucket (modelcache.json present and matching its id) is present; any
-      // error re-runs the job, which finds the local copy and the objects and only re-checks.
+    store::ArtifactStoreOptions store_options;
+    if (store::IsSharedStoreUri(uri)) {
       auto config = AwsConfigFor(options, uri);
-      auto s3 = config ? store::S3ArtifactStore::Open(uri, *config)
-                       : Result<std::unique_ptr<store::S3ArtifactStore>>(config.error());
-      if (!s3 || artifact.uri != (*s3)->location().Uri("artifacts/" + artifact.name + "/" +
-                                                      artifact.version)) {
+      if (!config) {
         return false;
       }
-      auto version = (*s3)->ReadVersion(artifact.name, artifact.version);
-      return version && version->has_value() && (*version)->id == artifact.id;
+      store_options.aws = std::move(*config);
     }
-    auto store = store::LocalStore::Open(StoreRoot(spec));
-    if (!store) {
+    auto opened = store::OpenArtifactStore(uri, store_options);
+    if (!opened) {
       return false;
     }
-    auto version = (*store)->ReadVersion(artifact.name, artifact.version);
-    return version && version->has_value();
+    store::PublishedArtifact held;
+    held.name = artifact.name;
+    held.version = artifact.version;
+    held.id = artifact.id;
+    held.uri = artifact.uri;
+    return (*opened)->Holds(held, {});
   }
 
   crds::ModelCacheStatus RunningStatus(const crds::ModelCacheStatus& previous, JobEntry& job) {

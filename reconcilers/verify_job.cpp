@@ -32,7 +32,7 @@ struct Findings {
 VoidResult CheckArtifactFiles(const store::LocalStore& store, const crds::ArtifactStatus& artifact,
                               const store::ArtifactManifest& manifest, std::stop_token stop,
                               Findings& found) {
-  std::string dir = store.artifacts_dir() + "/" + artifact.name + "/" + artifact.version;
+  std::string dir = store.VersionDir(artifact.name, artifact.version);
   for (const auto& f : manifest.files) {
     if (stop.stop_requested()) {
       return Error(Reason::Cancelled, "cancelled");
@@ -97,7 +97,7 @@ VoidResult CheckSnapshot(store::LocalStore& store, const store::RepoRef& repo,
                          const crds::ModelCacheSpec& spec, const std::string& commit,
                          const store::ArtifactManifest* manifest, std::stop_token stop,
                          Findings& found) {
-  std::string snapshot = store.RepoDir(repo) + "/snapshots/" + commit;
+  std::string snapshot = store.SnapshotDir(repo, commit);
   std::set<std::string> linked;
   std::error_code ec;
   if (!fs::is_directory(snapshot, ec)) {

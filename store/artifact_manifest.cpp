@@ -1,5 +1,7 @@
 // ArtifactManifest: identity (digest, version, id) and the modelcache.json document.
 
+#include "store/artifact_manifest.h"
+
 #include <algorithm>
 #include <array>
 #include <string>
@@ -8,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "common/sha256.h"
-#include "store/local_store.h"
 
 namespace modelcache::store {
 

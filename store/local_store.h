@@ -17,8 +17,17 @@
 //       modelcache.json                      the ArtifactManifest
 //       <files…>                             hard links of blobs, or sharded outputs
 //     current -> <version>                   relative symlink, switched atomically
+//   <root>/locks/<repo>.lock                 a cache job's lock on its repo (RepoLockPath); GC's
+//                                            in-use locks under locks/inuse/ (store/gc.h)
+//   <root>/tmp/                              running jobs' scratch (ShardSourceDir, PullScratchDir)
+//   <root>/state/                            by default a daemon's state (DefaultStateDir)
 //
 // docs/store-layout.md describes the layout, the manifest and what is safe to read when.
+//
+// LocalStore is the local ArtifactStore (store/artifact_store.h). Its code is in three files: the
+// hub cache (local_hub_cache.cpp), the artifacts (local_artifacts.cpp), and opening, the rest of
+// the layout (tmp/, locks/, state/) and cleanup (local_store.cpp). Callers never build a path
+// under <root> themselves: they ask for it (BlobPath, RepoLockPath, ShardSourceDir, …).
 //
 // Thread-safety: a LocalStore is safe for concurrent use from many threads without external
 // synchronization, and several processes may share one root. Every change becomes visible through
@@ -32,13 +41,15 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
+#include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/file_lock.h"
 #include "common/result.h"
+#include "store/artifact_manifest.h"
+#include "store/artifact_store.h"
 
 namespace modelcache::store {
 
@@ -71,46 +82,6 @@ Result<std::string> NormalizeEndpoint(const std::string& endpoint);
 // readable part alone is not: "a-b" and "a/b" read alike). InvalidSpec as NormalizeEndpoint.
 Result<std::string> HubKey(const std::string& endpoint);
 
-struct ManifestFile {
-  std::string path;  // relative to the artifact directory, '/'-separated
-  uint64_t size = 0;
-  std::string sha256;  // 64 lower-case hex
-};
-
-// Serialized as <version>/modelcache.json: pretty, sorted keys, deterministic, no timestamps.
-// (The lint exception: nlohmann::json's special members are not declared noexcept.)
-struct ArtifactManifest {         // NOLINT(bugprone-exception-escape)
-  std::string name, version, id;  // id = "<name>@sha256:<digest>", version = first 12 hex of digest
-  std::string source_type, source_repo, source_revision, source_commit;  // source.{…}
-  std::vector<ManifestFile> files;  // sorted by path (FinalizeIdentity sorts)
-  nlohmann::json shard;             // null when unsharded; else settings + engine release (opaque)
-  uint64_t size_bytes = 0;
-};
-
-// The artifact digest (64 lower-case hex): SHA-256 of a canonical JSON document holding the source
-// type, repo and commit, every file's (path, size, sha256) sorted by path, and the shard settings.
-// The revision name, the artifact name and timestamps are not covered, so "main" and its commit
-// give the same digest. Same inputs, same digest. Fills nothing.
-std::string ComputeDigest(const ArtifactManifest& manifest);
-
-// Sorts files by path and sets version, id (from ComputeDigest) and size_bytes (sum of sizes).
-void FinalizeIdentity(ArtifactManifest& manifest);
-
-// The modelcache.json document ("formatVersion": 1, camelCase keys). ManifestFromJson returns
-// StorageError naming the field when the document is not a valid manifest; it does not check the
-// id against the digest (ReadVersion does).
-nlohmann::json ManifestToJson(const ArtifactManifest& manifest);
-Result<ArtifactManifest> ManifestFromJson(const nlohmann::json& json);
-
-// What Publish made; maps onto status.artifact.
-struct PublishedArtifact {
-  std::string name, version, id;
-  std::string path;  // <root>/artifacts/<name>/<version>
-  std::string uri;   // file://<path>, percent-encoded
-  uint64_t size_bytes = 0;
-  int64_t files = 0;
-};
-
 enum class PublishMode {
   // If <version> already exists (same inputs), discard the staging directory and reuse it.
   ReuseExisting,
@@ -125,7 +96,7 @@ enum class PublishMode {
 // same cache (common/file_lock.h). Released by the destructor. Move-only.
 using BlobLock = FileLock;
 
-class LocalStore {
+class LocalStore : public ArtifactStore {
  public:
   // Opens the store at `root_or_uri` (a path, relative paths made absolute, or a file:// URI with
   // percent-escapes), creating <root>/hub, <root>/artifacts and hub/CACHEDIR.TAG (byte-for-byte as
@@ -134,7 +105,7 @@ class LocalStore {
   static Result<std::unique_ptr<LocalStore>> Open(const std::string& root_or_uri);
 
   // Discards staging directories this instance created and did not publish.
-  ~LocalStore();
+  ~LocalStore() override;
   LocalStore(const LocalStore&) = delete;
   LocalStore& operator=(const LocalStore&) = delete;
 
@@ -159,9 +130,10 @@ class LocalStore {
   std::string BlobPath(const RepoRef& repo, const std::string& etag) const;  // …/blobs/<etag>
   // …/blobs/<etag>.incomplete: stable across restarts so a download can resume with Range.
   std::string IncompletePath(const RepoRef& repo, const std::string& etag) const;
-  // …/snapshots/<commit>/<path>
+  // …/snapshots/<commit>/<path>, and the snapshot's directory …/snapshots/<commit>.
   std::string SnapshotPath(const RepoRef& repo, const std::string& commit,
                            const std::string& path) const;
+  std::string SnapshotDir(const RepoRef& repo, const std::string& commit) const;
 
   // True iff blobs/<etag> is a regular file of exactly `size` bytes. Blobs only appear through a
   // rename after verification, so this is "present and verified"; it does not re-hash.
@@ -219,6 +191,9 @@ class LocalStore {
                                              const std::string& revision) const;
 
   // ---- artifacts ----
+  // <root>/artifacts/<name>/<version> (whether or not it exists; names only, not validated).
+  std::string VersionDir(const std::string& name, const std::string& version) const;
+
   // Creates <root>/artifacts/<name>/.staging-<unique>/ and returns its path. The caller fills it
   // with StageFile (or writes sharded outputs into it), then calls Publish or DiscardStaging.
   // The directory is flock-ed while this instance owns it, so CleanupStaging in any process
@@ -262,8 +237,20 @@ class LocalStore {
   // Published versions of `name` (sorted by name; no staging directories), empty if none.
   Result<std::vector<std::string>> ListVersions(const std::string& name) const;
 
+  // ---- ArtifactStore ----
   // The PublishedArtifact view of an existing version (what Publish returned for it).
-  PublishedArtifact Describe(const ArtifactManifest& manifest) const;
+  PublishedArtifact Describe(const ArtifactManifest& manifest) const override;
+  // file://<root>, percent-encoded.
+  std::string Uri() const override;
+  bool IsShared() const override { return false; }
+  // ReadCurrent's version; ReadVersion as above (a local read is not interrupted by `stop`).
+  Result<std::optional<std::string>> ReadCurrentVersion(const std::string& name,
+                                                        std::stop_token stop) override;
+  Result<std::optional<ArtifactManifest>> ReadVersion(const std::string& name,
+                                                      const std::string& version,
+                                                      std::stop_token stop) override;
+  // Whether <root>/artifacts/<artifact.name>/<artifact.version> is a published version.
+  bool Holds(const PublishedArtifact& artifact, std::stop_token stop) override;
 
   // Removes leftovers of a crash: .staging-* directories whose lock nobody holds, .trash-*
   // directories, and temporary links and files (".modelcache-tmp-" in their name) under
@@ -279,6 +266,29 @@ class LocalStore {
 
   // <root>/hub first, then every <root>/hubs/<key> directory, sorted.
   std::vector<std::string> ListHubDirs() const;
+
+  // ---- the rest of the layout: callers ask for these paths rather than build them ----
+  // True when `root_or_uri` (as Open takes it) is a directory holding hub/ and artifacts/, that
+  // is, a store Open made; creates nothing.
+  static bool Exists(const std::string& root_or_uri);
+  // <root>/state: the state directory of a daemon (or `gc`) using this store by default.
+  std::string DefaultStateDir() const;
+  // <root>/locks/<RepoStoreName with '/' as '@'>.lock: the lock a cache job holds on its repo
+  // while it plans, downloads and links it (common/file_lock.h).
+  std::string RepoLockPath(const RepoRef& repo) const;
+  // Scratch directories under <root>/tmp/, named after the process that made them, so that
+  // RemoveOrphanedScratch removes those of processes that are gone:
+  //   ShardSourceDir: <root>/tmp/shard-src-<pid>.<unique>, a new name on every call (the links
+  //   to the files a sharder reads);
+  //   PullScratchDir: <root>/tmp/s3-pull-<pid>_<tag>, the same name for the same tag in this
+  //   process, so that a retried pull finds what an interrupted one left (`tag` must be a
+  //   single path component).
+  // The directories are the caller's to create and remove.
+  std::string ShardSourceDir() const;
+  std::string PullScratchDir(std::string_view tag) const;
+  // Removes <root>/tmp/'s scratch directories whose process is gone. `root_or_uri` as Open takes
+  // it; nothing happens when it names no directory. Creates nothing.
+  static void RemoveOrphanedScratch(const std::string& root_or_uri);
 
  private:
   VoidResult CleanupHub(const std::string& hub);

@@ -21,25 +21,26 @@
 #include "common/sha256.h"
 #include "common/strings.h"
 #include "store/internal/dir_lock.h"
+#include "store/internal/s3_store_parts.h"
 #include "store/s3_uploader.h"
 
 namespace modelcache::store {
+
+using internal::CheckNameVersion;
+using internal::kManifestName;
+using internal::ManifestDocument;
+using internal::ParseManifest;
+
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::string_view kManifestName = "modelcache.json";
 constexpr std::string_view kCurrentName = "current";
 // S3's limit for one CopyObject and for one part; larger objects are copied in parts.
 constexpr uint64_t kMaxCopySize = 5ULL << 30;
 // S3's smallest part (but the last) and largest part count.
 constexpr uint64_t kMinPartSize = 5ULL << 20;
 constexpr uint64_t kMaxParts = 10'000;
-// Ranged GETs of this size keep Pull's memory bounded.
-constexpr uint64_t kPullRangeSize = 16ULL << 20;
-// Presigned URLs handed to a PullDownloadFn live as long as S3 allows (7 days), so that no pull,
-// however large, outlives them; they never leave the process whole (messages strip the query).
-constexpr std::chrono::seconds kPullUrlLifetime{7 * 24 * 3600};
 
 std::vector<std::string_view> Split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
@@ -98,6 +99,19 @@ bool SafeComponent(std::string_view s) {
   return ValidSegment(s) && s.find_first_of("/ ") == std::string_view::npos;
 }
 
+// The uploader every object of the store goes through.
+UploadOptions StoreUploadOptions() {
+  UploadOptions options;
+  options.skip_existing = false;  // PutFile has already looked
+  // A daemon stopped mid-upload (SIGTERM) leaves the upload for the next start to resume.
+  options.abort_on_stop = false;
+  return options;
+}
+
+}  // namespace
+
+namespace internal {
+
 VoidResult CheckNameVersion(const std::string& name, const std::string& version) {
   if (!SafeComponent(name)) {
     return Error(Reason::InvalidSpec, "artifact name \"" + name + "\" is not a path component");
@@ -140,32 +154,7 @@ Result<ArtifactManifest> ParseManifest(const std::string& text, const std::strin
   return manifest;
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-// The uploader every object of the store goes through.
-UploadOptions StoreUploadOptions() {
-  UploadOptions options;
-  options.skip_existing = false;  // PutFile has already looked
-  // A daemon stopped mid-upload (SIGTERM) leaves the upload for the next start to resume.
-  options.abort_on_stop = false;
-  return options;
-}
-
-}  // namespace
+}  // namespace internal
 
 std::string S3Location::Key(std::string_view rel) const {
   if (prefix.empty()) {
@@ -612,6 +601,20 @@ Result<std::vector<std::string>> S3ArtifactStore::ListVersions(const std::string
   return versions;
 }
 
+std::string S3ArtifactStore::Uri() const { return location_.Uri(); }
+
+std::string S3ArtifactStore::IncomingUri(const std::string& name, const std::string& stream) const {
+  return location_.Uri("artifacts/" + name + "/.incoming/" + stream);
+}
+
+bool S3ArtifactStore::Holds(const PublishedArtifact& artifact, std::stop_token stop) {
+  if (artifact.uri != location_.Uri("artifacts/" + artifact.name + "/" + artifact.version)) {
+    return false;
+  }
+  auto version = ReadVersion(artifact.name, artifact.version, std::move(stop));
+  return version && version->has_value() && (*version)->id == artifact.id;
+}
+
 PublishedArtifact S3ArtifactStore::Describe(const ArtifactManifest& manifest) const {
   PublishedArtifact a;
   a.name = manifest.name;
@@ -621,114 +624,6 @@ PublishedArtifact S3ArtifactStore::Describe(const ArtifactManifest& manifest) co
   a.size_bytes = manifest.size_bytes;
   a.files = static_cast<int64_t>(manifest.files.size());
   return a;
-}
-
-namespace {
-
-// True iff `dir` holds exactly `manifest` already: its modelcache.json has the same id and every
-// file has its size and sha256.
-bool AlreadyPulled(const std::string& dir, const ArtifactManifest& manifest) {
-  auto text = ReadFile(dir + "/" + std::string(kManifestName));
-  if (!text) {
-    return false;
-  }
-  auto local = ParseManifest(*text, dir, manifest.name, manifest.version);
-  if (!local || local->id != manifest.id) {
-    return false;
-  }
-  for (const ManifestFile& f : manifest.files) {
-    std::string path = dir + "/" + f.path;
-    std::error_code ec;
-    if (!fs::is_regular_file(fs::symlink_status(path, ec)) || fs::file_size(path, ec) != f.size) {
-      return false;
-    }
-    auto sha = Sha256File(path);
-    if (!sha || *sha != f.sha256) {
-      return false;
-    }
-  }
-  return true;
-}
-
-// Removes the staging directories (and their .incomplete siblings) named `prefix`* other than
-// `keep` that no live pull holds locked: what killed pulls into the same target left behind.
-void RemoveStaleStagings(const std::string& prefix, const std::string& keep) {
-  fs::path parent = fs::path(prefix).parent_path();
-  std::string stem = fs::path(prefix).filename().string();
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(parent, ec)) {
-    std::string name = entry.path().filename().string();
-    std::string path = entry.path().string();
-    if (name.rfind(stem, 0) != 0 || path == keep || path == keep + ".incomplete") {
-      continue;
-    }
-    std::string_view suffix = ".incomplete";
-    bool scratch = name.size() > suffix.size() &&
-                   name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    std::string staging = scratch ? path.substr(0, path.size() - suffix.size()) : path;
-    Fd held(internal::LockDirAt(staging));
-    if (held.get() < 0 && fs::exists(fs::symlink_status(staging, ec))) {
-      continue;  // in use by another pull (or not a directory we made)
-    }
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-}
-
-}  // namespace
-
-void S3ArtifactStore::DiscardPartialPull(const std::string& dir, const std::string& version) {
-  std::string staging = dir + ".partial-" + version;
-  std::error_code ignored;
-  fs::remove_all(staging, ignored);
-  fs::remove_all(staging + ".incomplete", ignored);
-}
-
-VoidResult S3ArtifactStore::DownloadWith(const PullDownloadFn& download, const std::string& name,
-                                         const ArtifactManifest& m, const std::string& staging,
-                                         std::stop_token stop) {
-  // Partial data next to the staging directory, not in it: nothing but the artifact's files may
-  // end up in the pulled tree, whatever their names.
-  std::string scratch = staging + ".incomplete";
-  if (auto r = MakeDirs(scratch); !r) {
-    return r.error();
-  }
-  std::vector<PullObject> objects;
-  objects.reserve(m.files.size());
-  for (size_t i = 0; i < m.files.size(); ++i) {
-    const ManifestFile& f = m.files[i];
-    PullObject o;
-    o.path = f.path;
-    o.key = FileKey(name, m.version, f.path);
-    auto url = client_->PresignGetObject(location_.bucket, o.key, kPullUrlLifetime);
-    if (!url) {
-      return url.error();
-    }
-    o.url = std::move(*url);
-    o.size = f.size;
-    o.sha256 = f.sha256;
-    o.dest = staging + "/" + f.path;
-    o.scratch = scratch + "/" + std::to_string(i);
-    if (auto r = MakeDirs(fs::path(o.dest).parent_path().string()); !r) {
-      return r.error();
-    }
-    objects.push_back(std::move(o));
-  }
-  VoidResult result = download(objects, stop);
-  std::error_code ec;
-  if (!result) {
-    return result;  // the partial data stays for the next pull of this version to resume
-  }
-  fs::remove_all(scratch, ec);
-  for (const PullObject& o : objects) {
-    auto st = fs::symlink_status(o.dest, ec);
-    if (!fs::is_regular_file(st) || fs::file_size(o.dest, ec) != o.size) {
-      return Error(Reason::Internal,
-                   fmt::format("the download of {} ended without the {}-byte file {}", o.path,
-                               o.size, o.dest));
-    }
-  }
-  return {};
 }
 
 VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std::string& key,
@@ -783,193 +678,6 @@ VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std
     (void)client_->AbortMultipartUpload(bucket, key, *upload_id);
   }
   return done;
-}
-
-Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std::string& version,
-                                             const std::string& dir, S3TransferProgress& progress,
-                                             std::stop_token stop,
-                                             const PullDownloadFn& download) {
-  if (auto r = CheckNameVersion(name, version); !r) {
-    return r.error();
-  }
-  std::string wanted = version;
-  if (wanted.empty()) {
-    auto current = ReadCurrentVersion(name, stop);
-    if (!current) {
-      return current.error();
-    }
-    if (!*current) {
-      return Error(Reason::StorageError, fmt::format("{} has no current version (nothing was "
-                                                     "published under this name)",
-                                                     location_.Uri("artifacts/" + name)));
-    }
-    wanted = **current;
-  }
-  auto manifest = ReadVersion(name, wanted, stop);
-  if (!manifest) {
-    return manifest.error();
-  }
-  if (!*manifest) {
-    return Error(Reason::StorageError,
-                 fmt::format("{} has no modelcache.json: it is not a published version (an upload "
-                             "that never committed, or one still in progress)",
-                             location_.Uri("artifacts/" + name + "/" + wanted)));
-  }
-  const ArtifactManifest& m = **manifest;
-  PulledArtifact out{
-      m.name, m.version, m.id, dir, m.size_bytes, static_cast<int64_t>(m.files.size()), false};
-  progress.files_total = static_cast<int64_t>(m.files.size());
-  progress.bytes_total = m.size_bytes;
-
-  fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
-  if (!target.has_filename()) {
-    target = target.parent_path();
-  }
-  std::error_code ec;
-  bool exists = fs::exists(fs::symlink_status(target, ec));
-  if (exists) {
-    if (!fs::is_directory(fs::symlink_status(target, ec))) {
-      return Error(Reason::InvalidSpec, target.string() + " exists and is not a directory");
-    }
-    bool is_pull = fs::exists(target / kManifestName, ec);
-    if (!is_pull && !fs::is_empty(target, ec)) {
-      return Error(Reason::InvalidSpec, target.string() +
-                                            " exists, is not empty and holds no modelcache.json: "
-                                            "pull never overwrites other files");
-    }
-    if (is_pull && AlreadyPulled(target.string(), m)) {
-      progress.bytes_done = m.size_bytes;
-      progress.files_done = progress.files_total.load();
-      out.dir = target.string();
-      out.already_present = true;
-      return out;
-    }
-  }
-
-  // Stage next to the target (same filesystem, so the final rename is atomic). Through a
-  // download function the staging directory is named by the version, so that a pull interrupted
-  // (killed, cancelled, the network gone) resumes where it stopped: the files it verified are
-  // there and the partial ones have their data and chunk maps in <staging>.incomplete. The version
-  // names its content, so nothing of another version is ever taken. It is locked while in use;
-  // the unlocked leftovers of other pulls into `dir` are removed first.
-  std::string staging_prefix = target.string() + ".partial-";
-  std::string staging = staging_prefix + (download ? m.version : UniqueSuffix());
-  RemoveStaleStagings(staging_prefix, staging);
-  auto fail = [&](Error e) -> Result<PulledArtifact> {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    fs::remove_all(staging + ".incomplete", ignored);
-    return e;
-  };
-  if (auto r = MakeDirs(staging); !r) {
-    return r.error();
-  }
-  Fd lock(internal::LockDirAt(staging));
-  if (lock.get() < 0) {
-    return Error(Reason::StorageError,
-                 fmt::format("{} is being pulled by another process (its staging directory {} is "
-                             "locked)",
-                             target.string(), staging));
-  }
-  if (download) {
-    if (auto r = DownloadWith(download, name, m, staging, stop); !r) {
-      // What an interrupted transfer leaves is kept for a resume; after anything else (bytes
-      // that did not verify, a broken download function) nothing is worth keeping.
-      Reason why = r.error().reason;
-      bool resumable = why == Reason::Cancelled || why == Reason::NetworkError ||
-                       why == Reason::RateLimited || why == Reason::InsufficientStorage;
-      return resumable ? r.error() : fail(r.error());
-    }
-    progress.bytes_done = m.size_bytes;
-    progress.files_done = progress.files_total.load();
-  } else {
-    for (const ManifestFile& f : m.files) {
-      if (stop.stop_requested()) {
-        return fail(Error(Reason::Cancelled, "pull cancelled"));
-      }
-      std::string path = staging + "/" + f.path;
-      if (auto r = MakeDirs(fs::path(path).parent_path().string()); !r) {
-        return fail(r.error());
-      }
-      Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-      if (fd.get() < 0) {
-        return fail(IoError("cannot create", path, errno));
-      }
-      std::string key = FileKey(name, m.version, f.path);
-      Hasher hasher(Hasher::Kind::Sha256);
-      uint64_t written = 0;
-      while (written < f.size) {
-        uint64_t last = std::min(f.size, written + kPullRangeSize) - 1;
-        auto chunk = client_->GetObject(location_.bucket, key, ByteRange{written, last}, stop);
-        if (!chunk) {
-          return fail(chunk.error());
-        }
-        if (chunk->empty() || chunk->size() > last - written + 1) {
-          return fail(
-              Error(Reason::ChecksumMismatch,
-                    fmt::format("s3://{}/{}: answered {} bytes for range {}-{} of a {}-byte "
-                                "file",
-                                location_.bucket, key, chunk->size(), written, last, f.size)));
-        }
-        hasher.Update(*chunk);
-        if (int err = WriteAll(fd.get(), *chunk); err != 0) {
-          return fail(IoError("cannot write", path, err));
-        }
-        written += chunk->size();
-        progress.bytes_done += chunk->size();
-      }
-      std::string sha = hasher.FinalHex();
-      if (sha != f.sha256) {
-        return fail(Error(Reason::ChecksumMismatch,
-                          fmt::format("{}: s3://{}/{} has sha256 {}, the manifest says {}", f.path,
-                                      location_.bucket, key, sha, f.sha256)));
-      }
-      if (::fsync(fd.get()) != 0) {
-        return fail(IoError("cannot fsync", path, errno));
-      }
-      ++progress.files_done;
-    }
-  }
-  // A zero-length object is one GET of nothing; the size check above covers the rest. The
-  // manifest goes in last, like in the bucket.
-  if (auto r = WriteFileAtomic(staging + "/" + std::string(kManifestName), ManifestDocument(m));
-      !r) {
-    return fail(r.error());
-  }
-  for (auto it = fs::recursive_directory_iterator(staging, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->is_directory(ec)) {
-      (void)SyncDir(it->path().string());
-    }
-  }
-  (void)SyncDir(staging);
-
-  if (exists) {
-    // Swap the new tree in place of the old one in one step, then remove the old one.
-    if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) != 0) {
-      int err = errno;
-      if (err != EINVAL && err != ENOSYS) {
-        return fail(IoError("cannot exchange " + staging + " with", target.string(), err));
-      }
-      // No exchange on this filesystem: move the old tree aside, then rename.
-      std::string aside = target.string() + ".old-" + UniqueSuffix();
-      if (::rename(target.c_str(), aside.c_str()) != 0) {
-        return fail(IoError("cannot move aside", target.string(), errno));
-      }
-      if (::rename(staging.c_str(), target.c_str()) != 0) {
-        int rename_err = errno;
-        (void)::rename(aside.c_str(), target.c_str());
-        return fail(IoError("cannot rename " + staging + " to", target.string(), rename_err));
-      }
-      staging = aside;
-    }
-    fs::remove_all(staging, ec);  // the old tree
-  } else if (::rename(staging.c_str(), target.c_str()) != 0) {
-    return fail(IoError("cannot rename " + staging + " to", target.string(), errno));
-  }
-  (void)SyncDir(target.parent_path().string());
-  out.dir = target.string();
-  return out;
 }
 
 }  // namespace modelcache::store

@@ -45,8 +45,9 @@
 #include <vector>
 
 #include "common/result.h"
+#include "store/artifact_manifest.h"
+#include "store/artifact_store.h"
 #include "store/aws_config.h"
-#include "store/local_store.h"
 #include "store/s3_client.h"
 #include "store/s3_uploader.h"
 
@@ -123,10 +124,13 @@ struct PullObject {
 using PullDownloadFn =
     std::function<VoidResult(const std::vector<PullObject>& objects, std::stop_token stop)>;
 
-class S3ArtifactStore {
+class S3ArtifactStore : public ArtifactStore {
  public:
   S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> client,
                   S3StoreOptions options = {});
+  ~S3ArtifactStore() override = default;
+  S3ArtifactStore(const S3ArtifactStore&) = delete;
+  S3ArtifactStore& operator=(const S3ArtifactStore&) = delete;
 
   // Parses `uri` (ParseS3StoreUri) and makes a client for `config`. Contacts nothing.
   static Result<std::unique_ptr<S3ArtifactStore>> Open(std::string_view uri, AwsConfig config,
@@ -192,6 +196,9 @@ class S3ArtifactStore {
   // restarted job finds its unfinished uploads). Never a version: versions are hex.
   std::string IncomingKey(const std::string& name, const std::string& stream,
                           const std::string& path) const;
+  // s3://<bucket>/<prefix>/artifacts/<name>/.incoming/<stream>: where IncomingKey puts a stream's
+  // files, for messages.
+  std::string IncomingUri(const std::string& name, const std::string& stream) const;
 
   // sha256 -> key of every file of the artifact's current version (empty if none): sources for
   // server-side copies.
@@ -204,16 +211,29 @@ class S3ArtifactStore {
   // (FinalizeIdentity). If the version is already committed with another id: StorageError.
   Result<PublishedArtifact> Commit(const ArtifactManifest& manifest, std::stop_token stop = {});
 
-  // ---- reading ----
+  // ---- reading (ArtifactStore) ----
+  // s3://<bucket>[/<prefix>].
+  std::string Uri() const override;
+  bool IsShared() const override { return true; }
   // The version `current` names; nullopt if the artifact has no current object.
   Result<std::optional<std::string>> ReadCurrentVersion(const std::string& name,
-                                                        std::stop_token stop = {});
+                                                        std::stop_token stop) override;
+  Result<std::optional<std::string>> ReadCurrentVersion(const std::string& name) {
+    return ReadCurrentVersion(name, std::stop_token());
+  }
   // The committed manifest of a version: nullopt when <version>/modelcache.json does not exist
   // (never published, or an upload that has not committed). StorageError if it is malformed or
   // does not match its id.
   Result<std::optional<ArtifactManifest>> ReadVersion(const std::string& name,
                                                       const std::string& version,
-                                                      std::stop_token stop = {});
+                                                      std::stop_token stop) override;
+  Result<std::optional<ArtifactManifest>> ReadVersion(const std::string& name,
+                                                      const std::string& version) {
+    return ReadVersion(name, version, std::stop_token());
+  }
+  // Whether `artifact.uri` is this store's URI of its version and that version is committed
+  // with `artifact.id`.
+  bool Holds(const PublishedArtifact& artifact, std::stop_token stop) override;
   // The manifest of the current version; nullopt if there is none. StorageError if current names
   // a version that is not committed.
   Result<std::optional<ArtifactManifest>> ReadCurrent(const std::string& name,
@@ -223,7 +243,7 @@ class S3ArtifactStore {
 
   // The PublishedArtifact view of a version: uri = s3://bucket/prefix/artifacts/<name>/<version>,
   // path empty (the artifact's home is the bucket).
-  PublishedArtifact Describe(const ArtifactManifest& manifest) const;
+  PublishedArtifact Describe(const ArtifactManifest& manifest) const override;
 
   // ---- pulling ----
   // Materialises a committed version (`version` empty: the current one) as the directory `dir`:

@@ -95,9 +95,6 @@ struct CacheJobOutput {
 Result<CacheJobOutput> RunCacheJob(const CacheJobInputs& in, CacheJobState& state,
                                    std::stop_token stop);
 
-// Removes the shard source views (<store>/tmp/shard-src-<pid>.…) that crashed processes left.
-void CleanupShardSources(const std::string& store_root);
-
 // True for a full 40-hex commit id (which never moves, so it needs no refresh).
 bool IsCommitId(const std::string& revision);
 
