@@ -74,12 +74,12 @@ Result<ListenAddress> ParseListenAddress(std::string_view text) {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Waits until `fd` can be read (or written) or `deadline` passes; false on timeout or error.
-bool WaitFor(int fd, short events, Clock::time_point deadline) {
+bool WaitFor(int fd, short events, SteadyClock::time_point deadline) {
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
     if (left.count() <= 0) {
       return false;
     }
@@ -122,12 +122,12 @@ void Endpoint(int fd, bool peer, std::string& ip, int& port) {
 // client dripping bytes gets no more time than one that sends nothing.
 class DeadlineStream final : public httplib::Stream {
  public:
-  DeadlineStream(int fd, Clock::time_point read_deadline, std::chrono::milliseconds write_timeout)
+  DeadlineStream(int fd, SteadyClock::time_point read_deadline, std::chrono::milliseconds write_timeout)
       : fd_(fd), read_deadline_(read_deadline), write_timeout_(write_timeout) {}
 
   bool is_readable() const override { return WaitFor(fd_, POLLIN, read_deadline_); }
   bool is_writable() const override {
-    return WaitFor(fd_, POLLOUT, Clock::now() + write_timeout_);
+    return WaitFor(fd_, POLLOUT, SteadyClock::now() + write_timeout_);
   }
   ssize_t read(char* ptr, size_t size) override {
     if (!is_readable()) {
@@ -159,7 +159,7 @@ class DeadlineStream final : public httplib::Stream {
 
  private:
   int fd_;
-  Clock::time_point read_deadline_;
+  SteadyClock::time_point read_deadline_;
   std::chrono::milliseconds write_timeout_;
 };
 
@@ -247,13 +247,13 @@ class HealthServer::GuardedServer final : public httplib::Server {
   }
 
   void Serve(int fd) {
-    Clock::time_point wait_from = Clock::now();
+    SteadyClock::time_point wait_from = SteadyClock::now();
     for (int served = 0; served < kKeepAliveMaxCount; ++served) {
       if (served > 0) {
-        if (!WaitFor(fd, POLLIN, Clock::now() + options_.idle_timeout)) {
+        if (!WaitFor(fd, POLLIN, SteadyClock::now() + options_.idle_timeout)) {
           return;
         }
-        wait_from = Clock::now();
+        wait_from = SteadyClock::now();
       }
       DeadlineStream stream(fd, wait_from + options_.request_timeout, options_.request_timeout);
       bool closed = false;

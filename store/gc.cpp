@@ -14,6 +14,7 @@
 
 #include "common/files.h"
 #include "common/units.h"
+#include "store/internal/layout.h"
 
 namespace modelcache::store {
 
@@ -21,7 +22,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::string_view kTmpMarker = ".modelcache-tmp-";
+using internal::kTmpMarker;
+
 constexpr std::string_view kIncompleteSuffix = ".incomplete";
 
 int64_t MtimeNs(const struct stat& st) {

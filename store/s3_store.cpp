@@ -35,12 +35,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::string_view kCurrentName = "current";
-// S3's limit for one CopyObject and for one part; larger objects are copied in parts.
-constexpr uint64_t kMaxCopySize = 5ULL << 30;
-// S3's smallest part (but the last) and largest part count.
-constexpr uint64_t kMinPartSize = 5ULL << 20;
-constexpr uint64_t kMaxParts = 10'000;
+using internal::kCurrentName;
+using internal::kS3MaxCopySize;
+using internal::kS3MaxParts;
+using internal::kS3MinPartSize;
 
 std::vector<std::string_view> Split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
@@ -247,8 +245,8 @@ S3ArtifactStore::S3ArtifactStore(S3Location location, std::shared_ptr<S3Client> 
     : location_(std::move(location)), client_(std::move(client)), options_(options) {
   // Below one part's minimum a multipart copy gains nothing (and an empty object has no part).
   options_.max_copy_object_size =
-      std::clamp(options_.max_copy_object_size, kMinPartSize, kMaxCopySize);
-  options_.copy_part_size = std::clamp(options_.copy_part_size, kMinPartSize, kMaxCopySize);
+      std::clamp(options_.max_copy_object_size, kS3MinPartSize, kS3MaxCopySize);
+  options_.copy_part_size = std::clamp(options_.copy_part_size, kS3MinPartSize, kS3MaxCopySize);
   options_.parallel_part_copies = std::max(1, options_.parallel_part_copies);
 }
 
@@ -630,7 +628,7 @@ VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std
                                         const ManifestFile& file, std::stop_token stop) {
   const std::string& bucket = location_.bucket;
   uint64_t part_size =
-      std::clamp((file.size + kMaxParts - 1) / kMaxParts, options_.copy_part_size, kMaxCopySize);
+      std::clamp((file.size + kS3MaxParts - 1) / kS3MaxParts, options_.copy_part_size, kS3MaxCopySize);
   auto parts_total = static_cast<int>((file.size + part_size - 1) / part_size);
   auto upload_id = client_->CreateMultipartUpload(
       bucket, key, stop, {{std::string(kSha256MetaKey), file.sha256}});

@@ -24,14 +24,13 @@
 #include "common/files.h"
 #include "common/guard.h"
 #include "common/sha256.h"
+#include "store/internal/layout.h"
 #include "store/sigv4.h"
 
 namespace modelcache::store {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
-constexpr uint64_t kMaxParts = 10'000;
-constexpr uint64_t kS3MinPart = 5 * kMiB;
 // Parts are hashed in blocks of this size (the only buffer a file part needs).
 constexpr size_t kHashBlock = 1 << 20;
 // aws-chunked chunk size for stream PUTs: S3's examples use 64 KiB; any size >= 8 KiB works.
@@ -359,13 +358,13 @@ class MultipartRun {
 S3Uploader::S3Uploader(S3Client& client, UploadOptions options)
     : client_(client), options_(std::move(options)) {
   options_.parallel_parts = std::max(1, options_.parallel_parts);
-  options_.min_part_size = std::max(options_.min_part_size, kS3MinPart);
+  options_.min_part_size = std::max(options_.min_part_size, internal::kS3MinPartSize);
 }
 
 uint64_t S3Uploader::PartSizeFor(uint64_t size) const {
   uint64_t part = options_.min_part_size;
   if (size == kUnknownSize) return part;
-  uint64_t needed = (size + kMaxParts - 1) / kMaxParts;
+  uint64_t needed = (size + internal::kS3MaxParts - 1) / internal::kS3MaxParts;
   needed = (needed + kMiB - 1) / kMiB * kMiB;
   return std::max(part, needed);
 }
@@ -686,9 +685,9 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
       if (!more) return fail(more.error());
       break;
     }
-    if (parts + 1 > static_cast<int>(kMaxParts)) {
+    if (parts + 1 > static_cast<int>(internal::kS3MaxParts)) {
       return fail(Error(Reason::StorageError,
-                        fmt::format("{}: stream needs more than {} parts", target, kMaxParts)));
+                        fmt::format("{}: stream needs more than {} parts", target, internal::kS3MaxParts)));
     }
     std::string data(static_cast<size_t>(next_size), '\0');
     auto n = fill(data);

@@ -10,17 +10,13 @@
 #include <string_view>
 
 #include "common/result.h"
+#include "store/internal/layout.h"
 #include "store/local_store.h"
 
 namespace modelcache::store::internal {
 
-// Marks every temporary name the store creates, so CleanupStaging can find crash leftovers without
-// guessing (huggingface_hub's own names never contain it).
-inline constexpr std::string_view kTmpMarker = ".modelcache-tmp-";
 inline constexpr std::string_view kStagingPrefix = ".staging-";
 inline constexpr std::string_view kTrashPrefix = ".trash-";
-inline constexpr std::string_view kManifestName = "modelcache.json";
-inline constexpr std::string_view kCurrentName = "current";
 inline constexpr int kTmpNameAttempts = 5;
 
 // Byte-for-byte what huggingface_hub writes (constants.py / file_download.py), so tools that

@@ -8,10 +8,9 @@
 
 #include "common/result.h"
 #include "store/artifact_manifest.h"
+#include "store/internal/layout.h"
 
 namespace modelcache::store::internal {
-
-inline constexpr std::string_view kManifestName = "modelcache.json";
 
 // InvalidSpec unless `name` (and `version`, when not empty) is a single safe path component.
 VoidResult CheckNameVersion(const std::string& name, const std::string& version);

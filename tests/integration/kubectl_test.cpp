@@ -57,7 +57,7 @@ std::string FindOnPath(const std::string& name) {
   return "";
 }
 
-std::string ReadFile(const std::string& path);
+std::string ReadText(const std::string& path);
 
 // Runs `argv` (argv[0]: a full path) to completion with this process's environment minus any
 // Kubernetes settings, plus `env`; stdout and stderr captured through files in `scratch`.
@@ -103,8 +103,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
   posix_spawn_file_actions_destroy(&actions);
-  r.out = ReadFile(out_path);
-  r.err = ReadFile(err_path);
+  r.out = ReadText(out_path);
+  r.err = ReadText(err_path);
   return r;
 }
 
@@ -116,7 +116,7 @@ std::string Kubectl() {
   return FindOnPath("kubectl");
 }
 
-std::string ReadFile(const std::string& path) {
+std::string ReadText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -149,21 +149,21 @@ int CountObjects(const std::string& dir) {
     std::string ext = entry.path().extension();
     if (entry.is_regular_file() && (ext == ".yaml" || ext == ".yml") &&
         entry.path().filename() != "kustomization.yaml") {
-      n += CountKinds(ReadFile(entry.path()));
+      n += CountKinds(ReadText(entry.path()));
     }
   }
   return n;
 }
 
 TEST(ManifestsTest, TheCrdInManifestsIsByteIdenticalToCrdsModelcacheYaml) {
-  std::string crd = ReadFile(std::string(MC_SOURCE_DIR) + "/crds/modelcache.yaml");
+  std::string crd = ReadText(std::string(MC_SOURCE_DIR) + "/crds/modelcache.yaml");
   ASSERT_FALSE(crd.empty());
-  EXPECT_EQ(ReadFile(std::string(MC_SOURCE_DIR) + "/manifests/kubernetes/base/crd.yaml"), crd)
+  EXPECT_EQ(ReadText(std::string(MC_SOURCE_DIR) + "/manifests/kubernetes/base/crd.yaml"), crd)
       << "manifests/kubernetes/base/crd.yaml differs from crds/modelcache.yaml: copy it again "
          "(cp crds/modelcache.yaml manifests/kubernetes/base/crd.yaml)";
-  std::string node_crd = ReadFile(std::string(MC_SOURCE_DIR) + "/crds/modelcachenode.yaml");
+  std::string node_crd = ReadText(std::string(MC_SOURCE_DIR) + "/crds/modelcachenode.yaml");
   ASSERT_FALSE(node_crd.empty());
-  EXPECT_EQ(ReadFile(std::string(MC_SOURCE_DIR) +
+  EXPECT_EQ(ReadText(std::string(MC_SOURCE_DIR) +
                      "/manifests/kubernetes/base/crd-modelcachenode.yaml"),
             node_crd)
       << "manifests/kubernetes/base/crd-modelcachenode.yaml differs from "

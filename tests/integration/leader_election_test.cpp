@@ -29,7 +29,7 @@ using std::chrono::seconds;
 constexpr char kLeasePath[] =
     "/apis/coordination.k8s.io/v1/namespaces/modelcache-system/leases/modelcache-controller";
 
-bool IsReady(const json& object) {
+bool IsReadyObject(const json& object) {
   if (!object.contains("status") || !object["status"].contains("conditions")) {
     return false;
   }
@@ -106,7 +106,7 @@ class LeaderElectionTest : public ::testing::Test {
         [&] {
           ApiAnswer a = api_.GetModelCache("default", name);
           last = a.body;
-          return a.status == 200 && IsReady(last);
+          return a.status == 200 && IsReadyObject(last);
         },
         timeout);
     return last;
@@ -132,8 +132,8 @@ TEST_F(LeaderElectionTest, OnlyTheLeaseHolderReconcilesAndTheFollowerWritesNothi
   ASSERT_TRUE(WaitFor([&] { return api_.requests_by("replica-b", "leases") >= 3; })) << b->Log();
   Create("one");
   Create("two");
-  EXPECT_TRUE(IsReady(WaitReady("one"))) << a->Log();
-  EXPECT_TRUE(IsReady(WaitReady("two"))) << a->Log();
+  EXPECT_TRUE(IsReadyObject(WaitReady("one"))) << a->Log();
+  EXPECT_TRUE(IsReadyObject(WaitReady("two"))) << a->Log();
   EXPECT_GT(api_.requests_by("replica-a", "modelcaches"), 0u);
   // The follower never listed, watched or wrote a ModelCache, nor an Event.
   EXPECT_EQ(api_.requests_by("replica-b", "modelcaches"), 0u) << b->Log();
@@ -150,7 +150,7 @@ TEST_F(LeaderElectionTest, KillingTheLeaderHandsOverAfterTheLeaseDuration) {
   ASSERT_TRUE(WaitFor([&] { return Holder() == "replica-a"; })) << a->Log();
   auto b = Replica("replica-b", "3s", "2s");
   Create("before");
-  EXPECT_TRUE(IsReady(WaitReady("before"))) << a->Log();
+  EXPECT_TRUE(IsReadyObject(WaitReady("before"))) << a->Log();
   a->Kill9();
   // No release: b waits until the record has not changed for the lease duration, then takes it.
   ASSERT_TRUE(WaitFor([&] { return Holder() == "replica-b"; }, seconds(30))) << b->Log();
@@ -159,7 +159,7 @@ TEST_F(LeaderElectionTest, KillingTheLeaderHandsOverAfterTheLeaseDuration) {
   EXPECT_EQ(lease["spec"]["leaseDurationSeconds"], 3);
   // The new leader reconciles what changes from now on, and what was there.
   Create("after");
-  EXPECT_TRUE(IsReady(WaitReady("after"))) << b->Log();
+  EXPECT_TRUE(IsReadyObject(WaitReady("after"))) << b->Log();
   EXPECT_GT(api_.requests_by("replica-b", "modelcaches"), 0u);
   EXPECT_NE(b->Log().find("initial sync done"), std::string::npos) << b->Log();
   EXPECT_EQ(b->Terminate(), 0);
@@ -173,7 +173,7 @@ TEST_F(LeaderElectionTest, SigtermReleasesTheLeaseSoTheFollowerTakesOverAtOnce) 
   auto b = Replica("replica-b", "120s", "10s");
   ASSERT_TRUE(WaitFor([&] { return api_.requests_by("replica-b", "leases") >= 2; }));
   Create("m");
-  EXPECT_TRUE(IsReady(WaitReady("m"))) << a->Log();
+  EXPECT_TRUE(IsReadyObject(WaitReady("m"))) << a->Log();
   EXPECT_EQ(a->Terminate(), 0) << a->Log();
   EXPECT_NE(a->Log().find("released lease"), std::string::npos) << a->Log();
   ASSERT_TRUE(WaitFor([&] { return Holder() == "replica-b"; }, seconds(60))) << b->Log();
@@ -189,7 +189,7 @@ TEST_F(LeaderElectionTest, SigtermReleasesTheLeaseSoTheFollowerTakesOverAtOnce) 
                 .status,
             200);
   json ready = WaitReady("m");
-  EXPECT_TRUE(IsReady(ready)) << b->Log();
+  EXPECT_TRUE(IsReadyObject(ready)) << b->Log();
   EXPECT_EQ(ready["metadata"]["generation"], 2);
   EXPECT_EQ(b->Terminate(), 0);
 }

@@ -98,21 +98,21 @@ class S3Test : public ::testing::Test {
     argv.insert(argv.end(), args.begin(), args.end());
     auto r = RunProgram(argv, AwsEnv());
     EXPECT_EQ(r.exit_code, 0) << r.err;
-    auto json = nlohmann::json::parse(r.out, nullptr, false);
-    EXPECT_FALSE(json.is_discarded()) << r.out << r.err;
-    return json;
+    auto doc = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_FALSE(doc.is_discarded()) << r.out << r.err;
+    return doc;
   }
 
   // Every key under `prefix` (boto3's paginator), sorted.
   std::vector<std::string> ListKeys(const std::string& prefix) {
-    auto json = Boto3(R"(
+    auto listing = Boto3(R"(
 keys = []
 for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=sys.argv[3]):
     keys += [o['Key'] for o in page.get('Contents', [])]
 print(json.dumps(sorted(keys)))
 )",
                       {prefix});
-    return json.is_array() ? json.get<std::vector<std::string>>() : std::vector<std::string>();
+    return listing.is_array() ? listing.get<std::vector<std::string>>() : std::vector<std::string>();
   }
 
   crds::ModelCache WaitStatus(const std::string& name,
@@ -233,9 +233,9 @@ TEST_F(S3Test, DaemonPublishesToS3AndPullReproducesTheFiles) {
   }
 
   // `get` shows the S3 URI.
-  auto json = RunModelcache({"get", "-o", "json", "--state-dir", state_dir()});
-  ASSERT_EQ(json.exit_code, 0) << json.err;
-  EXPECT_EQ(nlohmann::json::parse(json.out)["items"][0]["status"]["artifact"]["uri"], art.uri);
+  auto got = RunModelcache({"get", "-o", "json", "--state-dir", state_dir()});
+  ASSERT_EQ(got.exit_code, 0) << got.err;
+  EXPECT_EQ(nlohmann::json::parse(got.out)["items"][0]["status"]["artifact"]["uri"], art.uri);
 
   // pull: the version named, then current; byte for byte; idempotent.
   std::string dir = tmp_ / "pulled/model";

@@ -4,13 +4,13 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
 
-using testing::TempDir;
-using testing::WriteFile;
+using test_util::TempDir;
+using test_util::WriteFile;
 
 // A command shaped like `modelcache run`: options with defaults, a flag, a list, a validator.
 struct Command {

@@ -12,15 +12,15 @@
 #include "common/clock.h"
 #include "controller/directory/file_status_store.h"
 #include "controller/object_cache.h"
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::TempDir;
-using testing::WaitFor;
-using testing::WriteFile;
+using test_util::TempDir;
+using test_util::WaitFor;
+using test_util::WriteFile;
 
 std::string Manifest(const std::string& name, const std::string& repo, const std::string& ns = "") {
   std::string out =

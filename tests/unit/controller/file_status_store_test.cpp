@@ -10,12 +10,12 @@
 
 #include "common/files.h"
 #include "tests/unit/controller/memory_status_store.h"
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
 
-using testing::TempDir;
+using test_util::TempDir;
 
 crds::ModelCache Object(const std::string& ns, const std::string& name) {
   crds::ModelCache mc;
@@ -124,12 +124,12 @@ TEST(FileStatusStoreTest, ListIsOrderedAndSkipsCorruptAndForeignFiles) {
   ASSERT_TRUE(store.Write(Object("team-b", "x")));
   ASSERT_TRUE(store.Write(Object("default", "zeta")));
   ASSERT_TRUE(store.Write(Object("default", "alpha")));
-  testing::WriteFile(dir.path() + "/status/default/broken.json", "{not json");
-  testing::WriteFile(dir.path() + "/status/default/notes.txt", "hello");
-  testing::WriteFile(dir.path() + "/status/default/half.json.tmp.123", "{");
+  test_util::WriteFile(dir.path() + "/status/default/broken.json", "{not json");
+  test_util::WriteFile(dir.path() + "/status/default/notes.txt", "hello");
+  test_util::WriteFile(dir.path() + "/status/default/half.json.tmp.123", "{");
   // A file whose content names another object is not trusted either.
   auto other = Object("default", "other");
-  testing::WriteFile(dir.path() + "/status/default/mislabeled.json", crds::ToJson(other).dump());
+  test_util::WriteFile(dir.path() + "/status/default/mislabeled.json", crds::ToJson(other).dump());
   auto list = store.List();
   ASSERT_TRUE(list);
   std::vector<std::string> names;

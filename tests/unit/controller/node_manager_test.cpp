@@ -11,7 +11,7 @@
 #include "controller/manager.h"
 #include "controller/metrics.h"
 #include "tests/unit/controller/memory_status_store.h"
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
@@ -19,7 +19,7 @@ namespace {
 using reconcilers::Outcome;
 using reconcilers::Request;
 using reconcilers::Requeue;
-using testing::WaitFor;
+using test_util::WaitFor;
 
 crds::ObjectKey KeyOf(const crds::ModelCache& mc) {
   return crds::ObjectKey{mc.metadata.namespace_, mc.metadata.name};

@@ -8,7 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "common/sha256.h"
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
@@ -54,7 +54,7 @@ class StoreCollectorTest : public ::testing::Test {
     auto staging = store_->CreateStaging(name);
     EXPECT_TRUE(staging);
     std::string src = dir_.path() + "/src-" + Sha256Hex(content);
-    testing::WriteFile(src, content);
+    test_util::WriteFile(src, content);
     EXPECT_TRUE(store_->StageFile(*staging, "w.bin", src));
     store::ArtifactManifest m;
     m.name = name;
@@ -68,7 +68,7 @@ class StoreCollectorTest : public ::testing::Test {
     return published->version;
   }
 
-  testing::TempDir dir_;
+  test_util::TempDir dir_;
   std::unique_ptr<store::LocalStore> store_;
 };
 

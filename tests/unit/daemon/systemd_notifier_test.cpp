@@ -16,14 +16,14 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::TempDir;
-using testing::WaitFor;
+using test_util::TempDir;
+using test_util::WaitFor;
 
 // The systemd side of the protocol: a unix datagram socket NOTIFY_SOCKET points at.
 class FakeNotifySocket {
@@ -277,7 +277,7 @@ TEST(SystemdUnitTest, VerifyPasses) {
 
   TempDir dir;
   fs::path copy = fs::path(dir.path()) / "modelcache.service";
-  testing::WriteFile(copy.string(), content);
+  test_util::WriteFile(copy.string(), content);
   fs::path log = fs::path(dir.path()) / "verify.log";
   std::string command =
       "'" + analyze + "' verify '" + copy.string() + "' > '" + log.string() + "' 2>&1";

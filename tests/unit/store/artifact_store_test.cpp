@@ -28,7 +28,7 @@ using testing::FakeS3;
 using testing::TempDir;
 using testing::WriteText;
 
-constexpr const char* kBucket = "models";
+constexpr const char* kStoreBucket = "models";
 
 ArtifactManifest Manifest(const std::string& name, const std::map<std::string, std::string>& files) {
   ArtifactManifest m;
@@ -78,7 +78,7 @@ TEST(ArtifactStoreUriTest, OpenRefusesWhatNamesNoStore) {
 class ArtifactStoreTest : public ::testing::TestWithParam<bool /*shared*/> {
  protected:
   void SetUp() override {
-    s3_.CreateBucket(kBucket);
+    s3_.CreateBucket(kStoreBucket);
     manifest_ = Manifest("tiny", {{"config.json", "{}"}, {"sub/weights.bin", "0123456789"}});
     local_dir_ = tmp_.path() + "/local";
     ArtifactStoreOptions options;
@@ -175,7 +175,7 @@ INSTANTIATE_TEST_SUITE_P(Kinds, ArtifactStoreTest, ::testing::Values(false, true
 // A bucket holds a version only at its own URI and with the id it committed.
 TEST(S3ArtifactStoreHoldsTest, OnlyItsOwnUriAndTheCommittedId) {
   FakeS3 s3;
-  s3.CreateBucket(kBucket);
+  s3.CreateBucket(kStoreBucket);
   TempDir tmp;
   ArtifactStoreOptions options;
   options.aws.credentials = {"AKIDEXAMPLE", "secret-never-shown", ""};

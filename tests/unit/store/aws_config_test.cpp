@@ -12,18 +12,17 @@ namespace {
 using testing::TempDir;
 using testing::WriteText;
 
-constexpr const char* kSecret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
 TEST(AwsConfigTest, EnvironmentCredentialsRegionAndEndpoint) {
   Environment env{{"AWS_ACCESS_KEY_ID", "AKID"},
-                  {"AWS_SECRET_ACCESS_KEY", kSecret},
+                  {"AWS_SECRET_ACCESS_KEY", testing::kExampleSecretKey},
                   {"AWS_SESSION_TOKEN", "tok"},
                   {"AWS_DEFAULT_REGION", "eu-west-1"},
                   {"AWS_ENDPOINT_URL", "http://127.0.0.1:7480/"}};
   auto c = LoadAwsConfig(env);
   ASSERT_TRUE(c) << c.error().ToString();
   EXPECT_EQ(c->credentials.access_key_id, "AKID");
-  EXPECT_EQ(c->credentials.secret_access_key, kSecret);
+  EXPECT_EQ(c->credentials.secret_access_key, testing::kExampleSecretKey);
   EXPECT_EQ(c->credentials.session_token, "tok");
   EXPECT_EQ(c->region, "eu-west-1");
   EXPECT_EQ(c->endpoint_url, "http://127.0.0.1:7480");
@@ -116,7 +115,7 @@ TEST(AwsConfigTest, ExplicitFileLocationsAndKeysInConfigFile) {
 TEST(AwsConfigTest, ErrorsNameTheProblemButNeverTheSecret) {
   TempDir dir;
   WriteText(dir.path() + "/.aws/credentials",
-            std::string("[half]\naws_secret_access_key = ") + kSecret + "\n");
+            std::string("[half]\naws_secret_access_key = ") + testing::kExampleSecretKey + "\n");
   Environment env{{"HOME", dir.path()}, {"AWS_PROFILE", "missing"}};
   auto c = LoadAwsConfig(env);
   ASSERT_FALSE(c);
@@ -126,11 +125,11 @@ TEST(AwsConfigTest, ErrorsNameTheProblemButNeverTheSecret) {
   c = LoadAwsConfig(env);
   ASSERT_FALSE(c);
   EXPECT_EQ(c.error().reason, Reason::InvalidSpec);
-  EXPECT_EQ(c.error().message.find(kSecret), std::string::npos);
+  EXPECT_EQ(c.error().message.find(testing::kExampleSecretKey), std::string::npos);
 
-  c = LoadAwsConfig({{"AWS_SECRET_ACCESS_KEY", kSecret}});
+  c = LoadAwsConfig({{"AWS_SECRET_ACCESS_KEY", testing::kExampleSecretKey}});
   ASSERT_FALSE(c);
-  EXPECT_EQ(c.error().message.find(kSecret), std::string::npos);
+  EXPECT_EQ(c.error().message.find(testing::kExampleSecretKey), std::string::npos);
 
   c = LoadAwsConfig({});
   ASSERT_FALSE(c);

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 using testing::TempDir;
 using testing::WriteText;
 
-const RepoRef kRepo{"model", "org/m"};
+const RepoRef kGcRepo{"model", "org/m"};
 const std::string kFolder = "models--org--m";
 
 std::string Commit(char c) { return std::string(40, c); }
@@ -121,9 +121,9 @@ std::map<std::string, std::string> Rev(int i) {
 }
 
 TEST_F(GcTest, ReferencedVersionsAndCurrentAreNeverRemoved) {
-  std::string v1 = Publish("m", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("m", kRepo, Commit('2'), Rev(2), 2000);
-  std::string v3 = Publish("m", kRepo, Commit('3'), Rev(3), 3000);  // current
+  std::string v1 = Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("m", kGcRepo, Commit('2'), Rev(2), 2000);
+  std::string v3 = Publish("m", kGcRepo, Commit('3'), Rev(3), 3000);  // current
   GcReferences refs;
   refs.versions.insert({"m", v1});  // a resource still reports v1
   GcOptions options;
@@ -137,11 +137,11 @@ TEST_F(GcTest, ReferencedVersionsAndCurrentAreNeverRemoved) {
   EXPECT_EQ(r.evicted_versions["m"], std::vector<std::string>{v2});
   // v2's snapshot went with it (nothing referenced commit 2), and so did its weights blob; the
   // config blob stays: the other snapshots link it.
-  EXPECT_FALSE(Exists(store_->RepoDir(kRepo) + "/snapshots/" + Commit('2')));
-  EXPECT_FALSE(Exists(store_->BlobPath(kRepo, Sha256Hex(Rev(2)["model.safetensors"]))));
-  EXPECT_TRUE(Exists(store_->BlobPath(kRepo, Sha256Hex(Rev(1)["config.json"]))));
+  EXPECT_FALSE(Exists(store_->RepoDir(kGcRepo) + "/snapshots/" + Commit('2')));
+  EXPECT_FALSE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(Rev(2)["model.safetensors"]))));
+  EXPECT_TRUE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(Rev(1)["config.json"]))));
   // v1's snapshot is kept because v1 is kept (it was built from it).
-  EXPECT_TRUE(Exists(store_->RepoDir(kRepo) + "/snapshots/" + Commit('1')));
+  EXPECT_TRUE(Exists(store_->RepoDir(kGcRepo) + "/snapshots/" + Commit('1')));
   // Nothing references v3's or v1's files, yet the artifacts still read.
   EXPECT_EQ(testing::ReadText(VersionPath("m", v1) + "/model.safetensors"),
             Rev(1)["model.safetensors"]);
@@ -150,7 +150,7 @@ TEST_F(GcTest, ReferencedVersionsAndCurrentAreNeverRemoved) {
 TEST_F(GcTest, KeepVersionsKeepsTheNewestAndRemovesTheOldestFirst) {
   std::vector<std::string> v;
   for (int i = 0; i < 5; ++i) {
-    v.push_back(Publish("m", kRepo, Commit(static_cast<char>('1' + i)), Rev(i), 1000 * (i + 1)));
+    v.push_back(Publish("m", kGcRepo, Commit(static_cast<char>('1' + i)), Rev(i), 1000 * (i + 1)));
   }
   GcReferences refs;
   refs.names.insert("m");
@@ -162,20 +162,20 @@ TEST_F(GcTest, KeepVersionsKeepsTheNewestAndRemovesTheOldestFirst) {
     EXPECT_EQ(Exists(VersionPath("m", v[i])), i >= 3) << i;
   }
   // The removed versions' weights are gone; the kept ones' are not.
-  EXPECT_FALSE(Exists(store_->BlobPath(kRepo, Sha256Hex(Rev(0)["model.safetensors"]))));
-  EXPECT_TRUE(Exists(store_->BlobPath(kRepo, Sha256Hex(Rev(3)["model.safetensors"]))));
+  EXPECT_FALSE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(Rev(0)["model.safetensors"]))));
+  EXPECT_TRUE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(Rev(3)["model.safetensors"]))));
   EXPECT_EQ(r.freed_bytes, r.used_bytes - ScanStore(*store_)->used_bytes);
 }
 
 TEST_F(GcTest, AnUnreferencedNameLosesCurrentThenEverything) {
-  std::string v1 = Publish("gone", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("gone", kRepo, Commit('2'), Rev(2), 2000);
+  std::string v1 = Publish("gone", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("gone", kGcRepo, Commit('2'), Rev(2), 2000);
   GcReport r = Run({}, GcOptions());
   EXPECT_EQ(Versions(r), (std::vector<std::string>{"gone/" + v1, "gone/" + v2}));
   ASSERT_EQ(r.items.front().kind, GcKind::Version);
   EXPECT_FALSE(r.items.front().removes_current);
   EXPECT_FALSE(Exists(store_->artifacts_dir() + "/gone"));
-  EXPECT_FALSE(Exists(store_->RepoDir(kRepo) + "/snapshots/" + Commit('1')));
+  EXPECT_FALSE(Exists(store_->RepoDir(kGcRepo) + "/snapshots/" + Commit('1')));
   auto left = ScanStore(*store_);
   ASSERT_TRUE(left);
   EXPECT_TRUE(left->blobs.empty());
@@ -184,9 +184,9 @@ TEST_F(GcTest, AnUnreferencedNameLosesCurrentThenEverything) {
 }
 
 TEST_F(GcTest, QuotaRemovesOnlyAsMuchAsNeededOldestFirst) {
-  std::string v1 = Publish("m", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("m", kRepo, Commit('2'), Rev(2), 2000);
-  std::string v3 = Publish("m", kRepo, Commit('3'), Rev(3), 3000);
+  std::string v1 = Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("m", kGcRepo, Commit('2'), Rev(2), 2000);
+  std::string v3 = Publish("m", kGcRepo, Commit('3'), Rev(3), 3000);
   GcReferences refs;
   refs.names.insert("m");
   auto before = ScanStore(*store_);
@@ -205,9 +205,9 @@ TEST_F(GcTest, QuotaRemovesOnlyAsMuchAsNeededOldestFirst) {
 }
 
 TEST_F(GcTest, FreeSpaceFloorDrivesRemoval) {
-  Publish("m", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("m", kRepo, Commit('2'), Rev(2), 2000);
-  std::string v3 = Publish("m", kRepo, Commit('3'), Rev(3), 3000);
+  Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("m", kGcRepo, Commit('2'), Rev(2), 2000);
+  std::string v3 = Publish("m", kGcRepo, Commit('3'), Rev(3), 3000);
   GcReferences refs;
   refs.names.insert("m");
   GcOptions options;
@@ -226,8 +226,8 @@ TEST_F(GcTest, FreeSpaceFloorDrivesRemoval) {
 }
 
 TEST_F(GcTest, OverLimitsWhenOnlyReferencedDataRemains) {
-  std::string v1 = Publish("m", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("m", kRepo, Commit('2'), Rev(2), 2000);
+  std::string v1 = Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("m", kGcRepo, Commit('2'), Rev(2), 2000);
   GcReferences refs;
   refs.names.insert("m");
   refs.snapshots.insert({kFolder, Commit('2')});
@@ -238,16 +238,16 @@ TEST_F(GcTest, OverLimitsWhenOnlyReferencedDataRemains) {
   EXPECT_EQ(Versions(r), std::vector<std::string>{"m/" + v1});
   EXPECT_TRUE(r.over_limits);
   EXPECT_TRUE(Exists(VersionPath("m", v2)));
-  EXPECT_TRUE(Exists(store_->RepoDir(kRepo) + "/snapshots/" + Commit('2')));
+  EXPECT_TRUE(Exists(store_->RepoDir(kGcRepo) + "/snapshots/" + Commit('2')));
 }
 
 TEST_F(GcTest, SharedBlobsStayWhileAnySnapshotLinksThem) {
   // Two commits share config.json; only commit 2 is referenced.
-  AddSnapshot(kRepo, Commit('1'), Rev(1), 1000);
-  AddSnapshot(kRepo, Commit('2'), Rev(2), 2000);
-  ASSERT_TRUE(store_->WriteRef(kRepo, "old", Commit('1')));
-  ASSERT_TRUE(store_->WriteRef(kRepo, "refs/pr/1", Commit('1')));
-  ASSERT_TRUE(store_->WriteRef(kRepo, "main", Commit('2')));
+  AddSnapshot(kGcRepo, Commit('1'), Rev(1), 1000);
+  AddSnapshot(kGcRepo, Commit('2'), Rev(2), 2000);
+  ASSERT_TRUE(store_->WriteRef(kGcRepo, "old", Commit('1')));
+  ASSERT_TRUE(store_->WriteRef(kGcRepo, "refs/pr/1", Commit('1')));
+  ASSERT_TRUE(store_->WriteRef(kGcRepo, "main", Commit('2')));
   GcReferences refs;
   refs.snapshots.insert({kFolder, Commit('2')});
   GcReport r = Run(refs, GcOptions());
@@ -255,23 +255,23 @@ TEST_F(GcTest, SharedBlobsStayWhileAnySnapshotLinksThem) {
   EXPECT_EQ(r.items[0].kind, GcKind::Snapshot);
   EXPECT_EQ(r.items[1].kind, GcKind::Blob);
   EXPECT_EQ(r.items[1].freed_bytes, 10000u);
-  EXPECT_TRUE(Exists(store_->BlobPath(kRepo, Sha256Hex(Rev(1)["config.json"]))));
-  EXPECT_FALSE(Exists(store_->BlobPath(kRepo, Sha256Hex(Rev(1)["model.safetensors"]))));
-  EXPECT_EQ(testing::ReadText(store_->SnapshotPath(kRepo, Commit('2'), "config.json")),
+  EXPECT_TRUE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(Rev(1)["config.json"]))));
+  EXPECT_FALSE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(Rev(1)["model.safetensors"]))));
+  EXPECT_EQ(testing::ReadText(store_->SnapshotPath(kGcRepo, Commit('2'), "config.json")),
             Rev(2)["config.json"]);
   // The ref to the removed commit went with it; the other stays.
-  EXPECT_FALSE(Exists(store_->RepoDir(kRepo) + "/refs/old"));
-  EXPECT_FALSE(Exists(store_->RepoDir(kRepo) + "/refs/refs/pr/1"));
-  EXPECT_EQ(testing::ReadText(store_->RepoDir(kRepo) + "/refs/main"), Commit('2'));
+  EXPECT_FALSE(Exists(store_->RepoDir(kGcRepo) + "/refs/old"));
+  EXPECT_FALSE(Exists(store_->RepoDir(kGcRepo) + "/refs/refs/pr/1"));
+  EXPECT_EQ(testing::ReadText(store_->RepoDir(kGcRepo) + "/refs/main"), Commit('2'));
 }
 
 TEST_F(GcTest, OrphanBlobsGoIncompleteFilesStay) {
-  AddSnapshot(kRepo, Commit('1'), Rev(1), 1000);
+  AddSnapshot(kGcRepo, Commit('1'), Rev(1), 1000);
   // A job that failed after downloading one blob, before linking: recorded, never linked.
-  std::string orphan = store_->BlobPath(kRepo, Sha256Hex("orphan"));
+  std::string orphan = store_->BlobPath(kGcRepo, Sha256Hex("orphan"));
   WriteText(orphan, "orphan");
-  ASSERT_TRUE(store_->RecordWritten(kRepo, Commit('1'), {{"orphan.bin", Sha256Hex("orphan")}}));
-  std::string partial = store_->IncompletePath(kRepo, Sha256Hex("partial"));
+  ASSERT_TRUE(store_->RecordWritten(kGcRepo, Commit('1'), {{"orphan.bin", Sha256Hex("orphan")}}));
+  std::string partial = store_->IncompletePath(kGcRepo, Sha256Hex("partial"));
   WriteText(partial, "part");
   GcReferences refs;
   refs.snapshots.insert({kFolder, Commit('1')});
@@ -292,11 +292,11 @@ TEST_F(GcTest, AForeignHuggingfaceHubDownloadIsNeverRemoved) {
   ASSERT_TRUE(store_->WriteRef(foreign, "main", Commit('9')));
   std::string stray = store_->BlobPath(foreign, Sha256Hex("stray"));
   WriteText(stray, "stray");
-  AddSnapshot(kRepo, Commit('1'), Rev(1), 1000);
-  std::string theirs = store_->BlobPath(kRepo, Sha256Hex("theirs"));
+  AddSnapshot(kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string theirs = store_->BlobPath(kGcRepo, Sha256Hex("theirs"));
   WriteText(theirs, "theirs");
-  ASSERT_TRUE(store_->LinkSnapshot(kRepo, Commit('1'), "extra/theirs.txt", Sha256Hex("theirs")));
-  ASSERT_TRUE(store_->WriteRef(kRepo, "main", Commit('1')));
+  ASSERT_TRUE(store_->LinkSnapshot(kGcRepo, Commit('1'), "extra/theirs.txt", Sha256Hex("theirs")));
+  ASSERT_TRUE(store_->WriteRef(kGcRepo, "main", Commit('1')));
 
   GcReport r = Run({}, GcOptions());  // nothing referenced, no limits: all that is removable
   EXPECT_FALSE(r.items.empty());
@@ -305,20 +305,20 @@ TEST_F(GcTest, AForeignHuggingfaceHubDownloadIsNeverRemoved) {
   EXPECT_EQ(testing::ReadText(store_->SnapshotPath(foreign, Commit('9'), "model.bin")), "weights");
   EXPECT_EQ(testing::ReadText(store_->RepoDir(foreign) + "/refs/main"), Commit('9'));
   // Of the shared commit, modelcache's links and blobs went; the hand-made file and its ref stay.
-  EXPECT_EQ(testing::ReadText(store_->SnapshotPath(kRepo, Commit('1'), "extra/theirs.txt")),
+  EXPECT_EQ(testing::ReadText(store_->SnapshotPath(kGcRepo, Commit('1'), "extra/theirs.txt")),
             "theirs");
   EXPECT_TRUE(Exists(theirs));
-  EXPECT_EQ(testing::ReadText(store_->RepoDir(kRepo) + "/refs/main"), Commit('1'));
+  EXPECT_EQ(testing::ReadText(store_->RepoDir(kGcRepo) + "/refs/main"), Commit('1'));
   for (const auto& [path, content] : Rev(1)) {
-    EXPECT_FALSE(Exists(store_->SnapshotPath(kRepo, Commit('1'), path))) << path;
-    EXPECT_FALSE(Exists(store_->BlobPath(kRepo, Sha256Hex(content)))) << path;
+    EXPECT_FALSE(Exists(store_->SnapshotPath(kGcRepo, Commit('1'), path))) << path;
+    EXPECT_FALSE(Exists(store_->BlobPath(kGcRepo, Sha256Hex(content)))) << path;
   }
-  EXPECT_FALSE(Exists(store_->WrittenRecordPath(kRepo, Commit('1'))));
+  EXPECT_FALSE(Exists(store_->WrittenRecordPath(kGcRepo, Commit('1'))));
 }
 
 TEST_F(GcTest, DryRunListsEverythingAndChangesNothing) {
-  std::string v1 = Publish("m", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("m", kRepo, Commit('2'), Rev(2), 2000);
+  std::string v1 = Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("m", kGcRepo, Commit('2'), Rev(2), 2000);
   GcOptions options;
   options.dry_run = true;
   auto before = ScanStore(*store_);
@@ -336,8 +336,8 @@ TEST_F(GcTest, DryRunListsEverythingAndChangesNothing) {
 }
 
 TEST_F(GcTest, InUseRepoAndArtifactAreLeftAlone) {
-  std::string v1 = Publish("m", kRepo, Commit('1'), Rev(1), 1000);
-  std::string v2 = Publish("m", kRepo, Commit('2'), Rev(2), 2000);
+  std::string v1 = Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
+  std::string v2 = Publish("m", kGcRepo, Commit('2'), Rev(2), 2000);
   {
     auto repo_lock = LockInUse(store_->root(), "repo", kFolder);
     auto name_lock = LockInUse(store_->root(), "artifact", "m");
@@ -360,7 +360,7 @@ TEST_F(GcTest, InUseRepoAndArtifactAreLeftAlone) {
 }
 
 TEST_F(GcTest, BytesLinkedOutsideTheStoreAreNotCountedAsFreed) {
-  std::string v1 = Publish("m", kRepo, Commit('1'), Rev(1), 1000);
+  std::string v1 = Publish("m", kGcRepo, Commit('1'), Rev(1), 1000);
   std::string outside = dir_.path() + "/outside";
   ASSERT_EQ(::link((VersionPath("m", v1) + "/model.safetensors").c_str(), outside.c_str()), 0);
   GcOptions options;

@@ -20,11 +20,11 @@
 
 #include "common/sha256.h"
 #include "store/sigv4.h"
+#include "tests/unit/store/test_util.h"
 
 namespace modelcache::store {
 namespace {
 
-constexpr const char* kSecret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
 struct Received {
   std::string method;
@@ -155,7 +155,7 @@ struct Harness {
   explicit Harness(std::function<Reply(const Received&)> handler) : server(std::move(handler)) {}
   S3Client Client(int max_attempts = 3) {
     AwsConfig config;
-    config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, ""};
+    config.credentials = {"AKIAIOSFODNN7EXAMPLE", testing::kExampleSecretKey, ""};
     config.region = "us-east-1";
     config.endpoint_url = server.endpoint();
     config.custom_endpoint = true;
@@ -216,7 +216,7 @@ SigningRequest FromWire(const Received& r, const std::string& host,
 // AWS's own endpoint.
 TEST(S3ClientTest, PresignGetObjectIsTheAwsDocumentationExample) {
   AwsConfig config;
-  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, ""};
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", testing::kExampleSecretKey, ""};
   config.region = "us-east-1";
   config.endpoint_url = "https://s3.amazonaws.com";
   S3ClientOptions options;
@@ -239,7 +239,7 @@ TEST(S3ClientTest, PresignedUrlIsFetchedWithoutHeadersPathStyleWithTheSessionTok
     return Reply{206, "bc", {{"Content-Range", "bytes 1-2/4"}}};
   });
   AwsConfig config;
-  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, "session/token+="};
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", testing::kExampleSecretKey, "session/token+="};
   config.region = "eu-west-3";
   config.endpoint_url = h.server.endpoint();
   config.custom_endpoint = true;
@@ -267,7 +267,7 @@ TEST(S3ClientTest, PresignedUrlIsFetchedWithoutHeadersPathStyleWithTheSessionTok
   EXPECT_NE(seen.target.find("&X-Amz-Security-Token=session%2Ftoken%2B%3D&"), std::string::npos)
       << seen.target;
   EXPECT_EQ(seen.headers.count("authorization"), 0U);
-  EXPECT_EQ(seen.target.find(kSecret), std::string::npos);
+  EXPECT_EQ(seen.target.find(testing::kExampleSecretKey), std::string::npos);
   // The signature is the one PresignQuery computes for what arrived.
   SigningRequest signing;
   signing.method = "GET";
@@ -300,7 +300,7 @@ TEST(S3ClientTest, PutObjectSendsWhatItSignedWithChecksums) {
   ASSERT_EQ(auth.substr(0, prefix.size()), prefix);
   SignedRequest again = SignRequest(
       FromWire(r, h.server.host(), "content-md5;content-type;host;x-amz-content-sha256;x-amz-date"),
-      {"AKIAIOSFODNN7EXAMPLE", kSecret, ""}, {"us-east-1", "s3", kNow});
+      {"AKIAIOSFODNN7EXAMPLE", testing::kExampleSecretKey, ""}, {"us-east-1", "s3", kNow});
   EXPECT_EQ(auth.substr(prefix.size()), again.signature);
 
   EXPECT_EQ(requests[1].headers.at("x-amz-checksum-sha256"),
@@ -324,7 +324,7 @@ TEST(S3ClientTest, ErrorsCarryTheS3CodeAndNeverTheSecret) {
       r.error().message,
       "S3 GetObject s3://bucket/key: HTTP 403 SignatureDoesNotMatch: The request signature we "
       "calculated does not match & so on");
-  EXPECT_EQ(r.error().ToString().find(kSecret), std::string::npos);
+  EXPECT_EQ(r.error().ToString().find(testing::kExampleSecretKey), std::string::npos);
   EXPECT_EQ(h.server.requests().size(), 1u);  // not retried
   EXPECT_TRUE(h.sleeps.empty());
 }
@@ -336,7 +336,7 @@ TEST(S3ClientTest, NetworkErrorsNeverCarryTheSecret) {
     port = static_cast<uint16_t>(std::stoi(closed.endpoint().substr(17)));
   }
   AwsConfig config;
-  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, "session-secret"};
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", testing::kExampleSecretKey, "session-secret"};
   config.region = "us-east-1";
   config.endpoint_url = "http://127.0.0.1:" + std::to_string(port);
   config.custom_endpoint = true;
@@ -350,13 +350,13 @@ TEST(S3ClientTest, NetworkErrorsNeverCarryTheSecret) {
   EXPECT_EQ(r.error().reason, Reason::NetworkError);
   EXPECT_EQ(sleeps, 1);
   EXPECT_NE(r.error().message.find("s3://bucket/key"), std::string::npos);
-  EXPECT_EQ(r.error().message.find(kSecret), std::string::npos);
+  EXPECT_EQ(r.error().message.find(testing::kExampleSecretKey), std::string::npos);
   EXPECT_EQ(r.error().message.find("session-secret"), std::string::npos);
 }
 
 TEST(S3ClientTest, EndpointWithoutSchemeIsInvalidSpec) {
   AwsConfig config;
-  config.credentials = {"AKIAIOSFODNN7EXAMPLE", kSecret, ""};
+  config.credentials = {"AKIAIOSFODNN7EXAMPLE", testing::kExampleSecretKey, ""};
   config.region = "us-east-1";
   config.endpoint_url = "127.0.0.1:1";
   auto r = S3Client(config).GetObject("bucket", "key");
@@ -444,7 +444,7 @@ TEST(S3ClientTest, HeadObjectErrorCarriesTheS3CodeLearntFromAOneByteGet) {
   EXPECT_EQ(r.error().reason, Reason::StorageError);
   EXPECT_NE(r.error().message.find("HTTP 403 SignatureDoesNotMatch"), std::string::npos)
       << r.error().message;
-  EXPECT_EQ(r.error().message.find(kSecret), std::string::npos);
+  EXPECT_EQ(r.error().message.find(testing::kExampleSecretKey), std::string::npos);
   auto requests = h.server.requests();
   ASSERT_EQ(requests.size(), 2u);
   EXPECT_EQ(requests[1].method, "GET");

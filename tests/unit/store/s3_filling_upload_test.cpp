@@ -20,7 +20,7 @@
 namespace modelcache::store {
 namespace {
 
-constexpr uint64_t kMiB = 1ull << 20;
+using testing::kMiB;
 
 class S3UploaderFillingTest : public ::testing::Test {
  protected:

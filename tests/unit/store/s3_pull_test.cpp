@@ -25,17 +25,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::FakeS3;
+using testing::RandomBytes;
 using testing::ReadText;
 using testing::TempDir;
 using testing::WriteText;
-
-std::string Bytes(size_t size, char seed) {
-  std::string s(size, '\0');
-  for (size_t i = 0; i < size; ++i) {
-    s[i] = static_cast<char>(seed + static_cast<char>(i * 13 % 251));
-  }
-  return s;
-}
 
 // Regular files under `dir`, relative paths, sorted.
 std::vector<std::string> Tree(const std::string& dir) {
@@ -103,7 +96,7 @@ class S3PullTest : public ::testing::Test {
 
 TEST_F(S3PullTest, TheEngineFetchesPresignedRangesBitExactly) {
   std::map<std::string, std::string> files{
-      {"config.json", "{}"}, {"w/model.bin", Bytes((3 << 20) + 77, 3)}, {"empty.txt", ""}};
+      {"config.json", "{}"}, {"w/model.bin", RandomBytes((3 << 20) + 77, 3)}, {"empty.txt", ""}};
   ArtifactManifest m = Publish(files);
   fetch::TransferEngine engine(EngineOptions());
   auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
@@ -167,7 +160,7 @@ TEST_F(S3PullTest, BytesNotMatchingTheManifestAreChecksumMismatchAndTheOldTreeSt
 // classifies its own calls), where a 503 SlowDown would be retried.
 TEST_F(S3PullTest, AnObjectGoneSinceTheManifestFailsAtOnceNamedWithItsS3Code) {
   // b.txt longer than the imitation's error body, which httplib would cut to the Range asked.
-  ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"b.txt", Bytes(1000, 4)}});
+  ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"b.txt", RandomBytes(1000, 4)}});
   s3_.DeleteObject("models", "team/artifacts/qwen/" + m.version + "/b.txt");
   fetch::TransferEngine engine(EngineOptions());
   fetch::HubOptions retries;
@@ -232,8 +225,8 @@ TEST_F(S3PullTest, ADownloadFunctionGetsPresignedObjectsAndOnlyAnInterruptionKee
 }
 
 TEST_F(S3PullTest, AnInterruptedPullResumesWithoutFetchingVerifiedFilesAgain) {
-  std::map<std::string, std::string> files{{"a.txt", Bytes(300000, 1)},
-                                           {"b.bin", Bytes(700000, 2)}};
+  std::map<std::string, std::string> files{{"a.txt", RandomBytes(300000, 1)},
+                                           {"b.bin", RandomBytes(700000, 2)}};
   ArtifactManifest m = Publish(files);
   std::string out = tmp_.path() + "/out";
   // The first pull verified a.txt into place, then lost the network.

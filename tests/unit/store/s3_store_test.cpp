@@ -18,19 +18,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::FakeS3;
+using testing::RandomBytes;
 using testing::ReadText;
 using testing::TempDir;
 using testing::WriteText;
 
 constexpr const char* kBucket = "models";
-
-std::string Bytes(size_t size, char seed) {
-  std::string s(size, '\0');
-  for (size_t i = 0; i < size; ++i) {
-    s[i] = static_cast<char>(seed + static_cast<char>(i * 7 % 251));
-  }
-  return s;
-}
 
 class S3StoreTest : public ::testing::Test {
  protected:
@@ -121,7 +114,7 @@ TEST(S3UriTest, ArtifactUris) {
 
 TEST_F(S3StoreTest, PublishLaysOutFilesThenTheMarkerThenCurrent) {
   std::map<std::string, std::string> files{
-      {"config.json", "{}"}, {"sub/dir/weights.bin", Bytes(70000, 1)}, {"empty.txt", ""}};
+      {"config.json", "{}"}, {"sub/dir/weights.bin", RandomBytes(70000, 1)}, {"empty.txt", ""}};
   ArtifactManifest m = LocalVersion("qwen", files);
   auto store = Store();
   S3TransferProgress progress;
@@ -177,7 +170,7 @@ TEST_F(S3StoreTest, PublishLaysOutFilesThenTheMarkerThenCurrent) {
 }
 
 TEST_F(S3StoreTest, RepublishingUploadsNothing) {
-  ArtifactManifest m = LocalVersion("qwen", {{"a.txt", "a"}, {"b.bin", Bytes(5000, 2)}});
+  ArtifactManifest m = LocalVersion("qwen", {{"a.txt", "a"}, {"b.bin", RandomBytes(5000, 2)}});
   auto store = Store();
   S3TransferProgress first;
   ASSERT_TRUE(store->Publish(dir_, m, first));
@@ -202,7 +195,7 @@ TEST_F(S3StoreTest, AnObjectWithOtherBytesAtTheKeyIsReplaced) {
 }
 
 TEST_F(S3StoreTest, UnchangedFilesOfANewVersionAreCopiedServerSide) {
-  std::string weights = Bytes(100000, 3);
+  std::string weights = RandomBytes(100000, 3);
   ArtifactManifest v1 = LocalVersion("qwen", {{"config.json", "{\"v\":1}"}, {"w.bin", weights}});
   auto store = Store();
   S3TransferProgress p1;
@@ -228,7 +221,7 @@ TEST_F(S3StoreTest, UnchangedFilesOfANewVersionAreCopiedServerSide) {
 }
 
 TEST_F(S3StoreTest, LargeFilesGoUpAsMultipartUploadsAndAreConfirmed) {
-  std::string big = Bytes((17 << 20) + 5, 4);
+  std::string big = RandomBytes((17 << 20) + 5, 4);
   ArtifactManifest m = LocalVersion("big", {{"model.safetensors", big}});
   auto store = Store();
   S3TransferProgress progress;
@@ -289,7 +282,7 @@ TEST_F(S3StoreTest, CommitRefusesWhenAFileIsMissingOrDifferent) {
 
 TEST_F(S3StoreTest, PullVerifiesReplacesAtomicallyAndIsIdempotent) {
   std::map<std::string, std::string> files{{"config.json", "{}"},
-                                           {"w/model.bin", Bytes((16 << 20) + 100, 5)}};
+                                           {"w/model.bin", RandomBytes((16 << 20) + 100, 5)}};
   ArtifactManifest m = LocalVersion("qwen", files);
   auto store = Store();
   S3TransferProgress up;

@@ -21,7 +21,7 @@ using modelcache::testing::FakeRepoSpec;
 using modelcache::testing::Fault;
 namespace st = modelcache::store::testing;
 
-constexpr uint64_t kMiB = 1ull << 20;
+using st::kMiB;
 
 class S3UploaderHubStreamTest : public ::testing::Test {
  protected:

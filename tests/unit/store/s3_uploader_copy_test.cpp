@@ -15,7 +15,7 @@
 namespace modelcache::store {
 namespace {
 
-constexpr uint64_t kMiB = 1ull << 20;
+using testing::kMiB;
 
 using testing::RandomBytes;
 

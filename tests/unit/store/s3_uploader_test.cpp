@@ -32,7 +32,7 @@ namespace {
 
 using testing::TempDir;
 
-constexpr uint64_t kMiB = 1ull << 20;
+using testing::kMiB;
 
 using testing::RandomBytes;
 

@@ -21,6 +21,11 @@
 
 namespace modelcache::store::testing {
 
+inline constexpr uint64_t kMiB = 1ull << 20;
+
+// The secret access key of AWS's documentation examples (SigV4's published test vectors use it).
+inline constexpr const char* kExampleSecretKey = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
 // A per-test directory (mc-store-XXXXXX).
 class TempDir : public test_util::TempDir {
  public:
