@@ -6,6 +6,7 @@
 // the rank files `modelcache shard` makes from the downloaded snapshot. The daemon reaches radosgw
 // (the shared ctest fixture) through tests/fixtures/s3proxy/s3proxy.py, which counts the requests.
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -28,6 +29,28 @@ namespace fs = std::filesystem;
 using modelcache::testing::FakeHub;
 using modelcache::testing::FakeRepoSpec;
 using modelcache::testing::Fault;
+
+// The first byte past the header region that a chunk map ({"chunks": [[start, end, done], ...]},
+// the done bytes counted from start) does not hold yet; 0 if the map is unreadable or complete.
+uint64_t FirstByteNotFetched(const std::string& chunk_map) {
+  auto text = ReadFile(chunk_map);
+  if (!text) {
+    return 0;
+  }
+  auto doc = nlohmann::json::parse(*text, nullptr, false);
+  if (doc.is_discarded() || !doc.contains("chunks") || !doc["chunks"].is_array()) {
+    return 0;
+  }
+  for (const auto& c : doc["chunks"]) {
+    uint64_t start = c[0].get<uint64_t>(), end = c[1].get<uint64_t>(), done = c[2].get<uint64_t>();
+    // Past the first MiB: the header (and the first tensors) came with the headers-first request.
+    uint64_t first = std::max<uint64_t>(start + done, 1u << 20);
+    if (first < end) {
+      return first;
+    }
+  }
+  return 0;
+}
 
 // A number the log line "rank files in the bucket: ..." gives before `what`.
 int LoggedCount(const std::string& log, const std::string& what) {
@@ -141,13 +164,32 @@ print(json.dumps({'keys': keys, 'uploads': uploads}))
   }
   EXPECT_GE(before["uploads"].size(), 1u) << listed.out;
 
-  // The restart resumes. The second weight file fails verification once (one byte flipped past
-  // its header): it is fetched again and its slices written again.
+  // The restart resumes. A weight file fails verification once (one byte flipped past its
+  // header): it is fetched again and its slices written again. The byte is one the first run had
+  // not fetched, read from the file's chunk map, so that the restart asks for it whichever ranges
+  // the first run got before the kill.
+  std::string corrupt_file;
+  uint64_t corrupt_at = 0;
+  for (const char* name : {"model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors"}) {
+    std::string blob = tmp / "cache/hub/models--org--llama-s3/blobs";
+    blob += "/" + hub.EtagOf("model", "org/llama-s3", "main", name);
+    if (fs::exists(blob)) {
+      continue;  // complete before the kill
+    }
+    corrupt_at = fs::exists(blob + ".incomplete.chunks")
+                     ? FirstByteNotFetched(blob + ".incomplete.chunks")
+                     : uint64_t{1} << 20;  // not started
+    if (corrupt_at != 0) {
+      corrupt_file = name;
+      break;
+    }
+  }
+  ASSERT_FALSE(corrupt_file.empty()) << "both weight files were complete at the kill";
   hub.ClearFaults();
   Fault corrupt;
   corrupt.kind = Fault::Kind::Corrupt;
-  corrupt.path_glob = "model-00002-of-00002.safetensors";
-  corrupt.bytes = 1u << 20;
+  corrupt.path_glob = corrupt_file;
+  corrupt.bytes = corrupt_at;
   corrupt.count = 1;
   hub.AddFault(corrupt);
   ASSERT_TRUE(proxy.Control("reset"));
@@ -161,7 +203,7 @@ print(json.dumps({'keys': keys, 'uploads': uploads}))
       << (mc ? crds::ToJson(*mc).dump(2) : "no status") << "\n"
       << restarted.Log();
   const std::string log = restarted.Log();
-  EXPECT_NE(log.find("model-00002-of-00002.safetensors: expected"), std::string::npos) << log;
+  EXPECT_NE(log.find(corrupt_file + ": expected"), std::string::npos) << log;
   EXPECT_NE(log.find("resuming multipart upload"), std::string::npos) << log;
   EXPECT_GE(LoggedCount(log, "parts found from an earlier run"), 1) << log;
   // (Whether the refetched file's slices land in parts already sent depends on timing; that path
