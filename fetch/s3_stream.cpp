@@ -20,7 +20,7 @@ namespace modelcache::fetch {
 namespace {
 
 constexpr size_t kPipeBytes = 4 << 20;
-constexpr int kMaxRedirects = 10;
+constexpr int kMaxS3Redirects = 10;
 
 // The download runs on its own thread (HttpClient pushes bytes, the uploader pulls them); a
 // bounded queue of chunks joins the two.
@@ -130,7 +130,7 @@ class HubReader {
   // file when it returns success.
   VoidResult Attempt() {
     std::string url = file_.url;
-    for (int hop = 0; hop <= kMaxRedirects; ++hop) {
+    for (int hop = 0; hop <= kMaxS3Redirects; ++hop) {
       HttpRequest req;
       req.url = url;
       req.headers = internal::HubHeaders(hub_, url);
