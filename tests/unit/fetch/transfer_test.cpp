@@ -1,9 +1,9 @@
-// The fetch::Transfer contract (downloader.h), checked on the TransferEngine with its default
+// The fetch::Transfer contract (transfer.h), checked on the TransferEngine with its default
 // options (so files of this size are one range each) against the FakeHub (resume, verification,
 // faults, CDN auth, cancellation) and against two small httplib servers (which redirects keep the
 // token). transfer_engine_test.cpp covers what is particular to ranged files.
 
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 
 #include <sys/stat.h>
 
