@@ -12,7 +12,7 @@
 #include "common/files.h"
 #include "fetch/internal/block_pool.h"
 #include "fetch/internal/block_writer.h"
-#include "fetch/internal/token_bucket.h"
+#include "fetch/internal/bandwidth_bucket.h"
 
 namespace modelcache::fetch::internal {
 namespace {

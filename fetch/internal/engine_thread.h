@@ -20,7 +20,7 @@
 #include "fetch/internal/block_pool.h"
 #include "fetch/internal/block_writer.h"
 #include "fetch/internal/range_request.h"
-#include "fetch/internal/token_bucket.h"
+#include "fetch/internal/bandwidth_bucket.h"
 #include "fetch/transfer_engine.h"
 
 namespace modelcache::fetch {
@@ -56,7 +56,7 @@ struct TransferEngine::Impl {
   bool stopping_ = false;
   // Engine thread only.
   std::vector<internal::Request*> active_;
-  internal::TokenBucket bucket_;
+  internal::BandwidthBucket bucket_;
   std::vector<internal::Request*> rate_waiters_;   // paused for want of tokens
   std::vector<internal::Request*> block_waiters_;  // paused for want of a block
   // Declared after what it uses and destroyed before it: it completes the requests still queued

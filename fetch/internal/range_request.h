@@ -34,7 +34,7 @@ namespace modelcache::fetch::internal {
 struct Block;
 class BlockPool;
 class BlockWriter;
-class TokenBucket;
+class BandwidthBucket;
 struct Request;
 
 // A file handed to the publisher threads (fsync, rename, sync the directory) and back.
@@ -83,7 +83,7 @@ struct Request {
   uint64_t generation = 0;
 
   // Set by the engine when it adds the request (engine thread from then on).
-  TokenBucket* bucket = nullptr;
+  BandwidthBucket* bucket = nullptr;
   std::vector<Request*>* rate_waiters = nullptr;   // paused for want of tokens
   Block* block = nullptr;                          // being filled
   BlockPool* pool = nullptr;

@@ -4,6 +4,11 @@
 // write callback that finds it empty pauses its transfer; the engine thread refills it (at most
 // every few milliseconds while transfers wait) and resumes them.
 //
+// Not common/token_bucket.h: that one counts requests (a token each, Reserve returns the wait,
+// thread-safe, for the work queue and the API client); this one counts bytes, goes into debt by
+// a whole libcurl buffer (a write callback cannot give bytes back), and is only touched by the
+// engine thread, in every write callback, so it takes no lock.
+//
 // Not thread-safe: only the engine thread uses it.
 
 #include <chrono>
@@ -12,14 +17,14 @@
 
 namespace modelcache::fetch::internal {
 
-class TokenBucket {
+class BandwidthBucket {
  public:
   using Clock = std::chrono::steady_clock;
 
   // `rate` bytes per second (0 = unlimited), refilled by the time `now` tells (steady_clock when
   // empty). It starts full, and holds at most a twentieth of a second of the rate, and no less
   // than 64 KiB.
-  TokenBucket(uint64_t rate, std::function<Clock::time_point()> now);
+  BandwidthBucket(uint64_t rate, std::function<Clock::time_point()> now);
 
   bool limited() const { return rate_ > 0; }
   uint64_t rate() const { return rate_; }

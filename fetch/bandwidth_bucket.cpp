@@ -1,24 +1,24 @@
-#include "fetch/internal/token_bucket.h"
+#include "fetch/internal/bandwidth_bucket.h"
 
 #include <algorithm>
 #include <utility>
 
 namespace modelcache::fetch::internal {
 
-TokenBucket::TokenBucket(uint64_t rate, std::function<Clock::time_point()> now)
+BandwidthBucket::BandwidthBucket(uint64_t rate, std::function<Clock::time_point()> now)
     : rate_(rate),
       burst_(static_cast<int64_t>(std::max<uint64_t>(rate / 20, 64 << 10))),
       now_(std::move(now)),
       tokens_(burst_),
       refilled_(Now()) {}
 
-void TokenBucket::Take(uint64_t bytes) {
+void BandwidthBucket::Take(uint64_t bytes) {
   if (rate_ > 0) {
     tokens_ -= static_cast<int64_t>(bytes);
   }
 }
 
-bool TokenBucket::Refill() {
+bool BandwidthBucket::Refill() {
   auto now = Now();
   double seconds = std::chrono::duration<double>(now - refilled_).count();
   refilled_ = now;

@@ -1,8 +1,8 @@
-// The transfer engine's bandwidth limit (fetch/internal/token_bucket.h) on a held clock: the
+// The transfer engine's bandwidth limit (fetch/internal/bandwidth_bucket.h) on a held clock: the
 // bucket starts full, goes empty as bytes are taken, earns exactly rate x elapsed time, and never
 // holds more than its burst.
 
-#include "fetch/internal/token_bucket.h"
+#include "fetch/internal/bandwidth_bucket.h"
 
 #include <chrono>
 
@@ -11,33 +11,33 @@
 namespace modelcache::fetch::internal {
 namespace {
 
-using Clock = TokenBucket::Clock;
+using Clock = BandwidthBucket::Clock;
 using std::chrono::milliseconds;
 
-class TokenBucketTest : public ::testing::Test {
+class BandwidthBucketTest : public ::testing::Test {
  protected:
-  TokenBucket Make(uint64_t rate) {
-    return TokenBucket(rate, [this] { return now_; });
+  BandwidthBucket Make(uint64_t rate) {
+    return BandwidthBucket(rate, [this] { return now_; });
   }
   Clock::time_point now_{std::chrono::seconds(1000)};
 };
 
-TEST_F(TokenBucketTest, UnlimitedNeverEmpties) {
-  TokenBucket bucket = Make(0);
+TEST_F(BandwidthBucketTest, UnlimitedNeverEmpties) {
+  BandwidthBucket bucket = Make(0);
   EXPECT_FALSE(bucket.limited());
   bucket.Take(1ULL << 40);
   EXPECT_FALSE(bucket.Empty());
   EXPECT_EQ(bucket.tokens(), bucket.burst());
 }
 
-TEST_F(TokenBucketTest, BurstIsATwentiethOfASecondAndNoLessThan64KiB) {
+TEST_F(BandwidthBucketTest, BurstIsATwentiethOfASecondAndNoLessThan64KiB) {
   EXPECT_EQ(Make(20 << 20).burst(), 1 << 20);
   EXPECT_EQ(Make(1 << 20).burst(), 64 << 10);
   EXPECT_EQ(Make(1).burst(), 64 << 10);
 }
 
-TEST_F(TokenBucketTest, StartsFullAndEmptiesAsBytesAreTaken) {
-  TokenBucket bucket = Make(20 << 20);  // burst 1 MiB
+TEST_F(BandwidthBucketTest, StartsFullAndEmptiesAsBytesAreTaken) {
+  BandwidthBucket bucket = Make(20 << 20);  // burst 1 MiB
   EXPECT_TRUE(bucket.limited());
   EXPECT_EQ(bucket.tokens(), 1 << 20);
   bucket.Take((1 << 20) - 1);
@@ -49,8 +49,8 @@ TEST_F(TokenBucketTest, StartsFullAndEmptiesAsBytesAreTaken) {
   EXPECT_EQ(bucket.tokens(), -(16 << 10));
 }
 
-TEST_F(TokenBucketTest, RefillEarnsRateTimesElapsedTimeOnly) {
-  TokenBucket bucket = Make(1 << 20);  // 1 MiB/s, burst 64 KiB
+TEST_F(BandwidthBucketTest, RefillEarnsRateTimesElapsedTimeOnly) {
+  BandwidthBucket bucket = Make(1 << 20);  // 1 MiB/s, burst 64 KiB
   bucket.Take(64 << 10);
   ASSERT_TRUE(bucket.Empty());
   // The clock stands still: nothing is earned, however often the engine refills.
@@ -67,16 +67,16 @@ TEST_F(TokenBucketTest, RefillEarnsRateTimesElapsedTimeOnly) {
   EXPECT_EQ(bucket.tokens(), (1 << 20) / 1000 - 1000);
 }
 
-TEST_F(TokenBucketTest, RefillStopsAtTheBurst) {
-  TokenBucket bucket = Make(1 << 20);
+TEST_F(BandwidthBucketTest, RefillStopsAtTheBurst) {
+  BandwidthBucket bucket = Make(1 << 20);
   bucket.Take(10 << 10);
   now_ += std::chrono::seconds(60);
   EXPECT_TRUE(bucket.Refill());
   EXPECT_EQ(bucket.tokens(), bucket.burst());
 }
 
-TEST_F(TokenBucketTest, ADebtTakesItsTimeToPayBack) {
-  TokenBucket bucket = Make(1 << 20);
+TEST_F(BandwidthBucketTest, ADebtTakesItsTimeToPayBack) {
+  BandwidthBucket bucket = Make(1 << 20);
   bucket.Take((64 << 10) + (512 << 10));  // half a second's worth past empty
   now_ += milliseconds(250);
   EXPECT_FALSE(bucket.Refill());
