@@ -41,7 +41,7 @@ int Pull(const PullOptions& options, const Environment& env) {
 
   // The files come through the transfer engine (presigned URLs, parallel ranges, verified).
   fetch::TransferEngine engine(TransferEngineOptionsFrom(options.transfer));
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  auto transfer = engine.NewTransfer(fetch::S3PullOptions{});
   fetch::TransferProgress downloaded;
 
   store::S3TransferProgress progress;

@@ -4,13 +4,12 @@
 
 namespace modelcache::fetch {
 
-HubOptions S3PullHubOptions(const HubOptions& base) {
-  HubOptions hub = base;
-  // An endpoint matches no URL's origin: the engine then sends no Authorization header and
-  // treats the bucket's host as a data host. The presigned query is the only credential.
-  hub.endpoint.clear();
-  hub.token.clear();
-  return hub;
+S3PullOptions S3PullRetriesOf(const HubOptions& hub) {
+  S3PullOptions s3;
+  s3.max_attempts = hub.max_attempts;
+  s3.backoff_base = hub.backoff_base;
+  s3.backoff_cap = hub.backoff_cap;
+  return s3;
 }
 
 store::PullDownloadFn TransferPullDownload(Transfer& transfer, TransferProgress& progress) {

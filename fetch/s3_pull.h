@@ -6,20 +6,18 @@
 // that failed is fetched again from where it stopped), its bandwidth limit and its verification
 // (size and sha256 against the manifest, fsync, then rename) instead of one range at a time.
 
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 #include "fetch/hub_client.h"
 #include "store/s3_store.h"
 
 namespace modelcache::fetch {
 
-// The HubOptions of a Transfer that fetches presigned S3 URLs: `base`'s retry settings, no token
-// and no Hub endpoint. An error answer is classified as S3Client classifies its own
-// (store::IsRetriableS3Error): 5xx, SlowDown and the like are retried up to max_attempts, any
-// other (NoSuchKey, AccessDenied) fails at once as StorageError; both name the host, the HTTP
-// status, the S3 code and the file (never the URL's query, which holds the signature).
-HubOptions S3PullHubOptions(const HubOptions& base = {});
+// The S3PullOptions (fetch/transfer.h) with the retry settings of `hub` (max_attempts and backoff;
+// its endpoint and token are not for the bucket), for a pull that retries as the job's Hub
+// requests do.
+S3PullOptions S3PullRetriesOf(const HubOptions& hub);
 
-// A PullDownloadFn running the objects through `transfer` (made with S3PullHubOptions), counting
+// A PullDownloadFn running the objects through `transfer` (made with S3PullOptions), counting
 // into `progress` (its totals are set from the objects when both are 0, as Transfer::Run does).
 // Both must outlive every call of the returned function. Errors as Transfer::Run's.
 store::PullDownloadFn TransferPullDownload(Transfer& transfer, TransferProgress& progress);

@@ -37,7 +37,7 @@
 #include <functional>
 #include <memory>
 
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 #include "fetch/hub_client.h"
 
 namespace modelcache::fetch {
@@ -77,9 +77,9 @@ class TransferEngine {
   TransferEngine(const TransferEngine&) = delete;
   TransferEngine& operator=(const TransferEngine&) = delete;
 
-  // A Transfer for one job, using this engine's connections, with the job's Hub options (endpoint,
-  // token, max_attempts and backoff per request).
-  std::unique_ptr<Transfer> NewTransfer(const HubOptions& hub);
+  // A Transfer for one job, using this engine's connections: with the job's Hub options
+  // (endpoint, token, max_attempts and backoff per request), or for presigned S3 URLs.
+  std::unique_ptr<Transfer> NewTransfer(const TransferSource& source);
 
   struct Impl;
 

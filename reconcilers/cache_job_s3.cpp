@@ -192,7 +192,7 @@ Result<CacheJobOutput> RunS3SourceJob(const CacheJobInputs& in, store::LocalStor
     std::string pulled = local.PullScratchDir(in.key.namespace_ + "_" + in.key.name);
     store::S3TransferProgress progress;
     // Through the job's transfer layer: parallel ranges, counted in the job's progress.
-    auto transfer = in.transfer_factory(fetch::S3PullHubOptions(in.hub));
+    auto transfer = in.transfer_factory(fetch::S3PullRetriesOf(in.hub));
     auto got = source.Pull(ref->name, version, pulled, progress, stop,
                            fetch::TransferPullDownload(*transfer, state.transfer));
     auto remove_pulled = [&] {

@@ -75,8 +75,8 @@ struct ModelCacheReconciler::Impl {
     if (!options.transfer_factory) {
       // Each Transfer keeps the engine alive while it runs, so the engine outlives every job.
       auto engine = std::make_shared<fetch::TransferEngine>(options.transfer);
-      options.transfer_factory = [engine](const fetch::HubOptions& hub) {
-        return engine->NewTransfer(hub);
+      options.transfer_factory = [engine](const fetch::TransferSource& source) {
+        return engine->NewTransfer(source);
       };
     }
     if (options.local_cache.empty() && !store::IsSharedStoreUri(options.default_store)) {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "common/clock.h"
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 #include "fetch/hub_client.h"
 #include "fetch/transfer_engine.h"
 #include "reconcilers/observer.h"
@@ -110,7 +110,7 @@ struct ReconcilerOptions {
   std::chrono::milliseconds backoff_cap{30000};
   // Creates the transfer layer for a job. Default: Transfers of one fetch::TransferEngine, built
   // from `transfer` and shared by every job of this reconciler (one per process).
-  std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+  std::function<std::unique_ptr<fetch::Transfer>(const fetch::TransferSource&)> transfer_factory;
   // Called (from a job thread) when a job finishes, so the key is reconciled at once instead of at
   // the next progress poll.
   std::function<void(const crds::ObjectKey&)> wake;

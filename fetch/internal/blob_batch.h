@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/result.h"
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 
 namespace modelcache::fetch::internal {
 

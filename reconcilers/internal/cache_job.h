@@ -15,7 +15,7 @@
 
 #include "common/result.h"
 #include "crds/model_cache.h"
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 #include "fetch/hub_client.h"
 #include "reconcilers/observer.h"
 #include "shard/sharder.h"
@@ -54,7 +54,7 @@ struct CacheJobInputs {
   // spec.shard: write the rank files while the weights download (docs/sharding.md, "Sharding
   // while downloading"); false shards after the download.
   bool shard_while_downloading = true;
-  std::function<std::unique_ptr<fetch::Transfer>(const fetch::HubOptions&)> transfer_factory;
+  std::function<std::unique_ptr<fetch::Transfer>(const fetch::TransferSource&)> transfer_factory;
   ReconcileObserver* observer = nullptr;  // may be null
 };
 

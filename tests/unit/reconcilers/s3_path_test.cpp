@@ -296,7 +296,7 @@ TEST_F(S3PathTest, ADeletedS3SourceResourceRemovesItsPartialPull) {
 
   auto stalled = std::make_shared<StalledTransfer>();
   MakeReconciler([&](ReconcilerOptions& o) {
-    o.transfer_factory = [stalled](const fetch::HubOptions&) -> std::unique_ptr<fetch::Transfer> {
+    o.transfer_factory = [stalled](const fetch::TransferSource&) -> std::unique_ptr<fetch::Transfer> {
       struct Shared final : fetch::Transfer {
         std::shared_ptr<StalledTransfer> t;
         Result<std::vector<fetch::FileResult>> Run(const std::vector<fetch::FileTask>& tasks,

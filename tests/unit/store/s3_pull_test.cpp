@@ -99,7 +99,7 @@ TEST_F(S3PullTest, TheEngineFetchesPresignedRangesBitExactly) {
       {"config.json", "{}"}, {"w/model.bin", RandomBytes((3 << 20) + 77, 3)}, {"empty.txt", ""}};
   ArtifactManifest m = Publish(files);
   fetch::TransferEngine engine(EngineOptions());
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  auto transfer = engine.NewTransfer(fetch::S3PullOptions{});
   fetch::TransferProgress downloaded;
   s3_.ClearRequests();
 
@@ -132,10 +132,10 @@ TEST_F(S3PullTest, TheEngineFetchesPresignedRangesBitExactly) {
 TEST_F(S3PullTest, BytesNotMatchingTheManifestAreChecksumMismatchAndTheOldTreeStays) {
   ArtifactManifest m = Publish({{"a.txt", "good"}});
   fetch::TransferEngine engine(EngineOptions());
-  fetch::HubOptions retries;
+  fetch::S3PullOptions retries;
   retries.max_attempts = 2;
   retries.backoff_base = std::chrono::milliseconds(1);
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions(retries));
+  auto transfer = engine.NewTransfer(retries);
   fetch::TransferProgress downloaded;
   std::string out = tmp_.path() + "/out";
   S3TransferProgress p;
@@ -163,10 +163,10 @@ TEST_F(S3PullTest, AnObjectGoneSinceTheManifestFailsAtOnceNamedWithItsS3Code) {
   ArtifactManifest m = Publish({{"a.txt", "alpha"}, {"b.txt", RandomBytes(1000, 4)}});
   s3_.DeleteObject("models", "team/artifacts/qwen/" + m.version + "/b.txt");
   fetch::TransferEngine engine(EngineOptions());
-  fetch::HubOptions retries;
+  fetch::S3PullOptions retries;
   retries.max_attempts = 5;
   retries.backoff_base = std::chrono::milliseconds(1);
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions(retries));
+  auto transfer = engine.NewTransfer(retries);
   fetch::TransferProgress downloaded;
   S3TransferProgress p;
   s3_.ClearRequests();
@@ -242,7 +242,7 @@ TEST_F(S3PullTest, AnInterruptedPullResumesWithoutFetchingVerifiedFilesAgain) {
 
   s3_.ClearRequests();
   fetch::TransferEngine engine(EngineOptions());
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  auto transfer = engine.NewTransfer(fetch::S3PullOptions{});
   fetch::TransferProgress downloaded;
   S3TransferProgress p2;
   auto resumed = store_->Pull("qwen", "", out, p2, {},
@@ -271,7 +271,7 @@ TEST_F(S3PullTest, APullIntoTheSameDirectoryAtTheSameTimeIsRefused) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);  // as the other pull holds it
   fetch::TransferEngine engine(EngineOptions());
-  auto transfer = engine.NewTransfer(fetch::S3PullHubOptions());
+  auto transfer = engine.NewTransfer(fetch::S3PullOptions{});
   fetch::TransferProgress downloaded;
   S3TransferProgress p;
   auto refused = store_->Pull("qwen", "", out, p, {},

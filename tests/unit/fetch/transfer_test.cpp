@@ -1,9 +1,9 @@
-// The fetch::Transfer contract (downloader.h), checked on the TransferEngine with its default
+// The fetch::Transfer contract (transfer.h), checked on the TransferEngine with its default
 // options (so files of this size are one range each) against the FakeHub (resume, verification,
 // faults, CDN auth, cancellation) and against two small httplib servers (which redirects keep the
 // token). transfer_engine_test.cpp covers what is particular to ranged files.
 
-#include "fetch/downloader.h"
+#include "fetch/transfer.h"
 
 #include <sys/stat.h>
 
@@ -34,7 +34,7 @@ Result<std::vector<FileResult>> RunTransfer(const HubOptions& options,
   return engine.NewTransfer(options)->Run(tasks, progress, std::move(stop));
 }
 
-class DownloaderTest : public HubTest {
+class TransferContractTest : public HubTest {
  protected:
   // The tasks a reconciler would build: blobs named by etag, as in the hub cache.
   std::vector<FileTask> Tasks(const std::string& type, const std::string& repo,
@@ -92,7 +92,7 @@ class DownloaderTest : public HubTest {
   static bool Exists(const std::string& path) { return fs::exists(path); }
 };
 
-TEST_F(DownloaderTest, DownloadsVerifiesAndRenamesEveryFile) {
+TEST_F(TransferContractTest, DownloadsVerifiesAndRenamesEveryFile) {
   auto tasks = Tasks("model", "org/model");
   ASSERT_EQ(tasks.size(), 4u);
   TransferProgress progress;
@@ -121,7 +121,7 @@ TEST_F(DownloaderTest, DownloadsVerifiesAndRenamesEveryFile) {
   EXPECT_EQ(hub_->BodyBytesServed("model.safetensors"), kWeightsSize);
 }
 
-TEST_F(DownloaderTest, DownloadsDatasetFiles) {
+TEST_F(TransferContractTest, DownloadsDatasetFiles) {
   auto tasks = Tasks("dataset", "org/data");
   ASSERT_EQ(tasks.size(), 4u);
   EXPECT_NE(tasks[0].url.find("/datasets/org/data/resolve/"), std::string::npos);
@@ -130,7 +130,7 @@ TEST_F(DownloaderTest, DownloadsDatasetFiles) {
   EXPECT_EQ(ReadTestFile(tasks[0].final_path), R"({"hidden_size": 32})");
 }
 
-TEST_F(DownloaderTest, PrivateLfsFileIsFetchedFromTheCdnWithoutTheToken) {
+TEST_F(TransferContractTest, PrivateLfsFileIsFetchedFromTheCdnWithoutTheToken) {
   // The fixture's CDN answers 400 to any request carrying Authorization, so success proves the
   // token stayed on the hub; the hub itself refuses the file without it.
   FileTask task = Task("model.safetensors", "org/private", kGoodToken);
@@ -141,7 +141,7 @@ TEST_F(DownloaderTest, PrivateLfsFileIsFetchedFromTheCdnWithoutTheToken) {
   EXPECT_EQ(hub_->Requests("/org/private/resolve/"), 1);
 }
 
-TEST_F(DownloaderTest, PrivateRepoWithoutTokenIsRepoNotFoundAndNotRetried) {
+TEST_F(TransferContractTest, PrivateRepoWithoutTokenIsRepoNotFoundAndNotRetried) {
   FileTask task = Task("config.json", "org/private", kGoodToken);
   hub_->ResetCounters();
   auto results = Run({task});
@@ -151,7 +151,7 @@ TEST_F(DownloaderTest, PrivateRepoWithoutTokenIsRepoNotFoundAndNotRetried) {
   EXPECT_FALSE(Exists(task.final_path));
 }
 
-TEST_F(DownloaderTest, GatedRepoWithoutAccessIsUnauthorized) {
+TEST_F(TransferContractTest, GatedRepoWithoutAccessIsUnauthorized) {
   FileTask task = Task("model.safetensors", "org/gated");
   auto anonymous = Run({task});
   ASSERT_FALSE(anonymous);
@@ -170,7 +170,7 @@ TEST_F(DownloaderTest, GatedRepoWithoutAccessIsUnauthorized) {
   ASSERT_TRUE(granted) << granted.error().ToString();
 }
 
-TEST_F(DownloaderTest, MissingEntryIsPermanent) {
+TEST_F(TransferContractTest, MissingEntryIsPermanent) {
   FileTask task = Task("config.json");
   task.path = "nope.json";
   task.url = HubClient(Options()).ResolveUrl(
@@ -182,7 +182,7 @@ TEST_F(DownloaderTest, MissingEntryIsPermanent) {
   EXPECT_EQ(hub_->Requests("/org/model/resolve/"), 1);
 }
 
-TEST_F(DownloaderTest, DroppedConnectionResumesWithRange) {
+TEST_F(TransferContractTest, DroppedConnectionResumesWithRange) {
   FileTask task = Task("model.safetensors");
   testing::Fault drop = MakeFault(testing::Fault::Kind::DropAfter, "model.safetensors", 1);
   drop.bytes = 100'000;
@@ -196,7 +196,7 @@ TEST_F(DownloaderTest, DroppedConnectionResumesWithRange) {
   EXPECT_EQ(hub_->Requests("/repos/"), 2);
 }
 
-TEST_F(DownloaderTest, ResumesAnExistingPartialFile) {
+TEST_F(TransferContractTest, ResumesAnExistingPartialFile) {
   FileTask task = Task("model.safetensors");
   WriteTestFile(task.incomplete_path, weights_->substr(0, 123'456));
   TransferProgress progress;
@@ -207,7 +207,7 @@ TEST_F(DownloaderTest, ResumesAnExistingPartialFile) {
   EXPECT_EQ(progress.bytes_done.load(), kWeightsSize);
 }
 
-TEST_F(DownloaderTest, ServerIgnoringRangeStartsOver) {
+TEST_F(TransferContractTest, ServerIgnoringRangeStartsOver) {
   FileTask task = Task("sub/dir/tokenizer.json");
   WriteTestFile(task.incomplete_path, tokenizer_->substr(0, 10'000));
   hub_->AddFault(MakeFault(testing::Fault::Kind::IgnoreRange, "sub/dir/tokenizer.json", 1));
@@ -223,7 +223,7 @@ TEST_F(DownloaderTest, ServerIgnoringRangeStartsOver) {
   EXPECT_EQ(progress.bytes_done.load(), tokenizer_->size());
 }
 
-TEST_F(DownloaderTest, BogusPartialFileIsDiscardedAfterVerification) {
+TEST_F(TransferContractTest, BogusPartialFileIsDiscardedAfterVerification) {
   FileTask task = Task("model.safetensors");
   WriteTestFile(task.incomplete_path, std::string(100'000, 'x'));
   auto results = Run({task});
@@ -233,7 +233,7 @@ TEST_F(DownloaderTest, BogusPartialFileIsDiscardedAfterVerification) {
   EXPECT_EQ(hub_->BodyBytesServed("model.safetensors"), kWeightsSize - 100'000 + kWeightsSize);
 }
 
-TEST_F(DownloaderTest, PartialFileLongerThanTheFileIsTruncated) {
+TEST_F(TransferContractTest, PartialFileLongerThanTheFileIsTruncated) {
   FileTask task = Task("config.json");
   WriteTestFile(task.incomplete_path, std::string(config_->size() + 10, 'x'));
   auto results = Run({task});
@@ -241,7 +241,7 @@ TEST_F(DownloaderTest, PartialFileLongerThanTheFileIsTruncated) {
   EXPECT_EQ(ReadTestFile(task.final_path), *config_);
 }
 
-TEST_F(DownloaderTest, CorruptedByteIsRetried) {
+TEST_F(TransferContractTest, CorruptedByteIsRetried) {
   FileTask task = Task("model.safetensors");
   testing::Fault corrupt = MakeFault(testing::Fault::Kind::Corrupt, "model.safetensors", 1);
   corrupt.bytes = 5000;
@@ -252,7 +252,7 @@ TEST_F(DownloaderTest, CorruptedByteIsRetried) {
   EXPECT_EQ(hub_->BodyBytesServed("model.safetensors"), 2 * kWeightsSize);
 }
 
-TEST_F(DownloaderTest, PersistentCorruptionIsChecksumMismatchNamingBothDigests) {
+TEST_F(TransferContractTest, PersistentCorruptionIsChecksumMismatchNamingBothDigests) {
   FileTask task = Task("model.safetensors");
   testing::Fault corrupt = MakeFault(testing::Fault::Kind::Corrupt, "model.safetensors", -1);
   corrupt.bytes = 5000;
@@ -272,7 +272,7 @@ TEST_F(DownloaderTest, PersistentCorruptionIsChecksumMismatchNamingBothDigests) 
   EXPECT_FALSE(Exists(task.incomplete_path));
 }
 
-TEST_F(DownloaderTest, RegularFileIsVerifiedByGitBlobSha1) {
+TEST_F(TransferContractTest, RegularFileIsVerifiedByGitBlobSha1) {
   FileTask task = Task("config.json");
   testing::Fault corrupt = MakeFault(testing::Fault::Kind::Corrupt, "config.json", -1);
   corrupt.bytes = 3;
@@ -285,7 +285,7 @@ TEST_F(DownloaderTest, RegularFileIsVerifiedByGitBlobSha1) {
       << results.error().message;
 }
 
-TEST_F(DownloaderTest, ServerErrorsAreRetried) {
+TEST_F(TransferContractTest, ServerErrorsAreRetried) {
   FileTask task = Task("config.json");
   testing::Fault fault = MakeFault(testing::Fault::Kind::Status, "config.json", 2);
   fault.status = 500;
@@ -295,7 +295,7 @@ TEST_F(DownloaderTest, ServerErrorsAreRetried) {
   EXPECT_EQ(hub_->Requests("/org/model/resolve/"), 3);
 }
 
-TEST_F(DownloaderTest, PersistentServerErrorsFailAfterMaxAttempts) {
+TEST_F(TransferContractTest, PersistentServerErrorsFailAfterMaxAttempts) {
   FileTask task = Task("config.json");
   testing::Fault fault = MakeFault(testing::Fault::Kind::Status, "config.json", -1);
   fault.status = 502;
@@ -306,7 +306,7 @@ TEST_F(DownloaderTest, PersistentServerErrorsFailAfterMaxAttempts) {
   EXPECT_EQ(hub_->Requests("/org/model/resolve/"), Options().max_attempts);
 }
 
-TEST_F(DownloaderTest, RateLimitWithinTheCapIsWaitedOut) {
+TEST_F(TransferContractTest, RateLimitWithinTheCapIsWaitedOut) {
   FileTask task = Task("config.json");
   testing::Fault fault = MakeFault(testing::Fault::Kind::Status, "config.json", 1);
   fault.status = 429;
@@ -320,7 +320,7 @@ TEST_F(DownloaderTest, RateLimitWithinTheCapIsWaitedOut) {
   EXPECT_EQ(hub_->Requests("/org/model/resolve/"), 2);
 }
 
-TEST_F(DownloaderTest, RateLimitBeyondTheCapIsReturnedWithRetryAfter) {
+TEST_F(TransferContractTest, RateLimitBeyondTheCapIsReturnedWithRetryAfter) {
   FileTask task = Task("config.json");
   testing::Fault fault = MakeFault(testing::Fault::Kind::Status, "config.json", 1);
   fault.status = 429;
@@ -334,7 +334,7 @@ TEST_F(DownloaderTest, RateLimitBeyondTheCapIsReturnedWithRetryAfter) {
   EXPECT_EQ(hub_->Requests("/org/model/resolve/"), 1);
 }
 
-TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
+TEST_F(TransferContractTest, CancellationKeepsThePartialFileForResume) {
   FileTask task = Task("model.safetensors");
   testing::Fault slow = MakeFault(testing::Fault::Kind::Slow, "model.safetensors", 1);
   slow.bytes_per_second = 200'000;  // the whole file would take about 1.5 s
@@ -375,7 +375,7 @@ TEST_F(DownloaderTest, CancellationKeepsThePartialFileForResume) {
   EXPECT_LT(served, kWeightsSize);
 }
 
-TEST_F(DownloaderTest, ExistingFinalFilesAreNotDownloadedAgain) {
+TEST_F(TransferContractTest, ExistingFinalFilesAreNotDownloadedAgain) {
   auto tasks = Tasks("model", "org/model");
   auto first = Run(tasks);
   ASSERT_TRUE(first) << first.error().ToString();
@@ -396,7 +396,7 @@ TEST_F(DownloaderTest, ExistingFinalFilesAreNotDownloadedAgain) {
   EXPECT_EQ(progress.bytes_done.load(), progress.bytes_total.load());
 }
 
-TEST_F(DownloaderTest, FinalFileWithTheWrongSizeIsReplaced) {
+TEST_F(TransferContractTest, FinalFileWithTheWrongSizeIsReplaced) {
   FileTask task = Task("config.json");
   WriteTestFile(task.final_path, "truncated");
   auto results = Run({task});
@@ -405,7 +405,7 @@ TEST_F(DownloaderTest, FinalFileWithTheWrongSizeIsReplaced) {
   EXPECT_EQ(ReadTestFile(task.final_path), *config_);
 }
 
-TEST_F(DownloaderTest, NotEnoughFreeSpaceFailsBeforeAnyRequest) {
+TEST_F(TransferContractTest, NotEnoughFreeSpaceFailsBeforeAnyRequest) {
   FileTask task = Task("model.safetensors");
   hub_->ResetCounters();
   task.size = uint64_t{1} << 60;
@@ -419,7 +419,7 @@ TEST_F(DownloaderTest, NotEnoughFreeSpaceFailsBeforeAnyRequest) {
   EXPECT_FALSE(Exists(task.incomplete_path));
 }
 
-TEST_F(DownloaderTest, FullDiskWhileWritingIsInsufficientStorage) {
+TEST_F(TransferContractTest, FullDiskWhileWritingIsInsufficientStorage) {
   if (!Exists("/dev/full")) {
     GTEST_SKIP() << "no /dev/full";
   }
@@ -431,7 +431,7 @@ TEST_F(DownloaderTest, FullDiskWhileWritingIsInsufficientStorage) {
   EXPECT_FALSE(Exists(task.final_path));
 }
 
-TEST_F(DownloaderTest, TasksSharingABlobFetchItOnce) {
+TEST_F(TransferContractTest, TasksSharingABlobFetchItOnce) {
   FileTask first = Task("sub/dir/tokenizer.json");
   FileTask second = first;
   second.path = "copy/tokenizer.json";
@@ -450,7 +450,7 @@ TEST_F(DownloaderTest, TasksSharingABlobFetchItOnce) {
   EXPECT_EQ(progress.bytes_done.load(), tokenizer_->size());
 }
 
-TEST_F(DownloaderTest, ProgressSeededByTheCallerIsAddedTo) {
+TEST_F(TransferContractTest, ProgressSeededByTheCallerIsAddedTo) {
   FileTask task = Task("config.json");
   TransferProgress progress;
   progress.bytes_total = 1000 + config_->size();  // a file already in the store, plus this one
@@ -465,7 +465,7 @@ TEST_F(DownloaderTest, ProgressSeededByTheCallerIsAddedTo) {
   EXPECT_EQ(progress.files_done.load(), 2);
 }
 
-TEST_F(DownloaderTest, EmptyTaskListSucceeds) {
+TEST_F(TransferContractTest, EmptyTaskListSucceeds) {
   TransferProgress progress;
   auto results = Run({}, "", &progress);
   ASSERT_TRUE(results) << results.error().ToString();

@@ -13,6 +13,7 @@
 // partial data is bogus and is discarded likewise.
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -20,6 +21,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "common/result.h"
@@ -67,6 +69,22 @@ struct TransferProgress {
   std::atomic<int64_t> files_total{0}, files_done{0};
   std::atomic<uint64_t> bytes_per_second{0};  // moving average over the last ~5 s
 };
+
+// How a Transfer fetches presigned S3 URLs (a pull of an artifact version, fetch/s3_pull.h): no
+// token goes anywhere (the presigned query is the only credential) and there is no Hub to ask for
+// a fresh location. An error answer is classified as S3Client classifies its own
+// (store::IsRetriableS3Error): 5xx, SlowDown and the like are retried up to max_attempts, any
+// other (NoSuchKey, AccessDenied) fails at once as StorageError; both name the host, the HTTP
+// status, the S3 code and the file (never the URL's query, which holds the signature).
+struct S3PullOptions {
+  int max_attempts = 5;  // per request, for transient errors
+  // Waits between attempts: base, 2*base, 4*base, ... capped at backoff_cap, each with jitter.
+  std::chrono::milliseconds backoff_base{1000};
+  std::chrono::milliseconds backoff_cap{30000};
+};
+
+// Where a Transfer's files come from: the Hub (endpoint, token, retries) or presigned S3 URLs.
+using TransferSource = std::variant<HubOptions, S3PullOptions>;
 
 class Transfer {
  public:
