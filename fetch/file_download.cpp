@@ -22,7 +22,7 @@ namespace modelcache::fetch::internal {
 namespace {
 
 constexpr size_t kHashPiece = 1 << 20;
-constexpr int kMaxRedirects = 10;
+constexpr int kMaxFileRedirects = 10;
 
 // " AccessDenied": the <Code> of an XML error body, as object stores (S3, the CDNs in front of
 // them) send, so that a refused presigned URL says why; "" if there is none. Only the code: other
@@ -406,9 +406,9 @@ VoidResult FileDownload::OnRedirect(Request& r, const std::string& what) {
     return Error(Reason::NetworkError,
                  fmt::format("{} answered HTTP {} without a Location", what, status));
   }
-  if (++redirects_ > kMaxRedirects) {
+  if (++redirects_ > kMaxFileRedirects) {
     return Error(Reason::NetworkError,
-                 fmt::format("more than {} redirects for {}", kMaxRedirects, task_->path));
+                 fmt::format("more than {} redirects for {}", kMaxFileRedirects, task_->path));
   }
   std::string next = ResolveLocation(r.url, *location);
   if (!IsHttpUrl(next)) {
