@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include "cli/flag_types.h"
+
 namespace modelcache::controller {
 namespace {
 
@@ -145,6 +147,8 @@ void ApplyConfigFile(CLI::App* command, const YamlConfig& reader) {
     }
     try {
       option->run_callback();
+    } catch (const FlagValueError& e) {
+      throw FlagValueError(fmt::format("{}: \"{}\": {}", file, item.name, e.what()));
     } catch (const CLI::ParseError& e) {
       throw CLI::ConfigError(fmt::format("{}: \"{}\": {}", file, item.name, e.what()));
     }
