@@ -10,10 +10,13 @@
 #include "cli/commands.h"
 #include "cli/flag_types.h"
 #include "common/build_info.h"
+#include "common/guard.h"
 
 namespace mc = modelcache::controller;
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   CLI::App app{"modelcache: declarative, verified, versioned caching of HuggingFace models"};
   app.require_subcommand(1);
   app.set_version_flag(
@@ -44,4 +47,17 @@ int main(int argc, char** argv) {
     }
   }
   return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (...) {
+    // A bug or std::bad_alloc (the commands' errors are values): one line and exit 1, not abort.
+    std::cerr << "modelcache: unexpected exception: " << modelcache::CurrentExceptionMessage()
+              << "\n";
+    return 1;
+  }
 }
