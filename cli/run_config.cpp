@@ -69,7 +69,7 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
       }
     } else if (value.IsNull()) {
       throw CLI::ConfigError(
-          fmt::format("{}: line {}: \"{}\" has no value (write \"{}: \\\"\\\"\" for an empty one)",
+          fmt::format(R"({}: line {}: "{}" has no value (write "{}: \"\"" for an empty one))",
                       file, line, key, key));
     } else {
       throw CLI::ConfigError(fmt::format(
