@@ -55,7 +55,8 @@ struct ObjectKey {
 
   // "namespace/name"
   std::string ToString() const { return namespace_ + "/" + name; }
-  auto operator<=>(const ObjectKey&) const = default;
+  // clang-tidy 14 reads the defaulted <=> as a comparison of a pointer with 0.
+  auto operator<=>(const ObjectKey&) const = default;  // NOLINT(modernize-use-nullptr)
 };
 
 struct SecretKeyRef {
