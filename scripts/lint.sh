@@ -120,8 +120,8 @@ if [ ${#targets[@]} -eq 0 ]; then
   exit 0
 fi
 if [ -n "$max_files" ] && [ ${#targets[@]} -gt "$max_files" ]; then
-  echo "lint: skipped: ${#targets[@]} files in $scope, more than $max_files (about half a" \
-    "minute each); run scripts/lint.sh -p $build -j2 by hand"
+  echo "lint: skipped: ${#targets[@]} files in $scope, more than $max_files (up to half a" \
+    "minute each); run scripts/lint.sh -p $build --base $base -j2 by hand"
   exit 77
 fi
 echo "lint: $tidy on ${#targets[@]} file(s), $scope, -j$jobs"
