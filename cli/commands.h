@@ -1,8 +1,10 @@
 #pragma once
 
-// The modelcache subcommands. main.cpp parses flags into these option structs and calls one
-// function; each returns the process exit code and prints its own errors (one clear line each).
-// `run` is daemon/options.h's RunDaemon.
+// The modelcache subcommands. Each command's file defines its flags (Add*Command: a CLI11
+// subcommand whose flags are bound to the command's options struct, with the flag types of
+// cli/flag_types.h) and the function that runs it; main.cpp is the table of commands. A command
+// function returns the process exit code and prints its own errors (one clear line each). `run`
+// is daemon/options.h's RunDaemon, its flags are in cli/run_command.cpp.
 
 #include <chrono>
 #include <cstdint>
@@ -14,8 +16,27 @@
 #include "common/result.h"
 #include "daemon/options.h"
 
+namespace CLI {
+class App;
+}  // namespace CLI
+
 namespace modelcache::controller {
 
+// One subcommand: its parser (a subcommand of main's CLI::App, whose flags are bound to options
+// the command owns) and what runs it once the command line has been parsed.
+struct Command {
+  CLI::App* cli = nullptr;
+  std::function<int()> run;
+};
+
+// `env` must outlive the commands' run functions. `run` parses `argv` again on SIGHUP.
+Command AddRunCommand(CLI::App& app, int argc, char** argv, const Environment& env);
+Command AddPrefetchCommand(CLI::App& app, const Environment& env);
+Command AddShardCommand(CLI::App& app);
+Command AddGetCommand(CLI::App& app);
+Command AddPullCommand(CLI::App& app, const Environment& env);
+Command AddValidateCommand(CLI::App& app);
+Command AddGcCommand(CLI::App& app);
 
 struct PrefetchOptions {
   std::string repo;          // REPO[:REVISION]

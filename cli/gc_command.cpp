@@ -4,7 +4,9 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 
+#include <CLI/CLI.hpp>
 #include <spdlog/fmt/fmt.h>
 
 #include "cli/commands.h"
@@ -106,6 +108,27 @@ int CollectGarbage(const GcCommandOptions& options) {
         FormatBytes(report->needed_bytes - report->freed_bytes));
   }
   return 0;
+}
+
+Command AddGcCommand(CLI::App& app) {
+  auto gc = std::make_shared<GcCommandOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "gc", "Remove store data no ModelCache references (docs/store-layout.md, Retention)");
+  cmd->add_flag("--dry-run", gc->dry_run, "Print what would be removed; remove nothing");
+  cmd->add_option("--store", gc->store, "Store path or file:// URI")->capture_default_str();
+  cmd->add_option("--state-dir", gc->state_dir,
+                  "The daemon's status records: the references (default: <store>/state)");
+  cmd->add_option("--keep-versions", gc->keep_versions,
+                  "Newest versions kept per referenced artifact")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000));
+  cmd->add_option("--store-max-bytes", gc->store_max_bytes,
+                  "Remove only until the store is this small (0 = remove all unreferenced)")
+      ->capture_default_str();
+  cmd->add_option("--min-free", gc->min_free,
+                  "Remove only until the disk has this much free (0 = no floor)")
+      ->capture_default_str();
+  return {cmd, [gc] { return CollectGarbage(*gc); }};
 }
 
 }  // namespace modelcache::controller

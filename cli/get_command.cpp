@@ -2,8 +2,11 @@
 
 #include <chrono>
 #include <iostream>
+#include <memory>
 #include <string_view>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 #include "cli/status_table.h"
@@ -48,6 +51,17 @@ int Get(const GetOptions& options) {
                   options.all_namespaces ? std::string_view() : options.namespace_);
   (selected.empty() ? std::cerr : std::cout) << table;
   return 0;
+}
+
+Command AddGetCommand(CLI::App& app) {
+  auto get = std::make_shared<GetOptions>();
+  CLI::App* cmd = app.add_subcommand("get", "Show ModelCache status (directory mode)");
+  cmd->add_option("name", get->name, "Only this resource");
+  cmd->add_option("-n,--namespace", get->namespace_, "Namespace")->capture_default_str();
+  cmd->add_flag("-A,--all-namespaces", get->all_namespaces, "All namespaces");
+  cmd->add_option("-o,--output", get->output, "wide, json or yaml");
+  cmd->add_option("--state-dir", get->state_dir, "The daemon's --state-dir")->capture_default_str();
+  return {cmd, [get] { return Get(*get); }};
 }
 
 }  // namespace modelcache::controller

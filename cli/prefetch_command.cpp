@@ -12,12 +12,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <thread>
 
+#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "cli/flag_types.h"
 #include "cli/progress_bar.h"
 #include "cli/run_config.h"
 #include "common/log.h"
@@ -145,6 +148,48 @@ int Prefetch(const PrefetchOptions& options, const Environment& env) {
     cv.wait_for(lock, result->requeue.after, [&] { return woken; });
     woken = false;
   }
+}
+
+Command AddPrefetchCommand(CLI::App& app, const Environment& env) {
+  auto prefetch = std::make_shared<PrefetchOptions>();
+  auto no_progress = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand(
+      "prefetch", "Cache one repo now, in the foreground; prints the artifact id");
+  cmd->add_option("repo", prefetch->repo, "REPO[:REVISION], e.g. Qwen/Qwen3-0.6B:main")->required();
+  cmd->add_option("--type", prefetch->type, "model or dataset")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"model", "dataset"}));
+  cmd->add_option("--store", prefetch->store,
+                  "Store path, file:// URI or s3://BUCKET[/PREFIX] (default: HF_HOME, so "
+                  "<store>/hub is the huggingface_hub cache)");
+  cmd->add_option("--cache-dir", prefetch->cache_dir,
+                  "For an s3:// store: the local store that stages a sharded artifact's "
+                  "downloads and shards; unsharded ones stream from the Hub to S3 "
+                  "(default: HF_HOME)");
+  cmd->add_option("--s3-endpoint", prefetch->s3_endpoint,
+                  "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                  "profile's, else AWS)");
+  cmd->add_option("--hf-endpoint", prefetch->hf_endpoint, "Hub endpoint");
+  cmd->add_option("--name", prefetch->name, "Artifact name (default: from the repo)");
+  cmd->add_option("--include", prefetch->include, "fnmatch patterns of files to fetch");
+  cmd->add_option("--exclude", prefetch->exclude, "fnmatch patterns of files to skip");
+  cmd->add_option("--tp", prefetch->tp, "Shard for this tensor-parallel size");
+  cmd->add_option("--engine", prefetch->engine, "vllm or sglang")->capture_default_str();
+  cmd->add_option("--dtype", prefetch->dtype, "auto, float16, bfloat16 or float32")
+      ->capture_default_str();
+  cmd->add_option("--max-file-size", prefetch->max_file_size, "Largest shard part")
+      ->capture_default_str();
+  cmd->add_flag("--shard-after-download", prefetch->shard_after_download,
+                "Shard once the download is done instead of while it runs");
+  cmd->add_flag("--force", prefetch->force, "Re-verify local files and re-fetch bad ones");
+  AddTransferFlags(cmd, prefetch->transfer);
+  cmd->add_flag("--no-progress", *no_progress, "No progress bar");
+  cmd->add_option("--log-level", prefetch->log_level, "trace, debug, info, warn or error")
+      ->capture_default_str();
+  return {cmd, [prefetch, no_progress, &env] {
+            prefetch->progress = !*no_progress;
+            return Prefetch(*prefetch, env);
+          }};
 }
 
 }  // namespace modelcache::controller

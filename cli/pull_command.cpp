@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <atomic>
 #include <iostream>
+#include <memory>
 #include <thread>
 
+#include <CLI/CLI.hpp>
+
 #include "cli/commands.h"
+#include "cli/flag_types.h"
 #include "cli/progress_bar.h"
 #include "cli/run_config.h"
 #include "common/log.h"
@@ -69,6 +73,22 @@ int Pull(const PullOptions& options, const Environment& env) {
             << FormatBytes(result->size_bytes) << ", verified)\n";
   std::cout << result->id << "\n";
   return 0;
+}
+
+Command AddPullCommand(CLI::App& app, const Environment& env) {
+  auto pull = std::make_shared<PullOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "pull", "Download a published artifact version from S3 into DIR, verified, atomically");
+  cmd->add_option("uri", pull->uri,
+                  "s3://BUCKET[/PREFIX]/artifacts/NAME[/VERSION] (no VERSION: the current one)")
+      ->required();
+  cmd->add_option("dir", pull->dir, "Target directory (replaced atomically by the new version)")
+      ->required();
+  cmd->add_option("--s3-endpoint", pull->s3_endpoint,
+                  "S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the "
+                  "profile's, else AWS)");
+  AddTransferFlags(cmd, pull->transfer);
+  return {cmd, [pull, &env] { return Pull(*pull, env); }};
 }
 
 }  // namespace modelcache::controller

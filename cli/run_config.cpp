@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include "cli/flag_types.h"
+
 namespace modelcache::controller {
 namespace {
 
@@ -67,7 +69,7 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
       }
     } else if (value.IsNull()) {
       throw CLI::ConfigError(
-          fmt::format("{}: line {}: \"{}\" has no value (write \"{}: \\\"\\\"\" for an empty one)",
+          fmt::format(R"({}: line {}: "{}" has no value (write "{}: \"\"" for an empty one))",
                       file, line, key, key));
     } else {
       throw CLI::ConfigError(fmt::format(
@@ -145,6 +147,8 @@ void ApplyConfigFile(CLI::App* command, const YamlConfig& reader) {
     }
     try {
       option->run_callback();
+    } catch (const FlagValueError& e) {
+      throw FlagValueError(fmt::format("{}: \"{}\": {}", file, item.name, e.what()));
     } catch (const CLI::ParseError& e) {
       throw CLI::ConfigError(fmt::format("{}: \"{}\": {}", file, item.name, e.what()));
     }

@@ -6,7 +6,10 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <thread>
+
+#include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 #include "cli/progress_bar.h"
@@ -73,6 +76,28 @@ int Shard(const ShardCommandOptions& options) {
     std::cout << f << "\n";
   }
   return 0;
+}
+
+Command AddShardCommand(CLI::App& app) {
+  auto shard = std::make_shared<ShardCommandOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "shard", "Shard a local checkpoint for tensor parallelism (vLLM/SGLang sharded_state)");
+  cmd->add_option("src", shard->src_dir, "HuggingFace checkpoint directory")->required();
+  cmd->add_option("out", shard->out_dir, "Output directory (must not exist or be empty)")
+      ->required();
+  cmd->add_option("--tp", shard->tp, "Tensor-parallel size")->required();
+  cmd->add_option("--engine", shard->engine, "vllm or sglang")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"vllm", "sglang"}));
+  cmd->add_option("--engine-release", shard->engine_release,
+                  "Engine release to lay the files out for (default: the pinned one)");
+  cmd->add_option("--dtype", shard->dtype, "auto, float16, bfloat16 or float32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "float16", "bfloat16", "float32"}));
+  cmd->add_option("--max-file-size", shard->max_file_size, "Largest part file")
+      ->capture_default_str();
+  cmd->add_option("--threads", shard->threads, "Threads")->capture_default_str();
+  return {cmd, [shard] { return Shard(*shard); }};
 }
 
 }  // namespace modelcache::controller

@@ -1,8 +1,11 @@
 // `modelcache validate`: checks manifest files as the daemon would read them.
 
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 #include "crds/manifest_check.h"
@@ -32,6 +35,13 @@ int Validate(const std::vector<std::string>& files) {
   }
   std::cerr << "\n";
   return 0;
+}
+
+Command AddValidateCommand(CLI::App& app) {
+  auto files = std::make_shared<std::vector<std::string>>();
+  CLI::App* cmd = app.add_subcommand("validate", "Validate ModelCache manifests offline");
+  cmd->add_option("files", *files, "YAML files")->required();
+  return {cmd, [files] { return Validate(*files); }};
 }
 
 }  // namespace modelcache::controller

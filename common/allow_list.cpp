@@ -34,7 +34,7 @@ Result<std::vector<std::string>> Segments(const std::string& path, const std::st
     }
     std::string segment = path.substr(start, end - start);
     if (IsDotSegment(segment)) {
-      return Error(Reason::InvalidSpec, "\"" + url + "\" has a \".\" or \"..\" path segment");
+      return Error(Reason::InvalidSpec, "\"" + url + R"(" has a "." or ".." path segment)");
     }
     if (!segment.empty()) {  // "a//b" and a trailing "/" name the same place
       out.push_back(std::move(segment));

@@ -57,10 +57,14 @@ struct Transfer {
 
 size_t OnRead(char* buffer, size_t size, size_t nitems, void* user) {
   auto* t = static_cast<Transfer*>(user);
-  if (t->stop.stop_requested()) return CURL_READFUNC_ABORT;
+  if (t->stop.stop_requested()) {
+    return CURL_READFUNC_ABORT;
+  }
   uint64_t left = t->source->size - t->source_offset;
   size_t want = static_cast<size_t>(std::min<uint64_t>(left, size * nitems));
-  if (want == 0) return 0;
+  if (want == 0) {
+    return 0;
+  }
   auto n = t->source->read(t->source_offset, buffer, want);
   if (!n) {
     t->source_error = n.error();
@@ -190,7 +194,8 @@ Result<HttpResponse> Perform(const HttpRequest& req, HttpStreamHandler* handler,
   }
   curl_slist* headers = nullptr;
   for (const auto& [name, value] : req.headers) {
-    std::string line = name + ": " + value;
+    std::string line = name;
+    line.append(": ").append(value);
     headers = curl_slist_append(headers, line.c_str());
   }
   // Never let curl add "Expect: 100-continue"; servers we talk to answer directly.

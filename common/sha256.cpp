@@ -37,7 +37,7 @@ std::string DigestRaw(const EVP_MD* md, std::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(data.data(), data.size(), out, &len, md, nullptr);
-  return std::string(reinterpret_cast<const char*>(out), len);
+  return {reinterpret_cast<const char*>(out), len};
 }
 
 }  // namespace
@@ -60,7 +60,7 @@ std::string Hasher::FinalRaw() {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(impl_->ctx, md, &len);
-  return std::string(reinterpret_cast<const char*>(md), len);
+  return {reinterpret_cast<const char*>(md), len};
 }
 
 std::string Hasher::FinalHex() {

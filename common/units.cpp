@@ -162,7 +162,7 @@ Result<uint64_t> ParseByteSize(std::string_view s) {
 
 std::string FormatBytes(uint64_t bytes) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(bytes);
+  auto v = static_cast<double>(bytes);
   int u = 0;
   while (v >= 1024 && u < 5) {
     v /= 1024;

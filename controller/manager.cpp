@@ -1,6 +1,7 @@
 #include "controller/manager.h"
 
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -39,7 +40,7 @@ std::string ProgressMessage(const crds::ModelCacheStatus& status) {
 
 Manager::Manager(ManagerOptions options, Source& source, ObjectCache& cache,
                  StatusStore& statuses, reconcilers::Reconciler& reconciler, Clock& clock)
-    : options_(options),
+    : options_(std::move(options)),
       source_(source),
       cache_(cache),
       statuses_(statuses),

@@ -55,7 +55,8 @@ struct ObjectKey {
 
   // "namespace/name"
   std::string ToString() const { return namespace_ + "/" + name; }
-  auto operator<=>(const ObjectKey&) const = default;
+  // clang-tidy 14 reads the defaulted <=> as a comparison of a pointer with 0.
+  auto operator<=>(const ObjectKey&) const = default;  // NOLINT(modernize-use-nullptr)
 };
 
 struct SecretKeyRef {
@@ -237,7 +238,7 @@ struct Document {
 // Limits on one manifest file, so that a hostile file costs little: yaml-cpp holds a node in about
 // 250 bytes, and a 1 MiB flow sequence of one-letter items took 250 MB and 7 s to load. A
 // ModelCache is about 1 KiB; these leave room for hundreds in one file.
-inline constexpr uint64_t kMaxManifestBytes = 512 * 1024;
+inline constexpr uint64_t kMaxManifestBytes = 512ULL * 1024;
 inline constexpr size_t kMaxManifestDocuments = 1000;
 
 // Parses every document of a YAML file. Documents of other kinds are returned with only
@@ -269,7 +270,7 @@ std::string DefaultArtifactName(std::string_view repo);
 // gives no name. Two namespaces meet on one default only if a namespace itself holds "--"; that
 // and every other clash (explicit names, two repos of one base name) is refused at claim time
 // with ArtifactNameConflict.
-std::string NamespacedArtifactName(std::string_view namespace_, std::string_view repo);
+std::string NamespacedArtifactName(std::string_view resource_namespace, std::string_view repo);
 
 // A stable digest (sha256 hex) of the spec's canonical JSON: equal specs give equal hashes.
 std::string SpecHash(const ModelCacheSpec& spec);

@@ -106,12 +106,14 @@ std::string DefaultArtifactName(std::string_view repo) {
   return out;
 }
 
-std::string NamespacedArtifactName(std::string_view namespace_, std::string_view repo) {
+std::string NamespacedArtifactName(std::string_view resource_namespace, std::string_view repo) {
   std::string base = DefaultArtifactName(repo);
   if (base.empty()) {
     return base;  // Validate asks for an artifactName
   }
-  std::string out = std::string(namespace_.empty() ? kDefaultNamespace : namespace_) + "--" + base;
+  std::string out =
+      std::string(resource_namespace.empty() ? kDefaultNamespace : resource_namespace) + "--" +
+      base;
   if (out.size() > internal::kMaxLabelLength) {
     out.resize(internal::kMaxLabelLength);
     while (!out.empty() && out.back() == '-') {

@@ -9,6 +9,7 @@ packages=(
   zlib1g-dev  # gzip bombs of the hostile Hub imitation (tests/fixtures/hub/hostile_hub.cpp)
   libspdlog-dev libfmt-dev libsystemd-dev libcpp-httplib-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang-tidy  # clang-tidy 14: scripts/lint.sh and the ctest lint_test (.clang-tidy)
   nginx-light
   radosgw ceph-mon ceph-osd ceph-common uuid-runtime curl python3-boto3
   faketime  # libfaketime: a skewed clock against radosgw (RequestTimeTooSkewed) in an S3 test

@@ -92,17 +92,18 @@ struct AliasRule {
 };
 
 struct ParamRule {
-  ParamRule(Scope scope_, std::string key_, Style style_, std::vector<std::string> sources_,
-            Dim rows_ = Dim::One, Dim cols_ = Dim::One, When when_ = When::Always,
-            std::vector<AliasRule> aliases_ = {})
-      : scope(scope_),
-        key(std::move(key_)),
-        style(style_),
-        sources(std::move(sources_)),
-        rows(rows_),
-        cols(cols_),
-        when(when_),
-        aliases(std::move(aliases_)) {}
+  ParamRule(Scope rule_scope, std::string rule_key, Style rule_style,
+            std::vector<std::string> rule_sources, Dim rule_rows = Dim::One,
+            Dim rule_cols = Dim::One, When rule_when = When::Always,
+            std::vector<AliasRule> rule_aliases = {})
+      : scope(rule_scope),
+        key(std::move(rule_key)),
+        style(rule_style),
+        sources(std::move(rule_sources)),
+        rows(rule_rows),
+        cols(rule_cols),
+        when(rule_when),
+        aliases(std::move(rule_aliases)) {}
 
   Scope scope = Scope::Layer;
   // State-dict key. In layer scopes relative to "model.layers.N."; for AttentionScales the module

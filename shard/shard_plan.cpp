@@ -50,8 +50,10 @@ std::optional<Error> QuantizationRefusal(const json& config, const std::string& 
         }
       }
     }
+    std::string what = arch;
+    what.append(" checkpoint is quantized (config.json ").append(key).append(method);
     return Unsupported(
-        arch + " checkpoint is quantized (config.json " + key + method +
+        what +
         "): the engines post-process quantized weights on the GPU in ways that depend on the GPU "
         "generation, kernel backend and release, so no CPU-written sharded_state is sound for "
         "them; serve it with the engine's normal loader or shard an unquantized checkpoint");
@@ -158,7 +160,9 @@ class Planner {
     for (const auto& alias : rule.aliases) {
       const bool tied = alias.alias != Alias::TiedLmHead || m_.tie_word_embeddings;
       if (tied && HasAlias(plan_.layout, alias.alias)) {
-        name = std::min(name, prefix + alias.key);
+        std::string aliased = prefix;
+        aliased += alias.key;
+        name = std::min(name, aliased);
       }
     }
     RankTensor t{name, {}, std::nullopt, {}};

@@ -234,9 +234,10 @@ VoidResult CheckSources(const ShardPlan& plan, const Checkpoint& ckpt, const std
   for (const auto& [name, shape] : plan.sources) {
     const auto* e = ckpt.Find(name);
     if (e == nullptr) {
-      return Error(Reason::ShardConfigInvalid, "checkpoint " + dir + " has no tensor '" +
-                                                   name + "', which " + plan.model.architecture +
-                                                   " needs");
+      std::string message = "checkpoint " + dir;
+      message.append(" has no tensor '").append(name).append("', which ");
+      message.append(plan.model.architecture).append(" needs");
+      return Error(Reason::ShardConfigInvalid, message);
     }
     if (e->info->shape != shape) {
       return Error(Reason::ShardConfigInvalid, "tensor '" + name + "' in " + e->file->path() +

@@ -35,7 +35,7 @@ Error ReplyError(const KubeReply& reply, std::string_view what) {
   } else if (reply.status == 429) {
     reason = Reason::RateLimited;
   }
-  return Error(reason, text);
+  return {reason, text};
 }
 
 VoidResult RetryAtStartup(const std::string& what, const std::function<VoidResult()>& step) {
@@ -388,7 +388,7 @@ Result<KubeClient::Secret> KubeClient::GetSecret(const std::string& ns, const st
       std::optional<std::string> decoded =
           value.is_string() ? DecodeBase64(value.get<std::string>()) : std::nullopt;
       if (!decoded) {
-        return Error(Reason::InvalidSpec, what + ": data." + key + " is not base64");
+        return Error(Reason::InvalidSpec, fmt::format("{}: data.{} is not base64", what, key));
       }
       secret.data[key] = std::move(*decoded);
     }

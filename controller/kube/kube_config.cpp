@@ -237,8 +237,9 @@ Result<KubeConfig> KubeconfigConfig(const KubeEnvironment& env, const std::strin
       if (std::string data = Str(user, data_field); !data.empty()) {
         auto pem = DecodeBase64(data);
         if (!pem) {
-          return Error(Reason::InvalidSpec,
-                       path + ": users[" + user_name + "].user." + data_field + " is not base64");
+          std::string field = path;
+          field.append(": users[").append(user_name).append("].user.").append(data_field);
+          return Error(Reason::InvalidSpec, field + " is not base64");
         }
         auto file = WriteTempFile(*files, *pem);
         if (!file) {

@@ -338,11 +338,11 @@ void KubeEventRecorder::Process(json event, std::stop_token stop) {
     ++stats_.skipped;
     return;
   }
-  Send(std::move(correlated), stop);
+  Send(correlated, stop);
 }
 
-void KubeEventRecorder::Send(CorrelatedEvent correlated, std::stop_token stop) {
-  json& event = correlated.event;
+void KubeEventRecorder::Send(const CorrelatedEvent& correlated, std::stop_token stop) {
+  const json& event = correlated.event;
   std::string ns = Str(event, "metadata", "namespace");
   std::string collection = "/api/v1/namespaces/" + UrlEncode(ns) + "/events";
   for (int attempt = 1;; ++attempt) {

@@ -76,10 +76,10 @@ Result<std::string> ReadHubToken(const KubeClient& client, const std::string& ns
                      "\" in namespace \"" + ns + "\"";
   auto unusable = [&](std::string_view cause) -> Error {
     spdlog::warn("{}: not used as a Hub token: {}", what, cause);
-    return Error(Reason::InvalidSpec,
-                 what + " is not usable as a Hub token (it must exist and carry the label " +
-                     kHubTokenLabel + "=true)",
-                 kRecheck);
+    return {Reason::InvalidSpec,
+            what + " is not usable as a Hub token (it must exist and carry the label " +
+                kHubTokenLabel + "=true)",
+            kRecheck};
   };
   auto secret = client.GetSecret(ns, ref.name);
   if (!secret) {

@@ -108,7 +108,7 @@ std::string DefaultLeaderIdentity() {
 std::string FormatMicroTime(std::chrono::system_clock::time_point t) {
   auto micros =
       std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
-  std::time_t secs = static_cast<std::time_t>(micros / 1'000'000);
+  auto secs = static_cast<std::time_t>(micros / 1'000'000);
   int64_t frac = micros % 1'000'000;
   if (frac < 0) {
     frac += 1'000'000;
