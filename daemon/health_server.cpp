@@ -324,7 +324,7 @@ VoidResult HealthServer::Start() {
   });
   server.Get("/metrics", [&s](const httplib::Request&, httplib::Response& res) {
     std::string body = s.options.metrics ? s.options.metrics() : std::string();
-    res.set_content(std::move(body), "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(body, "text/plain; version=0.0.4; charset=utf-8");
   });
 
   const ListenAddress& a = s.options.listen;

@@ -1,12 +1,12 @@
 #include "daemon/options.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string_view>
 
 #include "common/files.h"
 #include "common/strings.h"
-
-extern char** environ;
 
 namespace modelcache::controller {
 namespace {

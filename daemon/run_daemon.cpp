@@ -1,7 +1,6 @@
 // `modelcache run`: the daemon.
 
 #include <malloc.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -106,7 +105,7 @@ int RunDaemon(const RunOptions& options, reconcilers::ReconcilerOptions base,
   // unmapped on their own. glibc would otherwise raise this threshold as such buffers are freed
   // and serve the next ones from the per-thread arenas, where every job thread that once held
   // one keeps its memory: dozens of retried hostile answers took the daemon past 500 MiB.
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);  // NOLINT(concurrency-mt-unsafe): before any thread starts
   LogFormat format = LogFormat::Text;
   if (options.log_format == "json") {
     format = LogFormat::Json;

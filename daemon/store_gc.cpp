@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <utility>
 
+#include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
 #include "common/guard.h"
@@ -215,9 +216,10 @@ void StoreCollector::RunOnce() {
       for (const auto& v : versions) {
         list += (list.empty() ? "" : ", ") + v;
       }
-      evicted_[name] = "store garbage collection evicted " + std::to_string(versions.size()) +
-                       " older version" + (versions.size() == 1 ? "" : "s") + " of " + name + " (" +
-                       list + "); the version in use is kept";
+      evicted_[name] = fmt::format(
+          "store garbage collection evicted {} older version{} of {} ({}); the version in use is "
+          "kept",
+          versions.size(), versions.size() == 1 ? "" : "s", name, list);
       names.push_back(name);
     }
     was_over = !over_limits_.empty();

@@ -1,10 +1,9 @@
 #include "daemon/systemd_notifier.h"
 
-#include <time.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <ctime>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -15,6 +14,7 @@ namespace modelcache::controller {
 SystemdNotifier::~SystemdNotifier() { StopWatchdog(); }
 
 bool SystemdNotifier::Enabled() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): the daemon never changes its environment.
   const char* socket = std::getenv("NOTIFY_SOCKET");
   return socket != nullptr && *socket != '\0';
 }

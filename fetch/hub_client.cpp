@@ -113,7 +113,7 @@ Result<RepoFile> ParseTreeEntry(const nlohmann::json& entry, const std::string& 
     }
     auto lfs_size = lfs->find("size");
     if (lfs_size != lfs->end() && (!lfs_size->is_number_unsigned() || *lfs_size != *size)) {
-      return bad("\"lfs.size\" differs from \"size\"");
+      return bad(R"("lfs.size" differs from "size")");
     }
     file.lfs_sha256 = sha->get<std::string>();
   }
@@ -184,51 +184,50 @@ Error HubClient::MapError(const HttpResponse& response, const std::string& what,
 
   // The order follows hf_raise_for_status: specific error codes first, then statuses.
   if (code == "RevisionNotFound") {
-    return Error(Reason::RevisionNotFound,
-                 fmt::format("{} not found in {} at {}{}", what, repo_words, endpoint, server));
+    return {Reason::RevisionNotFound,
+            fmt::format("{} not found in {} at {}{}", what, repo_words, endpoint, server)};
   }
   if (code == "EntryNotFound") {
-    return Error(Reason::RevisionNotFound,
-                 fmt::format("{} not found in {} at {}{}", what, repo_words, endpoint, server));
+    return {Reason::RevisionNotFound,
+            fmt::format("{} not found in {} at {}{}", what, repo_words, endpoint, server)};
   }
   if (code == "GatedRepo") {
     std::string page = fmt::format("{}/{}{}", endpoint, UrlPrefix(type), repo);
     if (status == 401) {
-      return Error(Reason::Unauthorized,
-                   fmt::format("{} is gated: request access at {} and set a token ({}: {})",
-                               repo_words, page, status_words, what));
+      return {Reason::Unauthorized,
+              fmt::format("{} is gated: request access at {} and set a token ({}: {})", repo_words,
+                          page, status_words, what)};
     }
-    return Error(Reason::Unauthorized,
-                 fmt::format("{} is gated and the token is not on its authorized list: request "
-                             "access at {} with the token's account ({}: {})",
-                             repo_words, page, status_words, what));
+    return {Reason::Unauthorized,
+            fmt::format("{} is gated and the token is not on its authorized list: request "
+                        "access at {} with the token's account ({}: {})",
+                        repo_words, page, status_words, what)};
   }
   if (msg == "Access to this resource is disabled.") {
-    return Error(Reason::RepoNotFound, fmt::format("{} is disabled at {} ({}: {})", repo_words,
-                                                   endpoint, status_words, what));
+    return {Reason::RepoNotFound,
+            fmt::format("{} is disabled at {} ({}: {})", repo_words, endpoint, status_words, what)};
   }
   if (status == 401 && msg == "Invalid credentials in Authorization header") {
-    return Error(Reason::Unauthorized,
-                 fmt::format("{} rejected the token: invalid credentials ({}: {})", endpoint,
-                             status_words, what));
+    return {Reason::Unauthorized, fmt::format("{} rejected the token: invalid credentials ({}: {})",
+                                              endpoint, status_words, what)};
   }
   // The Hub answers 401 for a missing repo and for a private one alike when no token is sent,
   // and 404 when the token cannot read it, so "not found" has to mention access.
   if (code == "RepoNotFound" || status == 401 || (status == 404 && code.empty())) {
-    return Error(Reason::RepoNotFound,
-                 fmt::format("{} not found at {} (if it is private or gated, set a token that "
-                             "can read it) ({}: {})",
-                             repo_words, endpoint, status_words, what));
+    return {Reason::RepoNotFound,
+            fmt::format("{} not found at {} (if it is private or gated, set a token that "
+                        "can read it) ({}: {})",
+                        repo_words, endpoint, status_words, what)};
   }
   if (status == 400) {
-    return Error(Reason::InvalidSpec,
-                 fmt::format("bad request for {}{} ({})", what, server, status_words));
+    return {Reason::InvalidSpec,
+            fmt::format("bad request for {}{} ({})", what, server, status_words)};
   }
   if (status == 403) {
-    return Error(Reason::Unauthorized,
-                 fmt::format("access to {} is forbidden{}: make sure the token has the right "
-                             "permissions ({})",
-                             what, server, status_words));
+    return {Reason::Unauthorized,
+            fmt::format("access to {} is forbidden{}: make sure the token has the right "
+                        "permissions ({})",
+                        what, server, status_words)};
   }
   if (status == 429) {
     auto after = internal::ServerRetryAfter(response);
@@ -236,18 +235,17 @@ Error HubClient::MapError(const HttpResponse& response, const std::string& what,
         after ? fmt::format("; retry after {} s",
                             std::chrono::duration_cast<std::chrono::seconds>(*after).count())
               : "";
-    return Error(Reason::RateLimited,
-                 fmt::format("rate limited by {} for {}{}{}", endpoint, what, server, wait), after);
+    return {Reason::RateLimited,
+            fmt::format("rate limited by {} for {}{}{}", endpoint, what, server, wait), after};
   }
   if (status == 416) {
     const std::string* range = response.Header("content-range");
-    return Error(Reason::NetworkError,
-                 fmt::format("range not satisfiable for {} (Content-Range: {})", what,
-                             range ? *range : "none"));
+    return {Reason::NetworkError, fmt::format("range not satisfiable for {} (Content-Range: {})",
+                                              what, range ? *range : "none")};
   }
-  return Error(Reason::NetworkError,
-               fmt::format("unexpected answer {} for {}{}", status_words, what, server),
-               internal::ServerRetryAfter(response));
+  return {Reason::NetworkError,
+          fmt::format("unexpected answer {} for {}{}", status_words, what, server),
+          internal::ServerRetryAfter(response)};
 }
 
 Result<HttpResponse> HubClient::GetJson(const std::string& url, const std::string& what,
@@ -383,7 +381,7 @@ Result<std::string> HubClient::ResolveRevision(const std::string& type, const st
     return json.error();
   }
   if (json->is_object() && json->contains("sha") && (*json)["sha"].is_string()) {
-    const std::string& sha = (*json)["sha"].get_ref<const std::string&>();
+    const auto& sha = (*json)["sha"].get_ref<const std::string&>();
     if (IsHex40(sha)) {
       return sha;
     }

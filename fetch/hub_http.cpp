@@ -78,9 +78,9 @@ bool IsRetryableStatus(long status) { return status == 408 || status == 429 || s
 std::optional<std::chrono::milliseconds> ServerRetryAfter(const HttpResponse& response) {
   // huggingface_hub prefers the RateLimit header when it says the quota is exhausted (r=0).
   if (const std::string* rl = response.Header("ratelimit"); rl != nullptr) {
-    static const std::regex kRateLimit(R"(r\s*=\s*(\d+)\s*;\s*t\s*=\s*(\d+))");
+    static const std::regex rate_limit(R"(r\s*=\s*(\d+)\s*;\s*t\s*=\s*(\d+))");
     std::smatch m;
-    if (std::regex_search(*rl, m, kRateLimit) && m[1].str() == "0") {
+    if (std::regex_search(*rl, m, rate_limit) && m[1].str() == "0") {
       return std::chrono::seconds(std::stoll(m[2].str()));
     }
   }

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -45,11 +46,15 @@ Result<size_t> PreadFull(int fd, const std::string& path, uint64_t offset, char*
   size_t done = 0;
   while (done < n) {
     ssize_t r = ::pread(fd, out + done, n - done, static_cast<off_t>(offset + done));
-    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EINTR) {
+      continue;
+    }
     if (r < 0) {
       return Error(Reason::StorageError, "cannot read " + path + ": " + ErrnoMessage(errno));
     }
-    if (r == 0) break;
+    if (r == 0) {
+      break;
+    }
     done += static_cast<size_t>(r);
   }
   return done;
@@ -63,8 +68,8 @@ bool IsSha256Hex(const std::string& s) {
 
 Error ChecksumError(const std::string& what, const std::string& expected,
                     const std::string& actual) {
-  return Error(Reason::ChecksumMismatch,
-               fmt::format("{}: sha256 is {}, expected {}", what, actual, expected));
+  return {Reason::ChecksumMismatch,
+          fmt::format("{}: sha256 is {}, expected {}", what, actual, expected)};
 }
 
 // One part to upload: its bytes come from `read` (a file range or a buffer that `buffer` keeps
@@ -103,17 +108,25 @@ class MultipartRun {
   VoidResult Begin(const std::string& sha256, bool allow_resume) {
     if (allow_resume && options_.resume) {
       auto uploads = client_.ListMultipartUploads(bucket_, key_, stop());
-      if (!uploads) return uploads.error();
-      for (auto it = uploads->rbegin(); it != uploads->rend(); ++it) {
-        if (it->key != key_) continue;
-        auto parts = client_.ListParts(bucket_, key_, it->upload_id, stop());
+      if (!uploads) {
+        return uploads.error();
+      }
+      for (auto& it : std::ranges::reverse_view(*uploads)) {
+        if (it.key != key_) {
+          continue;
+        }
+        auto parts = client_.ListParts(bucket_, key_, it.upload_id, stop());
         if (!parts) {
           // Completed or aborted meanwhile (NoSuchUpload): try the next one, or start anew.
-          if (parts.error().message.find("NoSuchUpload") != std::string::npos) continue;
+          if (parts.error().message.find("NoSuchUpload") != std::string::npos) {
+            continue;
+          }
           return parts.error();
         }
-        upload_id_ = it->upload_id;
-        for (UploadedPart& p : *parts) existing_[p.number] = std::move(p);
+        upload_id_ = it.upload_id;
+        for (UploadedPart& p : *parts) {
+          existing_[p.number] = std::move(p);
+        }
         resumed_ = true;
         spdlog::info("{}: resuming multipart upload with {} parts already uploaded", Target(),
                      existing_.size());
@@ -127,7 +140,9 @@ class MultipartRun {
         create.headers.emplace_back(fmt::format("x-amz-meta-{}", kSha256MetaKey), sha256);
       }
       auto r = client_.Send(create, stop());
-      if (!r) return r.error();
+      if (!r) {
+        return r.error();
+      }
       std::optional<std::string> id = XmlText(r->body, "UploadId");
       if (!id || id->empty()) {
         return Error(Reason::StorageError,
@@ -154,7 +169,9 @@ class MultipartRun {
       return failed_ || stop_.stop_requested() ||
              in_flight_ < static_cast<size_t>(std::max(1, options_.parallel_parts));
     });
-    if (failed_ || stop_.stop_requested()) return false;
+    if (failed_ || stop_.stop_requested()) {
+      return false;
+    }
     ++in_flight_;
     queue_.push_back(std::move(job));
     cv_.notify_all();
@@ -168,8 +185,12 @@ class MultipartRun {
       cv_.wait(lock, [&] { return in_flight_ == 0 || failed_; });
     }
     StopWorkers();
-    if (user_stop_.stop_requested()) return Error(Reason::Cancelled, Target() + ": upload cancelled");
-    if (first_error_) return *first_error_;
+    if (user_stop_.stop_requested()) {
+      return Error(Reason::Cancelled, Target() + ": upload cancelled");
+    }
+    if (first_error_) {
+      return *first_error_;
+    }
     return {};
   }
 
@@ -177,7 +198,9 @@ class MultipartRun {
   // workers.
   void Fail(Error error) {
     std::lock_guard lock(mu_);
-    if (!first_error_) first_error_ = std::move(error);
+    if (!first_error_) {
+      first_error_ = std::move(error);
+    }
     failed_ = true;
     stop_.request_stop();
     cv_.notify_all();
@@ -199,7 +222,9 @@ class MultipartRun {
 
   // Aborts the upload (with a fresh stop token: this runs because the caller's was requested).
   void Abort() {
-    if (upload_id_.empty()) return;
+    if (upload_id_.empty()) {
+      return;
+    }
     if (auto r = client_.AbortMultipartUpload(bucket_, key_, upload_id_, {}); !r) {
       spdlog::warn("{}: abort of multipart upload failed: {}", Target(), r.error().message);
     }
@@ -227,7 +252,9 @@ class MultipartRun {
       closing_ = true;
       cv_.notify_all();
     }
-    for (std::thread& t : workers_) t.join();
+    for (std::thread& t : workers_) {
+      t.join();
+    }
     workers_.clear();
   }
 
@@ -237,7 +264,9 @@ class MultipartRun {
       {
         std::unique_lock lock(mu_);
         cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
-        if (queue_.empty()) return;
+        if (queue_.empty()) {
+          return;
+        }
         job = std::move(queue_.front());
         queue_.pop_front();
       }
@@ -260,25 +289,41 @@ class MultipartRun {
     auto listed = existing_.find(job.number);
     const bool reusable = listed != existing_.end() && listed->second.size == job.size;
     std::optional<Hasher> md5;
-    if (!options_.sign_payload || reusable) md5.emplace(Hasher::Kind::Md5);
+    if (!options_.sign_payload || reusable) {
+      md5.emplace(Hasher::Kind::Md5);
+    }
     std::optional<Hasher> sha256;
-    if (options_.sign_payload) sha256.emplace(Hasher::Kind::Sha256);
+    if (options_.sign_payload) {
+      sha256.emplace(Hasher::Kind::Sha256);
+    }
     if (job.buffer) {
-      if (md5) md5->Update(job.buffer->data(), job.buffer->size());
-      if (sha256) sha256->Update(*job.buffer);
+      if (md5) {
+        md5->Update(job.buffer->data(), job.buffer->size());
+      }
+      if (sha256) {
+        sha256->Update(*job.buffer);
+      }
     } else {
       std::string block(static_cast<size_t>(std::min<uint64_t>(kHashBlock, job.size)), '\0');
       for (uint64_t off = 0; off < job.size;) {
-        if (stop_.stop_requested()) return Error(Reason::Cancelled, Target() + ": cancelled");
+        if (stop_.stop_requested()) {
+          return Error(Reason::Cancelled, Target() + ": cancelled");
+        }
         size_t want = static_cast<size_t>(std::min<uint64_t>(block.size(), job.size - off));
         auto n = job.read(off, block.data(), want);
-        if (!n) return n.error();
+        if (!n) {
+          return n.error();
+        }
         if (*n != want) {
           return Error(Reason::StorageError,
                        fmt::format("{}: source ended inside part {}", Target(), job.number));
         }
-        if (md5) md5->Update(block.data(), want);
-        if (sha256) sha256->Update(block.data(), want);
+        if (md5) {
+          md5->Update(block.data(), want);
+        }
+        if (sha256) {
+          sha256->Update(block.data(), want);
+        }
         off += want;
       }
     }
@@ -296,10 +341,14 @@ class MultipartRun {
     body.source.size = job.size;
     body.source.read = [this, &job](uint64_t offset, char* out, size_t n) -> Result<size_t> {
       auto r = job.read(offset, out, n);
-      if (r) Sent(*r);
+      if (r) {
+        Sent(*r);
+      }
       return r;
     };
-    if (sha256) body.payload_hash = sha256->FinalHex();
+    if (sha256) {
+      body.payload_hash = sha256->FinalHex();
+    }
     S3Request request{"UploadPart",
                       "PUT",
                       bucket_,
@@ -308,11 +357,17 @@ class MultipartRun {
                       {{"content-type", "application/octet-stream"}},
                       "",
                       &body};
-    if (!options_.sign_payload) request.headers.emplace_back("content-md5", Base64(md5_raw));
+    if (!options_.sign_payload) {
+      request.headers.emplace_back("content-md5", Base64(md5_raw));
+    }
     auto r = client_.Send(request, stop());
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     UploadedPart part{job.number, "", job.size};
-    if (const std::string* etag = r->Header("etag")) part.etag = *etag;
+    if (const std::string* etag = r->Header("etag")) {
+      part.etag = *etag;
+    }
     if (part.etag.size() >= 2 && part.etag.front() == '"' && part.etag.back() == '"') {
       part.etag = part.etag.substr(1, part.etag.size() - 2);
     }
@@ -356,14 +411,16 @@ class MultipartRun {
 }  // namespace
 
 S3Uploader::S3Uploader(S3Client& client, UploadOptions options)
-    : client_(client), options_(std::move(options)) {
+    : client_(client), options_(options) {
   options_.parallel_parts = std::max(1, options_.parallel_parts);
   options_.min_part_size = std::max(options_.min_part_size, internal::kS3MinPartSize);
 }
 
 uint64_t S3Uploader::PartSizeFor(uint64_t size) const {
   uint64_t part = options_.min_part_size;
-  if (size == kUnknownSize) return part;
+  if (size == kUnknownSize) {
+    return part;
+  }
   uint64_t needed = (size + internal::kS3MaxParts - 1) / internal::kS3MaxParts;
   needed = (needed + kMiB - 1) / kMiB * kMiB;
   return std::max(part, needed);
@@ -385,7 +442,9 @@ Result<ObjectInfo> Confirm(S3Client& client, const std::string& bucket, const st
                            std::stop_token stop) {
   *metadata_mismatch = false;
   auto head = client.HeadObject(bucket, key, stop);
-  if (!head) return head.error();
+  if (!head) {
+    return head.error();
+  }
   std::string target = fmt::format("s3://{}/{}", bucket, key);
   if (!*head) {
     return Error(Reason::StorageError, target + ": HeadObject finds no object after the upload");
@@ -411,7 +470,9 @@ Result<std::optional<UploadResult>> FindExisting(S3Client& client, const std::st
                                                  const std::string& key, uint64_t size,
                                                  const std::string& sha256, std::stop_token stop) {
   auto head = client.HeadObject(bucket, key, stop);
-  if (!head) return head.error();
+  if (!head) {
+    return head.error();
+  }
   if (!*head || (*head)->size != size || (*head)->Meta(kSha256MetaKey) != sha256) {
     return std::optional<UploadResult>();
   }
@@ -449,12 +510,16 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
   if (::fstat(fd, &st) != 0) {
     return Error(Reason::StorageError, "cannot stat " + path + ": " + ErrnoMessage(errno));
   }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  const auto size = static_cast<uint64_t>(st.st_size);
 
   if (options_.skip_existing && !expected_sha256_hex.empty()) {
     auto existing = FindExisting(client_, bucket, key, size, expected_sha256_hex, stop);
-    if (!existing) return existing.error();
-    if (*existing) return std::move(**existing);
+    if (!existing) {
+      return existing.error();
+    }
+    if (*existing) {
+      return std::move(**existing);
+    }
   }
 
   UploadResult result;
@@ -463,8 +528,12 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
   if (size <= options_.single_put_threshold) {
     std::string body(static_cast<size_t>(size), '\0');
     auto n = PreadFull(fd, path, 0, body.data(), body.size());
-    if (!n) return n.error();
-    if (*n != size) return Error(Reason::StorageError, path + " shrank while being read");
+    if (!n) {
+      return n.error();
+    }
+    if (*n != size) {
+      return Error(Reason::StorageError, path + " shrank while being read");
+    }
     std::string sha256 = Sha256Hex(body);
     if (!expected_sha256_hex.empty() && sha256 != expected_sha256_hex) {
       return ChecksumError(path, expected_sha256_hex, sha256);
@@ -487,12 +556,18 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
       put.body = body;
     }
     auto r = client_.Send(put, stop);
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     result.bytes_sent = size;
-    if (on_bytes) on_bytes(size);
+    if (on_bytes) {
+      on_bytes(size);
+    }
     bool mismatch = false;
     auto info = Confirm(client_, bucket, key, size, sha256, &mismatch, stop);
-    if (!info) return info.error();
+    if (!info) {
+      return info.error();
+    }
     result.object = std::move(*info);
     result.sha256_hex = sha256;
     return result;
@@ -502,7 +577,9 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
   std::string sha256 = expected_sha256_hex;
   if (sha256.empty()) {
     auto h = Sha256File(path);
-    if (!h) return h.error();
+    if (!h) {
+      return h.error();
+    }
     sha256 = *h;
   }
   // The file is read once, in order, like a stream: each part is read into its buffer (at most
@@ -512,7 +589,9 @@ Result<UploadResult> S3Uploader::UploadFile(const std::string& bucket, const std
     uint64_t offset = 0;
     UploadReadFn read = [&](char* out, size_t n) -> Result<size_t> {
       auto r = PreadFull(fd, path, offset, out, n);
-      if (r) offset += *r;
+      if (r) {
+        offset += *r;
+      }
       return r;
     };
     bool foreign = false;
@@ -544,8 +623,12 @@ Result<UploadResult> S3Uploader::UploadStream(const std::string& bucket, const s
   }
   if (options_.skip_existing && !expected_sha256_hex.empty() && size != kUnknownSize) {
     auto existing = FindExisting(client_, bucket, key, size, expected_sha256_hex, stop);
-    if (!existing) return existing.error();
-    if (*existing) return std::move(**existing);
+    if (!existing) {
+      return existing.error();
+    }
+    if (*existing) {
+      return std::move(**existing);
+    }
   }
   bool foreign = false;
   return StreamImpl(bucket, key, read, size, expected_sha256_hex, on_bytes, stop, true, &foreign);
@@ -565,10 +648,16 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
   auto fill = [&](std::string& buffer) -> Result<size_t> {
     size_t got = 0;
     while (got < buffer.size()) {
-      if (stop.stop_requested()) return Error(Reason::Cancelled, target + ": upload cancelled");
+      if (stop.stop_requested()) {
+        return Error(Reason::Cancelled, target + ": upload cancelled");
+      }
       auto n = read(buffer.data() + got, buffer.size() - got);
-      if (!n) return n.error();
-      if (*n == 0) break;
+      if (!n) {
+        return n.error();
+      }
+      if (*n == 0) {
+        break;
+      }
       if (*n > buffer.size() - got) {
         return Error(Reason::Internal, target + ": stream read returned more than asked");
       }
@@ -601,22 +690,28 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
 
   // Small streams (known to fit, or ending within the first part): one aws-chunked PUT.
   const bool single = known && size <= options_.single_put_threshold;
-  const size_t first_size = static_cast<size_t>(single ? size : first_part);
+  const auto first_size = static_cast<size_t>(single ? size : first_part);
   std::string first(first_size, '\0');
   auto got = fill(first);
-  if (!got) return got.error();
+  if (!got) {
+    return got.error();
+  }
   // A full first part of a known size may be the whole stream.
   const bool ended = single || *got < first_size || (known && total == size);
   if (ended) {
     std::string probe(1, '\0');
     auto more = fill(probe);  // must be the end (length checks happen in fill / check_end)
-    if (!more) return more.error();
+    if (!more) {
+      return more.error();
+    }
     if (*more != 0) {
       return Error(Reason::ChecksumMismatch,
                    fmt::format("{}: stream is longer than the announced {} bytes", target, size));
     }
     auto sha256 = check_end();
-    if (!sha256) return sha256.error();
+    if (!sha256) {
+      return sha256.error();
+    }
     Hasher md5(Hasher::Kind::Md5);
     md5.Update(first.data(), first.size());
     S3Body body;
@@ -632,14 +727,22 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
                   "", &body};
     // radosgw 16 refuses an aws-chunked body carrying no data (XAmzContentSHA256Mismatch): an
     // empty object goes as a plain signed PUT.
-    if (first.empty()) put.streamed = nullptr;
+    if (first.empty()) {
+      put.streamed = nullptr;
+    }
     auto r = client_.Send(put, stop);
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     result.bytes_sent = first.size();
-    if (on_bytes) on_bytes(first.size());
+    if (on_bytes) {
+      on_bytes(first.size());
+    }
     bool mismatch = false;
     auto info = Confirm(client_, bucket, key, first.size(), *sha256, &mismatch, stop);
-    if (!info) return info.error();
+    if (!info) {
+      return info.error();
+    }
     result.object = std::move(*info);
     result.sha256_hex = std::move(*sha256);
     result.size = total;
@@ -650,7 +753,9 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
   // A stream cannot be replayed either, so a resumed upload whose metadata turns out foreign is
   // reported, not redone.
   MultipartRun run(client_, options_, bucket, key, on_bytes, stop);
-  if (auto r = run.Begin(expected_sha256_hex, allow_resume); !r) return r.error();
+  if (auto r = run.Begin(expected_sha256_hex, allow_resume); !r) {
+    return r.error();
+  }
   auto fail = [&](Error error) -> Error {
     run.Fail(error);
     (void)run.Drain();
@@ -678,11 +783,15 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
   bool submitted = submit(std::move(first));
   while (submitted) {
     uint64_t next_size = known ? first_part : StreamPartSize(first_part, parts + 1);
-    if (known) next_size = std::min<uint64_t>(next_size, size - std::min(size, total));
+    if (known) {
+      next_size = std::min<uint64_t>(next_size, size - std::min(size, total));
+    }
     if (known && next_size == 0) {
       std::string probe(1, '\0');
       auto more = fill(probe);
-      if (!more) return fail(more.error());
+      if (!more) {
+        return fail(more.error());
+      }
       break;
     }
     if (parts + 1 > static_cast<int>(internal::kS3MaxParts)) {
@@ -691,11 +800,17 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
     }
     std::string data(static_cast<size_t>(next_size), '\0');
     auto n = fill(data);
-    if (!n) return fail(n.error());
-    if (*n == 0) break;
+    if (!n) {
+      return fail(n.error());
+    }
+    if (*n == 0) {
+      break;
+    }
     bool last = *n < next_size;
     submitted = submit(std::move(data));
-    if (last) break;
+    if (last) {
+      break;
+    }
   }
   if (!submitted) {
     // A part failed (or the caller stopped): the stream was not read to its end.
@@ -709,12 +824,18 @@ Result<UploadResult> S3Uploader::StreamImpl(const std::string& bucket, const std
     return error;
   }
   auto sha256 = check_end();
-  if (!sha256) return fail(sha256.error());
+  if (!sha256) {
+    return fail(sha256.error());
+  }
   if (auto r = run.Drain(); !r) {
-    if (r.error().reason == Reason::Cancelled && options_.abort_on_stop) run.Abort();
+    if (r.error().reason == Reason::Cancelled && options_.abort_on_stop) {
+      run.Abort();
+    }
     return r.error();
   }
-  if (auto r = run.Complete(parts); !r) return r.error();
+  if (auto r = run.Complete(parts); !r) {
+    return r.error();
+  }
   bool mismatch = false;
   auto info = Confirm(client_, bucket, key, total, expected_sha256_hex, &mismatch, stop);
   if (!info) {

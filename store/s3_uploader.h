@@ -103,7 +103,7 @@ using UploadProgressFn = std::function<void(uint64_t bytes)>;
 
 class S3Uploader {
  public:
-  S3Uploader(S3Client& client, UploadOptions options = {});
+  explicit S3Uploader(S3Client& client, UploadOptions options = {});
 
   // Uploads the file at `path` to s3://bucket/key. `expected_sha256_hex` is the file's sha256
   // if known ("" otherwise): the bytes read are checked against it, and it is what

@@ -3,14 +3,14 @@
 #include <gtest/gtest.h>
 
 #include "cli/run_config.h"
-#include "tests/unit/controller/test_util.h"
+#include "tests/common/test_util.h"
 
 namespace modelcache::controller {
 namespace {
 
 using std::chrono::milliseconds;
-using testing::TempDir;
-using testing::WriteFile;
+using test_util::TempDir;
+using test_util::WriteFile;
 
 // A subcommand with one flag of each type, as `modelcache run` declares them.
 struct Flags {
