@@ -14,7 +14,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <ranges>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -111,11 +110,14 @@ class MultipartRun {
       if (!uploads) {
         return uploads.error();
       }
-      for (auto& it : std::ranges::reverse_view(*uploads)) {
-        if (it.key != key_) {
+      // The newest upload first (clang-tidy 14 cannot parse the std::ranges::reverse_view of
+      // libstdc++ 12 that modernize-loop-convert suggests).
+      // NOLINTNEXTLINE(modernize-loop-convert)
+      for (auto it = uploads->rbegin(); it != uploads->rend(); ++it) {
+        if (it->key != key_) {
           continue;
         }
-        auto parts = client_.ListParts(bucket_, key_, it.upload_id, stop());
+        auto parts = client_.ListParts(bucket_, key_, it->upload_id, stop());
         if (!parts) {
           // Completed or aborted meanwhile (NoSuchUpload): try the next one, or start anew.
           if (parts.error().message.find("NoSuchUpload") != std::string::npos) {
@@ -123,7 +125,7 @@ class MultipartRun {
           }
           return parts.error();
         }
-        upload_id_ = it.upload_id;
+        upload_id_ = it->upload_id;
         for (UploadedPart& p : *parts) {
           existing_[p.number] = std::move(p);
         }
