@@ -1,6 +1,6 @@
 #pragma once
 
-// String helpers shared by every module: trimming and ASCII lower-casing. For prefixes and
+// String helpers shared by every module: trimming, ASCII lower-casing and percent-encoding. For prefixes and
 // suffixes use C++20's starts_with / ends_with of std::string and std::string_view; for
 // splitting, the caller's own loop (each format splits by its own rules).
 //
@@ -27,5 +27,10 @@ std::string_view Trim(std::string_view s, std::string_view chars = kAsciiSpace);
 // the locale: for case-insensitive protocol names (HTTP header names, URL schemes and hosts,
 // AWS config keys).
 std::string AsciiLower(std::string_view s);
+
+// RFC 3986 percent-encoding: the unreserved characters (A-Z a-z 0-9 - . _ ~) as they are, every
+// other byte as %XX with upper-case hex; '/' kept only when `keep_slash`. What AWS SigV4 calls
+// UriEncode, and how a file:// URI names a path.
+std::string PercentEncode(std::string_view s, bool keep_slash);
 
 }  // namespace modelcache

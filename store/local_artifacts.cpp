@@ -40,7 +40,6 @@ using internal::kTrashPrefix;
 using internal::LinkUnsupported;
 using internal::LockDirAt;
 using internal::ParentDir;
-using internal::PercentEncodePath;
 using internal::ReadLink;
 using internal::RemoveTree;
 using internal::ReplaceSymlink;
@@ -324,7 +323,7 @@ PublishedArtifact LocalStore::Describe(const ArtifactManifest& manifest) const {
   a.version = manifest.version;
   a.id = manifest.id;
   a.path = VersionDir(manifest.name, manifest.version);
-  a.uri = "file://" + PercentEncodePath(a.path);
+  a.uri = "file://" + PercentEncode(a.path, /*keep_slash=*/true);
   a.size_bytes = manifest.size_bytes;
   a.files = static_cast<int64_t>(manifest.files.size());
   return a;
@@ -334,7 +333,7 @@ std::string LocalStore::VersionDir(const std::string& name, const std::string& v
   return artifacts_dir() + "/" + name + "/" + version;
 }
 
-std::string LocalStore::Uri() const { return "file://" + PercentEncodePath(root_); }
+std::string LocalStore::Uri() const { return "file://" + PercentEncode(root_, /*keep_slash=*/true); }
 
 Result<std::optional<std::string>> LocalStore::ReadCurrentVersion(const std::string& name,
                                                                   std::stop_token /*stop*/) {

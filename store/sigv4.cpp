@@ -22,7 +22,7 @@ std::string FormatTime(std::chrono::system_clock::time_point t, const char* form
   gmtime_r(&secs, &tm);
   char buf[32];
   size_t n = std::strftime(buf, sizeof(buf), format, &tm);
-  return std::string(buf, n);
+  return {buf, n};
 }
 
 // The AWS rule for header values: strip leading and trailing spaces and collapse runs of spaces
@@ -35,7 +35,9 @@ std::string TrimAll(std::string_view v) {
       pending_space = !out.empty();
       continue;
     }
-    if (pending_space) out.push_back(' ');
+    if (pending_space) {
+      out.push_back(' ');
+    }
     pending_space = false;
     out.push_back(c);
   }
@@ -51,17 +53,23 @@ struct Canonical {
 // which is why a map of vectors rather than a sort of the pairs (a sort would reorder values).
 Canonical CanonicalizeHeaders(const HttpHeaders& headers) {
   std::map<std::string, std::vector<std::string>> by_name;
-  for (const auto& [name, value] : headers) by_name[AsciiLower(name)].push_back(TrimAll(value));
+  for (const auto& [name, value] : headers) {
+    by_name[AsciiLower(name)].push_back(TrimAll(value));
+  }
   Canonical out;
   for (const auto& [name, values] : by_name) {
     out.headers += name;
     out.headers += ':';
     for (size_t i = 0; i < values.size(); ++i) {
-      if (i > 0) out.headers += ',';
+      if (i > 0) {
+        out.headers += ',';
+      }
       out.headers += values[i];
     }
     out.headers += '\n';
-    if (!out.signed_headers.empty()) out.signed_headers += ';';
+    if (!out.signed_headers.empty()) {
+      out.signed_headers += ';';
+    }
     out.signed_headers += name;
   }
   return out;
@@ -88,26 +96,13 @@ std::string SigningScope::CredentialScope() const {
 }
 
 std::string SigV4Encode(std::string_view s, bool keep_slash) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size());
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                      c == '-' || c == '.' || c == '_' || c == '~';
-    if (unreserved || (keep_slash && c == '/')) {
-      out.push_back(ch);
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xF]);
-    }
-  }
-  return out;
+  return PercentEncode(s, keep_slash);
 }
 
 std::string EncodePath(std::string_view path) {
-  if (path.empty()) return "/";
+  if (path.empty()) {
+    return "/";
+  }
   return SigV4Encode(path, /*keep_slash=*/true);
 }
 
@@ -121,7 +116,9 @@ std::string EncodeQuery(const std::vector<std::pair<std::string, std::string>>& 
   std::sort(encoded.begin(), encoded.end());
   std::string out;
   for (const auto& [name, value] : encoded) {
-    if (!out.empty()) out += '&';
+    if (!out.empty()) {
+      out += '&';
+    }
     out += name;
     out += '=';
     out += value;
@@ -134,7 +131,7 @@ std::string HmacSha256(std::string_view key, std::string_view data) {
   unsigned int len = 0;
   HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
        reinterpret_cast<const unsigned char*>(data.data()), data.size(), out, &len);
-  return std::string(reinterpret_cast<const char*>(out), len);
+  return {reinterpret_cast<const char*>(out), len};
 }
 
 std::string HexEncode(std::string_view bytes) {
@@ -233,7 +230,9 @@ uint64_t ChunkSigner::EncodedLength(uint64_t payload, uint64_t chunk_size) {
     uint64_t full = payload / chunk_size;
     uint64_t rest = payload % chunk_size;
     total += full * (chunk_size + chunk_overhead(chunk_size));
-    if (rest > 0) total += rest + chunk_overhead(rest);
+    if (rest > 0) {
+      total += rest + chunk_overhead(rest);
+    }
   }
   return total + chunk_overhead(0);
 }

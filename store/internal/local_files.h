@@ -79,8 +79,6 @@ void RemoveTree(const std::string& path);
 
 std::string PercentDecode(std::string_view s, bool* ok);
 
-std::string PercentEncodePath(std::string_view s);
-
 bool Contains(std::string_view s, std::string_view part);
 
 }  // namespace modelcache::store::internal

@@ -41,5 +41,16 @@ TEST(StringsTest, AsciiLowerChangesOnlyAsciiCapitals) {
   EXPECT_EQ(AsciiLower(""), "");
 }
 
+TEST(StringsTest, PercentEncodeKeepsOnlyUnreservedBytesAndSlashWhenAsked) {
+  EXPECT_EQ(PercentEncode("AZaz09-._~", false), "AZaz09-._~");
+  EXPECT_EQ(PercentEncode("a b/c+d%", false), "a%20b%2Fc%2Bd%25");
+  EXPECT_EQ(PercentEncode("/srv/models/a b", true), "/srv/models/a%20b");
+  // UTF-8 bytes one by one, upper-case hex; NUL too.
+  EXPECT_EQ(PercentEncode("\xc3\xa9", true), "%C3%A9");
+  EXPECT_EQ(PercentEncode(std::string_view("a\0b", 3), true), "a%00b");
+  EXPECT_EQ(PercentEncode("", true), "");
+}
+
 }  // namespace
+
 }  // namespace modelcache
