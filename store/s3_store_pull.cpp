@@ -328,7 +328,12 @@ Result<PulledArtifact> S3ArtifactStore::Pull(const std::string& name, const std:
     return manifest.error();
   }
   const ArtifactManifest& m = *manifest;
-  fs::path target = fs::absolute(fs::path(dir)).lexically_normal();
+  std::error_code ec;
+  fs::path target = fs::absolute(fs::path(dir), ec).lexically_normal();
+  if (ec) {
+    return Error(Reason::StorageError,
+                 fmt::format("cannot resolve the pull target {}: {}", dir, ec.message()));
+  }
   if (!target.has_filename()) {
     target = target.parent_path();
   }
