@@ -110,7 +110,7 @@ std::string IncomingStream(const CacheJobInputs& in, const store::RepoRef& repo,
                       {"tp", shard.tensor_parallel_size.value_or(1)},
                       {"dtype", shard.dtype},
                       {"maxFileSize", shard.max_file_size},
-                      {"sharder", "modelcache-shard/1"}};
+                      {"sharder", shard::kSharderVersion}};
   nlohmann::json listed = nlohmann::json::array();
   for (const auto& f : files) {
     listed.push_back({f.path, f.size, f.etag()});

@@ -444,12 +444,17 @@ uint64_t Checkpoint::data_bytes() const {
 }
 
 Result<SafetensorsLayout> SafetensorsLayout::Make(
-    std::vector<TensorSpec> tensors, const std::map<std::string, std::string>& metadata) {
-  std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) {
-    size_t sa = DTypeSize(a.dtype);
-    size_t sb = DTypeSize(b.dtype);
-    return sa != sb ? sa > sb : a.name < b.name;
-  });
+    std::vector<TensorSpec> tensors, const std::map<std::string, std::string>& metadata,
+    Order order) {
+  std::stable_sort(tensors.begin(), tensors.end(),
+                   [order](const TensorSpec& a, const TensorSpec& b) {
+                     size_t sa = DTypeSize(a.dtype);
+                     size_t sb = DTypeSize(b.dtype);
+                     if (sa != sb) {
+                       return sa > sb;
+                     }
+                     return order == Order::kByName && a.name < b.name;
+                   });
   SafetensorsLayout layout;
   json header = json::object();
   if (!metadata.empty()) {

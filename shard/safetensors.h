@@ -153,15 +153,19 @@ struct TensorSpec {
   std::vector<int64_t> shape;
 };
 
-// The header and offsets of a file to be written. Tensors are laid out the way the safetensors
-// reference writer lays them out (larger element size first, then by name), so every tensor is
-// aligned to its element size; the JSON is padded with spaces so the data section starts at a
-// multiple of 8. Same specs and metadata -> same bytes.
+// The header and offsets of a file to be written. Tensors are laid out larger element size first,
+// so every tensor is aligned to its element size, and among tensors of one element size by name
+// (the way the safetensors reference writer lays them out) or in the order given (a reader finds
+// tensors by name, so the order of the data is free; the sharder writes its rank files in the
+// order their source bytes arrive). The JSON is padded with spaces so the data section starts at
+// a multiple of 8. Same specs, order and metadata -> same bytes.
 class SafetensorsLayout {
  public:
+  enum class Order { kByName, kAsGiven };
   // ShardConfigInvalid on duplicate or empty names or negative dimensions.
   static Result<SafetensorsLayout> Make(std::vector<TensorSpec> tensors,
-                                        const std::map<std::string, std::string>& metadata);
+                                        const std::map<std::string, std::string>& metadata,
+                                        Order order = Order::kByName);
 
   // Length prefix + JSON + padding; the data section starts right after it.
   const std::string& header() const { return header_; }

@@ -376,6 +376,25 @@ struct SourceOp {
   Op op;
 };
 
+// Where the last checkpoint byte a rank tensor is made of lies: (file index, end offset in that
+// file's data section); {0, 0} for a tensor of fills only. The checkpoint's files download in
+// file order, each front to back, so this is when the tensor can be complete.
+std::pair<size_t, uint64_t> LastSourceByte(const RankTensor& t, const Checkpoint& ckpt) {
+  std::pair<size_t, uint64_t> last{0, 0};
+  for (const Piece& p : t.pieces) {
+    const Checkpoint::Entry* e = p.kind == Piece::Kind::Copy ? ckpt.Find(p.source) : nullptr;
+    if (e == nullptr) {
+      continue;
+    }
+    const uint64_t rows = e->info->shape.empty() ? 1 : static_cast<uint64_t>(e->info->shape[0]);
+    const uint64_t row_bytes = rows == 0 ? 0 : e->info->size() / rows;
+    const auto end_row = static_cast<uint64_t>(std::max<int64_t>(0, p.src_row + p.rows));
+    const uint64_t end = e->info->begin + std::min(e->info->size(), end_row * row_bytes);
+    last = std::max(last, std::pair<size_t, uint64_t>{e->file_index, end});
+  }
+  return last;
+}
+
 // The rank files, created with their headers and sizes, and every copy and fill that fills them.
 struct RankFiles {
   std::vector<std::unique_ptr<SafetensorsWriter>> writers;
@@ -419,12 +438,21 @@ Result<RankFiles> CreateRankFiles(const ShardOptions& options, const Prepared& p
     }
     out.parts_per_rank.push_back(static_cast<int64_t>(parts.size()));
     for (size_t part = 0; part < parts.size(); ++part) {
+      // Within a part, the tensors lie in the order their last source byte arrives, not by name
+      // (the order does not matter to a loader): a rank file then fills front to back while the
+      // checkpoint downloads, so StreamSharder hashes it from the page cache as it grows instead
+      // of reading back pages written long before their prefix was complete.
+      std::vector<size_t> order = parts[part];
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+        return LastSourceByte(tensors[a], ckpt) < LastSourceByte(tensors[b], ckpt);
+      });
       std::vector<TensorSpec> specs;
-      for (size_t i : parts[part]) {
+      for (size_t i : order) {
         specs.push_back(
             {tensors[i].name, ResolveDType(tensors[i], prep.target, ckpt), tensors[i].shape});
       }
-      auto file_layout = SafetensorsLayout::Make(std::move(specs), metadata);
+      auto file_layout = SafetensorsLayout::Make(std::move(specs), metadata,
+                                                 SafetensorsLayout::Order::kAsGiven);
       if (!file_layout) {
         return file_layout.error();
       }
@@ -565,7 +593,7 @@ Result<ShardResult> FinishOutputs(const ShardOptions& options, const Prepared& p
   s["paddedVocabSize"] = plan.padded_vocab;
   s["attentionScaleBuffers"] = layout.attention_scale_buffers;
   s["partsPerRank"] = rank_files.parts_per_rank;
-  s["sharder"] = "modelcache-shard/1";
+  s["sharder"] = kSharderVersion;
   return result;
 }
 

@@ -56,6 +56,11 @@ struct ShardProgress {
   std::atomic<uint64_t> bytes_done{0};
 };
 
+// Names the sharder's output format in modelcache.json ("shard.sharder"): bumped whenever the same
+// checkpoint and settings would give other rank file bytes (2: tensors in the order their source
+// bytes arrive, not by name).
+inline constexpr std::string_view kSharderVersion = "modelcache-shard/2";
+
 struct ShardResult {  // NOLINT(bugprone-exception-escape): json's defaulted members
   // Relative paths written into out_dir (rank files and copied non-weight files), sorted.
   std::vector<std::string> files;

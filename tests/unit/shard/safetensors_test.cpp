@@ -303,6 +303,27 @@ TEST_F(SafetensorsTest, CheckpointReadsIndexedFilesAsOne) {
   ASSERT_FALSE(none);
 }
 
+// Order::kAsGiven keeps the given order among tensors of one element size (the sharder's rank
+// files), still larger elements first so that each tensor is aligned to its element size.
+TEST_F(SafetensorsTest, LayoutInTheGivenOrderKeepsLargerElementsFirst) {
+  std::vector<TensorSpec> specs = {{"z", DType::BF16, {3}},
+                                   {"b", DType::F32, {}},
+                                   {"a", DType::BF16, {1}},
+                                   {"y", DType::F32, {2}}};
+  auto given = SafetensorsLayout::Make(specs, {}, SafetensorsLayout::Order::kAsGiven);
+  ASSERT_TRUE(given) << given.error().ToString();
+  EXPECT_EQ(given->Find("b")->begin, 0u);
+  EXPECT_EQ(given->Find("y")->begin, 4u);
+  EXPECT_EQ(given->Find("z")->begin, 12u);
+  EXPECT_EQ(given->Find("a")->begin, 18u);
+  auto by_name = SafetensorsLayout::Make(specs, {});
+  ASSERT_TRUE(by_name);
+  EXPECT_EQ(by_name->Find("b")->begin, 0u);
+  EXPECT_EQ(by_name->Find("a")->begin, 12u);
+  EXPECT_EQ(by_name->Find("z")->begin, 14u);
+  EXPECT_NE(given->header(), by_name->header());
+}
+
 TEST_F(SafetensorsTest, WriterRefusesWritesOutsideATensor) {
   auto layout = SafetensorsLayout::Make({{"t", DType::F32, {2}}}, {});
   ASSERT_TRUE(layout);

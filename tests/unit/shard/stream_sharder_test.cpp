@@ -350,6 +350,92 @@ TEST_F(StreamSharderTest, DigestsFollowAFileFedAgain) {
   ExpectDigestsOfRankFiles(*streamed, dir_ + "/streamed");
 }
 
+// A rank file holds its tensors in the order their source bytes arrive, so with the weight files
+// fed one after the other, front to back (as the cache job downloads them), every rank file fills
+// front to back: once a file is fed, what is written of each rank file is (nearly) all in its
+// complete prefix, which the hasher can hash from the page cache. Only a tensor whose sources
+// straddle two weight files (one layer's gate in one file, its up in the next) waits for the next
+// file. Laid out by name, `lm_head.weight` (in the last weight file) came first, and nothing was
+// in the prefix before the last file arrived.
+TEST_F(StreamSharderTest, RankFilesFillFrontToBackWhenTheFilesArriveInOrder) {
+  fixtures::CheckpointSpec spec;
+  spec.arch = "llama";
+  spec.hidden = 1024;
+  spec.intermediate = 2816;
+  spec.heads = 8;
+  spec.kv_heads = 8;
+  spec.layers = 12;  // layers 10 and 11 sort before layer 2 by name
+  spec.vocab = 16000;
+  spec.files = 3;
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  ShardOptions opts;
+  opts.src_dir = dir_ + "/ckpt";
+  opts.out_dir = dir_ + "/streamed";
+  opts.tensor_parallel_size = 2;
+  opts.fsync = false;
+  Source src = ReadSource(opts.src_dir);
+  ShardProgress progress;
+  auto sharder = Create(opts, src, progress);
+  ASSERT_NE(sharder, nullptr);
+
+  // Per rank file: the ranges Feed writes that are still unwritten, and the bytes written.
+  std::vector<StreamSharder::RankFileLayout> layouts = sharder->RankFileLayouts();
+  std::vector<std::map<uint64_t, uint64_t>> unwritten(layouts.size());
+  std::vector<uint64_t> written(layouts.size(), 0);
+  for (size_t f = 0; f < layouts.size(); ++f) {
+    for (const auto& [begin, end] : layouts[f].pending) {
+      unwritten[f][begin] = end;
+    }
+  }
+  sharder->SetWriteObserver([&](size_t f, uint64_t offset, uint64_t length) {
+    written[f] += length;
+    auto& gaps = unwritten[f];
+    auto it = gaps.upper_bound(offset);
+    if (it != gaps.begin()) {
+      --it;
+    }
+    const uint64_t end = offset + length;
+    while (it != gaps.end() && it->first < end) {
+      auto [begin, stop] = *it;
+      it = gaps.erase(it);
+      if (begin < offset) {
+        gaps[begin] = std::min(stop, offset);
+      }
+      if (stop > end) {
+        gaps[end] = stop;
+      }
+    }
+  });
+  auto prefix = [&](size_t f) {  // pending bytes in the complete prefix of rank file f
+    uint64_t first_gap = unwritten[f].empty() ? layouts[f].size : unwritten[f].begin()->first;
+    uint64_t in_prefix = 0;
+    for (const auto& [begin, end] : layouts[f].pending) {
+      in_prefix += std::min(end, first_gap) - std::min(begin, first_gap);
+    }
+    return in_prefix;
+  };
+  size_t fed_files = 0;
+  for (const auto& [name, bytes] : src.files) {  // in file order, 2 MiB at a time
+    for (size_t at = 0; at < bytes.size(); at += 2 << 20) {
+      ASSERT_TRUE(sharder->Feed(name, at, std::string_view(bytes).substr(at, 2 << 20)));
+    }
+    fed_files += 1;
+    for (size_t f = 0; f < layouts.size(); ++f) {
+      SCOPED_TRACE(layouts[f].path + " after " + name);
+      EXPECT_GT(written[f], 0u);
+      EXPECT_GE(prefix(f), written[f] * 9 / 10);
+      if (fed_files == src.files.size()) {
+        EXPECT_TRUE(unwritten[f].empty());
+        EXPECT_EQ(prefix(f), written[f]);
+      }
+    }
+  }
+  auto result = sharder->Finish();
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_EQ(sharder->bytes_read_back(), 0u);
+  ExpectDigestsOfRankFiles(*result, opts.out_dir);
+}
+
 // Headers that disagree with config.json are refused before any weight byte is needed.
 TEST_F(StreamSharderTest, RefusesBadHeadersAtCreate) {
   fixtures::CheckpointSpec spec;
