@@ -3,8 +3,11 @@
 // Hub -> S3 without staging: one Hub file is fetched through the Hub protocol (the /resolve URL
 // with the token on the Hub's origin only, redirects to the CDN followed without it, Range
 // resumes after a dropped connection) and piped into S3Uploader::UploadStream, so the bytes
-// never touch the local disk and memory stays bounded (a 4 MiB pipe plus the uploader's
-// parallel_parts x part_size).
+// never touch the local disk and memory stays bounded (StreamOptions::connections x
+// segment_size of ranges in flight, or a 4 MiB pipe for a file read in one request, plus the
+// uploader's parallel_parts x part_size). An LFS file larger than one segment is fetched as
+// ranges on several connections at once, as the transfer engine fetches to disk: a CDN caps
+// what one connection gets.
 //
 // Verification as the bytes pass: the uploader checks the size and the sha256 of LFS files
 // (expected_sha256); regular files are checked against their git blob sha1 here. A mismatch fails
@@ -37,12 +40,19 @@ struct HubFileSource {
   std::optional<std::string> expected_git_sha1;  // regular files
 };
 
-// Streams `file` to s3://bucket/key. Thread-safe (each call has its own download thread).
+struct StreamOptions {
+  int connections = 4;              // ranged requests in flight for one file; 1: one request
+  uint64_t segment_size = 8 << 20;  // bytes per ranged request
+};
+
+// Streams `file` to s3://bucket/key. Thread-safe (each call has its own download threads). A
+// regular file (checked against its git blob sha1) is read in one request.
 Result<store::UploadResult> StreamHubFileToS3(const HubOptions& hub, store::S3Uploader& uploader,
                                               const HubFileSource& file,
                                               const std::string& bucket, const std::string& key,
                                               const store::UploadProgressFn& on_bytes = {},
-                                              std::stop_token stop = {});
+                                              std::stop_token stop = {},
+                                              const StreamOptions& options = {});
 
 // Reads a whole (small) Hub file into memory through the same protocol, checking its git blob
 // sha1 or size: for regular (non-LFS) files, whose sha256 the Hub does not list and which must

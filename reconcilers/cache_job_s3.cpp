@@ -31,7 +31,8 @@ namespace fs = std::filesystem;
 constexpr uint64_t kMaxRegularFileBytes = 64ull << 20;
 // Contents of regular files kept from hashing to upload; past this they are streamed again.
 constexpr uint64_t kKeptRegularBytes = 16ull << 20;
-// Files streamed at once; each upload runs its parts in parallel already.
+// Files streamed at once; each fetches fetch::StreamOptions' 4 ranges at a time (8 requests in
+// flight, as the transfer engine's default per artifact) and uploads its parts in parallel.
 constexpr size_t kStreamedFilesAtOnce = 2;
 
 // S3ArtifactStore::Publish for a version whose rank files are in the bucket already (`staged`):

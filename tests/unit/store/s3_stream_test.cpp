@@ -5,6 +5,10 @@
 
 #include "fetch/s3_stream.h"
 
+#include <mutex>
+#include <string>
+#include <vector>
+
 #include <gtest/gtest.h>
 
 #include "common/sha256.h"
@@ -175,6 +179,105 @@ TEST_F(S3UploaderHubStreamTest, ADroppedConnectionResumesWithARangeRequest) {
   auto back = client_->GetObject(bucket_, "a/model.safetensors");
   ASSERT_TRUE(back);
   EXPECT_TRUE(*back == weights_);
+}
+
+// Four ranges of 4 MiB (the last 1 MiB + 11 bytes), at most three in flight: every byte comes
+// from the CDN once, the Hub is asked for the file only until a range has been redirected, and
+// the object is the file.
+TEST_F(S3UploaderHubStreamTest, AnLfsFileComesAsRangesOnSeveralConnections) {
+  std::vector<std::string> lines;
+  std::mutex mu;
+  FakeHub hub;
+  hub.SetRequestLogger([&](const std::string& line) {
+    std::lock_guard lock(mu);
+    lines.push_back(line);
+  });
+  FakeRepoSpec spec;
+  spec.id = "org/stream";
+  spec.refs["main"] = dir_.path() + "/repo";
+  hub.AddRepo(spec);
+  ASSERT_TRUE(hub.Start());
+  HubOptions options = options_;
+  options.endpoint = hub.url();
+  HubFileSource source = sources_["model.safetensors"];
+  source.url = HubClient(options).ResolveUrl("model", "org/stream",
+                                             hub.CommitOf("model", "org/stream", "main"),
+                                             "model.safetensors");
+
+  store::S3Uploader uploader(*client_, SmallParts());
+  StreamOptions ranged{.connections = 3, .segment_size = 4 * kMiB};
+  auto r = StreamHubFileToS3(options, uploader, source, bucket_, "a/model.safetensors", {}, {},
+                             ranged);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->object.Meta("sha256"), Sha256Hex(weights_));
+  auto back = client_->GetObject(bucket_, "a/model.safetensors");
+  ASSERT_TRUE(back);
+  EXPECT_TRUE(*back == weights_);
+  EXPECT_EQ(hub.BodyBytesServed("model.safetensors"), weights_.size());
+  std::lock_guard lock(mu);
+  int resolves = 0;
+  int ranges = 0;
+  for (const auto& line : lines) {
+    resolves += line.rfind("hub GET ", 0) == 0 && line.find("/resolve/") != std::string::npos;
+    ranges += line.rfind("cdn GET ", 0) == 0 && line.find(" 206") != std::string::npos;
+  }
+  EXPECT_EQ(ranges, 4) << ::testing::PrintToString(lines);
+  EXPECT_GE(resolves, 1);
+  EXPECT_LE(resolves, 3) << ::testing::PrintToString(lines);
+}
+
+// Ranges against a CDN that ignores Range (every answer the whole file, 200), one that drops a
+// connection mid-range, and one that corrupts a byte: each range takes only its own bytes, a
+// dropped one resumes, a corrupted one fails the sha256 and publishes nothing.
+TEST_F(S3UploaderHubStreamTest, RangesSurviveIgnoredRangeAndDropsAndStillCatchCorruption) {
+  StreamOptions ranged{.connections = 3, .segment_size = 4 * kMiB};
+  {
+    Fault ignore;
+    ignore.kind = Fault::Kind::IgnoreRange;
+    ignore.path_glob = "*model.safetensors";
+    ignore.count = -1;
+    hub_.AddFault(ignore);
+    store::S3Uploader uploader(*client_, SmallParts());
+    auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
+                               "ignored/model.safetensors", {}, {}, ranged);
+    ASSERT_TRUE(r) << r.error().message;
+    auto back = client_->GetObject(bucket_, "ignored/model.safetensors");
+    ASSERT_TRUE(back);
+    EXPECT_TRUE(*back == weights_);
+    hub_.ClearFaults();
+  }
+  {
+    Fault drop;
+    drop.kind = Fault::Kind::DropAfter;
+    drop.path_glob = "*model.safetensors";
+    drop.bytes = 1 * kMiB + 3;
+    drop.count = 2;
+    hub_.AddFault(drop);
+    store::S3Uploader uploader(*client_, SmallParts());
+    auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
+                               "dropped/model.safetensors", {}, {}, ranged);
+    ASSERT_TRUE(r) << r.error().message;
+    auto back = client_->GetObject(bucket_, "dropped/model.safetensors");
+    ASSERT_TRUE(back);
+    EXPECT_TRUE(*back == weights_);
+    hub_.ClearFaults();
+  }
+  {
+    Fault corrupt;
+    corrupt.kind = Fault::Kind::Corrupt;
+    corrupt.path_glob = "*model.safetensors";
+    corrupt.bytes = 9 * kMiB + 1;  // in the third range
+    corrupt.count = -1;
+    hub_.AddFault(corrupt);
+    store::S3Uploader uploader(*client_, SmallParts());
+    auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
+                               "corrupt/model.safetensors", {}, {}, ranged);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().reason, Reason::ChecksumMismatch) << r.error().message;
+    auto head = client_->HeadObject(bucket_, "corrupt/model.safetensors");
+    ASSERT_TRUE(head);
+    EXPECT_FALSE(*head);
+  }
 }
 
 }  // namespace
