@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -75,15 +74,19 @@ class HubReader {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return !queue_.empty() || done_ || closed_; });
     if (queue_.empty()) {
-      if (error_) return *error_;
-      if (closed_ && !done_) return Error(Reason::Cancelled, file_.path + ": cancelled");
+      if (error_) {
+        return *error_;
+      }
+      if (closed_ && !done_) {
+        return Error(Reason::Cancelled, file_.path + ": cancelled");
+      }
       return size_t{0};
     }
     size_t copied = 0;
     while (copied < n && !queue_.empty()) {
       std::string& front = queue_.front();
       size_t take = std::min(n - copied, front.size() - front_pos_);
-      std::memcpy(out + copied, front.data() + front_pos_, take);
+      std::copy_n(front.data() + front_pos_, take, out + copied);
       copied += take;
       front_pos_ += take;
       if (front_pos_ == front.size()) {
@@ -108,7 +111,9 @@ class HubReader {
   bool Push(std::string_view data) {
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return queued_ < range_.pipe_bytes || closed_; });
-    if (closed_) return false;
+    if (closed_) {
+      return false;
+    }
     queue_.emplace_back(data);
     queued_ += data.size();
     cv_.notify_all();
@@ -139,7 +144,9 @@ class HubReader {
           kStallBytesPerSecond *
           static_cast<uint64_t>(
               std::chrono::duration_cast<std::chrono::seconds>(hub_.stall_timeout).count());
-      if (offset_ > before + stall_bytes) failures = 0;
+      if (offset_ > before + stall_bytes) {
+        failures = 0;
+      }
       if (!transient || stop_.stop_requested() || ++failures >= hub_.max_attempts) {
         Finish(std::move(e));
         return;
@@ -194,13 +201,17 @@ class HubReader {
         return true;
       };
       handler.on_data = [&](std::string_view data) {
-        if (status != 200 && status != 206) return true;  // a redirect's or an error's body
+        if (status != 200 && status != 206) {
+          return true;  // a redirect's or an error's body
+        }
         if (skip > 0) {
           size_t drop = static_cast<size_t>(std::min<uint64_t>(skip, data.size()));
           data.remove_prefix(drop);
           skip -= drop;
         }
-        if (data.empty()) return true;
+        if (data.empty()) {
+          return true;
+        }
         if (offset_ + data.size() > range_.end) {
           if (whole_tail) {
             local = Error(Reason::ChecksumMismatch,
@@ -214,15 +225,23 @@ class HubReader {
           Push(data);
           return false;
         }
-        if (sha1_) sha1_->Update(data);
+        if (sha1_) {
+          sha1_->Update(data);
+        }
         offset_ += data.size();
         return Push(data);
       };
       auto answer = HttpClient::Stream(req, handler, stop_.get_token());
       std::string what = fmt::format("{} ({})", file_.path, internal::WithoutQuery(url));
-      if (local) return *local;
-      if (stop_.stop_requested()) return Error(Reason::Cancelled, file_.path + ": cancelled");
-      if (!whole_tail && offset_ == range_.end) return {};  // the range is in, however it ended
+      if (local) {
+        return *local;
+      }
+      if (stop_.stop_requested()) {
+        return Error(Reason::Cancelled, file_.path + ": cancelled");
+      }
+      if (!whole_tail && offset_ == range_.end) {
+        return {};  // the range is in, however it ended
+      }
       if (!answer) {
         return Error(Reason::NetworkError, internal::ScrubUrl(answer.error().message, url));
       }
@@ -375,8 +394,12 @@ Result<std::string> ReadHubFile(const HubOptions& hub, const HubFileSource& file
     // One byte past the announced size is read into `extra` so that the end is seen.
     auto n = got < data.size() ? reader.Read(data.data() + got, data.size() - got)
                                : reader.Read(&extra, 1);
-    if (!n) return n.error();
-    if (*n == 0) break;
+    if (!n) {
+      return n.error();
+    }
+    if (*n == 0) {
+      break;
+    }
     if (got == data.size()) {
       return Error(Reason::ChecksumMismatch,
                    fmt::format("{}: the Hub sent more than the expected {} bytes", file.path,

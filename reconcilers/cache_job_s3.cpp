@@ -357,7 +357,7 @@ Result<CacheJobOutput> RunStreamingS3Job(const CacheJobInputs& in, const fetch::
           size_t offset = 0;
           store::UploadReadFn read = [&](char* out, size_t n) -> Result<size_t> {
             size_t take = std::min(n, kept[i].size() - offset);
-            std::memcpy(out, kept[i].data() + offset, take);
+            std::copy_n(kept[i].data() + offset, take, out);
             offset += take;
             return take;
           };

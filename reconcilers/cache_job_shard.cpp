@@ -202,6 +202,9 @@ Result<std::unique_ptr<StreamingShard>> StartStreamingShard(
       headers[f.path] = {f.size, std::move(*bytes)};
     }
   }
+  if (config == nullptr) {  // CheckShardConfig refuses such a repo first
+    return Error(Reason::ShardConfigInvalid, repo.id + " has no config.json");
+  }
   auto config_text = ReadFile(store.BlobPath(repo, config->etag()));
   if (!config_text) {
     return config_text.error();

@@ -453,7 +453,7 @@ Result<SafetensorsLayout> SafetensorsLayout::Make(
                      if (sa != sb) {
                        return sa > sb;
                      }
-                     return order == Order::kByName && a.name < b.name;
+                     return order == Order::ByName && a.name < b.name;
                    });
   SafetensorsLayout layout;
   json header = json::object();

@@ -161,11 +161,11 @@ struct TensorSpec {
 // a multiple of 8. Same specs, order and metadata -> same bytes.
 class SafetensorsLayout {
  public:
-  enum class Order { kByName, kAsGiven };
+  enum class Order { ByName, AsGiven };
   // ShardConfigInvalid on duplicate or empty names or negative dimensions.
   static Result<SafetensorsLayout> Make(std::vector<TensorSpec> tensors,
                                         const std::map<std::string, std::string>& metadata,
-                                        Order order = Order::kByName);
+                                        Order order = Order::ByName);
 
   // Length prefix + JSON + padding; the data section starts right after it.
   const std::string& header() const { return header_; }

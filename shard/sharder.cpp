@@ -447,12 +447,13 @@ Result<RankFiles> CreateRankFiles(const ShardOptions& options, const Prepared& p
         return LastSourceByte(tensors[a], ckpt) < LastSourceByte(tensors[b], ckpt);
       });
       std::vector<TensorSpec> specs;
+      specs.reserve(order.size());
       for (size_t i : order) {
         specs.push_back(
             {tensors[i].name, ResolveDType(tensors[i], prep.target, ckpt), tensors[i].shape});
       }
-      auto file_layout = SafetensorsLayout::Make(std::move(specs), metadata,
-                                                 SafetensorsLayout::Order::kAsGiven);
+      auto file_layout =
+          SafetensorsLayout::Make(std::move(specs), metadata, SafetensorsLayout::Order::AsGiven);
       if (!file_layout) {
         return file_layout.error();
       }

@@ -70,16 +70,16 @@ struct CacheJobState {
   store::S3TransferProgress upload;
 
   void SetCommit(std::string commit) {
-    std::lock_guard lock(mu);
+    std::lock_guard lock(mu_);
     commit_ = std::move(commit);
   }
   std::string commit() const {
-    std::lock_guard lock(mu);
+    std::lock_guard lock(mu_);
     return commit_;
   }
 
  private:
-  mutable std::mutex mu;
+  mutable std::mutex mu_;
   std::string commit_;
 };
 

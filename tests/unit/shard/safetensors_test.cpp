@@ -303,14 +303,14 @@ TEST_F(SafetensorsTest, CheckpointReadsIndexedFilesAsOne) {
   ASSERT_FALSE(none);
 }
 
-// Order::kAsGiven keeps the given order among tensors of one element size (the sharder's rank
+// Order::AsGiven keeps the given order among tensors of one element size (the sharder's rank
 // files), still larger elements first so that each tensor is aligned to its element size.
 TEST_F(SafetensorsTest, LayoutInTheGivenOrderKeepsLargerElementsFirst) {
   std::vector<TensorSpec> specs = {{"z", DType::BF16, {3}},
                                    {"b", DType::F32, {}},
                                    {"a", DType::BF16, {1}},
                                    {"y", DType::F32, {2}}};
-  auto given = SafetensorsLayout::Make(specs, {}, SafetensorsLayout::Order::kAsGiven);
+  auto given = SafetensorsLayout::Make(specs, {}, SafetensorsLayout::Order::AsGiven);
   ASSERT_TRUE(given) << given.error().ToString();
   EXPECT_EQ(given->Find("b")->begin, 0u);
   EXPECT_EQ(given->Find("y")->begin, 4u);
