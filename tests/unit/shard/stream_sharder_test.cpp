@@ -103,6 +103,20 @@ class StreamSharderTest : public ::testing::Test {
     EXPECT_EQ(result.sha256.size(), ranks);
   }
 
+  // A Llama checkpoint whose rank files at tp 2 are tens of MiB (the hasher steps by 8 MiB).
+  static fixtures::CheckpointSpec LlamaOfTensMiB(int layers, int files) {
+    fixtures::CheckpointSpec spec;
+    spec.arch = "llama";
+    spec.hidden = 1024;
+    spec.intermediate = 2816;
+    spec.heads = 8;
+    spec.kv_heads = 8;
+    spec.layers = layers;
+    spec.vocab = 16000;
+    spec.files = files;
+    return spec;
+  }
+
   std::string dir_;
 };
 
@@ -304,16 +318,7 @@ TEST_F(StreamSharderTest, PendingRangesAreExactlyWhatFeedWrites) {
 // file fed with other bytes, hashed, then fed again from offset 0 with its own bytes starts the
 // hashes over, and the digests are those of the final files.
 TEST_F(StreamSharderTest, DigestsFollowAFileFedAgain) {
-  fixtures::CheckpointSpec spec;
-  spec.arch = "llama";
-  spec.hidden = 1024;
-  spec.intermediate = 2816;
-  spec.heads = 8;
-  spec.kv_heads = 8;
-  spec.layers = 4;
-  spec.vocab = 16000;
-  spec.files = 2;
-  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", LlamaOfTensMiB(4, 2)));
   ShardOptions opts;
   opts.src_dir = dir_ + "/ckpt";
   opts.tensor_parallel_size = 2;
@@ -358,16 +363,8 @@ TEST_F(StreamSharderTest, DigestsFollowAFileFedAgain) {
 // file. Laid out by name, `lm_head.weight` (in the last weight file) came first, and nothing was
 // in the prefix before the last file arrived.
 TEST_F(StreamSharderTest, RankFilesFillFrontToBackWhenTheFilesArriveInOrder) {
-  fixtures::CheckpointSpec spec;
-  spec.arch = "llama";
-  spec.hidden = 1024;
-  spec.intermediate = 2816;
-  spec.heads = 8;
-  spec.kv_heads = 8;
-  spec.layers = 12;  // layers 10 and 11 sort before layer 2 by name
-  spec.vocab = 16000;
-  spec.files = 3;
-  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", spec));
+  // 12 layers: layers 10 and 11 sort before layer 2 by name.
+  ASSERT_TRUE(fixtures::MakeCheckpoint(dir_ + "/ckpt", LlamaOfTensMiB(12, 3)));
   ShardOptions opts;
   opts.src_dir = dir_ + "/ckpt";
   opts.out_dir = dir_ + "/streamed";

@@ -230,54 +230,44 @@ TEST_F(S3UploaderHubStreamTest, AnLfsFileComesAsRangesOnSeveralConnections) {
 // connection mid-range, and one that corrupts a byte: each range takes only its own bytes, a
 // dropped one resumes, a corrupted one fails the sha256 and publishes nothing.
 TEST_F(S3UploaderHubStreamTest, RangesSurviveIgnoredRangeAndDropsAndStillCatchCorruption) {
-  StreamOptions ranged{.connections = 3, .segment_size = 4 * kMiB};
-  {
-    Fault ignore;
-    ignore.kind = Fault::Kind::IgnoreRange;
-    ignore.path_glob = "*model.safetensors";
-    ignore.count = -1;
-    hub_.AddFault(ignore);
-    store::S3Uploader uploader(*client_, SmallParts());
-    auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
-                               "ignored/model.safetensors", {}, {}, ranged);
-    ASSERT_TRUE(r) << r.error().message;
-    auto back = client_->GetObject(bucket_, "ignored/model.safetensors");
-    ASSERT_TRUE(back);
-    EXPECT_TRUE(*back == weights_);
+  auto stream_with = [&](Fault fault, const std::string& key) {
+    fault.path_glob = "*model.safetensors";
     hub_.ClearFaults();
-  }
-  {
-    Fault drop;
-    drop.kind = Fault::Kind::DropAfter;
-    drop.path_glob = "*model.safetensors";
-    drop.bytes = 1 * kMiB + 3;
-    drop.count = 2;
-    hub_.AddFault(drop);
+    hub_.AddFault(fault);
     store::S3Uploader uploader(*client_, SmallParts());
-    auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
-                               "dropped/model.safetensors", {}, {}, ranged);
-    ASSERT_TRUE(r) << r.error().message;
-    auto back = client_->GetObject(bucket_, "dropped/model.safetensors");
-    ASSERT_TRUE(back);
-    EXPECT_TRUE(*back == weights_);
-    hub_.ClearFaults();
-  }
-  {
-    Fault corrupt;
-    corrupt.kind = Fault::Kind::Corrupt;
-    corrupt.path_glob = "*model.safetensors";
-    corrupt.bytes = 9 * kMiB + 1;  // in the third range
-    corrupt.count = -1;
-    hub_.AddFault(corrupt);
-    store::S3Uploader uploader(*client_, SmallParts());
-    auto r = StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_,
-                               "corrupt/model.safetensors", {}, {}, ranged);
-    ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().reason, Reason::ChecksumMismatch) << r.error().message;
-    auto head = client_->HeadObject(bucket_, "corrupt/model.safetensors");
-    ASSERT_TRUE(head);
-    EXPECT_FALSE(*head);
-  }
+    return StreamHubFileToS3(options_, uploader, sources_["model.safetensors"], bucket_, key, {},
+                             {}, StreamOptions{.connections = 3, .segment_size = 4 * kMiB});
+  };
+  auto expect_object = [&](const std::string& key) {
+    auto back = client_->GetObject(bucket_, key);
+    ASSERT_TRUE(back) << key;
+    EXPECT_TRUE(*back == weights_) << key;
+  };
+  Fault ignore;
+  ignore.kind = Fault::Kind::IgnoreRange;
+  ignore.count = -1;
+  auto ignored = stream_with(ignore, "ignored/model.safetensors");
+  ASSERT_TRUE(ignored) << ignored.error().message;
+  expect_object("ignored/model.safetensors");
+
+  Fault drop;
+  drop.kind = Fault::Kind::DropAfter;
+  drop.bytes = 1 * kMiB + 3;
+  drop.count = 2;
+  auto dropped = stream_with(drop, "dropped/model.safetensors");
+  ASSERT_TRUE(dropped) << dropped.error().message;
+  expect_object("dropped/model.safetensors");
+
+  Fault corrupt;
+  corrupt.kind = Fault::Kind::Corrupt;
+  corrupt.bytes = 9 * kMiB + 1;  // in the third range
+  corrupt.count = -1;
+  auto corrupted = stream_with(corrupt, "corrupt/model.safetensors");
+  ASSERT_FALSE(corrupted);
+  EXPECT_EQ(corrupted.error().reason, Reason::ChecksumMismatch) << corrupted.error().message;
+  auto head = client_->HeadObject(bucket_, "corrupt/model.safetensors");
+  ASSERT_TRUE(head);
+  EXPECT_FALSE(*head);
 }
 
 }  // namespace
