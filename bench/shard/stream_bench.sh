@@ -51,6 +51,7 @@ model_bytes=$(find "$SRC" -name '*.safetensors' -printf '%s\n' | awk '{s += $1} 
 STORE=${STORE:-local}
 stop_all() {
   stop_servers
+  rm -rf "$WORK/out"  # the last run's store (twice the model); the source stays for the next run
   if [ "$STORE" = s3 ]; then
     "$HERE/../../tests/fixtures/radosgw/start-radosgw.sh" stop "$WORK/rgw" >/dev/null 2>&1 || true
   fi
