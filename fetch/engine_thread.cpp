@@ -4,6 +4,8 @@
 #include <chrono>
 #include <utility>
 
+#include <spdlog/fmt/fmt.h>
+
 #include "common/guard.h"
 
 namespace modelcache::fetch {
@@ -124,7 +126,7 @@ void TransferEngine::Impl::Add(Request* r) {
   r->easy = e;
   r->pos = r->first;
   for (const auto& [name, value] : r->headers) {
-    r->slist = curl_slist_append(r->slist, (name + ": " + value).c_str());
+    r->slist = curl_slist_append(r->slist, fmt::format("{}: {}", name, value).c_str());
   }
   curl_easy_setopt(e, CURLOPT_URL, r->url.c_str());
   // Only http(s): a Location of file:// or ftp:// is refused before it gets here, and this

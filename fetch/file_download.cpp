@@ -52,9 +52,8 @@ Error NetworkFailure(std::string message, CURLcode code) {
 
 // "<origin> answered HTTP <status>[ <S3 code>] for <path>": a data host's refusal.
 Error DataHostRefusal(const Request& r, const FileTask& t) {
-  return Error(Reason::NetworkError,
-               fmt::format("{} answered HTTP {}{} for {}", Origin(r.url), r.response.status,
-                           DataHostCode(r.response), t.path));
+  return {Reason::NetworkError, fmt::format("{} answered HTTP {}{} for {}", Origin(r.url),
+                                            r.response.status, DataHostCode(r.response), t.path)};
 }
 
 }  // namespace

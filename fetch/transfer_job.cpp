@@ -34,6 +34,7 @@ uint64_t BytesNeeded(const FileTask& task) {
 
 VoidResult CheckSpaceFor(const std::vector<const FileTask*>& tasks) {
   std::vector<SpaceNeed> needs;
+  needs.reserve(tasks.size());
   for (const FileTask* task : tasks) {
     needs.push_back({task->incomplete_path, BytesNeeded(*task)});
   }

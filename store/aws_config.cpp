@@ -29,7 +29,9 @@ Result<IniSections> ReadIni(const std::string& path, bool named, const char* var
     return IniSections{};
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) return Error(Reason::InvalidSpec, fmt::format("cannot read AWS file {}", path));
+  if (!in) {
+    return Error(Reason::InvalidSpec, fmt::format("cannot read AWS file {}", path));
+  }
   std::stringstream buffer;
   buffer << in.rdbuf();
   return ParseAwsIni(buffer.str());
@@ -37,17 +39,25 @@ Result<IniSections> ReadIni(const std::string& path, bool named, const char* var
 
 const std::string* Find(const IniSections& ini, const std::string& section, const char* key) {
   auto s = ini.find(section);
-  if (s == ini.end()) return nullptr;
+  if (s == ini.end()) {
+    return nullptr;
+  }
   auto k = s->second.find(key);
-  if (k == s->second.end() || k->second.empty()) return nullptr;
+  if (k == s->second.end() || k->second.empty()) {
+    return nullptr;
+  }
   return &k->second;
 }
 
 bool IsDnsCompatible(const std::string& bucket) {
-  if (bucket.size() < 3 || bucket.size() > 63) return false;
+  if (bucket.size() < 3 || bucket.size() > 63) {
+    return false;
+  }
   for (char c : bucket) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
-    if (!ok) return false;  // dots break TLS wildcard certificates, so they count as unsafe
+    if (!ok) {
+      return false;  // dots break TLS wildcard certificates, so they count as unsafe
+    }
   }
   return bucket.front() != '-' && bucket.back() != '-';
 }
@@ -63,7 +73,9 @@ IniSections ParseAwsIni(const std::string& text) {
   std::string raw;
   while (std::getline(lines, raw)) {
     std::string line(Trim(raw));
-    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line.empty() || line[0] == '#' || line[0] == ';') {
+      continue;
+    }
     if (line.front() == '[' && line.back() == ']') {
       section = Trim(std::string_view(line).substr(1, line.size() - 2));
       in_section = true;
@@ -71,14 +83,18 @@ IniSections ParseAwsIni(const std::string& text) {
       out[section];
       continue;
     }
-    if (!in_section) continue;
+    if (!in_section) {
+      continue;
+    }
     size_t eq = line.find('=');
-    if (eq == std::string::npos) continue;
+    if (eq == std::string::npos) {
+      continue;
+    }
     std::string key = AsciiLower(Trim(std::string_view(line).substr(0, eq)));
     std::string value(Trim(std::string_view(line).substr(eq + 1)));
     bool indented = !raw.empty() && (raw[0] == ' ' || raw[0] == '\t');
     if (indented && !parent.empty()) {
-      out[section][parent + "." + key] = value;
+      out[section][fmt::format("{}.{}", parent, key)] = value;
       continue;
     }
     parent = value.empty() ? key : std::string();
@@ -110,21 +126,29 @@ Result<AwsConfig> LoadAwsConfig(const Environment& env, const AwsOverrides& over
   std::string home = Get(env, "HOME");
   std::string credentials_path = Get(env, "AWS_SHARED_CREDENTIALS_FILE");
   bool credentials_named = !credentials_path.empty();
-  if (!credentials_named && !home.empty()) credentials_path = home + "/.aws/credentials";
+  if (!credentials_named && !home.empty()) {
+    credentials_path = home + "/.aws/credentials";
+  }
   std::string config_path = Get(env, "AWS_CONFIG_FILE");
   bool config_named = !config_path.empty();
-  if (!config_named && !home.empty()) config_path = home + "/.aws/config";
+  if (!config_named && !home.empty()) {
+    config_path = home + "/.aws/config";
+  }
 
   IniSections credentials_ini;
   if (!credentials_path.empty()) {
     auto r = ReadIni(credentials_path, credentials_named, "AWS_SHARED_CREDENTIALS_FILE");
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     credentials_ini = std::move(*r);
   }
   IniSections config_ini;
   if (!config_path.empty()) {
     auto r = ReadIni(config_path, config_named, "AWS_CONFIG_FILE");
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     config_ini = std::move(*r);
   }
   const std::string config_section =
@@ -153,7 +177,9 @@ Result<AwsConfig> LoadAwsConfig(const Environment& env, const AwsOverrides& over
           std::tuple{&config_ini, config_section, config_path}}) {
       const std::string* id = Find(*ini, section, "aws_access_key_id");
       const std::string* sec = Find(*ini, section, "aws_secret_access_key");
-      if (id == nullptr && sec == nullptr) continue;
+      if (id == nullptr && sec == nullptr) {
+        continue;
+      }
       if (id == nullptr || sec == nullptr) {
         return Error(Reason::InvalidSpec,
                      fmt::format("profile '{}' in {} has only one of aws_access_key_id and "
@@ -186,19 +212,29 @@ Result<AwsConfig> LoadAwsConfig(const Environment& env, const AwsOverrides& over
   }
 
   std::string endpoint = overrides.endpoint_url;
-  if (endpoint.empty()) endpoint = Get(env, "AWS_ENDPOINT_URL_S3");
-  if (endpoint.empty()) endpoint = Get(env, "AWS_ENDPOINT_URL");
+  if (endpoint.empty()) {
+    endpoint = Get(env, "AWS_ENDPOINT_URL_S3");
+  }
+  if (endpoint.empty()) {
+    endpoint = Get(env, "AWS_ENDPOINT_URL");
+  }
   if (endpoint.empty()) {
     const std::string* e = Find(config_ini, config_section, "s3.endpoint_url");
-    if (e == nullptr) e = Find(config_ini, config_section, "endpoint_url");
-    if (e != nullptr) endpoint = *e;
+    if (e == nullptr) {
+      e = Find(config_ini, config_section, "endpoint_url");
+    }
+    if (e != nullptr) {
+      endpoint = *e;
+    }
   }
   if (!endpoint.empty()) {
     if (endpoint.rfind("http://", 0) != 0 && endpoint.rfind("https://", 0) != 0) {
       return Error(Reason::InvalidSpec,
                    fmt::format("S3 endpoint {} must start with http:// or https://", endpoint));
     }
-    while (!endpoint.empty() && endpoint.back() == '/') endpoint.pop_back();
+    while (!endpoint.empty() && endpoint.back() == '/') {
+      endpoint.pop_back();
+    }
     config.endpoint_url = endpoint;
     config.custom_endpoint = true;
   } else {

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
 #include "common/files.h"
@@ -641,7 +642,7 @@ VoidResult RemoveSnapshotDir(const LocalStore& store, const StoreInventory& inv,
   auto refs = inv.refs.find(item.folder);
   if (whole && refs != inv.refs.end()) {
     for (const auto& [ref, commit] : refs->second) {
-      std::string path = repo_dir + "/refs/" + ref;
+      std::string path = fmt::format("{}/refs/{}", repo_dir, ref);
       auto now = ReadFile(path);
       if (now && *now == item.id) {
         ::unlink(path.c_str());

@@ -1,8 +1,6 @@
 // LocalStore, the hub cache: a huggingface_hub-compatible cache per Hub endpoint (blobs,
 // snapshots, refs, blob locks) and the records of what modelcache wrote into it.
 
-#include "store/local_store.h"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,11 +16,14 @@
 #include <utility>
 #include <vector>
 
+#include <spdlog/fmt/fmt.h>
+
 #include "common/allow_list.h"
 #include "common/files.h"
 #include "common/sha256.h"
 #include "common/strings.h"
 #include "store/internal/local_files.h"
+#include "store/local_store.h"
 
 namespace modelcache::store {
 
@@ -142,7 +143,7 @@ Result<std::optional<std::map<std::string, std::string>>> LocalStore::ReadWritte
   Files files;
   for (const auto& [file, etag] : doc["files"].items()) {
     if (!etag.is_string()) {
-      return Error(Reason::StorageError, path + ": files." + file + " is not a string");
+      return Error(Reason::StorageError, fmt::format("{}: files.{} is not a string", path, file));
     }
     files[file] = etag.get<std::string>();
   }

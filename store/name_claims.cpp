@@ -42,10 +42,10 @@ VoidResult WriteRecord(const std::string& root, const NameRecord& record) {
 }
 
 Error Conflict(const std::string& root, const std::string& name) {
-  return Error(Reason::ArtifactNameConflict,
-               "spec.artifactName: \"" + name + "\" in store " + root +
-                   " belongs to another resource with a different spec; choose another "
-                   "artifactName (or give this resource the owner's spec to share it)");
+  return {Reason::ArtifactNameConflict,
+          "spec.artifactName: \"" + name + "\" in store " + root +
+              " belongs to another resource with a different spec; choose another "
+              "artifactName (or give this resource the owner's spec to share it)"};
 }
 
 // The exclusive lock of `name` and its record as read under it.

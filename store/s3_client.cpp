@@ -29,7 +29,9 @@ struct S3Client::Call {
 namespace {
 
 std::string Unquote(std::string s) {
-  if (s.size() >= 2 && s.front() == '"' && s.back() == '"') return s.substr(1, s.size() - 2);
+  if (s.size() >= 2 && s.front() == '"' && s.back() == '"') {
+    return s.substr(1, s.size() - 2);
+  }
   return s;
 }
 
@@ -65,7 +67,9 @@ void AddMetadata(HttpHeaders& headers, const ObjectMetadata& metadata) {
 }
 
 std::chrono::milliseconds Jittered(std::chrono::milliseconds d, double jitter) {
-  if (jitter <= 0) return d;
+  if (jitter <= 0) {
+    return d;
+  }
   thread_local std::mt19937_64 rng{std::random_device{}()};
   double low = std::max(0.0, 1.0 - std::min(jitter, 1.0));
   std::uniform_real_distribution<double> dist(low, 1.0);
@@ -98,9 +102,13 @@ class ChunkedEncoder {
     size_t done = 0;
     while (done < n) {
       if (chunk_pos_ == chunk_.size()) {
-        if (finished_) break;
+        if (finished_) {
+          break;
+        }
         auto next = NextChunk();
-        if (!next) return next.error();
+        if (!next) {
+          return next.error();
+        }
       }
       size_t take = std::min(n - done, chunk_.size() - chunk_pos_);
       std::memcpy(out + done, chunk_.data() + chunk_pos_, take);
@@ -114,19 +122,25 @@ class ChunkedEncoder {
  private:
   VoidResult NextChunk() {
     uint64_t left = body_.source.size - payload_offset_;
-    size_t want = static_cast<size_t>(std::min<uint64_t>(left, body_.chunk_size));
+    auto want = static_cast<size_t>(std::min<uint64_t>(left, body_.chunk_size));
     data_.resize(want);
     size_t got = 0;
     while (got < want) {
       auto r = body_.source.read(payload_offset_ + got, data_.data() + got, want - got);
-      if (!r) return r.error();
-      if (*r == 0) return Error(Reason::Internal, "aws-chunked payload ended early");
+      if (!r) {
+        return r.error();
+      }
+      if (*r == 0) {
+        return Error(Reason::Internal, "aws-chunked payload ended early");
+      }
       got += *r;
     }
     payload_offset_ += want;
     chunk_ = signer_.EncodeChunk(data_);
     chunk_pos_ = 0;
-    if (want == 0) finished_ = true;  // the final, empty chunk
+    if (want == 0) {
+      finished_ = true;  // the final, empty chunk
+    }
     return {};
   }
 
@@ -256,12 +270,16 @@ std::optional<std::string> XmlText(std::string_view xml, std::string_view tag, s
   size_t b = xml.find(open, from);
   if (b == std::string_view::npos) {
     // An empty element written as <Tag/>.
-    if (xml.find(fmt::format("<{}/>", tag), from) != std::string_view::npos) return std::string();
+    if (xml.find(fmt::format("<{}/>", tag), from) != std::string_view::npos) {
+      return std::string();
+    }
     return std::nullopt;
   }
   b += open.size();
   size_t e = xml.find(close, b);
-  if (e == std::string_view::npos) return std::nullopt;
+  if (e == std::string_view::npos) {
+    return std::nullopt;
+  }
   return XmlUnescape(xml.substr(b, e - b));
 }
 
@@ -273,7 +291,9 @@ std::vector<std::string_view> XmlElements(std::string_view xml, std::string_view
   while ((pos = xml.find(open, pos)) != std::string_view::npos) {
     size_t b = pos + open.size();
     size_t e = xml.find(close, b);
-    if (e == std::string_view::npos) break;
+    if (e == std::string_view::npos) {
+      break;
+    }
     out.push_back(xml.substr(b, e - b));
     pos = e + close.size();
   }
@@ -282,8 +302,12 @@ std::vector<std::string_view> XmlElements(std::string_view xml, std::string_view
 
 S3Client::S3Client(AwsConfig config, S3ClientOptions options)
     : config_(std::move(config)), options_(std::move(options)) {
-  if (!options_.now) options_.now = [] { return std::chrono::system_clock::now(); };
-  if (!options_.sleep) options_.sleep = DefaultSleep;
+  if (!options_.now) {
+    options_.now = [] { return std::chrono::system_clock::now(); };
+  }
+  if (!options_.sleep) {
+    options_.sleep = DefaultSleep;
+  }
   options_.max_attempts = std::max(1, options_.max_attempts);
 }
 
@@ -305,7 +329,9 @@ Result<S3Client::Target> S3Client::TargetOf(const std::string& bucket,
   if (config_.UsePathStyle(bucket)) {
     t.host = authority;
     t.path = base_path + "/" + bucket;
-    if (!key.empty()) t.path += "/" + key;
+    if (!key.empty()) {
+      t.path += "/" + key;
+    }
   } else {
     t.host = bucket + "." + authority;
     t.path = base_path + "/" + key;
@@ -363,7 +389,9 @@ Result<HttpResponse> S3Client::SendOnce(const Call& call, std::stop_token stop,
   request.method = call.method;
   request.url = fmt::format("{}://{}{}", scheme, host, EncodePath(path));
   std::string query = EncodeQuery(call.query);
-  if (!query.empty()) request.url += "?" + query;
+  if (!query.empty()) {
+    request.url += "?" + query;
+  }
   request.headers = std::move(signing.headers);
   request.headers.insert(request.headers.end(), signed_request.headers.begin(),
                          signed_request.headers.end());
@@ -396,7 +424,9 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
     std::optional<Error> failure;
     bool retriable = false;
     if (!response) {
-      if (response.error().reason != Reason::NetworkError) return response.error();
+      if (response.error().reason != Reason::NetworkError) {
+        return response.error();
+      }
       failure = Error(Reason::NetworkError,
                       fmt::format("S3 {} {}: {}", call.op, target, response.error().message));
       retriable = true;
@@ -413,21 +443,31 @@ Result<HttpResponse> S3Client::Execute(const Call& call, std::stop_token stop,
       }
       std::string code = XmlText(r.body, "Code").value_or("");
       std::string message = XmlText(r.body, "Message").value_or("");
-      if (code.empty()) code = r.status == 404 ? "NotFound" : r.status == 403 ? "Forbidden" : "";
+      if (code.empty()) {
+        code = r.status == 404 ? "NotFound" : r.status == 403 ? "Forbidden" : "";
+      }
       std::string detail = code;
-      if (!message.empty()) detail += (detail.empty() ? "" : ": ") + message;
+      if (!message.empty()) {
+        detail += (detail.empty() ? "" : ": ") + message;
+      }
       failure = Error(Reason::StorageError,
                       fmt::format("S3 {} {}: HTTP {}{}{}", call.op, target, r.status,
                                   detail.empty() ? "" : " ", detail),
                       ParseRetryAfter(r.Header("retry-after")));
       retriable = IsRetriableS3Error(r.status, code);
     }
-    if (!retriable || attempt >= options_.max_attempts) return *failure;
-    if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
+    if (!retriable || attempt >= options_.max_attempts) {
+      return *failure;
+    }
+    if (stop.stop_requested()) {
+      return Error(Reason::Cancelled, "S3 request cancelled");
+    }
     std::chrono::milliseconds wait =
         failure->retry_after ? *failure->retry_after : Jittered(backoff, options_.jitter);
     options_.sleep(std::min(wait, options_.max_backoff), stop);
-    if (stop.stop_requested()) return Error(Reason::Cancelled, "S3 request cancelled");
+    if (stop.stop_requested()) {
+      return Error(Reason::Cancelled, "S3 request cancelled");
+    }
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
@@ -444,7 +484,9 @@ VoidResult S3Client::PutObject(const std::string& bucket, const std::string& key
     call.headers.emplace_back("content-md5", Base64(Md5Raw(body)));
   }
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   return {};
 }
 
@@ -457,7 +499,9 @@ Result<std::string> S3Client::GetObject(const std::string& bucket, const std::st
                                            : fmt::format("bytes={}-", range->first));
   }
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   return std::move(r->body);
 }
 
@@ -471,16 +515,28 @@ Result<std::optional<ObjectInfo>> S3Client::HeadObject(const std::string& bucket
     // request as a one-byte GET answers with the code (SignatureDoesNotMatch, NoSuchBucket, …).
     if (r.error().reason == Reason::StorageError) {
       auto get = GetObject(bucket, key, ByteRange{0, 0}, stop);
-      if (!get && get.error().reason == Reason::StorageError) return get.error();
+      if (!get && get.error().reason == Reason::StorageError) {
+        return get.error();
+      }
     }
     return r.error();
   }
-  if (r->status == 404) return std::optional<ObjectInfo>();
+  if (r->status == 404) {
+    return std::optional<ObjectInfo>();
+  }
   ObjectInfo info;
-  if (const std::string* v = r->Header("content-length")) info.size = ParseU64(*v);
-  if (const std::string* v = r->Header("etag")) info.etag = Unquote(*v);
-  if (const std::string* v = r->Header("x-amz-checksum-sha256")) info.checksum_sha256 = *v;
-  if (const std::string* v = r->Header("last-modified")) info.last_modified = *v;
+  if (const std::string* v = r->Header("content-length")) {
+    info.size = ParseU64(*v);
+  }
+  if (const std::string* v = r->Header("etag")) {
+    info.etag = Unquote(*v);
+  }
+  if (const std::string* v = r->Header("x-amz-checksum-sha256")) {
+    info.checksum_sha256 = *v;
+  }
+  if (const std::string* v = r->Header("last-modified")) {
+    info.last_modified = *v;
+  }
   constexpr std::string_view kMeta = "x-amz-meta-";
   for (const auto& [name, value] : r->headers) {
     if (name.size() > kMeta.size() && name.compare(0, kMeta.size(), kMeta) == 0) {
@@ -493,7 +549,9 @@ Result<std::optional<ObjectInfo>> S3Client::HeadObject(const std::string& bucket
 VoidResult S3Client::DeleteObject(const std::string& bucket, const std::string& key,
                                   std::stop_token stop) {
   auto r = Execute({"DeleteObject", "DELETE", bucket, key, {}, {}, {}}, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   return {};
 }
 
@@ -506,11 +564,16 @@ Result<ListPage> S3Client::ListObjectsV2(const std::string& bucket, const std::s
                 {"max-keys", std::to_string(max_keys)},
                 {"prefix", prefix},
                 {"encoding-type", "url"}};
-  if (!continuation_token.empty())
+  if (!continuation_token.empty()) {
     call.query.emplace_back("continuation-token", continuation_token);
-  if (!delimiter.empty()) call.query.emplace_back("delimiter", delimiter);
+  }
+  if (!delimiter.empty()) {
+    call.query.emplace_back("delimiter", delimiter);
+  }
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   ListPage page;
   for (std::string_view contents : XmlElements(r->body, "Contents")) {
     ListedObject object;
@@ -548,7 +611,9 @@ VoidResult S3Client::CopyObject(const std::string& bucket, const std::string& so
     AddMetadata(call.headers, *replace_metadata);
   }
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   return {};
 }
 
@@ -559,7 +624,9 @@ Result<std::string> S3Client::CreateMultipartUpload(const std::string& bucket,
   call.headers.emplace_back("content-type", "application/octet-stream");
   AddMetadata(call.headers, metadata);
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   std::optional<std::string> id = XmlText(r->body, "UploadId");
   if (!id || id->empty()) {
     return Error(
@@ -580,11 +647,15 @@ Result<UploadedPart> S3Client::UploadPart(const std::string& bucket, const std::
             {{"content-type", "application/octet-stream"}, {"content-md5", Base64(Md5Raw(body))}},
             std::string(body)};
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   UploadedPart part;
   part.number = part_number;
   part.size = body.size();
-  if (const std::string* etag = r->Header("etag")) part.etag = Unquote(*etag);
+  if (const std::string* etag = r->Header("etag")) {
+    part.etag = Unquote(*etag);
+  }
   if (part.etag.empty()) {
     return Error(Reason::StorageError,
                  fmt::format("S3 UploadPart s3://{}/{} part {}: answer has no ETag", bucket, key,
@@ -606,7 +677,9 @@ Result<UploadedPart> S3Client::UploadPartCopy(const std::string& bucket, const s
              {"x-amz-copy-source-range", fmt::format("bytes={}-{}", first, last)}},
             {}};
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   UploadedPart part;
   part.number = part_number;
   part.size = last - first + 1;
@@ -628,9 +701,13 @@ Result<std::vector<UploadedPart>> S3Client::ListParts(const std::string& bucket,
   std::string marker;
   for (;;) {
     Call call{"ListParts", "GET", bucket, key, {{"uploadId", upload_id}}, {}, {}};
-    if (!marker.empty()) call.query.emplace_back("part-number-marker", marker);
+    if (!marker.empty()) {
+      call.query.emplace_back("part-number-marker", marker);
+    }
     auto r = Execute(call, stop);
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     for (std::string_view element : XmlElements(r->body, "Part")) {
       UploadedPart part;
       part.number = static_cast<int>(ParseU64(XmlText(element, "PartNumber").value_or("0")));
@@ -638,7 +715,9 @@ Result<std::vector<UploadedPart>> S3Client::ListParts(const std::string& bucket,
       part.size = ParseU64(XmlText(element, "Size").value_or("0"));
       parts.push_back(std::move(part));
     }
-    if (XmlText(r->body, "IsTruncated").value_or("false") != "true") break;
+    if (XmlText(r->body, "IsTruncated").value_or("false") != "true") {
+      break;
+    }
     std::string next = XmlText(r->body, "NextPartNumberMarker").value_or("");
     if (next.empty() || next == marker) {
       return Error(Reason::StorageError,
@@ -671,7 +750,9 @@ VoidResult S3Client::CompleteMultipartUpload(const std::string& bucket, const st
             {{"content-type", "application/xml"}},
             std::move(body)};
   auto r = Execute(call, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   return {};
 }
 
@@ -688,10 +769,16 @@ Result<std::vector<MultipartUploadInfo>> S3Client::ListMultipartUploads(
               {{"uploads", ""}, {"prefix", prefix}, {"encoding-type", "url"}},
               {},
               {}};
-    if (!key_marker.empty()) call.query.emplace_back("key-marker", key_marker);
-    if (!id_marker.empty()) call.query.emplace_back("upload-id-marker", id_marker);
+    if (!key_marker.empty()) {
+      call.query.emplace_back("key-marker", key_marker);
+    }
+    if (!id_marker.empty()) {
+      call.query.emplace_back("upload-id-marker", id_marker);
+    }
     auto r = Execute(call, stop);
-    if (!r) return r.error();
+    if (!r) {
+      return r.error();
+    }
     for (std::string_view element : XmlElements(r->body, "Upload")) {
       MultipartUploadInfo upload;
       upload.key = ListedName(r->body, element, "Key");
@@ -699,7 +786,9 @@ Result<std::vector<MultipartUploadInfo>> S3Client::ListMultipartUploads(
       upload.initiated = XmlText(element, "Initiated").value_or("");
       uploads.push_back(std::move(upload));
     }
-    if (XmlText(r->body, "IsTruncated").value_or("false") != "true") break;
+    if (XmlText(r->body, "IsTruncated").value_or("false") != "true") {
+      break;
+    }
     std::string next_key = ListedName(r->body, r->body, "NextKeyMarker");
     std::string next_id = XmlText(r->body, "NextUploadIdMarker").value_or("");
     if (next_key.empty() || (next_key == key_marker && next_id == id_marker)) {
@@ -733,7 +822,9 @@ VoidResult S3Client::AbortMultipartUpload(const std::string& bucket, const std::
                                           const std::string& upload_id, std::stop_token stop) {
   auto r = Execute(
       {"AbortMultipartUpload", "DELETE", bucket, key, {{"uploadId", upload_id}}, {}, {}}, stop);
-  if (!r) return r.error();
+  if (!r) {
+    return r.error();
+  }
   return {};
 }
 

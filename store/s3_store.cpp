@@ -1,12 +1,12 @@
 #include "store/s3_store.h"
 
 #include <fcntl.h>
-#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -16,8 +16,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/fmt/fmt.h>
 
-#include "common/guard.h"
 #include "common/files.h"
+#include "common/guard.h"
 #include "common/sha256.h"
 #include "common/strings.h"
 #include "store/internal/dir_lock.h"
@@ -664,8 +664,10 @@ VoidResult S3ArtifactStore::CopyInParts(const std::string& source_key, const std
     }
   };
   {
+    const int workers = std::min(options_.parallel_part_copies, parts_total);
     std::vector<std::jthread> threads;
-    for (int t = 0; t < std::min(options_.parallel_part_copies, parts_total); ++t) {
+    threads.reserve(static_cast<size_t>(std::max(0, workers)));
+    for (int t = 0; t < workers; ++t) {
       threads.emplace_back(worker);
     }
   }
