@@ -742,8 +742,9 @@ TEST_F(KubeTest, BadCredentialsFailAtStartWithUnauthorized) {
 
 
 // The client-side rate limit, set in the --config file: with a burst of 5 and a refill of one
-// token per 1000 s, the daemon sends exactly 5 requests (the list, the watch and three writes)
-// and then waits. The count is deterministic: the next token is 1000 s away.
+// token per 1000 s, the daemon sends exactly 5 requests (the list, then four of the watch and the
+// writes, in whichever order the informer and the workers take their tokens) and then waits. The
+// count is deterministic: the next token is 1000 s away.
 TEST_F(KubeTest, KubeApiQpsAndBurstFromTheConfigFileCapTheRequestsSent) {
   AddRepo("org/model", SmallModelFiles(20000, 1));
   for (int i = 0; i < 4; ++i) {
@@ -767,8 +768,8 @@ TEST_F(KubeTest, KubeApiQpsAndBurstFromTheConfigFileCapTheRequestsSent) {
   })) << daemon.Log();
   EXPECT_EQ(sent(), 5u) << daemon.Log();
   EXPECT_EQ(api_.stats().http_requests["list modelcaches"], 1u);
-  EXPECT_EQ(api_.stats().http_requests["watch modelcaches"], 1u);
-  // Four objects need twelve writes; at most three went out.
+  EXPECT_LE(api_.stats().http_requests["watch modelcaches"], 1u);
+  // Four objects need twelve writes; at most four went out.
   int ready = 0;
   for (int i = 0; i < 4; ++i) {
     ready += IsReadyForGeneration(Get("m" + std::to_string(i))) ? 1 : 0;
