@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/sha256.h"
+#include "tests/common/local_server.h"
+#include "tests/common/test_util.h"
 #include "tests/unit/fetch/hub_env.h"
 
 namespace modelcache::fetch {
@@ -594,7 +596,7 @@ class EngineServerTest : public ::testing::Test {
       resolves_ += 1;
       hub_auth_ = hub_auth_ || !req.get_header_value("Authorization").empty();
       res.status = 302;
-      res.set_header("Location", Url(cdn_port_, "/blob?sig=" + std::to_string(resolves_)));
+      res.set_header("Location", cdn_.Url("/blob?sig=" + std::to_string(resolves_)));
     });
     hub_.Get("/direct", [this](const httplib::Request& req, httplib::Response& res) {
       Serve(req, res);
@@ -614,28 +616,16 @@ class EngineServerTest : public ::testing::Test {
       }
       Serve(req, res);
     });
-    for (auto* server : {&hub_, &cdn_}) {
-      server->set_keep_alive_timeout(1);
-    }
-    hub_port_ = hub_.bind_to_any_port("127.0.0.1");
-    cdn_port_ = cdn_.bind_to_any_port("127.0.0.1");
-    hub_thread_ = std::thread([this] { hub_.listen_after_bind(); });
-    cdn_thread_ = std::thread([this] { cdn_.listen_after_bind(); });
-    while (!hub_.is_running() || !cdn_.is_running()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    std::string tmpl = ::testing::TempDir() + "engine_server.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    hub_.Start();
+    cdn_.Start();
+    ASSERT_GT(hub_.port(), 0);
+    ASSERT_GT(cdn_.port(), 0);
+    ASSERT_FALSE(dir_.empty());
   }
 
-  void TearDown() override {
-    hub_.stop();
-    cdn_.stop();
-    hub_thread_.join();
-    cdn_thread_.join();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
+  void TearDown() override {  // before the members the handlers use go
+    hub_.Stop();
+    cdn_.Stop();
   }
 
   void Serve(const httplib::Request&, httplib::Response& res) {
@@ -646,21 +636,17 @@ class EngineServerTest : public ::testing::Test {
     res.set_content(second ? v2_ : v1_, "application/octet-stream");
   }
 
-  static std::string Url(int port, const std::string& path) {
-    return "http://127.0.0.1:" + std::to_string(port) + path;
-  }
-
   Result<std::vector<FileResult>> Fetch(const std::string& path, const std::string& content,
                                         int per_job) {
     HubOptions options;
-    options.endpoint = Url(hub_port_, "");
+    options.endpoint = hub_.Url("");
     options.token = "hf_secret";
     options.max_attempts = 3;
     options.backoff_base = std::chrono::milliseconds(5);
     options.backoff_cap = std::chrono::milliseconds(20);
     FileTask task;
     task.path = "file";
-    task.url = Url(hub_port_, path);
+    task.url = hub_.Url(path);
     task.size = content.size();
     task.expected_sha256 = Sha256Hex(content);
     task.incomplete_path = dir_ + "/file.incomplete";
@@ -672,10 +658,9 @@ class EngineServerTest : public ::testing::Test {
     return engine.NewTransfer(options)->Run({task}, progress, {});
   }
 
-  httplib::Server hub_, cdn_;
-  int hub_port_ = 0, cdn_port_ = 0;
-  std::thread hub_thread_, cdn_thread_;
-  std::string dir_;
+  test_util::LocalServer hub_, cdn_;
+  test_util::TempDir tmp_{"mc-engine-server"};
+  const std::string dir_ = tmp_.path();
   std::mutex mu_;
   std::string v1_, v2_;
   int resolves_ = 0;

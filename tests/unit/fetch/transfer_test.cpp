@@ -19,6 +19,8 @@
 
 #include "common/sha256.h"
 #include "fetch/transfer_engine.h"
+#include "tests/common/local_server.h"
+#include "tests/common/test_util.h"
 #include "tests/unit/fetch/hub_env.h"
 
 namespace modelcache::fetch {
@@ -484,11 +486,11 @@ class RedirectTest : public ::testing::Test {
     });
     hub_.Get("/same-host", [this](const httplib::Request&, httplib::Response& res) {
       res.status = 302;
-      res.set_header("Location", Url(hub_port_, "/file"));
+      res.set_header("Location", hub_.Url("/file"));
     });
     hub_.Get("/other-host", [this](const httplib::Request&, httplib::Response& res) {
       res.status = 302;
-      res.set_header("Location", Url(cdn_port_, "/file?Signature=secret-signature"));
+      res.set_header("Location", cdn_.Url("/file?Signature=secret-signature"));
     });
     for (auto* server : {&hub_, &cdn_}) {
       server->Get("/file", [this, server](const httplib::Request& req, httplib::Response& res) {
@@ -496,39 +498,26 @@ class RedirectTest : public ::testing::Test {
         (server == &hub_ ? hub_auth_ : cdn_auth_).push_back(req.get_header_value("Authorization"));
         res.set_content(kBody, "application/octet-stream");
       });
-      server->set_keep_alive_timeout(1);
     }
-    hub_port_ = hub_.bind_to_any_port("127.0.0.1");
-    cdn_port_ = cdn_.bind_to_any_port("127.0.0.1");
-    hub_thread_ = std::thread([this] { hub_.listen_after_bind(); });
-    cdn_thread_ = std::thread([this] { cdn_.listen_after_bind(); });
-    while (!hub_.is_running() || !cdn_.is_running()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    std::string tmpl = ::testing::TempDir() + "fetch_redirect.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    hub_.Start();
+    cdn_.Start();
+    ASSERT_GT(hub_.port(), 0);
+    ASSERT_GT(cdn_.port(), 0);
+    ASSERT_FALSE(dir_.empty());
   }
-  void TearDown() override {
-    hub_.stop();
-    cdn_.stop();
-    hub_thread_.join();
-    cdn_thread_.join();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  static std::string Url(int port, const std::string& path) {
-    return "http://127.0.0.1:" + std::to_string(port) + path;
+  void TearDown() override {  // before the members the handlers use go
+    hub_.Stop();
+    cdn_.Stop();
   }
   Result<std::vector<FileResult>> Fetch(const std::string& path) {
     HubOptions options;
-    options.endpoint = Url(hub_port_, "");
+    options.endpoint = hub_.Url("");
     options.token = "hf_secret";
     options.max_attempts = 2;
     options.backoff_base = std::chrono::milliseconds(10);
     FileTask task;
     task.path = "file";
-    task.url = Url(hub_port_, path);
+    task.url = hub_.Url(path);
     task.size = std::string(kBody).size();
     task.expected_sha256 = Sha256Hex(kBody);
     task.incomplete_path = dir_ + path + ".incomplete";
@@ -538,10 +527,9 @@ class RedirectTest : public ::testing::Test {
   }
 
   static constexpr const char* kBody = "the file's bytes";
-  httplib::Server hub_, cdn_;
-  int hub_port_ = 0, cdn_port_ = 0;
-  std::thread hub_thread_, cdn_thread_;
-  std::string dir_;
+  test_util::LocalServer hub_, cdn_;
+  test_util::TempDir tmp_{"mc-fetch-redirect"};
+  const std::string dir_ = tmp_.path();
   std::mutex mu_;
   std::vector<std::string> hub_auth_, cdn_auth_;
 };
